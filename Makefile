@@ -1,0 +1,46 @@
+# homelab-ops: `make demo` and `make test` are the whole setup on a fresh machine.
+SHELL := /bin/bash
+UV ?= $(shell command -v uv 2>/dev/null || echo "python3 -m uv")
+VENV := .venv
+PY := $(VENV)/bin/python
+export DAGSTER_HOME := $(CURDIR)/var/dagster
+
+.PHONY: env services demo test ui bench clean
+
+$(VENV)/.synced: pyproject.toml uv.lock
+	@command -v uv >/dev/null 2>&1 || python3 -m pip install -q uv
+	$(UV) sync --frozen --all-groups
+	@touch $@
+
+env: $(VENV)/.synced
+
+# Debian packages the tests and the demo call as programs (pg tools come with PostgreSQL).
+services: env
+	@bash scripts/system-packages.sh
+	@bash scripts/postgres-up.sh
+
+$(DAGSTER_HOME)/dagster.yaml: dagster.yaml
+	@mkdir -p $(DAGSTER_HOME)
+	cp dagster.yaml $@
+
+demo: services $(DAGSTER_HOME)/dagster.yaml
+	$(VENV)/bin/homelab-ops demo n8n --replace
+	$(VENV)/bin/dagster job execute -m homelab_ops.definitions -j nightly_backup
+	@echo
+	@echo "== What the nightly job made =="
+	$(VENV)/bin/homelab-ops backups list
+	@echo
+	@echo "Backups:        $(CURDIR)/var/backups"
+	@echo "Dagster runs:   $(DAGSTER_HOME) (open them with: make ui)"
+
+test: services
+	$(PY) -m pytest -q
+
+ui: env $(DAGSTER_HOME)/dagster.yaml
+	$(VENV)/bin/dagster dev -w workspace.yaml
+
+bench: services
+	$(PY) bench/backup.py
+
+clean:
+	rm -rf var

@@ -1,0 +1,157 @@
+"""PostgreSQL as a backup data source: dump and restore side by side.
+
+Both stream through pipes (pg_dump's stdout, pg_restore's stdin) so memory stays
+flat whatever the database's size. Table statistics are taken in the exact
+snapshot pg_dump reads (`pg_export_snapshot` + `--snapshot`), so a restore can be
+compared with the manifest table by table, not merely "about the same size".
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import subprocess
+from dataclasses import dataclass
+from typing import IO
+
+import psycopg
+from psycopg import sql
+from psycopg.conninfo import conninfo_to_dict, make_conninfo
+
+from homelab_ops.state import connect
+
+
+class SourceError(RuntimeError):
+    """A database-side problem, said in words an operator can act on."""
+
+
+@dataclass(frozen=True)
+class TableStat:
+    schema: str
+    table: str
+    rows: int
+    checksum: str
+
+    @property
+    def name(self) -> str:
+        return f"{self.schema}.{self.table}"
+
+
+# An order-independent content checksum: the sum of a 64-bit slice of each row's
+# md5. No sort, so it costs one sequential read per table; equal multisets of rows
+# give equal sums, and any changed, missing or extra row changes it.
+_STATS_SQL = (
+    "SELECT count(*), coalesce(sum(('x' || left(md5(t::text), 16))::bit(64)::bigint), 0)::text"
+    " FROM {}.{} AS t"
+)
+
+_TABLES_SQL = """
+SELECT n.nspname, c.relname
+FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace
+WHERE c.relkind = 'r'
+  AND n.nspname NOT IN ('pg_catalog', 'information_schema')
+  AND n.nspname NOT LIKE 'pg\\_%'
+  AND NOT EXISTS (SELECT 1 FROM pg_depend d
+                  WHERE d.classid = 'pg_class'::regclass AND d.objid = c.oid AND d.deptype = 'e')
+ORDER BY 1, 2
+"""
+
+
+def table_stats(conn: psycopg.Connection) -> list[TableStat]:
+    """Exact row count and content checksum of every user table, in the connection's snapshot."""
+    out = []
+    for schema, table in conn.execute(_TABLES_SQL).fetchall():
+        q = sql.SQL(_STATS_SQL).format(sql.Identifier(schema), sql.Identifier(table))
+        rows, checksum = conn.execute(q).fetchone()
+        out.append(TableStat(schema, table, int(rows), checksum))
+    return out
+
+
+def database_dsn(admin_dsn: str, database: str) -> str:
+    """The admin connection's parameters, pointed at another database."""
+    return make_conninfo(admin_dsn, dbname=database)
+
+
+def list_databases(admin_dsn: str) -> list[str]:
+    """Every database but the templates, for `postgres.databases: all`."""
+    with connect(admin_dsn) as conn:
+        rows = conn.execute(
+            "SELECT datname FROM pg_database WHERE NOT datistemplate AND datallowconn ORDER BY 1"
+        ).fetchall()
+    return [r[0] for r in rows]
+
+
+def database_exists(admin_dsn: str, database: str) -> bool:
+    with connect(admin_dsn) as conn:
+        return conn.execute("SELECT 1 FROM pg_database WHERE datname = %s", (database,)).fetchone() is not None
+
+
+def server_version(conn: psycopg.Connection) -> str:
+    return conn.execute("SHOW server_version").fetchone()[0]
+
+
+def tool(name: str, bin_dir: str | None = None) -> str:
+    path = os.path.join(bin_dir, name) if bin_dir else shutil.which(name)
+    if not path or not os.access(path, os.X_OK):
+        raise SourceError(f"{name} not found{' in ' + bin_dir if bin_dir else ' on PATH'}: install the PostgreSQL client tools")
+    return path
+
+
+def tool_version(path: str) -> str:
+    return subprocess.run([path, "--version"], capture_output=True, text=True, check=True).stdout.strip()
+
+
+def _client_env(dsn: str) -> tuple[str, dict[str, str]]:
+    """Split a DSN into a password-free conninfo and an environment with PGPASSWORD.
+
+    A password on a command line is visible to every user through `ps`.
+    """
+    params = conninfo_to_dict(dsn)
+    env = dict(os.environ)
+    password = params.pop("password", None)
+    if password is not None:
+        env["PGPASSWORD"] = str(password)
+    return make_conninfo("", **params), env
+
+
+def start_dump(dsn: str, snapshot: str | None, bin_dir: str | None = None) -> subprocess.Popen:
+    """pg_dump in custom format without its own compression (zstd does that), stdout piped."""
+    conninfo, env = _client_env(dsn)
+    args = [tool("pg_dump", bin_dir), "--format=custom", "--compress=0", f"--dbname={conninfo}"]
+    if snapshot:
+        args.append(f"--snapshot={snapshot}")
+    return subprocess.Popen(args, stdout=subprocess.PIPE, stderr=subprocess.PIPE, env=env)
+
+
+def start_dumpall_globals(dsn: str, bin_dir: str | None = None) -> subprocess.Popen:
+    """Roles and tablespaces: what a restore on a new server needs before the dumps."""
+    conninfo, env = _client_env(dsn)
+    args = [tool("pg_dumpall", bin_dir), "--globals-only", f"--dbname={conninfo}"]
+    return subprocess.Popen(args, stdout=subprocess.PIPE, stderr=subprocess.PIPE, env=env)
+
+
+def start_restore(dsn: str, *, keep_owners: bool = True, bin_dir: str | None = None) -> subprocess.Popen:
+    """pg_restore reading a custom-format archive from stdin; stops at the first error."""
+    conninfo, env = _client_env(dsn)
+    args = [tool("pg_restore", bin_dir), "--exit-on-error", f"--dbname={conninfo}"]
+    if not keep_owners:
+        args += ["--no-owner", "--no-privileges"]
+    return subprocess.Popen(args, stdin=subprocess.PIPE, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, env=env)
+
+
+def create_database(admin_dsn: str, name: str) -> None:
+    with connect(admin_dsn, autocommit=True) as conn:
+        if conn.execute("SELECT 1 FROM pg_database WHERE datname = %s", (name,)).fetchone():
+            raise SourceError(f"database {name!r} already exists: refusing to overwrite it")
+        conn.execute(sql.SQL("CREATE DATABASE {}").format(sql.Identifier(name)))
+
+
+def drop_database(admin_dsn: str, name: str) -> None:
+    with connect(admin_dsn, autocommit=True) as conn:
+        conn.execute(sql.SQL("DROP DATABASE IF EXISTS {} WITH (FORCE)").format(sql.Identifier(name)))
+
+
+def read_stderr(stream: IO[bytes] | None, limit: int = 4000) -> str:
+    if stream is None:
+        return ""
+    return stream.read().decode(errors="replace")[-limit:].strip()

@@ -1,0 +1,204 @@
+"""Find a backup, prove it is intact, and stream it into a new database.
+
+The sha256 is checked before pg_restore sees a byte, and a restore never
+overwrites an existing database: a restore at 2 a.m. must not make things worse.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import tempfile
+import threading
+from collections.abc import Callable
+from contextlib import contextmanager
+from dataclasses import dataclass
+from datetime import datetime, timezone
+from pathlib import Path
+
+import pyrage
+import zstandard
+
+from homelab_ops.backups import postgresql as pg
+from homelab_ops.backups.catalog import Backup, read_listing, stem_for
+from homelab_ops.backups.stores import CHUNK, LocalStore, Store, read_json, stores_for
+
+
+class RestoreError(RuntimeError):
+    """A restore was refused or failed; the message says which and why."""
+
+
+@dataclass
+class Located:
+    store: Store
+    database: str
+    backup: Backup
+    manifest: dict
+
+
+def _pick_store(settings, source: str) -> Store:
+    local, remotes = stores_for(settings)
+    if source == "local":
+        return local
+    if source == "s3":
+        if not remotes:
+            raise RestoreError("--from s3, but backups.s3 is not configured")
+        return remotes[0]
+    for remote in remotes:
+        if source == remote.label:
+            return remote
+    raise RestoreError(f"unknown backup source {source!r}: use local, s3, or an S3 target's name")
+
+
+def parse_at(text: str) -> datetime:
+    """Accept a backup stem (20261125T030000Z) or an ISO 8601 time."""
+    try:
+        return datetime.strptime(text, "%Y%m%dT%H%M%SZ").replace(tzinfo=timezone.utc)
+    except ValueError:
+        pass
+    try:
+        t = datetime.fromisoformat(text)
+    except ValueError:
+        raise RestoreError(f"--at {text!r} is neither a backup id like 20261125T030000Z nor an ISO time") from None
+    return t if t.tzinfo else t.replace(tzinfo=timezone.utc)
+
+
+def locate(settings, database: str, *, at: datetime | None = None, source: str = "local") -> Located:
+    """The newest complete backup of `database` at or before `at`, in the chosen store."""
+    store = _pick_store(settings, source)
+    backups = read_listing(store.list(database)).backups
+    if at is not None:
+        backups = [b for b in backups if b.stem <= stem_for(at)]
+    if not backups:
+        when = f" at or before {at.isoformat()}" if at else ""
+        raise RestoreError(f"no complete backup of {database!r} in {store.label}{when}")
+    b = backups[-1]
+    return Located(store, database, b, read_json(store, database, b.manifest))
+
+
+class _Counting:
+    """A reader that reports progress and hashes what it hands on."""
+
+    def __init__(self, f, progress: Callable[[int], None] | None):
+        self.f, self.progress, self.sha = f, progress, hashlib.sha256()
+
+    def read(self, n: int = -1) -> bytes:
+        b = self.f.read(CHUNK if n is None or n < 0 else n)
+        self.sha.update(b)
+        if self.progress and b:
+            self.progress(len(b))
+        return b
+
+    def readinto(self, buf) -> int:
+        b = self.read(len(buf))
+        buf[: len(b)] = b
+        return len(b)
+
+
+@contextmanager
+def local_copy(settings, loc: Located, progress: Callable[[int], None] | None = None):
+    """Yield a local path holding the dump whose sha256 matched the manifest.
+
+    A local backup is hashed in place; an S3 one is downloaded (hashed on the way)
+    into a temporary file beside the local backups and removed afterwards.
+    """
+    expected = loc.manifest["sha256"]
+    if isinstance(loc.store, LocalStore):
+        path = loc.store.path(loc.database, loc.backup.dump)
+        with open(path, "rb") as f:
+            reader = _Counting(f, progress)
+            while reader.read(CHUNK):
+                pass
+        actual = reader.sha.hexdigest()
+        if actual != expected:
+            raise RestoreError(f"{path}: sha256 {actual[:16]}... does not match the manifest's "
+                               f"{expected[:16]}...: the file is damaged; choose another backup with --at")
+        yield path
+        return
+    tmp_dir = Path(settings.backups.local_dir)
+    tmp_dir.mkdir(parents=True, exist_ok=True)
+    fd, name = tempfile.mkstemp(prefix=".restore-", suffix=".tmp", dir=tmp_dir)
+    try:
+        with os.fdopen(fd, "wb") as out, loc.store.open_read(loc.database, loc.backup.dump) as body:
+            reader = _Counting(body, progress)
+            while chunk := reader.read(CHUNK):
+                out.write(chunk)
+        if reader.sha.hexdigest() != expected:
+            raise RestoreError(f"{loc.store.uri(loc.database, loc.backup.dump)}: sha256 does not match "
+                               "the manifest: the off-site copy is damaged")
+        yield Path(name)
+    finally:
+        Path(name).unlink(missing_ok=True)
+
+
+def load_identity(settings):
+    ident_file = settings.backups.encryption.identity_file
+    if not ident_file:
+        raise RestoreError("this backup is encrypted: set backups.encryption.identity_file to the age identity")
+    try:
+        lines = Path(ident_file).read_text().splitlines()
+    except OSError as e:
+        raise RestoreError(f"cannot read the age identity file {ident_file}: {e.strerror}") from None
+    keys = [line.strip() for line in lines if line.strip().startswith("AGE-SECRET-KEY-")]
+    if not keys:
+        raise RestoreError(f"{ident_file} holds no AGE-SECRET-KEY- line")
+    return [pyrage.x25519.Identity.from_str(k) for k in keys]
+
+
+def pg_restore_file(settings, path: Path, dsn: str, *, encrypted: bool, keep_owners: bool,
+                    progress: Callable[[int], None] | None = None) -> None:
+    """Stream file -> (age decrypt) -> zstd decompress -> pg_restore's stdin."""
+    identities = load_identity(settings) if encrypted else None
+    proc = pg.start_restore(dsn, keep_owners=keep_owners, bin_dir=settings.postgres.pg_bin_dir)
+    stderr: list[bytes] = []
+    drain = threading.Thread(target=lambda: stderr.append(proc.stderr.read()), daemon=True)
+    drain.start()
+    broken = None
+    try:
+        with open(path, "rb") as f:
+            src = _Counting(f, progress)
+            writer = zstandard.ZstdDecompressor().stream_writer(proc.stdin, closefd=False)
+            if identities:
+                pyrage.decrypt_io(src, writer, identities)
+            else:
+                while chunk := src.read(CHUNK):
+                    writer.write(chunk)
+            writer.flush()
+        proc.stdin.close()
+    except (BrokenPipeError, pyrage.DecryptError, zstandard.ZstdError, OSError) as e:
+        broken = e
+        try:
+            proc.stdin.close()
+        except OSError:
+            pass
+    rc = proc.wait()
+    drain.join(timeout=10)
+    msg = b"".join(stderr).decode(errors="replace").strip()[-2000:]
+    if rc != 0 or broken:
+        why = msg or f"{type(broken).__name__}: {broken}"
+        raise RestoreError(f"pg_restore failed (exit {rc}): {why}")
+
+
+def refuse_existing(settings, into: str) -> None:
+    if pg.database_exists(settings.postgres.dsn.get_secret_value(), into):
+        raise RestoreError(f"database {into!r} already exists: refusing to overwrite it; choose another --into")
+
+
+def restore(settings, loc: Located, into: str, *, progress: Callable[[int], None] | None = None,
+            keep_owners: bool = True) -> None:
+    """Restore the located backup into the new database `into`.
+
+    Progress counts the dump's bytes twice: once checked (or downloaded), once restored.
+    """
+    admin = settings.postgres.dsn.get_secret_value()
+    refuse_existing(settings, into)
+    if loc.backup.encrypted:
+        load_identity(settings)  # fail before any work when the key is missing
+    with local_copy(settings, loc, progress) as path:
+        pg.create_database(admin, into)
+        try:
+            pg_restore_file(settings, path, pg.database_dsn(admin, into),
+                            encrypted=loc.backup.encrypted, keep_owners=keep_owners, progress=progress)
+        except BaseException:
+            pg.drop_database(admin, into)
+            raise

@@ -1,0 +1,223 @@
+"""Where backups live: the local folder and zero or more S3 targets.
+
+Both stores speak in file names under `<database>/`, so listing, retention and
+restore read them alike. Writes are atomic in both: a local file is written as
+`.partial`, fsynced and renamed; an S3 object appears only when its multipart
+upload completes, and a failed upload is aborted.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import shutil
+from collections.abc import Iterator
+from pathlib import Path
+from typing import IO, Protocol
+
+import boto3
+import botocore.config
+import botocore.exceptions
+from boto3.s3.transfer import TransferConfig
+
+from homelab_ops.backups.catalog import PARTIAL_SUFFIX
+from homelab_ops.settings import S3Target
+
+CHUNK = 1 << 20
+# 8 MiB parts, two at a time: memory stays near 16 MiB whatever the dump's size.
+TRANSFER = TransferConfig(multipart_threshold=8 << 20, multipart_chunksize=8 << 20, max_concurrency=2)
+
+
+class StoreError(RuntimeError):
+    """A store could not do what was asked; the message names the store."""
+
+
+class Store(Protocol):
+    label: str
+
+    def list(self, database: str) -> dict[str, int]: ...
+    def open_read(self, database: str, name: str) -> IO[bytes]: ...
+    def put_file(self, database: str, name: str, path: Path, sha256: str) -> None: ...
+    def put_bytes(self, database: str, name: str, data: bytes) -> None: ...
+    def delete(self, database: str, names: list[str]) -> None: ...
+    def uri(self, database: str, name: str) -> str: ...
+
+
+def sha256_file(path: Path) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        while chunk := f.read(CHUNK):
+            h.update(chunk)
+    return h.hexdigest()
+
+
+def fsync_dir(path: Path) -> None:
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+class LocalStore:
+    label = "local"
+
+    def __init__(self, root: str | Path):
+        self.root = Path(root)
+
+    def folder(self, database: str) -> Path:
+        return self.root / database
+
+    def list(self, database: str) -> dict[str, int]:
+        d = self.folder(database)
+        if not d.is_dir():
+            return {}
+        return {p.name: p.stat().st_size for p in d.iterdir() if p.is_file()}
+
+    def databases(self) -> list[str]:
+        return sorted(p.name for p in self.root.iterdir() if p.is_dir()) if self.root.is_dir() else []
+
+    def path(self, database: str, name: str) -> Path:
+        return self.folder(database) / name
+
+    def open_read(self, database: str, name: str) -> IO[bytes]:
+        return open(self.path(database, name), "rb")
+
+    def put_file(self, database: str, name: str, path: Path, sha256: str) -> None:
+        dest = self.path(database, name)
+        if Path(path) != dest:
+            shutil.copyfile(path, dest)
+
+    def put_bytes(self, database: str, name: str, data: bytes) -> None:
+        """Write, fsync, rename: a crash leaves the old file or a .partial, never half a file."""
+        folder = self.folder(database)
+        folder.mkdir(parents=True, exist_ok=True)
+        tmp = folder / (name + PARTIAL_SUFFIX)
+        with open(tmp, "wb") as f:
+            f.write(data)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, folder / name)
+        fsync_dir(folder)
+
+    def delete(self, database: str, names: list[str]) -> None:
+        for name in names:
+            self.path(database, name).unlink(missing_ok=True)
+        if names:
+            fsync_dir(self.folder(database))
+
+    def uri(self, database: str, name: str) -> str:
+        return str(self.path(database, name))
+
+
+class S3Store:
+    def __init__(self, target: S3Target, client=None):
+        self.target = target
+        self.label = target.label
+        self.client = client or boto3.client(
+            "s3",
+            endpoint_url=target.endpoint_url,
+            region_name=target.region,
+            config=botocore.config.Config(retries={"max_attempts": 3, "mode": "standard"},
+                                          connect_timeout=10, read_timeout=120),
+        )
+
+    def key(self, database: str, name: str) -> str:
+        return f"{self.target.prefix}{database}/{name}"
+
+    def uri(self, database: str, name: str) -> str:
+        return f"s3://{self.target.bucket}/{self.key(database, name)}"
+
+    def _fail(self, action: str, err: Exception) -> StoreError:
+        detail = err.response["Error"].get("Code", "") if isinstance(err, botocore.exceptions.ClientError) else ""
+        return StoreError(f"S3 target {self.label} ({self.target.uri_base}): {action} failed: "
+                          f"{detail or type(err).__name__}: {err}")
+
+    def list(self, database: str) -> dict[str, int]:
+        prefix = self.key(database, "")
+        out: dict[str, int] = {}
+        try:
+            for page in self.client.get_paginator("list_objects_v2").paginate(
+                    Bucket=self.target.bucket, Prefix=prefix):
+                for obj in page.get("Contents", []):
+                    name = obj["Key"][len(prefix):]
+                    if "/" not in name:
+                        out[name] = obj["Size"]
+        except (botocore.exceptions.BotoCoreError, botocore.exceptions.ClientError) as e:
+            raise self._fail("listing", e) from None
+        return out
+
+    def open_read(self, database: str, name: str) -> IO[bytes]:
+        try:
+            return self.client.get_object(Bucket=self.target.bucket, Key=self.key(database, name))["Body"]
+        except (botocore.exceptions.BotoCoreError, botocore.exceptions.ClientError) as e:
+            raise self._fail(f"reading {name}", e) from None
+
+    def head_sha256(self, database: str, name: str) -> str | None:
+        head = self.client.head_object(Bucket=self.target.bucket, Key=self.key(database, name))
+        return head.get("Metadata", {}).get("sha256")
+
+    def put_file(self, database: str, name: str, path: Path, sha256: str) -> None:
+        """Multipart upload from the file, sha256 in the metadata, checked with a HEAD after."""
+        key = self.key(database, name)
+        size = Path(path).stat().st_size
+        try:
+            with open(path, "rb") as f:
+                self.client.upload_fileobj(f, self.target.bucket, key, Config=TRANSFER,
+                                           ExtraArgs={"Metadata": {"sha256": sha256}})
+            head = self.client.head_object(Bucket=self.target.bucket, Key=key)
+        except (botocore.exceptions.BotoCoreError, botocore.exceptions.ClientError,
+                OSError, Exception) as e:  # s3transfer wraps errors in its own types
+            self.abort_uploads(key)
+            raise self._fail(f"uploading {name}", e) from None
+        if head["ContentLength"] != size or head.get("Metadata", {}).get("sha256") != sha256:
+            raise StoreError(f"S3 target {self.label}: {key} does not match after upload "
+                             f"(size {head['ContentLength']} vs {size})")
+
+    def put_bytes(self, database: str, name: str, data: bytes) -> None:
+        try:
+            self.client.put_object(Bucket=self.target.bucket, Key=self.key(database, name), Body=data,
+                                   Metadata={"sha256": hashlib.sha256(data).hexdigest()})
+        except (botocore.exceptions.BotoCoreError, botocore.exceptions.ClientError) as e:
+            raise self._fail(f"writing {name}", e) from None
+
+    def delete(self, database: str, names: list[str]) -> int:
+        """DeleteObjects in batches of 1000 (the API's limit); returns the number of requests."""
+        requests = 0
+        for i in range(0, len(names), 1000):
+            batch = [{"Key": self.key(database, n)} for n in names[i:i + 1000]]
+            try:
+                resp = self.client.delete_objects(Bucket=self.target.bucket,
+                                                  Delete={"Objects": batch, "Quiet": True})
+            except (botocore.exceptions.BotoCoreError, botocore.exceptions.ClientError) as e:
+                raise self._fail("deleting", e) from None
+            requests += 1
+            if resp.get("Errors"):
+                first = resp["Errors"][0]
+                raise StoreError(f"S3 target {self.label}: could not delete {first['Key']}: {first.get('Code')}")
+        return requests
+
+    def incomplete_uploads(self, prefix: str | None = None) -> Iterator[dict]:
+        paginator = self.client.get_paginator("list_multipart_uploads")
+        for page in paginator.paginate(Bucket=self.target.bucket, Prefix=prefix or self.target.prefix):
+            yield from page.get("Uploads", [])
+
+    def abort_uploads(self, key: str) -> None:
+        """Best effort: leave no incomplete multipart upload for a key whose upload failed."""
+        try:
+            for up in self.incomplete_uploads(key):
+                if up["Key"] == key:
+                    self.client.abort_multipart_upload(Bucket=self.target.bucket, Key=key,
+                                                       UploadId=up["UploadId"])
+        except Exception:  # the store is down: retention aborts old uploads later
+            pass
+
+
+def stores_for(settings) -> tuple[LocalStore, list[S3Store]]:
+    return LocalStore(settings.backups.local_dir), [S3Store(t) for t in settings.backups.s3]
+
+
+def read_json(store: Store, database: str, name: str) -> dict:
+    with store.open_read(database, name) as f:
+        return json.loads(f.read())

@@ -1,0 +1,43 @@
+"""`homelab-ops`: the operator's command line. One sub-group per domain."""
+
+from __future__ import annotations
+
+import click
+
+from homelab_ops.settings import SettingsError, load
+
+
+class Context:
+    """Settings loaded lazily, so `--help` works without a settings file."""
+
+    def __init__(self, config: str | None):
+        self.config = config
+        self._settings = None
+
+    @property
+    def settings(self):
+        if self._settings is None:
+            try:
+                self._settings = load(self.config)
+            except SettingsError as e:
+                raise click.ClickException(str(e)) from None
+        return self._settings
+
+
+@click.group()
+@click.option("--config", envvar="HOMELAB_CONFIG", default=None,
+              help="Settings file (default: $HOMELAB_CONFIG, then ./homelab.yaml).")
+@click.pass_context
+def main(ctx: click.Context, config: str | None) -> None:
+    """Operate the homelab: backups, credentials, n8n, notifications."""
+    ctx.obj = Context(config)
+
+
+def _register() -> None:
+    from homelab_ops.cli import backups, demo
+
+    main.add_command(backups.backups)
+    main.add_command(demo.demo)
+
+
+_register()

@@ -1,0 +1,94 @@
+"""`homelab-ops backups ...`: list and restore."""
+
+from __future__ import annotations
+
+from datetime import datetime, timezone
+
+import click
+
+from homelab_ops.backups.catalog import read_listing
+from homelab_ops.backups.restore import RestoreError, locate, parse_at, refuse_existing, restore
+from homelab_ops.backups.stores import StoreError, read_json, stores_for
+
+
+def human_size(n: float) -> str:
+    for unit in ("B", "KiB", "MiB", "GiB", "TiB"):
+        if n < 1024 or unit == "TiB":
+            return f"{n:.0f} {unit}" if unit == "B" else f"{n:.1f} {unit}"
+        n /= 1024
+    return f"{n:.1f} TiB"
+
+
+def human_age(seconds: float) -> str:
+    if seconds < 3600:
+        return f"{seconds / 60:.0f}m"
+    if seconds < 86400 * 2:
+        return f"{seconds / 3600:.1f}h"
+    return f"{seconds / 86400:.1f}d"
+
+
+def verified_label(store, database: str, backup) -> str:
+    if not backup.verified:
+        return "-"
+    try:
+        v = read_json(store, database, backup.verified)
+    except (OSError, ValueError, StoreError):
+        return "unreadable"
+    return v.get("outcome", "?")
+
+
+@click.group()
+def backups() -> None:
+    """Backups: list, restore."""
+
+
+@backups.command("list")
+@click.argument("database", required=False)
+@click.pass_obj
+def list_(obj, database: str | None) -> None:
+    """Backups in every store, newest first, with size, age and verification."""
+    settings = obj.settings
+    local, remotes = stores_for(settings)
+    now = datetime.now(timezone.utc)
+    names = [database] if database else local.databases()
+    rows = []
+    for store in [local, *remotes]:
+        for db in names:
+            try:
+                listing = read_listing(store.list(db))
+            except StoreError as e:
+                click.echo(f"warning: {e}", err=True)
+                break
+            for b in reversed(listing.backups):
+                rows.append((db, store.label, b.stem, human_size(b.size), human_age((now - b.time).total_seconds()),
+                             "age" if b.encrypted else "", verified_label(store, db, b)))
+            for o in listing.orphans:
+                rows.append((db, store.label, o, "", "", "", "orphan"))
+    if not rows:
+        click.echo("no backups found")
+        return
+    header = ("DATABASE", "STORE", "BACKUP", "SIZE", "AGE", "ENC", "VERIFIED")
+    widths = [max(len(str(r[i])) for r in [header, *rows]) for i in range(len(header))]
+    for r in [header, *rows]:
+        click.echo("  ".join(str(c).ljust(w) for c, w in zip(r, widths)).rstrip())
+
+
+@backups.command("restore")
+@click.argument("database")
+@click.option("--into", "into", required=True, help="New database to create; never an existing one.")
+@click.option("--at", "at", default=None, help="Backup id (20261125T030000Z) or time: the newest at or before it.")
+@click.option("--from", "source", default="local", show_default=True, help="local, s3, or an S3 target's name.")
+@click.pass_obj
+def restore_cmd(obj, database: str, into: str, at: str | None, source: str) -> None:
+    """Restore DATABASE's backup into a new database, after checking its sha256."""
+    settings = obj.settings
+    try:
+        refuse_existing(settings, into)
+        loc = locate(settings, database, at=parse_at(at) if at else None, source=source)
+        size = loc.backup.sizes.get(loc.backup.dump) or loc.manifest["size"]
+        click.echo(f"restoring {database} backup {loc.backup.stem} ({human_size(size)}) from {loc.store.label}")
+        with click.progressbar(length=2 * size, label="check sha256, then restore") as bar:
+            restore(settings, loc, into, progress=bar.update)
+    except (RestoreError, StoreError) as e:
+        raise click.ClickException(str(e)) from None
+    click.echo(f"restored {database} backup {loc.backup.stem} from {loc.store.label} into {into}")

@@ -1,0 +1,74 @@
+"""The state database: schema `homelab_ops` in `state.dsn`, migrated in order.
+
+Each domain adds a numbered file under `homelab_ops/sql/`; `migrate` applies the
+ones not yet recorded, each in its own transaction, under an advisory lock so two
+processes starting at once do not race.
+"""
+
+from __future__ import annotations
+
+from importlib import resources
+
+import psycopg
+from psycopg import sql
+
+SCHEMA = "homelab_ops"
+_LOCK_KEY = 0x686F6D656C6162  # "homelab"
+
+
+def connect(dsn: str, **kwargs) -> psycopg.Connection:
+    """A connection with a short connect timeout and a recognisable application name."""
+    kwargs.setdefault("connect_timeout", 10)
+    kwargs.setdefault("application_name", "homelab-ops")
+    return psycopg.connect(dsn, **kwargs)
+
+
+def ensure_database(admin_dsn: str, dsn: str) -> None:
+    """Create the state database itself when it is missing (a fresh Pi has none)."""
+    name = psycopg.conninfo.conninfo_to_dict(dsn).get("dbname")
+    if not name:
+        return
+    with connect(admin_dsn, autocommit=True) as conn:
+        if conn.execute("SELECT 1 FROM pg_database WHERE datname = %s", (name,)).fetchone():
+            return
+        try:
+            conn.execute(sql.SQL("CREATE DATABASE {}").format(sql.Identifier(name)))
+        except psycopg.errors.DuplicateDatabase:
+            pass
+
+
+def migrations() -> list[tuple[str, str]]:
+    files = sorted(
+        (f for f in resources.files("homelab_ops.sql").iterdir() if f.name.endswith(".sql")),
+        key=lambda f: f.name,
+    )
+    return [(f.name, f.read_text()) for f in files]
+
+
+def migrate(conn: psycopg.Connection) -> list[str]:
+    """Apply pending migrations; returns the names applied."""
+    applied: list[str] = []
+    with conn.transaction():
+        conn.execute("SELECT pg_advisory_xact_lock(%s)", (_LOCK_KEY,))
+        conn.execute(f"CREATE SCHEMA IF NOT EXISTS {SCHEMA}")
+        conn.execute(
+            f"CREATE TABLE IF NOT EXISTS {SCHEMA}.schema_migrations"
+            " (name text PRIMARY KEY, applied_at timestamptz NOT NULL DEFAULT now())"
+        )
+        done = {r[0] for r in conn.execute(f"SELECT name FROM {SCHEMA}.schema_migrations")}
+        for name, text in migrations():
+            if name in done:
+                continue
+            conn.execute(text)
+            conn.execute(f"INSERT INTO {SCHEMA}.schema_migrations (name) VALUES (%s)", (name,))
+            applied.append(name)
+    return applied
+
+
+def open_state(settings) -> psycopg.Connection:
+    """Connect to the state database, creating and migrating it on first use."""
+    dsn = settings.state.dsn.get_secret_value()
+    ensure_database(settings.postgres.dsn.get_secret_value(), dsn)
+    conn = connect(dsn)
+    migrate(conn)
+    return conn

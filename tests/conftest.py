@@ -1,0 +1,100 @@
+"""Shared fixtures: real PostgreSQL on 127.0.0.1:5432, a moto S3 server on loopback, settings files."""
+
+from __future__ import annotations
+
+import os
+import socket
+import uuid
+from pathlib import Path
+
+import boto3
+import psycopg
+import pytest
+import yaml
+from psycopg import sql
+
+from homelab_ops.settings import load
+
+ADMIN_DSN = os.environ.get("HOMELAB_TEST_ADMIN_DSN", "postgresql://postgres@127.0.0.1:5432/postgres")
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def dsn_for(database: str) -> str:
+    return psycopg.conninfo.make_conninfo(ADMIN_DSN, dbname=database)
+
+
+def drop_database(name: str) -> None:
+    with psycopg.connect(ADMIN_DSN, autocommit=True) as conn:
+        conn.execute(sql.SQL("DROP DATABASE IF EXISTS {} WITH (FORCE)").format(sql.Identifier(name)))
+
+
+def database_exists(name: str) -> bool:
+    with psycopg.connect(ADMIN_DSN) as conn:
+        return conn.execute("SELECT 1 FROM pg_database WHERE datname = %s", (name,)).fetchone() is not None
+
+
+@pytest.fixture
+def new_db():
+    """Factory for uniquely named databases, dropped after the test (with any scratch copies)."""
+    made: list[str] = []
+
+    def make(prefix: str = "t", *, create: bool = True) -> str:
+        name = f"{prefix}_{uuid.uuid4().hex[:8]}"
+        made.append(name)
+        if create:
+            with psycopg.connect(ADMIN_DSN, autocommit=True) as conn:
+                conn.execute(sql.SQL("CREATE DATABASE {}").format(sql.Identifier(name)))
+        return name
+
+    yield make
+    for name in made:
+        drop_database(name)
+
+
+@pytest.fixture(scope="session")
+def s3_server():
+    """moto's S3 and IAM server on a loopback port, with throwaway credentials."""
+    from moto.server import ThreadedMotoServer
+
+    port = free_port()
+    server = ThreadedMotoServer(ip_address="127.0.0.1", port=port, verbose=False)
+    server.start()
+    env = {"AWS_ACCESS_KEY_ID": "testing", "AWS_SECRET_ACCESS_KEY": "testing", "AWS_DEFAULT_REGION": "us-east-1"}
+    old = {k: os.environ.get(k) for k in env}
+    os.environ.update(env)
+    yield f"http://127.0.0.1:{port}"
+    server.stop()
+    for k, v in old.items():
+        if v is None:
+            os.environ.pop(k, None)
+        else:
+            os.environ[k] = v
+
+
+@pytest.fixture
+def s3_bucket(s3_server):
+    name = f"b-{uuid.uuid4().hex[:10]}"
+    client = boto3.client("s3", endpoint_url=s3_server, region_name="us-east-1")
+    client.create_bucket(Bucket=name)
+    return client, name
+
+
+@pytest.fixture
+def write_settings(tmp_path):
+    """Write a settings file (a dict) and return (path, Settings)."""
+
+    def write(data: dict, name: str = "homelab.yaml"):
+        data = {"postgres": {"dsn": ADMIN_DSN, "databases": ["n8n"]},
+                "state": {"dsn": dsn_for("homelab_test")},
+                **data}
+        data.setdefault("backups", {}).setdefault("local_dir", str(tmp_path / "backups"))
+        path = Path(tmp_path) / name
+        path.write_text(yaml.safe_dump(data))
+        return path, load(path)
+
+    return write
