@@ -18,6 +18,7 @@ env: $(VENV)/.synced
 services: env
 	@bash scripts/system-packages.sh
 	@bash scripts/postgres-up.sh
+	@bash scripts/dockerd-up.sh
 
 $(DAGSTER_HOME)/dagster.yaml: dagster.yaml
 	@mkdir -p $(DAGSTER_HOME)

@@ -98,3 +98,17 @@ def write_settings(tmp_path):
         return path, load(path)
 
     return write
+
+
+DOCKER_HOST = os.environ.get("HOMELAB_TEST_DOCKER_HOST", "unix:///run/homelab-ops-test/docker.sock")
+
+
+@pytest.fixture(scope="session")
+def docker_client():
+    """The Docker Engine `make test` starts (scripts/dockerd-up.sh); the test fails if none answers."""
+    import docker
+
+    client = docker.DockerClient(base_url=DOCKER_HOST, timeout=120)
+    client.ping()
+    yield client
+    client.close()
