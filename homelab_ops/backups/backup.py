@@ -94,12 +94,12 @@ def stream_to_file(proc, dest: Path, *, level: int, recipients: list[str], timeo
     watchdog.start()
     sink = _HashingWriter(dest)
     try:
-        reader = zstandard.ZstdCompressor(level=level).stream_reader(proc.stdout, read_size=CHUNK)
+        cctx = zstandard.ZstdCompressor(level=level)
         if recipients:
+            reader = cctx.stream_reader(proc.stdout, read_size=CHUNK)
             pyrage.encrypt_io(reader, sink, _recipients(recipients))
         else:
-            while chunk := reader.read(CHUNK):
-                sink.write(chunk)
+            cctx.copy_stream(proc.stdout, sink, read_size=CHUNK, write_size=CHUNK)
         sink.close()
         rc = proc.wait()
     except BaseException:

@@ -37,13 +37,12 @@ class TableStat:
         return f"{self.schema}.{self.table}"
 
 
-# An order-independent content checksum: the sum of a 64-bit slice of each row's
-# md5. No sort, so it costs one sequential read per table; equal multisets of rows
-# give equal sums, and any changed, missing or extra row changes it.
-_STATS_SQL = (
-    "SELECT count(*), coalesce(sum(('x' || left(md5(t::text), 16))::bit(64)::bigint), 0)::text"
-    " FROM {}.{} AS t"
-)
+# An order-independent content checksum: the sum of each row's 64-bit hash of its
+# text form. No sort, so it costs one sequential read per table; equal multisets of
+# rows give equal sums, and a changed, missing or extra row changes it. The hash is
+# PostgreSQL's own hashtextextended (what hash partitioning relies on to be stable),
+# about twice as fast as md5 here; it detects damage, it is not meant against forgery.
+_STATS_SQL = "SELECT count(*), coalesce(sum(hashtextextended(t::text, 0)), 0)::text FROM {}.{} AS t"
 
 _TABLES_SQL = """
 SELECT n.nspname, c.relname
