@@ -31,7 +31,8 @@ demo: services $(DAGSTER_HOME)/dagster.yaml
 	@echo "== What the nightly job made =="
 	$(VENV)/bin/homelab-ops backups list
 	@echo
-	@echo "Backups:        $(CURDIR)/var/backups"
+	@echo "Backups:        $(CURDIR)/var/backups (one folder per database, dump + manifest per backup)"
+	@echo "n8n workflows:  $(CURDIR)/var/backups/n8n_workflows (one JSON file per workflow, per run)"
 	@echo "Dagster runs:   $(DAGSTER_HOME) (open them with: make ui)"
 
 test: services

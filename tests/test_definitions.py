@@ -31,3 +31,28 @@ def test_backup_assets_are_keyed_per_database_in_the_backups_group():
     nightly = d.resolve_job_def("nightly_backup")
     selected = {k for k in nightly.asset_layer.selected_asset_keys}
     assert {dg.AssetKey(["backups", "n8n"]), dg.AssetKey("n8n_workflows"), dg.AssetKey("backup_globals")} <= selected
+
+
+def test_all_databases_means_every_non_template_database(new_db, write_settings):
+    from homelab_ops.defs.backups.assets import databases
+
+    db = new_db("every")
+    _, settings = write_settings({"postgres": {"dsn": "postgresql://postgres@127.0.0.1:5432/postgres",
+                                               "databases": "all"}})
+    names = databases(settings)
+    assert db in names and "postgres" in names
+    assert "template0" not in names and "template1" not in names
+
+
+def test_dagster_validates_the_module_and_the_workspace():
+    import os
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    root = Path(__file__).resolve().parent.parent
+    env = {k: v for k, v in os.environ.items() if k != "HOMELAB_CONFIG"}
+    for target in (["-m", "homelab_ops.definitions"], ["-w", "workspace.yaml"]):
+        proc = subprocess.run([sys.executable, "-m", "dagster", "definitions", "validate", *target],
+                              capture_output=True, text=True, cwd=root, env=env)
+        assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-2000:]
