@@ -38,6 +38,8 @@ CREATE SEQUENCE public.counter START 100;
 SELECT nextval('public.counter'), nextval('public.counter');
 CREATE TABLE public.plain (k text PRIMARY KEY, v text);
 INSERT INTO public.plain VALUES ('tab', E'a\tb'), ('newline', E'a\nb'), ('backslash', E'a\\b'), ('null', NULL);
+CREATE TABLE public.legacy (doc json, at point);  -- types without a hash function
+INSERT INTO public.legacy VALUES ('{"n8n": "classic json", "spaces":   1}', '(1.5,2)'), (NULL, NULL);
 """
 
 
@@ -71,15 +73,16 @@ def test_round_trip_through_the_asset(new_db, write_settings):
     assert result.success
     mat = result.asset_materializations_for_node(f"backups__{db}")[0]
     meta = mat.metadata
-    assert meta["table_count"].value == 3
-    assert meta["row_count"].value == 3001 + 4
+    assert meta["table_count"].value == 4
+    assert meta["row_count"].value == 3001 + 4 + 2
     dump = Path(meta["path"].value)
     assert dump.name.endswith(".dump.zst") and dump.exists()
     manifest = json.loads(dump.with_name(dump.name.replace(".dump.zst", ".manifest.json")).read_text())
     assert manifest["database"] == db and manifest["sha256"] == meta["sha256"].value
     assert manifest["server_version"] and manifest["pg_dump_version"].startswith("pg_dump")
     assert manifest_stats(manifest) == stats(db)
-    assert manifest_stats(manifest)["public.empty_table"] == (0, "0")
+    assert manifest_stats(manifest)["public.empty_table"] == (0, "rec:0")
+    assert manifest_stats(manifest)["public.legacy"][1].startswith("txt:")
 
     target = new_db("restored", create=False)
     restore(settings, locate(settings, db), target)

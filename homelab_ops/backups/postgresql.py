@@ -37,12 +37,18 @@ class TableStat:
         return f"{self.schema}.{self.table}"
 
 
-# An order-independent content checksum: the sum of each row's 64-bit hash of its
-# text form. No sort, so it costs one sequential read per table; equal multisets of
-# rows give equal sums, and a changed, missing or extra row changes it. The hash is
-# PostgreSQL's own hashtextextended (what hash partitioning relies on to be stable),
-# about twice as fast as md5 here; it detects damage, it is not meant against forgery.
-_STATS_SQL = "SELECT count(*), coalesce(sum(hashtextextended(t::text, 0)), 0)::text FROM {}.{} AS t"
+# An order-independent content checksum: the sum of a 64-bit hash of every row. No
+# sort, so it costs one sequential read per table; equal multisets of rows give equal
+# sums, and a changed, missing or extra row changes it. The hashes are PostgreSQL's
+# extended hash functions, the ones hash partitioning relies on to be stable. Rows are
+# hashed column by column (`hash_record_extended`, three times faster than hashing
+# their text); a table with a column type that has no hash function (json, point...)
+# falls back to hashing the row's text. The prefix says which, so both sides agree.
+# This detects damage; it is not meant to resist forgery.
+_STATS_SQL = {
+    "rec": "SELECT count(*), coalesce(sum(hash_record_extended(t, 0)), 0)::text FROM {}.{} AS t",
+    "txt": "SELECT count(*), coalesce(sum(hashtextextended(t::text, 0)), 0)::text FROM {}.{} AS t",
+}
 
 _TABLES_SQL = """
 SELECT n.nspname, c.relname
@@ -60,10 +66,19 @@ def table_stats(conn: psycopg.Connection) -> list[TableStat]:
     """Exact row count and content checksum of every user table, in the connection's snapshot."""
     out = []
     for schema, table in conn.execute(_TABLES_SQL).fetchall():
-        q = sql.SQL(_STATS_SQL).format(sql.Identifier(schema), sql.Identifier(table))
-        rows, checksum = conn.execute(q).fetchone()
-        out.append(TableStat(schema, table, int(rows), checksum))
+        out.append(TableStat(schema, table, *_table_checksum(conn, schema, table)))
     return out
+
+
+def _table_checksum(conn: psycopg.Connection, schema: str, table: str) -> tuple[int, str]:
+    ident = (sql.Identifier(schema), sql.Identifier(table))
+    try:
+        with conn.transaction():  # a savepoint: the fallback must not lose the snapshot
+            rows, total = conn.execute(sql.SQL(_STATS_SQL["rec"]).format(*ident)).fetchone()
+            return int(rows), f"rec:{total}"
+    except psycopg.errors.UndefinedFunction:
+        rows, total = conn.execute(sql.SQL(_STATS_SQL["txt"]).format(*ident)).fetchone()
+        return int(rows), f"txt:{total}"
 
 
 def database_dsn(admin_dsn: str, database: str) -> str:
