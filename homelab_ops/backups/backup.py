@@ -49,16 +49,19 @@ class BackupResult:
 
 
 class _HashingWriter:
-    """A file sink that hashes and counts what passes through it."""
+    """A file sink that hashes and counts what passes through it, and feeds any uploads."""
 
-    def __init__(self, path: Path):
+    def __init__(self, path: Path, tees=()):
         self.f = open(path, "wb")
         self.sha = hashlib.sha256()
         self.size = 0
+        self.tees = tees
 
     def write(self, b) -> int:
         self.sha.update(b)
         self.size += len(b)
+        for tee in self.tees:
+            tee.write(b)
         return self.f.write(b)
 
     def flush(self) -> None:
@@ -74,7 +77,8 @@ def _recipients(keys: list[str]):
     return [pyrage.x25519.Recipient.from_str(k) for k in keys]
 
 
-def stream_to_file(proc, dest: Path, *, level: int, recipients: list[str], timeout: float, what: str) -> tuple[str, int]:
+def stream_to_file(proc, dest: Path, *, level: int, recipients: list[str], timeout: float, what: str,
+                   tees=()) -> tuple[str, int]:
     """Compress (and encrypt) a child's stdout into `dest`; returns (sha256, size).
 
     Raises BackupError when the child fails or outlives `timeout`; `dest` is
@@ -92,7 +96,7 @@ def stream_to_file(proc, dest: Path, *, level: int, recipients: list[str], timeo
     watchdog = threading.Timer(timeout, kill)
     watchdog.daemon = True
     watchdog.start()
-    sink = _HashingWriter(dest)
+    sink = _HashingWriter(dest, tees)
     try:
         cctx = zstandard.ZstdCompressor(level=level)
         if recipients:
@@ -131,25 +135,92 @@ def _new_stem(local: LocalStore, database: str) -> tuple[str, datetime]:
         time.sleep(1.05 - (time.time() % 1))
 
 
-def _commit_dump(partial: Path, final: Path) -> None:
-    os.replace(partial, final)
-    fsync_dir(final.parent)
-
-
 def _lock_key(database: str) -> int:
     return int.from_bytes(hashlib.sha256(f"homelab_ops.backup.{database}".encode()).digest()[:8], "big", signed=True)
 
 
-def _offsite(settings, database: str, dump_name: str, path: Path, manifest: dict, result: BackupResult) -> None:
+def _open_uploads(settings, database: str, dump_name: str) -> list:
     _, remotes = stores_for(settings)
+    return [store.open_stream(database, dump_name) for store in remotes]
+
+
+def _finish_uploads(uploads: list, database: str, manifest: dict, result: BackupResult) -> None:
+    """Complete each target's upload of the dump, then its manifest; a failed target is recorded."""
     body = json.dumps(manifest, indent=2).encode()
-    for store in remotes:
+    for up in uploads:
         try:
-            store.put_file(database, dump_name, path, manifest["sha256"])
-            store.put_bytes(database, result.stem + MANIFEST_SUFFIX, body)
-            result.uris.append(store.uri(database, dump_name))
+            up.finish(manifest["sha256"])
+            up.store.put_bytes(database, result.stem + MANIFEST_SUFFIX, body)
+            result.uris.append(up.store.uri(database, up.name))
         except StoreError as e:
             result.offsite_errors.append(str(e))
+
+
+@dataclass
+class _Pending:
+    """A backup being written: its names, and the uploads fed while it streams."""
+
+    settings: object
+    database: str
+    stem: str
+    started: datetime
+    final: Path
+    uploads: list
+
+    @property
+    def partial(self) -> Path:
+        return self.final.with_name(self.final.name + PARTIAL_SUFFIX)
+
+    def stream(self, proc, what: str) -> tuple[str, int]:
+        b = self.settings.backups
+        return stream_to_file(proc, self.partial, level=b.zstd_level, recipients=b.encryption.age_recipients,
+                              timeout=b.timeout_seconds, what=what, tees=self.uploads)
+
+    def abandon(self) -> None:
+        self.partial.unlink(missing_ok=True)
+        for up in self.uploads:
+            up.abort()
+
+    def commit(self, sha: str, size: int, extra: dict) -> BackupResult:
+        """Rename the dump into place, write its manifest, then complete the off-site copies."""
+        os.replace(self.partial, self.final)
+        fsync_dir(self.final.parent)
+        b = self.settings.backups
+        enc = b.encryption.age_recipients
+        manifest = {
+            "format": MANIFEST_FORMAT,
+            "database": self.database,
+            "dump": self.final.name,
+            "started_at": self.started.isoformat(),
+            "finished_at": datetime.now(timezone.utc).isoformat(),
+            "host": socket.gethostname(),
+            "size": size,
+            "sha256": sha,
+            "compression": {"algorithm": "zstd", "level": b.zstd_level},
+            "encryption": {"algorithm": "age-x25519", "recipients": enc} if enc else None,
+            **extra,
+        }
+        body = json.dumps(manifest, indent=2).encode()
+        LocalStore(b.local_dir).put_bytes(self.database, self.stem + MANIFEST_SUFFIX, body)
+        result = BackupResult(self.database, self.stem, self.final, manifest, [str(self.final)])
+        for up in self.uploads:
+            try:
+                up.finish(sha)
+                up.store.put_bytes(self.database, self.stem + MANIFEST_SUFFIX, body)
+                result.uris.append(up.store.uri(self.database, up.name))
+            except StoreError as e:
+                result.offsite_errors.append(str(e))
+        return result
+
+
+def _prepare(settings, database: str, *, globals_only: bool = False) -> _Pending:
+    local = LocalStore(settings.backups.local_dir)
+    local.folder(database).mkdir(parents=True, exist_ok=True)
+    stem, started = _new_stem(local, database)
+    name = stem + dump_suffix(encrypted=bool(settings.backups.encryption.age_recipients), globals_only=globals_only)
+    _, remotes = stores_for(settings)
+    uploads = [store.open_stream(database, name) for store in remotes]
+    return _Pending(settings, database, stem, started, local.path(database, name), uploads)
 
 
 def run_backup(settings, database: str) -> BackupResult:
@@ -157,112 +228,72 @@ def run_backup(settings, database: str) -> BackupResult:
     so the caller can report the local backup that did succeed."""
     admin = settings.postgres.dsn.get_secret_value()
     bin_dir = settings.postgres.pg_bin_dir
-    enc = settings.backups.encryption.age_recipients
+    timeout = settings.backups.timeout_seconds
     pg_dump = pg.tool("pg_dump", bin_dir)
     if not pg.database_exists(admin, database):
         raise BackupError(f"database {database!r} does not exist on the server in postgres.dsn: "
                           "check postgres.databases in the settings")
-    local = LocalStore(settings.backups.local_dir)
-    local.folder(database).mkdir(parents=True, exist_ok=True)
     with connect(admin, autocommit=True) as lock_conn:
         if not lock_conn.execute("SELECT pg_try_advisory_lock(%s)", (_lock_key(database),)).fetchone()[0]:
             raise BackupError(f"another backup of {database!r} is running; two backups of one database never run at once")
-        stem, started = _new_stem(local, database)
-        dump_name = stem + dump_suffix(encrypted=bool(enc))
-        final = local.path(database, dump_name)
-        partial = final.with_name(final.name + PARTIAL_SUFFIX)
-        with connect(pg.database_dsn(admin, database)) as src:
-            src.isolation_level = psycopg.IsolationLevel.REPEATABLE_READ
-            src.read_only = True
-            snapshot = src.execute("SELECT pg_export_snapshot()").fetchone()[0]
-            server_version = pg.server_version(src)
-            proc = pg.start_dump(pg.database_dsn(admin, database), snapshot, bin_dir)
-            stats: dict = {}
+        pending = _prepare(settings, database)
+        try:
+            with connect(pg.database_dsn(admin, database)) as src:
+                src.isolation_level = psycopg.IsolationLevel.REPEATABLE_READ
+                src.read_only = True
+                snapshot = src.execute("SELECT pg_export_snapshot()").fetchone()[0]
+                server_version = pg.server_version(src)
+                proc = pg.start_dump(pg.database_dsn(admin, database), snapshot, bin_dir)
+                stats: dict = {}
 
-            def take_stats():
+                def take_stats():
+                    try:
+                        stats["tables"] = pg.table_stats(src)
+                    except Exception as e:  # reported after the dump, from the main thread
+                        stats["error"] = e
+
+                counter = threading.Thread(target=take_stats, daemon=True)
+                deadline = time.monotonic() + timeout
+                counter.start()
                 try:
-                    stats["tables"] = pg.table_stats(src)
-                except Exception as e:  # reported after the dump, from the main thread
-                    stats["error"] = e
-
-            counter = threading.Thread(target=take_stats, daemon=True)
-            deadline = time.monotonic() + settings.backups.timeout_seconds
-            counter.start()
-            try:
-                sha, size = stream_to_file(proc, partial, level=settings.backups.zstd_level, recipients=enc,
-                                           timeout=settings.backups.timeout_seconds, what=f"pg_dump of {database}")
-                counter.join(max(0.0, deadline - time.monotonic()))
-                if counter.is_alive():
-                    partial.unlink(missing_ok=True)
-                    raise BackupError(f"counting rows of {database} hung: still running after the "
-                                      f"{settings.backups.timeout_seconds:.0f} s timeout (backups.timeout); it was stopped")
-            finally:
-                if counter.is_alive():
-                    src.cancel_safe()
-                    counter.join()
-            src.rollback()
-        if "error" in stats:
-            partial.unlink(missing_ok=True)
-            raise BackupError(f"counting rows of {database} failed: {stats['error']}")
-        _commit_dump(partial, final)
+                    sha, size = pending.stream(proc, f"pg_dump of {database}")
+                    counter.join(max(0.0, deadline - time.monotonic()))
+                    if counter.is_alive():
+                        raise BackupError(f"counting rows of {database} hung: still running after the "
+                                          f"{timeout:.0f} s timeout (backups.timeout); it was stopped")
+                finally:
+                    if counter.is_alive():
+                        src.cancel_safe()
+                        counter.join()
+                src.rollback()
+            if "error" in stats:
+                raise BackupError(f"counting rows of {database} failed: {stats['error']}")
+        except BaseException:
+            pending.abandon()
+            raise
         tables = stats["tables"]
-        manifest = {
-            "format": MANIFEST_FORMAT,
+        return pending.commit(sha, size, {
             "kind": "database",
-            "database": database,
-            "dump": dump_name,
-            "started_at": started.isoformat(),
-            "finished_at": datetime.now(timezone.utc).isoformat(),
-            "host": socket.gethostname(),
             "pg_dump_version": pg.tool_version(pg_dump),
             "server_version": server_version,
             "snapshot": snapshot,
-            "size": size,
-            "sha256": sha,
-            "compression": {"algorithm": "zstd", "level": settings.backups.zstd_level},
-            "encryption": {"algorithm": "age-x25519", "recipients": enc} if enc else None,
             "table_count": len(tables),
             "row_count": sum(t.rows for t in tables),
             "tables": [{"schema": t.schema, "table": t.table, "rows": t.rows, "checksum": t.checksum}
                        for t in tables],
-        }
-        local.put_bytes(database, stem + MANIFEST_SUFFIX, json.dumps(manifest, indent=2).encode())
-    result = BackupResult(database, stem, final, manifest, [str(final)])
-    _offsite(settings, database, dump_name, final, manifest, result)
-    return result
+        })
 
 
 def run_globals_backup(settings) -> BackupResult:
     """`pg_dumpall --globals-only`: the roles a restore on a new server needs first."""
     admin = settings.postgres.dsn.get_secret_value()
-    enc = settings.backups.encryption.age_recipients
-    local = LocalStore(settings.backups.local_dir)
-    local.folder(GLOBALS).mkdir(parents=True, exist_ok=True)
-    stem, started = _new_stem(local, GLOBALS)
-    dump_name = stem + dump_suffix(encrypted=bool(enc), globals_only=True)
-    final = local.path(GLOBALS, dump_name)
-    partial = final.with_name(final.name + PARTIAL_SUFFIX)
-    proc = pg.start_dumpall_globals(admin, settings.postgres.pg_bin_dir)
-    sha, size = stream_to_file(proc, partial, level=settings.backups.zstd_level, recipients=enc,
-                               timeout=settings.backups.timeout_seconds, what="pg_dumpall --globals-only")
-    _commit_dump(partial, final)
-    with connect(admin) as conn:
-        server_version = pg.server_version(conn)
-    manifest = {
-        "format": MANIFEST_FORMAT,
-        "kind": "globals",
-        "database": GLOBALS,
-        "dump": dump_name,
-        "started_at": started.isoformat(),
-        "finished_at": datetime.now(timezone.utc).isoformat(),
-        "host": socket.gethostname(),
-        "server_version": server_version,
-        "size": size,
-        "sha256": sha,
-        "compression": {"algorithm": "zstd", "level": settings.backups.zstd_level},
-        "encryption": {"algorithm": "age-x25519", "recipients": enc} if enc else None,
-    }
-    local.put_bytes(GLOBALS, stem + MANIFEST_SUFFIX, json.dumps(manifest, indent=2).encode())
-    result = BackupResult(GLOBALS, stem, final, manifest, [str(final)])
-    _offsite(settings, GLOBALS, dump_name, final, manifest, result)
-    return result
+    pending = _prepare(settings, GLOBALS, globals_only=True)
+    try:
+        proc = pg.start_dumpall_globals(admin, settings.postgres.pg_bin_dir)
+        sha, size = pending.stream(proc, "pg_dumpall --globals-only")
+        with connect(admin) as conn:
+            server_version = pg.server_version(conn)
+    except BaseException:
+        pending.abandon()
+        raise
+    return pending.commit(sha, size, {"kind": "globals", "server_version": server_version})

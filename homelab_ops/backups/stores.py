@@ -11,7 +11,9 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import queue
 import shutil
+import threading
 from collections.abc import Iterator
 from pathlib import Path
 from typing import IO, Protocol
@@ -25,6 +27,7 @@ from homelab_ops.backups.catalog import PARTIAL_SUFFIX
 from homelab_ops.settings import S3Target
 
 CHUNK = 1 << 20
+PART = 8 << 20
 # 8 MiB parts, two at a time: memory stays near 16 MiB whatever the dump's size.
 TRANSFER = TransferConfig(multipart_threshold=8 << 20, multipart_chunksize=8 << 20, max_concurrency=2)
 
@@ -175,6 +178,10 @@ class S3Store:
             raise StoreError(f"S3 target {self.label}: {key} does not match after upload "
                              f"(size {head['ContentLength']} vs {size})")
 
+    def open_stream(self, database: str, name: str) -> "MultipartStream":
+        """Upload while the dump is still being written: the off-site copy costs no extra pass."""
+        return MultipartStream(self, database, name)
+
     def put_bytes(self, database: str, name: str, data: bytes) -> None:
         try:
             self.client.put_object(Bucket=self.target.bucket, Key=self.key(database, name), Body=data,
@@ -212,6 +219,87 @@ class S3Store:
                                                        UploadId=up["UploadId"])
         except Exception:  # the store is down: retention aborts old uploads later
             pass
+
+
+class MultipartStream:
+    """A multipart upload fed from the dump's pipeline, uploading in a thread of its own.
+
+    `write` never raises and never blocks for long on a failed target: once a part
+    fails, the rest is discarded and `finish` reports the error, so a dead S3
+    target cannot stop the local backup. At most two parts wait in memory.
+    """
+
+    def __init__(self, store: S3Store, database: str, name: str):
+        self.store, self.name = store, name
+        self.key = store.key(database, name)
+        self.buffer = bytearray()
+        self.size = 0
+        self.error: Exception | None = None
+        self.upload_id: str | None = None
+        self.parts: list[dict] = []
+        self.queue: queue.Queue = queue.Queue(maxsize=2)
+        self.thread = threading.Thread(target=self._run, daemon=True)
+        self.thread.start()
+
+    def _run(self) -> None:
+        client, bucket = self.store.client, self.store.target.bucket
+        while (item := self.queue.get()) is not None:
+            if self.error:
+                continue
+            try:
+                if self.upload_id is None:
+                    self.upload_id = client.create_multipart_upload(Bucket=bucket, Key=self.key)["UploadId"]
+                number = len(self.parts) + 1
+                etag = client.upload_part(Bucket=bucket, Key=self.key, UploadId=self.upload_id,
+                                          PartNumber=number, Body=bytes(item))["ETag"]
+                self.parts.append({"ETag": etag, "PartNumber": number})
+            except Exception as e:  # botocore's errors and the network's
+                self.error = e
+
+    def write(self, data) -> None:
+        self.buffer += data
+        self.size += len(data)
+        if len(self.buffer) >= PART:
+            self.queue.put(self.buffer)
+            self.buffer = bytearray()
+
+    def _drain(self) -> None:
+        if self.thread.is_alive():
+            self.queue.put(self.buffer)
+            self.queue.put(None)
+            self.thread.join()
+
+    def abort(self) -> None:
+        self.buffer = bytearray()
+        self.error = self.error or RuntimeError("aborted")
+        self._drain()
+        self.store.abort_uploads(self.key)
+
+    def finish(self, sha256: str) -> None:
+        """Complete, stamp the sha256 into the metadata (a server-side copy), check with a HEAD."""
+        self._drain()
+        client, bucket = self.store.client, self.store.target.bucket
+        try:
+            if self.error:
+                raise self.error
+            if self.upload_id is None:  # an empty stream
+                client.put_object(Bucket=bucket, Key=self.key, Body=b"", Metadata={"sha256": sha256})
+            else:
+                client.complete_multipart_upload(Bucket=bucket, Key=self.key, UploadId=self.upload_id,
+                                                 MultipartUpload={"Parts": self.parts})
+                client.copy({"Bucket": bucket, "Key": self.key}, bucket, self.key, Config=TRANSFER,
+                            ExtraArgs={"Metadata": {"sha256": sha256}, "MetadataDirective": "REPLACE"})
+            head = client.head_object(Bucket=bucket, Key=self.key)
+        except Exception as e:
+            self.store.abort_uploads(self.key)
+            try:
+                client.delete_object(Bucket=bucket, Key=self.key)  # never leave an unstamped copy
+            except Exception:
+                pass
+            raise self.store._fail(f"uploading {self.name}", e) from None
+        if head["ContentLength"] != self.size or head.get("Metadata", {}).get("sha256") != sha256:
+            raise StoreError(f"S3 target {self.store.label}: {self.key} does not match after upload "
+                             f"(size {head['ContentLength']} vs {self.size})")
 
 
 def stores_for(settings) -> tuple[LocalStore, list[S3Store]]:
