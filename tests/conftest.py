@@ -100,6 +100,16 @@ def write_settings(tmp_path):
     return write
 
 
+@pytest.fixture(scope="session")
+def dagster_instance():
+    """One `dg.instance_for_test()` for the session: creating its storage costs seconds each time.
+    Runs are told apart by run id (`instance.all_logs(result.run_id)`)."""
+    import dagster as dg
+
+    with dg.instance_for_test() as instance:
+        yield instance
+
+
 DOCKER_HOST = os.environ.get("HOMELAB_TEST_DOCKER_HOST", "unix:///run/homelab-ops-test/docker.sock")
 
 

@@ -1,0 +1,113 @@
+"""A throwaway PostgreSQL cluster that checks passwords (scram-sha-256), for tests of logins.
+
+The machine's own server trusts every local login, so it cannot tell a right
+password from a wrong one. This starts a private cluster from the PostgreSQL
+15 binaries: initdb with --auth=scram-sha-256 and a random superuser password
+in a temporary folder, listening on 127.0.0.1 and a free port only, with
+`log_statement=all` so tests can also prove what never reached the server log.
+As root, initdb and postgres run as the `postgres` OS user (they refuse root).
+
+    from tests.pg_cluster import scram_cluster
+    with scram_cluster() as pg:
+        psycopg.connect(pg.dsn())
+
+or the module-scoped fixture `scram_pg` (import it into a test module).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import pwd
+import secrets
+import shutil
+import socket
+import subprocess
+import tempfile
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Iterator
+
+import pytest
+from psycopg.conninfo import make_conninfo
+
+PG_BIN = Path(os.environ.get("HOMELAB_TEST_PG_BIN", "/usr/lib/postgresql/15/bin"))
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@dataclass
+class ScramCluster:
+    root: Path
+    port: int
+    password: str
+    superuser: str = "postgres"
+    host: str = "127.0.0.1"
+
+    @property
+    def datadir(self) -> Path:
+        return self.root / "data"
+
+    @property
+    def log_file(self) -> Path:
+        return self.root / "server.log"
+
+    def dsn(self, dbname: str = "postgres", user: str | None = None, password: str | None = None) -> str:
+        return make_conninfo(host=self.host, port=self.port, dbname=dbname, user=user or self.superuser,
+                             password=self.password if password is None else password, connect_timeout=10)
+
+    def server_log(self) -> str:
+        return self.log_file.read_text(errors="replace") if self.log_file.exists() else ""
+
+
+def _as_pg_user(cmd: list[str]) -> list[str]:
+    return ["runuser", "-u", "postgres", "--", *cmd] if os.geteuid() == 0 else cmd
+
+
+def _run(cmd: list[str]) -> None:
+    proc = subprocess.run(_as_pg_user(cmd), capture_output=True, text=True, timeout=120)
+    if proc.returncode != 0:
+        raise RuntimeError(f"{cmd[0]} failed ({proc.returncode}): {proc.stderr.strip() or proc.stdout.strip()}")
+
+
+@contextlib.contextmanager
+def scram_cluster() -> Iterator[ScramCluster]:
+    """Start a private scram-sha-256 cluster; stop it and delete its folder afterwards."""
+    root = Path(tempfile.mkdtemp(prefix="homelab-scram-pg-"))
+    cluster = ScramCluster(root, _free_port(), secrets.token_urlsafe(24))
+    if os.geteuid() == 0:
+        pg = pwd.getpwnam("postgres")
+        os.chown(root, pg.pw_uid, pg.pw_gid)
+    os.chmod(root, 0o700)
+    pwfile = root / "pwfile"
+    pwfile.write_text(cluster.password + "\n")
+    if os.geteuid() == 0:
+        os.chown(pwfile, pg.pw_uid, pg.pw_gid)
+    started = False
+    try:
+        _run([str(PG_BIN / "initdb"), "-D", str(cluster.datadir), "--auth=scram-sha-256",
+              f"--username={cluster.superuser}", f"--pwfile={pwfile}", "--encoding=UTF8", "--no-sync",
+              "--no-instructions"])
+        pwfile.unlink()
+        opts = (f"-c port={cluster.port} -c listen_addresses=127.0.0.1 -c unix_socket_directories={root}"
+                " -c fsync=off -c synchronous_commit=off -c full_page_writes=off -c shared_buffers=16MB"
+                " -c max_connections=30 -c log_statement=all -c password_encryption=scram-sha-256")
+        _run([str(PG_BIN / "pg_ctl"), "-D", str(cluster.datadir), "-l", str(cluster.log_file), "-o", opts,
+              "-w", "-t", "60", "start"])
+        started = True
+        yield cluster
+    finally:
+        if started:
+            with contextlib.suppress(Exception):
+                _run([str(PG_BIN / "pg_ctl"), "-D", str(cluster.datadir), "-m", "immediate", "-w", "stop"])
+        shutil.rmtree(root, ignore_errors=True)
+
+
+@pytest.fixture(scope="module")
+def scram_pg() -> Iterator[ScramCluster]:
+    with scram_cluster() as cluster:
+        yield cluster

@@ -1,0 +1,278 @@
+"""Rotation end to end: a real PostgreSQL role on a password-checking cluster, IAM keys on moto,
+interruptions at every step, and a Dagster run searched for any secret it might have leaked."""
+
+from __future__ import annotations
+
+import uuid
+
+import boto3
+import dagster as dg
+import psycopg
+import pytest
+from psycopg import sql
+
+from homelab_ops.credentials.errors import RotationBusy, RotationError
+from homelab_ops.credentials.keys import load_keyring
+from homelab_ops.credentials.policy import ALPHABETS, htpasswd_matches, make_definition
+from homelab_ops.credentials.rotation import STEPS, rotate, run_step, set_value
+from homelab_ops.credentials.store import open_store
+from homelab_ops.defs.credentials.assets import credential_asset
+from homelab_ops.defs.resources import HomelabSettings
+from tests.conftest import ADMIN_DSN
+from tests.pg_cluster import scram_pg  # noqa: F401 (a fixture)
+from tests.test_credentials_store import (  # noqa: F401 (cred_settings and creds_state_db are fixtures)
+    BOT_TOKEN,
+    add_generated,
+    cred_settings,
+    creds_state_db,
+)
+
+
+def new_role(cluster, password: str) -> str:
+    role = f"app_{uuid.uuid4().hex[:8]}"
+    with psycopg.connect(cluster.dsn(), autocommit=True) as conn:
+        conn.execute(sql.SQL("CREATE ROLE {} LOGIN PASSWORD {}").format(sql.Identifier(role), sql.Literal(password)))
+    return role
+
+
+def can_login(cluster, role: str, password: str) -> bool:
+    try:
+        with psycopg.connect(cluster.dsn(user=role, password=password)) as conn:
+            return conn.execute("SELECT current_user").fetchone()[0] == role
+    except psycopg.OperationalError as e:
+        assert "password authentication failed" in str(e)
+        return False
+
+
+def pg_credential(store, cluster, role: str, name: str = "pg_app", **more) -> None:
+    store.define(make_definition(name, "postgres-role", {"role": role, "dsn": cluster.dsn(), "period": "30d",
+                                                         "consumers": ["n8n"], **more}))
+
+
+# --------------------------------------------------------------------------- postgres-role
+
+
+def test_postgres_role_rotation_changes_the_real_password(cred_settings, scram_pg):
+    _, settings = cred_settings()
+    first = "Initial-Password-1234"
+    role = new_role(scram_pg, first)
+    with open_store(settings, "test") as store:
+        pg_credential(store, scram_pg, role)
+        result = rotate(store, "pg_app", settings=settings)
+        assert result.rotated and result.steps == list(STEPS) and result.restart == ("n8n",)
+        p1 = store.value("pg_app")
+        assert can_login(scram_pg, role, p1) and not can_login(scram_pg, role, first)
+        assert not rotate(store, "pg_app", settings=settings).rotated  # not due again for 30 days
+        rotate(store, "pg_app", settings=settings, force=True)
+        p2 = store.value("pg_app")
+        assert can_login(scram_pg, role, p2) and not can_login(scram_pg, role, p1)
+        assert store.value("pg_app", stage="previous") == p1 and store.value("pg_app", "username") == role
+    log = scram_pg.server_log()
+    assert "ALTER ROLE" in log and "SCRAM-SHA-256$4096:" in log  # log_statement=all saw only the verifier
+    for secret in (p1, p2):
+        assert secret not in log
+
+
+def test_interruption_after_alter_role_is_finished_by_the_next_run(cred_settings, scram_pg):
+    _, settings = cred_settings()
+    role = new_role(scram_pg, "Initial-Password-5678")
+    with open_store(settings, "test") as store:
+        pg_credential(store, scram_pg, role)
+        rotate(store, "pg_app", settings=settings)
+        old = store.value("pg_app")
+        run_step(store, "pg_app", "create", settings=settings)
+        pending_version, pending = store.read("pg_app", "pending")
+        pending = pending["value"]
+        assert can_login(scram_pg, role, old)  # nothing outside the store has changed yet
+        run_step(store, "pg_app", "set", settings=settings)
+        # ...and the process dies here: the server has the new password, the store still says pending.
+    assert can_login(scram_pg, role, pending) and not can_login(scram_pg, role, old)
+    with open_store(settings, "test") as store:
+        st = store.status("pg_app")
+        assert st.pending.version == pending_version and st.due
+        result = rotate(store, "pg_app", settings=settings)  # the daily run, not forced
+        assert result.rotated and result.resumed and result.version == pending_version
+        assert store.value("pg_app") == pending and store.status("pg_app").pending is None
+    assert can_login(scram_pg, role, pending)
+
+
+def test_state_database_lost_midway_then_the_next_run_completes(cred_settings, scram_pg):
+    _, settings = cred_settings()
+    role = new_role(scram_pg, "Initial-Password-9012")
+    with open_store(settings, "test") as store:
+        pg_credential(store, scram_pg, role)
+        run_step(store, "pg_app", "create", settings=settings)
+        run_step(store, "pg_app", "set", settings=settings)
+        pending = store.read("pg_app", "pending")[1]["value"]
+        with psycopg.connect(ADMIN_DSN, autocommit=True) as admin:
+            admin.execute("SELECT pg_terminate_backend(%s)", (store.conn.info.backend_pid,))
+        with pytest.raises(RotationError, match="state database failed.*next run finishes it") as e:
+            rotate(store, "pg_app", settings=settings)
+        assert pending not in str(e.value) and e.value.__cause__ is None and e.value.__suppress_context__
+    with open_store(settings, "test") as store:
+        # the failure was still audited, over a fresh connection
+        assert any(a.action == "rotate" and a.outcome == "failed" for a in store.audit_rows("pg_app"))
+        result = rotate(store, "pg_app", settings=settings)
+        assert result.rotated and result.resumed and store.value("pg_app") == pending
+    assert can_login(scram_pg, role, pending)
+
+
+def test_failed_login_test_puts_the_current_password_back(cred_settings, scram_pg):
+    _, settings = cred_settings()
+    role = new_role(scram_pg, "Initial-Password-3456")
+    with open_store(settings, "test") as store:
+        pg_credential(store, scram_pg, role)
+        rotate(store, "pg_app", settings=settings)
+        current = store.value("pg_app")
+        with psycopg.connect(scram_pg.dsn(), autocommit=True) as conn:
+            conn.execute(sql.SQL("ALTER ROLE {} NOLOGIN").format(sql.Identifier(role)))
+        with pytest.raises(RotationError, match="step 'test'.*current password was put back") as e:
+            rotate(store, "pg_app", settings=settings, force=True)
+        pending = store.read("pg_app", "pending")[1]["value"]
+        assert pending not in str(e.value) and current not in str(e.value)
+        with psycopg.connect(scram_pg.dsn(), autocommit=True) as conn:
+            conn.execute(sql.SQL("ALTER ROLE {} LOGIN").format(sql.Identifier(role)))
+        assert can_login(scram_pg, role, current) and not can_login(scram_pg, role, pending)
+        assert store.value("pg_app") == current  # no lockout: the store and the server agree
+        assert rotate(store, "pg_app", settings=settings).resumed  # and the next run finishes it
+    assert can_login(scram_pg, role, pending)
+
+
+# --------------------------------------------------------------------------- generated, manual
+
+
+@pytest.mark.parametrize("crash_after", ["create", "set", "test"])
+def test_generated_rotation_interrupted_after_any_step_completes_once(cred_settings, crash_after):
+    _, settings = cred_settings()
+    with open_store(settings, "test") as store:
+        add_generated(store)
+        rotate(store, "grafana_admin", force=True)
+        for step in STEPS[:STEPS.index(crash_after) + 1]:
+            run_step(store, "grafana_admin", step)
+        pending = store.read("grafana_admin", "pending")[1]["value"]
+    with open_store(settings, "test") as store:
+        result = rotate(store, "grafana_admin")
+        assert result.rotated and result.resumed and result.version == 2
+        assert store.value("grafana_admin") == pending
+        assert [v.version for v in store.versions("grafana_admin")] == [1, 2]
+        assert not rotate(store, "grafana_admin").rotated
+
+
+def test_two_rotations_of_one_credential_never_run_at_once(cred_settings):
+    _, settings = cred_settings()
+    with open_store(settings, "daily run") as first, open_store(settings, "operator") as second:
+        add_generated(first)
+        with first.rotation_lock("grafana_admin"):
+            with pytest.raises(RotationBusy, match="being rotated by another process"):
+                rotate(second, "grafana_admin", force=True)
+        assert rotate(second, "grafana_admin", force=True).rotated
+        assert any(a.actor == "operator" and a.outcome == "denied" for a in second.audit_rows("grafana_admin"))
+
+
+def test_generated_secret_follows_its_policy_and_htpasswd_verifies(cred_settings):
+    _, settings = cred_settings()
+    with open_store(settings, "test") as store:
+        add_generated(store, "traefik_admin", length=48, alphabet="symbols", htpasswd_user="admin", bcrypt_rounds=4)
+        rotate(store, "traefik_admin")
+        value, line = store.value("traefik_admin"), store.value("traefik_admin", "htpasswd")
+    assert len(value) == 48 and set(value) <= set(ALPHABETS["symbols"])
+    assert line.startswith("admin:$2y$04$") and htpasswd_matches(line, value)
+    assert not htpasswd_matches(line, value + "x")
+
+
+# --------------------------------------------------------------------------- s3-access-key
+
+
+def test_s3_access_key_rotation_against_iam(cred_settings, s3_server):
+    _, settings = cred_settings()
+    user = f"backup-{uuid.uuid4().hex[:6]}"
+    iam = boto3.client("iam", endpoint_url=s3_server, region_name="us-east-1")
+    iam.create_user(UserName=user)
+    original = iam.create_access_key(UserName=user)["AccessKey"]["AccessKeyId"]  # in use, not yet managed
+
+    def identity(key_id: str, secret: str) -> str:
+        sts = boto3.client("sts", endpoint_url=s3_server, region_name="us-east-1",
+                           aws_access_key_id=key_id, aws_secret_access_key=secret)
+        return sts.get_caller_identity()["Arn"]
+
+    def keys() -> set[str]:
+        return {k["AccessKeyId"] for k in iam.list_access_keys(UserName=user)["AccessKeyMetadata"]}
+
+    with open_store(settings, "test") as store:
+        store.define(make_definition("b2_backup", "s3-access-key", {
+            "user": user, "endpoint_url": s3_server, "period": "30d", "consumers": ["backup"]}))
+        rotate(store, "b2_backup")
+        k1 = store.read("b2_backup")[1]
+        assert identity(k1["access_key_id"], k1["value"]).endswith(f":user/{user}")
+        assert keys() == {original, k1["access_key_id"]}  # a key it does not know is left alone...
+        result = rotate(store, "b2_backup", force=True)
+        k2 = store.read("b2_backup")[1]
+        # ...until IAM's two-key limit needs the room; the old managed key goes once the new one is current.
+        assert keys() == {k2["access_key_id"]}
+        assert identity(k2["access_key_id"], k2["value"]).endswith(f":user/{user}")
+        assert not identity(k1["access_key_id"], k1["value"]).endswith(f":user/{user}")
+        assert any(k1["access_key_id"] in n for n in result.notes)
+        assert store.read("b2_backup", "previous")[1]["access_key_id"] == k1["access_key_id"]
+
+
+# --------------------------------------------------------------------------- Dagster
+
+
+def test_rotation_run_leaks_no_secret_to_events_metadata_or_output(cred_settings, scram_pg, capfd, tmp_path,
+                                                                   dagster_instance):
+    role = new_role(scram_pg, "Initial-Password-7890")
+    env_template = tmp_path / "env.template"
+    env_template.write_text('DB_PASSWORD={{ cred "pg_app" }}\nTELEGRAM_BOT_TOKEN={{ cred "telegram_bot" }}\n')
+    path, settings = cred_settings({
+        "env_template": str(env_template), "env_file": str(tmp_path / "deploy.env"),
+        "managed": {
+            "pg_app": {"kind": "postgres-role", "role": role, "dsn": scram_pg.dsn(), "period": "30d",
+                       "consumers": ["n8n", "grafana"]},
+            "telegram_bot": {"kind": "manual", "period": "90d", "consumers": ["n8n"]},
+        }})
+    with open_store(settings, "test") as store:
+        set_value(store, "telegram_bot", BOT_TOKEN)
+        rotate(store, "pg_app", settings=settings)
+        first = store.value("pg_app")
+        # the password is 31 days old (due), the bot token a year (overdue: only a warning can help)
+        store.conn.execute("UPDATE homelab_ops.credential_version SET promoted_at = now() - interval '31 days'"
+                           " WHERE credential = 'pg_app'")
+        store.conn.execute("UPDATE homelab_ops.credential_version SET promoted_at = now() - interval '1 year'"
+                           " WHERE credential = 'telegram_bot'")
+        definitions = {d.name: d for d in store.definitions()}
+    capfd.readouterr()
+    result = dg.materialize(
+        [credential_asset(definitions["pg_app"]), credential_asset(definitions["telegram_bot"])],
+        resources={"homelab": HomelabSettings(config_path=str(path))},
+        instance=dagster_instance, tags={"dagster/max_runtime": "600"}, raise_on_error=False)
+    event_text = "\n".join(dg.serialize_value(r) for r in dagster_instance.all_logs(result.run_id))
+    out, err = capfd.readouterr()
+    assert result.success
+    with open_store(settings, "test") as store:
+        second = store.value("pg_app")
+        audit = store.audit_rows()
+    assert first != second
+    assert can_login(scram_pg, role, second) and not can_login(scram_pg, role, first)
+
+    mats = {m.asset_key.path[-1]: m for m in (e.event_specific_data.materialization
+                                              for e in result.get_asset_materialization_events())}
+    meta = mats["pg_app"].metadata
+    assert meta["rotated"].value is True and meta["consumers_to_restart"].value == "- n8n\n- grafana"
+    assert meta["stages"].value == "current v2, previous v1" and meta["age_days"].value < 0.01
+    assert (tmp_path / "deploy.env").read_text() == f"DB_PASSWORD={second}\nTELEGRAM_BOT_TOKEN={BOT_TOKEN}\n"
+    checks = {c.asset_key.path[-1]: (c.passed, c.severity) for c in result.get_asset_check_evaluations()}
+    assert checks == {"telegram_bot": (False, dg.AssetCheckSeverity.WARN),
+                      "pg_app": (True, dg.AssetCheckSeverity.WARN)}
+    assert mats["telegram_bot"].metadata["age_days"].value > 364
+    assert mats["telegram_bot"].metadata["rotated"].value is False
+
+    metadata_text = "\n".join(f"{k}={v.value!r}" for m in mats.values() for k, v in m.metadata.items())
+    secrets = {"old password": first, "new password": second,
+               "bot token": BOT_TOKEN, "admin password": scram_pg.password,
+               "master key": load_keyring(settings.credentials.key_file).serialize().decode().strip()}
+    for where, text in (("event log", event_text), ("stdout", out), ("stderr", err),
+                        ("metadata", metadata_text), ("audit", "\n".join(map(repr, audit)))):
+        for label, secret in secrets.items():
+            assert secret not in text, f"{label} found in {where}"
+    assert "STEP_SUCCESS" in event_text and "rotated pg_app to v2" in event_text  # the search saw the run
+    assert any(a.actor == f"dagster-run:{result.run_id}" and a.action == "promote" for a in audit)
