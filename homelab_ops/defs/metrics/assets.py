@@ -1,0 +1,108 @@
+"""Host metrics as assets: the 15-minute snapshot with its threshold checks, and the daily rollup.
+
+Thin on purpose: reading the host is `homelab_ops.metrics.collect`, judging it
+`homelab_ops.metrics.thresholds`, storing it `homelab_ops.metrics.store`.
+"""
+
+import time
+from datetime import date, datetime, timezone
+
+import dagster as dg
+
+from homelab_ops.defs.resources import HomelabSettings
+from homelab_ops.metrics import textfile, thresholds
+from homelab_ops.metrics.collect import PI_PREFIX, take_snapshot
+from homelab_ops.metrics.store import roll_up_day, write_snapshot
+from homelab_ops.settings import Settings
+from homelab_ops.state import open_state
+
+GROUP = "metrics"
+_PI_SENSORS = {"vcgencmd", "rpi_volt"}
+
+
+def _check_result(o: thresholds.Outcome) -> dg.AssetCheckResult:
+    return dg.AssetCheckResult(check_name=o.check, passed=o.passed, severity=dg.AssetCheckSeverity(o.severity),
+                               description=o.description, metadata=o.metadata)
+
+
+@dg.asset(
+    name="host_metrics",
+    group_name=GROUP,
+    kinds={"postgres"},
+    description="A snapshot of the host appended to homelab_ops.host_metrics (long format, node_exporter "
+                "names): temperature, Pi throttling and under-voltage, CPU frequency and governor, load, CPU, "
+                "memory, swap, disk per mount, uptime. The Pi-only figures also go to node_exporter's "
+                "textfile collector (homelab_pi.prom). A sensor the host lacks is recorded as absent.",
+    check_specs=[dg.AssetCheckSpec(name, asset="host_metrics", description=thresholds.CHECK_DESCRIPTIONS[name])
+                 for name in thresholds.CHECKS],
+)
+def host_metrics(context: dg.AssetExecutionContext, homelab: HomelabSettings) -> dg.MaterializeResult:
+    started = time.perf_counter()
+    settings = homelab.settings
+    snap = take_snapshot(settings.metrics)
+    with open_state(settings) as conn:
+        rows = write_snapshot(conn, snap)
+    pi = snap.pi_samples + [s for s in snap.values("homelab_sensor_present") if s.labels["sensor"] in _PI_SENSORS]
+    path = textfile.write_atomically(settings.metrics.textfile_dir,
+                                     textfile.render(pi, snap.taken_at.timestamp()))
+    for sensor, why in sorted(snap.absent.items()):
+        context.log.info(f"absent: {sensor}: {why}")
+    outcomes = thresholds.evaluate(snap.samples, settings.metrics.threshold)
+    temps = [s.value for s in snap.values("node_thermal_zone_temp") if s.value is not None]
+    meta = {
+        "samples": dg.MetadataValue.int(rows),
+        "absent": dg.MetadataValue.text(", ".join(sorted(snap.absent)) or "none"),
+        "textfile": dg.MetadataValue.path(str(path)),
+        "duration_ms": dg.MetadataValue.int(round((time.perf_counter() - started) * 1000)),
+        "pi_figures": dg.MetadataValue.int(len([s for s in snap.samples if s.metric.startswith(PI_PREFIX)])),
+    }
+    if temps:
+        meta["temperature_c"] = dg.MetadataValue.float(round(max(temps), 1))
+    total, avail = snap.value("node_memory_MemTotal_bytes"), snap.value("node_memory_MemAvailable_bytes")
+    if total and avail is not None:
+        meta["memory_available_pct"] = dg.MetadataValue.float(round(100 * avail / total, 1))
+    return dg.MaterializeResult(metadata=meta, check_results=[_check_result(o) for o in outcomes])
+
+
+def daily_partitions(settings: Settings) -> dg.DailyPartitionsDefinition:
+    return dg.DailyPartitionsDefinition(start_date=settings.metrics.history_start, timezone=settings.timezone)
+
+
+_HEADLINE = ("node_thermal_zone_temp", "homelab_cpu_busy_ratio", "node_load1", "node_memory_MemAvailable_bytes",
+             "node_filesystem_avail_bytes")
+
+
+def host_metrics_daily_asset(settings: Settings) -> dg.AssetsDefinition:
+    @dg.asset(
+        name="host_metrics_daily",
+        group_name=GROUP,
+        kinds={"postgres"},
+        deps=[host_metrics],
+        partitions_def=daily_partitions(settings),
+        description=f"Min, mean and max per metric and series per day ({settings.timezone}) in "
+                    "homelab_ops.host_metrics_daily, from the raw snapshots; raw snapshots older than "
+                    f"{settings.metrics.raw_retention_days} days (metrics.raw_retention_days) are deleted.",
+    )
+    def _daily(context: dg.AssetExecutionContext, homelab: HomelabSettings) -> dg.MaterializeResult:
+        s = homelab.settings
+        day = date.fromisoformat(context.partition_key)
+        with open_state(s) as conn:
+            out = roll_up_day(conn, day, s.timezone, retention_days=s.metrics.raw_retention_days,
+                              now=datetime.now(timezone.utc))
+        if out.kept_stored:
+            context.log.warning(f"{day}: raw snapshots are past retention; the stored rollup is kept")
+        lines = ["| metric | labels | samples | min | mean | max |", "|---|---|---:|---:|---:|---:|"]
+        for r in out.rows:
+            if r.metric in _HEADLINE:
+                labels = ", ".join(f"{k}={v}" for k, v in sorted(r.labels.items()))
+                fmt = (lambda v: "-" if v is None else f"{v:.4g}")
+                lines.append(f"| {r.metric} | {labels} | {r.samples} | {fmt(r.min)} | {fmt(r.mean)} | {fmt(r.max)} |")
+        return dg.MaterializeResult(metadata={
+            "series": dg.MetadataValue.int(len(out.rows)),
+            "raw_samples": dg.MetadataValue.int(out.raw_samples),
+            "kept_stored": dg.MetadataValue.bool(out.kept_stored),
+            "raw_rows_pruned": dg.MetadataValue.int(out.pruned),
+            "headline": dg.MetadataValue.md("\n".join(lines)),
+        })
+
+    return _daily

@@ -1,0 +1,100 @@
+"""n8n's execution log rolled up per day, with a failure-rate check per partition.
+
+Thin on purpose: the reading, the rules and the judgement are in `homelab_ops.n8n.rollup`.
+"""
+
+import time
+import warnings
+from datetime import date
+
+import dagster as dg
+
+from homelab_ops.defs.resources import HomelabSettings
+from homelab_ops.n8n import rollup
+from homelab_ops.settings import Settings
+from homelab_ops.state import open_state
+
+GROUP = "n8n"
+ASSET = "n8n_execution_rollup"
+
+
+class RollupConfig(dg.Config):
+    allow_shrink: bool = False
+    """Replace a stored day even when n8n now has fewer of its executions (they were hard-deleted)."""
+
+
+def daily_partitions(settings: Settings) -> dg.DailyPartitionsDefinition:
+    assert settings.n8n is not None
+    return dg.DailyPartitionsDefinition(start_date=settings.n8n.history_start, timezone=settings.timezone)
+
+
+def failure_check_result(rows: list[rollup.RollupRow], threshold: float, min_finished: int) -> dg.AssetCheckResult:
+    bad = rollup.failing(rows, threshold, min_finished)
+    meta = {"threshold": dg.MetadataValue.float(threshold),
+            "workflows_judged": dg.MetadataValue.int(
+                sum(1 for w in rollup.per_workflow(rows) if w.finished >= min_finished))}
+    if not bad:
+        return dg.AssetCheckResult(check_name="failure_rate", passed=True, severity=dg.AssetCheckSeverity.WARN,
+                                   description=f"no workflow failed more than {threshold:.0%} of its finished runs",
+                                   metadata=meta)
+    named = "; ".join(f"{w.workflow_name} ({w.failed}/{w.finished} = {w.failure_rate:.0%})" for w in bad)
+    meta["failing_workflows"] = dg.MetadataValue.json(
+        [{"workflow_id": w.workflow_id, "workflow": w.workflow_name, "failed": w.failed, "finished": w.finished,
+          "failure_rate": round(w.failure_rate, 4)} for w in bad])
+    return dg.AssetCheckResult(
+        check_name="failure_rate", passed=False, severity=dg.AssetCheckSeverity.WARN,
+        description=f"{len(bad)} workflow{'s' if len(bad) > 1 else ''} above {threshold:.0%} failures: {named}",
+        metadata=meta)
+
+
+def n8n_execution_rollup_asset(settings: Settings) -> dg.AssetsDefinition:
+    partitions = daily_partitions(settings)
+    with warnings.catch_warnings():
+        # Partitioned checks are a preview feature in Dagster 1.13; the check is per day by design.
+        warnings.simplefilter("ignore", category=dg.PreviewWarning)
+        spec = dg.AssetCheckSpec(
+            "failure_rate", asset=ASSET, partitions_def=partitions,
+            description=f"Workflows whose (error + crashed) / finished executions that day exceed "
+                        f"{settings.n8n.failure_rate_warn:.0%} (n8n.failure_rate_warn) fail it (WARN), named.")
+
+    @dg.asset(
+        name=ASSET,
+        group_name=GROUP,
+        kinds={"postgres"},
+        partitions_def=partitions,
+        check_specs=[spec],
+        description=f"n8n executions per day ({settings.timezone}), workflow and status with p50/p95/max "
+                    "durations, in homelab_ops.n8n_execution_daily. Read-only from n8n's execution_entity "
+                    "and workflow_entity; a day is replaced atomically; soft-deleted executions count, and "
+                    "a day n8n has since pruned keeps its stored rows.",
+    )
+    def _rollup(context: dg.AssetExecutionContext, config: RollupConfig,
+                homelab: HomelabSettings) -> dg.MaterializeResult:
+        s = homelab.settings
+        day = date.fromisoformat(context.partition_key)
+        started = time.perf_counter()
+        try:
+            with rollup.connect_n8n(s.n8n.dsn.get_secret_value()) as n8n, open_state(s) as state:
+                layout = rollup.detect_layout(n8n, s.n8n.db_schema, s.n8n.table_prefix)
+                rows = rollup.compute_day(n8n, layout, day, s.timezone)
+                out = rollup.replace_day(state, day, rows, allow_shrink=config.allow_shrink)
+        except rollup.LayoutError as e:
+            raise dg.Failure(description=str(e)) from None
+        if out.kept_stored:
+            context.log.warning(
+                f"{day}: n8n now has {out.source_executions} executions for this day, the table "
+                f"{out.stored_executions}; n8n pruned some, so the stored rows stay (allow_shrink to replace)")
+        wfs = rollup.per_workflow(out.rows)
+        return dg.MaterializeResult(
+            metadata={
+                "executions": dg.MetadataValue.int(sum(r.executions for r in out.rows)),
+                "workflows": dg.MetadataValue.int(len(wfs)),
+                "rows": dg.MetadataValue.int(len(out.rows)),
+                "kept_stored": dg.MetadataValue.bool(out.kept_stored),
+                "duration_ms": dg.MetadataValue.int(round((time.perf_counter() - started) * 1000)),
+                "summary": dg.MetadataValue.md(rollup.markdown_summary(out.rows)),
+            },
+            check_results=[failure_check_result(out.rows, s.n8n.failure_rate_warn, s.n8n.failure_min_finished)],
+        )
+
+    return _rollup

@@ -1,0 +1,68 @@
+"""The Pi-only figures in Prometheus text format, for node_exporter's textfile collector.
+
+node_exporter has no collector for the firmware's throttling word or the rpi_volt
+alarm, so every snapshot leaves them in `<textfile_dir>/homelab_pi.prom`. The file is
+replaced with tmp + rename: the collector must never read a half-written file.
+"""
+
+from __future__ import annotations
+
+import os
+import tempfile
+from pathlib import Path
+
+from homelab_ops.metrics.collect import Sample
+
+FILENAME = "homelab_pi.prom"
+
+HELP = {
+    "homelab_pi_throttled": "Raspberry Pi firmware throttling flag (vcgencmd get_throttled), now or since boot.",
+    "homelab_pi_throttled_word": "Raw vcgencmd get_throttled word.",
+    "homelab_pi_under_voltage_alarm": "rpi_volt hwmon in0_lcrit_alarm: 1 once under-voltage was seen since boot.",
+    "homelab_sensor_present": "1 when the host has the sensor, 0 when it lacks it (not a Pi).",
+    "homelab_pi_snapshot_timestamp_seconds": "When homelab-ops last wrote this file.",
+}
+
+
+def _escape(value: str) -> str:
+    return value.replace("\\", "\\\\").replace("\n", "\\n").replace('"', '\\"')
+
+
+def _number(v: float) -> str:
+    return repr(float(v)) if v == v else "NaN"
+
+
+def render(samples: list[Sample], taken_at_epoch: float) -> str:
+    """Exposition text: HELP/TYPE once per metric, samples sorted, absent values left out."""
+    by_metric: dict[str, list[Sample]] = {}
+    for s in samples:
+        if s.value is not None:
+            by_metric.setdefault(s.metric, []).append(s)
+    by_metric["homelab_pi_snapshot_timestamp_seconds"] = [
+        Sample("homelab_pi_snapshot_timestamp_seconds", {}, taken_at_epoch)]
+    lines: list[str] = []
+    for metric in sorted(by_metric):
+        lines.append(f"# HELP {metric} {HELP.get(metric, metric)}")
+        lines.append(f"# TYPE {metric} gauge")
+        for s in sorted(by_metric[metric], key=lambda s: sorted(s.labels.items())):
+            labels = ",".join(f'{k}="{_escape(v)}"' for k, v in sorted(s.labels.items()))
+            lines.append(f"{metric}{{{labels}}} {_number(s.value)}" if labels else f"{metric} {_number(s.value)}")
+    return "\n".join(lines) + "\n"
+
+
+def write_atomically(directory: str | os.PathLike, text: str, filename: str = FILENAME) -> Path:
+    """Write `text` to directory/filename via a temporary file in the same directory."""
+    d = Path(directory)
+    d.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=d, prefix=f".{filename}.", suffix=".tmp")  # not *.prom: never collected
+    try:
+        with os.fdopen(fd, "w") as f:
+            f.write(text)
+            f.flush()
+            os.fsync(f.fileno())
+        os.chmod(tmp, 0o644)  # node_exporter usually runs as another user
+        os.replace(tmp, d / filename)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+    return d / filename
