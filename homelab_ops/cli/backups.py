@@ -7,6 +7,7 @@ from datetime import datetime, timezone
 import click
 
 from homelab_ops.backups.catalog import read_listing
+from homelab_ops.backups.prune import PruneError, databases_to_prune, policy_from, prune_database
 from homelab_ops.backups.restore import RestoreError, locate, parse_at, refuse_existing, restore
 from homelab_ops.backups.stores import StoreError, read_json, stores_for
 
@@ -39,7 +40,7 @@ def verified_label(store, database: str, backup) -> str:
 
 @click.group()
 def backups() -> None:
-    """Backups: list, restore."""
+    """Backups: list, restore, prune."""
 
 
 @backups.command("list")
@@ -71,6 +72,55 @@ def list_(obj, database: str | None) -> None:
     widths = [max(len(str(r[i])) for r in [header, *rows]) for i in range(len(header))]
     for r in [header, *rows]:
         click.echo("  ".join(str(c).ljust(w) for c, w in zip(r, widths)).rstrip())
+
+
+def _configured(settings) -> list[str]:
+    if settings.postgres.databases != "all":
+        return list(settings.postgres.databases)
+    from homelab_ops.backups import postgresql as pg
+
+    try:
+        return pg.list_databases(settings.postgres.dsn.get_secret_value())
+    except Exception:  # server down: the folders that exist still get pruned
+        return []
+
+
+@backups.command("prune")
+@click.argument("database", required=False)
+@click.option("--dry-run", is_flag=True, help="Show what would go; delete nothing (like backups.retention.dry_run).")
+@click.pass_obj
+def prune_cmd(obj, database: str | None, dry_run: bool) -> None:
+    """Apply backups.retention (restic's forget rules) to DATABASE, or to every database and _globals."""
+    settings = obj.settings
+    errors: list[str] = []
+    try:
+        policy_from(settings.backups.retention)  # an empty policy is refused before anything is listed
+        names = [database] if database else databases_to_prune(settings, _configured(settings))
+        for db in names:
+            result = prune_database(settings, db, dry_run=True if dry_run else None)
+            verb, gone = ("would free", "would remove") if result.dry_run else ("freed", "removed")
+            if result.blocked:
+                click.echo(f"{db}: nothing pruned: {result.blocked}")
+            for plan in result.plans:
+                if plan.error:
+                    click.echo(f"{db} in {plan.store}: error: {plan.error}", err=True)
+                    continue
+                click.echo(f"{db} in {plan.store}: {len(plan.kept)} kept, {len(plan.removed)} {gone}, "
+                           f"{human_size(plan.bytes_freed)} {verb}")
+                for b, reasons in plan.kept:
+                    click.echo(f"  keep     {b.stem}  {', '.join(reasons)}")
+                for b in plan.removed:
+                    click.echo(f"  {gone:<8} {b.stem}  {human_size(b.size)}")
+                for x in plan.leftovers:
+                    what = f"{gone} {x.kind}" if x.remove else f"{x.kind} kept for now (under a day old)"
+                    click.echo(f"  {what}: {x.name}  {human_size(x.size)}")
+                for key in plan.stale_uploads:
+                    click.echo(f"  {'would abort' if result.dry_run else 'aborted'} incomplete upload {key}")
+            errors += [f"{db} {e}" for e in result.errors]
+    except PruneError as e:
+        raise click.ClickException(str(e)) from None
+    if errors:
+        raise click.ClickException("retention failed in " + "; ".join(errors))
 
 
 @backups.command("restore")

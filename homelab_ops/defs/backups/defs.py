@@ -4,38 +4,75 @@
 import dagster as dg
 
 from homelab_ops.defs.backups.assets import backup_asset, databases, globals_asset
+from homelab_ops.defs.backups.hygiene import disk_hygiene
+from homelab_ops.defs.backups.retention import globals_retention_asset, retention_asset
+from homelab_ops.defs.backups.verification import freshness_check, verification_asset
 from homelab_ops.defs.backups.n8n_workflows import n8n_workflows_asset
 from homelab_ops.settings import current
 
-# Everything the night's backup run touches; later stages (verification, retention)
-# are selected by their key prefixes so they join the job as they are added.
-NIGHTLY_SELECTION = (
-    dg.AssetSelection.key_prefixes(["backups"], ["restore_verification"], ["backup_retention"])
-    | dg.AssetSelection.assets("backup_globals", "n8n_workflows")
-)
+
+def _schedule(name: str, job, cron: str, settings, description: str) -> dg.ScheduleDefinition:
+    return dg.ScheduleDefinition(name=name, job=job, cron_schedule=cron, execution_timezone=settings.timezone,
+                                 default_status=dg.DefaultScheduleStatus.RUNNING, description=description)
 
 
 @dg.definitions
 def defs() -> dg.Definitions:
     settings = current()
-    assets = [backup_asset(db, settings) for db in databases(settings)] + [globals_asset(settings)]
-    if settings.n8n is not None:
-        assets.append(n8n_workflows_asset(settings))
+    dbs = databases(settings)
+    verifications = [verification_asset(db, settings) for db in dbs]
+    freshness = [freshness_check(db, settings) for db in dbs]
+    # Everything the night's run touches: back up, verify, then prune, per database.
+    nightly_assets = (
+        [backup_asset(db, settings) for db in dbs] + verifications
+        + [retention_asset(db, settings) for db in dbs]
+        + [globals_asset(settings), globals_retention_asset(settings)]
+        + ([n8n_workflows_asset(settings)] if settings.n8n is not None else [])
+    )
     max_runtime = int(settings.backups.timeout_seconds * 2 + 3600)
     nightly = dg.define_asset_job(
         "nightly_backup",
-        selection=NIGHTLY_SELECTION,
+        selection=nightly_assets,
         executor_def=dg.in_process_executor,  # one process: a step per process costs seconds on a Pi
         tags={"dagster/max_runtime": str(max_runtime)},
-        description="Back up every database and n8n's workflows, locally and off-site.",
+        description="Back up every database and n8n's workflows, locally and off-site; restore each "
+                    "backup into a scratch database and compare it with its manifest; then prune.",
     )
-    schedule = dg.ScheduleDefinition(
-        name="nightly_backup_schedule",
-        job=nightly,
-        cron_schedule="0 3 * * *",
-        execution_timezone=settings.timezone,
-        default_status=dg.DefaultScheduleStatus.RUNNING,
-        description="03:00 in the settings' timezone, running from the first start: a fresh "
-                    "deployment backs up without a click.",
+    schedule = _schedule("nightly_backup_schedule", nightly, "0 3 * * *", settings,
+                       "03:00 in the settings' timezone, running from the first start: a fresh "
+                       "deployment backs up without a click.")
+    verify_weekly = dg.define_asset_job(
+        "verify_backups",
+        selection=dg.AssetSelection.key_prefixes(["restore_verification"]),
+        executor_def=dg.in_process_executor,
+        tags={"dagster/max_runtime": str(max_runtime)},
+        config={"ops": {a.op.name: {"config": {"random_older": True}} for a in verifications}},
+        description="Verify the newest backup of every database again and one random older one, "
+                    "so bit rot in old backups is found before they are needed.",
     )
-    return dg.Definitions(assets=assets, jobs=[nightly], schedules=[schedule])
+    freshness_job = dg.define_asset_job(
+        "backup_freshness",
+        selection=dg.AssetSelection.checks(*freshness),
+        executor_def=dg.in_process_executor,
+        tags={"dagster/max_runtime": "900"},
+        description="Is there a verified backup younger than backups.max_age_hours? Notices a nightly "
+                    "run that stopped happening, which no check inside that run can.",
+    )
+    hygiene_job = dg.define_asset_job(
+        "disk_hygiene_job",
+        selection=dg.AssetSelection.assets(disk_hygiene),
+        executor_def=dg.in_process_executor,
+        tags={"dagster/max_runtime": "3600"},
+        description="fstrim and container log sizes.",
+    )
+    schedules = [
+        schedule,
+        _schedule("verify_backups_schedule", verify_weekly, "0 5 * * 0", settings,
+                "Sundays 05:00, after the nightly backup has finished."),
+        _schedule("backup_freshness_schedule", freshness_job, "30 */6 * * *", settings,
+                "Every six hours: a missed night is noticed the same morning."),
+        _schedule("disk_hygiene_schedule", hygiene_job, "0 4 * * 6", settings,
+                "Saturdays 04:00, when nothing else runs."),
+    ]
+    return dg.Definitions(assets=nightly_assets + [disk_hygiene], asset_checks=freshness,
+                          jobs=[nightly, verify_weekly, freshness_job, hygiene_job], schedules=schedules)

@@ -1,0 +1,89 @@
+"""Retention as assets: `backup_retention/<database>` after its verification, and `_globals`.
+
+Downstream of `restore_verification/<database>`, so the blocking check keeps a run
+whose backup did not verify from pruning anything.
+"""
+
+import dagster as dg
+
+from homelab_ops.backups import prune as p
+from homelab_ops.backups.catalog import GLOBALS
+from homelab_ops.defs.backups.verification import key as verification_key
+from homelab_ops.defs.resources import HomelabSettings
+from homelab_ops.settings import Settings
+
+GROUP = "backups"
+
+
+def key(database: str) -> dg.AssetKey:
+    return dg.AssetKey(["backup_retention", database])
+
+
+def prune_metadata(result: p.DatabasePrune, settings: Settings) -> dict:
+    meta = {
+        "dry_run": dg.MetadataValue.bool(result.dry_run),
+        "bytes_freed": dg.MetadataValue.int(result.bytes_freed),
+        "kept": dg.MetadataValue.int(sum(len(x.kept) for x in result.plans)),
+        "removed": dg.MetadataValue.int(sum(len(x.removed) for x in result.plans)),
+        "leftovers_removed": dg.MetadataValue.int(sum(1 for x in result.plans for o in x.leftovers if o.remove)),
+        "plan": dg.MetadataValue.md(p.markdown(result, settings.tz)),
+    }
+    if result.blocked:
+        meta["not_pruned_because"] = dg.MetadataValue.text(result.blocked)
+    return meta
+
+
+def _run(context: dg.AssetExecutionContext, homelab: HomelabSettings, database: str) -> dg.MaterializeResult:
+    s = homelab.settings
+    try:
+        result = p.prune_database(s, database)
+    except p.PruneError as e:
+        raise dg.Failure(description=str(e)) from None
+    meta = prune_metadata(result, s)
+    if result.blocked:
+        context.log.warning(result.blocked)
+    verb = "would free" if result.dry_run else "freed"
+    context.log.info(f"{database}: {meta['removed'].value} backups removed, {result.bytes_freed} bytes {verb}")
+    if result.errors:
+        raise dg.Failure(description="retention failed in " + "; ".join(result.errors), metadata=meta)
+    return dg.MaterializeResult(metadata=meta)
+
+
+_DESCRIPTION = (
+    "Deletes backups the retention policy (backups.retention, restic's forget semantics, calendar "
+    "buckets in the settings' timezone) no longer keeps, locally and off-site, each store on its own; "
+    "removes leftovers of interrupted writes after a day. Never deletes the {protected}."
+)
+
+
+def retention_asset(database: str, settings: Settings) -> dg.AssetsDefinition:
+    @dg.asset(
+        key=key(database),
+        deps=[verification_key(database)],
+        group_name=GROUP,
+        kinds={"s3"} if settings.backups.s3 else set(),
+        pool=f"backup_{database}",
+        description=f"Retention of `{database}`'s backups. "
+                    + _DESCRIPTION.format(protected="newest backup whose verification passed, and nothing "
+                                                    "at all when the newest backup failed verification"),
+    )
+    def _retention(context: dg.AssetExecutionContext, homelab: HomelabSettings) -> dg.MaterializeResult:
+        return _run(context, homelab, database)
+
+    return _retention
+
+
+def globals_retention_asset(settings: Settings) -> dg.AssetsDefinition:
+    @dg.asset(
+        key=key(GLOBALS),
+        deps=["backup_globals"],
+        group_name=GROUP,
+        kinds={"s3"} if settings.backups.s3 else set(),
+        pool=f"backup_{GLOBALS}",
+        description="Retention of the roles backups (`backup_globals`). "
+                    + _DESCRIPTION.format(protected="newest globals backup (they are not verified)"),
+    )
+    def _retention(context: dg.AssetExecutionContext, homelab: HomelabSettings) -> dg.MaterializeResult:
+        return _run(context, homelab, GLOBALS)
+
+    return _retention

@@ -1,0 +1,147 @@
+"""Restore verification as assets: `restore_verification/<database>`, with its checks.
+
+The blocking check `matches_manifest` is what stops retention from pruning after a
+backup that does not restore; the freshness check `verified_recently` is what
+notices when verification stopped happening at all.
+"""
+
+import random
+from datetime import datetime, timezone
+
+import dagster as dg
+from pydantic import Field
+
+from homelab_ops.backups import verify as v
+from homelab_ops.defs.resources import HomelabSettings
+from homelab_ops.settings import Settings
+
+GROUP = "backups"
+MATCHES = "matches_manifest"
+FRESH = "verified_recently"
+
+
+class VerifyConfig(dg.Config):
+    """Run config of a verification; the weekly job sets `random_older`."""
+
+    random_older: bool = Field(
+        default=False,
+        description="Also verify one randomly chosen older backup, to find bit rot in old backups.",
+    )
+
+
+def key(database: str) -> dg.AssetKey:
+    return dg.AssetKey(["restore_verification", database])
+
+
+def _table(v_: v.Verification) -> dg.TableMetadataValue:
+    return dg.MetadataValue.table(
+        records=[dg.TableRecord({"table": t.table,
+                                 "expected_rows": t.expected_rows if t.expected_rows is not None else -1,
+                                 "restored_rows": t.restored_rows if t.restored_rows is not None else -1,
+                                 "checksum_match": t.checksum_match}) for t in v_.tables],
+        schema=dg.TableSchema(columns=[
+            dg.TableColumn("table", "string"),
+            dg.TableColumn("expected_rows", "int", description="from the manifest; -1: not in the manifest"),
+            dg.TableColumn("restored_rows", "int", description="count(*) after the restore; -1: table missing"),
+            dg.TableColumn("checksum_match", "bool"),
+        ]),
+    )
+
+
+def verification_metadata(result: v.Verification, prefix: str = "") -> dict:
+    meta = {
+        f"{prefix}backup": dg.MetadataValue.text(result.stem),
+        f"{prefix}outcome": dg.MetadataValue.text(result.outcome),
+        f"{prefix}mode": dg.MetadataValue.text("restore" if result.mode == "restore"
+                                               else "sha256 only: the restore was NOT tested"),
+        f"{prefix}message": dg.MetadataValue.text(result.message),
+        f"{prefix}verified_copy": dg.MetadataValue.text(result.source_uri),
+        f"{prefix}sha256_ok": dg.MetadataValue.bool(result.sha256_ok),
+        f"{prefix}restored": dg.MetadataValue.bool(result.restored),
+        f"{prefix}duration_s": dg.MetadataValue.float(round(result.duration_s, 3)),
+        f"{prefix}tables": _table(result),
+    }
+    if result.scratch_database:
+        meta[f"{prefix}scratch_database"] = dg.MetadataValue.text(f"{result.scratch_database} (dropped)")
+    if result.record_errors:
+        meta[f"{prefix}record_errors"] = dg.MetadataValue.text("; ".join(result.record_errors))
+    return meta
+
+
+def verification_asset(database: str, settings: Settings) -> dg.AssetsDefinition:
+    where = "the first S3 target's copy" if settings.backups.s3 else "the local copy"
+
+    @dg.asset(
+        key=key(database),
+        deps=[dg.AssetKey(["backups", database])],
+        group_name=GROUP,
+        kinds={"postgres", "s3"} if settings.backups.s3 else {"postgres"},
+        pool="restore_verification",
+        check_specs=[dg.AssetCheckSpec(
+            MATCHES, asset=key(database), blocking=True,
+            description="Every table of the restore has the manifest's exact row count and checksum "
+                        "(fails on any difference, so retention does not prune after it).",
+        )],
+        description=(
+            f"Proof that the newest backup of `{database}` restores: {where} is sha256-checked, restored "
+            "into a scratch database, and every table's exact row count and checksum is compared with the "
+            "manifest. The result is written beside the backup as `<stem>.verified.json`."
+        ),
+    )
+    def _verify(context: dg.AssetExecutionContext, config: VerifyConfig,
+                homelab: HomelabSettings) -> dg.MaterializeResult:
+        s = homelab.settings
+        try:
+            results = [v.verify_backup(s, database)]
+            meta = verification_metadata(results[0])
+            if config.random_older:
+                older = v.pick_older(v.listing(v.verification_store(s), database).backups, random.SystemRandom())
+                if older is None:
+                    meta["older_backup"] = dg.MetadataValue.text("none: there is only one backup")
+                else:
+                    results.append(v.verify_backup(s, database, stem=older.stem))
+                    meta.update(verification_metadata(results[1], prefix="older_"))
+        except v.VerifyError as e:
+            raise dg.Failure(description=str(e)) from None
+        for r in results:
+            log = context.log.info if r.passed else context.log.error
+            log(f"{database} backup {r.stem}: {r.outcome}: {r.message}")
+            for err in r.record_errors:
+                context.log.warning(f"could not record the result: {err}")
+        failed = [r for r in results if not r.passed]
+        check = dg.AssetCheckResult(
+            check_name=MATCHES,
+            passed=not failed,
+            severity=dg.AssetCheckSeverity.ERROR,
+            description="; ".join(f"{r.stem}: {r.message}" for r in (failed or results)),
+            metadata={
+                "outcomes": dg.MetadataValue.text(", ".join(f"{r.stem} {r.outcome}" for r in results)),
+                "differing_tables": dg.MetadataValue.int(sum(len(r.mismatches) for r in results)),
+            },
+        )
+        return dg.MaterializeResult(metadata=meta, check_results=[check])
+
+    return _verify
+
+
+def freshness_check(database: str, settings: Settings) -> dg.AssetChecksDefinition:
+    @dg.asset_check(
+        asset=key(database),
+        name=FRESH,
+        description=f"A backup of `{database}` younger than backups.max_age_hours "
+                    f"({settings.backups.max_age_hours:g} h) has passed its verification.",
+    )
+    def _fresh(homelab: HomelabSettings) -> dg.AssetCheckResult:
+        s = homelab.settings
+        try:
+            backup, store = v.newest_verified(s, database)
+        except v.VerifyError as e:
+            return dg.AssetCheckResult(passed=False, description=str(e))
+        passed, why = v.freshness(backup.time if backup else None, datetime.now(timezone.utc),
+                                  s.backups.max_age_hours)
+        meta = {"store": dg.MetadataValue.text(store.label)}
+        if backup:
+            meta["newest_verified_backup"] = dg.MetadataValue.text(backup.stem)
+        return dg.AssetCheckResult(passed=passed, description=why, metadata=meta)
+
+    return _fresh

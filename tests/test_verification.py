@@ -1,0 +1,359 @@
+"""Restore verification against the real PostgreSQL and the S3 server on loopback."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import random
+import subprocess
+from datetime import datetime, timedelta, timezone
+from pathlib import Path
+
+import dagster as dg
+import psycopg
+import pytest
+from click.testing import CliRunner
+
+from homelab_ops.backups import postgresql as pg
+from homelab_ops.backups import verify as v
+from homelab_ops.backups.backup import run_backup
+from homelab_ops.backups.catalog import Backup
+from homelab_ops.backups.stores import S3Store
+from homelab_ops.cli import main
+from homelab_ops.defs.backups.retention import retention_asset
+from homelab_ops.defs.backups.verification import freshness_check, verification_asset
+from homelab_ops.defs.resources import HomelabSettings
+from tests.conftest import ADMIN_DSN, dsn_for
+
+SEED = """
+CREATE TABLE a (id int PRIMARY KEY, note text);
+INSERT INTO a SELECT i, md5(i::text) FROM generate_series(1, 500) i;
+CREATE SCHEMA "S";
+CREATE TABLE "S"."b c" (x jsonb, y bytea);
+INSERT INTO "S"."b c" SELECT jsonb_build_object('i', i), decode(md5(i::text), 'hex') FROM generate_series(1, 50) i;
+CREATE TABLE empty (z int);
+"""
+
+
+def seed(db: str, script: str = SEED) -> None:
+    with psycopg.connect(dsn_for(db), autocommit=True) as conn:
+        conn.execute(script)
+
+
+def scratch_left(db: str) -> list[str]:
+    """Scratch databases of this test's database still on the server (there must be none)."""
+    with psycopg.connect(ADMIN_DSN) as conn:
+        rows = conn.execute("SELECT datname FROM pg_database WHERE datname LIKE 'homelab_verify_%'").fetchall()
+    return [r[0] for r in rows if r[0].startswith(v.scratch_name(db, "x")[:-1])]
+
+
+def settings_for(write_settings, db: str, **backups):
+    return write_settings({"postgres": {"dsn": ADMIN_DSN, "databases": [db]}, "backups": backups})
+
+
+def manifest_path(result) -> Path:
+    return result.path.with_name(result.stem + ".manifest.json")
+
+
+# ---------------------------------------------------------------- pure logic
+
+
+def test_compare_names_every_difference():
+    manifest = [{"schema": "public", "table": "a", "rows": 3, "checksum": "10"},
+                {"schema": "public", "table": "b", "rows": 1, "checksum": "5"},
+                {"schema": "public", "table": "gone", "rows": 0, "checksum": "0"}]
+    restored = [pg.TableStat("public", "a", 3, "10"), pg.TableStat("public", "b", 2, "5"),
+                pg.TableStat("public", "extra", 1, "7")]
+    checks = {c.table: c for c in v.compare(manifest, restored)}
+    assert checks["public.a"].ok
+    assert not checks["public.b"].ok and checks["public.b"].checksum_match  # row count alone differs
+    assert checks["public.gone"].restored_rows is None and not checks["public.gone"].ok
+    assert checks["public.extra"].expected_rows is None and not checks["public.extra"].ok
+
+
+def test_scratch_name_fits_postgres_identifier_limit():
+    name = v.scratch_name("d" * 63, "abcd1234")
+    assert len(name.encode()) <= 63 and name.startswith("homelab_verify_d") and name.endswith("_abcd1234")
+
+
+def test_space_problem_and_freshness_and_pick_older():
+    assert v.space_problem({"/a": 10}, 5, dump_size=2, factor=2.5) is None
+    msg = v.space_problem({"/a": 10, "/b": 1}, 5, dump_size=2, factor=2.5)
+    assert "/b" in msg and "verify_min_free_factor" in msg
+    now = datetime(2026, 11, 25, 12, tzinfo=timezone.utc)
+    assert v.freshness(now - timedelta(hours=25), now, 26)[0]
+    ok, why = v.freshness(now - timedelta(hours=27), now, 26)
+    assert not ok and "27.0 hours" in why
+    assert not v.freshness(None, now, 26)[0]
+    backups = [Backup(f"2026110{i}T030000Z", "d", "m") for i in range(1, 6)]
+    picks = {v.pick_older(backups, random.Random(s)).stem for s in range(50)}
+    assert picks == {b.stem for b in backups[:-1]}  # every older one, never the newest
+    assert v.pick_older(backups[:1], random.Random(0)) is None
+
+
+# ---------------------------------------------------------------- end to end
+
+
+def _freshness_job(db: str, settings, path: Path):
+    """The freshness check run alone, as the `backup_freshness` schedule runs it."""
+    check = freshness_check(db, settings)
+    job = dg.define_asset_job("backup_freshness", selection=dg.AssetSelection.checks(check))
+    defs = dg.Definitions(asset_checks=[check], jobs=[job],
+                          resources={"homelab": HomelabSettings(config_path=str(path))})
+    return defs.resolve_job_def("backup_freshness")
+
+
+def test_good_backup_passes_and_the_result_is_recorded(new_db, write_settings):
+    db = new_db("vok")
+    seed(db)
+    path, settings = settings_for(write_settings, db)
+    fresh = _freshness_job(db, settings, path)
+    [before] = fresh.execute_in_process(raise_on_error=False).get_asset_check_evaluations()
+    assert not before.passed and "no backup verified" in before.description
+
+    backup = run_backup(settings, db)
+    result = v.verify_backup(settings, db)
+    assert result.outcome == "passed" and result.restored and result.sha256_ok, result.message
+    assert {t.table: t.restored_rows for t in result.tables} == {"S.b c": 50, "public.a": 500, "public.empty": 0}
+    assert all(t.ok for t in result.tables)
+    record = json.loads(backup.path.with_name(backup.stem + ".verified.json").read_text())
+    assert record["outcome"] == "passed" and record["duration_s"] > 0 and record["verified_at"]
+    assert scratch_left(db) == []
+    out = CliRunner().invoke(main, ["--config", str(path), "backups", "list", db]).output
+    assert backup.stem in out and "passed" in out
+    [after] = fresh.execute_in_process().get_asset_check_evaluations()
+    assert after.passed and after.metadata["newest_verified_backup"].value == backup.stem
+    later = datetime.now(timezone.utc) + timedelta(hours=27)
+    assert v.newest_verified(settings, db, now=later)[0] is None  # 26 h on, it is stale
+
+
+def test_flipped_byte_fails_on_sha256_and_leaves_no_scratch(new_db, write_settings):
+    db = new_db("vflip")
+    seed(db)
+    _, settings = settings_for(write_settings, db)
+    backup = run_backup(settings, db)
+    data = bytearray(backup.path.read_bytes())
+    data[len(data) // 2] ^= 0x01
+    backup.path.write_bytes(bytes(data))
+    result = v.verify_backup(settings, db)
+    assert result.outcome == "failed" and not result.sha256_ok and not result.restored
+    assert "sha256" in result.message
+    assert json.loads(backup.path.with_name(backup.stem + ".verified.json").read_text())["outcome"] == "failed"
+    assert scratch_left(db) == []
+
+
+def test_restore_that_differs_from_the_manifest_fails_table_by_table(new_db, write_settings):
+    db = new_db("vdiff")
+    seed(db)
+    _, settings = settings_for(write_settings, db)
+    backup = run_backup(settings, db)
+    manifest = json.loads(manifest_path(backup).read_text())
+    for t in manifest["tables"]:
+        if t["table"] == "a":
+            t["checksum"] = t["checksum"][:-1] + ("1" if t["checksum"][-1] != "1" else "2")
+        if t["table"] == "b c":
+            t["rows"] += 1
+    manifest_path(backup).write_text(json.dumps(manifest))
+    result = v.verify_backup(settings, db)
+    assert result.outcome == "failed" and result.restored and result.sha256_ok
+    bad = {t.table: t for t in result.mismatches}
+    assert set(bad) == {"public.a", "S.b c"}
+    assert not bad["public.a"].checksum_match and bad["public.a"].restored_rows == 500
+    assert bad["S.b c"].expected_rows == 51 and bad["S.b c"].restored_rows == 50 and bad["S.b c"].checksum_match
+    assert "2 of 3 tables differ" in result.message
+    assert scratch_left(db) == []
+
+
+def test_dump_that_pg_restore_rejects_fails_and_the_scratch_is_dropped(new_db, write_settings):
+    db = new_db("vbad")
+    seed(db)
+    _, settings = settings_for(write_settings, db)
+    backup = run_backup(settings, db)
+    junk = subprocess.run(["zstd", "-c"], input=b"not a pg_dump archive" * 100, capture_output=True,
+                          check=True).stdout
+    backup.path.write_bytes(junk)  # intact as far as the (rewritten) manifest knows
+    manifest = json.loads(manifest_path(backup).read_text())
+    manifest["sha256"] = hashlib.sha256(junk).hexdigest()
+    manifest_path(backup).write_text(json.dumps(manifest))
+    result = v.verify_backup(settings, db)
+    assert result.outcome == "failed" and result.sha256_ok and not result.restored
+    assert "does not restore" in result.message and result.scratch_database
+    assert scratch_left(db) == []
+
+
+def test_short_disk_is_refused_before_any_restore(new_db, write_settings):
+    db = new_db("vdisk")
+    seed(db, "CREATE TABLE t (x int); INSERT INTO t VALUES (1);")
+    _, settings = settings_for(write_settings, db, verify_min_free_factor=1e12)
+    run_backup(settings, db)
+    with pytest.raises(v.VerifyError, match="not enough free disk space.*verify_min_free_factor"):
+        v.verify_backup(settings, db)
+    assert scratch_left(db) == []
+
+
+def test_offsite_copy_is_the_one_verified(new_db, write_settings, s3_bucket, s3_server):
+    client, bucket = s3_bucket
+    db = new_db("vs3")
+    seed(db)
+    _, settings = settings_for(write_settings, db, s3={"bucket": bucket, "endpoint_url": s3_server,
+                                                       "prefix": "pi/"})
+    backup = run_backup(settings, db)
+    assert not backup.offsite_errors
+    good = v.verify_backup(settings, db)
+    assert good.outcome == "passed" and good.source_uri.startswith(f"s3://{bucket}/pi/")
+    assert len(good.recorded_in) == 2  # beside the local copy and the off-site one
+    key = f"pi/{db}/{backup.stem}.verified.json"
+    assert json.loads(client.get_object(Bucket=bucket, Key=key)["Body"].read())["outcome"] == "passed"
+    # Damage only the off-site copy: the intact local one must not hide it.
+    body = bytearray(client.get_object(Bucket=bucket, Key=f"pi/{db}/{backup.path.name}")["Body"].read())
+    body[100] ^= 0xFF
+    client.put_object(Bucket=bucket, Key=f"pi/{db}/{backup.path.name}", Body=bytes(body))
+    bad = v.verify_backup(settings, db)
+    assert bad.outcome == "failed" and "off-site copy is damaged" in bad.message
+    assert scratch_left(db) == []
+    assert v.newest_verified(settings, db)[0] is None  # the newest recorded result is a failure
+    assert not list(Path(settings.backups.local_dir).glob(".restore-*"))  # download removed
+
+
+def _age_key(tmp_path: Path) -> tuple[Path, str]:
+    keyfile = tmp_path / "owner.key"
+    subprocess.run(["age-keygen", "-o", str(keyfile)], check=True, capture_output=True)
+    recipient = subprocess.run(["age-keygen", "-y", str(keyfile)], check=True, capture_output=True,
+                               text=True).stdout.strip()
+    return keyfile, recipient
+
+
+def test_encrypted_backup_is_restored_with_the_identity_file(new_db, write_settings, tmp_path):
+    keyfile, recipient = _age_key(tmp_path)
+    db = new_db("venc")
+    seed(db)
+    _, settings = settings_for(write_settings, db, encryption={"age_recipients": [recipient],
+                                                               "identity_file": str(keyfile)})
+    backup = run_backup(settings, db)
+    assert backup.path.name.endswith(".age")
+    result = v.verify_backup(settings, db)
+    assert result.outcome == "passed" and result.restored and len(result.tables) == 3
+    assert scratch_left(db) == []
+
+
+def test_encrypted_backup_without_identity_is_sha256_only_and_says_so(new_db, write_settings, tmp_path):
+    keyfile, recipient = _age_key(tmp_path)
+    db = new_db("vsha")
+    seed(db)
+    path, settings = settings_for(write_settings, db, encryption={"age_recipients": [recipient]})
+    backup = run_backup(settings, db)
+    result = v.verify_backup(settings, db)
+    assert result.outcome == "sha256-only" and result.sha256_ok and not result.restored
+    assert "restore was NOT tested" in result.message and "identity_file is not set" in result.message
+    record = json.loads(backup.path.with_name(backup.stem + ".verified.json").read_text())
+    assert record["mode"] == "sha256" and record["outcome"] == "sha256-only"
+    assert "sha256-only" in CliRunner().invoke(main, ["--config", str(path), "backups", "list", db]).output
+    # An identity file named but absent from this host is the same case, said with its path.
+    _, settings = settings_for(write_settings, db, encryption={"age_recipients": [recipient],
+                                                               "identity_file": str(tmp_path / "nope.key")})
+    again = v.verify_backup(settings, db)
+    assert again.outcome == "sha256-only" and "nope.key" in again.message and "not on this host" in again.message
+
+
+# ---------------------------------------------------------------- Dagster
+
+
+def _old_backup(settings, db: str, days_ago: int) -> str:
+    """A real backup, renamed to look `days_ago` old (its content stays valid)."""
+    result = run_backup(settings, db)
+    stem = (datetime.now(timezone.utc) - timedelta(days=days_ago)).strftime("%Y%m%dT%H%M%SZ")
+    folder = result.path.parent
+    for f in folder.glob(result.stem + ".*"):
+        f.rename(folder / (stem + f.name[len(result.stem):]))
+    return stem
+
+
+def test_failed_verification_blocks_retention_in_the_same_run(new_db, write_settings):
+    db = new_db("vblock")
+    seed(db, "CREATE TABLE t (x int); INSERT INTO t SELECT generate_series(1, 10);")
+    path, settings = settings_for(write_settings, db, retention={"keep_last": 1, "keep_daily": 0,
+                                                                 "keep_weekly": 0, "keep_monthly": 0})
+    old = [_old_backup(settings, db, d) for d in (3, 2)]
+    newest = run_backup(settings, db)
+    manifest = json.loads(manifest_path(newest).read_text())
+    manifest["tables"][0]["rows"] = 11
+    manifest_path(newest).write_text(json.dumps(manifest))
+    assets = [verification_asset(db, settings), retention_asset(db, settings)]
+    result = dg.materialize(assets, resources={"homelab": HomelabSettings(config_path=str(path))},
+                            raise_on_error=False)
+    check = result.get_asset_check_evaluations()[0]
+    assert check.check_name == "matches_manifest" and not check.passed
+    assert check.severity == dg.AssetCheckSeverity.ERROR
+    mats = {m.asset_key for m in result.get_asset_materialization_events()}
+    assert dg.AssetKey(["restore_verification", db]) in mats
+    assert dg.AssetKey(["backup_retention", db]) not in mats  # the blocking check stopped it
+    meta = result.asset_materializations_for_node(f"restore_verification__{db}")[0].metadata
+    table = {r.data["table"]: r.data for r in meta["tables"].value.records}
+    assert table["public.t"] == {"table": "public.t", "expected_rows": 11, "restored_rows": 10,
+                                 "checksum_match": True}
+    names = {p.name for p in (Path(settings.backups.local_dir) / db).iterdir()}
+    assert all(f"{s}.manifest.json" in names for s in old)  # nothing pruned
+    assert scratch_left(db) == []
+
+    # Repair the manifest: the next run verifies and prunes down to keep_last 1.
+    manifest["tables"][0]["rows"] = 10
+    manifest_path(newest).write_text(json.dumps(manifest))
+    result = dg.materialize(assets, resources={"homelab": HomelabSettings(config_path=str(path))})
+    assert result.get_asset_check_evaluations()[0].passed
+    meta = result.asset_materializations_for_node(f"backup_retention__{db}")[0].metadata
+    assert meta["removed"].value == 2 and meta["bytes_freed"].value > 0
+    assert "last 1/1" in meta["plan"].value and "newest verified" in meta["plan"].value
+    names = {p.name for p in (Path(settings.backups.local_dir) / db).iterdir()}
+    assert not any(n.startswith(tuple(old)) for n in names)
+    assert f"{newest.stem}.verified.json" in names
+
+
+def test_weekly_config_also_verifies_a_random_older_backup(new_db, write_settings):
+    db = new_db("vweek")
+    seed(db, "CREATE TABLE t (x int); INSERT INTO t VALUES (1);")
+    path, settings = settings_for(write_settings, db)
+    old = _old_backup(settings, db, 5)
+    newest = run_backup(settings, db)
+    result = dg.materialize(
+        [verification_asset(db, settings)], resources={"homelab": HomelabSettings(config_path=str(path))},
+        run_config={"ops": {f"restore_verification__{db}": {"config": {"random_older": True}}}},
+    )
+    meta = result.asset_materializations_for_node(f"restore_verification__{db}")[0].metadata
+    assert meta["backup"].value == newest.stem and meta["older_backup"].value == old
+    assert meta["older_outcome"].value == "passed"
+    assert (Path(settings.backups.local_dir) / db / f"{old}.verified.json").exists()
+    assert scratch_left(db) == []
+
+
+def test_verification_store_is_s3_when_configured(write_settings, s3_bucket, s3_server):
+    _, bucket = s3_bucket
+    _, settings = write_settings({"backups": {"s3": {"bucket": bucket, "endpoint_url": s3_server}}})
+    assert isinstance(v.verification_store(settings), S3Store)
+
+
+def test_code_location_wires_verification_retention_and_schedules():
+    from homelab_ops.defs.backups.defs import defs as lazy
+    from homelab_ops.defs.resources import defs as resources
+
+    d = dg.Definitions.merge(lazy(), resources())
+    nightly = d.resolve_job_def("nightly_backup")
+    selected = set(nightly.asset_layer.selected_asset_keys)
+    assert {dg.AssetKey(["restore_verification", "n8n"]), dg.AssetKey(["backup_retention", "n8n"]),
+            dg.AssetKey(["backup_retention", "_globals"])} <= selected
+    assert dg.AssetKey("disk_hygiene") not in selected
+    specs = {s.key: s for s in d.resolve_all_asset_specs()}
+    deps = {dep.asset_key for dep in specs[dg.AssetKey(["backup_retention", "n8n"])].deps}
+    assert deps == {dg.AssetKey(["restore_verification", "n8n"])}
+    graph = d.get_repository_def().asset_graph
+    verification = dg.AssetKey(["restore_verification", "n8n"])
+    assert graph.get_check_spec(dg.AssetCheckKey(verification, "matches_manifest")).blocking
+    assert dg.AssetCheckKey(verification, "verified_recently") in graph.asset_check_keys
+    weekly = d.resolve_job_def("verify_backups")
+    assert weekly.executor_def is dg.in_process_executor and int(weekly.tags["dagster/max_runtime"]) > 0
+    assert set(weekly.asset_layer.selected_asset_keys) == {dg.AssetKey(["restore_verification", "n8n"])}
+    for name, job in (("verify_backups_schedule", "verify_backups"), ("disk_hygiene_schedule", "disk_hygiene_job"),
+                      ("backup_freshness_schedule", "backup_freshness")):
+        schedule = d.get_schedule_def(name)
+        assert schedule.job_name == job and schedule.execution_timezone == "Europe/Berlin"
+    assert d.get_schedule_def("verify_backups_schedule").cron_schedule == "0 5 * * 0"  # weekly
+    assert d.get_schedule_def("disk_hygiene_schedule").cron_schedule == "0 4 * * 6"  # weekly
