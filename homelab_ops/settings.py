@@ -133,16 +133,100 @@ class BackupSettings(_Section):
         return _duration_seconds(self.timeout)
 
 
+def _iso_day(v: str) -> str:
+    """A YYYY-MM-DD date, as partition definitions need a fixed first day."""
+    from datetime import date
+
+    try:
+        date.fromisoformat(str(v))
+    except ValueError:
+        raise ValueError(f"{v!r} is not a date like 2025-01-01") from None
+    return str(v)
+
+
 class N8nSettings(_Section):
     dsn: SecretStr
     url: str | None = None  # e.g. http://127.0.0.1:5678, for /healthz
     workflows_dir: str | None = None  # a folder of exported workflow JSON to scan
+    db_schema: str = "public"  # n8n's DB_POSTGRESDB_SCHEMA
+    table_prefix: str = ""  # n8n's DB_TABLE_PREFIX
+    history_start: str = "2025-01-01"  # first day of n8n_execution_rollup's partitions
+    failure_rate_warn: float = Field(0.2, ge=0, le=1)  # (error + crashed) / finished above this warns
+    failure_min_finished: int = Field(1, ge=1)  # workflows with fewer finished runs that day are not judged
+
+    @field_validator("history_start")
+    @classmethod
+    def _history_start(cls, v):
+        return _iso_day(v)
+
+
+class ManagedCredential(_Section):
+    """One credential the store rotates; options beyond `kind`/`period` depend on the kind."""
+
+    kind: Literal["postgres-role", "s3-access-key", "generated", "manual"]
+    period: Duration = "30d"
+    consumers: list[str] = []  # compose services to restart after a rotation
+    description: str | None = None
+    # postgres-role
+    role: str | None = None
+    dsn: SecretStr | None = None  # admin connection; defaults to postgres.dsn
+    host: str | None = None  # where the new password's TCP login is tested
+    port: int | None = None
+    dbname: str | None = None
+    # s3-access-key
+    user: str | None = None  # the IAM user whose key rotates
+    endpoint_url: str | None = None
+    region: str | None = None
+    bucket: str | None = None
+    self_managed: bool | None = None
+    test_timeout: float | None = None
+    # generated
+    length: int | None = None
+    alphabet: str | None = None
+    htpasswd_user: str | None = None
+    bcrypt_rounds: int | None = None
+    # manual
+    pattern: str | None = None
+
+    @field_validator("period")
+    @classmethod
+    def _period(cls, v):
+        if _duration_seconds(v) <= 0:
+            raise ValueError(f"{v!r} is not a rotation period like 30d, 12h or 1w")
+        return v
+
+    @model_validator(mode="after")
+    def _kind_needs(self):
+        if self.kind == "postgres-role" and not self.role:
+            raise ValueError("a postgres-role credential needs `role`")
+        if self.kind == "s3-access-key" and not self.user:
+            raise ValueError("an s3-access-key credential needs `user` (the IAM user)")
+        return self
 
 
 class CredentialsSettings(_Section):
     key_file: str = "./var/master.key"
-    managed: dict[str, dict[str, Any]] = {}
-    env_template: str | None = None
+    managed: dict[str, ManagedCredential] = {}
+    env_template: str | None = None  # `KEY={{ cred "name" }}` lines, rendered by `creds render-env`
+    env_file: str | None = None  # re-rendered from env_template after each rotation when set
+
+
+# Metric threshold keys and their defaults; settings override them one by one. Listed here so
+# a misspelt key fails when the settings load, not silently at the check.
+METRIC_THRESHOLD_DEFAULTS: dict[str, float] = {
+    "temperature_warn_c": 70.0,
+    "temperature_error_c": 80.0,
+    "disk_free_warn_pct": 15.0,
+    "disk_free_error_pct": 5.0,
+    "memory_available_warn_pct": 15.0,
+    "memory_available_error_pct": 5.0,
+    # container_metrics: working set as a share of a container's memory limit
+    "container_memory_warn_pct": 90.0,
+    "container_memory_error_pct": 97.0,
+    # container_metrics: restarts since the previous snapshot (not health's container_restarts_warn)
+    "container_restart_increase_warn": 1.0,
+    "container_restart_increase_error": 3.0,
+}
 
 
 class MetricsSettings(_Section):
@@ -152,47 +236,315 @@ class MetricsSettings(_Section):
     sys_root: str = "/sys"
     proc_root: str = "/proc"
     thresholds: dict[str, float] = {}
+    # Mount points whose use and free space are recorded; None: every physical mount plus `/`.
+    mounts: list[str] | None = None
+    vcgencmd: str = "vcgencmd"  # looked up on PATH; absent on anything but a Pi
+    history_start: str = "2025-01-01"  # first day of host_metrics_daily's partitions
+    # Container names (fnmatch patterns) container_metrics records and judges; None: every container.
+    containers: list[str] | None = None
+
+    @field_validator("thresholds")
+    @classmethod
+    def _known_thresholds(cls, v):
+        unknown = sorted(set(v) - set(METRIC_THRESHOLD_DEFAULTS))
+        if unknown:
+            raise ValueError(f"unknown threshold {', '.join(unknown)}; known: {', '.join(METRIC_THRESHOLD_DEFAULTS)}")
+        return v
+
+    @field_validator("history_start")
+    @classmethod
+    def _history_start(cls, v):
+        return _iso_day(v)
+
+    @property
+    def snapshot_every_seconds(self) -> float:
+        return _duration_seconds(self.snapshot_every)
+
+    def threshold(self, key: str) -> float:
+        return float(self.thresholds.get(key, METRIC_THRESHOLD_DEFAULTS[key]))
+
+
+# Health check thresholds and their defaults (homelab_ops.health.checks reads them). Temperature,
+# disk and memory fall back to metrics.thresholds' `_error_`/`_warn_` keys when only those are set;
+# backup_age_fail_hours to backups.max_age_hours, n8n_failure_rate_warn to n8n.failure_rate_warn.
+HEALTH_THRESHOLD_DEFAULTS: dict[str, float] = {
+    "disk_free_warn_pct": 15.0,
+    "disk_free_fail_pct": 5.0,
+    "temperature_warn_c": 70.0,
+    "temperature_fail_c": 80.0,
+    "memory_available_warn_pct": 15.0,
+    "memory_available_fail_pct": 5.0,
+    "container_restarts_warn": 3,  # restarts of a container that (re)started within the last hour
+    "n8n_failure_rate_fail": 0.5,
+    "pg_auth_failures_warn": 10,  # failed PostgreSQL authentications in the last hour
+    "pg_auth_failures_fail": 100,
+    "http_denied_warn": 20,  # 401/403 answers in Traefik's access log within http_denied_window_s
+    "http_denied_fail": 100,
+    "http_denied_window_s": 300,
+    "check_timeout_s": 20,  # a check still running after this is `unknown` for the tick
+}
+HEALTH_DERIVED_THRESHOLDS = ("backup_age_fail_hours", "n8n_failure_rate_warn")
+# Check families that have a remedy; `health.remedies` switches them off by family or by check name.
+HEALTH_REMEDY_FAMILIES = ("disk_free", "backup_age", "container", "cpu_temperature")
 
 
 class HealthSettings(_Section):
     interval: Duration = "60s"
     realert_after: Duration = "6h"
+    flap_window: Duration = "1h"  # this many state changes within the window make a check `flapping`
+    flap_changes: int = Field(4, ge=2)
+    remedy_cooldown: Duration = "1h"  # one remedy run per check at most this often
     thresholds: dict[str, float] = {}
-    remedies: dict[str, bool] = {}
+    remedies: dict[str, bool] = {}  # e.g. {backup_age: false} or {"disk_free:/boot": false}
+    # Container name (fnmatch pattern) -> stack whose redeploy job is its remedy: monitoring | traefik.
+    # Containers labelled homelab-ops.stack=<stack> need no entry.
+    container_stacks: dict[str, Literal["monitoring", "traefik"]] = {
+        "traefik*": "traefik", "prometheus*": "monitoring", "grafana*": "monitoring",
+        "node-exporter*": "monitoring", "node_exporter*": "monitoring", "cadvisor*": "monitoring",
+        "loki*": "monitoring", "promtail*": "monitoring", "alertmanager*": "monitoring"}
+    ignore_containers: list[str] = []  # fnmatch patterns of containers not judged (one-shot jobs)
+    # Security signals. A file (glob: the newest match) or a container's `docker logs`.
+    postgres_log: str | None = None  # e.g. /var/log/postgresql/postgresql-*-main.log
+    postgres_container: str | None = None  # e.g. postgres
+    traefik_access_log: str | None = None  # JSON or common log format
+    traefik_container: str | None = None
+
+    @field_validator("thresholds")
+    @classmethod
+    def _known_thresholds(cls, v):
+        known = (*HEALTH_THRESHOLD_DEFAULTS, *HEALTH_DERIVED_THRESHOLDS)
+        unknown = sorted(set(v) - set(known))
+        if unknown:
+            raise ValueError(f"unknown threshold {', '.join(unknown)}; known: {', '.join(known)}")
+        return v
+
+    @field_validator("remedies")
+    @classmethod
+    def _known_remedies(cls, v):
+        unknown = sorted(k for k in v if k.split(":", 1)[0] not in HEALTH_REMEDY_FAMILIES)
+        if unknown:
+            raise ValueError(f"no remedy for {', '.join(unknown)}; checks with one: "
+                             f"{', '.join(HEALTH_REMEDY_FAMILIES)} (or `<family>:<name>`)")
+        return v
+
+    @property
+    def interval_seconds(self) -> float:
+        return _duration_seconds(self.interval)
+
+    @property
+    def realert_after_seconds(self) -> float:
+        return _duration_seconds(self.realert_after)
+
+    @property
+    def flap_window_seconds(self) -> float:
+        return _duration_seconds(self.flap_window)
+
+    @property
+    def remedy_cooldown_seconds(self) -> float:
+        return _duration_seconds(self.remedy_cooldown)
 
 
 class TelegramSettings(_Section):
     api_base: str = "https://api.telegram.org"
     bot_token: SecretStr | None = None
-    bot_token_credential: str | None = None
+    bot_token_credential: str | None = None  # a credential-store name; its `value` is the token
+    # Chat ids that receive alerts without `notify approve`: the owner's, kept in the file so
+    # alerts still reach them when the state database (and notify_chats) is down.
+    chats: list[int] = []
+    timeout: Duration = "10s"  # per HTTP request
+    attempts: int = Field(4, ge=1)  # per message, with backoff; 429 retry_after is honoured
 
 
 class NotifySettings(_Section):
     telegram: TelegramSettings = TelegramSettings()
-    webhook_url: str | None = None
+    # A plain JSON POST (ntfy, Gotify). Secret: an ntfy topic or a Gotify ?token= grants access.
+    webhook_url: SecretStr | None = None
+    webhook_topic: str | None = None  # ntfy: POST JSON to the server root with this topic
+    webhook_token: SecretStr | None = None  # sent as `Authorization: Bearer ...` (ntfy, Gotify)
+    webhook_min_severity: Literal["info", "warn", "fail"] = "warn"
 
 
 class UiSettings(_Section):
     base_url: str = "http://127.0.0.1:3000"
 
 
+_NAME = r"^[a-zA-Z0-9][a-zA-Z0-9_.-]*$"
+_CPUSET = r"^\d+(-\d+)?(,\d+(-\d+)?)*$"
+
+
 class DockerSettings(_Section):
     host: str = "unix:///var/run/docker.sock"
+    name_prefix: str = Field("homelab-", pattern=r"^[a-zA-Z0-9][a-zA-Z0-9_.-]*$")  # containers and volumes
+    log_max_size: str = Field("10m", pattern=r"^\d+[kmg]$")  # json-file cap per log file
+    log_max_files: int = Field(3, ge=1, le=10)
+
+
+class HealthcheckSettings(_Section):
+    """Docker's healthcheck timing for every deployed container, and how long a deploy waits.
+
+    Docker 20.10 (Debian's) has no start_interval: the first probe runs `interval`
+    after start, so `interval` is also how fast a deploy notices a healthy container.
+    """
+
+    interval: Duration = "10s"
+    timeout: Duration = "5s"
+    retries: int = Field(3, ge=1)
+    start_period: Duration = "60s"  # failures in this window do not count (Grafana on a Pi is slow)
+    wait: Duration = "180s"  # a replaced service not healthy by then is rolled back
+    verify: Duration = "120s"  # how long the end-to-end check waits for scrape targets
+
+
+class ServiceSettings(_Section):
+    """What every deployed container can override; each service's defaults are its own."""
+
+    enabled: bool = True
+    image: str
+    memory_mb: int = Field(gt=0)
+    cpuset: str | None = Field("0", pattern=_CPUSET)  # roadmap: monitoring on core 0, cores 1-3 for Ollama
+    cpus: float | None = Field(None, gt=0)  # CPU quota in cores; None = the whole cpuset
+
+
+class PrometheusService(ServiceSettings):
+    image: str = "prom/prometheus:v3.4.2"
+    memory_mb: int = Field(400, gt=0)
+    retention_days: int = Field(15, ge=1, le=365)
+    scrape_interval: Duration = "30s"
+
+    @field_validator("scrape_interval")
+    @classmethod
+    def _scrape(cls, v):
+        if not 30 <= _duration_seconds(v) <= 60:
+            raise ValueError("scrape_interval must be between 30s and 60s on a Pi")
+        return v
+
+
+class NodeExporterService(ServiceSettings):
+    image: str = "prom/node-exporter:v1.9.1"
+    memory_mb: int = Field(48, gt=0)
+
+
+class CadvisorService(ServiceSettings):
+    image: str = "gcr.io/cadvisor/cadvisor:v0.52.1"
+    memory_mb: int = Field(128, gt=0)
+    housekeeping_interval: Duration = "15s"
+
+    @field_validator("housekeeping_interval")
+    @classmethod
+    def _housekeeping(cls, v):
+        if _duration_seconds(v) < 15:
+            raise ValueError("housekeeping_interval below 15s costs a Pi too much CPU")
+        return v
+
+
+class LokiService(ServiceSettings):
+    image: str = "grafana/loki:3.5.1"
+    memory_mb: int = Field(256, gt=0)
+    retention_days: int = Field(14, ge=7, le=14)
+
+
+class AlloyService(ServiceSettings):
+    image: str = "grafana/alloy:v1.9.1"
+    memory_mb: int = Field(160, gt=0)
+    # Extra regular expressions: a log line matching any is dropped before it reaches Loki.
+    drop_lines: list[str] = []
+
+
+class GrafanaService(ServiceSettings):
+    image: str = "grafana/grafana:12.0.2"
+    memory_mb: int = Field(300, gt=0)
+    admin_password: SecretStr | None = None  # None: Grafana's first-login flow
+    postgres_dsn: SecretStr | None = None  # None: state.dsn, loopback host replaced by postgres_host
+    postgres_host: str = "postgres"  # the PostgreSQL container's name on the network
+    dagster_postgres_dsn: SecretStr | None = None  # Dagster's storage, for the dashboard's run panels
+    dashboards_dir: str | None = None  # None: deploy/grafana/dashboards in this repository
+
+
+class AlertmanagerService(ServiceSettings):
+    image: str = "prom/alertmanager:v0.28.1"
+    memory_mb: int = Field(64, gt=0)
+    telegram_chat_id: str | None = None
+    telegram_bot_token: SecretStr | None = None  # None: notify.telegram.bot_token
+    repeat_interval: Duration = "6h"
+
+
+class N8nRunnerService(ServiceSettings):
+    """n8n's external task runner sidecar (N8N_RUNNERS_MODE=external), off until enabled."""
+
+    enabled: bool = False
+    image: str = "n8nio/runners:1.123.0"  # keep in step with n8n's own version
+    memory_mb: int = Field(160, gt=0)
+    broker_uri: str = "http://n8n:5679"
+    auth_token: SecretStr | None = None  # None: env N8N_RUNNERS_AUTH_TOKEN (credential store later)
+
+
+class MonitoringServices(_Section):
+    prometheus: PrometheusService = PrometheusService()
+    node_exporter: NodeExporterService = NodeExporterService()
+    cadvisor: CadvisorService = CadvisorService()
+    loki: LokiService = LokiService()
+    alloy: AlloyService = AlloyService()
+    grafana: GrafanaService = GrafanaService()
+    alertmanager: AlertmanagerService = AlertmanagerService()
+    n8n_runner: N8nRunnerService = N8nRunnerService()
+
+
+class AlertSettings(_Section):
+    temperature_warn_c: float = 75.0
+    temperature_crit_c: float = 80.0  # the Pi 5 firmware starts soft throttling here
+    disk_free_pct: float = Field(10.0, gt=0, lt=100)
+    memory_free_pct: float = Field(10.0, gt=0, lt=100)
+    expected_containers: list[str] = []  # containers not deployed here to alert on by name (n8n, postgres)
 
 
 class MonitoringSettings(_Section):
-    model_config = ConfigDict(extra="allow", frozen=True)
-    network: str = "homelab"
+    network: str = Field("homelab", pattern=_NAME)
     memory_budget_mb: int = Field(1536, gt=0)
     pull: Literal["if-missing", "never"] = "if-missing"
-    services: dict[str, dict[str, Any]] = {}
+    services: MonitoringServices = MonitoringServices()
+    health: HealthcheckSettings = HealthcheckSettings()
+    alerts: AlertSettings = AlertSettings()
+    state_dir: str = "./var/monitoring"  # tuned limits (tune_monitoring) live here
+    host_label: str = "pi5"  # the `host` label on shipped logs
+
+
+class TraefikRoute(_Section):
+    """A UI Traefik fronts that homelab-ops does not deploy (file provider)."""
+
+    url: str
+    subdomain: str | None = None  # default: the route's name
+    public_paths: list[str] = []  # path prefixes served without basic auth (n8n's webhooks)
 
 
 class TraefikSettings(_Section):
-    model_config = ConfigDict(extra="allow", frozen=True)
     image: str = "traefik:v3.4"
     domain: str = "home.example.org"
     acme_email: str = "owner@example.org"
+    acme_challenge: Literal["http", "dns"] = "http"
+    dns_provider: str | None = None  # lego provider for DNS-01, e.g. cloudflare
+    dns_env: dict[str, SecretStr] = {}  # its credentials, e.g. CF_DNS_API_TOKEN: ${CF_DNS_API_TOKEN}
+    acme_ca_server: str | None = None  # e.g. Let's Encrypt staging while testing
+    # htpasswd lines with bcrypt hashes (htpasswd -nbB user pw). Until the credential store
+    # lands, these or env HOMELAB_BASIC_AUTH_USERS are the source (homelab_ops/deploy/auth.py).
+    basic_auth_users: list[SecretStr] = []
+    ip_allowlist: list[str] = []  # CIDRs allowed to reach the UIs; empty = anyone who authenticates
+    listen: str = "0.0.0.0"
+    http_port: int = Field(80, gt=0, lt=65536)
+    https_port: int = Field(443, gt=0, lt=65536)
+    access_log_dir: str = "./var/traefik"  # access.log for the security check
+    memory_mb: int = Field(128, gt=0)
+    cpuset: str | None = Field("0", pattern=_CPUSET)
+    cpus: float | None = Field(None, gt=0)
+    # UIs on the network that carry no Traefik labels of their own (Dagster's webserver labels
+    # itself in deploy/docker-compose.yml). n8n's production webhooks stay reachable for Telegram.
+    routes: dict[str, TraefikRoute] = {
+        "n8n": TraefikRoute(url="http://n8n:5678", public_paths=["/webhook/"]),
+    }
+
+    @model_validator(mode="after")
+    def _dns_needs_provider(self):
+        if self.acme_challenge == "dns" and not self.dns_provider:
+            raise ValueError("acme_challenge: dns needs dns_provider (a lego provider name such as cloudflare)")
+        return self
 
 
 class DiskHygieneSettings(_Section):

@@ -38,6 +38,19 @@ def _register() -> None:
 
     main.add_command(backups.backups)
     main.add_command(demo.demo)
+    from homelab_ops.cli import notify
+
+    main.add_command(notify.notify)
+    from homelab_ops.cli import creds, workflows
+
+    main.add_command(creds.creds)
+    main.add_command(workflows.workflows)
+    from homelab_ops.cli import n8n
+
+    main.add_command(n8n.n8n)
+    from homelab_ops.cli import doctor
+
+    main.add_command(doctor.doctor)
 
 
 _register()

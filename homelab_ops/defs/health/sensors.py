@@ -1,0 +1,222 @@
+"""The alerting sensors. Thin: the decisions are in homelab_ops.health and homelab_ops.notify.
+
+- health_sensor: runs the checks, alerts on changes (state machine in its cursor), requests remedies;
+- run_failure_alert: every failed run, with its failed step, error and a link;
+- asset_check_alert: ERROR-severity asset check failures, through the same state machine;
+- telegram_inbox: /start, /mute and /unmute sent to the bot.
+
+Builders take what tests replace (the check function, the clock); the defaults are the real ones.
+"""
+
+import json
+import time
+from collections.abc import Callable
+from typing import Optional
+
+import dagster as dg
+import psycopg
+
+from homelab_ops.defs.health.resources import AlertChannels
+from homelab_ops.defs.resources import HomelabSettings
+from homelab_ops.health import machine, messages, remedies
+from homelab_ops.health.checks import FAIL, OK, CheckResult
+from homelab_ops.health.evaluate import run_checks
+from homelab_ops.notify import chats as chats_mod
+from homelab_ops.notify.alert import Alert
+from homelab_ops.notify.chats import Chat
+from homelab_ops.notify.telegram import escape
+
+_RUNNING = dg.DefaultSensorStatus.RUNNING
+
+
+def _load_cursor(text: Optional[str]) -> dict:
+    try:
+        data = json.loads(text) if text else {}
+    except ValueError:
+        data = {}
+    return data if isinstance(data, dict) else {}
+
+
+def _memories(data: dict) -> dict:
+    return {k: machine.Memory.from_json(v) for k, v in (data.get("checks") or {}).items()}
+
+
+def _dump(memories: dict, chats: list[Chat]) -> str:
+    return json.dumps({"v": 1, "checks": {k: m.to_json() for k, m in memories.items()},
+                       "chats": [c.to_json() for c in chats]}, separators=(",", ":"))
+
+
+def _approved(chats: Optional[list[Chat]], fallback: list[Chat]) -> list[Chat]:
+    return fallback if chats is None else [c for c in chats if c.status == "approved"]
+
+
+def build_health_sensor(jobs: list, *, name: str = "health_sensor", interval: int = 60,
+                        evaluate: Optional[Callable[..., list[CheckResult]]] = None,
+                        clock: Callable[[], float] = time.time) -> dg.SensorDefinition:
+    """`jobs` are the remedy jobs this code location has; a remedy naming any other is skipped."""
+    job_names = {j.name for j in jobs}
+
+    @dg.sensor(name=name, jobs=list(jobs) or None, minimum_interval_seconds=interval, default_status=_RUNNING,
+               description="Evaluates the health checks every health.interval; alerts when a check changes "
+                           "state (re-alerts every health.realert_after, reports flapping once, announces "
+                           "recovery) and starts the remedy job of a failing check once per failure.")
+    def _health(context: dg.SensorEvaluationContext, homelab: HomelabSettings, alert_channels: AlertChannels):
+        settings = homelab.settings
+        now = clock()
+        data = _load_cursor(context.cursor)
+        known_chats = [Chat.from_json(c) for c in data.get("chats") or []]
+        redact = alert_channels.redactor(settings)
+        results = [CheckResult(r.name, r.state, redact(r.reason), r.remedy)
+                   for r in (evaluate or run_checks)(settings)]
+        policy = machine.Policy.from_settings(settings)
+        memories, notices = machine.advance(_memories(data), results, now, policy)
+
+        available = set(job_names)
+        if context.repository_def is not None:
+            available = {j for j in available if context.repository_def.has_job(j)}
+        planned, skipped = remedies.plan(memories, results, now, policy, settings.health.remedies, available)
+        for s in skipped:
+            context.log.info(s.why)
+        started: dict[str, list[str]] = {}
+        for p in planned:
+            started.setdefault(p.check, []).append(p.job)
+            context.log.info(f"{p.check}: requesting remedy {p.job} (run key {p.run_key})")
+
+        alerts = [messages.notice_alert(n, now, settings.tz, started.pop(n.check, [])) for n in notices]
+        chats = None
+        if alerts:
+            _, chats = alert_channels.dispatcher(settings, logger=context.log).deliver(alerts, known_chats=known_chats)
+        bad = sorted(r.name for r in results if r.state != OK)
+        context.log.info(f"{len(results)} checks, {len(bad)} not ok{': ' + ', '.join(bad[:20]) if bad else ''}; "
+                         f"{len(alerts)} alerts, {len(planned)} remedy runs")
+        return dg.SensorResult(
+            run_requests=[dg.RunRequest(run_key=p.run_key, job_name=p.job, tags={"homelab-ops/remedy-for": p.check})
+                          for p in planned],
+            cursor=_dump(memories, _approved(chats, known_chats)),
+        )
+
+    return _health
+
+
+def error_text(error) -> str:
+    """A SerializableErrorInfo's messages, outermost first, each cause after it (no stack frames)."""
+    lines, seen = [], 0
+    while error is not None and seen < 5:
+        msg = (error.message or "").strip()
+        if msg:
+            lines.append(msg if not lines else f"Caused by: {msg}")
+        error = error.cause or error.context
+        seen += 1
+    return "\n".join(lines)
+
+
+def build_run_failure_sensor(name: str = "run_failure_alert") -> dg.SensorDefinition:
+    @dg.run_failure_sensor(name=name, default_status=_RUNNING, minimum_interval_seconds=30,
+                           description="Alerts on every failed run of this code location (also runs stopped "
+                                       "for exceeding dagster/max_runtime): job, failed step, the error's first "
+                                       "lines and a link to the run.")
+    def _run_failure(context: dg.RunFailureSensorContext, homelab: HomelabSettings, alert_channels: AlertChannels):
+        settings = homelab.settings
+        run = context.dagster_run
+        steps = []
+        for event in context.get_step_failure_events():
+            data = event.event_specific_data
+            err = getattr(data, "error", None)
+            steps.append((event.step_key or "?", error_text(err) if err else (event.message or "")))
+        failure = context.failure_event
+        run_error = getattr(failure.event_specific_data, "error", None)
+        run_message = error_text(run_error) if run_error else (failure.message or "")
+        # Run monitoring cancels a run past its dagster/max_runtime before failing it: say why.
+        canceling = [e.dagster_event.message for e in context.instance.all_logs(
+            run.run_id, of_type=dg.DagsterEventType.RUN_CANCELING) if e.dagster_event and e.dagster_event.message]
+        if canceling:
+            run_message = "\n".join([*canceling, run_message])
+        alert = messages.run_failure_alert(run.job_name, run.run_id, steps, run_message, settings.ui.base_url)
+        alert_channels.dispatcher(settings, logger=context.log).deliver([alert])
+
+    return _run_failure
+
+
+def build_asset_check_sensor(name: str = "asset_check_alert", *, interval: int = 60,
+                             clock: Callable[[], float] = time.time) -> dg.SensorDefinition:
+    @dg.sensor(name=name, minimum_interval_seconds=interval, default_status=_RUNNING,
+               description="Alerts when an ERROR-severity asset check fails (and when it passes again), "
+                           "with the same dedup and re-alert rules as the health checks.")
+    def _asset_checks(context: dg.SensorEvaluationContext, homelab: HomelabSettings, alert_channels: AlertChannels):
+        repo = context.repository_def
+        keys = list(repo.asset_graph.asset_check_keys) if repo is not None else []
+        if not keys:
+            return dg.SkipReason("no asset checks in this code location")
+        settings = homelab.settings
+        now = clock()
+        latest = context.instance.event_log_storage.get_latest_asset_check_execution_by_key(keys)
+        results, info = [], {}
+        for key, rec in latest.items():
+            status = getattr(rec.status, "value", str(rec.status))
+            entry = rec.event.dagster_event if rec.event is not None else None
+            evaluation = entry.event_specific_data if entry is not None else None
+            name_ = f"{key.asset_key.to_user_string()}:{key.name}"
+            if status == "SUCCEEDED":
+                results.append(CheckResult(name_, OK, "passed"))
+            elif (status == "FAILED" and evaluation is not None
+                  and getattr(evaluation, "severity", None) == dg.AssetCheckSeverity.ERROR):
+                results.append(CheckResult(name_, FAIL, evaluation.description or "failed"))
+            else:
+                continue  # planned/running, or a WARN-severity failure: not alerted here
+            info[name_] = (key.asset_key.to_user_string(), key.name, rec.run_id)
+        data = _load_cursor(context.cursor)
+        redact = alert_channels.redactor(settings)
+        results = [CheckResult(r.name, r.state, redact(r.reason)) for r in results]
+        memories, notices = machine.advance(_memories(data), results, now, machine.Policy.from_settings(settings))
+        alerts = []
+        for n in notices:
+            asset, check, run_id = info[n.check]
+            alerts.append(messages.asset_check_alert(n, asset, check, n.reason, run_id, settings.ui.base_url))
+        known_chats = [Chat.from_json(c) for c in data.get("chats") or []]
+        chats = None
+        if alerts:
+            _, chats = alert_channels.dispatcher(settings, logger=context.log).deliver(alerts, known_chats=known_chats)
+        context.update_cursor(_dump(memories, _approved(chats, known_chats)))
+        return dg.SkipReason(f"{len(results)} asset checks judged, {len(alerts)} alerts")
+
+    return _asset_checks
+
+
+def build_telegram_inbox_sensor(name: str = "telegram_inbox", *, interval: int = 30) -> dg.SensorDefinition:
+    @dg.sensor(name=name, minimum_interval_seconds=interval, default_status=_RUNNING,
+               description="Reads the bot's messages (getUpdates with an offset): /start records a chat as "
+                           "pending for `homelab-ops notify approve`, /mute and /unmute act for approved chats.")
+    def _inbox(context: dg.SensorEvaluationContext, homelab: HomelabSettings, alert_channels: AlertChannels):
+        settings = homelab.settings
+        bot = alert_channels.bot(settings)
+        if bot is None:
+            return dg.SkipReason("no Telegram bot token (notify.telegram.bot_token, bot_token_credential "
+                                 "or TELEGRAM_BOT_TOKEN)")
+        offset = int(context.cursor) if (context.cursor or "").lstrip("-").isdigit() else None
+        updates, why = bot.get_updates(offset)
+        if updates is None:
+            return dg.SkipReason(f"getUpdates failed: {alert_channels.redactor(settings)(why)}")
+        cmds, next_offset = chats_mod.commands(updates)
+        replies: list = []
+        if cmds:
+            try:
+                with chats_mod.state_connection(settings) as conn:
+                    before = {c.chat_id: c.status for c in chats_mod.list_chats(conn)}
+                    replies = chats_mod.apply_commands(conn, cmds, settings.tz)
+            except psycopg.Error as e:  # the offset stays: Telegram keeps the updates for the next tick
+                return dg.SkipReason(f"state database not reachable ({type(e).__name__}); "
+                                     f"{len(cmds)} commands wait for the next tick")
+            new = {c.chat_id: c for c in cmds if c.kind == "start" and c.chat_id not in before}
+            if new:
+                names = ", ".join(f"{c.chat_id} ({c.title})" if c.title else str(c.chat_id) for c in new.values())
+                context.log.info(f"chats asking for alerts: {names}")
+                alert = Alert("notify", "notify_chats", "pending_chat", "warn", "🔔 A chat asked for alerts",
+                              f"{names}\nApprove with: homelab-ops notify approve CHAT_ID")
+                alert_channels.dispatcher(settings, logger=context.log).deliver([alert])
+        for chat_id, text in replies:
+            bot.send_html(chat_id, escape(text))
+        if next_offset is not None:
+            context.update_cursor(str(next_offset))
+        return dg.SkipReason(f"{len(updates)} updates, {len(cmds)} commands")
+
+    return _inbox
