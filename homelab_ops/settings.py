@@ -45,6 +45,14 @@ def _duration_seconds(text: str) -> float:
     return float(m.group(1)) * unit
 
 
+def _only_known(thresholds: dict, known) -> dict:
+    """Refuse a misspelt threshold: silently ignoring it would leave the default in force."""
+    unknown = sorted(set(thresholds) - set(known))
+    if unknown:
+        raise ValueError(f"unknown threshold {', '.join(unknown)}; known: {', '.join(known)}")
+    return thresholds
+
+
 Duration = Annotated[str, Field(pattern=r"^\s*\d+(\.\d+)?\s*[smhdw]?\s*$")]
 
 
@@ -246,10 +254,7 @@ class MetricsSettings(_Section):
     @field_validator("thresholds")
     @classmethod
     def _known_thresholds(cls, v):
-        unknown = sorted(set(v) - set(METRIC_THRESHOLD_DEFAULTS))
-        if unknown:
-            raise ValueError(f"unknown threshold {', '.join(unknown)}; known: {', '.join(METRIC_THRESHOLD_DEFAULTS)}")
-        return v
+        return _only_known(v, METRIC_THRESHOLD_DEFAULTS)
 
     @field_validator("history_start")
     @classmethod
@@ -312,11 +317,7 @@ class HealthSettings(_Section):
     @field_validator("thresholds")
     @classmethod
     def _known_thresholds(cls, v):
-        known = (*HEALTH_THRESHOLD_DEFAULTS, *HEALTH_DERIVED_THRESHOLDS)
-        unknown = sorted(set(v) - set(known))
-        if unknown:
-            raise ValueError(f"unknown threshold {', '.join(unknown)}; known: {', '.join(known)}")
-        return v
+        return _only_known(v, (*HEALTH_THRESHOLD_DEFAULTS, *HEALTH_DERIVED_THRESHOLDS))
 
     @field_validator("remedies")
     @classmethod

@@ -1,4 +1,4 @@
-"""host_metrics and host_metrics_daily in the state database: append, roll up, prune."""
+"""host_metrics, container_metrics and host_metrics_daily in the state database: append, roll up, prune."""
 
 from __future__ import annotations
 
@@ -10,6 +10,7 @@ import psycopg
 
 from homelab_ops.metrics import daily
 from homelab_ops.metrics.collect import Snapshot
+from homelab_ops.metrics.containers import ContainerSnapshot
 
 _ROLLUP_LOCK = 0x686D6431  # one daily rollup at a time: replace is delete + insert
 
@@ -21,6 +22,28 @@ def write_snapshot(conn: psycopg.Connection, snap: Snapshot) -> int:
             for s in snap.samples:
                 copy.write_row((snap.taken_at, s.metric, json.dumps(s.labels), s.value))
     return len(snap.samples)
+
+
+def write_container_snapshot(conn: psycopg.Connection, snap: ContainerSnapshot) -> int:
+    """Append every (container, metric, value) of `snap` at its one taken_at, in one transaction."""
+    rows = snap.rows()
+    with conn.transaction(), conn.cursor() as cur:
+        with cur.copy("COPY homelab_ops.container_metrics (taken_at, container, metric, value) FROM STDIN") as copy:
+            for row in rows:
+                copy.write_row((snap.taken_at, *row))
+    return len(rows)
+
+
+def previous_container_values(conn: psycopg.Connection, before: datetime) -> tuple[datetime | None, dict]:
+    """The last container snapshot before `before`: (its taken_at, {container: {metric: value}})."""
+    taken = conn.execute("SELECT max(taken_at) FROM homelab_ops.container_metrics WHERE taken_at < %s",
+                         (before,)).fetchone()[0]
+    out: dict[str, dict[str, float]] = {}
+    if taken is not None:
+        for container, metric, value in conn.execute(
+                "SELECT container, metric, value FROM homelab_ops.container_metrics WHERE taken_at = %s", (taken,)):
+            out.setdefault(container, {})[metric] = value
+    return taken, out
 
 
 @dataclass(frozen=True)
@@ -47,6 +70,10 @@ def roll_up_day(conn: psycopg.Connection, day: date, tz: str, *, retention_days:
         raw = conn.execute(
             "SELECT metric, labels, value FROM homelab_ops.host_metrics WHERE taken_at >= %s AND taken_at < %s",
             (start, end)).fetchall()
+        # container_metrics rolls up into the same table, the container as a label.
+        raw += [(metric, {"container": container}, value) for container, metric, value in conn.execute(
+            "SELECT container, metric, value FROM homelab_ops.container_metrics WHERE taken_at >= %s AND taken_at < %s",
+            (start, end))]
         stored = conn.execute("SELECT count(*) FROM homelab_ops.host_metrics_daily WHERE day = %s",
                               (day,)).fetchone()[0]
         kept = start < cutoff and stored > 0
@@ -59,6 +86,7 @@ def roll_up_day(conn: psycopg.Connection, day: date, tz: str, *, retention_days:
                     " VALUES (%s, %s, %s, %s, %s, %s, %s)",
                     [(r.day, r.metric, json.dumps(r.labels), r.samples, r.min, r.mean, r.max) for r in rows])
         pruned = conn.execute("DELETE FROM homelab_ops.host_metrics WHERE taken_at < %s", (cutoff,)).rowcount
+        pruned += conn.execute("DELETE FROM homelab_ops.container_metrics WHERE taken_at < %s", (cutoff,)).rowcount
     return DailyOutcome(day, rows, len(raw), kept, pruned)
 
 

@@ -1,7 +1,8 @@
-"""Host metrics as assets: the 15-minute snapshot with its threshold checks, and the daily rollup.
+"""Host and container metrics as assets: the 15-minute snapshots with their threshold checks, and the daily rollup.
 
 Thin on purpose: reading the host is `homelab_ops.metrics.collect`, judging it
-`homelab_ops.metrics.thresholds`, storing it `homelab_ops.metrics.store`.
+`homelab_ops.metrics.thresholds`, the containers `homelab_ops.metrics.containers`,
+storing both `homelab_ops.metrics.store`.
 """
 
 import time
@@ -10,9 +11,9 @@ from datetime import date, datetime, timezone
 import dagster as dg
 
 from homelab_ops.defs.resources import HomelabSettings
-from homelab_ops.metrics import textfile, thresholds
+from homelab_ops.metrics import containers, textfile, thresholds
 from homelab_ops.metrics.collect import PI_PREFIX, take_snapshot
-from homelab_ops.metrics.store import roll_up_day, write_snapshot
+from homelab_ops.metrics.store import previous_container_values, roll_up_day, write_container_snapshot, write_snapshot
 from homelab_ops.settings import Settings
 from homelab_ops.state import open_state
 
@@ -64,6 +65,57 @@ def host_metrics(context: dg.AssetExecutionContext, homelab: HomelabSettings) ->
     return dg.MaterializeResult(metadata=meta, check_results=[_check_result(o) for o in outcomes])
 
 
+def _container_table(snap: containers.ContainerSnapshot) -> str:
+    lines = ["| container | state | health | CPU % | memory | limit | restarts |", "|---|---|---|---:|---:|---:|---:|"]
+    mib = (lambda v: "-" if not v else f"{v / 2**20:.0f} MiB")
+    for c in sorted(snap.containers, key=lambda c: c.name):
+        cpu = c.samples.get("homelab_container_cpu_percent")
+        lines.append(f"| {c.name} | {c.status} | {c.health or '-'} | {'-' if cpu is None else f'{cpu:.1f}'} | "
+                     f"{mib(c.samples.get('container_memory_working_set_bytes'))} | {mib(c.memory_limit)} | "
+                     f"{c.restart_count} |")
+    return "\n".join(lines)
+
+
+@dg.asset(
+    name="container_metrics",
+    group_name=GROUP,
+    kinds={"docker", "postgres"},
+    description="A snapshot of every container from the Docker Engine API (docker.host) appended to "
+                "homelab_ops.container_metrics (long format, cAdvisor names): state, restarts, health, OOM kill, "
+                "memory limit; for running ones CPU (seconds and docker stats' %), memory usage and working set, "
+                "network and block I/O. Fails when no Docker daemon answers.",
+    check_specs=[dg.AssetCheckSpec(name, asset="container_metrics", description=containers.CHECK_DESCRIPTIONS[name])
+                 for name in containers.CHECKS],
+)
+def container_metrics(context: dg.AssetExecutionContext, homelab: HomelabSettings) -> dg.MaterializeResult:
+    started = time.perf_counter()
+    settings = homelab.settings
+    try:
+        snap = containers.take_snapshot(settings.docker.host, patterns=settings.metrics.containers)
+    except containers.DockerUnavailable as e:
+        raise dg.Failure(description=str(e), allow_retries=False) from None
+    with open_state(settings) as conn:
+        previous_at, previous = previous_container_values(conn, snap.taken_at)
+        rows = write_container_snapshot(conn, snap)
+    for c in snap.containers:
+        if c.stats_error:
+            context.log.warning(f"{c.name}: no stats: {c.stats_error}")
+    outcomes = containers.evaluate(snap.containers, previous, settings.metrics.threshold)
+    running = sum(c.running for c in snap.containers)
+    return dg.MaterializeResult(metadata={
+        "containers": dg.MetadataValue.int(len(snap.containers)),
+        "running": dg.MetadataValue.int(running),
+        "stopped": dg.MetadataValue.int(len(snap.containers) - running),
+        "rows": dg.MetadataValue.int(rows),
+        "docker_ms": dg.MetadataValue.int(snap.docker_ms),
+        "duration_ms": dg.MetadataValue.int(round((time.perf_counter() - started) * 1000)),
+        "docker_api": dg.MetadataValue.text(snap.api_version),
+        "previous_snapshot": dg.MetadataValue.text(previous_at.isoformat() if previous_at else "none"),
+        "stats_errors": dg.MetadataValue.text(", ".join(c.name for c in snap.containers if c.stats_error) or "none"),
+        "containers_table": dg.MetadataValue.md(_container_table(snap)),
+    }, check_results=[_check_result(o) for o in outcomes])
+
+
 def daily_partitions(settings: Settings) -> dg.DailyPartitionsDefinition:
     return dg.DailyPartitionsDefinition(start_date=settings.metrics.history_start, timezone=settings.timezone)
 
@@ -77,10 +129,11 @@ def host_metrics_daily_asset(settings: Settings) -> dg.AssetsDefinition:
         name="host_metrics_daily",
         group_name=GROUP,
         kinds={"postgres"},
-        deps=[host_metrics],
+        deps=[host_metrics, container_metrics],
         partitions_def=daily_partitions(settings),
         description=f"Min, mean and max per metric and series per day ({settings.timezone}) in "
-                    "homelab_ops.host_metrics_daily, from the raw snapshots; raw snapshots older than "
+                    "homelab_ops.host_metrics_daily, from the raw host and container snapshots (a container's "
+                    "series carry the label `container`); raw snapshots older than "
                     f"{settings.metrics.raw_retention_days} days (metrics.raw_retention_days) are deleted.",
     )
     def _daily(context: dg.AssetExecutionContext, homelab: HomelabSettings) -> dg.MaterializeResult:

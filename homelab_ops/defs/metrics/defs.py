@@ -1,12 +1,13 @@
-"""The metrics domain: the snapshot every `metrics.snapshot_every`, the daily rollup after midnight.
+"""The metrics domain: the snapshots every `metrics.snapshot_every`, the daily rollup after midnight.
 
-Container metrics (homelab_ops.container_metrics, created by 020_metrics.sql) join this
-group as their own asset; this file only needs it appended to `assets` and a job.
+host_metrics and container_metrics share one snapshot job (one run, one process on the Pi);
+they are independent steps, so a Docker daemon that does not answer fails container_metrics
+and the run while host_metrics is still recorded.
 """
 
 import dagster as dg
 
-from homelab_ops.defs.metrics.assets import host_metrics, host_metrics_daily_asset
+from homelab_ops.defs.metrics.assets import container_metrics, host_metrics, host_metrics_daily_asset
 from homelab_ops.metrics.daily import cron_for
 from homelab_ops.settings import SettingsError, current
 
@@ -21,10 +22,10 @@ def defs() -> dg.Definitions:
     daily = host_metrics_daily_asset(settings)
     snapshot_job = dg.define_asset_job(
         "host_metrics_snapshot",
-        selection=[host_metrics],
+        selection=[host_metrics, container_metrics],
         executor_def=dg.in_process_executor,  # one process: a step per process costs seconds on a Pi
         tags={"dagster/max_runtime": "300"},
-        description="Take a host metrics snapshot and judge it against the thresholds.",
+        description="Take a host and a container metrics snapshot and judge them against the thresholds.",
     )
     daily_job = dg.define_asset_job(
         "host_metrics_rollup",
@@ -32,10 +33,10 @@ def defs() -> dg.Definitions:
         partitions_def=daily.partitions_def,
         executor_def=dg.in_process_executor,
         tags={"dagster/max_runtime": "900"},
-        description="Roll up one day of host metrics and delete raw snapshots past retention.",
+        description="Roll up one day of host and container metrics and delete raw snapshots past retention.",
     )
     return dg.Definitions(
-        assets=[host_metrics, daily],
+        assets=[host_metrics, container_metrics, daily],
         jobs=[snapshot_job, daily_job],
         schedules=[
             dg.ScheduleDefinition(

@@ -1,0 +1,407 @@
+"""Container metrics: a snapshot of every container from the Docker Engine API, and its checks.
+
+Pure functions turn `docker inspect` and `docker stats` JSON into (metric, value) pairs and
+judge them; `take_snapshot` is the only I/O (docker-py). Names are cAdvisor's where cAdvisor
+has the figure, `homelab_container_*` where it has none, so Grafana queries read alike.
+
+CPU % needs two samples: `stats?stream=false` is the daemon's own pair (cpu_stats and
+precpu_stats one collector tick apart), so the figure is exactly `docker stats`'. The daemon's
+collector ticks once a second for every subscriber at once, so a request waits one to two
+ticks however many run beside it: every running container is asked concurrently.
+"""
+
+from __future__ import annotations
+
+import fnmatch
+import re
+import time
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
+from datetime import datetime, timezone
+
+from homelab_ops.metrics.thresholds import ERROR, WARN, Outcome
+
+# Docker's State.Status, in lifecycle order; homelab_container_state stores the code.
+STATE_CODES = {"created": 0, "running": 1, "paused": 2, "restarting": 3, "removing": 4, "exited": 5, "dead": 6}
+# homelab_container_health: recorded for running containers that have a healthcheck.
+HEALTH_CODES = {"healthy": 0, "starting": 1, "unhealthy": 2}
+
+MAX_WORKERS = 16  # concurrent stats requests (each waits on the daemon's collector, not on the CPU)
+
+
+# --------------------------------------------------------------------------- stats JSON -> numbers
+
+
+def cpu_percent(stats: dict) -> float | None:
+    """`docker stats`' CPU %: container CPU time over host CPU time between the two samples, x CPUs.
+
+    100 is one core busy. None when precpu_stats has no host reading: docker would divide
+    the container's lifetime by the host's, which is no rate at all.
+    """
+    cur, pre = stats.get("cpu_stats") or {}, stats.get("precpu_stats") or {}
+    if not cur.get("system_cpu_usage") or not pre.get("system_cpu_usage"):
+        return None
+    cpu_delta = float((cur.get("cpu_usage") or {}).get("total_usage", 0)) - \
+        float((pre.get("cpu_usage") or {}).get("total_usage", 0))
+    system_delta = float(cur["system_cpu_usage"]) - float(pre["system_cpu_usage"])
+    online = float(cur.get("online_cpus") or len((cur.get("cpu_usage") or {}).get("percpu_usage") or []))
+    if system_delta > 0 and cpu_delta > 0:
+        return cpu_delta / system_delta * online * 100.0
+    return 0.0
+
+
+def is_cgroup_v1(memory_stats: dict) -> bool:
+    """cgroup v1 reports hierarchical `total_*` figures; v2 has none (docker's CLI tells them apart so)."""
+    return "total_inactive_file" in (memory_stats.get("stats") or {})
+
+
+def memory_working_set(memory_stats: dict) -> float | None:
+    """`docker stats`' MEM USAGE: usage minus inactive page cache (total_inactive_file on v1, inactive_file on v2).
+
+    The same figure is cAdvisor's working set: what the kernel cannot reclaim before it OOM-kills.
+    """
+    usage = memory_stats.get("usage")
+    if usage is None:
+        return None
+    raw = memory_stats.get("stats") or {}
+    inactive = raw.get("total_inactive_file") if is_cgroup_v1(memory_stats) else raw.get("inactive_file")
+    if inactive is not None and inactive < usage:
+        return float(usage - inactive)
+    return float(usage)
+
+
+def memory_cache(memory_stats: dict) -> float | None:
+    raw = memory_stats.get("stats") or {}
+    value = raw.get("total_cache") if is_cgroup_v1(memory_stats) else raw.get("file")
+    return None if value is None else float(value)
+
+
+def block_io(blkio_stats: dict | None) -> tuple[float, float] | None:
+    """Bytes read and written, summed over devices, as `docker stats`' BLOCK I/O (op Read*/Write*)."""
+    if not blkio_stats:
+        return None
+    read = write = 0.0
+    for entry in blkio_stats.get("io_service_bytes_recursive") or []:
+        op = (entry.get("op") or "")[:1].lower()
+        if op == "r":
+            read += entry.get("value", 0)
+        elif op == "w":
+            write += entry.get("value", 0)
+    return read, write
+
+
+def network_totals(networks: dict | None) -> dict[str, float] | None:
+    """Receive/transmit bytes summed over interfaces; None without a network of its own (none, host)."""
+    if not networks:
+        return None
+    out = {"rx_bytes": 0.0, "tx_bytes": 0.0}
+    for iface in networks.values():
+        for key in out:
+            out[key] += iface.get(key, 0)
+    return out
+
+
+def has_sample(stats: dict | None) -> bool:
+    """A stopped container's stats come back zeroed, with `read` at Go's zero time."""
+    return bool(stats) and not str(stats.get("read", "")).startswith("0001-")
+
+
+def stats_samples(stats: dict) -> dict[str, float]:
+    """Everything a running container's stats give, by metric name."""
+    out: dict[str, float] = {}
+    cpu = stats.get("cpu_stats") or {}
+    total = (cpu.get("cpu_usage") or {}).get("total_usage")
+    if total is not None:
+        out["container_cpu_usage_seconds_total"] = total / 1e9
+    pct = cpu_percent(stats)
+    if pct is not None:
+        out["homelab_container_cpu_percent"] = pct
+    throttling = cpu.get("throttling_data") or {}
+    if throttling.get("periods"):  # only under a CPU quota, as cAdvisor
+        out["container_cpu_cfs_throttled_seconds_total"] = throttling.get("throttled_time", 0) / 1e9
+    mem = stats.get("memory_stats") or {}
+    if mem.get("usage") is not None:
+        out["container_memory_usage_bytes"] = float(mem["usage"])  # cAdvisor's: page cache included
+        out["container_memory_working_set_bytes"] = memory_working_set(mem)
+        if mem.get("limit"):
+            out["homelab_container_memory_percent"] = 100.0 * memory_working_set(mem) / mem["limit"]
+    cache = memory_cache(mem)
+    if cache is not None:
+        out["container_memory_cache"] = cache
+    if is_cgroup_v1(mem):
+        # v1 memory.failcnt: times usage hit the limit (reclaim usually follows, not a kill)
+        out["container_memory_failcnt"] = float(mem.get("failcnt", 0))
+    elif mem.get("usage") is not None:
+        # v2: the daemon fills failcnt from memory.events `oom` (omitted when 0)
+        out["container_oom_events_total"] = float(mem.get("failcnt", 0))
+    net = network_totals(stats.get("networks"))
+    if net is not None:
+        out["container_network_receive_bytes_total"] = net["rx_bytes"]
+        out["container_network_transmit_bytes_total"] = net["tx_bytes"]
+    bio = block_io(stats.get("blkio_stats"))
+    if bio is not None:
+        out["container_fs_reads_bytes_total"], out["container_fs_writes_bytes_total"] = bio
+    return out
+
+
+_DOCKER_TIME = re.compile(r"(\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d)(?:\.(\d+))?(Z|[+-]\d\d:\d\d)$")
+
+
+def docker_time(text: str | None) -> float | None:
+    """Epoch seconds of a Docker timestamp (nanosecond RFC 3339); None for Go's zero time."""
+    m = _DOCKER_TIME.match(text or "")
+    if not m or m.group(1).startswith("0001-"):
+        return None
+    frac = (m.group(2) or "0")[:6].ljust(6, "0")
+    zone = "+00:00" if m.group(3) == "Z" else m.group(3)
+    return datetime.fromisoformat(f"{m.group(1)}.{frac}{zone}").timestamp()
+
+
+# --------------------------------------------------------------------------- one container
+
+
+@dataclass
+class ContainerReading:
+    name: str
+    status: str  # Docker's State.Status
+    health: str | None  # healthy, starting, unhealthy; None without a healthcheck or not running
+    failing_streak: int
+    restart_count: int
+    oom_killed: bool
+    exit_code: int
+    memory_limit: float  # HostConfig.Memory in bytes, 0 = no limit
+    samples: dict[str, float] = field(default_factory=dict)
+    stats_error: str | None = None  # running, but its stats could not be read
+
+    @property
+    def running(self) -> bool:
+        return self.status in ("running", "paused")
+
+
+def reading(info: dict, stats: dict | None = None, stats_error: str | None = None) -> ContainerReading:
+    """`docker inspect` (and, when running, `docker stats`) of one container -> its reading."""
+    state = info.get("State") or {}
+    status = state.get("Status") or "unknown"
+    limit = float((info.get("HostConfig") or {}).get("Memory") or 0)
+    health_obj = state.get("Health") or {}
+    running = status in ("running", "paused")
+    health = health_obj.get("Status") if running and health_obj.get("Status") in HEALTH_CODES else None
+    r = ContainerReading(
+        name=(info.get("Name") or "").lstrip("/"), status=status, health=health,
+        failing_streak=int(health_obj.get("FailingStreak") or 0) if health else 0,
+        restart_count=int(info.get("RestartCount") or 0), oom_killed=bool(state.get("OOMKilled")),
+        exit_code=int(state.get("ExitCode") or 0), memory_limit=limit, stats_error=stats_error)
+    s = r.samples
+    s["homelab_container_state"] = float(STATE_CODES.get(status, -1))
+    s["homelab_container_running"] = 1.0 if running else 0.0
+    s["homelab_container_restart_count"] = float(r.restart_count)
+    s["homelab_container_oom_killed"] = 1.0 if r.oom_killed else 0.0
+    s["container_spec_memory_limit_bytes"] = limit  # 0 without a limit, as cAdvisor
+    started = docker_time(state.get("StartedAt"))
+    if started is not None:
+        s["container_start_time_seconds"] = started
+    if status in ("exited", "dead"):
+        s["homelab_container_exit_code"] = float(r.exit_code)
+    if health is not None:
+        s["homelab_container_health"] = float(HEALTH_CODES[health])
+    if running and has_sample(stats):
+        s.update(stats_samples(stats))
+    return r
+
+
+@dataclass
+class ContainerSnapshot:
+    taken_at: datetime
+    containers: list[ContainerReading]
+    api_version: str = ""
+    docker_ms: int = 0  # time spent asking the Engine
+
+    def rows(self) -> list[tuple[str, str, float]]:
+        """(container, metric, value) in a stable order."""
+        return [(c.name, m, v) for c in sorted(self.containers, key=lambda c: c.name)
+                for m, v in sorted(c.samples.items()) if v is not None]
+
+
+def selected(name: str, patterns: list[str] | None) -> bool:
+    return patterns is None or any(fnmatch.fnmatchcase(name, p) for p in patterns)
+
+
+# --------------------------------------------------------------------------- checks
+
+CHECKS = ("container_health", "container_restarts", "container_oom_kills", "container_memory_limit")
+
+CHECK_DESCRIPTIONS = {
+    "container_health": "No running container is unhealthy by its own healthcheck (ERROR); a healthy or starting "
+                        "one whose last probes failed warns (WARN).",
+    "container_restarts": "Restarts since the previous snapshot (RestartCount's increase; the count itself for a "
+                          "container first seen) below container_restart_increase_warn (WARN) / "
+                          "container_restart_increase_error (ERROR); a container restarting now counts as one.",
+    "container_oom_kills": "No container whose last exit was an OOM kill (State.OOMKilled): ERROR while it is down, "
+                           "WARN once it runs again; WARN on new cgroup v2 OOM events.",
+    "container_memory_limit": "Every running container with a memory limit uses less than container_memory_warn_pct "
+                              "(WARN) / container_memory_error_pct (ERROR) of it (working set, as docker stats).",
+}
+
+
+def _level(value: float, warn: float, error: float) -> str | None:
+    return ERROR if value >= error else WARN if value >= warn else None
+
+
+def _names(items: list[str], limit: int = 8) -> str:
+    return ", ".join(items[:limit]) + (f" and {len(items) - limit} more" if len(items) > limit else "")
+
+
+def check_health(containers: list[ContainerReading]) -> Outcome:
+    judged = [c for c in containers if c.health is not None]
+    meta = {"with_healthcheck": len(judged),
+            "unhealthy": ", ".join(c.name for c in judged if c.health == "unhealthy") or "none",
+            "starting": ", ".join(c.name for c in judged if c.health == "starting") or "none"}
+    if not judged:
+        return Outcome("container_health", True, WARN, "no running container has a healthcheck", meta)
+    sick = sorted(c.name for c in judged if c.health == "unhealthy")
+    if sick:
+        return Outcome("container_health", False, ERROR, f"unhealthy: {_names(sick)}", meta)
+    failing = sorted(f"{c.name} ({c.failing_streak} failed probes)" for c in judged if c.failing_streak > 0)
+    if failing:
+        return Outcome("container_health", False, WARN, f"healthcheck failing, not yet unhealthy: {_names(failing)}",
+                       meta)
+    starting = sum(c.health == "starting" for c in judged)
+    return Outcome("container_health", True, WARN,
+                   f"{len(judged) - starting} healthy" + (f", {starting} starting" if starting else ""), meta)
+
+
+def restart_increase(current: int, previous: float | None) -> int:
+    """Restarts since the previous snapshot; a count that went down was reset (manual start, recreate)."""
+    if previous is None:
+        return current
+    return current - int(previous) if current >= previous else current
+
+
+def check_restarts(containers: list[ContainerReading], previous: dict[str, dict[str, float]],
+                   warn: float, error: float) -> Outcome:
+    found: dict[str, tuple[int, str]] = {}
+    for c in containers:
+        prev = previous.get(c.name, {}).get("homelab_container_restart_count")
+        n = restart_increase(c.restart_count, prev)
+        if c.status == "restarting":
+            n = max(n, 1)
+        if n:
+            since = "since the previous snapshot" if prev is not None else "in total (first snapshot of it)"
+            found[c.name] = (n, f"{c.name} {n}x {since}" + (", restarting now" if c.status == "restarting" else ""))
+    meta = {"restarted": ", ".join(f"{k}={n}" for k, (n, _) in sorted(found.items())) or "none",
+            "previous_snapshot": bool(previous), "warn": warn, "error": error}
+    levels = {name: _level(n, warn, error) for name, (n, _) in found.items()}
+    bad = sorted((name for name, lv in levels.items() if lv), key=lambda k: -found[k][0])
+    if not bad:
+        below = f" ({_names([found[k][1] for k in sorted(found)])}, below {warn:g})" if found else ""
+        return Outcome("container_restarts", True, WARN, f"no container restarting{below}", meta)
+    level = ERROR if ERROR in levels.values() else WARN
+    return Outcome("container_restarts", False, level, f"restarted: {_names([found[k][1] for k in bad])}", meta)
+
+
+def check_oom_kills(containers: list[ContainerReading], previous: dict[str, dict[str, float]]) -> Outcome:
+    down = sorted(c.name for c in containers if c.oom_killed and not c.running)
+    back = sorted(c.name for c in containers if c.oom_killed and c.running)
+    events = []
+    for c in containers:
+        now = c.samples.get("container_oom_events_total")
+        before = previous.get(c.name, {}).get("container_oom_events_total")
+        if now is not None and before is not None and now > before:
+            events.append(f"{c.name} ({now - before:.0f} new)")
+    meta = {"oom_killed_down": ", ".join(down) or "none", "oom_killed_running_again": ", ".join(back) or "none",
+            "new_oom_events": ", ".join(events) or "none"}
+    if down:
+        return Outcome("container_oom_kills", False, ERROR,
+                       f"OOM-killed and down: {_names(down)} (raise its memory limit or find the leak)", meta)
+    if back or events:
+        parts = ([f"last exit was an OOM kill, running again: {_names(back)}"] if back else []) + \
+                ([f"OOM events since the previous snapshot: {_names(events)}"] if events else [])
+        return Outcome("container_oom_kills", False, WARN, "; ".join(parts), meta)
+    return Outcome("container_oom_kills", True, WARN, "no OOM kills", meta)
+
+
+def check_memory_limit(containers: list[ContainerReading], warn_pct: float, error_pct: float) -> Outcome:
+    pct = {c.name: 100.0 * c.samples["container_memory_working_set_bytes"] / c.memory_limit
+           for c in containers
+           if c.running and c.memory_limit > 0 and "container_memory_working_set_bytes" in c.samples}
+    meta = {f"pct {name}": round(p, 1) for name, p in sorted(pct.items())}
+    if not pct:
+        return Outcome("container_memory_limit", True, WARN, "no running container with a memory limit", meta)
+    levels = {name: _level(p, warn_pct, error_pct) for name, p in pct.items()}
+    bad = sorted((n for n, lv in levels.items() if lv), key=lambda n: -pct[n])
+    if not bad:
+        top = max(pct, key=pct.get)
+        return Outcome("container_memory_limit", True, WARN, f"highest: {top} at {pct[top]:.1f}% of its limit", meta)
+    level = ERROR if ERROR in levels.values() else WARN
+    return Outcome("container_memory_limit", False, level,
+                   f"near the memory limit: {_names([f'{n} {pct[n]:.1f}%' for n in bad])}", meta)
+
+
+def evaluate(containers: list[ContainerReading], previous: dict[str, dict[str, float]], threshold) -> list[Outcome]:
+    """Every check, in CHECKS order; `previous` is the prior snapshot ({container: {metric: value}})."""
+    return [
+        check_health(containers),
+        check_restarts(containers, previous, threshold("container_restart_increase_warn"),
+                       threshold("container_restart_increase_error")),
+        check_oom_kills(containers, previous),
+        check_memory_limit(containers, threshold("container_memory_warn_pct"),
+                           threshold("container_memory_error_pct")),
+    ]
+
+
+# --------------------------------------------------------------------------- the Engine (I/O)
+
+
+class DockerUnavailable(RuntimeError):
+    """No Docker daemon answers at docker.host."""
+
+
+def _short(e: BaseException) -> str:
+    return (str(e).splitlines() or [type(e).__name__])[0][:300] or type(e).__name__
+
+
+def take_snapshot(host: str, *, patterns: list[str] | None = None, timeout: float = 30,
+                  now: datetime | None = None) -> ContainerSnapshot:
+    """Inspect every container (matching `patterns`) and read the running ones' stats, concurrently."""
+    import docker
+    import requests
+    from docker.errors import DockerException, NotFound
+
+    taken_at = now or datetime.now(timezone.utc)
+    started = time.perf_counter()
+    unreachable = (DockerException, requests.exceptions.RequestException, OSError)
+    try:
+        # Without an explicit version the client asks the daemon for it: the reachability test.
+        client = docker.DockerClient(base_url=host, timeout=10, max_pool_size=MAX_WORKERS)
+    except unreachable as e:
+        raise DockerUnavailable(f"no Docker daemon answers at {host} (docker.host): {_short(e)}") from None
+    try:
+        api = client.api
+        try:
+            summaries = api.containers(all=True)
+        except unreachable as e:
+            raise DockerUnavailable(f"the Docker daemon at {host} (docker.host) did not list its containers: "
+                                    f"{_short(e)}") from None
+        api.timeout = timeout
+        names = sorted({(s.get("Names") or ["/" + s["Id"][:12]])[0].lstrip("/") for s in summaries})
+
+        def read_one(name: str) -> ContainerReading | None:
+            try:
+                info = api.inspect_container(name)
+            except NotFound:
+                return None  # removed since the listing
+            except unreachable as e:
+                return ContainerReading(name, "unknown", None, 0, 0, False, 0, 0.0, stats_error=_short(e))
+            if (info.get("State") or {}).get("Status") not in ("running", "paused"):
+                return reading(info)
+            try:
+                return reading(info, api.stats(name, stream=False))
+            except unreachable as e:
+                return reading(info, stats_error=_short(e))
+
+        names = [n for n in names if selected(n, patterns)]
+        with ThreadPoolExecutor(max(1, min(MAX_WORKERS, len(names))), thread_name_prefix="docker-stats") as pool:
+            readings = [r for r in pool.map(read_one, names) if r is not None]
+        return ContainerSnapshot(taken_at, readings, api.api_version, round((time.perf_counter() - started) * 1000))
+    finally:
+        client.close()
