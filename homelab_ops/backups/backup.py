@@ -22,8 +22,9 @@ import pyrage
 import zstandard
 
 from homelab_ops.backups import postgresql as pg
-from homelab_ops.backups.catalog import GLOBALS, MANIFEST_SUFFIX, PARTIAL_SUFFIX, dump_suffix, stem_for
-from homelab_ops.backups.stores import CHUNK, LocalStore, StoreError, fsync_dir, stores_for
+from homelab_ops.backups.catalog import GLOBALS, MANIFEST_SUFFIX, dump_suffix, stem_for
+from homelab_ops.backups.stores import CHUNK, LocalStore, StoreError, stores_for
+from homelab_ops.files import PARTIAL_SUFFIX, fsync_dir
 from homelab_ops.state import connect
 
 MANIFEST_FORMAT = 1

@@ -17,7 +17,6 @@ GLOBALS = "_globals"  # the pseudo-database under which `pg_dumpall --globals-on
 DUMP_SUFFIXES = (".dump.zst", ".dump.zst.age", ".globals.sql.zst", ".globals.sql.zst.age")
 MANIFEST_SUFFIX = ".manifest.json"
 VERIFIED_SUFFIX = ".verified.json"
-PARTIAL_SUFFIX = ".partial"
 
 _NAME = re.compile(
     r"^(?P<stem>\d{8}T\d{6}Z)(?P<suffix>\.dump\.zst(?:\.age)?|\.globals\.sql\.zst(?:\.age)?"

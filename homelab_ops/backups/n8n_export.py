@@ -7,8 +7,9 @@ from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from pathlib import Path
 
-from homelab_ops.backups.catalog import PARTIAL_SUFFIX, stem_for
-from homelab_ops.backups.stores import StoreError, fsync_dir, stores_for
+from homelab_ops.backups.catalog import stem_for
+from homelab_ops.backups.stores import StoreError, stores_for
+from homelab_ops.files import PARTIAL_SUFFIX, fsync_dir
 from homelab_ops.n8n.workflows import export_workflows, to_file_bytes
 from homelab_ops.state import connect
 

@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import hashlib
 import json
-import os
 import queue
 import shutil
 import threading
@@ -23,7 +22,7 @@ import botocore.config
 import botocore.exceptions
 from boto3.s3.transfer import TransferConfig
 
-from homelab_ops.backups.catalog import PARTIAL_SUFFIX
+from homelab_ops.files import fsync_dir, write_atomic
 from homelab_ops.settings import S3Target
 
 CHUNK = 1 << 20
@@ -53,14 +52,6 @@ def sha256_file(path: Path) -> str:
         while chunk := f.read(CHUNK):
             h.update(chunk)
     return h.hexdigest()
-
-
-def fsync_dir(path: Path) -> None:
-    fd = os.open(path, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
 
 
 class LocalStore:
@@ -93,16 +84,8 @@ class LocalStore:
             shutil.copyfile(path, dest)
 
     def put_bytes(self, database: str, name: str, data: bytes) -> None:
-        """Write, fsync, rename: a crash leaves the old file or a .partial, never half a file."""
-        folder = self.folder(database)
-        folder.mkdir(parents=True, exist_ok=True)
-        tmp = folder / (name + PARTIAL_SUFFIX)
-        with open(tmp, "wb") as f:
-            f.write(data)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, folder / name)
-        fsync_dir(folder)
+        """A crash leaves the old file or a .partial (which retention clears), never half a file."""
+        write_atomic(self.path(database, name), data)
 
     def delete(self, database: str, names: list[str]) -> None:
         for name in names:

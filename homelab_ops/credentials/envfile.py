@@ -14,6 +14,7 @@ from pathlib import Path
 from typing import Callable
 
 from homelab_ops.credentials.errors import CredentialError
+from homelab_ops.files import write_atomic
 
 PLACEHOLDER = re.compile(r'\{\{\s*cred\s+"([^"]+)"(?:\s+"([^"]+)")?\s*\}\}')
 _ANY = re.compile(r"\{\{.*?\}\}")
@@ -65,17 +66,7 @@ def render(template: str, lookup: Callable[[str, str], str]) -> str:
 
 def write_env_file(path: str | os.PathLike, text: str) -> None:
     """Atomic replace; the file is 0600 from its first byte."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-    try:
-        os.fchmod(fd, 0o600)
-        os.write(fd, text.encode())
-        os.fsync(fd)
-    finally:
-        os.close(fd)
-    os.replace(tmp, path)
+    write_atomic(path, text.encode(), mode=0o600)
 
 
 def render_env_file(store, template_path: str | os.PathLike, out_path: str | os.PathLike) -> list[str]:

@@ -16,6 +16,7 @@ from pathlib import Path
 from cryptography.fernet import Fernet, InvalidToken, MultiFernet
 
 from homelab_ops.credentials.errors import MasterKeyError
+from homelab_ops.files import write_atomic
 
 ENV_VAR = "HOMELAB_MASTER_KEY"
 
@@ -118,39 +119,15 @@ def load_keyring(key_file: str | os.PathLike, env: dict | None = None) -> Keyrin
     return Keyring(parse_keys(text, str(path)), str(path))
 
 
-def _fsync_dir(path: Path) -> None:
-    fd = os.open(path, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
-
-
 def write_key_file(path: str | os.PathLike, keyring: Keyring, *, replace: bool) -> None:
     """Write atomically with mode 0600 from the first byte; without `replace`, never overwrite."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+    data = b"# homelab-ops master key: the first line encrypts, every line decrypts.\n" + keyring.serialize()
     try:
-        os.fchmod(fd, 0o600)
-        os.write(fd, b"# homelab-ops master key: the first line encrypts, every line decrypts.\n"
-                     + keyring.serialize())
-        os.fsync(fd)
-    finally:
-        os.close(fd)
-    try:
-        if replace:
-            os.replace(tmp, path)
-        else:
-            try:
-                os.link(tmp, path)  # atomic and fails when the file exists
-            except FileExistsError:
-                raise MasterKeyError(f"{path} already exists; not overwriting a master key") from None
-    finally:
-        if tmp.exists():
-            tmp.unlink()
-    _fsync_dir(path.parent)
+        write_atomic(path, data, mode=0o600, overwrite=replace)
+    except FileExistsError:
+        raise MasterKeyError(f"{path} already exists; not overwriting a master key") from None
 
 
 __all__ = ["ENV_VAR", "InvalidToken", "Keyring", "check_key_file", "key_id", "load_keyring", "new_key",

@@ -8,9 +8,9 @@ replaced with tmp + rename: the collector must never read a half-written file.
 from __future__ import annotations
 
 import os
-import tempfile
 from pathlib import Path
 
+from homelab_ops.files import write_atomic
 from homelab_ops.metrics.collect import Sample
 
 FILENAME = "homelab_pi.prom"
@@ -51,18 +51,6 @@ def render(samples: list[Sample], taken_at_epoch: float) -> str:
 
 
 def write_atomically(directory: str | os.PathLike, text: str, filename: str = FILENAME) -> Path:
-    """Write `text` to directory/filename via a temporary file in the same directory."""
-    d = Path(directory)
-    d.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=d, prefix=f".{filename}.", suffix=".tmp")  # not *.prom: never collected
-    try:
-        with os.fdopen(fd, "w") as f:
-            f.write(text)
-            f.flush()
-            os.fsync(f.fileno())
-        os.chmod(tmp, 0o644)  # node_exporter usually runs as another user
-        os.replace(tmp, d / filename)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-    return d / filename
+    """Write `text` to directory/filename; the temporary name does not end in .prom, so
+    node_exporter never collects half a file. Mode 0644: node_exporter runs as another user."""
+    return write_atomic(Path(directory) / filename, text.encode(), mode=0o644)
