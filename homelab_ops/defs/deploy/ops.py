@@ -1,0 +1,320 @@
+"""The deploy and tune graphs: thin ops over homelab_ops.deploy (plan, engine, tune).
+
+Outputs stay in memory (`deploy_io`): plans carry rendered configs with secrets,
+which must not be pickled into Dagster's storage. A failed run is re-run whole;
+the engine converges from whatever it left.
+"""
+
+import dataclasses
+import time
+from pathlib import Path
+
+import dagster as dg
+from docker.errors import APIError
+
+from homelab_ops.defs.deploy.resources import DockerResource
+from homelab_ops.defs.resources import HomelabSettings
+from homelab_ops.deploy import engine, tune
+from homelab_ops.deploy.plan import PlanError, StackPlan, build_monitoring_plan, build_traefik_plan
+from homelab_ops.deploy.spec import ContainerSpec
+from homelab_ops.settings import Settings, _duration_seconds
+
+IO = "deploy_io"
+REPO_ROOT = Path(__file__).resolve().parents[3]
+
+
+class DeployConfig(dg.Config):
+    """Which services to converge; empty means the whole stack."""
+
+    services: list[str] = []
+
+
+class TuneConfig(dg.Config):
+    window_seconds: float = 600.0  # measure over a busy stretch: the limits are only as good as it
+    headroom: float = 1.5  # limit = peak x headroom when the budget allows
+    min_headroom: float = 1.2  # the least any service gets over its peak
+    dry_run: bool = False  # propose and report, apply nothing
+
+
+def _dashboards(settings: Settings) -> dict[str, bytes]:
+    d = Path(settings.monitoring.services.grafana.dashboards_dir or REPO_ROOT / "deploy/grafana/dashboards")
+    return {p.name: p.read_bytes() for p in sorted(d.glob("*.json"))} if d.is_dir() else {}
+
+
+def monitoring_plan(settings: Settings, docker: DockerResource) -> StackPlan:
+    """Settings and the host's facts -> the plan (refusals raise PlanError)."""
+    client = docker.client()
+    try:
+        facts = engine.host_facts(client, docker_host=docker.host, textfile_dir=settings.metrics.textfile_dir)
+    finally:
+        client.close()
+    return build_monitoring_plan(settings, facts, dashboards=_dashboards(settings),
+                                 tuned=tune.load_tuned(settings.monitoring.state_dir))
+
+
+def _fail(e: Exception) -> dg.Failure:
+    return dg.Failure(description=str(e))
+
+
+@dg.op(out=dg.Out(StackPlan, io_manager_key=IO))
+def plan_monitoring(context: dg.OpExecutionContext, config: DeployConfig, homelab: HomelabSettings,
+                    docker: DockerResource) -> StackPlan:
+    """Render every config and check the budget; a refused plan changes nothing."""
+    try:
+        plan = monitoring_plan(homelab.settings, docker)
+    except PlanError as e:
+        raise _fail(e) from None
+    if config.services:
+        unknown = set(config.services) - {s.service for s in plan.services}
+        if unknown:
+            raise dg.Failure(description=f"not in the plan: {sorted(unknown)}")
+        plan = dataclasses.replace(plan, services=[s for s in plan.services if s.service in config.services])
+    for w in plan.warnings:
+        context.log.warning(w)
+    context.log.info(f"plan: {len(plan.services)} services, {plan.memory_mb} MB of {plan.budget_mb} MB")
+    return plan
+
+
+@dg.op(out=dg.Out(StackPlan, io_manager_key=IO))
+def plan_traefik(context: dg.OpExecutionContext, homelab: HomelabSettings, docker: DockerResource) -> StackPlan:
+    """Traefik's flags, labels and file-provider routes; refused without basic-auth users."""
+    settings = homelab.settings
+    client = docker.client()
+    try:
+        facts = engine.host_facts(client, docker_host=docker.host, access_log_dir=settings.traefik.access_log_dir)
+        return build_traefik_plan(settings, facts)
+    except PlanError as e:
+        raise _fail(e) from None
+    finally:
+        client.close()
+
+
+@dg.op(out=dg.Out(StackPlan, io_manager_key=IO))
+def pull_images(context: dg.OpExecutionContext, homelab: HomelabSettings, docker: DockerResource,
+                plan: StackPlan) -> StackPlan:
+    """Every image present before any container stops (`never`: a missing one is an error)."""
+    client = docker.client()
+    try:
+        pulled = engine.ensure_images(client, plan.images, homelab.settings.monitoring.pull, context.log.info)
+    except engine.DeployError as e:
+        raise _fail(e) from None
+    finally:
+        client.close()
+    context.log.info(f"images ready; pulled: {pulled or 'none'}")
+    return plan
+
+
+@dg.op(out={"plan": dg.Out(StackPlan, io_manager_key=IO),
+            "services": dg.DynamicOut(ContainerSpec, io_manager_key=IO)})
+def prepare_stack(context: dg.OpExecutionContext, docker: DockerResource, plan: StackPlan):
+    """The network and the host directories the mounts need; services switched off are
+    removed; then one step per service."""
+    client = docker.client()
+    try:
+        state = engine.ensure_network(client, plan.network)
+        engine.remove_disabled(client, plan.disabled, context.log.info)
+    finally:
+        client.close()
+    engine.ensure_local_dirs(plan.local_dirs)
+    engine.write_textfiles(plan.textfiles)
+    context.log.info(f"network {plan.network}: {state}")
+    yield dg.Output(plan, "plan")
+    for spec in plan.services:
+        yield dg.DynamicOutput(spec, output_name="services", mapping_key=spec.service)
+
+
+@dg.op(out=dg.Out(engine.Outcome, io_manager_key=IO))
+def deploy_service(context: dg.OpExecutionContext, homelab: HomelabSettings, docker: DockerResource,
+                   spec: ContainerSpec) -> engine.Outcome:
+    """Create or update one container, wait until healthy; roll back if it never is."""
+    client = docker.client()
+    try:
+        outcome = engine.converge(client, spec, wait_s=_duration_seconds(homelab.settings.monitoring.health.wait),
+                                  log=context.log.info)
+    except engine.DeployError as e:
+        raise _fail(e) from None
+    finally:
+        client.close()
+    context.log.info(f"{spec.service}: {outcome.action} ({outcome.container_id[:12]})")
+    return outcome
+
+
+@dg.op(out=dg.Out(dict, io_manager_key=IO))
+def verify_stack(context: dg.OpExecutionContext, homelab: HomelabSettings, docker: DockerResource,
+                 plan: StackPlan, outcomes: list) -> dict:
+    """End to end: healthy containers; for monitoring, Prometheus' targets, rules and Alertmanager."""
+    timeout = _duration_seconds(homelab.settings.monitoring.health.verify)
+    client = docker.client()
+    try:
+        if plan.stack == "monitoring":
+            checks = engine.verify_monitoring(client, plan, timeout_s=timeout, log=context.log.info)
+        else:
+            checks = engine.verify_containers(client, plan, timeout_s=timeout)
+    except engine.DeployError as e:
+        raise _fail(e) from None
+    finally:
+        client.close()
+    return {"checks": checks, "outcomes": outcomes}
+
+
+@dg.op
+def report_deploy(context: dg.OpExecutionContext, plan: StackPlan, verified: dict) -> None:
+    """What changed, per service, for the run's page."""
+    outcomes = sorted(verified["outcomes"], key=lambda o: o.service)
+    rows = [dg.TableRecord({"service": o.service, "action": o.action, "container": o.container_id[:12],
+                            "image": o.image, "memory_mb": o.limits.memory_mb, "cpuset": o.limits.cpuset or "",
+                            "config_hash": o.config_hash}) for o in outcomes]
+    cols = [dg.TableColumn(c, "int" if c == "memory_mb" else "string")
+            for c in ("service", "action", "container", "image", "memory_mb", "cpuset", "config_hash")]
+    meta = {"services": dg.MetadataValue.table(rows, schema=dg.TableSchema(columns=cols)),
+            "changed": dg.MetadataValue.int(sum(o.action in ("created", "replaced") for o in outcomes)),
+            "checks": dg.MetadataValue.json(verified["checks"]),
+            "warnings": dg.MetadataValue.md("\n".join(f"- {w}" for w in plan.warnings) or "none")}
+    if plan.budget_mb:
+        meta["memory_mb"] = dg.MetadataValue.text(f"{plan.memory_mb} of {plan.budget_mb}")
+    context.add_output_metadata(meta)
+    context.log.info(", ".join(f"{o.service}: {o.action}" for o in outcomes))
+
+
+# --- tune_monitoring ---------------------------------------------------------------------------
+
+@dg.op(out=dg.Out(dict, io_manager_key=IO))
+def measure_usage(context: dg.OpExecutionContext, config: TuneConfig, homelab: HomelabSettings,
+                  docker: DockerResource) -> dict:
+    """The Engine's stats for every running service of the stack over the window."""
+    try:
+        plan = monitoring_plan(homelab.settings, docker)
+    except PlanError as e:
+        raise _fail(e) from None
+    client = docker.client()
+    try:
+        current, missing = {}, []
+        for s in plan.services:
+            info = engine.inspect(client, s.name)
+            if info is None or info["State"]["Status"] != "running":
+                missing.append(s.service)
+            else:
+                current[s.service] = engine.limits_of(info)
+        if missing:
+            raise dg.Failure(description=f"not running, deploy_monitoring first: {', '.join(missing)}")
+        context.log.info(f"sampling {len(current)} containers for {config.window_seconds:.0f}s")
+        usage = tune.sample_usage(client, {s.service: s.name for s in plan.services}, config.window_seconds)
+    finally:
+        client.close()
+    return {"plan": plan, "usage": usage, "current": current}
+
+
+@dg.op(out=dg.Out(list, io_manager_key=IO))
+def propose_limits(context: dg.OpExecutionContext, config: TuneConfig, homelab: HomelabSettings,
+                   measured: dict) -> list:
+    """Headroom over the peaks, fitted into the budget; a service that cannot fit fails the run."""
+    plan = measured["plan"]
+    try:
+        proposals = tune.propose(measured["usage"], measured["current"],
+                                 budget_mb=homelab.settings.monitoring.memory_budget_mb,
+                                 headroom=config.headroom, min_headroom=config.min_headroom,
+                                 order=[s.service for s in plan.services])
+    except tune.FitError as e:
+        raise dg.Failure(description=str(e), metadata={"service": e.service}) from None
+    for p in proposals:
+        context.log.info(f"{p.service}: {p.before.memory_mb} MB -> {p.after.memory_mb} MB, "
+                         f"cpus {p.before.cpus} -> {p.after.cpus}")
+    return proposals
+
+
+@dg.op(out=dg.Out(dict, io_manager_key=IO))
+def apply_limits(context: dg.OpExecutionContext, config: TuneConfig, homelab: HomelabSettings,
+                 docker: DockerResource, measured: dict, proposals: list) -> dict:
+    """`docker update` in place; a container the kernel cannot shrink live is recreated instead."""
+    settings = homelab.settings
+    plan: StackPlan = measured["plan"]
+    changed = [p for p in proposals if p.changed]
+    if config.dry_run or not changed:
+        return {"applied": [], "proposals": proposals, "usage": measured["usage"]}
+    client = docker.client()
+    applied = []
+    try:
+        for p in changed:
+            spec = plan.service(p.service)
+            try:
+                engine.update_limits(client, spec.name, p.after)
+                applied.append((p.service, "updated"))
+            except APIError as e:
+                context.log.warning(f"{p.service}: docker update refused ({e.explanation}); recreating")
+                new_spec = dataclasses.replace(spec, limits=p.after)
+                engine.converge(client, new_spec, wait_s=_duration_seconds(settings.monitoring.health.wait),
+                                log=context.log.info, force=True)
+                applied.append((p.service, "recreated"))
+        after = {s: engine.limits_of(client.api.inspect_container(plan.service(s).name)) for s, _ in applied}
+    finally:
+        client.close()
+    svcs = settings.monitoring.services
+    record = tune.load_tuned(settings.monitoring.state_dir)
+    record.update(tune.tuned_record(
+        [p for p in proposals], {p.service: getattr(svcs, p.service) for p in proposals}, time.time()))
+    path = tune.save_tuned(settings.monitoring.state_dir, record)
+    context.log.info(f"tuned limits kept in {path} (deploy_monitoring uses them until settings change)")
+    return {"applied": applied, "after": after, "proposals": proposals, "usage": measured["usage"]}
+
+
+@dg.op
+def report_tuning(context: dg.OpExecutionContext, applied: dict) -> None:
+    rows = tune.as_rows(applied["proposals"], applied["usage"])
+    how = dict(applied["applied"])
+    cols = list(rows[0]) + ["applied"] if rows else ["service"]
+    records = [dg.TableRecord({k: ("" if v is None else v) for k, v in {**r, "applied": how.get(r["service"], "no")}.items()})
+               for r in rows]
+    context.add_output_metadata({
+        "limits": dg.MetadataValue.table(records, schema=dg.TableSchema(
+            columns=[dg.TableColumn(c, "string") for c in cols])),
+        "applied": dg.MetadataValue.int(len(how)),
+    })
+
+
+# --- Jobs -------------------------------------------------------------------------------------
+
+def _deploy_tail(plan):
+    plan, services = prepare_stack(pull_images(plan))
+    outcomes = services.map(deploy_service).collect()
+    report_deploy(plan, verify_stack(plan, outcomes))
+
+
+@dg.graph
+def deploy_monitoring_graph():
+    _deploy_tail(plan_monitoring())
+
+
+@dg.graph
+def deploy_traefik_graph():
+    _deploy_tail(plan_traefik())
+
+
+@dg.graph
+def tune_monitoring_graph():
+    measured = measure_usage()
+    report_tuning(apply_limits(measured, propose_limits(measured)))
+
+
+def _job(graph, name: str, description: str, max_runtime_s: int) -> dg.JobDefinition:
+    return graph.to_job(
+        name=name, description=description,
+        executor_def=dg.in_process_executor,  # one process: Docker calls, no parallel step processes on a Pi
+        tags={"dagster/max_runtime": str(max_runtime_s)},
+    )
+
+
+# Needed beside `homelab` and `docker` wherever the jobs run (defs.py, tests).
+RESOURCES = {IO: dg.mem_io_manager}
+
+
+def build_jobs() -> list[dg.JobDefinition]:
+    return [
+        _job(deploy_monitoring_graph, "deploy_monitoring",
+             "Render configs, ensure the network, converge each monitoring service (rolling back a "
+             "replacement that never turns healthy), verify Prometheus sees the stack, report.", 1800),
+        _job(deploy_traefik_graph, "deploy_traefik",
+             "Traefik v3 with the Docker provider, HTTPS redirect, ACME, basic auth on every UI.", 900),
+        _job(tune_monitoring_graph, "tune_monitoring",
+             "Measure the stack's memory and CPU, propose limits with headroom that fit the budget, "
+             "apply them in place and report before and after.", 3600),
+    ]

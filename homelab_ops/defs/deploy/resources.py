@@ -1,0 +1,26 @@
+"""The Docker Engine the deploy jobs drive (settings `docker.host`)."""
+
+import functools
+
+import dagster as dg
+import docker
+
+from homelab_ops.deploy import engine
+from homelab_ops.settings import current
+
+
+class DockerResource(dg.ConfigurableResource):
+    """A docker-py client per use: the socket is local, connecting costs nothing."""
+
+    host: str = "unix:///var/run/docker.sock"
+    timeout_s: int = 120
+
+    def client(self) -> docker.DockerClient:
+        return engine.connect(self.host, self.timeout_s)
+
+
+@functools.cache
+def docker_resource() -> DockerResource:
+    """One instance for the code location: Definitions.merge refuses two objects under one key,
+    so a domain that also needs `docker` registers this same object."""
+    return DockerResource(host=current().docker.host)

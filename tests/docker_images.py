@@ -1,0 +1,245 @@
+"""Small local images for tests against the Docker Engine `make test` starts (no registry here).
+
+Real programs where Debian packages them: Prometheus, node_exporter and Alertmanager,
+each binary with the libraries `ldd` lists, on a busybox-static root filesystem, imported
+with `docker import` and tagged with the names the settings use. STAND-INS where no real
+binary can be had here: Grafana, Loki, Alloy, cAdvisor, Traefik and n8n's runners are
+busybox httpd answering only their health and /metrics paths (Alloy's also carries
+Debian's bash, which its real healthcheck needs). Every image is built once per session
+and kept across sessions while its recipe (the root filesystem's hash) is unchanged.
+
+`busybox_image(client)` is the small general-purpose image other tests reuse.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import io
+import re
+import shutil
+import subprocess
+import tarfile
+from pathlib import Path
+
+import docker
+from docker.errors import ImageNotFound
+from docker.utils import parse_repository_tag
+
+RECIPE_LABEL = "homelab-test.recipe"
+BUSYBOX_TAG = "homelab-test/busybox:latest"
+_built: dict[str, str] = {}
+
+STANDIN_METRICS = "# HELP standin_up A stand-in, not the real program.\n# TYPE standin_up gauge\nstandin_up 1\n"
+
+
+class RootFs:
+    """A root filesystem assembled in memory: deterministic, so its hash is the recipe."""
+
+    def __init__(self) -> None:
+        self.entries: dict[str, tuple] = {}
+
+    def _parents(self, path: str) -> None:
+        parts = path.strip("/").split("/")[:-1]
+        for i in range(1, len(parts) + 1):
+            self.entries.setdefault("/".join(parts[:i]), ("dir", 0o755, 0))
+
+    def dir(self, path: str, mode: int = 0o755, uid: int = 0) -> RootFs:
+        self._parents(path)
+        self.entries[path.strip("/")] = ("dir", mode, uid)
+        return self
+
+    def file(self, path: str, content: bytes | str, mode: int = 0o644, uid: int = 0) -> RootFs:
+        self._parents(path)
+        data = content.encode() if isinstance(content, str) else content
+        self.entries[path.strip("/")] = ("file", data, mode, uid)
+        return self
+
+    def copy(self, host_path: str, path: str | None = None, mode: int = 0o755) -> RootFs:
+        with open(host_path, "rb") as f:
+            return self.file(path or host_path, f.read(), mode)
+
+    def link(self, path: str, target: str) -> RootFs:
+        self._parents(path)
+        self.entries[path.strip("/")] = ("symlink", target)
+        return self
+
+    def binary(self, host_path: str, path: str) -> RootFs:
+        """A dynamically linked program and every library `ldd` names, at the same paths."""
+        self.copy(host_path, path)
+        out = subprocess.run(["ldd", host_path], capture_output=True, text=True).stdout
+        for lib in re.findall(r"(/\S+\.so[.\d]*)", out):
+            self.copy(lib, lib, 0o755)
+        return self
+
+    def tree(self, host_dir: str) -> RootFs:
+        """A host directory's files at the same paths (a package's data files)."""
+        for p in sorted(Path(host_dir).rglob("*")):
+            if p.is_file():
+                self.copy(str(p), str(p), 0o644)
+        return self
+
+    def tar(self) -> bytes:
+        buf = io.BytesIO()
+        with tarfile.open(fileobj=buf, mode="w", format=tarfile.GNU_FORMAT) as t:
+            for path in sorted(self.entries):
+                e = self.entries[path]
+                info = tarfile.TarInfo(path)
+                info.mtime = 0
+                if e[0] == "dir":
+                    info.type, info.mode, info.uid, info.gid = tarfile.DIRTYPE, e[1], e[2], e[2]
+                    t.addfile(info)
+                elif e[0] == "symlink":
+                    info.type, info.linkname, info.mode = tarfile.SYMTYPE, e[1], 0o777
+                    t.addfile(info)
+                else:
+                    info.size, info.mode, info.uid, info.gid = len(e[1]), e[2], e[3], e[3]
+                    t.addfile(info, io.BytesIO(e[1]))
+        return buf.getvalue()
+
+
+def busybox_rootfs() -> RootFs:
+    """busybox-static with every applet linked in /bin, a passwd with nobody, /tmp."""
+    fs = RootFs().copy(shutil.which("busybox") or "/usr/bin/busybox", "/bin/busybox")
+    applets = subprocess.run(["/bin/busybox", "--list"], capture_output=True, text=True).stdout.split()
+    for a in applets:
+        if a != "busybox":
+            fs.link(f"/bin/{a}", "busybox")
+    fs.file("/etc/passwd", "root:x:0:0:root:/root:/bin/sh\nnobody:x:65534:65534:nobody:/nonexistent:/bin/false\n")
+    fs.file("/etc/group", "root:x:0:\nnogroup:x:65534:\n")
+    fs.dir("/tmp", 0o1777)
+    return fs
+
+
+def build(client: docker.DockerClient, tag: str, fs: RootFs, changes: list[str]) -> str:
+    """`docker import` the root filesystem as `tag`, unless an image of the same recipe is there."""
+    if tag in _built:
+        return tag
+    data = fs.tar()
+    recipe = hashlib.sha256(data + "\n".join(changes).encode()).hexdigest()[:16]
+    old = None
+    try:
+        old = client.api.inspect_image(tag)
+        if (old["Config"].get("Labels") or {}).get(RECIPE_LABEL) == recipe:
+            _built[tag] = tag
+            return tag
+    except ImageNotFound:
+        pass
+    repo, version = parse_repository_tag(tag)
+    client.api.import_image_from_data(
+        data, repository=repo, tag=version or "latest",
+        changes=["ENV PATH=/usr/local/bin:/usr/bin:/bin:/usr/sbin:/sbin", *changes,
+                 f"LABEL {RECIPE_LABEL}={recipe}"])
+    if old is not None:  # superseded recipe: drop it unless a container still uses it
+        try:
+            client.api.remove_image(old["Id"])
+        except docker.errors.APIError:
+            pass
+    _built[tag] = tag
+    return tag
+
+
+def busybox_image(client: docker.DockerClient) -> str:
+    """A ~2 MB image with busybox's applets (sh, wget, nc, httpd...): `docker run IMAGE sh -c ...`."""
+    return build(client, BUSYBOX_TAG, busybox_rootfs(), ['CMD ["sh"]'])
+
+
+# --- Real programs from Debian's packages ---------------------------------------------------------
+
+def prometheus_image(client: docker.DockerClient, tag: str) -> str:
+    """Debian's Prometheus (2.42) laid out like prom/prometheus: /bin/prometheus, user nobody."""
+    fs = (busybox_rootfs().binary("/usr/bin/prometheus", "/bin/prometheus")
+          .dir("/etc/prometheus").dir("/prometheus", 0o755, 65534))
+    return build(client, tag, fs, ['ENTRYPOINT ["/bin/prometheus"]', "USER nobody", "WORKDIR /prometheus",
+                                   "EXPOSE 9090"])
+
+
+def node_exporter_image(client: docker.DockerClient, tag: str) -> str:
+    """Debian's node_exporter (1.5) as /bin/node_exporter, user nobody."""
+    fs = busybox_rootfs().binary("/usr/bin/prometheus-node-exporter", "/bin/node_exporter")
+    return build(client, tag, fs, ['ENTRYPOINT ["/bin/node_exporter"]', "USER nobody", "EXPOSE 9100"])
+
+
+def alertmanager_image(client: docker.DockerClient, tag: str) -> str:
+    """Debian's Alertmanager (0.25) as /bin/alertmanager, user nobody."""
+    fs = (busybox_rootfs().binary("/usr/bin/prometheus-alertmanager", "/bin/alertmanager")
+          .tree("/usr/share/prometheus/alertmanager")  # Debian's build reads default.tmpl from here
+          .dir("/etc/alertmanager").dir("/alertmanager", 0o755, 65534))
+    return build(client, tag, fs, ['ENTRYPOINT ["/bin/alertmanager"]', "USER nobody", "WORKDIR /alertmanager",
+                                   "EXPOSE 9093"])
+
+
+# --- Stand-ins -----------------------------------------------------------------------------------
+
+# PID 1 gets no default signal handling: without a trap `docker stop` waits its whole timeout.
+_ON_TERM = "trap 'kill $(jobs -p) 2>/dev/null; exit 0' TERM INT\n"
+
+
+def _www(fs: RootFs, root: str, paths: dict[str, str]) -> RootFs:
+    fs.dir(root)
+    for p, body in paths.items():
+        fs.file(f"{root}/{p.strip('/')}", body)
+    return fs
+
+
+def standin_image(client: docker.DockerClient, tag: str, *, program: str, port: int,
+                  paths: dict[str, str], bash: bool = False) -> str:
+    """STAND-IN for `program`: busybox httpd on `port` answering `paths` (and nothing else).
+
+    The entrypoint ignores the arguments the deploy passes; the container accepts them.
+    """
+    fs = _www(busybox_rootfs(), "/www", paths)
+    if bash:
+        fs.binary("/bin/bash", "/bin/bash")
+    fs.file("/standin.sh", f"#!/bin/sh\n# Stand-in for {program}: not the real program.\n"
+                           f"{_ON_TERM}httpd -f -p 0.0.0.0:{port} -h /www &\nwait\n", 0o755)
+    return build(client, tag, fs, ['ENTRYPOINT ["/standin.sh"]', f"LABEL homelab-test.standin=\"{program}\""])
+
+
+def traefik_standin(client: docker.DockerClient, tag: str) -> str:
+    """STAND-IN for Traefik: ping on :8080, metrics on :8082, something on :80/:443, and a
+    `traefik healthcheck --ping` that asks the ping page. It touches the access log file so the
+    test can see the host directory is mounted writable; it routes nothing."""
+    fs = busybox_rootfs()
+    _www(fs, "/www/ping", {"ping": "OK"})
+    _www(fs, "/www/metrics", {"metrics": STANDIN_METRICS})
+    _www(fs, "/www/web", {"index.html": "stand-in"})
+    fs.file("/usr/local/bin/traefik", """#!/bin/sh
+# Stand-in for traefik: not the real program.
+if [ "$1" = healthcheck ]; then exec wget -q -O /dev/null http://127.0.0.1:8080/ping; fi
+mkdir -p /var/log/traefik && touch /var/log/traefik/access.log
+""" + _ON_TERM + """httpd -p 0.0.0.0:8082 -h /www/metrics
+httpd -p 0.0.0.0:80 -h /www/web
+httpd -p 0.0.0.0:443 -h /www/web
+httpd -f -p 0.0.0.0:8080 -h /www/ping &
+wait
+""", 0o755)
+    return build(client, tag, fs, ['ENTRYPOINT ["/usr/local/bin/traefik"]', "LABEL homelab-test.standin=traefik"])
+
+
+STANDINS = {
+    # service: (program, port, paths, needs bash)
+    "cadvisor": ("cAdvisor", 8080, {"healthz": "ok", "metrics": STANDIN_METRICS}, False),
+    "loki": ("Loki", 3100, {"ready": "ready", "metrics": STANDIN_METRICS}, False),
+    "alloy": ("Grafana Alloy", 12345, {"-/ready": "Alloy is ready.", "-/healthy": "ok",
+                                       "metrics": STANDIN_METRICS}, True),
+    "grafana": ("Grafana", 3000, {"api/health": '{"database": "ok"}', "metrics": STANDIN_METRICS}, False),
+    "n8n_runner": ("n8n task runners", 5680, {"healthz": '{"status":"ok"}'}, False),
+}
+REAL = {"prometheus": prometheus_image, "node_exporter": node_exporter_image, "alertmanager": alertmanager_image}
+
+
+def service_image(client: docker.DockerClient, service: str, tag: str) -> str:
+    """The image for one monitoring service under the tag the settings name."""
+    if service in REAL:
+        return REAL[service](client, tag)
+    if service == "traefik":
+        return traefik_standin(client, tag)
+    program, port, paths, bash = STANDINS[service]
+    return standin_image(client, tag, program=program, port=port, paths=paths, bash=bash)
+
+
+def never_healthy_image(client: docker.DockerClient, tag: str, service: str) -> str:
+    """STAND-IN that runs but never answers its health path (for the rollback test)."""
+    program, port, paths, bash = STANDINS[service]
+    broken = {p: body for p, body in paths.items() if p == "metrics"}
+    return standin_image(client, tag, program=f"{program} (never healthy)", port=port, paths=broken, bash=bash)

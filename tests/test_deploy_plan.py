@@ -1,0 +1,413 @@
+"""Planning, rendering, hashing and limit fitting: pure logic, checked with Debian's real
+promtool and amtool where a config is involved. No Docker Engine needed."""
+
+from __future__ import annotations
+
+import io
+import json
+import subprocess
+import tarfile
+from pathlib import Path
+
+import bcrypt
+import pytest
+import yaml
+
+from homelab_ops.deploy import render, tune
+from homelab_ops.deploy.engine import files_tar
+from homelab_ops.deploy.plan import (
+    HostFacts,
+    PlanError,
+    build_monitoring_plan,
+    build_traefik_plan,
+    effective_limits,
+)
+from homelab_ops.deploy.spec import Limits
+from homelab_ops.settings import SettingsError, parse
+
+ROOT = Path(__file__).resolve().parent.parent
+HOST = HostFacts(ncpu=4, docker_socket="/var/run/docker.sock", docker_root="/var/lib/docker",
+                 textfile_dir="/srv/homelab-ops/node_exporter", access_log_dir="/srv/homelab-ops/traefik")
+BCRYPT = "owner:" + bcrypt.hashpw(b"pw", bcrypt.gensalt(rounds=4)).decode()
+STOCK = ["node_exporter", "cadvisor", "loki", "alloy", "alertmanager", "grafana", "prometheus"]
+
+
+def settings(**data):
+    return parse(data, "test.yaml")
+
+
+def plan_of(s=None, **kw):
+    return build_monitoring_plan(s or settings(), HOST, env=kw.pop("env", {}), **kw)
+
+
+def write_rendered(plan, service: str, root: Path) -> Path:
+    for path, content in plan.service(service).files.items():
+        out = root / path.lstrip("/")
+        out.parent.mkdir(parents=True, exist_ok=True)
+        out.write_bytes(content)
+    return root
+
+
+def run(cmd, **kw) -> subprocess.CompletedProcess:
+    return subprocess.run(cmd, capture_output=True, text=True, timeout=60, **kw)
+
+
+# --- Rendered configs against the real tools ----------------------------------------------------
+
+def test_rendered_prometheus_config_and_rules_pass_promtool(tmp_path):
+    plan = plan_of(settings(monitoring={"services": {"prometheus": {"scrape_interval": "45s"}}}))
+    root = write_rendered(plan, "prometheus", tmp_path)
+    cfg = root / "etc/prometheus/prometheus.yml"
+    proc = run(["promtool", "check", "config", str(cfg)])
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    assert "1 rule files found" in proc.stdout
+    rules = sorted((root / "etc/prometheus/rules").glob("*.yml"))
+    proc = run(["promtool", "check", "rules", *map(str, rules)])
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    data = yaml.safe_load(cfg.read_text())
+    assert data["global"]["scrape_interval"] == "45s"
+    assert {j["job_name"] for j in data["scrape_configs"]} == set(STOCK) | {"traefik"}
+    assert plan.rule_count == render.count_rules(rules[0].read_text())
+    args = plan.service("prometheus").command
+    assert "--storage.tsdb.retention.time=15d" in args
+
+
+PROMTOOL_TESTS = """
+rule_files: [rules/homelab.yml]
+evaluation_interval: 1m
+tests:
+  - interval: 1m
+    input_series:
+      - series: 'homelab_pi_under_voltage_alarm{instance="node-exporter:9100",job="node_exporter"}'
+        values: '0 1x10'
+      - series: 'homelab_pi_throttled{flag="throttled",when="now",instance="n",job="node_exporter"}'
+        values: '1x10'
+      - series: 'homelab_backup_last_success_timestamp_seconds{database="n8n",job="node_exporter"}'
+        values: '0x30'
+      - series: 'homelab_deploy_expected{service="loki",job="node_exporter"}'
+        values: '1x10'
+      - series: 'homelab_deploy_expected{service="grafana",job="node_exporter"}'
+        values: '1x10'
+      - series: 'container_last_seen{container_label_homelab_ops_service="grafana",name="g",job="cadvisor"}'
+        values: '1x10'
+      - series: 'up{job="cadvisor",instance="cadvisor:8080"}'
+        values: '1x10'
+      - series: 'up{job="traefik",instance="traefik:8082"}'
+        values: '0x10'
+    alert_rule_test:
+      - eval_time: 3m
+        alertname: PiUnderVoltage
+        exp_alerts:
+          - exp_labels: {severity: critical}
+            exp_annotations:
+              summary: "Under-voltage on the Pi: the power supply cannot keep up (use the 27 W PSU)"
+      - eval_time: 6m
+        alertname: PiThrottled
+        exp_alerts:
+          - exp_labels: {severity: warning}
+            exp_annotations:
+              summary: "The Pi is throttled now (vcgencmd get_throttled)"
+              description: "Throttling flags set: throttled "
+      - eval_time: 6m
+        alertname: ContainerDown
+        exp_alerts:
+          - exp_labels: {severity: critical, service: loki}
+            exp_annotations: {summary: "The loki container is not running"}
+      - eval_time: 3m
+        alertname: TraefikDown
+        exp_alerts:
+          - exp_labels: {severity: critical, job: traefik, instance: "traefik:8082"}
+            exp_annotations: {summary: "Traefik is down: no UI and no n8n webhook is reachable"}
+      - eval_time: 5m
+        alertname: BackupStale
+        exp_alerts: []
+"""
+
+
+def test_alert_rules_fire_on_textfile_and_deploy_metrics_promtool_test_rules(tmp_path):
+    root = write_rendered(plan_of(settings(backups={"max_age_hours": 0.05})), "prometheus", tmp_path)
+    tests = yaml.safe_load(PROMTOOL_TESTS)
+    # backups.max_age_hours 0.05 = 180 s: stale from minute 4, firing after its 10 minutes.
+    tests["tests"][0]["alert_rule_test"].append({
+        "eval_time": "16m", "alertname": "BackupStale",
+        "exp_alerts": [{"exp_labels": {"severity": "critical", "database": "n8n"},
+                        "exp_annotations": {"summary": "The newest backup of n8n is older than 0.05 hours"}}]})
+    (root / "etc/prometheus/tests.yml").write_text(yaml.safe_dump(tests))
+    proc = run(["promtool", "test", "rules", "tests.yml"], cwd=root / "etc/prometheus")
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+
+
+def test_alertmanager_config_with_telegram_passes_amtool(tmp_path):
+    s = settings(notify={"telegram": {"bot_token": "123:abc"}},
+                 monitoring={"services": {"alertmanager": {"telegram_chat_id": "-100200"}}})
+    plan = plan_of(s)
+    root = write_rendered(plan, "alertmanager", tmp_path)
+    cfg = root / "etc/alertmanager/alertmanager.yml"
+    proc = run(["amtool", "check-config", str(cfg)])
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    tg = yaml.safe_load(cfg.read_text())["receivers"][0]["telegram_configs"][0]
+    assert tg["chat_id"] == -100200 and tg["bot_token"] == "123:abc" and tg["send_resolved"] is True
+    assert not any(w.startswith("alertmanager") for w in plan.warnings)
+
+
+def test_alertmanager_without_telegram_credentials_is_valid_but_warned(tmp_path):
+    plan = plan_of()
+    root = write_rendered(plan, "alertmanager", tmp_path)
+    proc = run(["amtool", "check-config", str(root / "etc/alertmanager/alertmanager.yml")])
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    assert any("not delivered" in w for w in plan.warnings)
+    with pytest.raises(PlanError, match="not a Telegram chat id"):
+        plan_of(settings(monitoring={"services": {"alertmanager": {"telegram_chat_id": "@me"}}}))
+
+
+def test_expected_services_textfile_is_valid_exposition_text():
+    plan = plan_of(settings(monitoring={"alerts": {"expected_containers": ["n8n", "postgres"]}}))
+    (path, text), = plan.textfiles.items()
+    assert path.endswith("homelab_deploy.prom")
+    proc = run(["promtool", "check", "metrics"], input=text)
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    assert 'homelab_deploy_expected{service="loki"} 1' in text
+    assert 'homelab_deploy_expected_container{name="postgres"} 1' in text
+
+
+def test_loki_alloy_and_grafana_configs_say_what_the_issue_asks():
+    plan = plan_of(settings(monitoring={"services": {"loki": {"retention_days": 10},
+                                                      "alloy": {"drop_lines": ["kube-probe"]}}}))
+    loki = yaml.safe_load(plan.service("loki").files["/etc/loki/config.yaml"])
+    assert loki["limits_config"]["retention_period"] == "240h"
+    assert loki["compactor"]["retention_enabled"] is True
+    assert loki["common"]["storage"] == {"filesystem": {"chunks_directory": "/loki/chunks",
+                                                        "rules_directory": "/loki/rules"}}
+    alloy = plan.service("alloy").files["/etc/alloy/config.alloy"].decode()
+    assert alloy.count("stage.drop {") == 5 and '"kube-probe"' in alloy
+    assert 'loki.source.docker "containers"' in alloy and "http://loki:3100/loki/api/v1/push" in alloy
+    assert alloy.count("{") == alloy.count("}")
+    with pytest.raises(Exception):
+        plan_of(settings(monitoring={"services": {"alloy": {"drop_lines": ["(unclosed"]}}}))
+    files = plan.service("grafana").files
+    ds = yaml.safe_load(files["/etc/grafana/provisioning/datasources/homelab.yaml"])["datasources"]
+    assert {d["uid"] for d in ds} == {"prometheus", "loki", "alertmanager", "homelab-state"}
+    pg = next(d for d in ds if d["uid"] == "homelab-state")
+    assert pg["type"] == "grafana-postgresql-datasource" and pg["url"] == "postgres:5432"
+    assert pg["jsonData"]["database"] == "homelab"
+
+
+def test_grafana_provisions_every_dashboard_json_in_the_folder():
+    boards = {p.name: p.read_bytes() for p in (ROOT / "deploy/grafana/dashboards").glob("*.json")}
+    plan = plan_of(dashboards={**boards, "extra.json": b'{"title": "x"}'})
+    files = plan.service("grafana").files
+    for name in [*boards, "extra.json"]:
+        assert f"/etc/grafana/dashboards/{name}" in files
+    provider = yaml.safe_load(files["/etc/grafana/provisioning/dashboards/homelab.yaml"])
+    assert provider["providers"][0]["options"]["path"] == "/etc/grafana/dashboards"
+    with pytest.raises(PlanError, match="broken.json is not valid JSON"):
+        plan_of(dashboards={"broken.json": b"{"})
+
+
+# --- The plan's rules ---------------------------------------------------------------------------
+
+def test_plan_over_budget_or_grafana_over_350_is_refused_naming_the_numbers():
+    plan = plan_of()
+    assert plan.memory_mb == 1356 <= 1536
+    with pytest.raises(PlanError, match=r"needs 1356 MB but monitoring.memory_budget_mb is 1200 "
+                                        r"\(prometheus 400, grafana 300, loki 256"):
+        plan_of(settings(monitoring={"memory_budget_mb": 1200}))
+    with pytest.raises(PlanError, match="grafana asks for 351 MB; at most 350 MB"):
+        plan_of(settings(monitoring={"services": {"grafana": {"memory_mb": 351}}}))
+
+
+def test_issue_example_settings_and_defaults():
+    s = settings(docker={"host": "unix:///var/run/docker.sock"},
+                 monitoring={"network": "homelab", "memory_budget_mb": 1536, "pull": "if-missing",
+                             "services": {"prometheus": {"image": "prom/prometheus:v3.4.2", "memory_mb": 400,
+                                                         "cpuset": "0"},
+                                          "grafana": {"image": "grafana/grafana:12.0.2", "memory_mb": 300}}},
+                 traefik={"image": "traefik:v3.4", "domain": "home.example.org",
+                          "acme_email": "owner@example.org"})
+    plan = plan_of(s)
+    assert [x.service for x in plan.services] == STOCK
+    for spec in plan.services:
+        assert ":" in spec.image and not spec.image.endswith(":latest")
+        assert spec.limits.cpuset == "0"  # monitoring on one core, the others for Ollama
+        assert spec.name == "homelab-" + spec.service.replace("_", "-")
+    with pytest.raises(SettingsError, match="monitoring.services.promethus: unknown key"):
+        settings(monitoring={"services": {"promethus": {"memory_mb": 1}}})
+
+
+@pytest.mark.parametrize("data, fragment", [
+    ({"monitoring": {"services": {"prometheus": {"scrape_interval": "15s"}}}}, "between 30s and 60s"),
+    ({"monitoring": {"services": {"loki": {"retention_days": 30}}}}, "retention_days"),
+    ({"monitoring": {"services": {"cadvisor": {"housekeeping_interval": "5s"}}}}, "below 15s"),
+    ({"monitoring": {"pull": "always"}}, "monitoring.pull"),
+    ({"monitoring": {"services": {"grafana": {"cpuset": "zero"}}}}, "cpuset"),
+    ({"traefik": {"acme_challenge": "dns"}}, "needs dns_provider"),
+])
+def test_bad_deploy_settings_fail_at_load(data, fragment):
+    with pytest.raises(SettingsError, match=fragment):
+        settings(**data)
+
+
+def test_every_container_gets_restart_healthcheck_log_cap_labels_and_read_only_host_mounts():
+    plan = plan_of()
+    for spec in plan.services:
+        assert spec.restart == "unless-stopped"
+        assert spec.healthcheck.test and spec.healthcheck.retries >= 1
+        assert (spec.log_max_size, spec.log_max_files) == ("10m", 3)
+        labels = spec.all_labels
+        assert labels["homelab-ops.service"] == spec.service and labels["homelab-ops.config-hash"] == spec.config_hash
+        assert not spec.ports, f"{spec.service} must not publish ports (Traefik fronts the UIs)"
+        for m in spec.mounts:
+            if m.type == "bind":
+                assert m.read_only, (spec.service, m)
+    socket_users = {s.service for s in plan.services if any(m.source == "/var/run/docker.sock" for m in s.mounts)}
+    assert socket_users == {"cadvisor", "alloy"}
+    ne = {m.target: m.source for m in plan.service("node_exporter").mounts}
+    assert ne == {"/host/proc": "/proc", "/host/sys": "/sys", "/rootfs": "/", "/textfile": HOST.textfile_dir}
+    assert "--collector.textfile.directory=/textfile" in plan.service("node_exporter").command
+    assert "--housekeeping_interval=15s" in plan.service("cadvisor").command
+    assert "--docker_only=true" in plan.service("cadvisor").command
+    for svc, port in render.FRONTED.items():
+        labels = plan.service(svc).labels
+        assert labels[f"traefik.http.routers.{svc}.rule"] == f"Host(`{svc}.home.example.org`)"
+        assert labels[f"traefik.http.routers.{svc}.middlewares"] == "homelab-auth@file"
+        assert labels[f"traefik.http.routers.{svc}.tls.certresolver"] == "letsencrypt"
+        assert labels[f"traefik.http.services.{svc}.loadbalancer.server.port"] == str(port)
+
+
+def test_config_hash_changes_only_for_what_changed_and_never_for_limits():
+    base = {s.service: s.config_hash for s in plan_of().services}
+    assert base == {s.service: s.config_hash for s in plan_of().services}
+    loki = {s.service: s.config_hash for s in plan_of(settings(
+        monitoring={"services": {"loki": {"retention_days": 7}}})).services}
+    assert {k for k in base if base[k] != loki[k]} == {"loki"}
+    mem = plan_of(settings(monitoring={"services": {"prometheus": {"memory_mb": 350, "cpus": 0.5}}}))
+    assert {s.service: s.config_hash for s in mem.services} == base
+    assert mem.service("prometheus").limits == Limits(350, "0", 0.5)
+    allow = {s.service: s.config_hash for s in plan_of(settings(
+        traefik={"ip_allowlist": ["10.0.0.0/8"]})).services}
+    assert {k for k in base if base[k] != allow[k]} == set(render.FRONTED)
+
+
+def test_host_facts_are_checked_before_anything_changes():
+    with pytest.raises(PlanError, match="cpuset '3' names a core this host lacks"):
+        build_monitoring_plan(settings(monitoring={"services": {"loki": {"cpuset": "3"}}}),
+                              HostFacts(ncpu=2, docker_socket="/s", textfile_dir="/t"), env={})
+    with pytest.raises(PlanError, match="unix socket"):
+        build_monitoring_plan(settings(docker={"host": "tcp://10.0.0.2:2375"}),
+                              HostFacts(ncpu=4, textfile_dir="/t"), env={})
+
+
+def test_n8n_runner_sidecar_needs_a_token_and_joins_the_plan_the_same_way():
+    on = settings(monitoring={"services": {"n8n_runner": {"enabled": True}}})
+    with pytest.raises(PlanError, match="N8N_RUNNERS_AUTH_TOKEN"):
+        plan_of(on)
+    base = {s.service: s.config_hash for s in plan_of().services}
+    plan = plan_of(on, env={"N8N_RUNNERS_AUTH_TOKEN": "tok"})
+    runner = plan.service("n8n_runner")
+    assert runner.image.startswith("n8nio/runners:") and runner.env["N8N_RUNNERS_MODE"] == "external"
+    assert runner.env["N8N_RUNNERS_AUTH_TOKEN"] == "tok" and "tok" not in json.dumps(runner.all_labels)
+    assert {s.service: s.config_hash for s in plan.services if s.service != "n8n_runner"} == base
+    assert any("N8N_RUNNERS_MODE=external" in w for w in plan.warnings)
+    assert plan.memory_mb == 1356 + 160
+
+
+# --- Traefik -------------------------------------------------------------------------------------
+
+def test_traefik_plan_flags_auth_and_routes():
+    plan = build_traefik_plan(settings(traefik={"basic_auth_users": [BCRYPT], "ip_allowlist": ["192.168.0.0/16"],
+                                                "routes": {"n8n": {"url": "http://n8n:5678",
+                                                                   "public_paths": ["/webhook/"]},
+                                                           "dagster": {"url": "http://host.docker.internal:3000"}}}),
+                              HOST, env={})
+    (spec,) = plan.services
+    args = spec.command
+    assert not any("insecure" in a for a in args)
+    for flag in ("--providers.docker.exposedbydefault=false", "--ping=true", "--api.dashboard=true",
+                 "--entrypoints.web.http.redirections.entrypoint.to=websecure",
+                 "--entrypoints.web.http.redirections.entrypoint.scheme=https",
+                 "--certificatesresolvers.letsencrypt.acme.email=owner@example.org",
+                 "--certificatesresolvers.letsencrypt.acme.httpchallenge.entrypoint=web",
+                 "--metrics.prometheus=true", "--accesslog.filepath=/var/log/traefik/access.log"):
+        assert flag in args
+    assert spec.ports == {80: ("0.0.0.0", 80), 443: ("0.0.0.0", 443)}
+    assert spec.extra_hosts == {"host.docker.internal": "host-gateway"}
+    mounts = {m.target: m for m in spec.mounts}
+    assert mounts["/var/run/docker.sock"].read_only and not mounts["/var/log/traefik"].read_only
+    assert mounts["/var/log/traefik"].source == HOST.access_log_dir
+    dyn = yaml.safe_load(spec.files["/etc/traefik/dynamic/homelab.yml"])["http"]
+    assert dyn["middlewares"]["homelab-auth"]["basicAuth"] == {"users": [BCRYPT], "removeHeader": True}
+    assert dyn["routers"]["n8n"]["middlewares"][:2] == ["homelab-auth", "homelab-allowlist"]
+    assert dyn["routers"]["n8n-public"]["rule"] == "Host(`n8n.home.example.org`) && (PathPrefix(`/webhook/`))"
+    assert "homelab-auth" not in dyn["routers"]["n8n-public"]["middlewares"]
+    assert dyn["routers"]["dashboard"]["service"] == "api@internal"
+    assert BCRYPT.split(":")[1] not in json.dumps(spec.all_labels)
+
+
+def test_traefik_dns_challenge_and_auth_sources():
+    s = settings(traefik={"acme_challenge": "dns", "dns_provider": "cloudflare",
+                          "dns_env": {"CF_DNS_API_TOKEN": "cf-token"}})
+    with pytest.raises(PlanError, match="without basic auth"):
+        build_traefik_plan(s, HOST, env={})
+    (spec,) = build_traefik_plan(s, HOST, env={"HOMELAB_BASIC_AUTH_USERS": BCRYPT}).services
+    assert "--certificatesresolvers.letsencrypt.acme.dnschallenge.provider=cloudflare" in spec.command
+    assert not any("httpchallenge" in a for a in spec.command)
+    assert spec.env == {"CF_DNS_API_TOKEN": "cf-token"}
+    with pytest.raises(PlanError, match="'admin' is not `user:<bcrypt hash>`"):
+        build_traefik_plan(settings(traefik={"basic_auth_users": ["admin:$apr1$abc$def"]}), HOST, env={})
+
+
+# --- Tuning --------------------------------------------------------------------------------------
+
+def usage(**peaks) -> dict[str, tune.Usage]:
+    return {k: tune.Usage(k, 10, float(v), 0.05, 0.02) for k, v in peaks.items()}
+
+
+def test_tune_gives_full_headroom_when_it_fits():
+    cur = {k: Limits(400, "0") for k in ("prometheus", "loki")}
+    props = tune.propose(usage(prometheus=200, loki=100), cur, budget_mb=1536, order=["prometheus", "loki"])
+    assert [(p.service, p.after.memory_mb) for p in props] == [("prometheus", 304), ("loki", 152)]
+    assert all(p.after.cpuset == "0" and p.after.cpus is not None and p.after.cpus >= 0.25 for p in props)
+
+
+def test_tune_shares_what_is_left_when_tight_and_names_who_does_not_fit():
+    cur = {k: Limits(400, "0") for k in ("prometheus", "loki")}
+    props = tune.propose(usage(prometheus=200, loki=100), cur, budget_mb=400, order=["prometheus", "loki"])
+    after = {p.service: p.after.memory_mb for p in props}
+    assert sum(after.values()) <= 400 and after["prometheus"] >= 240 and after["loki"] >= 120
+    with pytest.raises(tune.FitError, match="loki does not fit") as e:
+        tune.propose(usage(prometheus=200, loki=100), cur, budget_mb=300, order=["prometheus", "loki"])
+    assert e.value.service == "loki"
+    with pytest.raises(tune.FitError, match="grafana needs 360 MB") as e:
+        tune.propose(usage(grafana=300), {"grafana": Limits(300, "0")}, budget_mb=1536)
+    assert e.value.service == "grafana"
+
+
+def test_tuned_limits_hold_until_the_setting_they_came_from_changes():
+    s = settings()
+    rec = tune.tuned_record([tune.Proposal("loki", Limits(256, "0"), Limits(120, "0", 0.25), 100, 150)],
+                            {"loki": s.monitoring.services.loki}, 0.0)
+    assert effective_limits("loki", s.monitoring.services.loki, rec) == Limits(120, "0", 0.25)
+    changed = settings(monitoring={"services": {"loki": {"memory_mb": 300}}})  # the CPU setting did not
+    assert effective_limits("loki", changed.monitoring.services.loki, rec) == Limits(300, "0", 0.25)
+    both = settings(monitoring={"services": {"loki": {"memory_mb": 300, "cpus": 1.0}}})
+    assert effective_limits("loki", both.monitoring.services.loki, rec) == Limits(300, "0", 1.0)
+
+
+def test_engine_stats_become_usage():
+    sample = {"memory_stats": {"usage": 150 * 2**20, "stats": {"total_inactive_file": 50 * 2**20}},
+              "cpu_stats": {"cpu_usage": {"total_usage": 2_000_000_000}, "system_cpu_usage": 20_000_000_000,
+                            "online_cpus": 2},
+              "precpu_stats": {"cpu_usage": {"total_usage": 1_000_000_000}, "system_cpu_usage": 10_000_000_000}}
+    assert tune.memory_used(sample) == 100 * 2**20
+    assert tune.cpu_cores(sample) == pytest.approx(0.2)
+    u = tune.summarize("x", [sample, {**sample, "memory_stats": {"usage": 90 * 2**20}}])
+    assert u.peak_memory_mb == 100.0 and u.peak_cpu == pytest.approx(0.2)
+
+
+def test_config_files_tar_carries_parents_and_contents():
+    data = files_tar({"/etc/grafana/provisioning/a.yaml": b"a", "/etc/grafana/dashboards/b.json": b"{}"})
+    with tarfile.open(fileobj=io.BytesIO(data)) as t:
+        names = t.getnames()
+        assert names.index("etc/grafana") < names.index("etc/grafana/provisioning/a.yaml")
+        assert t.extractfile("etc/grafana/dashboards/b.json").read() == b"{}"
+        assert t.getmember("etc/grafana/provisioning/a.yaml").mode == 0o644
