@@ -93,6 +93,7 @@ def write_settings(tmp_path):
                 "state": {"dsn": dsn_for("homelab_test")},
                 **data}
         data.setdefault("backups", {}).setdefault("local_dir", str(tmp_path / "backups"))
+        data.setdefault("metrics", {}).setdefault("textfile_dir", str(tmp_path / "textfile"))
         path = Path(tmp_path) / name
         path.write_text(yaml.safe_dump(data))
         return path, load(path)

@@ -294,6 +294,8 @@ def test_failed_verification_blocks_retention_in_the_same_run(new_db, write_sett
     names = {p.name for p in (Path(settings.backups.local_dir) / db).iterdir()}
     assert all(f"{s}.manifest.json" in names for s in old)  # nothing pruned
     assert scratch_left(db) == []
+    textfile = Path(settings.metrics.textfile_dir) / f"homelab_backup_{db}.prom"
+    assert not textfile.exists()  # a failed verification never claims a fresh backup
 
     # Repair the manifest: the next run verifies and prunes down to keep_last 1.
     manifest["tables"][0]["rows"] = 10
@@ -306,6 +308,10 @@ def test_failed_verification_blocks_retention_in_the_same_run(new_db, write_sett
     names = {p.name for p in (Path(settings.backups.local_dir) / db).iterdir()}
     assert not any(n.startswith(tuple(old)) for n in names)
     assert f"{newest.stem}.verified.json" in names
+    # Prometheus's BackupStale alert reads the verified backup's time from node_exporter's textfile.
+    stamp = int(datetime.strptime(newest.stem, "%Y%m%dT%H%M%SZ").replace(tzinfo=timezone.utc).timestamp())
+    assert f'homelab_backup_last_success_timestamp_seconds{{database="{db}"}} {stamp}\n' in textfile.read_text()
+    subprocess.run(["promtool", "check", "metrics"], input=textfile.read_bytes(), check=True, capture_output=True)
 
 
 def test_weekly_config_also_verifies_a_random_older_backup(new_db, write_settings):

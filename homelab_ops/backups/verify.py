@@ -25,9 +25,10 @@ from pathlib import Path
 from botocore.exceptions import BotoCoreError
 
 from homelab_ops.backups import postgresql as pg
-from homelab_ops.backups.catalog import VERIFIED_SUFFIX, Backup, read_listing
+from homelab_ops.backups.catalog import VERIFIED_SUFFIX, Backup, read_listing, time_of
 from homelab_ops.backups.restore import Located, RestoreError, load_identity, local_copy, pg_restore_file
 from homelab_ops.backups.stores import Store, StoreError, read_json, stores_for
+from homelab_ops.files import write_atomic
 from homelab_ops.state import connect
 
 VERIFIED_FORMAT = 1
@@ -366,3 +367,16 @@ def newest_verified(settings, database: str, *, now: datetime | None = None,
     recent = [b for b in listing(store, database).backups if b.time >= window]
     stem = newest_passing(recorded_outcomes(store, database, recent))
     return next((b for b in recent if b.stem == stem), None), store
+
+
+FRESHNESS_METRIC = "homelab_backup_last_success_timestamp_seconds"
+
+
+def publish_freshness(settings, result: Verification) -> Path:
+    """The verified backup's time for node_exporter's textfile collector, one file per database:
+    Prometheus's BackupStale alert then needs no access to the backups themselves."""
+    labels = result.database.replace("\\", "\\\\").replace('"', '\\"')
+    text = (f"# HELP {FRESHNESS_METRIC} Start time of the newest backup whose restore verification passed.\n"
+            f"# TYPE {FRESHNESS_METRIC} gauge\n"
+            f'{FRESHNESS_METRIC}{{database="{labels}"}} {time_of(result.stem).timestamp():.0f}\n')
+    return write_atomic(Path(settings.metrics.textfile_dir) / f"homelab_backup_{result.database}.prom", text.encode())

@@ -109,6 +109,8 @@ def verification_asset(database: str, settings: Settings) -> dg.AssetsDefinition
             for err in r.record_errors:
                 context.log.warning(f"could not record the result: {err}")
         failed = [r for r in results if not r.passed]
+        if results[0].passed:
+            v.publish_freshness(s, results[0])
         check = dg.AssetCheckResult(
             check_name=MATCHES,
             passed=not failed,
