@@ -45,7 +45,7 @@ def hygiene_metadata(trims: list[h.TrimResult], logs: h.DockerLogs) -> dict:
 
 @dg.asset(
     key="disk_hygiene",
-    group_name="maintenance",
+    group_name="backups",  # with retention: the two things that give disk space back
     kinds={"docker"},
     description="Weekly: `fstrim` on disk_hygiene.fstrim_mounts (so the NVMe drive knows its free blocks) "
                 "and the size of every container's json log, largest first, so a runaway log is seen "
