@@ -524,8 +524,10 @@ class TraefikSettings(_Section):
     dns_provider: str | None = None  # lego provider for DNS-01, e.g. cloudflare
     dns_env: dict[str, SecretStr] = {}  # its credentials, e.g. CF_DNS_API_TOKEN: ${CF_DNS_API_TOKEN}
     acme_ca_server: str | None = None  # e.g. Let's Encrypt staging while testing
-    # htpasswd lines with bcrypt hashes (htpasswd -nbB user pw). Until the credential store
-    # lands, these or env HOMELAB_BASIC_AUTH_USERS are the source (homelab_ops/deploy/auth.py).
+    # Who may open the UIs: credential-store names of `generated` credentials with `htpasswd_user`
+    # (rotated like any other), and/or htpasswd lines with bcrypt hashes (htpasswd -nbB user pw);
+    # with neither, env HOMELAB_BASIC_AUTH_USERS (homelab_ops/deploy/auth.py).
+    basic_auth_credentials: list[str] = []
     basic_auth_users: list[SecretStr] = []
     ip_allowlist: list[str] = []  # CIDRs allowed to reach the UIs; empty = anyone who authenticates
     listen: str = "0.0.0.0"

@@ -1,9 +1,9 @@
-"""Where Traefik's basic-auth users come from: the one seam for the credential store.
+"""Where Traefik's basic-auth users come from.
 
-For now: `traefik.basic_auth_users` in settings (e.g. "${DAGSTER_BASIC_AUTH}", which
-`homelab-ops creds render-env` writes), else env HOMELAB_BASIC_AUTH_USERS (lines
-separated by newlines or commas). When the credential store can hand out htpasswd
-lines directly, only `basic_auth_users` changes.
+The credential store's `generated` credentials with an `htpasswd_user` (named in
+`traefik.basic_auth_credentials`: rotated, audited), plus any bcrypt lines in
+`traefik.basic_auth_users`; with neither, env HOMELAB_BASIC_AUTH_USERS (lines
+separated by newlines or commas).
 """
 
 from __future__ import annotations
@@ -27,9 +27,17 @@ def check_line(line: str) -> str:
     return line
 
 
-def basic_auth_users(traefik_settings, env: dict[str, str]) -> list[str]:
+def stored_users(settings, actor: str) -> list[str]:
+    """The htpasswd lines of `traefik.basic_auth_credentials`, read (and audited) from the store."""
+    from homelab_ops.credentials import current_value
+
+    return [current_value(settings, name, actor=actor, field="htpasswd")
+            for name in settings.traefik.basic_auth_credentials]
+
+
+def basic_auth_users(traefik_settings, env: dict[str, str], stored: list[str] = ()) -> list[str]:
     """The htpasswd lines for Traefik's `homelab-auth` middleware, validated."""
-    lines = [s.get_secret_value() for s in traefik_settings.basic_auth_users]
+    lines = [*stored, *(s.get_secret_value() for s in traefik_settings.basic_auth_users)]
     if not lines and env.get(ENV_VAR):
         lines = [x for x in re.split(r"[\n,]+", env[ENV_VAR]) if x.strip()]
     users = [check_line(x) for x in lines]

@@ -333,17 +333,19 @@ def build_monitoring_plan(settings: Settings, host: HostFacts, *, env: dict[str,
                      textfiles=textfiles)
 
 
-def build_traefik_plan(settings: Settings, host: HostFacts, *, env: dict[str, str] | None = None) -> StackPlan:
+def build_traefik_plan(settings: Settings, host: HostFacts, *, env: dict[str, str] | None = None,
+                       stored_users: list[str] = ()) -> StackPlan:
     """Traefik alone: the only container that publishes host ports."""
     env = dict(os.environ) if env is None else env
     t = settings.traefik
     try:
-        users = basic_auth_users(t, env)
+        users = basic_auth_users(t, env, stored_users)
     except AuthError as e:
         raise PlanError(str(e)) from None
     if not users:
-        raise PlanError("Traefik would expose the UIs without basic auth: set traefik.basic_auth_users "
-                        "(htpasswd -nbB lines) or env HOMELAB_BASIC_AUTH_USERS")
+        raise PlanError("Traefik would expose the UIs without basic auth: set traefik.basic_auth_credentials "
+                        "(credential-store names), traefik.basic_auth_users (htpasswd -nbB lines) "
+                        "or env HOMELAB_BASIC_AUTH_USERS")
     sock = host.docker_socket or socket_path(settings.docker.host)
     log_dir = host.access_log_dir or t.access_log_dir
     if not PurePosixPath(log_dir).is_absolute():

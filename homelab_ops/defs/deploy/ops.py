@@ -12,9 +12,11 @@ from pathlib import Path
 import dagster as dg
 from docker.errors import APIError
 
+from homelab_ops.credentials.errors import CredentialError
 from homelab_ops.defs.deploy.resources import DockerResource
 from homelab_ops.defs.resources import HomelabSettings
 from homelab_ops.deploy import engine, tune
+from homelab_ops.deploy.auth import stored_users
 from homelab_ops.deploy.plan import PlanError, StackPlan, build_monitoring_plan, build_traefik_plan
 from homelab_ops.deploy.spec import ContainerSpec
 from homelab_ops.settings import Settings, _duration_seconds
@@ -82,8 +84,8 @@ def plan_traefik(context: dg.OpExecutionContext, homelab: HomelabSettings, docke
     client = docker.client()
     try:
         facts = engine.host_facts(client, docker_host=docker.host, access_log_dir=settings.traefik.access_log_dir)
-        return build_traefik_plan(settings, facts)
-    except PlanError as e:
+        return build_traefik_plan(settings, facts, stored_users=stored_users(settings, f"dagster-run:{context.run_id}"))
+    except (PlanError, CredentialError) as e:
         raise _fail(e) from None
     finally:
         client.close()
