@@ -1,0 +1,128 @@
+"""The web UI as the owner sees it: dagster-webserver on loopback, opened in headless Chromium.
+
+The asset graph shows the code location's groups, and a backup's page shows the metadata that
+proves the backup (its sha256 and row count) after a real materialization in the same instance.
+Screenshots are kept in tests/artifacts/ (gitignored) for a human to look at.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import time
+import urllib.request
+from pathlib import Path
+
+import psycopg
+import pytest
+
+from tests.conftest import ADMIN_DSN, dsn_for, free_port
+
+ROOT = Path(__file__).resolve().parent.parent
+ARTIFACTS = ROOT / "tests" / "artifacts"
+BIN = Path(sys.executable).parent
+CHROMIUM_ARGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
+                 "--disable-background-networking", "--disable-component-update", "--disable-sync"]
+ROWS = 42
+
+
+def graphql(base: str, query: str) -> dict:
+    req = urllib.request.Request(f"{base}/graphql", data=json.dumps({"query": query}).encode(),
+                                 headers={"Content-Type": "application/json"})
+    with urllib.request.urlopen(req, timeout=10) as resp:
+        return json.loads(resp.read())["data"]
+
+
+LOCATION_STATUS = """{ workspaceOrError { ... on Workspace { locationEntries { name loadStatus
+  locationOrLoadError { __typename ... on PythonError { message } } } } } }"""
+
+
+def wait_for_location(base: str, proc: subprocess.Popen, log: Path, deadline: float) -> None:
+    """Until the code location has loaded; its load error, if any, is the failure message."""
+    while time.monotonic() < deadline:
+        assert proc.poll() is None, "dagster-webserver exited:\n" + log.read_text()[-3000:]
+        try:
+            entries = graphql(base, LOCATION_STATUS)["workspaceOrError"]["locationEntries"]
+        except OSError:
+            entries = []
+        if entries and all(e["loadStatus"] == "LOADED" for e in entries):
+            errors = [e["locationOrLoadError"].get("message") for e in entries
+                      if e["locationOrLoadError"]["__typename"] == "PythonError"]
+            assert not errors, f"the code location failed to load: {errors}"
+            return
+        time.sleep(0.5)
+    pytest.fail("the code location did not load in time:\n" + log.read_text()[-3000:])
+
+
+@pytest.mark.browser
+def test_asset_graph_and_a_backup_page_in_chromium(tmp_path, new_db, write_settings):
+    from playwright.sync_api import sync_playwright
+
+    db = new_db("webui")
+    with psycopg.connect(dsn_for(db), autocommit=True) as conn:
+        conn.execute(f"CREATE TABLE notes (id int PRIMARY KEY, body text);"
+                     f"INSERT INTO notes SELECT i, md5(i::text) FROM generate_series(1, {ROWS}) i;")
+    # n8n points at the same small database: the backups domain selects n8n_workflows into
+    # nightly_backup, and the location does not load without an n8n section (reported).
+    settings_path, settings = write_settings({"postgres": {"dsn": ADMIN_DSN, "databases": [db]},
+                                              "n8n": {"dsn": dsn_for(db)}})
+    home = tmp_path / "dagster_home"
+    home.mkdir()
+    shutil.copy(ROOT / "dagster.yaml", home / "dagster.yaml")
+    env = {**os.environ, "DAGSTER_HOME": str(home), "HOMELAB_CONFIG": str(settings_path)}
+
+    port = free_port()
+    base = f"http://127.0.0.1:{port}"
+    log = tmp_path / "webserver.log"
+    web = subprocess.Popen([str(BIN / "dagster-webserver"), "-w", "workspace.yaml", "-h", "127.0.0.1",
+                            "-p", str(port)], cwd=ROOT, env=env, stdout=log.open("w"), stderr=subprocess.STDOUT,
+                           start_new_session=True)
+    try:
+        # The materialization runs while the web server starts; both use the same instance.
+        materialize = subprocess.run(
+            [str(BIN / "dagster"), "asset", "materialize", "-m", "homelab_ops.definitions", "--select",
+             f"backups/{db}", "--config-json", json.dumps({"execution": {"config": {"in_process": {}}}})],
+            cwd=ROOT, env=env, capture_output=True, text=True, timeout=120)
+        assert materialize.returncode == 0, materialize.stdout[-3000:] + materialize.stderr[-3000:]
+        manifest = json.loads(next((Path(settings.backups.local_dir) / db).glob("*.manifest.json")).read_text())
+        assert manifest["row_count"] == ROWS
+
+        wait_for_location(base, web, log, deadline=time.monotonic() + 60)
+        groups = {n["groupName"] for n in graphql(base, "{ assetNodes { groupName } }")["assetNodes"]}
+        assert "backups" in groups
+
+        ARTIFACTS.mkdir(exist_ok=True)
+        with sync_playwright() as p:
+            browser = p.chromium.launch(executable_path="/usr/bin/chromium", args=CHROMIUM_ARGS)
+            try:
+                page = browser.new_page(viewport={"width": 1600, "height": 1000})
+                page.goto(f"{base}/asset-groups")
+                # Each group is a node of the graph (not just an entry in the sidebar).
+                for group in sorted(groups):
+                    page.locator(f'foreignObject [data-tooltip="{group}"]').wait_for(timeout=20000)
+                skip = page.get_by_role("button", name="Skip")  # the first-visit community dialog
+                if skip.is_visible():
+                    skip.click()
+                page.screenshot(path=str(ARTIFACTS / "web_ui_asset_graph.png"))
+
+                page.goto(f"{base}/assets/backups/{db}")
+                sha_row = page.locator("tr", has_text="sha256")
+                sha_row.first.wait_for(timeout=20000)
+                assert manifest["sha256"] in sha_row.first.inner_text()
+                rows_row = page.locator("tr", has_text="row_count").first
+                assert rows_row.inner_text().split()[-1] == str(ROWS)
+                assert page.get_by_text("public.notes").first.is_visible()  # the per-table row counts
+                page.screenshot(path=str(ARTIFACTS / "web_ui_backup_asset.png"), full_page=True)
+            finally:
+                browser.close()
+    finally:
+        os.killpg(web.pid, signal.SIGTERM)  # its own session: the web server and its code server
+        try:
+            web.wait(timeout=5)
+        except subprocess.TimeoutExpired:
+            os.killpg(web.pid, signal.SIGKILL)
+            web.wait()
