@@ -99,7 +99,9 @@ def stream_to_file(proc, dest: Path, *, level: int, recipients: list[str], timeo
     watchdog.start()
     sink = _HashingWriter(dest, tees)
     try:
-        cctx = zstandard.ZstdCompressor(level=level)
+        # One worker thread compresses while this one reads the pipe and writes: as fast as the
+        # `pg_dump | zstd` pipeline, and one core at most, so Ollama keeps the others.
+        cctx = zstandard.ZstdCompressor(level=level, threads=1)
         if recipients:
             reader = cctx.stream_reader(proc.stdout, read_size=CHUNK)
             pyrage.encrypt_io(reader, sink, _recipients(recipients))
