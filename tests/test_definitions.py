@@ -56,3 +56,9 @@ def test_dagster_validates_the_module_and_the_workspace():
         proc = subprocess.run([sys.executable, "-m", "dagster", "definitions", "validate", *target],
                               capture_output=True, text=True, cwd=root, env=env)
         assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-2000:]
+
+
+def test_ad_hoc_materializations_run_in_one_process():
+    d = load()
+    assert d.executor is dg.in_process_executor
+    assert d.resolve_implicit_global_asset_job_def().executor_def is dg.in_process_executor

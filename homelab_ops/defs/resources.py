@@ -26,4 +26,6 @@ class HomelabSettings(dg.ConfigurableResource):
 
 @dg.definitions
 def defs() -> dg.Definitions:
-    return dg.Definitions(resources={"homelab": HomelabSettings()})
+    # Materializations started from the UI or `dagster asset materialize` run in one process too:
+    # a process per step costs seconds each on a Pi (every job also chooses this explicitly).
+    return dg.Definitions(resources={"homelab": HomelabSettings()}, executor=dg.in_process_executor)
