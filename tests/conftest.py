@@ -8,12 +8,18 @@ import uuid
 from pathlib import Path
 
 import boto3
+import hypothesis
 import psycopg
 import pytest
 import yaml
 from psycopg import sql
 
 from homelab_ops.settings import load
+
+# CI explores the same examples every run, so a red CI is reproducible; locally hypothesis roams.
+hypothesis.settings.register_profile("ci", derandomize=True, print_blob=True)
+if os.environ.get("CI"):
+    hypothesis.settings.load_profile("ci")
 
 ADMIN_DSN = os.environ.get("HOMELAB_TEST_ADMIN_DSN", "postgresql://postgres@127.0.0.1:5432/postgres")
 

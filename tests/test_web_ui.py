@@ -85,7 +85,7 @@ def test_asset_graph_and_a_backup_page_in_chromium(tmp_path, new_db, write_setti
         # The materialization runs while the web server starts; both use the same instance.
         materialize = subprocess.run(
             [str(BIN / "dagster"), "asset", "materialize", "-m", "homelab_ops.definitions", "--select",
-             f"backups/{db}", "--config-json", json.dumps({"execution": {"config": {"in_process": {}}}})],
+             f"backups/{db}"],  # the code location's default executor is in-process
             cwd=ROOT, env=env, capture_output=True, text=True, timeout=120)
         assert materialize.returncode == 0, materialize.stdout[-3000:] + materialize.stderr[-3000:]
         manifest = json.loads(next((Path(settings.backups.local_dir) / db).glob("*.manifest.json")).read_text())
