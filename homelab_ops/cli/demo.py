@@ -21,4 +21,6 @@ def demo_n8n(obj, name: str, replace: bool, executions: int) -> None:
     """Create an n8n database with n8n 1.123.0's real schema and realistic rows."""
     counts = create_demo_database(obj.settings.postgres.dsn.get_secret_value(), name,
                                   replace=replace, executions=executions)
-    click.echo(f"demo n8n database {name!r}: " + ", ".join(f"{v} {k}" for k, v in counts.items()))
+    statuses = ", ".join(f"{n} {s}" for s, n in counts["by_status"].items())
+    click.echo(f"demo n8n database {name!r} (n8n 1.123.0's schema): {counts['workflows']} workflows, "
+               f"{counts['executions']} executions ({statuses})")
