@@ -35,18 +35,58 @@ def cpu(total: int, system: int | None, online: int = 2, percpu: int = 2) -> dic
     return out
 
 
-def test_cpu_percent_is_docker_stats_formula():
-    # 0.2 s of container CPU in 2 s of host CPU time (1 s wall on 2 CPUs): 20% of one core x 2 = 20.0
-    stats = {"cpu_stats": cpu(2_200_000_000, 12_000_000_000), "precpu_stats": cpu(2_000_000_000, 10_000_000_000)}
-    assert cm.cpu_percent(stats) == pytest.approx(20.0)
-    # online_cpus missing (old daemons): docker counts percpu_usage entries instead
-    stats["cpu_stats"]["online_cpus"] = 0
-    stats["cpu_stats"]["cpu_usage"]["percpu_usage"] = [1, 1, 1, 1]
-    assert cm.cpu_percent(stats) == pytest.approx(40.0)
-    idle = {"cpu_stats": cpu(5, 12_000_000_000), "precpu_stats": cpu(5, 10_000_000_000)}
-    assert cm.cpu_percent(idle) == 0.0
-    # no host reading in precpu_stats (a first frame): no rate, not docker's lifetime average
-    assert cm.cpu_percent({"cpu_stats": cpu(9, 12_000_000_000), "precpu_stats": cpu(0, None)}) is None
+def test_cpu_percent_is_the_counter_increase_over_wall_time_since_the_previous_snapshot():
+    start = {"container_start_time_seconds": 1_700_000_000.123456}
+    before = {"container_cpu_usage_seconds_total": 100.0, **start}
+    # 450 s of CPU in a 900 s interval: half a core on average (docker's scale, 100 = one core)
+    assert cm.cpu_percent_since({"container_cpu_usage_seconds_total": 550.0, **start}, before, 900) \
+        == pytest.approx(50.0)
+    assert cm.cpu_percent_since({"container_cpu_usage_seconds_total": 1900.0, **start}, before, 900) \
+        == pytest.approx(200.0)  # two cores busy
+    assert cm.cpu_percent_since({"container_cpu_usage_seconds_total": 100.0, **start}, before, 900) == 0.0  # idle
+    # first snapshot of it (or no previous counter): no figure, absent rather than 0
+    assert cm.cpu_percent_since({"container_cpu_usage_seconds_total": 5.0}, None, 900) is None
+    assert cm.cpu_percent_since({"container_cpu_usage_seconds_total": 5.0}, {"homelab_container_state": 1}, 900) \
+        is None
+    # the counter went down: restarted (or recreated under the same name), its cgroup counts from zero
+    assert cm.cpu_percent_since({"container_cpu_usage_seconds_total": 20.0}, before, 900) is None
+    # restarted and already past the old count: the start time tells
+    restarted = {"container_cpu_usage_seconds_total": 150.0, "container_start_time_seconds": 1_700_000_800.0}
+    assert cm.cpu_percent_since(restarted, before, 900) is None
+    # no counter now (stats unreadable), or no time between
+    assert cm.cpu_percent_since({}, before, 900) is None
+    assert cm.cpu_percent_since({"container_cpu_usage_seconds_total": 550.0, **start}, before, 0) is None
+    # both stats samples' times known (container_last_seen, the daemon's `read`): their distance, not elapsed_s
+    seen = {"container_cpu_usage_seconds_total": 100.0, "container_last_seen": 1_700_001_000.0, **start}
+    now = {"container_cpu_usage_seconds_total": 101.0, "container_last_seen": 1_700_001_002.0, **start}
+    assert cm.cpu_percent_since(now, seen, 2.9) == pytest.approx(50.0)  # 1 s of CPU in 2 s between samples
+    assert cm.cpu_percent_since(now, before, 900) == pytest.approx(1.0 / 900 * 100)  # previous has none
+    assert cm.cpu_percent_since(now, {**seen, "container_last_seen": 1_700_001_002.0}, 2.9) is None
+
+
+def test_add_cpu_percent_against_the_previous_snapshot():
+    t0 = datetime(2025, 11, 25, 12, 0, tzinfo=timezone.utc)
+    t1 = t0 + timedelta(minutes=15)
+
+    def running(name, cpu_seconds, started="2025-11-25T10:00:00Z", status="running"):
+        stats = {**RUNNING_STATS, "cpu_stats": cpu(int(cpu_seconds * 1e9), 0)}
+        return cm.reading(inspect_json(name, status=status, started=started), stats)
+
+    busy, fresh, back = running("busy", 190.0), running("fresh", 3.0), running("back", 1.0, "2025-11-25T12:10:00Z")
+    stopped = cm.reading(inspect_json("stopped", status="exited"))
+    readings = [busy, fresh, back, stopped]
+    first = {c.name: dict(c.samples) for c in readings if c.name != "fresh"}
+    first["busy"]["container_cpu_usage_seconds_total"] = 100.0  # 90 s of CPU in 900 s: 10%
+    first["busy"]["container_last_seen"] -= 900  # the previous stats sample, 900 s before this one
+    first["back"]["container_cpu_usage_seconds_total"] = 500.0
+    assert cm.add_cpu_percent(readings, t1, t0, first) == 1
+    assert busy.samples["homelab_container_cpu_percent"] == pytest.approx(10.0)
+    assert all("homelab_container_cpu_percent" not in c.samples for c in (fresh, back, stopped))
+    # first snapshot of all: nobody gets one
+    assert cm.add_cpu_percent(readings, t1, None, {}) == 0
+    assert all("homelab_container_cpu_percent" not in c.samples for c in readings)
+    # the one-shot stats give no CPU % of their own, whatever precpu_stats holds
+    assert "homelab_container_cpu_percent" not in cm.stats_samples(RUNNING_STATS)
 
 
 V1_MEMORY = {"usage": 100 * MiB, "limit": 200 * MiB, "failcnt": 7,
@@ -116,7 +156,8 @@ def test_reading_of_a_running_container_with_cadvisor_names():
     assert s["homelab_container_health"] == 2 and s["homelab_container_state"] == 1
     assert s["container_spec_memory_limit_bytes"] == 200 * MiB
     assert s["container_cpu_usage_seconds_total"] == pytest.approx(2.2)
-    assert s["homelab_container_cpu_percent"] == pytest.approx(20.0)
+    assert s["container_last_seen"] == pytest.approx(cm.docker_time(RUNNING_STATS["read"]))
+    assert "homelab_container_cpu_percent" not in s  # needs the previous snapshot: add_cpu_percent
     assert s["container_memory_working_set_bytes"] == 70 * MiB
     assert (s["container_network_receive_bytes_total"], s["container_network_transmit_bytes_total"]) == (10, 20)
     assert (s["container_fs_reads_bytes_total"], s["container_fs_writes_bytes_total"]) == (0, 0)
@@ -313,7 +354,7 @@ def test_container_metrics_against_real_containers(busy_engine, write_settings, 
     assert (meta["containers"].value, meta["running"].value, meta["stopped"].value) == (4, 2, 2)
     print(f"\ncontainer_metrics: docker {meta['docker_ms'].value} ms, asset {meta['duration_ms'].value} ms, "
           f"materialize {wall:.2f} s")
-    assert meta["docker_ms"].value < 5000  # two collector ticks at most, not one per container
+    assert meta["docker_ms"].value < 2000  # one-shot stats: no wait for the collector's second tick
 
     with psycopg.connect(settings.state.dsn.get_secret_value()) as c:
         rows = c.execute("SELECT taken_at, container, metric, value FROM homelab_ops.container_metrics").fetchall()
@@ -334,14 +375,14 @@ def test_container_metrics_against_real_containers(busy_engine, write_settings, 
     sick = names["sick"]
     assert got[(sick, "homelab_container_health")] == 2  # 0 healthy, 1 starting, 2 unhealthy
     assert (sick, "container_network_receive_bytes_total") not in got  # --bridge=none: no network of its own
-    assert 5 < got[(sick, "homelab_container_cpu_percent")] <= 60  # a busy loop under a 0.5-CPU quota
+    assert (sick, "homelab_container_cpu_percent") not in got  # first snapshot: no previous counter, no rate
     assert got[(sick, "container_cpu_cfs_throttled_seconds_total")] > 0
 
     stopped = names["stopped"]
     assert (got[(stopped, "homelab_container_running")], got[(stopped, "homelab_container_state")]) == (0, 5)
     assert got[(stopped, "homelab_container_exit_code")] == 0
-    stats_metrics = {"container_cpu_usage_seconds_total", "homelab_container_cpu_percent",
-                     "container_memory_usage_bytes", "container_memory_working_set_bytes"}
+    stats_metrics = {"container_cpu_usage_seconds_total", "container_last_seen", "container_memory_usage_bytes",
+                     "container_memory_working_set_bytes"}
     assert not metrics_of("stopped") & stats_metrics and stats_metrics <= metrics_of("mem")
 
     oom = names["oom"]
@@ -373,6 +414,19 @@ def test_container_metrics_against_real_containers(busy_engine, write_settings, 
     meta = again.asset_materializations_for_node("container_metrics")[0].metadata
     assert meta["previous_snapshot"].value != "none"
     print(f"container_metrics (second): docker {meta['docker_ms'].value} ms, asset {meta['duration_ms'].value} ms")
+    assert meta["docker_ms"].value < 2000
+
+    # ... and CPU % from the counters of the first: the mean over the time between the two
+    with psycopg.connect(settings.state.dsn.get_secret_value()) as c:
+        second = {(r[0], r[1]): r[2] for r in c.execute(
+            "SELECT container, metric, value FROM homelab_ops.container_metrics"
+            " WHERE taken_at = (SELECT max(taken_at) FROM homelab_ops.container_metrics)")}
+    assert 5 < second[(sick, "homelab_container_cpu_percent")] <= 60  # a busy loop under a 0.5-CPU quota
+    assert 0 <= second[(mem, "homelab_container_cpu_percent")] < 5  # sleeping
+    assert (stopped, "homelab_container_cpu_percent") not in second and \
+        (oom, "homelab_container_cpu_percent") not in second
+    print(f"container_metrics (second): CPU % {sick} {second[(sick, 'homelab_container_cpu_percent')]:.1f}, "
+          f"{mem} {second[(mem, 'homelab_container_cpu_percent')]:.2f}")
 
 
 def test_no_docker_daemon_fails_container_metrics_not_the_host_snapshot(write_settings, state_db, tmp_path,

@@ -4,10 +4,15 @@ Pure functions turn `docker inspect` and `docker stats` JSON into (metric, value
 judge them; `take_snapshot` is the only I/O (docker-py). Names are cAdvisor's where cAdvisor
 has the figure, `homelab_container_*` where it has none, so Grafana queries read alike.
 
-CPU % needs two samples: `stats?stream=false` is the daemon's own pair (cpu_stats and
-precpu_stats one collector tick apart), so the figure is exactly `docker stats`'. The daemon's
-collector ticks once a second for every subscriber at once, so a request waits one to two
-ticks however many run beside it: every running container is asked concurrently.
+CPU % is the average over the interval between two snapshots: the increase of the cumulative
+`container_cpu_usage_seconds_total` since the previous snapshot over the wall time between the
+two stats samples (`container_last_seen`, the daemon's `read`; else between the snapshots'
+`taken_at`), x 100 (100 = one core, as `docker stats`). `add_cpu_percent` fills it in from the
+stored previous snapshot (store.py). So the Engine is asked for one sample per container
+(`stats?stream=false&one-shot=true`, API >= 1.41): the daemon answers at its collector's next
+tick (0-1 s; it ticks once a second for every subscriber at once), where `stream=false` alone
+waits for a second tick to fill precpu_stats (1-2.3 s). Every running container is asked
+concurrently.
 """
 
 from __future__ import annotations
@@ -26,28 +31,56 @@ STATE_CODES = {"created": 0, "running": 1, "paused": 2, "restarting": 3, "removi
 # homelab_container_health: recorded for running containers that have a healthcheck.
 HEALTH_CODES = {"healthy": 0, "starting": 1, "unhealthy": 2}
 
-MAX_WORKERS = 16  # concurrent stats requests (each waits on the daemon's collector, not on the CPU)
+MAX_WORKERS = 16  # concurrent inspect + one-shot stats requests (each waits on the daemon, not on the CPU)
 
 
 # --------------------------------------------------------------------------- stats JSON -> numbers
 
 
-def cpu_percent(stats: dict) -> float | None:
-    """`docker stats`' CPU %: container CPU time over host CPU time between the two samples, x CPUs.
+CPU_SECONDS = "container_cpu_usage_seconds_total"
+CPU_PERCENT = "homelab_container_cpu_percent"
+START_TIME = "container_start_time_seconds"
+LAST_SEEN = "container_last_seen"  # epoch seconds of the stats sample (the daemon's `read`)
 
-    100 is one core busy. None when precpu_stats has no host reading: docker would divide
-    the container's lifetime by the host's, which is no rate at all.
+
+def cpu_percent_since(current: dict[str, float], previous: dict[str, float] | None,
+                      elapsed_s: float) -> float | None:
+    """Mean CPU % of one container between two snapshots; 100 is one core.
+
+    (Δ container_cpu_usage_seconds_total / Δ wall seconds) x 100, as `docker stats` scales it. The
+    wall time is between the two stats samples (`container_last_seen`, the daemon's `read`) when both
+    have one, else `elapsed_s` (between the snapshots' taken_at). None (no figure, not 0) without a
+    previous reading of the counter, when the counter went down or the container started again in
+    between (its cgroup, so its counter, is new), or with no time between.
     """
-    cur, pre = stats.get("cpu_stats") or {}, stats.get("precpu_stats") or {}
-    if not cur.get("system_cpu_usage") or not pre.get("system_cpu_usage"):
+    previous = previous or {}
+    now, before = current.get(CPU_SECONDS), previous.get(CPU_SECONDS)
+    if now is None or before is None or now < before:
         return None
-    cpu_delta = float((cur.get("cpu_usage") or {}).get("total_usage", 0)) - \
-        float((pre.get("cpu_usage") or {}).get("total_usage", 0))
-    system_delta = float(cur["system_cpu_usage"]) - float(pre["system_cpu_usage"])
-    online = float(cur.get("online_cpus") or len((cur.get("cpu_usage") or {}).get("percpu_usage") or []))
-    if system_delta > 0 and cpu_delta > 0:
-        return cpu_delta / system_delta * online * 100.0
-    return 0.0
+    started, started_before = current.get(START_TIME), previous.get(START_TIME)
+    if started is not None and started_before is not None and abs(started - started_before) > 1e-3:
+        return None  # restarted since: the counter began again from zero
+    seen, seen_before = current.get(LAST_SEEN), previous.get(LAST_SEEN)
+    if seen is not None and seen_before is not None:
+        elapsed_s = seen - seen_before
+    if elapsed_s <= 0:
+        return None
+    return (now - before) / elapsed_s * 100.0
+
+
+def add_cpu_percent(containers: list[ContainerReading], taken_at: datetime, previous_at: datetime | None,
+                    previous: dict[str, dict[str, float]]) -> int:
+    """Set homelab_container_cpu_percent on every reading that has one against the previous snapshot
+    (`previous_at`, {container: {metric: value}}); returns how many got one."""
+    elapsed = (taken_at - previous_at).total_seconds() if previous_at is not None else 0.0
+    n = 0
+    for c in containers:
+        c.samples.pop(CPU_PERCENT, None)
+        pct = cpu_percent_since(c.samples, previous.get(c.name), elapsed) if c.running else None
+        if pct is not None:
+            c.samples[CPU_PERCENT] = pct
+            n += 1
+    return n
 
 
 def is_cgroup_v1(memory_stats: dict) -> bool:
@@ -109,13 +142,13 @@ def has_sample(stats: dict | None) -> bool:
 def stats_samples(stats: dict) -> dict[str, float]:
     """Everything a running container's stats give, by metric name."""
     out: dict[str, float] = {}
+    read = docker_time(stats.get("read"))
+    if read is not None:
+        out[LAST_SEEN] = read
     cpu = stats.get("cpu_stats") or {}
     total = (cpu.get("cpu_usage") or {}).get("total_usage")
     if total is not None:
-        out["container_cpu_usage_seconds_total"] = total / 1e9
-    pct = cpu_percent(stats)
-    if pct is not None:
-        out["homelab_container_cpu_percent"] = pct
+        out[CPU_SECONDS] = total / 1e9
     throttling = cpu.get("throttling_data") or {}
     if throttling.get("periods"):  # only under a CPU quota, as cAdvisor
         out["container_cpu_cfs_throttled_seconds_total"] = throttling.get("throttled_time", 0) / 1e9
@@ -362,7 +395,10 @@ def _short(e: BaseException) -> str:
 
 def take_snapshot(host: str, *, patterns: list[str] | None = None, timeout: float = 30,
                   now: datetime | None = None) -> ContainerSnapshot:
-    """Inspect every container (matching `patterns`) and read the running ones' stats, concurrently."""
+    """Inspect every container (matching `patterns`) and read the running ones' stats, concurrently.
+
+    One stats sample each (one-shot): no CPU % here, `add_cpu_percent` derives it from the previous snapshot.
+    """
     import docker
     import requests
     from docker.errors import DockerException, NotFound
@@ -395,7 +431,7 @@ def take_snapshot(host: str, *, patterns: list[str] | None = None, timeout: floa
             if (info.get("State") or {}).get("Status") not in ("running", "paused"):
                 return reading(info)
             try:
-                return reading(info, api.stats(name, stream=False))
+                return reading(info, api.stats(name, stream=False, one_shot=True))
             except unreachable as e:
                 return reading(info, stats_error=_short(e))
 

@@ -10,7 +10,7 @@ import psycopg
 
 from homelab_ops.metrics import daily
 from homelab_ops.metrics.collect import Snapshot
-from homelab_ops.metrics.containers import ContainerSnapshot
+from homelab_ops.metrics.containers import ContainerSnapshot, add_cpu_percent
 
 _ROLLUP_LOCK = 0x686D6431  # one daily rollup at a time: replace is delete + insert
 
@@ -24,8 +24,14 @@ def write_snapshot(conn: psycopg.Connection, snap: Snapshot) -> int:
     return len(snap.samples)
 
 
-def write_container_snapshot(conn: psycopg.Connection, snap: ContainerSnapshot) -> int:
-    """Append every (container, metric, value) of `snap` at its one taken_at, in one transaction."""
+def write_container_snapshot(conn: psycopg.Connection, snap: ContainerSnapshot,
+                             previous_at: datetime | None, previous: dict) -> int:
+    """Append every (container, metric, value) of `snap` at its one taken_at, in one transaction.
+
+    First fills in each container's CPU % against the previous snapshot (`previous_container_values`;
+    the stats are one sample each, so the rate needs the stored counter): `snap`'s readings get it too.
+    """
+    add_cpu_percent(snap.containers, snap.taken_at, previous_at, previous)
     rows = snap.rows()
     with conn.transaction(), conn.cursor() as cur:
         with cur.copy("COPY homelab_ops.container_metrics (taken_at, container, metric, value) FROM STDIN") as copy:

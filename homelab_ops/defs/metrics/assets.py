@@ -82,7 +82,7 @@ def _container_table(snap: containers.ContainerSnapshot) -> str:
     kinds={"docker", "postgres"},
     description="A snapshot of every container from the Docker Engine API (docker.host) appended to "
                 "homelab_ops.container_metrics (long format, cAdvisor names): state, restarts, health, OOM kill, "
-                "memory limit; for running ones CPU (seconds and docker stats' %), memory usage and working set, "
+                "memory limit; for running ones CPU (seconds, and % averaged since the previous snapshot), memory usage and working set, "
                 "network and block I/O. Fails when no Docker daemon answers.",
     check_specs=[dg.AssetCheckSpec(name, asset="container_metrics", description=containers.CHECK_DESCRIPTIONS[name])
                  for name in containers.CHECKS],
@@ -96,7 +96,7 @@ def container_metrics(context: dg.AssetExecutionContext, homelab: HomelabSetting
         raise dg.Failure(description=str(e), allow_retries=False) from None
     with open_state(settings) as conn:
         previous_at, previous = previous_container_values(conn, snap.taken_at)
-        rows = write_container_snapshot(conn, snap)
+        rows = write_container_snapshot(conn, snap, previous_at, previous)
     for c in snap.containers:
         if c.stats_error:
             context.log.warning(f"{c.name}: no stats: {c.stats_error}")
