@@ -11,24 +11,24 @@ from __future__ import annotations
 import hashlib
 import json
 import queue
-import shutil
 import threading
 from collections.abc import Iterator
 from pathlib import Path
 from typing import IO, Protocol
 
-import boto3
-import botocore.config
-import botocore.exceptions
-from boto3.s3.transfer import TransferConfig
 
 from homelab_ops.files import fsync_dir, write_atomic
 from homelab_ops.settings import S3Target
 
 CHUNK = 1 << 20
 PART = 8 << 20
-# 8 MiB parts, two at a time: memory stays near 16 MiB whatever the dump's size.
-TRANSFER = TransferConfig(multipart_threshold=8 << 20, multipart_chunksize=8 << 20, max_concurrency=2)
+
+
+def s3_errors() -> tuple[type[Exception], ...]:
+    """botocore's error types, imported when first needed: boto3 costs the code location ~0.8 s to load."""
+    import botocore.exceptions
+
+    return botocore.exceptions.BotoCoreError, botocore.exceptions.ClientError
 
 
 class StoreError(RuntimeError):
@@ -40,18 +40,9 @@ class Store(Protocol):
 
     def list(self, database: str) -> dict[str, int]: ...
     def open_read(self, database: str, name: str) -> IO[bytes]: ...
-    def put_file(self, database: str, name: str, path: Path, sha256: str) -> None: ...
     def put_bytes(self, database: str, name: str, data: bytes) -> None: ...
     def delete(self, database: str, names: list[str]) -> None: ...
     def uri(self, database: str, name: str) -> str: ...
-
-
-def sha256_file(path: Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        while chunk := f.read(CHUNK):
-            h.update(chunk)
-    return h.hexdigest()
 
 
 class LocalStore:
@@ -78,11 +69,6 @@ class LocalStore:
     def open_read(self, database: str, name: str) -> IO[bytes]:
         return open(self.path(database, name), "rb")
 
-    def put_file(self, database: str, name: str, path: Path, sha256: str) -> None:
-        dest = self.path(database, name)
-        if Path(path) != dest:
-            shutil.copyfile(path, dest)
-
     def put_bytes(self, database: str, name: str, data: bytes) -> None:
         """A crash leaves the old file or a .partial (which retention clears), never half a file."""
         write_atomic(self.path(database, name), data)
@@ -101,6 +87,9 @@ class S3Store:
     def __init__(self, target: S3Target, client=None):
         self.target = target
         self.label = target.label
+        import boto3
+        import botocore.config
+
         self.client = client or boto3.client(
             "s3",
             endpoint_url=target.endpoint_url,
@@ -116,7 +105,8 @@ class S3Store:
         return f"s3://{self.target.bucket}/{self.key(database, name)}"
 
     def _fail(self, action: str, err: Exception) -> StoreError:
-        detail = err.response["Error"].get("Code", "") if isinstance(err, botocore.exceptions.ClientError) else ""
+        response = getattr(err, "response", None)
+        detail = response["Error"].get("Code", "") if isinstance(response, dict) and "Error" in response else ""
         return StoreError(f"S3 target {self.label} ({self.target.uri_base}): {action} failed: "
                           f"{detail or type(err).__name__}: {err}")
 
@@ -130,36 +120,15 @@ class S3Store:
                     name = obj["Key"][len(prefix):]
                     if "/" not in name:
                         out[name] = obj["Size"]
-        except (botocore.exceptions.BotoCoreError, botocore.exceptions.ClientError) as e:
+        except s3_errors() as e:
             raise self._fail("listing", e) from None
         return out
 
     def open_read(self, database: str, name: str) -> IO[bytes]:
         try:
             return self.client.get_object(Bucket=self.target.bucket, Key=self.key(database, name))["Body"]
-        except (botocore.exceptions.BotoCoreError, botocore.exceptions.ClientError) as e:
+        except s3_errors() as e:
             raise self._fail(f"reading {name}", e) from None
-
-    def head_sha256(self, database: str, name: str) -> str | None:
-        head = self.client.head_object(Bucket=self.target.bucket, Key=self.key(database, name))
-        return head.get("Metadata", {}).get("sha256")
-
-    def put_file(self, database: str, name: str, path: Path, sha256: str) -> None:
-        """Multipart upload from the file, sha256 in the metadata, checked with a HEAD after."""
-        key = self.key(database, name)
-        size = Path(path).stat().st_size
-        try:
-            with open(path, "rb") as f:
-                self.client.upload_fileobj(f, self.target.bucket, key, Config=TRANSFER,
-                                           ExtraArgs={"Metadata": {"sha256": sha256}})
-            head = self.client.head_object(Bucket=self.target.bucket, Key=key)
-        except (botocore.exceptions.BotoCoreError, botocore.exceptions.ClientError,
-                OSError, Exception) as e:  # s3transfer wraps errors in its own types
-            self.abort_uploads(key)
-            raise self._fail(f"uploading {name}", e) from None
-        if head["ContentLength"] != size or head.get("Metadata", {}).get("sha256") != sha256:
-            raise StoreError(f"S3 target {self.label}: {key} does not match after upload "
-                             f"(size {head['ContentLength']} vs {size})")
 
     def open_stream(self, database: str, name: str) -> "MultipartStream":
         """Upload while the dump is still being written: the off-site copy costs no extra pass."""
@@ -169,7 +138,7 @@ class S3Store:
         try:
             self.client.put_object(Bucket=self.target.bucket, Key=self.key(database, name), Body=data,
                                    Metadata={"sha256": hashlib.sha256(data).hexdigest()})
-        except (botocore.exceptions.BotoCoreError, botocore.exceptions.ClientError) as e:
+        except s3_errors() as e:
             raise self._fail(f"writing {name}", e) from None
 
     def delete(self, database: str, names: list[str]) -> int:
@@ -180,7 +149,7 @@ class S3Store:
             try:
                 resp = self.client.delete_objects(Bucket=self.target.bucket,
                                                   Delete={"Objects": batch, "Quiet": True})
-            except (botocore.exceptions.BotoCoreError, botocore.exceptions.ClientError) as e:
+            except s3_errors() as e:
                 raise self._fail("deleting", e) from None
             requests += 1
             if resp.get("Errors"):
@@ -270,7 +239,11 @@ class MultipartStream:
             else:
                 client.complete_multipart_upload(Bucket=bucket, Key=self.key, UploadId=self.upload_id,
                                                  MultipartUpload={"Parts": self.parts})
-                client.copy({"Bucket": bucket, "Key": self.key}, bucket, self.key, Config=TRANSFER,
+                from boto3.s3.transfer import TransferConfig
+
+                # Larger objects are copied in 8 MiB parts, two at a time.
+                transfer = TransferConfig(multipart_threshold=8 << 20, multipart_chunksize=8 << 20, max_concurrency=2)
+                client.copy({"Bucket": bucket, "Key": self.key}, bucket, self.key, Config=transfer,
                             ExtraArgs={"Metadata": {"sha256": sha256}, "MetadataDirective": "REPLACE"})
             head = client.head_object(Bucket=bucket, Key=self.key)
         except Exception as e:

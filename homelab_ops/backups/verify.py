@@ -22,12 +22,11 @@ from dataclasses import asdict, dataclass, field
 from datetime import datetime, timedelta, timezone
 from pathlib import Path
 
-from botocore.exceptions import BotoCoreError
 
 from homelab_ops.backups import postgresql as pg
 from homelab_ops.backups.catalog import VERIFIED_SUFFIX, Backup, read_listing, time_of
 from homelab_ops.backups.restore import Located, RestoreError, load_identity, local_copy, pg_restore_file
-from homelab_ops.backups.stores import Store, StoreError, read_json, stores_for
+from homelab_ops.backups.stores import Store, StoreError, s3_errors, read_json, stores_for
 from homelab_ops.files import write_atomic
 from homelab_ops.state import connect
 
@@ -284,7 +283,7 @@ def verify_backup(settings, database: str, *, stem: str | None = None, store: St
                 _restore_and_compare(settings, admin, path, manifest, result)
     except RestoreError as e:  # local_copy: the sha256 differs from the manifest's
         result.message = _redact(str(e), settings)
-    except (StoreError, BotoCoreError, OSError) as e:  # the store or the disk, not the backup
+    except (StoreError, *s3_errors(), OSError) as e:  # the store or the disk, not the backup
         raise VerifyError(_redact(f"{database} backup {backup.stem}: {e}", settings)) from None
     result.duration_s = time.monotonic() - started
     result.verified_at = datetime.now(timezone.utc)

@@ -14,7 +14,6 @@ import time
 from dataclasses import dataclass, field
 from typing import Any
 
-import boto3
 import psycopg
 from psycopg import sql
 from psycopg.conninfo import conninfo_to_dict
@@ -164,6 +163,8 @@ class S3AccessKey(Kind):
         kw = {"endpoint_url": ctx.option("endpoint_url"), "region_name": ctx.option("region", "us-east-1")}
         if creds:
             kw.update(aws_access_key_id=creds["access_key_id"], aws_secret_access_key=creds["value"])
+        import boto3  # here, not at the top: the code location loads ~0.8 s faster without it
+
         return boto3.client(service, **kw)
 
     def _iam(self, ctx: Context):
