@@ -94,8 +94,12 @@ class S3Store:
             "s3",
             endpoint_url=target.endpoint_url,
             region_name=target.region,
+            # The sha256 is ours to check (HEAD + manifest); botocore's own per-request CRC32, on by
+            # default since 1.36, would hash every part once more on the Pi and again at the server.
             config=botocore.config.Config(retries={"max_attempts": 3, "mode": "standard"},
-                                          connect_timeout=10, read_timeout=120),
+                                          connect_timeout=10, read_timeout=120,
+                                          request_checksum_calculation="when_required",
+                                          response_checksum_validation="when_required"),
         )
 
     def key(self, database: str, name: str) -> str:
