@@ -15,6 +15,7 @@ from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 import yaml
 from pydantic import (
+    AfterValidator,
     BaseModel,
     ConfigDict,
     Field,
@@ -33,10 +34,11 @@ class SettingsError(ValueError):
 
 
 class _Section(BaseModel):
-    model_config = ConfigDict(extra="forbid", frozen=True)
+    # validate_default: defaults go through the same validators, so a default Duration has `.seconds`.
+    model_config = ConfigDict(extra="forbid", frozen=True, validate_default=True)
 
 
-def _duration_seconds(text: str) -> float:
+def duration_seconds(text: str) -> float:
     """Parse `90s`, `15m`, `6h`, `2d`, `1w` (or a bare number of seconds)."""
     m = re.fullmatch(r"\s*(\d+(?:\.\d+)?)\s*([smhdw]?)\s*", str(text))
     if not m:
@@ -53,7 +55,18 @@ def _only_known(thresholds: dict, known) -> dict:
     return thresholds
 
 
-Duration = Annotated[str, Field(pattern=r"^\s*\d+(\.\d+)?\s*[smhdw]?\s*$")]
+class Seconds(str):
+    """A duration as the settings file writes it ("15m"), which also knows its length in seconds."""
+
+    @property
+    def seconds(self) -> float:
+        return duration_seconds(self)
+
+
+# Rendered configs (Prometheus, Alertmanager) write durations as the plain strings they are.
+yaml.SafeDumper.add_representer(Seconds, yaml.representer.SafeRepresenter.represent_str)
+
+Duration = Annotated[str, Field(pattern=r"^\s*\d+(\.\d+)?\s*[smhdw]?\s*$"), AfterValidator(Seconds)]
 
 
 class StateSettings(_Section):
@@ -136,9 +149,6 @@ class BackupSettings(_Section):
             return []
         return [v] if isinstance(v, dict) else v
 
-    @property
-    def timeout_seconds(self) -> float:
-        return _duration_seconds(self.timeout)
 
 
 def _iso_day(v: str) -> str:
@@ -199,7 +209,7 @@ class ManagedCredential(_Section):
     @field_validator("period")
     @classmethod
     def _period(cls, v):
-        if _duration_seconds(v) <= 0:
+        if duration_seconds(v) <= 0:
             raise ValueError(f"{v!r} is not a rotation period like 30d, 12h or 1w")
         return v
 
@@ -261,9 +271,6 @@ class MetricsSettings(_Section):
     def _history_start(cls, v):
         return _iso_day(v)
 
-    @property
-    def snapshot_every_seconds(self) -> float:
-        return _duration_seconds(self.snapshot_every)
 
     def threshold(self, key: str) -> float:
         return float(self.thresholds.get(key, METRIC_THRESHOLD_DEFAULTS[key]))
@@ -328,21 +335,9 @@ class HealthSettings(_Section):
                              f"{', '.join(HEALTH_REMEDY_FAMILIES)} (or `<family>:<name>`)")
         return v
 
-    @property
-    def interval_seconds(self) -> float:
-        return _duration_seconds(self.interval)
 
-    @property
-    def realert_after_seconds(self) -> float:
-        return _duration_seconds(self.realert_after)
 
-    @property
-    def flap_window_seconds(self) -> float:
-        return _duration_seconds(self.flap_window)
 
-    @property
-    def remedy_cooldown_seconds(self) -> float:
-        return _duration_seconds(self.remedy_cooldown)
 
 
 class TelegramSettings(_Section):
@@ -414,7 +409,7 @@ class PrometheusService(ServiceSettings):
     @field_validator("scrape_interval")
     @classmethod
     def _scrape(cls, v):
-        if not 30 <= _duration_seconds(v) <= 60:
+        if not 30 <= duration_seconds(v) <= 60:
             raise ValueError("scrape_interval must be between 30s and 60s on a Pi")
         return v
 
@@ -432,7 +427,7 @@ class CadvisorService(ServiceSettings):
     @field_validator("housekeeping_interval")
     @classmethod
     def _housekeeping(cls, v):
-        if _duration_seconds(v) < 15:
+        if duration_seconds(v) < 15:
             raise ValueError("housekeeping_interval below 15s costs a Pi too much CPU")
         return v
 

@@ -177,7 +177,7 @@ class _Pending:
     def stream(self, proc, what: str) -> tuple[str, int]:
         b = self.settings.backups
         return stream_to_file(proc, self.partial, level=b.zstd_level, recipients=b.encryption.age_recipients,
-                              timeout=b.timeout_seconds, what=what, tees=self.uploads)
+                              timeout=b.timeout.seconds, what=what, tees=self.uploads)
 
     def abandon(self) -> None:
         self.partial.unlink(missing_ok=True)
@@ -231,7 +231,7 @@ def run_backup(settings, database: str) -> BackupResult:
     so the caller can report the local backup that did succeed."""
     admin = settings.postgres.dsn.get_secret_value()
     bin_dir = settings.postgres.pg_bin_dir
-    timeout = settings.backups.timeout_seconds
+    timeout = settings.backups.timeout.seconds
     pg_dump = pg.tool("pg_dump", bin_dir)
     if not pg.database_exists(admin, database):
         raise BackupError(f"database {database!r} does not exist on the server in postgres.dsn: "

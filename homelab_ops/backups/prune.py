@@ -189,7 +189,7 @@ def prune_database(settings, database: str, *, dry_run: bool | None = None, now:
     policy = policy_from(settings.backups.retention)
     dry = settings.backups.retention.dry_run if dry_run is None else dry_run
     now = now or datetime.now(timezone.utc)
-    grace = leftover_grace(settings.backups.timeout_seconds)
+    grace = leftover_grace(settings.backups.timeout.seconds)
     if stores is None:
         local, remotes = stores_for(settings)
         stores = [local, *remotes]

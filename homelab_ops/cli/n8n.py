@@ -10,7 +10,7 @@ import psycopg
 from homelab_ops.n8n import executions as ex
 from homelab_ops.n8n.demo import EXECUTION_STATUSES
 from homelab_ops.n8n.rollup import LayoutError, connect_n8n, detect_layout
-from homelab_ops.settings import _duration_seconds
+from homelab_ops.settings import duration_seconds
 
 
 def _open(settings):
@@ -53,7 +53,7 @@ def n8n() -> None:
 def executions(obj, workflow: str | None, statuses: tuple[str, ...], since: str, limit: int) -> None:
     """Executions newest first, with status, duration and whether n8n soft-deleted them."""
     try:
-        start = datetime.now(timezone.utc) - timedelta(seconds=_duration_seconds(since))
+        start = datetime.now(timezone.utc) - timedelta(seconds=duration_seconds(since))
     except ValueError as e:
         raise click.BadParameter(str(e), param_hint="--since") from None
     settings = obj.settings

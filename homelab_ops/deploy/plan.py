@@ -15,7 +15,7 @@ from urllib.parse import urlsplit
 from homelab_ops.deploy import render
 from homelab_ops.deploy.auth import AuthError, basic_auth_users
 from homelab_ops.deploy.spec import ContainerSpec, Healthcheck, Limits, Mount
-from homelab_ops.settings import Settings, ServiceSettings, _duration_seconds
+from homelab_ops.settings import Settings, ServiceSettings
 
 # The order services are deployed in: Prometheus last, so its first scrape of every target
 # finds the target running (a failed first scrape costs a whole scrape interval).
@@ -118,9 +118,9 @@ def _check_cpusets(specs: list[ContainerSpec], ncpu: int | None) -> None:
 
 def _health(settings: Settings, test: list[str]) -> Healthcheck:
     h = settings.monitoring.health
-    return Healthcheck(test=tuple(test), interval_s=_duration_seconds(h.interval),
-                       timeout_s=_duration_seconds(h.timeout), retries=h.retries,
-                       start_period_s=_duration_seconds(h.start_period))
+    return Healthcheck(test=tuple(test), interval_s=h.interval.seconds,
+                       timeout_s=h.timeout.seconds, retries=h.retries,
+                       start_period_s=h.start_period.seconds)
 
 
 def _wget(port: int, path: str) -> list[str]:

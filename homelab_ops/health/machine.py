@@ -44,7 +44,7 @@ class Policy:
     @classmethod
     def from_settings(cls, settings) -> Policy:
         h = settings.health
-        return cls(h.realert_after_seconds, h.flap_window_seconds, h.flap_changes, h.remedy_cooldown_seconds)
+        return cls(h.realert_after.seconds, h.flap_window.seconds, h.flap_changes, h.remedy_cooldown.seconds)
 
 
 @dataclass

@@ -152,9 +152,7 @@ def dispatcher_for(settings, *, token: str | None = None, retry: Retry | None = 
     tg = settings.notify.telegram
     token = bot_token(settings, token)
     retry = retry or Retry(attempts=tg.attempts)
-    from homelab_ops.settings import _duration_seconds
-
-    timeout = _duration_seconds(tg.timeout)
+    timeout = tg.timeout.seconds
     telegram = TelegramBot(token, tg.api_base, timeout=timeout, retry=retry, sleep=sleep) if token else None
     n = settings.notify
     webhook = Webhook(n.webhook_url.get_secret_value(), topic=n.webhook_topic,

@@ -29,7 +29,7 @@ def defs() -> dg.Definitions:
         + [globals_asset(settings), globals_retention_asset(settings)]
         + ([n8n_workflows_asset(settings)] if settings.n8n is not None else [])
     )
-    max_runtime = int(settings.backups.timeout_seconds * 2 + 3600)
+    max_runtime = int(settings.backups.timeout.seconds * 2 + 3600)
     nightly = dg.define_asset_job(
         "nightly_backup",
         selection=nightly_assets,

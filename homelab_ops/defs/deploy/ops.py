@@ -19,7 +19,7 @@ from homelab_ops.deploy import engine, tune
 from homelab_ops.deploy.auth import stored_users
 from homelab_ops.deploy.plan import PlanError, StackPlan, build_monitoring_plan, build_traefik_plan
 from homelab_ops.deploy.spec import ContainerSpec
-from homelab_ops.settings import Settings, _duration_seconds
+from homelab_ops.settings import Settings
 
 IO = "deploy_io"
 REPO_ROOT = Path(__file__).resolve().parents[3]
@@ -131,7 +131,7 @@ def deploy_service(context: dg.OpExecutionContext, homelab: HomelabSettings, doc
     """Create or update one container, wait until healthy; roll back if it never is."""
     client = docker.client()
     try:
-        outcome = engine.converge(client, spec, wait_s=_duration_seconds(homelab.settings.monitoring.health.wait),
+        outcome = engine.converge(client, spec, wait_s=homelab.settings.monitoring.health.wait.seconds,
                                   log=context.log.info)
     except engine.DeployError as e:
         raise _fail(e) from None
@@ -145,7 +145,7 @@ def deploy_service(context: dg.OpExecutionContext, homelab: HomelabSettings, doc
 def verify_stack(context: dg.OpExecutionContext, homelab: HomelabSettings, docker: DockerResource,
                  plan: StackPlan, outcomes: list) -> dict:
     """End to end: healthy containers; for monitoring, Prometheus' targets, rules and Alertmanager."""
-    timeout = _duration_seconds(homelab.settings.monitoring.health.verify)
+    timeout = homelab.settings.monitoring.health.verify.seconds
     client = docker.client()
     try:
         if plan.stack == "monitoring":
@@ -244,7 +244,7 @@ def apply_limits(context: dg.OpExecutionContext, config: TuneConfig, homelab: Ho
             except APIError as e:
                 context.log.warning(f"{p.service}: docker update refused ({e.explanation}); recreating")
                 new_spec = dataclasses.replace(spec, limits=p.after)
-                engine.converge(client, new_spec, wait_s=_duration_seconds(settings.monitoring.health.wait),
+                engine.converge(client, new_spec, wait_s=settings.monitoring.health.wait.seconds,
                                 log=context.log.info, force=True)
                 applied.append((p.service, "recreated"))
         after = {s: engine.limits_of(client.api.inspect_container(plan.service(s).name)) for s, _ in applied}

@@ -84,7 +84,7 @@ def defs(context: dg.ComponentLoadContext) -> dg.Definitions:
     return dg.Definitions(
         jobs=own,
         sensors=[
-            build_health_sensor(targets, interval=int(settings.health.interval_seconds)),
+            build_health_sensor(targets, interval=int(settings.health.interval.seconds)),
             build_run_failure_sensor(),
             build_asset_check_sensor(),
             build_telegram_inbox_sensor(),

@@ -40,10 +40,8 @@ class AlertChannels(dg.ConfigurableResource):
                             with_credentials=self.redact_credentials)
 
     def bot(self, settings) -> Optional[TelegramBot]:
-        from homelab_ops.settings import _duration_seconds
-
         token = bot_token(settings, self.telegram_bot_token)
         if not token:
             return None
         return TelegramBot(token, settings.notify.telegram.api_base,
-                           timeout=_duration_seconds(settings.notify.telegram.timeout), retry=self._retry(settings))
+                           timeout=settings.notify.telegram.timeout.seconds, retry=self._retry(settings))

@@ -16,7 +16,7 @@ from homelab_ops.settings import SettingsError, current
 def defs() -> dg.Definitions:
     settings = current()
     try:
-        cron = cron_for(settings.metrics.snapshot_every_seconds)
+        cron = cron_for(settings.metrics.snapshot_every.seconds)
     except ValueError as e:
         raise SettingsError(f"{settings.source}: {e}") from None
     daily = host_metrics_daily_asset(settings)
