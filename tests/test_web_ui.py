@@ -17,6 +17,7 @@ import time
 import urllib.request
 from pathlib import Path
 
+import dagster as dg
 import psycopg
 import pytest
 
@@ -73,6 +74,9 @@ def test_asset_graph_and_a_backup_page_in_chromium(tmp_path, new_db, write_setti
     home = tmp_path / "dagster_home"
     home.mkdir()
     shutil.copy(ROOT / "dagster.yaml", home / "dagster.yaml")
+    # Create the instance's SQLite storage once, before two processes open it at the same time:
+    # both would otherwise stamp Dagster's alembic version table and leave it with two heads.
+    dg.DagsterInstance.from_config(str(home)).dispose()
     env = {**os.environ, "DAGSTER_HOME": str(home), "HOMELAB_CONFIG": str(settings_path)}
 
     port = free_port()
