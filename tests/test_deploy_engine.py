@@ -362,3 +362,15 @@ def test_tune_applies_fitted_limits_in_place_and_refuses_what_does_not_fit(stack
     assert result.success, failure_text(result)
     assert stack.ids() == stack.baseline
     assert stack.inspect("loki")["HostConfig"]["Memory"] == proposals["loki"].after.memory_mb * 1024 * 1024
+
+
+def test_a_limit_the_engine_refuses_is_a_deploy_error_and_changes_nothing(stack, docker_client):
+    """tune_monitoring falls back to recreating a container when `docker update` is refused:
+    the engine reports the refusal as LimitsRefused, with Docker's reason, not docker-py's type."""
+    from homelab_ops.deploy import engine
+    from homelab_ops.deploy.spec import Limits
+
+    before = stack.inspect("loki")["HostConfig"]["Memory"]
+    with pytest.raises(engine.LimitsRefused, match="(?i)memory"):
+        engine.update_limits(docker_client, stack.name("loki"), Limits(memory_mb=1))  # Docker's minimum is 6 MB
+    assert stack.inspect("loki")["HostConfig"]["Memory"] == before

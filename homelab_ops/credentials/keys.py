@@ -13,12 +13,22 @@ import os
 import stat
 from pathlib import Path
 
-from cryptography.fernet import Fernet, InvalidToken, MultiFernet
-
 from homelab_ops.credentials.errors import MasterKeyError
 from homelab_ops.files import write_atomic
 
 ENV_VAR = "HOMELAB_MASTER_KEY"
+
+
+class InvalidToken(Exception):
+    """No key of the keyring opens the token: wrong master key, or the ciphertext was altered."""
+
+
+def _fernet():
+    """cryptography, imported when a key is first used: it adds ~8 MB to every process that
+    loads the code location (web server, daemon, each run), most of which never open the store."""
+    from cryptography import fernet
+
+    return fernet
 
 
 def key_id(key: bytes) -> str:
@@ -33,7 +43,8 @@ class Keyring:
         if not keys:
             raise MasterKeyError(f"{source}: no key found")
         self._keys = list(keys)
-        self._fernet = MultiFernet([Fernet(k) for k in keys])
+        f = _fernet()
+        self._fernet = f.MultiFernet([f.Fernet(k) for k in keys])
         self.source = source
 
     def __repr__(self) -> str:
@@ -52,11 +63,17 @@ class Keyring:
 
     def decrypt(self, token: bytes) -> bytes:
         """Raises InvalidToken when no key opens it."""
-        return self._fernet.decrypt(bytes(token))
+        try:
+            return self._fernet.decrypt(bytes(token))
+        except _fernet().InvalidToken:
+            raise InvalidToken() from None
 
     def rotate(self, token: bytes) -> bytes:
-        """Decrypt with any key, re-encrypt with the first."""
-        return self._fernet.rotate(bytes(token))
+        """Decrypt with any key, re-encrypt with the first; InvalidToken when no key opens it."""
+        try:
+            return self._fernet.rotate(bytes(token))
+        except _fernet().InvalidToken:
+            raise InvalidToken() from None
 
     def with_new_primary(self, key: bytes) -> "Keyring":
         return Keyring([key, *self._keys], self.source)
@@ -69,7 +86,7 @@ class Keyring:
 
 
 def new_key() -> bytes:
-    return Fernet.generate_key()
+    return _fernet().Fernet.generate_key()
 
 
 def parse_keys(text: str, source: str) -> list[bytes]:
@@ -77,7 +94,7 @@ def parse_keys(text: str, source: str) -> list[bytes]:
     entries = [e.strip() for line in text.splitlines() if not line.strip().startswith("#") for e in line.split(",")]
     for number, line in enumerate((e for e in entries if e), 1):
         try:
-            Fernet(line.encode())
+            _fernet().Fernet(line.encode())
         except (ValueError, TypeError):
             raise MasterKeyError(f"{source}: entry {number} is not a Fernet key "
                                  "(44 characters of url-safe base64)") from None

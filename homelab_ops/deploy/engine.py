@@ -17,12 +17,7 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import PurePosixPath
-
-import docker
-from docker.errors import APIError, ImageNotFound, NotFound
-from docker.types import LogConfig
-from docker.types import Mount as DockerMount
-from docker.utils import parse_repository_tag
+from typing import TYPE_CHECKING
 
 from homelab_ops.deploy import render
 from homelab_ops.deploy.plan import HostFacts, StackPlan, socket_path
@@ -36,11 +31,21 @@ from homelab_ops.deploy.spec import (
 )
 from homelab_ops.files import write_atomic
 
+if TYPE_CHECKING:
+    import docker
+
+# docker-py (and requests under it) is imported where it is used: the code location loads on
+# every web-server, daemon and run start, and only deploy runs talk to the Engine from here.
+
 Log = Callable[[str], None]
 
 
 class DeployError(RuntimeError):
     """A deploy step failed; the message says what was left running."""
+
+
+class LimitsRefused(DeployError):
+    """The Engine refused a live limit change (a kernel cannot always shrink memory in place)."""
 
 
 @dataclass
@@ -63,6 +68,7 @@ class Health:
 
 
 def connect(host: str, timeout: int = 120) -> docker.DockerClient:
+    import docker
     return docker.DockerClient(base_url=host, timeout=timeout)
 
 
@@ -74,6 +80,7 @@ def path_translator(client: docker.DockerClient) -> Callable[[str], str]:
     deploy/docker-compose.yml runs the code server in a container with the socket:
     a bind mount for node_exporter must name the host's path, not ours.
     """
+    from docker.errors import APIError, NotFound
     if not os.path.exists("/.dockerenv"):
         return lambda p: p
     try:
@@ -109,6 +116,7 @@ def host_facts(client: docker.DockerClient, *, docker_host: str, textfile_dir: s
 # --- Images and the network -------------------------------------------------------------------
 
 def has_image(client: docker.DockerClient, ref: str) -> bool:
+    from docker.errors import ImageNotFound
     try:
         client.api.inspect_image(ref)
         return True
@@ -118,6 +126,8 @@ def has_image(client: docker.DockerClient, ref: str) -> bool:
 
 def ensure_images(client: docker.DockerClient, images: list[str], policy: str, log: Log = print) -> list[str]:
     """Pull what is missing (`if-missing`), or refuse (`never`); before any container stops."""
+    from docker.errors import APIError
+    from docker.utils import parse_repository_tag
     missing = [i for i in images if not has_image(client, i)]
     if not missing:
         return []
@@ -184,6 +194,7 @@ def files_tar(files: dict[str, bytes]) -> bytes:
 
 
 def inspect(client: docker.DockerClient, name: str) -> dict | None:
+    from docker.errors import NotFound
     try:
         return client.api.inspect_container(name)
     except NotFound:
@@ -198,6 +209,8 @@ def ensure_volumes(client: docker.DockerClient, spec: ContainerSpec) -> None:
 
 def create(client: docker.DockerClient, spec: ContainerSpec, name: str | None = None) -> str:
     """Create (not start) the container and copy its config files in."""
+    from docker.types import LogConfig
+    from docker.types import Mount as DockerMount
     api = client.api
     ensure_volumes(client, spec)
     lim = spec.limits
@@ -231,6 +244,7 @@ def create(client: docker.DockerClient, spec: ContainerSpec, name: str | None = 
 
 def wait_healthy(client: docker.DockerClient, cid: str, timeout_s: float) -> Health:
     """Until Docker calls it healthy; an exit, a restart or `unhealthy` ends the wait early."""
+    from docker.errors import NotFound
     deadline = time.monotonic() + timeout_s
     first_restarts = None
     info: dict = {}
@@ -265,6 +279,7 @@ def _last_probe(state: dict) -> str:
 
 
 def _tail(client: docker.DockerClient, cid: str, lines: int = 15) -> str:
+    from docker.errors import APIError, NotFound
     try:
         return client.api.logs(cid, tail=lines).decode(errors="replace").strip()
     except (APIError, NotFound):
@@ -280,11 +295,15 @@ def limits_of(info: dict) -> Limits:
 
 def update_limits(client: docker.DockerClient, cid: str, limits: Limits) -> None:
     """`docker update`: memory (no swap beyond it), cpuset and CPU quota, on a running container."""
+    from docker.errors import APIError
     kwargs = {"mem_limit": limits.memory_bytes, "memswap_limit": limits.memory_bytes,
               "cpu_period": 100_000, "cpu_quota": limits.cpu_quota or -1}
     if limits.cpuset:
         kwargs["cpuset_cpus"] = limits.cpuset
-    client.api.update_container(cid, **kwargs)
+    try:
+        client.api.update_container(cid, **kwargs)
+    except APIError as e:
+        raise LimitsRefused(str(e.explanation or e)) from None
 
 
 def reconcile_limits(client: docker.DockerClient, info: dict, limits: Limits) -> bool:
@@ -297,6 +316,7 @@ def reconcile_limits(client: docker.DockerClient, info: dict, limits: Limits) ->
 
 
 def _remove(client: docker.DockerClient, cid: str) -> None:
+    from docker.errors import NotFound
     try:
         client.api.remove_container(cid, force=True)  # named volumes stay
     except NotFound:
@@ -329,6 +349,7 @@ def converge(client: docker.DockerClient, spec: ContainerSpec, *, wait_s: float,
              force: bool = False) -> Outcome:
     """Make one service's container match its spec, replacing it only if its config hash changed
     (or `force`: tune_monitoring's fallback when the kernel refuses a live limit change)."""
+    from docker.errors import APIError
     api = client.api
     cur = _recover(client, spec, wait_s, log)
     want_hash = spec.config_hash

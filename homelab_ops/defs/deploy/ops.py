@@ -10,7 +10,6 @@ import time
 from pathlib import Path
 
 import dagster as dg
-from docker.errors import APIError
 
 from homelab_ops.credentials.errors import CredentialError
 from homelab_ops.defs.deploy.resources import DockerResource
@@ -241,8 +240,8 @@ def apply_limits(context: dg.OpExecutionContext, config: TuneConfig, homelab: Ho
             try:
                 engine.update_limits(client, spec.name, p.after)
                 applied.append((p.service, "updated"))
-            except APIError as e:
-                context.log.warning(f"{p.service}: docker update refused ({e.explanation}); recreating")
+            except engine.LimitsRefused as e:
+                context.log.warning(f"{p.service}: docker update refused ({e}); recreating")
                 new_spec = dataclasses.replace(spec, limits=p.after)
                 engine.converge(client, new_spec, wait_s=settings.monitoring.health.wait.seconds,
                                 log=context.log.info, force=True)

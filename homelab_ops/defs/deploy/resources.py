@@ -1,12 +1,15 @@
 """The Docker Engine the deploy jobs drive (settings `docker.host`)."""
 
 import functools
+from typing import TYPE_CHECKING
 
 import dagster as dg
-import docker
 
 from homelab_ops.deploy import engine
 from homelab_ops.settings import current
+
+if TYPE_CHECKING:
+    import docker
 
 
 class DockerResource(dg.ConfigurableResource):
@@ -15,7 +18,7 @@ class DockerResource(dg.ConfigurableResource):
     host: str = "unix:///var/run/docker.sock"
     timeout_s: int = 120
 
-    def client(self) -> docker.DockerClient:
+    def client(self) -> "docker.DockerClient":
         return engine.connect(self.host, self.timeout_s)
 
 
