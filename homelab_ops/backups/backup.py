@@ -142,23 +142,6 @@ def _lock_key(database: str) -> int:
     return int.from_bytes(hashlib.sha256(f"homelab_ops.backup.{database}".encode()).digest()[:8], "big", signed=True)
 
 
-def _open_uploads(settings, database: str, dump_name: str) -> list:
-    _, remotes = stores_for(settings)
-    return [store.open_stream(database, dump_name) for store in remotes]
-
-
-def _finish_uploads(uploads: list, database: str, manifest: dict, result: BackupResult) -> None:
-    """Complete each target's upload of the dump, then its manifest; a failed target is recorded."""
-    body = json.dumps(manifest, indent=2).encode()
-    for up in uploads:
-        try:
-            up.finish(manifest["sha256"])
-            up.store.put_bytes(database, result.stem + MANIFEST_SUFFIX, body)
-            result.uris.append(up.store.uri(database, up.name))
-        except StoreError as e:
-            result.offsite_errors.append(str(e))
-
-
 @dataclass
 class _Pending:
     """A backup being written: its names, and the uploads fed while it streams."""

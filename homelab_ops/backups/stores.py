@@ -22,6 +22,7 @@ from homelab_ops.settings import S3Target
 
 CHUNK = 1 << 20
 PART = 8 << 20
+COPY_LIMIT = 5 << 30  # the largest object S3 copies in one CopyObject request
 
 
 def s3_errors() -> tuple[type[Exception], ...]:
@@ -245,8 +246,10 @@ class MultipartStream:
                                                  MultipartUpload={"Parts": self.parts})
                 from boto3.s3.transfer import TransferConfig
 
-                # Larger objects are copied in 8 MiB parts, two at a time.
-                transfer = TransferConfig(multipart_threshold=8 << 20, multipart_chunksize=8 << 20, max_concurrency=2)
+                # One CopyObject request up to S3's 5 GiB limit for it: the server copies once, with
+                # nothing for the Pi to do. Only a larger dump is copied in parts.
+                transfer = TransferConfig(multipart_threshold=COPY_LIMIT, multipart_chunksize=512 << 20,
+                                          max_concurrency=2)
                 client.copy({"Bucket": bucket, "Key": self.key}, bucket, self.key, Config=transfer,
                             ExtraArgs={"Metadata": {"sha256": sha256}, "MetadataDirective": "REPLACE"})
             head = client.head_object(Bucket=bucket, Key=self.key)
