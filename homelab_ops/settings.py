@@ -547,6 +547,20 @@ class TraefikSettings(_Section):
 
 class DiskHygieneSettings(_Section):
     fstrim_mounts: list[str] = ["/"]
+    # Finished Dagster runs (and their event logs) older than this are deleted weekly by the
+    # dagster_run_retention asset; a job's newest run, runs holding an asset's latest
+    # materialization and unfinished runs stay. "0" keeps every run.
+    run_retention: Duration = "90d"
+
+    @field_validator("run_retention", mode="before")
+    @classmethod
+    def _unit_unless_zero(cls, v):
+        """`0` keeps every run; a bare `90` would be 90 seconds and delete nearly all, so say the unit."""
+        if isinstance(v, (int, float)) and not isinstance(v, bool):
+            v = f"{v:g}"
+        if isinstance(v, str) and re.fullmatch(r"\s*\d+(\.\d+)?\s*", v) and float(v) != 0:
+            raise ValueError(f"{v.strip()} would be seconds; write the unit (e.g. 90d), or 0 to keep every run")
+        return v
 
 
 class Settings(_Section):

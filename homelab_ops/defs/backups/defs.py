@@ -4,7 +4,7 @@
 import dagster as dg
 
 from homelab_ops.defs.backups.assets import backup_asset, databases, globals_asset
-from homelab_ops.defs.backups.hygiene import disk_hygiene
+from homelab_ops.defs.backups.hygiene import dagster_run_retention, disk_hygiene
 from homelab_ops.defs.backups.retention import globals_retention_asset, retention_asset
 from homelab_ops.defs.backups.verification import freshness_check, verification_asset
 from homelab_ops.defs.backups.n8n_workflows import n8n_workflows_asset
@@ -60,10 +60,12 @@ def defs() -> dg.Definitions:
     )
     hygiene_job = dg.define_asset_job(
         "disk_hygiene_job",
-        selection=dg.AssetSelection.assets(disk_hygiene),
+        selection=dg.AssetSelection.assets(disk_hygiene, dagster_run_retention),
         executor_def=dg.in_process_executor,
         tags={"dagster/max_runtime": "3600"},
-        description="fstrim and container log sizes.",
+        description="fstrim and container log sizes; delete Dagster's finished runs older than "
+                    "disk_hygiene.run_retention, keeping each job's newest run and every run that holds "
+                    "an asset's latest materialization.",
     )
     schedules = [
         schedule,
@@ -74,5 +76,5 @@ def defs() -> dg.Definitions:
         _schedule("disk_hygiene_schedule", hygiene_job, "0 4 * * 6", settings,
                 "Saturdays 04:00, when nothing else runs."),
     ]
-    return dg.Definitions(assets=nightly_assets + [disk_hygiene], asset_checks=freshness,
+    return dg.Definitions(assets=nightly_assets + [disk_hygiene, dagster_run_retention], asset_checks=freshness,
                           jobs=[nightly, verify_weekly, freshness_job, hygiene_job], schedules=schedules)
