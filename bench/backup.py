@@ -7,6 +7,10 @@ Each backup runs in a child process, so its peak RSS is the backup's own
 same cores, and its CPU time is reported beside each S3 run.
 
 Targets (issue 2): ratio <= 1.3; peak RSS <= 250 MB at 1 GB and the same at 4 GB.
+
+Also measured, to tell our cost from the S3 server's: a reference pipeline of the same tools
+that stores off-site too (`... | zstd -3 | tee file | boto3 upload_fileobj`, as `aws s3 cp -`
+does) to the same server.
 """
 
 from __future__ import annotations
@@ -64,19 +68,31 @@ def timed(args: list[str], env=None) -> tuple[float, str]:
 
 
 def child(config: str, database: str) -> None:
-    """One backup; prints this process's peak RSS in bytes.
+    """One backup; prints the backup's own seconds (run_backup, as the asset calls it in a run
+    whose process has loaded the code already) and this process's peak RSS in bytes.
 
     VmHWM, not ru_maxrss: a child started by fork/vfork + exec inherits its parent's
     ru_maxrss, so the latter would report the bench's own size, not the backup's."""
     from homelab_ops.backups.backup import run_backup
     from homelab_ops.settings import load
 
-    result = run_backup(load(config), database)
+    settings = load(config)
+    t0 = time.perf_counter()
+    result = run_backup(settings, database)
+    seconds = time.perf_counter() - t0
     if result.offsite_errors:
         raise SystemExit("; ".join(result.offsite_errors))
     hwm_kb = next(int(line.split()[1]) for line in Path("/proc/self/status").read_text().splitlines()
                   if line.startswith("VmHWM:"))
-    print(hwm_kb * 1024)
+    print(json.dumps({"seconds": seconds, "peak_rss": hwm_kb * 1024}))
+
+
+def upload_stdin(key: str) -> None:
+    """The reference pipeline's last stage: boto3's managed upload from a pipe, as `aws s3 cp -` does."""
+    import boto3
+
+    boto3.client("s3", endpoint_url=os.environ["BENCH_S3"], region_name="us-east-1").upload_fileobj(
+        sys.stdin.buffer, "bench", key)
 
 
 def main() -> None:
@@ -85,9 +101,12 @@ def main() -> None:
     ap.add_argument("--keep", action="store_true", help="keep the generated database")
     ap.add_argument("--repeat", type=int, default=3, help="rounds of baseline, local and local+S3 (medians)")
     ap.add_argument("--child", nargs=2, metavar=("CONFIG", "DB"), help=argparse.SUPPRESS)
+    ap.add_argument("--upload-stdin", metavar="KEY", help=argparse.SUPPRESS)
     a = ap.parse_args()
     if a.child:
         return child(*a.child)
+    if a.upload_stdin:
+        return upload_stdin(a.upload_stdin)
 
     import psutil
 
@@ -104,7 +123,8 @@ def main() -> None:
     server = subprocess.Popen([str(Path(sys.executable).parent / "moto_server"), "-H", "127.0.0.1", "-p", str(port)],
                               stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     moto = psutil.Process(server.pid)
-    env = {**os.environ, "AWS_ACCESS_KEY_ID": "bench", "AWS_SECRET_ACCESS_KEY": "bench", "PYTHONPATH": str(ROOT)}
+    env = {**os.environ, "AWS_ACCESS_KEY_ID": "bench", "AWS_SECRET_ACCESS_KEY": "bench", "PYTHONPATH": str(ROOT),
+           "BENCH_S3": f"http://127.0.0.1:{port}"}
     import boto3
 
     s3 = boto3.client("s3", endpoint_url=f"http://127.0.0.1:{port}", region_name="us-east-1",
@@ -120,28 +140,39 @@ def main() -> None:
         baseline_file = work / "baseline.dump.zst"
         variants = (("local", {}),
                     ("local+s3", {"s3": {"endpoint_url": f"http://127.0.0.1:{port}", "bucket": "bench"}}))
-        rounds: dict[str, list[dict]] = {"baseline": [], "local": [], "local+s3": []}
+        rounds: dict[str, list[dict]] = {"baseline": [], "baseline+upload": [], "local": [], "local+s3": []}
         # Rounds interleave baseline and both variants, so a slow minute hits all three alike.
         for n in range(1, a.repeat + 1):
             t_base, _ = timed(["bash", "-c", f"set -o pipefail; pg_dump -Fc -Z0 '{dsn}' | zstd -q -3 > {baseline_file}"])
             rounds["baseline"].append({"seconds": t_base})
             print(f"round {n}: baseline pg_dump -Fc -Z0 | zstd -3: {t_base:.1f} s, "
                   f"{baseline_file.stat().st_size / 1e6:.0f} MB", flush=True)
+            # The same tools storing off-site too, to the same S3 server: what that server alone costs.
+            cpu0 = moto.cpu_times()
+            t_up, _ = timed(["bash", "-c", f"set -o pipefail; pg_dump -Fc -Z0 '{dsn}' | zstd -q -3 | tee {baseline_file} "
+                                           f"| {sys.executable} {__file__} --upload-stdin reference/{n}"], env=env)
+            cpu1 = moto.cpu_times()
+            up_cpu = (cpu1.user - cpu0.user) + (cpu1.system - cpu0.system)
+            rounds["baseline+upload"].append({"seconds": t_up, "ratio": t_up / t_base, "s3_server_cpu_s": up_cpu})
+            print(f"round {n}: reference pipeline | tee file | boto3 upload_fileobj: {t_up:.1f} s, "
+                  f"ratio {t_up / t_base:.2f}, S3 server CPU {up_cpu:.1f} s", flush=True)
             for label, extra in variants:
                 cfg = work / f"{label}.yaml"
                 cfg.write_text(yaml.safe_dump({"postgres": {"dsn": ADMIN, "databases": [db]},
                                                "backups": {"local_dir": str(work / label / str(n)), **extra}}))
                 cpu0 = moto.cpu_times()
-                t, out = timed([sys.executable, __file__, "--child", str(cfg), db], env=env)
+                t_proc, out = timed([sys.executable, __file__, "--child", str(cfg), db], env=env)
                 cpu1 = moto.cpu_times()
-                rss = int(out.strip().splitlines()[-1])
+                own = json.loads(out.strip().splitlines()[-1])
+                t, rss = own["seconds"], own["peak_rss"]
                 moto_cpu = (cpu1.user - cpu0.user) + (cpu1.system - cpu0.system)  # the S3 server's share of the cores
                 if extra:  # moto keeps objects in memory: empty the bucket for the next round
                     for obj in s3.list_objects_v2(Bucket="bench").get("Contents", []):
                         s3.delete_object(Bucket="bench", Key=obj["Key"])
-                rounds[label].append({"seconds": t, "ratio": t / t_base, "peak_rss_mb": rss / 1e6,
-                                      "s3_server_cpu_s": moto_cpu})
-                print(f"round {n}: backup asset ({label}): {t:.1f} s, ratio {t / t_base:.2f}, "
+                rounds[label].append({"seconds": t, "ratio": t / t_base, "process_ratio": t_proc / t_base,
+                                      "peak_rss_mb": rss / 1e6, "s3_server_cpu_s": moto_cpu})
+                print(f"round {n}: backup asset ({label}): {t:.1f} s, ratio {t / t_base:.2f} "
+                      f"(whole process with Python's start and imports: {t_proc:.1f} s, {t_proc / t_base:.2f}), "
                       f"peak RSS {rss / 1e6:.0f} MB, S3 server CPU {moto_cpu:.1f} s", flush=True)
         med = statistics.median
         results = {"database_bytes": size, "rounds": a.repeat,
@@ -151,13 +182,24 @@ def main() -> None:
             results[label] = {"seconds": round(med(r["seconds"] for r in rs), 2),
                               "ratio": round(med(r["ratio"] for r in rs), 2),
                               "ratio_range": [round(min(r["ratio"] for r in rs), 2), round(max(r["ratio"] for r in rs), 2)],
+                              "process_ratio": round(med(r["process_ratio"] for r in rs), 2),
                               "peak_rss_mb": round(max(r["peak_rss_mb"] for r in rs), 1),
                               "s3_server_cpu_s": round(med(r["s3_server_cpu_s"] for r in rs), 1)}
             r = results[label]
             print(f"backup asset ({label}), median of {a.repeat}: ratio {r['ratio']:.2f} "
-                  f"(range {r['ratio_range'][0]:.2f}-{r['ratio_range'][1]:.2f}; target <= 1.3), "
+                  f"(range {r['ratio_range'][0]:.2f}-{r['ratio_range'][1]:.2f}; target <= 1.3; whole process "
+                  f"{r['process_ratio']:.2f}), "
                   f"peak RSS {r['peak_rss_mb']:.0f} MB (target <= 250), S3 server CPU {r['s3_server_cpu_s']:.1f} s",
                   flush=True)
+        ref = rounds["baseline+upload"]
+        vs_ref = [own["seconds"] / r["seconds"] for own, r in zip(rounds["local+s3"], ref)]  # both include their uploads
+        results["reference_upload"] = {"seconds": round(med(r["seconds"] for r in ref), 2),
+                                       "ratio": round(med(r["ratio"] for r in ref), 2),
+                                       "s3_server_cpu_s": round(med(r["s3_server_cpu_s"] for r in ref), 1)}
+        results["local+s3"]["vs_reference"] = round(med(vs_ref), 2)
+        print(f"reference (same tools | tee | boto3 upload_fileobj to the same server), median: ratio "
+              f"{results['reference_upload']['ratio']:.2f} to the baseline; the backup asset (local+s3) takes "
+              f"{results['local+s3']['vs_reference']:.2f}x the reference", flush=True)
         print(json.dumps(results))
     finally:
         server.terminate()
