@@ -44,6 +44,28 @@ def database_exists(name: str) -> bool:
         return conn.execute("SELECT 1 FROM pg_database WHERE datname = %s", (name,)).fetchone() is not None
 
 
+def _throwaway_name(request) -> str:
+    module = request.module.__name__.rsplit(".", 1)[-1].removeprefix("test_")
+    return f"{module[:40]}_{uuid.uuid4().hex[:8]}"
+
+
+@pytest.fixture(scope="module")
+def state_db(request):
+    """A state database name for the test module (homelab-ops creates and migrates it on first use;
+    one per test would cost seconds each); dropped after the module."""
+    name = _throwaway_name(request)
+    yield name
+    drop_database(name)
+
+
+@pytest.fixture
+def fresh_state_db(request):
+    """The same for one test: for tests that count rows from an empty state."""
+    name = _throwaway_name(request)
+    yield name
+    drop_database(name)
+
+
 @pytest.fixture
 def new_db():
     """Factory for uniquely named databases, dropped after the test (with any scratch copies)."""

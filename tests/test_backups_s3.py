@@ -5,12 +5,8 @@ from __future__ import annotations
 import hashlib
 import json
 
-import psycopg
-import pytest
-
-from homelab_ops.backups.backup import run_backup
 from homelab_ops.backups.restore import locate, restore
-from tests.conftest import ADMIN_DSN, dsn_for, free_port
+from tests.conftest import ADMIN_DSN, free_port
 from tests.faulty_proxy import FaultyProxy
 from tests.test_backups import manifest_stats, materialize, seed, stats
 

@@ -279,14 +279,6 @@ def test_settings_know_the_container_thresholds_and_patterns():
 # ---------------------------------------------------------------- the asset on the real Engine
 
 
-@pytest.fixture
-def state_db():
-    name = f"ctm_test_{uuid.uuid4().hex[:8]}"
-    yield name
-    with psycopg.connect(dsn_for("postgres"), autocommit=True) as c:
-        c.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
-
-
 def _wait(what: str, predicate, timeout: float = 20.0):
     deadline = time.monotonic() + timeout
     while not predicate():
@@ -338,10 +330,10 @@ def busy_engine(docker_client):
         network.remove()
 
 
-def test_container_metrics_against_real_containers(busy_engine, write_settings, state_db, dagster_instance):
+def test_container_metrics_against_real_containers(busy_engine, write_settings, fresh_state_db, dagster_instance):
     prefix, names = busy_engine
     path, settings = write_settings({
-        "state": {"dsn": dsn_for(state_db)}, "docker": {"host": DOCKER_HOST},
+        "state": {"dsn": dsn_for(fresh_state_db)}, "docker": {"host": DOCKER_HOST},
         "metrics": {"containers": [f"{prefix}-*"],  # the Engine is shared with other tests' containers
                     "thresholds": {"container_memory_warn_pct": 60, "container_memory_error_pct": 95}}})
     resources = {"homelab": HomelabSettings(config_path=str(path))}
@@ -429,12 +421,12 @@ def test_container_metrics_against_real_containers(busy_engine, write_settings, 
           f"{mem} {second[(mem, 'homelab_container_cpu_percent')]:.2f}")
 
 
-def test_no_docker_daemon_fails_container_metrics_not_the_host_snapshot(write_settings, state_db, tmp_path,
+def test_no_docker_daemon_fails_container_metrics_not_the_host_snapshot(write_settings, fresh_state_db, tmp_path,
                                                                         dagster_instance):
     from homelab_ops.defs.metrics.defs import defs as metrics_defs
 
     nowhere = f"unix://{tmp_path}/no-docker.sock"
-    path, _ = write_settings({"state": {"dsn": dsn_for(state_db)}, "docker": {"host": nowhere},
+    path, _ = write_settings({"state": {"dsn": dsn_for(fresh_state_db)}, "docker": {"host": nowhere},
                               "metrics": {"textfile_dir": str(tmp_path / "tf")}})
     d = dg.Definitions.merge(metrics_defs() if callable(metrics_defs) else metrics_defs,
                              dg.Definitions(resources={"homelab": HomelabSettings(config_path=str(path))}))
@@ -448,8 +440,8 @@ def test_no_docker_daemon_fails_container_metrics_not_the_host_snapshot(write_se
     assert message.startswith(f"no Docker daemon answers at {nowhere} (docker.host)")
 
 
-def test_daily_rollup_and_retention_cover_container_metrics(write_settings, state_db):
-    path, settings = write_settings({"state": {"dsn": dsn_for(state_db)}, "timezone": "UTC"})
+def test_daily_rollup_and_retention_cover_container_metrics(write_settings, fresh_state_db):
+    path, settings = write_settings({"state": {"dsn": dsn_for(fresh_state_db)}, "timezone": "UTC"})
     day = (datetime.now(timezone.utc) - timedelta(days=1)).date()
     noon = datetime(day.year, day.month, day.day, 12, tzinfo=timezone.utc)
     old = datetime.now(timezone.utc) - timedelta(days=15)

@@ -20,7 +20,7 @@ import pytest
 from homelab_ops.backups.catalog import stem_for
 from homelab_ops.health import evaluate as ev
 from homelab_ops.health.checks import FAIL, OK, STATES, UNKNOWN, WARN, Thresholds
-from tests.conftest import ADMIN_DSN, DOCKER_HOST, drop_database, dsn_for, free_port
+from tests.conftest import ADMIN_DSN, DOCKER_HOST, dsn_for, free_port
 
 TH = Thresholds()
 IMAGE = "homelab-ops-health-test:busybox"
@@ -28,13 +28,6 @@ IMAGE = "homelab-ops-health-test:busybox"
 
 def now() -> datetime:
     return datetime.now(timezone.utc)
-
-
-@pytest.fixture(scope="module")
-def state_db():
-    name = f"health_{uuid.uuid4().hex[:8]}"
-    yield name
-    drop_database(name)
 
 
 @pytest.fixture

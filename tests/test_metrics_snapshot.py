@@ -7,7 +7,6 @@ import json
 import os
 import shutil
 import textwrap
-import uuid
 from datetime import date, datetime, timedelta, timezone
 from pathlib import Path
 from zoneinfo import ZoneInfo
@@ -82,20 +81,12 @@ def fake_pi(tmp_path, monkeypatch):
     return {"sys_root": str(sys_root), "proc_root": str(proc_root), "tmp": tmp_path}
 
 
-@pytest.fixture
-def state_db():
-    name = f"metrics_test_{uuid.uuid4().hex[:8]}"
-    yield name
-    with psycopg.connect(dsn_for("postgres"), autocommit=True) as c:
-        c.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+def settings_for(write_settings, fresh_state_db, metrics, name="homelab.yaml", **extra):
+    return write_settings({"state": {"dsn": dsn_for(fresh_state_db)}, "metrics": metrics, **extra}, name=name)
 
 
-def settings_for(write_settings, state_db, metrics, name="homelab.yaml", **extra):
-    return write_settings({"state": {"dsn": dsn_for(state_db)}, "metrics": metrics, **extra}, name=name)
-
-
-def test_snapshot_reads_the_fake_pi_exactly(fake_pi, write_settings, state_db):
-    _, settings = settings_for(write_settings, state_db, {
+def test_snapshot_reads_the_fake_pi_exactly(fake_pi, write_settings, fresh_state_db):
+    _, settings = settings_for(write_settings, fresh_state_db, {
         "sys_root": fake_pi["sys_root"], "proc_root": fake_pi["proc_root"]})
     snap = take_snapshot(settings.metrics, cpu_window=0)
     v = snap.value
@@ -129,9 +120,9 @@ def test_snapshot_reads_the_fake_pi_exactly(fake_pi, write_settings, state_db):
         "thermal": 1.0, "cpufreq": 1.0, "rpi_volt": 1.0, "vcgencmd": 1.0}
 
 
-def test_host_metrics_asset_stores_writes_the_textfile_and_judges(fake_pi, write_settings, state_db):
+def test_host_metrics_asset_stores_writes_the_textfile_and_judges(fake_pi, write_settings, fresh_state_db):
     textfile_dir = fake_pi["tmp"] / "node_exporter"
-    path, settings = settings_for(write_settings, state_db, {
+    path, settings = settings_for(write_settings, fresh_state_db, {
         "sys_root": fake_pi["sys_root"], "proc_root": fake_pi["proc_root"], "textfile_dir": str(textfile_dir),
         "mounts": [str(fake_pi["tmp"])], "thresholds": {"disk_free_warn_pct": 101, "disk_free_error_pct": 0}})
     result = dg.materialize([host_metrics], resources={"homelab": HomelabSettings(config_path=str(path))})
@@ -166,11 +157,11 @@ def test_host_metrics_asset_stores_writes_the_textfile_and_judges(fake_pi, write
     assert os.listdir(textfile_dir) == ["homelab_pi.prom"]
 
 
-def test_a_host_without_pi_sensors_records_them_absent_and_passes(tmp_path, write_settings, state_db, monkeypatch):
+def test_a_host_without_pi_sensors_records_them_absent_and_passes(tmp_path, write_settings, fresh_state_db, monkeypatch):
     (tmp_path / "emptysys").mkdir()
     monkeypatch.setenv("PATH", str(tmp_path / "nobin"))  # no vcgencmd anywhere
     textfile_dir = tmp_path / "tf"
-    path, settings = settings_for(write_settings, state_db, {
+    path, settings = settings_for(write_settings, fresh_state_db, {
         "sys_root": str(tmp_path / "emptysys"), "textfile_dir": str(textfile_dir)})
     result = dg.materialize([host_metrics], resources={"homelab": HomelabSettings(config_path=str(path))})
     assert result.success
@@ -187,9 +178,9 @@ def test_a_host_without_pi_sensors_records_them_absent_and_passes(tmp_path, writ
     assert 'homelab_sensor_present{sensor="vcgencmd"} 0.0' in prom and "homelab_pi_throttled{" not in prom
 
 
-def test_a_failing_vcgencmd_is_absent_not_an_error(fake_pi, write_settings, state_db, tmp_path):
+def test_a_failing_vcgencmd_is_absent_not_an_error(fake_pi, write_settings, fresh_state_db, tmp_path):
     (Path(fake_pi["tmp"]) / "bin" / "vcgencmd").write_text("#!/bin/sh\necho 'VCHI initialization failed' >&2\nexit 1\n")
-    _, settings = settings_for(write_settings, state_db, {"sys_root": fake_pi["sys_root"],
+    _, settings = settings_for(write_settings, fresh_state_db, {"sys_root": fake_pi["sys_root"],
                                                           "proc_root": fake_pi["proc_root"]})
     snap = take_snapshot(settings.metrics, cpu_window=0)
     assert "VCHI initialization failed" in snap.absent["vcgencmd"]
@@ -197,9 +188,9 @@ def test_a_failing_vcgencmd_is_absent_not_an_error(fake_pi, write_settings, stat
     assert snap.value("homelab_pi_under_voltage_alarm") == 1.0  # the hwmon still reads
 
 
-def test_snapshot_of_the_real_host(write_settings, state_db):
+def test_snapshot_of_the_real_host(write_settings, fresh_state_db):
     """The real /sys, /proc and whatever vcgencmd this machine has: present sensors read, missing ones absent."""
-    _, settings = settings_for(write_settings, state_db, {})
+    _, settings = settings_for(write_settings, fresh_state_db, {})
     snap = take_snapshot(settings.metrics)
     assert snap.value("node_memory_MemTotal_bytes") > 0
     assert snap.value("node_filesystem_size_bytes", mountpoint="/") > 0
@@ -213,9 +204,9 @@ def test_snapshot_of_the_real_host(write_settings, state_db):
         assert "vcgencmd" in snap.absent or snap.value("homelab_pi_throttled_word") is not None
 
 
-def test_daily_rollup_over_dst_reruns_identically_and_applies_retention(write_settings, state_db):
+def test_daily_rollup_over_dst_reruns_identically_and_applies_retention(write_settings, fresh_state_db):
     tz = ZoneInfo("Europe/Berlin")
-    path, settings = settings_for(write_settings, state_db, {"raw_retention_days": 14},
+    path, settings = settings_for(write_settings, fresh_state_db, {"raw_retention_days": 14},
                                   timezone="Europe/Berlin")
     day = date(2025, 10, 26)  # 25 hours in Berlin
 

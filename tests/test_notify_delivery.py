@@ -7,7 +7,6 @@ from __future__ import annotations
 
 import contextlib
 import time
-import uuid
 from datetime import datetime, timedelta, timezone
 
 import psycopg
@@ -19,7 +18,7 @@ from homelab_ops.notify import chats as ch
 from homelab_ops.notify.alert import Alert
 from homelab_ops.notify.dispatch import dispatcher_for
 from homelab_ops.notify.http import Retry
-from tests.conftest import database_exists, drop_database, dsn_for, free_port
+from tests.conftest import database_exists, dsn_for, free_port
 from tests.fake_telegram import TOKEN, FakeTelegram, FakeWebhook
 
 @contextlib.contextmanager
@@ -42,14 +41,6 @@ def webhook():
     fake = FakeWebhook().start()
     yield fake
     fake.stop()
-
-
-@pytest.fixture(scope="module")
-def state_db():
-    """One state database for the module (creating one per test costs seconds); emptied per test."""
-    name = f"notify_{uuid.uuid4().hex[:8]}"
-    yield name
-    drop_database(name)
 
 
 @pytest.fixture

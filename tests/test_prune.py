@@ -95,7 +95,6 @@ def test_crash_between_dump_and_manifest_leaves_an_orphan_that_is_removed_never_
     complete = run_backup(settings, db)
     crashed = run_backup(settings, db)
     crashed.path.with_name(crashed.stem + ".manifest.json").unlink()  # what the crash leaves behind
-    folder = crashed.path.parent
 
     soon = p.prune_database(settings, db)
     [plan] = soon.plans

@@ -7,7 +7,6 @@ alerts go to the fake Bot API on loopback and into the real state database.
 from __future__ import annotations
 
 import json
-import uuid
 import warnings
 from pathlib import Path
 
@@ -28,7 +27,7 @@ from homelab_ops.defs.health.sensors import (
 from homelab_ops.defs.resources import HomelabSettings
 from homelab_ops.health.checks import FAIL, OK, WARN, CheckResult
 from homelab_ops.notify import chats as ch
-from tests.conftest import drop_database, dsn_for
+from tests.conftest import dsn_for
 from tests.fake_telegram import TOKEN, FakeTelegram
 
 OWNER = 11
@@ -40,13 +39,6 @@ def telegram():
     fake = FakeTelegram().start()
     yield fake
     fake.stop()
-
-
-@pytest.fixture(scope="module")
-def state_db():
-    name = f"sensors_{uuid.uuid4().hex[:8]}"
-    yield name
-    drop_database(name)
 
 
 @pytest.fixture(scope="module")
