@@ -71,13 +71,16 @@ def test_split_sql_script_drops_psql_meta_commands_and_keeps_quoted_semicolons()
         "CREATE FUNCTION f() RETURNS trigger LANGUAGE plpgsql AS $$\nBEGIN\n  RETURN NEW; -- ok;\nEND;\n$$;\n"
         "COMMENT ON TABLE t IS 'it''s; fine';\n"
         "/* block; comment */ SELECT 1;\n"
+        "CREATE TABLE \"we;ird\"\"t\" (x text DEFAULT E'a\\';b', y text DEFAULT 'c\\');\n"
         "\\unrestrict abc123\n"
     )
     statements = split_sql_script(script)
-    assert len(statements) == 4
+    assert len(statements) == 5
     assert not any("restrict" in s for s in statements)
     assert statements[1].endswith("END;\n$$")
     assert statements[2] == "COMMENT ON TABLE t IS 'it''s; fine'"
+    # a quoted identifier with ; and "", an E'' string with \' and ;, a plain string ending in \
+    assert statements[4] == "CREATE TABLE \"we;ird\"\"t\" (x text DEFAULT E'a\\';b', y text DEFAULT 'c\\')"
     assert statements[3].strip() == "SELECT 1"
 
 

@@ -87,6 +87,23 @@ def read_schema_sql() -> str:
 _DOLLAR_TAG = re.compile(r"\$(?:[A-Za-z_][A-Za-z_0-9]*)?\$")
 
 
+def _quote_end(text: str, i: int, escapes: bool) -> int:
+    """Index of the quote closing the one at `i` ('...' or "..."); a doubled quote is part of
+    the text, and in an E'' string so is any character after a backslash."""
+    q, j, n = text[i], i + 1, len(text)
+    while j < n:
+        if escapes and text[j] == "\\":
+            j += 2
+            continue
+        if text[j] == q:
+            if j + 1 < n and text[j + 1] == q:
+                j += 2
+                continue
+            break
+        j += 1
+    return j
+
+
 def split_sql_script(text: str) -> list[str]:
     """Split a pg_dump script into single statements for psycopg.
 
@@ -127,33 +144,11 @@ def split_sql_script(text: str) -> list[str]:
             i += 1
             continue
         at_start = False
-        if c == "'":
+        if c in "'\"":
             prev = text[i - 1] if i else ""
             before = text[i - 2] if i > 1 else ""
-            escapes = prev in "eE" and not (before.isalnum() or before == "_")
-            j = i + 1
-            while j < n:
-                if escapes and text[j] == "\\":
-                    j += 2
-                    continue
-                if text[j] == "'":
-                    if j + 1 < n and text[j + 1] == "'":
-                        j += 2
-                        continue
-                    break
-                j += 1
-            buf.append(text[i : j + 1])
-            i = j + 1
-            continue
-        if c == '"':
-            j = i + 1
-            while j < n:
-                if text[j] == '"':
-                    if j + 1 < n and text[j + 1] == '"':
-                        j += 2
-                        continue
-                    break
-                j += 1
+            escapes = c == "'" and prev in "eE" and not (before.isalnum() or before == "_")  # E'...\'...'
+            j = _quote_end(text, i, escapes)
             buf.append(text[i : j + 1])
             i = j + 1
             continue
