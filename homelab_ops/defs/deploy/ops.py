@@ -42,29 +42,29 @@ def _dashboards(settings: Settings) -> dict[str, bytes]:
     return {p.name: p.read_bytes() for p in sorted(d.glob("*.json"))} if d.is_dir() else {}
 
 
+def _fail(e: Exception) -> dg.Failure:
+    return dg.Failure(description=str(e))
+
+
 def monitoring_plan(settings: Settings, docker: DockerResource) -> StackPlan:
-    """Settings and the host's facts -> the plan (refusals raise PlanError)."""
+    """Settings and the host's facts -> the plan; a refused plan fails the op, naming why."""
     client = docker.client()
     try:
         facts = engine.host_facts(client, docker_host=docker.host, textfile_dir=settings.metrics.textfile_dir)
     finally:
         client.close()
-    return build_monitoring_plan(settings, facts, dashboards=_dashboards(settings),
-                                 tuned=tune.load_tuned(settings.monitoring.state_dir))
-
-
-def _fail(e: Exception) -> dg.Failure:
-    return dg.Failure(description=str(e))
+    try:
+        return build_monitoring_plan(settings, facts, dashboards=_dashboards(settings),
+                                     tuned=tune.load_tuned(settings.monitoring.state_dir))
+    except PlanError as e:
+        raise _fail(e) from None
 
 
 @dg.op(out=dg.Out(StackPlan, io_manager_key=IO))
 def plan_monitoring(context: dg.OpExecutionContext, config: DeployConfig, homelab: HomelabSettings,
                     docker: DockerResource) -> StackPlan:
     """Render every config and check the budget; a refused plan changes nothing."""
-    try:
-        plan = monitoring_plan(homelab.settings, docker)
-    except PlanError as e:
-        raise _fail(e) from None
+    plan = monitoring_plan(homelab.settings, docker)
     if config.services:
         unknown = set(config.services) - {s.service for s in plan.services}
         if unknown:
@@ -183,10 +183,7 @@ def report_deploy(context: dg.OpExecutionContext, plan: StackPlan, verified: dic
 def measure_usage(context: dg.OpExecutionContext, config: TuneConfig, homelab: HomelabSettings,
                   docker: DockerResource) -> dict:
     """The Engine's stats for every running service of the stack over the window."""
-    try:
-        plan = monitoring_plan(homelab.settings, docker)
-    except PlanError as e:
-        raise _fail(e) from None
+    plan = monitoring_plan(homelab.settings, docker)
     client = docker.client()
     try:
         current, missing = {}, []
