@@ -21,6 +21,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import re
 import signal
 import statistics
 import subprocess
@@ -53,6 +54,18 @@ d = m.defs() if callable(m.defs) else m.defs
 t3 = time.perf_counter()
 print(json.dumps({"dagster": t1 - t0, "module": t2 - t1, "build": t3 - t2, "total": t3 - t0}))
 """
+
+
+def image_env() -> dict[str, str]:
+    """The process tuning deploy/Dockerfile sets (MALLOC_ARENA_MAX, PYTHONDONTWRITEBYTECODE):
+    the processes measured here run as the image runs them."""
+    text = (ROOT / "deploy" / "Dockerfile").read_text()
+    wanted = ("MALLOC_ARENA_MAX", "PYTHONDONTWRITEBYTECODE")
+    found = dict(re.findall(r"\b(" + "|".join(wanted) + r")=(\S+)", text))
+    missing = set(wanted) - set(found)
+    if missing:
+        raise SystemExit(f"deploy/Dockerfile no longer sets {', '.join(sorted(missing))}; update bench/footprint.py")
+    return found
 
 
 def free_port() -> int:
@@ -308,7 +321,7 @@ def main() -> None:
         env = {**os.environ, "HOMELAB_CONFIG": str(work / "homelab.yaml"), "DAGSTER_HOME": str(home),
                "DAGSTER_PG_HOST": str(info.get("host", "127.0.0.1")), "DAGSTER_PG_PORT": str(info.get("port", 5432)),
                "DAGSTER_PG_USER": str(info.get("user", "postgres")), "DAGSTER_PG_PASSWORD": str(info.get("password", "")),
-               "DAGSTER_PG_DB": storage, "PYTHONDONTWRITEBYTECODE": "1"}
+               "DAGSTER_PG_DB": storage, **image_env()}
         print(f"footprint on {os.cpu_count()} CPUs, {psutil.virtual_memory().total / 2**30:.0f} GiB RAM; "
               f"source database {source}: {counts}", flush=True)
 
