@@ -183,16 +183,22 @@ class DatabasePrune:
         return [f"{p.store}: {p.error}" for p in self.plans if p.error]
 
 
-def prune_database(settings, database: str, *, dry_run: bool | None = None, now: datetime | None = None,
-                   stores: list[Store] | None = None) -> DatabasePrune:
-    """Prune one database in every store. A store that fails is reported; the others still run."""
+def prepare(settings, dry_run: bool | None, now: datetime | None, stores: list[Store] | None
+            ) -> tuple[RetentionPolicy, bool, datetime, timedelta, list[Store]]:
+    """Policy, dry-run flag, clock, leftover grace and stores of one prune; refuses a bad policy first."""
     policy = policy_from(settings.backups.retention)
     dry = settings.backups.retention.dry_run if dry_run is None else dry_run
-    now = now or datetime.now(timezone.utc)
-    grace = leftover_grace(settings.backups.timeout.seconds)
     if stores is None:
         local, remotes = stores_for(settings)
         stores = [local, *remotes]
+    grace = leftover_grace(settings.backups.timeout.seconds)
+    return policy, dry, now or datetime.now(timezone.utc), grace, stores
+
+
+def prune_database(settings, database: str, *, dry_run: bool | None = None, now: datetime | None = None,
+                   stores: list[Store] | None = None) -> DatabasePrune:
+    """Prune one database in every store. A store that fails is reported; the others still run."""
+    policy, dry, now, grace, stores = prepare(settings, dry_run, now, stores)
     result = DatabasePrune(database, dry)
 
     seen: list[tuple[Store, dict[str, int], Listing, str | None]] = []

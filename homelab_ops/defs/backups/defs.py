@@ -5,7 +5,7 @@ import dagster as dg
 
 from homelab_ops.defs.backups.assets import backup_asset, databases, globals_asset
 from homelab_ops.defs.backups.hygiene import dagster_run_retention, disk_hygiene
-from homelab_ops.defs.backups.retention import globals_retention_asset, retention_asset
+from homelab_ops.defs.backups.retention import globals_retention_asset, retention_asset, workflow_retention_asset
 from homelab_ops.defs.backups.verification import freshness_check, verification_asset
 from homelab_ops.defs.backups.n8n_workflows import n8n_workflows_asset
 from homelab_ops.settings import current
@@ -27,7 +27,8 @@ def defs() -> dg.Definitions:
         [backup_asset(db, settings) for db in dbs] + verifications
         + [retention_asset(db, settings) for db in dbs]
         + [globals_asset(settings), globals_retention_asset(settings)]
-        + ([n8n_workflows_asset(settings)] if settings.n8n is not None else [])
+        + ([n8n_workflows_asset(settings), workflow_retention_asset(settings, dbs)]
+           if settings.n8n is not None else [])
     )
     max_runtime = int(settings.backups.timeout.seconds * 2 + 3600)
     nightly = dg.define_asset_job(

@@ -3,7 +3,7 @@
 
 import dagster as dg
 
-from homelab_ops.backups.n8n_export import export_n8n_workflows
+from homelab_ops.backups.n8n_export import FOLDER, export_n8n_workflows
 from homelab_ops.defs.resources import HomelabSettings
 from homelab_ops.settings import Settings
 
@@ -13,6 +13,7 @@ def n8n_workflows_asset(settings: Settings) -> dg.AssetsDefinition:
         key="n8n_workflows",
         group_name="backups",
         kinds={"n8n", "postgres"} | ({"s3"} if settings.backups.s3 else set()),
+        pool=f"backup_{FOLDER}",  # shared with its retention: an export and a prune never overlap
         description="Every n8n workflow exported as one JSON file in n8n's own export format, beside "
                     "the dumps and off-site; restore one with `n8n import:workflow --input=FILE`.",
     )

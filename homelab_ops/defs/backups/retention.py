@@ -1,13 +1,18 @@
-"""Retention as assets: `backup_retention/<database>` after its verification, and `_globals`.
+"""Retention as assets: `backup_retention/<database>` after its verification, `_globals`, n8n's exports.
 
 Downstream of `restore_verification/<database>`, so the blocking check keeps a run
-whose backup did not verify from pruning anything.
+whose backup did not verify from pruning anything; the exports' retention is
+downstream of `n8n_workflows`, so a failed export prunes nothing either.
 """
+
+from collections.abc import Callable
 
 import dagster as dg
 
 from homelab_ops.backups import prune as p
 from homelab_ops.backups.catalog import GLOBALS
+from homelab_ops.backups.n8n_export import FOLDER
+from homelab_ops.backups.workflow_retention import prune_workflow_exports
 from homelab_ops.defs.backups.verification import key as verification_key
 from homelab_ops.defs.resources import HomelabSettings
 from homelab_ops.settings import Settings
@@ -33,17 +38,18 @@ def prune_metadata(result: p.DatabasePrune, settings: Settings) -> dict:
     return meta
 
 
-def _run(context: dg.AssetExecutionContext, homelab: HomelabSettings, database: str) -> dg.MaterializeResult:
+def _run(context: dg.AssetExecutionContext, homelab: HomelabSettings,
+         prune: Callable[[Settings], p.DatabasePrune]) -> dg.MaterializeResult:
     s = homelab.settings
     try:
-        result = p.prune_database(s, database)
+        result = prune(s)
     except p.PruneError as e:
         raise dg.Failure(description=str(e)) from None
     meta = prune_metadata(result, s)
     if result.blocked:
         context.log.warning(result.blocked)
     verb = "would free" if result.dry_run else "freed"
-    context.log.info(f"{database}: {meta['removed'].value} backups removed, {result.bytes_freed} bytes {verb}")
+    context.log.info(f"{result.database}: {meta['removed'].value} removed, {result.bytes_freed} bytes {verb}")
     if result.errors:
         raise dg.Failure(description="retention failed in " + "; ".join(result.errors), metadata=meta)
     return dg.MaterializeResult(metadata=meta)
@@ -68,7 +74,7 @@ def retention_asset(database: str, settings: Settings) -> dg.AssetsDefinition:
                                                     "at all when the newest backup failed verification"),
     )
     def _retention(context: dg.AssetExecutionContext, homelab: HomelabSettings) -> dg.MaterializeResult:
-        return _run(context, homelab, database)
+        return _run(context, homelab, lambda s: p.prune_database(s, database))
 
     return _retention
 
@@ -84,6 +90,30 @@ def globals_retention_asset(settings: Settings) -> dg.AssetsDefinition:
                     + _DESCRIPTION.format(protected="newest globals backup (they are not verified)"),
     )
     def _retention(context: dg.AssetExecutionContext, homelab: HomelabSettings) -> dg.MaterializeResult:
-        return _run(context, homelab, GLOBALS)
+        return _run(context, homelab, lambda s: p.prune_database(s, GLOBALS))
+
+    return _retention
+
+
+def workflow_retention_asset(settings: Settings, databases: list[str]) -> dg.AssetsDefinition:
+    """`backup_retention/n8n_workflows`; refuses a database of that name, whose backups would share
+    the exports' folder and whose retention asset would have this key."""
+    if FOLDER in databases:
+        raise dg.DagsterInvalidDefinitionError(
+            f"postgres.databases includes a database named {FOLDER!r}, the folder (and the "
+            f"backup_retention/{FOLDER} asset) of n8n's workflow exports; its backups and the exports would "
+            "be pruned as one. Back that database up under another name, or remove the n8n section.")
+
+    @dg.asset(
+        key=key(FOLDER),
+        deps=["n8n_workflows"],
+        group_name=GROUP,
+        kinds={"s3"} if settings.backups.s3 else set(),
+        pool=f"backup_{FOLDER}",
+        description="Retention of n8n's workflow exports (`n8n_workflows`, one folder per run), by the same "
+                    "policy as the database backups. " + _DESCRIPTION.format(protected="newest complete export"),
+    )
+    def _retention(context: dg.AssetExecutionContext, homelab: HomelabSettings) -> dg.MaterializeResult:
+        return _run(context, homelab, prune_workflow_exports)
 
     return _retention
