@@ -11,12 +11,14 @@ import boto3
 import botocore.config
 import dagster as dg
 import pytest
+from click.testing import CliRunner
 
 from homelab_ops.backups import prune as p
 from homelab_ops.backups import workflow_retention as w
 from homelab_ops.backups.catalog import stem_for
 from homelab_ops.backups.retention import RetentionPolicy
 from homelab_ops.backups.stores import S3Store, stores_for
+from homelab_ops.cli import main
 from homelab_ops.defs.backups.n8n_workflows import n8n_workflows_asset
 from homelab_ops.defs.backups.retention import workflow_retention_asset
 from homelab_ops.defs.resources import HomelabSettings
@@ -263,3 +265,24 @@ def test_a_database_named_like_the_exports_is_refused_at_load(monkeypatch, write
         _backup_defs(monkeypatch, write_settings, {"n8n": {"dsn": ADMIN_DSN},
                                                    "postgres": {"dsn": ADMIN_DSN,
                                                                 "databases": ["n8n", "n8n_workflows"]}}, "clash.yaml")
+
+
+def test_cli_prune_covers_the_exports_when_n8n_is_configured(write_settings, tmp_path):
+    """`homelab-ops backups prune` (no DATABASE) prunes what the nightly job prunes, exports included."""
+    old = [stem_for(datetime.now(timezone.utc) - timedelta(days=d)) for d in (3, 2)]
+    newest = stem_for(datetime.now(timezone.utc) - timedelta(hours=1))
+    policy = {"backups": {"retention": {"keep_last": 1, "keep_daily": 0, "keep_weekly": 0, "keep_monthly": 0}}}
+    path, settings = write_settings({**policy, "n8n": {"dsn": dsn_for("postgres")}})
+    root = local_exports(settings, [*old, newest])
+    out = CliRunner().invoke(main, ["--config", str(path), "backups", "prune"])
+    assert out.exit_code == 0, out.output
+    assert "n8n_workflows in local: 1 kept, 2 removed" in out.output
+    assert sorted(x.name for x in root.iterdir() if x.name[:1].isdigit()) == [newest]
+
+    # Without n8n the folder is not an export the nightly job makes: the CLI leaves it alone.
+    plain, settings = write_settings({"backups": {**policy["backups"], "local_dir": str(tmp_path / "plain")}},
+                                     name="no-n8n.yaml")
+    root = local_exports(settings, [*old, newest])
+    out = CliRunner().invoke(main, ["--config", str(plain), "backups", "prune"])
+    assert out.exit_code == 0, out.output
+    assert "n8n_workflows" not in out.output and len([x for x in root.iterdir() if x.name[:1].isdigit()]) == 3

@@ -1,4 +1,4 @@
-"""`homelab-ops backups ...`: list and restore."""
+"""`homelab-ops backups ...`: list, restore and prune."""
 
 from __future__ import annotations
 
@@ -7,9 +7,11 @@ from datetime import datetime, timezone
 import click
 
 from homelab_ops.backups.catalog import read_listing
+from homelab_ops.backups.n8n_export import FOLDER as EXPORTS
 from homelab_ops.backups.prune import PruneError, databases_to_prune, policy_from, prune_database
 from homelab_ops.backups.restore import RestoreError, locate, parse_at, refuse_existing, restore
 from homelab_ops.backups.stores import StoreError, read_json, stores_for
+from homelab_ops.backups.workflow_retention import prune_workflow_exports
 
 
 def human_size(n: float) -> str:
@@ -90,14 +92,20 @@ def _configured(settings) -> list[str]:
 @click.option("--dry-run", is_flag=True, help="Show what would go; delete nothing (like backups.retention.dry_run).")
 @click.pass_obj
 def prune_cmd(obj, database: str | None, dry_run: bool) -> None:
-    """Apply backups.retention (restic's forget rules) to DATABASE, or to every database and _globals."""
+    """Apply backups.retention (restic's forget rules) to DATABASE, or to every database, _globals
+    and (with n8n configured) the n8n_workflows export folders."""
     settings = obj.settings
     errors: list[str] = []
+    exports = settings.n8n is not None
     try:
         policy_from(settings.backups.retention)  # an empty policy is refused before anything is listed
-        names = [database] if database else databases_to_prune(settings, _configured(settings))
+        names = [database] if database else (databases_to_prune(settings, _configured(settings))
+                                             + ([EXPORTS] if exports else []))
         for db in names:
-            result = prune_database(settings, db, dry_run=True if dry_run else None)
+            if exports and db == EXPORTS:
+                result = prune_workflow_exports(settings, dry_run=True if dry_run else None)
+            else:
+                result = prune_database(settings, db, dry_run=True if dry_run else None)
             verb, gone = ("would free", "would remove") if result.dry_run else ("freed", "removed")
             if result.blocked:
                 click.echo(f"{db}: nothing pruned: {result.blocked}")
