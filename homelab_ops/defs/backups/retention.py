@@ -62,37 +62,34 @@ _DESCRIPTION = (
 )
 
 
-def retention_asset(database: str, settings: Settings) -> dg.AssetsDefinition:
+def _retention_asset(name: str, dep, settings: Settings, about: str, protected: str,
+                     prune: Callable[[Settings], p.DatabasePrune]) -> dg.AssetsDefinition:
+    """`backup_retention/<name>` after `dep`, in the pool of the backups it prunes."""
     @dg.asset(
-        key=key(database),
-        deps=[verification_key(database)],
+        key=key(name),
+        deps=[dep],
         group_name=GROUP,
         kinds={"s3"} if settings.backups.s3 else set(),
-        pool=f"backup_{database}",
-        description=f"Retention of `{database}`'s backups. "
-                    + _DESCRIPTION.format(protected="newest backup whose verification passed, and nothing "
-                                                    "at all when the newest backup failed verification"),
+        pool=f"backup_{name}",
+        description=about + _DESCRIPTION.format(protected=protected),
     )
     def _retention(context: dg.AssetExecutionContext, homelab: HomelabSettings) -> dg.MaterializeResult:
-        return _run(context, homelab, lambda s: p.prune_database(s, database))
+        return _run(context, homelab, prune)
 
     return _retention
+
+
+def retention_asset(database: str, settings: Settings) -> dg.AssetsDefinition:
+    return _retention_asset(
+        database, verification_key(database), settings, f"Retention of `{database}`'s backups. ",
+        "newest backup whose verification passed, and nothing at all when the newest backup failed verification",
+        lambda s: p.prune_database(s, database))
 
 
 def globals_retention_asset(settings: Settings) -> dg.AssetsDefinition:
-    @dg.asset(
-        key=key(GLOBALS),
-        deps=["backup_globals"],
-        group_name=GROUP,
-        kinds={"s3"} if settings.backups.s3 else set(),
-        pool=f"backup_{GLOBALS}",
-        description="Retention of the roles backups (`backup_globals`). "
-                    + _DESCRIPTION.format(protected="newest globals backup (they are not verified)"),
-    )
-    def _retention(context: dg.AssetExecutionContext, homelab: HomelabSettings) -> dg.MaterializeResult:
-        return _run(context, homelab, lambda s: p.prune_database(s, GLOBALS))
-
-    return _retention
+    return _retention_asset(
+        GLOBALS, "backup_globals", settings, "Retention of the roles backups (`backup_globals`). ",
+        "newest globals backup (they are not verified)", lambda s: p.prune_database(s, GLOBALS))
 
 
 def workflow_retention_asset(settings: Settings, databases: list[str]) -> dg.AssetsDefinition:
@@ -103,17 +100,7 @@ def workflow_retention_asset(settings: Settings, databases: list[str]) -> dg.Ass
             f"postgres.databases includes a database named {FOLDER!r}, the folder (and the "
             f"backup_retention/{FOLDER} asset) of n8n's workflow exports; its backups and the exports would "
             "be pruned as one. Back that database up under another name, or remove the n8n section.")
-
-    @dg.asset(
-        key=key(FOLDER),
-        deps=["n8n_workflows"],
-        group_name=GROUP,
-        kinds={"s3"} if settings.backups.s3 else set(),
-        pool=f"backup_{FOLDER}",
-        description="Retention of n8n's workflow exports (`n8n_workflows`, one folder per run), by the same "
-                    "policy as the database backups. " + _DESCRIPTION.format(protected="newest complete export"),
-    )
-    def _retention(context: dg.AssetExecutionContext, homelab: HomelabSettings) -> dg.MaterializeResult:
-        return _run(context, homelab, prune_workflow_exports)
-
-    return _retention
+    return _retention_asset(
+        FOLDER, "n8n_workflows", settings,
+        "Retention of n8n's workflow exports (`n8n_workflows`, one folder per run), by the same policy as the "
+        "database backups. ", "newest complete export", prune_workflow_exports)
