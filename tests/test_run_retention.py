@@ -3,6 +3,7 @@
 import time
 import uuid
 from datetime import datetime, timedelta, timezone
+from pathlib import Path
 
 import dagster as dg
 import pytest
@@ -209,10 +210,13 @@ def test_asset_deletes_old_finished_runs_and_keeps_what_the_ui_needs(own_instanc
             started: "not finished (STARTED)", queued: "not finished (QUEUED)",
             r90: "holds the latest materialization of dagster_run_retention",
             r1: "not finished (STARTED)"}  # the run doing the deleting
+    captured = Path(inst.storage_directory())  # compute logs: <storage>/<run id>/compute_logs/
     for run_id in gone:
         assert inst.get_run_by_id(run_id) is None and inst.all_logs(run_id) == [], run_id
+        assert not (captured / run_id).exists(), run_id
     for run_id in kept:
         assert inst.get_run_by_id(run_id) is not None, kept[run_id]
+    assert (captured / a3 / "compute_logs").is_dir()  # a kept run keeps its stdout/stderr
     assert (meta["deleted"].value, meta["kept"].value) == (len(gone), len(kept))
     assert {r.data["run_id"] for r in meta["deleted_runs"].value.records} == gone
     assert all(r.data["status"] in rr.FINISHED for r in meta["deleted_runs"].value.records)

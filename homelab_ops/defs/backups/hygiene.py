@@ -153,7 +153,8 @@ def kept_summary(counts: Counter, examples: dict[str, list[str]], deleted: int, 
     group_name="backups",  # with disk_hygiene: the weekly job that gives space back
     kinds={"dagster"},
     description="Weekly: deletes finished Dagster runs (SUCCESS, FAILURE, CANCELED) whose end is older "
-                "than disk_hygiene.run_retention (default 90d; 0 keeps every run), with their event logs, "
+                "than disk_hygiene.run_retention (default 90d; 0 keeps every run), with their event logs "
+                "and captured stdout/stderr, "
                 "so Dagster's storage stops growing. Never deletes a run that is queued or still running, "
                 "the newest run of each job, or a run that holds an asset's (or a partition's) latest "
                 "materialization. Metadata: deleted and kept counts, the deleted runs, and why runs were kept.",
@@ -172,6 +173,8 @@ def dagster_run_retention(context: dg.AssetExecutionContext, homelab: HomelabSet
     for d in decisions:
         if d.delete and d.run.run_id != this_run:  # this run is STARTED, so never deleted; a guard all the same
             instance.delete_run(d.run.run_id)
+            # Its captured stdout/stderr: files under the storage folder, which delete_run leaves.
+            instance.compute_log_manager.delete_logs(prefix=[d.run.run_id])
             n_deleted += 1
             if len(deleted) < TABLE_ROWS:
                 deleted.append(d.run)
