@@ -44,6 +44,32 @@ def test_all_databases_means_every_non_template_database(new_db, write_settings)
     assert "template0" not in names and "template1" not in names
 
 
+def test_all_databases_with_the_server_down_falls_back_to_the_backed_up_ones(write_settings):
+    """The location still loads, and with it the health sensor that reports the outage."""
+    import os
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    from homelab_ops.defs.backups.assets import databases
+    from tests.conftest import free_port
+
+    path, settings = write_settings({"postgres": {"dsn": f"postgresql://postgres@127.0.0.1:{free_port()}/postgres",
+                                                  "databases": "all"}})
+    for folder in ("app", "n8n", "_globals", "n8n_workflows"):
+        (Path(settings.backups.local_dir) / folder).mkdir(parents=True)
+    assert databases(settings) == ["app", "n8n"]
+
+    probe = ("import homelab_ops.definitions as m; d = m.defs(); "
+             "print(sorted(k.to_user_string() for k in d.resolve_all_asset_keys() if k.path[0] == 'backups')); "
+             "print(d.get_sensor_def('health_sensor').name)")
+    proc = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True,
+                          env={**os.environ, "HOMELAB_CONFIG": str(path)}, cwd=Path(__file__).resolve().parent.parent)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    assert proc.stdout.splitlines() == ["['backups/app', 'backups/n8n']", "health_sensor"]
+    assert "did not answer" in proc.stderr
+
+
 def test_dagster_validates_the_module_and_the_workspace():
     import os
     import subprocess

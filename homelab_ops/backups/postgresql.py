@@ -95,6 +95,13 @@ def list_databases(admin_dsn: str) -> list[str]:
     return [r[0] for r in rows]
 
 
+def configured_databases(settings) -> list[str]:
+    """`postgres.databases`; for `all`, every database on the server now (raises when it is down)."""
+    if settings.postgres.databases == "all":
+        return list_databases(settings.postgres.dsn.get_secret_value())
+    return list(settings.postgres.databases)
+
+
 def database_exists(admin_dsn: str, database: str) -> bool:
     with connect(admin_dsn) as conn:
         return conn.execute("SELECT 1 FROM pg_database WHERE datname = %s", (database,)).fetchone() is not None

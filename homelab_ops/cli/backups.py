@@ -77,12 +77,10 @@ def list_(obj, database: str | None) -> None:
 
 
 def _configured(settings) -> list[str]:
-    if settings.postgres.databases != "all":
-        return list(settings.postgres.databases)
-    from homelab_ops.backups import postgresql as pg
+    from homelab_ops.backups.postgresql import configured_databases
 
     try:
-        return pg.list_databases(settings.postgres.dsn.get_secret_value())
+        return configured_databases(settings)
     except Exception:  # server down: the folders that exist still get pruned
         return []
 

@@ -167,23 +167,16 @@ def check_n8n(settings, th: Thresholds, now: datetime) -> list[CheckResult]:
         return [c.n8n_healthz(None, str(reason) or type(e).__name__)]
 
 
-def databases(settings) -> list[str]:
-    if settings.postgres.databases != "all":
-        return list(settings.postgres.databases)
-    from homelab_ops.backups.postgresql import list_databases
-
-    return list_databases(settings.postgres.dsn.get_secret_value())
-
-
 def check_backups(settings, th: Thresholds, now: datetime) -> list[CheckResult]:
     """The newest backup whose `<stem>.verified.json` passed, per database, in the local folder."""
     from homelab_ops.backups.catalog import read_listing
+    from homelab_ops.backups.postgresql import configured_databases
     from homelab_ops.backups.stores import LocalStore
     from homelab_ops.backups.verify import PASSING, recorded_outcomes
 
     store = LocalStore(settings.backups.local_dir)
     try:
-        names = databases(settings)
+        names = configured_databases(settings)
     except Exception as e:
         return [c.unknown("backup_age", f"cannot list the databases to judge: {first_line(e)}")]
     out = []

@@ -6,9 +6,13 @@ scheduled and described for the web UI.
 
 
 import dagster as dg
+import psycopg
 
 from homelab_ops.backups import postgresql as pg
 from homelab_ops.backups.backup import BackupError, BackupResult, run_backup, run_globals_backup
+from homelab_ops.backups.catalog import GLOBALS
+from homelab_ops.backups.n8n_export import FOLDER as EXPORTS
+from homelab_ops.backups.stores import LocalStore
 from homelab_ops.defs.resources import HomelabSettings
 from homelab_ops.settings import Settings
 
@@ -16,10 +20,17 @@ GROUP = "backups"
 
 
 def databases(settings: Settings) -> list[str]:
-    """The configured list, or every non-template database for `all` (read at load time)."""
-    if settings.postgres.databases == "all":
-        return pg.list_databases(settings.postgres.dsn.get_secret_value())
-    return list(settings.postgres.databases)
+    """The databases with assets. `all` asks the server at load time; when it does not answer, the
+    databases already backed up here stand in, so a PostgreSQL outage leaves the code location (and
+    the health sensors that report the outage) loaded. Their backups fail, naming the server."""
+    try:
+        return pg.configured_databases(settings)
+    except psycopg.OperationalError as e:
+        known = [d for d in LocalStore(settings.backups.local_dir).databases() if d not in (GLOBALS, EXPORTS)]
+        dg.get_dagster_logger().warning(
+            f"postgres.databases is `all` but the server did not answer ({(str(e).strip().splitlines() or [''])[0]}); "
+            f"using the databases backed up in {settings.backups.local_dir}: {', '.join(known) or 'none'}")
+        return known
 
 
 def _kinds(settings: Settings) -> set[str]:
