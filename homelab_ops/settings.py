@@ -548,8 +548,8 @@ class TraefikSettings(_Section):
 class DiskHygieneSettings(_Section):
     fstrim_mounts: list[str] = ["/"]
     # Finished Dagster runs (and their event logs) older than this are deleted weekly by the
-    # dagster_run_retention asset; a job's newest run, runs holding an asset's latest
-    # materialization and unfinished runs stay. "0" keeps every run.
+    # dagster_run_retention asset; a job's newest finished run, runs holding an asset's latest
+    # materialization or its latest attempt, and unfinished runs stay. "0" keeps every run.
     run_retention: Duration = "90d"
 
     @field_validator("run_retention", mode="before")

@@ -44,13 +44,14 @@ def test_every_rule_with_its_reason():
     ]
     d = by_id(rr.decide(runs, protected={"holder": "holds the latest materialization of backups/n8n"},
                         now=NOW, retention_seconds=90 * DAY, retention_label="90d"))
-    assert [k for k, v in d.items() if v.delete] == ["old-ok", "old-failed", "old-canceled", "old-yearly"]
+    assert [k for k, v in d.items() if v.delete] == ["old-ok", "old-failed", "old-yearly"]
     assert d["running"].reason == "not finished (STARTED)" and d["queued"].reason == "not finished (QUEUED)"
     assert d["young"].reason == "younger than 90d" and d["young"].rule == rr.YOUNG
     assert d["holder"].reason == "holds the latest materialization of backups/n8n"
-    assert d["newest-yearly"].reason == "newest run of job yearly"  # a job that runs once a year keeps its last run
+    assert d["newest-yearly"].reason == "newest finished run of job yearly"  # a yearly job keeps its last result
     assert d["old-ok"].reason == "older than 90d" and d["old-ok"].rule == rr.OLD
-    # "nightly"'s newest run is the unfinished one, so its old finished runs may go.
+    # "weekly"'s newest run is still queued: its last finished one is its last result until that one ends.
+    assert d["old-canceled"].reason == "newest finished run of job weekly"
 
 
 def test_zero_keeps_every_run_and_age_is_the_end_of_the_run():
@@ -88,19 +89,20 @@ def test_properties(specs, retention):
     decisions = list(rr.decide(runs, protected=protected, now=NOW, retention_seconds=retention))
     assert [d.run for d in decisions] == runs
     cutoff = NOW - timedelta(seconds=retention)
-    newest = {}
+    newest = {}  # each job's newest finished run
     for r in runs:
-        newest.setdefault(r.job_name, r.run_id)
+        if r.status in rr.FINISHED:
+            newest.setdefault(r.job_name, r.run_id)
     for d in decisions:
         r = d.run
         if d.delete:
             assert r.status in rr.FINISHED  # nothing unfinished is ever deleted
-            assert r.run_id != newest[r.job_name]  # nor the newest run of a job
+            assert r.run_id != newest[r.job_name]  # nor the newest finished run of a job
             assert r.run_id not in protected
             assert retention > 0 and r.finished_at <= cutoff  # every deleted run is older than the cutoff
         else:  # and nothing is kept without a reason
             assert (r.status not in rr.FINISHED or retention == 0 or r.finished_at > cutoff
-                    or r.run_id in protected or r.run_id == newest[r.job_name]), d
+                    or r.run_id in protected or r.run_id == newest.get(r.job_name)), d
 
 
 def test_setting_default_zero_and_units():
@@ -180,7 +182,11 @@ def test_asset_deletes_old_finished_runs_and_keeps_what_the_ui_needs(own_instanc
     c2 = execute("job_c", run_config={"ops": {"scratch_c": {"config": {"fail": True}}}})
     p1, p2, p3 = (execute("job_p", partition_key=k) for k in ("d1", "d2", "d1"))
     o1, o2 = execute("op_job"), execute("op_job")
-    cancelled = added(dg.DagsterRunStatus.CANCELED)
+    # A failed attempt outside job_c, in the ad-hoc job that later runs (retention's own) make old:
+    # it is scratch_c's current state.
+    f = dg.materialize([scratch_c], instance=inst, raise_on_error=False,
+                       run_config={"ops": {"scratch_c": {"config": {"fail": True}}}}).run_id
+    cancelled, last_cancelled = added(dg.DagsterRunStatus.CANCELED), added(dg.DagsterRunStatus.CANCELED)
     started, queued = added(dg.DagsterRunStatus.STARTED), added(dg.DagsterRunStatus.QUEUED)
     assert inst.get_run_by_id(c2).status == dg.DagsterRunStatus.FAILURE
 
@@ -194,7 +200,7 @@ def test_asset_deletes_old_finished_runs_and_keeps_what_the_ui_needs(own_instanc
     assert meta["deleted"].value == 0 and "run_retention is 0" in meta["kept_because"].value
     r90, meta = retain("90d")
     assert meta["deleted"].value == 0 and "younger than 90d" in meta["kept_because"].value
-    assert meta["kept"].value == 15  # 13 scratch runs, the "0" run and this one
+    assert meta["kept"].value == 17  # 15 scratch runs, the "0" run and this one
 
     time.sleep(1.2)  # everything above is now older than 1s
     monkeypatch.setattr(hygiene_defs, "PAGE", 2)  # many pages: deleting while listing must not end the listing
@@ -203,10 +209,12 @@ def test_asset_deletes_old_finished_runs_and_keeps_what_the_ui_needs(own_instanc
     gone = {a1, a2, p1, o1, cancelled, r0}
     kept = {a3: "holds the latest materialization of scratch_a",
             c1: "holds the latest materialization of scratch_c",
-            c2: "newest run of job job_c",
+            f: "is the latest run of scratch_c",
+            c2: "newest finished run of job job_c",
             p2: "holds the latest materialization of scratch_p [d2]",
             p3: "holds the latest materialization of scratch_p",
-            o2: "newest run of job op_job",
+            o2: "newest finished run of job op_job",
+            last_cancelled: "newest finished run of job stuck_job",  # its queued and started runs may yet fail
             started: "not finished (STARTED)", queued: "not finished (QUEUED)",
             r90: "holds the latest materialization of dagster_run_retention",
             r1: "not finished (STARTED)"}  # the run doing the deleting
@@ -221,8 +229,8 @@ def test_asset_deletes_old_finished_runs_and_keeps_what_the_ui_needs(own_instanc
     assert {r.data["run_id"] for r in meta["deleted_runs"].value.records} == gone
     assert all(r.data["status"] in rr.FINISHED for r in meta["deleted_runs"].value.records)
     summary = meta["kept_because"].value
-    for reason in ("not finished (STARTED)", "newest run of job job_c", "newest run of job op_job",
-                   "holds the latest materialization of scratch_p [d2]"):
+    for reason in ("not finished (STARTED)", "newest finished run of job job_c", "newest finished run of job op_job",
+                   "holds the latest materialization of scratch_p [d2]", "is the latest run of scratch_c"):
         assert reason in summary
     # The asset's state survives: every asset still has its latest materialization, d1 and d2 theirs.
     records = {r.asset_entry.asset_key.to_user_string(): r.asset_entry for r in inst.get_asset_records()}

@@ -4,7 +4,7 @@ Dagster keeps every run and its event log until someone deletes it; on a Pi that
 snapshots metrics every 15 minutes that is tens of thousands of runs a year. The
 policy is restic's way of forgetting snapshots: one pure decision per run, with a
 reason an owner can read. A run is deleted only when it is finished, older than
-the retention, not the newest run of its job, and holds nothing the UI still
+the retention, not the newest finished run of its job, and holds nothing the UI still
 shows as an asset's current state.
 """
 
@@ -21,7 +21,7 @@ UNFINISHED = "not finished"
 KEEP_ALL = "run_retention is 0"
 YOUNG = "younger than the retention"
 PROTECTED = "holds an asset's latest materialization"
-NEWEST = "newest run of its job"
+NEWEST = "newest finished run of its job"
 OLD = "older than the retention"
 
 
@@ -60,8 +60,9 @@ def decide(runs: Iterable[Run], *, protected: Mapping[str, str], now: datetime, 
            retention_label: str | None = None) -> Iterator[Decision]:
     """One decision per run, in the order given.
 
-    `runs` come newest first, as Dagster lists them: the first run of a job seen is
-    its newest. `protected` maps run ids that must stay to why, e.g. "holds the
+    `runs` come newest first, as Dagster lists them: the first finished run of a job
+    seen is its last result, kept even while a newer run is queued or running (that
+    one may yet fail). `protected` maps run ids that must stay to why, e.g. "holds the
     latest materialization of backups/n8n". A generator, so tens of thousands of
     runs are decided without holding them: the only state is the set of job names.
     """
@@ -69,10 +70,11 @@ def decide(runs: Iterable[Run], *, protected: Mapping[str, str], now: datetime, 
         raise ValueError(f"retention must not be negative, got {retention_seconds}")
     label = retention_label or format_duration(retention_seconds)
     cutoff = now - timedelta(seconds=retention_seconds)
-    jobs_seen: set[str] = set()
+    jobs_finished: set[str] = set()
     for run in runs:
-        newest = run.job_name not in jobs_seen
-        jobs_seen.add(run.job_name)
+        newest = run.status in FINISHED and run.job_name not in jobs_finished
+        if run.status in FINISHED:
+            jobs_finished.add(run.job_name)
         if run.status not in FINISHED:
             yield Decision(run, False, UNFINISHED, f"not finished ({run.status})")
         elif retention_seconds == 0:
@@ -82,6 +84,6 @@ def decide(runs: Iterable[Run], *, protected: Mapping[str, str], now: datetime, 
         elif run.run_id in protected:
             yield Decision(run, False, PROTECTED, protected[run.run_id])
         elif newest:
-            yield Decision(run, False, NEWEST, f"newest run of job {run.job_name}")
+            yield Decision(run, False, NEWEST, f"newest finished run of job {run.job_name}")
         else:
             yield Decision(run, True, OLD, f"older than {label}")

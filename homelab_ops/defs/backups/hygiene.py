@@ -97,7 +97,8 @@ def runs_newest_first(instance: dg.DagsterInstance) -> Iterator[rr.Run]:
 
 def latest_materialization_runs(instance: dg.DagsterInstance) -> dict[str, str]:
     """Run id -> why it stays: it holds the latest materialization (or observation) of an asset,
-    or of one partition of a partitioned asset. Deleting it would erase that state from the UI."""
+    or of one partition of a partitioned asset, or is the latest run that tried to materialize one
+    (a failed attempt is the asset's current state). Deleting it would change that state in the UI."""
     held: dict[str, str] = {}
     for record in instance.get_asset_records():
         entry = record.asset_entry
@@ -106,6 +107,8 @@ def latest_materialization_runs(instance: dg.DagsterInstance) -> dict[str, str]:
                             ("observation", entry.last_observation_record)):
             if event is not None and event.run_id:
                 held.setdefault(event.run_id, f"holds the latest {what} of {name}")
+        if entry.last_run_id:
+            held.setdefault(entry.last_run_id, f"is the latest run of {name}")
         last = entry.last_materialization_record
         if last is None or last.partition_key is None:
             continue
@@ -123,6 +126,16 @@ def latest_materialization_runs(instance: dg.DagsterInstance) -> dict[str, str]:
                 break
             cursor = result.cursor
     return held
+
+
+def delete_run(instance: dg.DagsterInstance, run_id: str) -> None:
+    """The run, its event log and its captured stdout/stderr (files `delete_run` leaves).
+
+    On a SQLite instance (`make demo`, not the Pi's PostgreSQL) Dagster keeps each run's emptied
+    event-log file (history/runs/<run id>.db); removing it behind the storage's back breaks later
+    reads in processes that opened it, so it stays."""
+    instance.delete_run(run_id)
+    instance.compute_log_manager.delete_logs(prefix=[run_id])
 
 
 def _deleted_table(rows: list[rr.Run]) -> dg.TableMetadataValue:
@@ -154,10 +167,11 @@ def kept_summary(counts: Counter, examples: dict[str, list[str]], deleted: int, 
     kinds={"dagster"},
     description="Weekly: deletes finished Dagster runs (SUCCESS, FAILURE, CANCELED) whose end is older "
                 "than disk_hygiene.run_retention (default 90d; 0 keeps every run), with their event logs "
-                "and captured stdout/stderr, "
-                "so Dagster's storage stops growing. Never deletes a run that is queued or still running, "
-                "the newest run of each job, or a run that holds an asset's (or a partition's) latest "
-                "materialization. Metadata: deleted and kept counts, the deleted runs, and why runs were kept.",
+                "and captured stdout/stderr, so Dagster's PostgreSQL storage stops growing (a SQLite "
+                "instance keeps an emptied file per run). Never deletes a run that is queued or still "
+                "running, the newest finished run of each job, a run that holds an asset's (or a partition's) latest "
+                "materialization, or an asset's latest run (a failed attempt included). Metadata: deleted "
+                "and kept counts, the deleted runs, and why runs were kept.",
 )
 def dagster_run_retention(context: dg.AssetExecutionContext, homelab: HomelabSettings) -> dg.MaterializeResult:
     setting = homelab.settings.disk_hygiene.run_retention
@@ -172,9 +186,7 @@ def dagster_run_retention(context: dg.AssetExecutionContext, homelab: HomelabSet
     this_run = context.run.run_id
     for d in decisions:
         if d.delete and d.run.run_id != this_run:  # this run is STARTED, so never deleted; a guard all the same
-            instance.delete_run(d.run.run_id)
-            # Its captured stdout/stderr: files under the storage folder, which delete_run leaves.
-            instance.compute_log_manager.delete_logs(prefix=[d.run.run_id])
+            delete_run(instance, d.run.run_id)
             n_deleted += 1
             if len(deleted) < TABLE_ROWS:
                 deleted.append(d.run)
