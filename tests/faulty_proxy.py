@@ -14,9 +14,13 @@ from urllib.parse import urlsplit
 
 
 class FaultyProxy:
-    def __init__(self, upstream: str, fail: Callable[[str, str], bool]):
+    def __init__(self, upstream: str, fail: Callable[[str, str], bool],
+                 rewrite: Callable[[str, str, str, str], str] | None = None):
+        """`fail(method, path)` answers 500 instead of forwarding; `rewrite(method, path, header,
+        value)` returns the value a response header is passed on with (a server that lies)."""
         self.upstream = urlsplit(upstream)
         self.fail = fail
+        self.rewrite = rewrite or (lambda method, path, header, value: value)
         self.seen: list[tuple[str, str, int]] = []
         proxy = self
 
@@ -45,7 +49,7 @@ class FaultyProxy:
                 self.send_response(resp.status)
                 for k, v in resp.getheaders():
                     if k.lower() not in ("transfer-encoding", "connection", "content-length"):
-                        self.send_header(k, v)
+                        self.send_header(k, proxy.rewrite(self.command, self.path, k.lower(), v))
                 # A HEAD answer has no body but the length of the object it describes.
                 length = resp.getheader("Content-Length", "0") if self.command == "HEAD" else len(data)
                 self.send_header("Content-Length", str(length))

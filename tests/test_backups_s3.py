@@ -78,3 +78,22 @@ def test_s3_failing_midway_leaves_no_partial_object(new_db, write_settings, s3_s
     assert client.list_objects_v2(Bucket=bucket).get("KeyCount", 0) == 0
     assert client.list_multipart_uploads(Bucket=bucket).get("Uploads", []) == []
     assert locate(settings, db).manifest["database"] == db
+
+
+def test_a_copy_that_does_not_match_after_upload_is_removed(new_db, write_settings, s3_server, s3_bucket):
+    """The HEAD after the upload reports another sha256 (a server that lies): the off-site copy is
+    deleted rather than left to look good, the run fails saying so, the local backup stands."""
+    client, bucket = s3_bucket
+    db = new_db("s3lie")
+    seed(db)
+    lie = (lambda method, p, header, value:
+           "0" * 64 if method == "HEAD" and header == "x-amz-meta-sha256" else value)
+    with FaultyProxy(s3_server, lambda method, p: False, rewrite=lie) as proxy:
+        path, settings = s3_settings(write_settings, db, proxy.url, bucket)
+        result = materialize(path, settings, db)
+    assert not result.success
+    error = result.get_step_failure_events()[0].step_failure_data.error.message
+    assert "does not match after upload" in error and "sha256 differs" in error
+    dumps = [o["Key"] for o in client.list_objects_v2(Bucket=bucket).get("Contents", []) if ".dump" in o["Key"]]
+    assert dumps == []
+    assert locate(settings, db).manifest["database"] == db

@@ -22,7 +22,7 @@ from homelab_ops.settings import S3Target
 
 CHUNK = 1 << 20
 PART = 8 << 20
-COPY_LIMIT = 5 << 30  # the largest object S3 copies in one CopyObject request
+COPY_LIMIT = 1 << 30  # larger objects are copied in parts (S3 allows 5 GiB in one request)
 
 
 def s3_errors() -> tuple[type[Exception], ...]:
@@ -246,23 +246,25 @@ class MultipartStream:
                                                  MultipartUpload={"Parts": self.parts})
                 from boto3.s3.transfer import TransferConfig
 
-                # One CopyObject request up to S3's 5 GiB limit for it: the server copies once, with
-                # nothing for the Pi to do. Only a larger dump is copied in parts.
-                transfer = TransferConfig(multipart_threshold=COPY_LIMIT, multipart_chunksize=512 << 20,
+                # One CopyObject request up to 1 GiB: the server copies once, with nothing for the
+                # Pi to do. Larger dumps go in 256 MiB part copies, each well inside read_timeout
+                # on a server that copies the bytes without keep-alives.
+                transfer = TransferConfig(multipart_threshold=COPY_LIMIT, multipart_chunksize=256 << 20,
                                           max_concurrency=2)
                 client.copy({"Bucket": bucket, "Key": self.key}, bucket, self.key, Config=transfer,
                             ExtraArgs={"Metadata": {"sha256": sha256}, "MetadataDirective": "REPLACE"})
             head = client.head_object(Bucket=bucket, Key=self.key)
+            stamped = head.get("Metadata", {}).get("sha256")
+            if head["ContentLength"] != self.size or stamped != sha256:
+                raise StoreError(f"{self.key} does not match after upload (size {head['ContentLength']} vs "
+                                 f"{self.size}{'' if stamped == sha256 else ', sha256 differs'})")
         except Exception as e:
             self.store.abort_uploads(self.key)
             try:
-                client.delete_object(Bucket=bucket, Key=self.key)  # never leave an unstamped copy
+                client.delete_object(Bucket=bucket, Key=self.key)  # never leave an unstamped or wrong copy
             except Exception:
                 pass
             raise self.store._fail(f"uploading {self.name}", e) from None
-        if head["ContentLength"] != self.size or head.get("Metadata", {}).get("sha256") != sha256:
-            raise StoreError(f"S3 target {self.store.label}: {self.key} does not match after upload "
-                             f"(size {head['ContentLength']} vs {self.size})")
 
 
 def stores_for(settings) -> tuple[LocalStore, list[S3Store]]:
