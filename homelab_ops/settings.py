@@ -73,6 +73,10 @@ class StateSettings(_Section):
     dsn: SecretStr = SecretStr("postgresql://postgres@127.0.0.1:5432/homelab")
 
 
+# The database names homelab-ops backs up: they become folder names and asset keys.
+DATABASE_NAME = re.compile(r"[A-Za-z0-9_][A-Za-z0-9_.-]{0,62}")
+
+
 class PostgresSettings(_Section):
     dsn: SecretStr = SecretStr("postgresql://postgres@127.0.0.1:5432/postgres")
     databases: list[str] | Literal["all"] = ["n8n"]
@@ -85,7 +89,7 @@ class PostgresSettings(_Section):
             if not v:
                 raise ValueError("list at least one database, or write `all`")
             for name in v:
-                if not re.fullmatch(r"[A-Za-z0-9_][A-Za-z0-9_.-]{0,62}", name):
+                if not DATABASE_NAME.fullmatch(name):
                     raise ValueError(f"{name!r} is not a database name this tool backs up")
             if len(set(v)) != len(v):
                 raise ValueError("a database is listed twice")

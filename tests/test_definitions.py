@@ -56,8 +56,13 @@ def test_all_databases_with_the_server_down_falls_back_to_the_backed_up_ones(wri
 
     path, settings = write_settings({"postgres": {"dsn": f"postgresql://postgres@127.0.0.1:{free_port()}/postgres",
                                                   "databases": "all"}})
-    for folder in ("app", "n8n", "_globals", "n8n_workflows"):
-        (Path(settings.backups.local_dir) / folder).mkdir(parents=True)
+    root = Path(settings.backups.local_dir)
+    for folder in ("app", "n8n", "_globals", "n8n_workflows", "lost+found", "empty"):
+        (root / folder).mkdir(parents=True)
+    for folder in ("app", "n8n", "_globals", "lost+found"):  # a complete backup: dump and manifest
+        (root / folder / "20261101T030000Z.dump.zst").write_bytes(b"x")
+        (root / folder / "20261101T030000Z.manifest.json").write_text("{}")
+    # Not the roles or the exports, not a folder without a backup, not a name that cannot be a key.
     assert databases(settings) == ["app", "n8n"]
 
     probe = ("import homelab_ops.definitions as m; d = m.defs(); "

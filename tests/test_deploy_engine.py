@@ -371,6 +371,7 @@ def test_a_limit_the_engine_refuses_is_a_deploy_error_and_changes_nothing(stack,
     from homelab_ops.deploy.spec import Limits
 
     before = stack.inspect("loki")["HostConfig"]["Memory"]
-    with pytest.raises(engine.LimitsRefused, match="(?i)memory"):
+    refused = f"^{stack.name('loki')}: Docker refused the new limits: .*(?i:memory)"  # names the container
+    with pytest.raises(engine.LimitsRefused, match=refused):
         engine.update_limits(docker_client, stack.name("loki"), Limits(memory_mb=1))  # Docker's minimum is 6 MB
     assert stack.inspect("loki")["HostConfig"]["Memory"] == before

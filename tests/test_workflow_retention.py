@@ -167,7 +167,8 @@ def test_dry_run_reports_and_deletes_nothing(write_settings, s3_bucket, s3_serve
 
 
 def test_an_empty_policy_is_refused_before_anything_is_listed(write_settings):
-    # The S3 endpoint does not exist: listing it would fail, so the refusal came first.
+    # The refusal comes before any store is touched: the local folders stay as they are (and the
+    # S3 endpoint, which does not exist, is never asked).
     _, settings = write_settings({"backups": {
         "retention": {"keep_daily": 0, "keep_weekly": 0, "keep_monthly": 0, "keep_within": "0d"},
         "s3": {"bucket": "nowhere", "endpoint_url": "http://127.0.0.1:9"}}})

@@ -26,7 +26,7 @@ from homelab_ops.backups.stores import LocalStore, S3Store, Store, StoreError, s
 from homelab_ops.files import PARTIAL_SUFFIX, fsync_dir
 
 NEWEST = "newest export"
-_NAME = re.compile(r"^(?P<stem>\d{8}T\d{6}Z)(?P<partial>" + re.escape(PARTIAL_SUFFIX) + r")?$")
+_NAME = re.compile(r"(?P<stem>\d{8}T\d{6}Z)(?P<partial>" + re.escape(PARTIAL_SUFFIX) + r")?")
 
 
 # --------------------------------------------------------------------------
@@ -55,7 +55,7 @@ class ExportFolder:
 
 def _kind(name: str) -> str | None:
     """What an export run made this folder: an export, a partial one, or None (not ours; 20261399T... too)."""
-    m = _NAME.match(name)
+    m = _NAME.fullmatch(name)
     if m is None:
         return None
     try:

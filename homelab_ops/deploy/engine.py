@@ -303,7 +303,7 @@ def update_limits(client: docker.DockerClient, cid: str, limits: Limits) -> None
     try:
         client.api.update_container(cid, **kwargs)
     except APIError as e:
-        raise LimitsRefused(str(e.explanation or e)) from None
+        raise LimitsRefused(f"{cid}: Docker refused the new limits: {e.explanation or e}") from None
 
 
 def reconcile_limits(client: docker.DockerClient, info: dict, limits: Limits) -> bool:
@@ -311,7 +311,7 @@ def reconcile_limits(client: docker.DockerClient, info: dict, limits: Limits) ->
     want = Limits(limits.memory_mb, limits.cpuset or have.cpuset, limits.cpus)
     if have == want:
         return False
-    update_limits(client, info["Id"], limits)
+    update_limits(client, info["Name"].lstrip("/"), limits)
     return True
 
 

@@ -10,11 +10,11 @@ import psycopg
 
 from homelab_ops.backups import postgresql as pg
 from homelab_ops.backups.backup import BackupError, BackupResult, run_backup, run_globals_backup
-from homelab_ops.backups.catalog import GLOBALS
+from homelab_ops.backups.catalog import GLOBALS, read_listing
 from homelab_ops.backups.n8n_export import FOLDER as EXPORTS
 from homelab_ops.backups.stores import LocalStore
 from homelab_ops.defs.resources import HomelabSettings
-from homelab_ops.settings import Settings
+from homelab_ops.settings import DATABASE_NAME, Settings
 
 GROUP = "backups"
 
@@ -23,14 +23,20 @@ def databases(settings: Settings) -> list[str]:
     """The databases with assets. `all` asks the server at load time; when it does not answer, the
     databases already backed up here stand in, so a PostgreSQL outage leaves the code location (and
     the health sensors that report the outage) loaded. Their backups fail, naming the server."""
+    log = dg.get_dagster_logger()
     try:
-        return pg.configured_databases(settings)
+        names = pg.configured_databases(settings)
     except psycopg.OperationalError as e:
-        known = [d for d in LocalStore(settings.backups.local_dir).databases() if d not in (GLOBALS, EXPORTS)]
-        dg.get_dagster_logger().warning(
-            f"postgres.databases is `all` but the server did not answer ({(str(e).strip().splitlines() or [''])[0]}); "
-            f"using the databases backed up in {settings.backups.local_dir}: {', '.join(known) or 'none'}")
-        return known
+        local = LocalStore(settings.backups.local_dir)
+        names = [d for d in local.databases() if d not in (GLOBALS, EXPORTS) and read_listing(local.list(d)).backups]
+        log.warning(f"postgres.databases is `all` but the server did not answer "
+                    f"({(str(e).strip().splitlines() or [''])[0]}); using the databases backed up in "
+                    f"{settings.backups.local_dir}: {', '.join(names) or 'none'}")
+    usable = [n for n in names if DATABASE_NAME.fullmatch(n)]  # `all` may find names like lost+found
+    if len(usable) < len(names):
+        log.warning(f"not backed up, names that cannot be folder names and asset keys: "
+                    f"{', '.join(sorted(set(names) - set(usable)))}")
+    return usable
 
 
 def _kinds(settings: Settings) -> set[str]:

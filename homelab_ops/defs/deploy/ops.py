@@ -238,7 +238,7 @@ def apply_limits(context: dg.OpExecutionContext, config: TuneConfig, homelab: Ho
                 engine.update_limits(client, spec.name, p.after)
                 applied.append((p.service, "updated"))
             except engine.LimitsRefused as e:
-                context.log.warning(f"{p.service}: docker update refused ({e}); recreating")
+                context.log.warning(f"{p.service}: {e}; recreating")
                 new_spec = dataclasses.replace(spec, limits=p.after)
                 engine.converge(client, new_spec, wait_s=settings.monitoring.health.wait.seconds,
                                 log=context.log.info, force=True)
