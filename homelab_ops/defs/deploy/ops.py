@@ -48,11 +48,8 @@ def _fail(e: Exception) -> dg.Failure:
 
 def monitoring_plan(settings: Settings, docker: DockerResource) -> StackPlan:
     """Settings and the host's facts -> the plan; a refused plan fails the op, naming why."""
-    client = docker.client()
-    try:
+    with docker.client() as client:
         facts = engine.host_facts(client, docker_host=docker.host, textfile_dir=settings.metrics.textfile_dir)
-    finally:
-        client.close()
     try:
         return build_monitoring_plan(settings, facts, dashboards=_dashboards(settings),
                                      tuned=tune.load_tuned(settings.monitoring.state_dir))
@@ -80,27 +77,23 @@ def plan_monitoring(context: dg.OpExecutionContext, config: DeployConfig, homela
 def plan_traefik(context: dg.OpExecutionContext, homelab: HomelabSettings, docker: DockerResource) -> StackPlan:
     """Traefik's flags, labels and file-provider routes; refused without basic-auth users."""
     settings = homelab.settings
-    client = docker.client()
-    try:
+    with docker.client() as client:
         facts = engine.host_facts(client, docker_host=docker.host, access_log_dir=settings.traefik.access_log_dir)
+    try:
         return build_traefik_plan(settings, facts, stored_users=stored_users(settings, f"dagster-run:{context.run_id}"))
     except (PlanError, CredentialError) as e:
         raise _fail(e) from None
-    finally:
-        client.close()
 
 
 @dg.op(out=dg.Out(StackPlan, io_manager_key=IO))
 def pull_images(context: dg.OpExecutionContext, homelab: HomelabSettings, docker: DockerResource,
                 plan: StackPlan) -> StackPlan:
     """Every image present before any container stops (`never`: a missing one is an error)."""
-    client = docker.client()
-    try:
-        pulled = engine.ensure_images(client, plan.images, homelab.settings.monitoring.pull, context.log.info)
-    except engine.DeployError as e:
-        raise _fail(e) from None
-    finally:
-        client.close()
+    with docker.client() as client:
+        try:
+            pulled = engine.ensure_images(client, plan.images, homelab.settings.monitoring.pull, context.log.info)
+        except engine.DeployError as e:
+            raise _fail(e) from None
     context.log.info(f"images ready; pulled: {pulled or 'none'}")
     return plan
 
@@ -110,12 +103,9 @@ def pull_images(context: dg.OpExecutionContext, homelab: HomelabSettings, docker
 def prepare_stack(context: dg.OpExecutionContext, docker: DockerResource, plan: StackPlan):
     """The network and the host directories the mounts need; services switched off are
     removed; then one step per service."""
-    client = docker.client()
-    try:
+    with docker.client() as client:
         state = engine.ensure_network(client, plan.network)
         engine.remove_disabled(client, plan.disabled, context.log.info)
-    finally:
-        client.close()
     engine.ensure_local_dirs(plan.local_dirs)
     engine.write_textfiles(plan.textfiles)
     context.log.info(f"network {plan.network}: {state}")
@@ -128,14 +118,12 @@ def prepare_stack(context: dg.OpExecutionContext, docker: DockerResource, plan: 
 def deploy_service(context: dg.OpExecutionContext, homelab: HomelabSettings, docker: DockerResource,
                    spec: ContainerSpec) -> engine.Outcome:
     """Create or update one container, wait until healthy; roll back if it never is."""
-    client = docker.client()
-    try:
-        outcome = engine.converge(client, spec, wait_s=homelab.settings.monitoring.health.wait.seconds,
-                                  log=context.log.info)
-    except engine.DeployError as e:
-        raise _fail(e) from None
-    finally:
-        client.close()
+    with docker.client() as client:
+        try:
+            outcome = engine.converge(client, spec, wait_s=homelab.settings.monitoring.health.wait.seconds,
+                                      log=context.log.info)
+        except engine.DeployError as e:
+            raise _fail(e) from None
     context.log.info(f"{spec.service}: {outcome.action} ({outcome.container_id[:12]})")
     return outcome
 
@@ -145,16 +133,14 @@ def verify_stack(context: dg.OpExecutionContext, homelab: HomelabSettings, docke
                  plan: StackPlan, outcomes: list) -> dict:
     """End to end: healthy containers; for monitoring, Prometheus' targets, rules and Alertmanager."""
     timeout = homelab.settings.monitoring.health.verify.seconds
-    client = docker.client()
-    try:
-        if plan.stack == "monitoring":
-            checks = engine.verify_monitoring(client, plan, timeout_s=timeout, log=context.log.info)
-        else:
-            checks = engine.verify_containers(client, plan, timeout_s=timeout)
-    except engine.DeployError as e:
-        raise _fail(e) from None
-    finally:
-        client.close()
+    with docker.client() as client:
+        try:
+            if plan.stack == "monitoring":
+                checks = engine.verify_monitoring(client, plan, timeout_s=timeout, log=context.log.info)
+            else:
+                checks = engine.verify_containers(client, plan, timeout_s=timeout)
+        except engine.DeployError as e:
+            raise _fail(e) from None
     return {"checks": checks, "outcomes": outcomes}
 
 
@@ -184,8 +170,7 @@ def measure_usage(context: dg.OpExecutionContext, config: TuneConfig, homelab: H
                   docker: DockerResource) -> dict:
     """The Engine's stats for every running service of the stack over the window."""
     plan = monitoring_plan(homelab.settings, docker)
-    client = docker.client()
-    try:
+    with docker.client() as client:
         current, missing = {}, []
         for s in plan.services:
             info = engine.inspect(client, s.name)
@@ -197,8 +182,6 @@ def measure_usage(context: dg.OpExecutionContext, config: TuneConfig, homelab: H
             raise dg.Failure(description=f"not running, deploy_monitoring first: {', '.join(missing)}")
         context.log.info(f"sampling {len(current)} containers for {config.window_seconds:.0f}s")
         usage = tune.sample_usage(client, {s.service: s.name for s in plan.services}, config.window_seconds)
-    finally:
-        client.close()
     return {"plan": plan, "usage": usage, "current": current}
 
 
@@ -229,9 +212,8 @@ def apply_limits(context: dg.OpExecutionContext, config: TuneConfig, homelab: Ho
     changed = [p for p in proposals if p.changed]
     if config.dry_run or not changed:
         return {"applied": [], "proposals": proposals, "usage": measured["usage"]}
-    client = docker.client()
     applied = []
-    try:
+    with docker.client() as client:
         for p in changed:
             spec = plan.service(p.service)
             try:
@@ -244,8 +226,6 @@ def apply_limits(context: dg.OpExecutionContext, config: TuneConfig, homelab: Ho
                                 log=context.log.info, force=True)
                 applied.append((p.service, "recreated"))
         after = {s: engine.limits_of(client.api.inspect_container(plan.service(s).name)) for s, _ in applied}
-    finally:
-        client.close()
     svcs = settings.monitoring.services
     record = tune.load_tuned(settings.monitoring.state_dir)
     record.update(tune.tuned_record(

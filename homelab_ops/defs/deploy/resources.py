@@ -1,6 +1,8 @@
 """The Docker Engine the deploy jobs drive (settings `docker.host`)."""
 
+import contextlib
 import functools
+from collections.abc import Iterator
 from typing import TYPE_CHECKING
 
 import dagster as dg
@@ -18,8 +20,14 @@ class DockerResource(dg.ConfigurableResource):
     host: str = "unix:///var/run/docker.sock"
     timeout_s: int = 120
 
-    def client(self) -> "docker.DockerClient":
-        return engine.connect(self.host, self.timeout_s)
+    @contextlib.contextmanager
+    def client(self) -> Iterator["docker.DockerClient"]:
+        """For one step, closed after it (`with docker.client() as client:`)."""
+        client = engine.connect(self.host, self.timeout_s)
+        try:
+            yield client
+        finally:
+            client.close()
 
 
 @functools.cache
