@@ -14,6 +14,8 @@ import subprocess
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from homelab_ops.errors import first_line
+
 TRIMMED, NOT_SUPPORTED, NOT_PERMITTED, NO_SUCH_MOUNT, NO_FSTRIM, FAILED = (
     "trimmed", "not supported", "not permitted", "no such mount", "fstrim not installed", "failed")
 DOCKER_OK, NO_DAEMON = "ok", "no docker daemon"
@@ -126,4 +128,4 @@ def container_logs(host: str, *, timeout: int = 10) -> DockerLogs:
 
 
 def _short(e: Exception) -> str:
-    return str(e).splitlines()[0][:300] if str(e) else type(e).__name__
+    return first_line(e, 300)

@@ -7,6 +7,7 @@ from datetime import datetime, timezone
 import click
 import psycopg
 
+from homelab_ops.errors import first_line
 from homelab_ops.notify import chats as chats_mod
 from homelab_ops.notify.alert import SEVERITIES, Alert
 
@@ -19,8 +20,7 @@ def _conn(obj):
     try:
         return chats_mod.state_connection(obj.settings)
     except psycopg.Error as e:
-        first = (str(e).strip().splitlines() or [type(e).__name__])[0]
-        raise click.ClickException(f"state database not reachable: {first}") from None
+        raise click.ClickException(f"state database not reachable: {first_line(e)}") from None
 
 
 @click.group()

@@ -22,6 +22,7 @@ from homelab_ops.credentials import policy
 from homelab_ops.credentials.errors import CredentialError
 from homelab_ops.credentials.policy import Definition
 from homelab_ops.credentials.store import Store
+from homelab_ops.errors import first_line
 
 
 @dataclass
@@ -140,8 +141,7 @@ class PostgresRole(Kind):
         try:
             self.login(ctx, pending["value"])
         except psycopg.Error as e:
-            reason = (str(e).strip().splitlines() or [type(e).__name__])[0]
-            raise CredentialError(f"login as {ctx.option('role')!r} with the new password failed ({reason}); "
+            raise CredentialError(f"login as {ctx.option('role')!r} with the new password failed ({first_line(e)}); "
                                   + self._revert(ctx)) from None
 
     def _revert(self, ctx: Context) -> str:
@@ -152,7 +152,7 @@ class PostgresRole(Kind):
             _, current = ctx.read("current", "revert")
             self._alter(ctx, current["value"])
         except (psycopg.Error, CredentialError) as e:
-            return f"putting the current password back failed too: {str(e).splitlines()[0]}"
+            return f"putting the current password back failed too: {first_line(e)}"
         return "the current password was put back"
 
 

@@ -15,6 +15,7 @@ from homelab_ops.credentials import policy
 from homelab_ops.credentials.errors import CredentialError, RotationError
 from homelab_ops.credentials.kinds import Context, Kind, kind_for
 from homelab_ops.credentials.store import Store
+from homelab_ops.errors import typed_first_line
 
 STEPS = ("create", "set", "test", "finish")
 
@@ -39,8 +40,7 @@ class RotationResult:
 def _reason(e: Exception) -> str:
     if isinstance(e, CredentialError):
         return str(e)
-    first = (str(e).strip().splitlines() or [""])[0]
-    return f"{type(e).__name__}: {first}" if first else type(e).__name__
+    return typed_first_line(e)
 
 
 def _run(ctx: Context, step: str) -> None:

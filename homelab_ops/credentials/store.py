@@ -26,6 +26,7 @@ from homelab_ops.credentials import policy
 from homelab_ops.credentials.errors import CredentialError, MasterKeyError, RotationBusy, UnknownCredential
 from homelab_ops.credentials.keys import InvalidToken, Keyring, key_id, load_keyring, new_key, write_key_file
 from homelab_ops.credentials.policy import Definition
+from homelab_ops.errors import first_line
 from homelab_ops.state import SCHEMA, connect, open_state
 
 log = logging.getLogger(__name__)
@@ -406,7 +407,7 @@ def open_store(settings, actor: str, *, keyring: Keyring | None = None) -> Itera
     try:
         conn = open_state(settings)
     except psycopg.OperationalError as e:
-        raise CredentialError(f"cannot reach the state database: {_first_line(e)}") from None
+        raise CredentialError(f"cannot reach the state database: {first_line(e)}") from None
     try:
         conn.autocommit = True
         store = Store(conn, keyring, actor, dsn=settings.state.dsn.get_secret_value())
@@ -414,13 +415,9 @@ def open_store(settings, actor: str, *, keyring: Keyring | None = None) -> Itera
         store.sync_settings(settings)
         yield store
     except psycopg.Error as e:  # never a value in these: the store sends only ciphertext
-        raise CredentialError(f"state database error: {_first_line(e)}") from None
+        raise CredentialError(f"state database error: {first_line(e)}") from None
     finally:
         conn.close()
-
-
-def _first_line(e: BaseException) -> str:
-    return (str(e).strip().splitlines() or [type(e).__name__])[0]
 
 
 def init_store(settings, actor: str) -> tuple[Path | None, str, bool]:
@@ -477,8 +474,8 @@ def rekey(store: Store, target: str | os.PathLike) -> str:
         raise MasterKeyError("a stored value does not open with the current master key; nothing re-encrypted "
                              f"({target} holds the new and the old key, either opens the store)") from None
     except psycopg.Error as e:
-        store.audit("rekey", outcome="failed", detail=_first_line(e))
-        raise CredentialError(f"rekey failed, nothing re-encrypted: {_first_line(e)} "
+        store.audit("rekey", outcome="failed", detail=first_line(e))
+        raise CredentialError(f"rekey failed, nothing re-encrypted: {first_line(e)} "
                               f"({target} holds the new and the old key, either opens the store)") from None
     store.keyring = Keyring([fresh], str(target))
     write_key_file(target, store.keyring, replace=True)
@@ -502,7 +499,7 @@ def known_definitions(settings, *, timeout: int = 3) -> list[Definition]:
     except psycopg.Error as e:
         level = logging.INFO if "does not exist" in str(e) else logging.WARNING  # a fresh install has none yet
         log.log(level, "credential registry not read (%s); only the settings file's credentials get assets",
-                _first_line(e))
+                first_line(e))
     return [found[n] for n in sorted(found)]
 
 

@@ -20,6 +20,7 @@ from concurrent.futures import ThreadPoolExecutor, wait
 from datetime import date, datetime, timedelta, timezone
 from pathlib import Path
 
+from homelab_ops.errors import typed_first_line
 from homelab_ops.health import checks as c
 from homelab_ops.health.checks import CheckResult, Thresholds
 
@@ -30,11 +31,6 @@ TAIL_BYTES = 4 << 20  # at most this much of a log file is read per tick
 
 class Unavailable(Exception):
     """A check's input is not there (not configured, no file, no socket); its result is `unknown`."""
-
-
-def first_line(e: BaseException) -> str:
-    text = str(e).strip().splitlines()
-    return f"{type(e).__name__}: {text[0]}" if text else type(e).__name__
 
 
 # --------------------------------------------------------------------------- host
@@ -130,7 +126,7 @@ def check_containers(settings, th: Thresholds, now: datetime, client_factory=doc
         finally:
             client.close()
     except Exception as e:  # docker.errors.DockerException, requests' ConnectionError, a missing socket
-        return [c.unknown("docker", f"cannot reach Docker at {settings.docker.host}: {first_line(e)}")]
+        return [c.unknown("docker", f"cannot reach Docker at {settings.docker.host}: {typed_first_line(e)}")]
     return c.containers(readings, now, th.container_restarts_warn, settings.health.container_stacks,
                         settings.health.ignore_containers)
 
@@ -147,7 +143,7 @@ def check_postgres(settings, th: Thresholds, now: datetime) -> list[CheckResult]
                              application_name="homelab-ops health") as conn:
             conn.execute("SELECT 1").fetchone()
     except psycopg.Error as e:
-        return [c.postgres_reachable(first_line(e))]
+        return [c.postgres_reachable(typed_first_line(e))]
     return [c.postgres_reachable(None, time.monotonic() - start)]
 
 
@@ -178,7 +174,7 @@ def check_backups(settings, th: Thresholds, now: datetime) -> list[CheckResult]:
     try:
         names = configured_databases(settings)
     except Exception as e:
-        return [c.unknown("backup_age", f"cannot list the databases to judge: {first_line(e)}")]
+        return [c.unknown("backup_age", f"cannot list the databases to judge: {typed_first_line(e)}")]
     out = []
     for db in names:
         listing = read_listing(store.list(db))
@@ -257,7 +253,7 @@ def container_log(settings, name: str, since: datetime, client_factory=docker_cl
     try:
         client = client_factory(settings)
     except Exception as e:
-        raise Unavailable(f"cannot reach Docker at {settings.docker.host}: {first_line(e)}") from None
+        raise Unavailable(f"cannot reach Docker at {settings.docker.host}: {typed_first_line(e)}") from None
     try:
         import docker.errors
 
@@ -267,7 +263,7 @@ def container_log(settings, name: str, since: datetime, client_factory=docker_cl
         except docker.errors.NotFound:
             raise Unavailable(f"no container named {name}") from None
         except docker.errors.DockerException as e:
-            raise Unavailable(f"cannot read the logs of {name}: {first_line(e)}") from None
+            raise Unavailable(f"cannot read the logs of {name}: {typed_first_line(e)}") from None
     finally:
         client.close()
     out = []
@@ -350,7 +346,7 @@ def run_checks(settings, *, now: datetime | None = None, groups: list[tuple[Grou
                     got = future.result()
                 except Exception as e:
                     log.warning("health check %s raised %s", fn.__name__, type(e).__name__)
-                    got = [c.unknown(n, f"the check failed: {first_line(e)}") for n in names]
+                    got = [c.unknown(n, f"the check failed: {typed_first_line(e)}") for n in names]
             for r in got:
                 results.setdefault(r.name, r)
         return list(results.values())

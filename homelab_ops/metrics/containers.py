@@ -24,6 +24,7 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
 
+from homelab_ops.errors import first_line
 from homelab_ops.metrics.thresholds import ERROR, WARN, Outcome
 
 # Docker's State.Status, in lifecycle order; homelab_container_state stores the code.
@@ -390,7 +391,7 @@ class DockerUnavailable(RuntimeError):
 
 
 def _short(e: BaseException) -> str:
-    return (str(e).splitlines() or [type(e).__name__])[0][:300] or type(e).__name__
+    return first_line(e, 300)
 
 
 def take_snapshot(host: str, *, patterns: list[str] | None = None, timeout: float = 30,

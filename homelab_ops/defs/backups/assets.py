@@ -14,6 +14,7 @@ from homelab_ops.backups.catalog import GLOBALS, read_listing
 from homelab_ops.backups.n8n_export import FOLDER as EXPORTS
 from homelab_ops.backups.stores import LocalStore
 from homelab_ops.defs.resources import HomelabSettings
+from homelab_ops.errors import first_line
 from homelab_ops.settings import DATABASE_NAME, Settings
 
 GROUP = "backups"
@@ -30,7 +31,7 @@ def databases(settings: Settings) -> list[str]:
         local = LocalStore(settings.backups.local_dir)
         names = [d for d in local.databases() if d not in (GLOBALS, EXPORTS) and read_listing(local.list(d)).backups]
         log.warning(f"postgres.databases is `all` but the server did not answer "
-                    f"({(str(e).strip().splitlines() or [''])[0]}); using the databases backed up in "
+                    f"({first_line(e)}); using the databases backed up in "
                     f"{settings.backups.local_dir}: {', '.join(names) or 'none'}")
     usable = [n for n in names if DATABASE_NAME.fullmatch(n)]  # `all` may find names like lost+found
     if len(usable) < len(names):

@@ -13,6 +13,7 @@ from homelab_ops.credentials.policy import Definition, human_duration
 from homelab_ops.credentials.scan import ScanError, summary
 from homelab_ops.credentials.service import rotate_and_report, scan_configured
 from homelab_ops.defs.resources import HomelabSettings
+from homelab_ops.errors import first_line
 
 GROUP = "credentials"
 _KINDS = {"postgres-role": {"postgres"}, "s3-access-key": {"s3"}, "generated": {"secret"}, "manual": {"secret"}}
@@ -99,7 +100,7 @@ def workflow_secrets_scan_asset() -> dg.AssetsDefinition:
         except (ScanError, OSError) as e:
             raise dg.Failure(description=str(e)) from None
         except psycopg.Error as e:
-            raise dg.Failure(description=f"cannot read n8n's workflows: {str(e).strip().splitlines()[0]}") from None
+            raise dg.Failure(description=f"cannot read n8n's workflows: {first_line(e)}") from None
         findings = report.findings
         if findings:
             context.log.warning(f"{len(findings)} hard-coded secrets in n8n workflows")
