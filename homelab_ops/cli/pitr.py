@@ -1,0 +1,116 @@
+"""`homelab-ops pitr ...`: the WAL receiver, base backups, verification and retention by hand."""
+
+from __future__ import annotations
+
+import json
+
+import click
+
+from homelab_ops.errors import first_line
+
+
+@click.group()
+def pitr() -> None:
+    """Point-in-time recovery: continuous WAL archiving and base backups."""
+
+
+@pitr.command("receive")
+@click.pass_obj
+def receive_cmd(obj) -> None:
+    """Stream WAL into <local_dir>/_wal/<cluster>/ until stopped (SIGTERM or Ctrl-C)."""
+    from homelab_ops.pitr.receive import ReceiveError, run_receiver, wal_dir
+
+    settings = obj.settings
+    click.echo(f"receiving WAL of cluster {settings.pitr.cluster} into {wal_dir(settings)} "
+               f"(slot {settings.pitr.slot_name})")
+    try:
+        run_receiver(settings, on_event=lambda msg: click.echo(msg, err=True))
+    except ReceiveError as e:
+        raise click.ClickException(str(e)) from None
+
+
+@pitr.command("basebackup")
+@click.pass_obj
+def basebackup_cmd(obj) -> None:
+    """Take, verify (pg_verifybackup) and store one base backup now."""
+    from homelab_ops.pitr.base import BaseBackupError, run_base_backup
+
+    try:
+        b = run_base_backup(obj.settings)
+    except BaseBackupError as e:
+        raise click.ClickException(str(e)) from None
+    click.echo(f"base backup {b.stem}: WAL {b.manifest['start_lsn']} .. {b.manifest['end_lsn']}, "
+               f"timeline {b.timeline}, verified with pg_verifybackup")
+
+
+@pitr.command("verify")
+@click.argument("database")
+@click.pass_obj
+def verify_cmd(obj, database: str) -> None:
+    """Replay the WAL archive to the newest nightly dump's point and compare every table."""
+    from homelab_ops.pitr.verify import verify_database
+
+    result = verify_database(obj.settings, database)
+    click.echo(result.message)
+    for t in result.tables:
+        click.echo(f"  {t['table']}: {t['expected_rows']} / {t['restored_rows']} rows, "
+                   f"checksum {'ok' if t['checksum_match'] else 'DIFFERS'}")
+    if not result.passed:
+        raise SystemExit(1)
+
+
+@pitr.command("prune")
+@click.option("--dry-run", is_flag=True, help="Show what would go; delete nothing.")
+@click.pass_obj
+def prune_cmd(obj, dry_run: bool) -> None:
+    """Base backups by backups.retention; WAL older than the oldest kept base backup."""
+    from homelab_ops.pitr.retention import prune
+
+    try:
+        p = prune(obj.settings, dry_run=dry_run)
+    except Exception as e:
+        raise click.ClickException(first_line(e)) from None
+    verb = "would remove" if dry_run else "removed"
+    for stem, reasons in p.keep:
+        click.echo(f"keep     {stem}  {', '.join(reasons)}")
+    for stem in p.remove:
+        click.echo(f"{verb} base backup {stem}")
+    click.echo(f"{verb} {len(p.wal_remove)} WAL segment files (keeping from segment {p.keep_wal_from or '-'})")
+
+
+@pitr.command("status")
+@click.pass_obj
+def status_cmd(obj) -> None:
+    """The receiver's heartbeat and the health checks of the WAL stream."""
+    from homelab_ops.pitr.health import pitr_results
+    from homelab_ops.pitr.receive import read_status
+
+    settings = obj.settings
+    click.echo(json.dumps(read_status(settings), indent=2))
+    for r in pitr_results(settings):
+        click.echo(f"{r.state:<8} {r.name}: {r.reason}")
+
+
+def wants_pitr(settings, at: str) -> bool:
+    """`backups restore --at`: anything but a dump's stem goes to point-in-time recovery when it is on."""
+    from homelab_ops.pitr.plan import is_pitr_target
+
+    return settings.pitr.enabled and is_pitr_target(at)
+
+
+def restore_at_point(settings, database: str, into: str, at: str, source: str) -> None:
+    """The point-in-time branch of `homelab-ops backups restore` (cli/backups.py calls it)."""
+    from homelab_ops.pitr.base import BaseBackupError
+    from homelab_ops.pitr.plan import PlanError, parse_target
+    from homelab_ops.pitr.recover import RecoverError, restore_at
+
+    try:
+        target = parse_target(at, settings.tz)
+        click.echo(f"restoring {database} as of {target.describe()} into {into}: base backup, WAL replay "
+                   "in a temporary cluster, then pg_dump | pg_restore")
+        r = restore_at(settings, database, into, at, source=source)
+    except (PlanError, RecoverError, BaseBackupError) as e:
+        raise click.ClickException(str(e)) from None
+    click.echo(f"restored {database} as of {r.target} into {into} (base backup {r.base}; "
+               f"{r.stop_reason or 'replayed to the end of the archive'}; "
+               f"newest transaction: {r.last_commit or 'none replayed'})")

@@ -1,0 +1,407 @@
+"""Point-in-time recovery against a real PostgreSQL 15 cluster (wal_level=logical) started here.
+
+The receiver runs as the real command (`homelab-ops pitr receive`, a subprocess), the
+archive is age-encrypted, and every restore goes through a temporary PostgreSQL. Writes
+are spread over distinct seconds and several WAL segments (pg_switch_wal) rather than
+minutes of wall time.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import threading
+import time
+from datetime import datetime, timedelta, timezone
+from pathlib import Path
+from zoneinfo import ZoneInfo
+
+import psycopg
+import pyrage
+import pytest
+import yaml
+
+from homelab_ops.backups.backup import run_backup
+from homelab_ops.health.checks import FAIL, OK
+from homelab_ops.pitr import base, wal
+from homelab_ops.pitr.health import pitr_results
+from homelab_ops.pitr.receive import read_status, slot_state, wal_dir
+from homelab_ops.pitr.recover import restore_at
+from homelab_ops.pitr.verify import EXACT, verify_database
+from homelab_ops.settings import load
+from tests.pitr_cluster import logical_cluster
+
+pytestmark = pytest.mark.services  # every test here runs PostgreSQL clusters of its own
+
+CLI = str(Path(sys.executable).with_name("homelab-ops"))
+BERLIN = ZoneInfo("Europe/Berlin")
+
+
+class Env:
+    def __init__(self, cluster, tmp: Path):
+        self.c, self.tmp = cluster, tmp
+        ident = pyrage.x25519.Identity.generate()
+        key = tmp / "age.key"
+        key.write_text(str(ident) + "\n")
+        key.chmod(0o600)
+        self.config = {
+            "timezone": "Europe/Berlin",
+            "postgres": {"dsn": cluster.dsn(), "databases": ["shop"], "pg_bin_dir": "/usr/lib/postgresql/15/bin"},
+            "state": {"dsn": cluster.dsn("homelab")},
+            "backups": {"local_dir": str(tmp / "backups"), "timeout": "10m",
+                        "encryption": {"age_recipients": [str(ident.to_public())], "identity_file": str(key)}},
+            "metrics": {"textfile_dir": str(tmp / "textfile")},
+            "pitr": {"enabled": True, "status_interval": "1s", "max_lag": "20s"},
+        }
+        self.path = self.write(self.config)
+        self.settings = load(self.path)
+        self.rx: subprocess.Popen | None = None
+
+    def write(self, config, name="homelab.yaml") -> Path:
+        p = self.tmp / name
+        p.write_text(yaml.safe_dump(config))
+        return p
+
+    def start_receiver(self):
+        self.rx = subprocess.Popen([CLI, "--config", str(self.path), "pitr", "receive"],
+                                   stdout=open(self.tmp / "rx.out", "ab"), stderr=subprocess.STDOUT)
+        wait_for(lambda: slot_state(self.c.dsn(), self.settings.pitr.slot_name).get("active"), "receiver connects")
+
+    def sql(self, db: str, query: str, params=None):
+        with psycopg.connect(self.c.dsn(db), autocommit=True) as conn:
+            cur = conn.execute(query, params)
+            return cur.fetchall() if cur.description else None
+
+    def caught_up(self):
+        """Wait until the receiver has flushed everything the server has written so far."""
+        target = wal.parse_lsn(self.sql("postgres", "SELECT pg_current_wal_lsn()::text")[0][0])
+        wait_for(lambda: wal.parse_lsn(slot_state(self.c.dsn(), self.settings.pitr.slot_name)["flushed_lsn"] or "0/0")
+                 >= target, "receiver catches up")
+
+
+def wait_for(cond, what: str, timeout: float = 180.0):
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        try:
+            if cond():
+                return
+        except psycopg.Error:
+            pass
+        time.sleep(0.3)
+    raise AssertionError(f"timed out waiting until {what}")
+
+
+@pytest.fixture(scope="module")
+def env(tmp_path_factory):
+    with logical_cluster() as c:
+        e = Env(c, tmp_path_factory.mktemp("pitr"))
+        e.start_receiver()
+        try:
+            yield e
+        finally:
+            if e.rx and e.rx.poll() is None:
+                e.rx.send_signal(signal.SIGTERM)
+                e.rx.wait(timeout=60)
+
+
+def rows(e: Env, db: str, table: str) -> list[tuple]:
+    return e.sql(db, f"SELECT * FROM {table} ORDER BY 1")
+
+
+def quiet_second(e: Env) -> datetime:
+    """A whole second at which no commit happens: after the last commit, before the next."""
+    now = e.sql("postgres", "SELECT clock_timestamp()")[0][0]
+    t = datetime.fromtimestamp(math.ceil(now.timestamp()), timezone.utc)
+    time.sleep(max(0.0, (t - now).total_seconds()) + 0.4)
+    return t
+
+
+def test_restore_one_database_before_and_after_a_delete_and_latest(env):
+    e = env
+    e.sql("postgres", "CREATE DATABASE shop")
+    e.sql("shop", "CREATE TABLE orders (id int PRIMARY KEY, item text NOT NULL)")
+    e.sql("shop", "INSERT INTO orders SELECT g, 'item ' || g FROM generate_series(1, 60) g")
+    bb = base.run_base_backup(e.settings)
+    assert bb.manifest["verified_with"] == "pg_verifybackup"
+    assert all(n.endswith(".zst.age") for n in bb.files)
+
+    e.sql("shop", "INSERT INTO orders SELECT g, 'late ' || g FROM generate_series(61, 90) g")
+    e.sql("postgres", "SELECT pg_switch_wal()")
+    e.sql("shop", "UPDATE orders SET item = item || ' (paid)' WHERE id % 5 = 0")
+    before_delete = rows(e, "shop", "orders")
+    t_before = quiet_second(e)
+    e.sql("shop", "DELETE FROM orders WHERE id % 3 = 0")
+    e.sql("postgres", "SELECT pg_switch_wal()")
+    e.sql("shop", "INSERT INTO orders VALUES (1000, 'after the delete')")
+    after_delete = rows(e, "shop", "orders")
+    t_after = quiet_second(e)
+    e.sql("shop", "INSERT INTO orders SELECT g, 'newest ' || g FROM generate_series(2000, 2010) g")
+    e.sql("shop", "DELETE FROM orders WHERE id = 1")
+    latest = rows(e, "shop", "orders")
+    e.caught_up()
+    assert before_delete != after_delete != latest
+
+    # the operator's command, with a wall-clock time in the settings' zone (Europe/Berlin)
+    local = t_before.astimezone(BERLIN).strftime("%Y-%m-%d %H:%M:%S")
+    out = subprocess.run([CLI, "--config", str(e.path), "backups", "restore", "shop", "--into", "shop_before",
+                          "--at", local], capture_output=True, text=True, timeout=600)
+    assert out.returncode == 0, out.stderr + out.stdout
+    assert rows(e, "shop_before", "orders") == before_delete
+
+    restore_at(e.settings, "shop", "shop_after", t_after.isoformat())
+    assert rows(e, "shop_after", "orders") == after_delete
+
+    restore_at(e.settings, "shop", "shop_latest", "latest")
+    assert rows(e, "shop_latest", "orders") == latest
+
+    # never over an existing database
+    again = subprocess.run([CLI, "--config", str(e.path), "backups", "restore", "shop", "--into", "shop_latest",
+                            "--at", "latest"], capture_output=True, text=True, timeout=120)
+    assert again.returncode != 0 and "already exists" in again.stderr
+
+
+def _busy_dump(e: Env, db: str):
+    e.sql("postgres", f"CREATE DATABASE {db}")
+    e.sql(db, "CREATE TABLE events (id bigserial PRIMARY KEY, payload text, at timestamptz DEFAULT clock_timestamp())")
+    e.sql(db, "CREATE TABLE config (k text PRIMARY KEY, v jsonb)")
+    e.sql(db, "INSERT INTO events (payload) SELECT md5(g::text) FROM generate_series(1, 20000) g")
+    e.sql(db, "INSERT INTO config VALUES ('a', '{\"x\": 1}'), ('b', '[1, 2]')")
+    stop = threading.Event()
+    inserted = []
+
+    def writer():
+        with psycopg.connect(e.c.dsn(db), autocommit=True) as conn:
+            while not stop.is_set():
+                conn.execute("INSERT INTO events (payload) VALUES ('during the dump')")
+                inserted.append(1)
+
+    t = threading.Thread(target=writer, daemon=True)
+    t.start()
+    try:
+        while len(inserted) < 50:
+            time.sleep(0.05)
+        settings = load(e.write({**e.config, "postgres": {**e.config["postgres"], "databases": [db]}}, f"{db}.yaml"))
+        result = run_backup(settings, db)
+        after = len(inserted) + 50
+        while len(inserted) < after:  # and keeps writing after the dump
+            time.sleep(0.05)
+    finally:
+        stop.set()
+        t.join()
+    return result, len(inserted)
+
+
+def test_exact_nightly_verification_passes_on_a_busy_database(env):
+    e = env
+    base.run_base_backup(e.settings)
+    result, inserted = _busy_dump(e, "busy")
+    m = result.manifest
+    assert m["snapshot_source"] == "logical_slot" and m["consistent_point_lsn"]
+    counted = next(t["rows"] for t in m["tables"] if t["table"] == "events")
+    final = e.sql("busy", "SELECT count(*) FROM events")[0][0]
+    assert 20000 < counted < final  # the writer inserted before, during and after the dump
+
+    v = verify_database(e.settings, "busy")
+    assert v.passed, v.message
+    assert v.mode == EXACT and v.target_lsn == m["consistent_point_lsn"]
+    assert {t["table"] for t in v.tables} == {"public.events", "public.config"}
+    assert all(t["checksum_match"] and t["expected_rows"] == t["restored_rows"] for t in v.tables)
+    assert any(r.name == "pitr_verified:main" and r.state == OK for r in pitr_results(e.settings))
+
+
+def _copy_settings(e: Env, name: str):
+    """The whole backups folder copied, so a test can damage the archive without hurting the others."""
+    dest = e.tmp / name
+    shutil.copytree(e.tmp / "backups", dest, ignore=shutil.ignore_patterns(".pitr-restore-*"))
+    cfg = {**e.config, "backups": {**e.config["backups"], "local_dir": str(dest)}}
+    return load(e.write(cfg, f"{name}.yaml")), dest / "_wal" / "main"
+
+
+def test_verification_fails_naming_a_removed_or_corrupted_segment(env):
+    e = env
+    bb = base.run_base_backup(e.settings)
+    for i in range(3):
+        e.sql("postgres", f"CREATE TABLE IF NOT EXISTS filler{i} AS SELECT g FROM generate_series(1, 1000) g")
+        e.sql("postgres", "SELECT pg_switch_wal()")
+    result, _ = _busy_dump(e, "busy2")
+    e.caught_up()
+    cp = wal.parse_lsn(result.manifest["consistent_point_lsn"])
+    victim_no = wal.segno_of(bb.end_lsn) + 1
+    assert victim_no < wal.segno_of(cp)
+    victim = wal.segment_name(bb.timeline, victim_no)
+    # flushed is not yet encrypted: the receiver age-encrypts finished segments each status interval
+    wait_for(lambda: all(f"{wal.segment_name(bb.timeline, n)}.gz.age" in os.listdir(wal_dir(e.settings))
+                         for n in range(victim_no, wal.segno_of(cp))),
+             "the segments to the consistent point are encrypted")
+
+    removed, wdir = _copy_settings(e, "removed")
+    (wdir / f"{victim}.gz.age").unlink()
+    v = verify_database(removed, "busy2")
+    assert not v.passed and victim in v.message and "gap" in v.message, v.message
+
+    corrupt, wdir = _copy_settings(e, "corrupt")
+    f = wdir / f"{victim}.gz.age"
+    data = bytearray(f.read_bytes())
+    data[len(data) // 2] ^= 0xFF
+    f.write_bytes(bytes(data))
+    v = verify_database(corrupt, "busy2")
+    assert not v.passed and victim in v.message and "damaged" in v.message, v.message
+    assert any(r.name == "pitr_verified:main" and r.state == FAIL for r in pitr_results(corrupt))
+
+    # the real archive still verifies
+    assert verify_database(e.settings, "busy2").passed
+
+
+def test_killing_the_receiver_fails_the_check_and_a_restart_resumes_without_gap(env):
+    e = env
+    e.caught_up()
+    wait_for(lambda: {r.name: r.state for r in pitr_results(e.settings)}["pitr_lag:main"] == OK, "lag is ok")
+    first = min(s for (_, s) in wal.read_archive(os.listdir(wal_dir(e.settings))).segments)
+
+    e.rx.kill()  # SIGKILL: no clean shutdown; pg_receivewal follows through PR_SET_PDEATHSIG
+    e.rx.wait()
+    killed = time.monotonic()
+    wait_for(lambda: not slot_state(e.c.dsn(), e.settings.pitr.slot_name)["active"], "the slot is released")
+    e.sql("shop", "INSERT INTO orders VALUES (5000, 'while the receiver was down')")
+    e.sql("postgres", "SELECT pg_switch_wal()")
+    e.sql("shop", "INSERT INTO orders VALUES (5001, 'still down')")
+    checks = {r.name: r for r in pitr_results(e.settings)}
+    assert checks["pitr_receiver:main"].state == FAIL
+    wait_for(lambda: {r.name: r.state for r in pitr_results(e.settings)}["pitr_lag:main"] == FAIL,
+             "the lag check fails")
+    failed_after = time.monotonic() - killed
+    lag = {r.name: r for r in pitr_results(e.settings)}["pitr_lag:main"]
+    assert "not connected" in lag.reason and "pitr.max_lag" in lag.reason
+    assert failed_after >= e.settings.pitr.max_lag.seconds - 2  # not before max_lag: a short blip is no alert
+    prom = (e.tmp / "textfile" / "homelab_pitr.prom").read_text()
+    assert 'homelab_pitr_rpo_seconds{cluster="main"}' in prom
+
+    e.start_receiver()
+    e.caught_up()
+    wait_for(lambda: {r.name: r.state for r in pitr_results(e.settings)}["pitr_lag:main"] == OK, "lag recovers")
+    archive = wal.read_archive(os.listdir(wal_dir(e.settings)))
+    current = wal.parse_lsn(e.sql("postgres", "SELECT pg_current_wal_lsn()::text")[0][0])
+    assert wal.find_gaps(archive, first * wal.DEFAULT_SEGMENT_SIZE, current, 1) == []
+    restore_at(e.settings, "shop", "shop_resumed", "latest")
+    ids = {r[0] for r in rows(e, "shop_resumed", "orders")}
+    assert {5000, 5001} <= ids
+
+
+def test_dagster_assets_verify_the_chain_with_a_blocking_check_and_a_table(env):
+    import dagster as dg
+
+    from homelab_ops.defs.pitr.defs import CHAIN, base_backup_asset, verification_asset
+    from homelab_ops.defs.resources import HomelabSettings
+
+    cfg = {**env.config, "postgres": {**env.config["postgres"], "databases": ["busy"]}}
+    path = env.write(cfg, "dagster.yaml")
+    assets = [base_backup_asset("main"), verification_asset("main", ["busy"])]
+    with dg.instance_for_test() as instance:
+        result = dg.materialize(assets, resources={"homelab": HomelabSettings(config_path=str(path))},
+                                instance=instance, raise_on_error=False)
+        assert result.success
+        checks = result.get_asset_check_evaluations()
+        assert [(c.check_name, c.passed) for c in checks] == [(CHAIN, True)]
+        mats = {tuple(m.asset_key.path): m for m in result.get_asset_materialization_events()}
+        meta = mats[("pitr_verification", "main")].materialization.metadata
+        assert {r.data["table"] for r in meta["tables"].records} == {"public.events", "public.config"}
+        assert "busy: exact" in meta["mode"].value
+        assert ("base_backups", "main") in mats
+
+
+def test_doctor_prints_what_to_add(env):
+    from homelab_ops import doctor
+
+    lines = [c.line() for c in doctor.run(str(env.path)) if c.name.startswith("pitr")]
+    assert lines and all(line.startswith("ok") for line in lines), lines
+
+    with logical_cluster(wal_level="replica", extra="-c max_wal_senders=2 -c max_slot_wal_keep_size=-1") as c:
+        (c.datadir / "pg_hba.conf").write_text("local all all trust\nhost all all 127.0.0.1/32 trust\n")
+        with psycopg.connect(c.dsn(), autocommit=True) as conn:
+            conn.execute("SELECT pg_reload_conf()")
+            conn.execute("CREATE ROLE plain LOGIN")
+        cfg = {**env.config, "pitr": {"enabled": True,
+                                      "dsn": c.dsn().replace("user=postgres", "user=plain")}}
+        path = env.write(cfg, "doctor.yaml")
+        out = {c.name: c for c in doctor.run(str(path)) if c.name.startswith("pitr")}
+    assert not out["pitr wal_level"].failed  # replica streams; only the exact verification needs logical
+    assert "ALTER SYSTEM SET wal_level = 'logical'" in out["pitr wal_level"].detail
+    assert out["pitr max_wal_senders"].failed and "max_wal_senders = 10" in out["pitr max_wal_senders"].fix
+    assert "max_slot_wal_keep_size" in out["pitr max_slot_wal_keep_size"].fix
+    assert "ALTER ROLE plain WITH REPLICATION" in out["pitr replication role"].fix
+    assert "host replication plain 127.0.0.1/32 scram-sha-256" in out["pitr pg_hba.conf"].fix
+
+
+def test_without_logical_wal_the_chain_is_replayed_to_its_end_and_said_not_exact(tmp_path):
+    with logical_cluster(wal_level="replica") as c:
+        e = Env(c, tmp_path)
+        e.start_receiver()
+        try:
+            e.sql("postgres", "CREATE DATABASE shop")
+            e.sql("shop", "CREATE TABLE orders (id int PRIMARY KEY, item text)")
+            bb = base.run_base_backup(e.settings)
+            e.sql("shop", "INSERT INTO orders SELECT g, 'x' FROM generate_series(1, 500) g")
+            e.sql("postgres", "SELECT pg_switch_wal()")
+            result = run_backup(e.settings, "shop")
+            assert result.manifest["snapshot_source"] == "pg_export_snapshot"
+            assert "consistent_point_lsn" not in result.manifest
+            e.sql("shop", "INSERT INTO orders VALUES (501, 'after')")
+            e.caught_up()
+            v = verify_database(e.settings, "shop")
+            assert v.passed and v.mode == "replay-to-end", v.message
+            assert "not an exact comparison" in v.message and "wal_level = 'logical'" in v.message
+            assert "pg_amcheck found nothing wrong" in v.message
+            # a gap after the base backup is still found, and named
+            name = wal.segment_name(1, wal.segno_of(bb.end_lsn) + 1)
+            victim = next(p for p in wal_dir(e.settings).iterdir() if p.name.startswith(name + "."))
+            victim.rename(tmp_path / "moved-away")
+            v = verify_database(e.settings, "shop")
+            assert not v.passed and name in v.message
+        finally:
+            e.rx.send_signal(signal.SIGTERM)
+            e.rx.wait(timeout=60)
+
+
+def test_the_receiver_waits_for_a_server_that_is_not_up_yet(tmp_path):
+    """After a power cut PostgreSQL may start after the receiver: it retries instead of exiting."""
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    cfg = {"postgres": {"dsn": f"postgresql://postgres:pw-not-logged@127.0.0.1:{port}/postgres",
+                        "pg_bin_dir": "/usr/lib/postgresql/15/bin"},
+           "backups": {"local_dir": str(tmp_path / "b")}, "pitr": {"enabled": True}}
+    path = tmp_path / "h.yaml"
+    path.write_text(yaml.safe_dump(cfg))
+    log = tmp_path / "rx.out"
+    rx = subprocess.Popen([CLI, "--config", str(path), "pitr", "receive"], stdout=open(log, "wb"),
+                          stderr=subprocess.STDOUT)
+    try:
+        wait_for(lambda: log.read_text().count("retrying in") >= 2, "two retries", timeout=60)
+        assert rx.poll() is None
+    finally:
+        rx.send_signal(signal.SIGTERM)
+        assert rx.wait(timeout=60) == 0
+    assert "pw-not-logged" not in log.read_text()
+
+
+def test_a_backup_role_without_replication_falls_back_to_pg_export_snapshot(env):
+    """wal_level=logical but no REPLICATION for the backup's role: the nightly dump still happens."""
+    from psycopg.conninfo import make_conninfo
+
+    e = env
+    e.sql("postgres", "CREATE DATABASE plainrole")
+    e.sql("plainrole", "CREATE TABLE t (id int PRIMARY KEY)")
+    e.sql("plainrole", "INSERT INTO t SELECT generate_series(1, 10)")
+    e.sql("postgres", "CREATE ROLE dumper LOGIN IN ROLE pg_read_all_data")
+    cfg = {**e.config, "postgres": {**e.config["postgres"], "databases": ["plainrole"],
+                                    "dsn": make_conninfo(e.c.dsn(), user="dumper")}}
+    result = run_backup(load(e.write(cfg, "dumper.yaml")), "plainrole")
+    m = result.manifest
+    assert m["snapshot_source"] == "pg_export_snapshot" and "consistent_point_lsn" not in m
+    assert "replication" in m["slot_error"] and m["row_count"] == 10
