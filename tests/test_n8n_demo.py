@@ -84,6 +84,7 @@ def test_split_sql_script_drops_psql_meta_commands_and_keeps_quoted_semicolons()
     assert statements[3].strip() == "SELECT 1"
 
 
+@pytest.mark.services
 def test_load_schema_leaves_session_settings_alone(admin_dsn):
     with throwaway_name(admin_dsn) as name:
         with psycopg.connect(admin_dsn, autocommit=True) as admin:
@@ -105,6 +106,7 @@ def test_load_schema_leaves_session_settings_alone(admin_dsn):
             assert conn.execute("SELECT count(*) FROM workflow_entity").fetchone()[0] == 0
 
 
+@pytest.mark.services
 def test_create_demo_database(admin_dsn):
     with throwaway_name(admin_dsn) as name:
         result = create_demo_database(admin_dsn, name, workflows=12, executions=2000, days=30, now=NOW, seed=7)
@@ -171,3 +173,49 @@ def test_create_demo_database(admin_dsn):
         create_demo_database(admin_dsn, name, replace=True, workflows=12, executions=2000, days=30, now=NOW, seed=7)
         with psycopg.connect(db_dsn(admin_dsn, name)) as conn:
             assert fingerprint(conn) == first
+
+
+@pytest.mark.services
+def test_demo_never_drops_a_database_it_did_not_create(admin_dsn):
+    """An owner's real database (no demo marker) is refused by name, with or without replace."""
+    with throwaway_name(admin_dsn) as name:
+        with psycopg.connect(admin_dsn, autocommit=True) as admin:
+            admin.execute(sql.SQL("CREATE DATABASE {}").format(sql.Identifier(name)))
+        with psycopg.connect(db_dsn(admin_dsn, name), autocommit=True) as conn:
+            conn.execute("CREATE TABLE precious (v text)")
+            conn.execute("INSERT INTO precious VALUES ('keep me')")
+        for replace in (False, True):
+            with pytest.raises(DemoDatabaseExistsError, match=rf"{name}.*not created by `homelab-ops demo n8n`"):
+                create_demo_database(admin_dsn, name, replace=replace, executions=10, now=NOW)
+        with psycopg.connect(db_dsn(admin_dsn, name)) as conn:
+            assert conn.execute("SELECT v FROM precious").fetchall() == [("keep me",)]
+
+
+@pytest.mark.services
+def test_demo_database_carries_its_marker_and_the_cli_refuses_others(admin_dsn, tmp_path):
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    from homelab_ops.n8n.demo import DEMO_DATABASE, DEMO_MARKER
+
+    assert DEMO_DATABASE != "n8n"
+    with throwaway_name(admin_dsn) as name:
+        create_demo_database(admin_dsn, name, executions=10, now=NOW)
+        with psycopg.connect(admin_dsn) as admin:
+            comment = admin.execute("SELECT shobj_description(oid, 'pg_database') FROM pg_database"
+                                    " WHERE datname = %s", [name]).fetchone()[0]
+        assert comment == DEMO_MARKER
+        # The marker is what --replace checks: removing it makes the database the owner's.
+        with psycopg.connect(admin_dsn, autocommit=True) as admin:
+            admin.execute(sql.SQL("COMMENT ON DATABASE {} IS NULL").format(sql.Identifier(name)))
+        settings = tmp_path / "homelab.yaml"
+        settings.write_text(f"postgres:\n  dsn: {admin_dsn}\n")
+        cli = str(Path(sys.executable).with_name("homelab-ops"))
+        proc = subprocess.run([cli, "--config", str(settings), "demo", "n8n", "--name", name, "--replace",
+                               "--executions", "10"], capture_output=True, text=True, timeout=300)
+        assert proc.returncode == 1, proc.stdout + proc.stderr
+        assert f"database '{name}' already exists and was not created" in proc.stderr
+        assert "Traceback" not in proc.stderr
+        with psycopg.connect(db_dsn(admin_dsn, name)) as conn:  # still there, untouched
+            assert conn.execute("SELECT count(*) FROM workflow_entity").fetchone()[0] > 0

@@ -89,3 +89,30 @@ def summary(obj, days: int) -> None:
             for r in rows])
     if not rows:
         click.echo(f"no executions in the last {days} days", err=True)
+
+
+@n8n.command("restore")
+@click.option("--into", "into", required=True, help="New database to create; never an existing one.")
+@click.option("--at", "at", default=None, help="Backup id (20261125T030000Z) or time: the newest at or before it.")
+@click.option("--from", "source", default="local", show_default=True, help="local, s3, or an S3 target's name.")
+@click.option("--config-out", "config_out", required=True, type=click.Path(file_okay=False),
+              help="Folder for n8n's config (the key, mode 0600) and binary data: mount it at /home/node/.n8n.")
+@click.pass_obj
+def restore_cmd(obj, into: str, at: str | None, source: str, config_out: str) -> None:
+    """Restore the whole n8n instance: its database, encryption key and binary data."""
+    from pathlib import Path
+
+    from homelab_ops.backups.restore import RestoreError, parse_at
+    from homelab_ops.backups.stores import StoreError
+    from homelab_ops.n8n.instance_restore import restore_instance
+
+    settings = obj.settings
+    try:
+        done = restore_instance(settings, into, Path(config_out), at=parse_at(at) if at else None, source=source)
+    except (RestoreError, StoreError) as e:
+        raise click.ClickException(str(e)) from None
+    click.echo(f"restored n8n backup {done.stem} into database {into}; key {done.key_fingerprint} written to "
+               f"{done.config} (0600); {done.binary_files} binary data files")
+    click.echo("start n8n on it:")
+    for line in done.start_lines:
+        click.echo(f"  {line}")

@@ -32,6 +32,8 @@ from psycopg import sql
 from psycopg.conninfo import make_conninfo
 
 __all__ = [
+    "DEMO_DATABASE",
+    "DEMO_MARKER",
     "EXECUTION_STATUSES",
     "N8N_VERSION",
     "SCHEMA_FILE",
@@ -1265,12 +1267,20 @@ def _insert_statistics(conn, wfs: list[_Workflow], execs: list[_Execution], coun
 # Whole database
 # --------------------------------------------------------------------------
 
-def create_demo_database(admin_dsn: str, name: str = "n8n", *, replace: bool = False, **seed_kwargs: Any) -> dict:
+DEMO_DATABASE = "homelab_demo_n8n"
+# COMMENT ON DATABASE that marks a database this module created: only a database carrying it is
+# ever dropped or replaced. A real n8n database on the same server never has it.
+DEMO_MARKER = "homelab-ops demo data (homelab-ops demo n8n); safe to replace with --replace"
+
+
+def create_demo_database(admin_dsn: str, name: str = DEMO_DATABASE, *, replace: bool = False,
+                         **seed_kwargs: Any) -> dict:
     """Create database ``name`` next to ``admin_dsn``, load the n8n schema and seed it.
 
-    Refuses to touch an existing database unless ``replace=True`` (then it is
-    dropped with FORCE first), and never the one ``admin_dsn`` points at. If
-    loading or seeding fails the half-built database is dropped again so a
+    Refuses to touch an existing database unless ``replace=True`` and it carries
+    :data:`DEMO_MARKER` (then it is dropped with FORCE first): a database this module did
+    not create is never dropped, whatever its name. Never the one ``admin_dsn`` points at.
+    If loading or seeding fails the half-built database is dropped again so a
     rerun starts clean. ``seed_kwargs`` go to :func:`seed_demo`; its counts
     are returned together with ``database``.
     """
@@ -1280,14 +1290,21 @@ def create_demo_database(admin_dsn: str, name: str = "n8n", *, replace: bool = F
     with psycopg.connect(admin_dsn, autocommit=True) as admin:
         if admin.info.dbname == name:
             raise ValueError(f"refusing to recreate {name!r}: it is the database admin_dsn connects to")
-        exists = admin.execute("SELECT 1 FROM pg_database WHERE datname = %s", [name]).fetchone()
-        if exists:
+        row = admin.execute("SELECT shobj_description(oid, 'pg_database') FROM pg_database WHERE datname = %s",
+                            [name]).fetchone()
+        if row is not None:
+            if row[0] != DEMO_MARKER:
+                raise DemoDatabaseExistsError(
+                    f"database {name!r} already exists and was not created by `homelab-ops demo n8n` "
+                    f"(no demo marker): refusing to drop or overwrite it; pick another --name")
             if not replace:
                 raise DemoDatabaseExistsError(
-                    f"database {name!r} already exists; pass replace=True to drop and recreate it")
+                    f"demo database {name!r} already exists; pass replace=True (--replace) to drop and recreate it")
             admin.execute(sql.SQL("DROP DATABASE {} WITH (FORCE)").format(ident))
-        # n8n needs UTF8; template0 keeps anything added to template1 out.
+        # n8n needs UTF8; template0 keeps anything added to template1 out. The marker goes on
+        # before any row, so even a half-built demo database can be replaced by the next run.
         admin.execute(sql.SQL("CREATE DATABASE {} TEMPLATE template0 ENCODING 'UTF8'").format(ident))
+        admin.execute(sql.SQL("COMMENT ON DATABASE {} IS {}").format(ident, sql.Literal(DEMO_MARKER)))
     try:
         with psycopg.connect(make_conninfo(admin_dsn, dbname=name)) as conn:
             load_schema(conn)

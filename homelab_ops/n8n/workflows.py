@@ -56,4 +56,10 @@ def export_workflows(conn: psycopg.Connection) -> list[dict]:
 
 
 def to_file_bytes(workflow: dict) -> bytes:
-    return json.dumps(workflow, indent=2, ensure_ascii=False).encode()
+    """The file as `n8n import:workflow` takes it. Written inactive: n8n deactivates every imported
+    workflow anyway, and n8n 1.123.0 fails to import an active one into an instance that does not
+    have it yet (it records the deactivation before the workflow exists: a foreign key error)."""
+    doc = {**workflow, "active": False}
+    if "activeVersionId" in doc:
+        doc["activeVersionId"] = None
+    return json.dumps(doc, indent=2, ensure_ascii=False).encode()

@@ -1,8 +1,11 @@
-"""The n8n domain's execution-log rollup: yesterday's partition every night at 01:30."""
+"""The n8n domain: the execution-log rollup (yesterday's partition every night at 01:30), the
+check that n8n's key is saved with its backups, and the upgrade check."""
 
 import dagster as dg
 
 from homelab_ops.defs.n8n.assets import n8n_execution_rollup_asset
+from homelab_ops.defs.n8n.upgrade import n8n_upgrade_readiness, upgrade_job
+from homelab_ops.defs.n8n.verification import key_saved_check
 from homelab_ops.settings import current
 
 
@@ -29,4 +32,6 @@ def defs() -> dg.Definitions:
         description="01:30 in the settings' timezone: yesterday, once executions started before midnight "
                     "have mostly finished.",
     )
-    return dg.Definitions(assets=[asset], jobs=[job], schedules=[schedule])
+    checks = [c for c in [key_saved_check(settings)] if c is not None]
+    return dg.Definitions(assets=[asset, n8n_upgrade_readiness], asset_checks=checks,
+                          jobs=[job, upgrade_job()], schedules=[schedule])

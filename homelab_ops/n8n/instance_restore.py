@@ -1,0 +1,83 @@
+"""A whole n8n instance back from one backup set: the database, the key, the binary data.
+
+`homelab-ops n8n restore --into NEW_DB --config-out DIR` restores the dump into a new
+database, writes the saved key into `DIR/config` (mode 0600, n8n's own format) and the
+binary data into `DIR/binaryData`: DIR is what n8n expects at /home/node/.n8n.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+from dataclasses import dataclass
+from datetime import datetime
+from pathlib import Path
+
+import psycopg
+
+from homelab_ops.backups.restore import RestoreError, locate, refuse_existing, restore
+from homelab_ops.files import write_atomic
+from homelab_ops.n8n import backup_set, keys
+
+
+@dataclass
+class RestoredInstance:
+    database: str
+    stem: str
+    into: str
+    config: Path
+    key_fingerprint: str
+    binary_files: int
+    start_lines: list[str]
+
+
+def start_lines(settings, into: str, config_dir: Path, binary: bool) -> list[str]:
+    """The two lines that start n8n on the restored instance (the image runs as uid 1000)."""
+    p = psycopg.conninfo.conninfo_to_dict(settings.postgres.dsn.get_secret_value())
+    env = ["DB_TYPE=postgresdb", f"DB_POSTGRESDB_HOST={p.get('host') or '127.0.0.1'}",
+           f"DB_POSTGRESDB_PORT={p.get('port') or 5432}", f"DB_POSTGRESDB_DATABASE={into}",
+           f"DB_POSTGRESDB_USER={p.get('user') or 'postgres'}"]
+    if binary:
+        env.append("N8N_DEFAULT_BINARY_DATA_MODE=filesystem")
+    flags = " ".join(f"-e {e}" for e in env)
+    return [f"sudo chown -R 1000:1000 {config_dir}",
+            f"docker run -d --name n8n -p 5678:5678 -v {config_dir}:/home/node/.n8n {flags} "
+            f"n8nio/n8n:{settings.n8n.version}  # add -e DB_POSTGRESDB_PASSWORD=... when the role has one"]
+
+
+def restore_instance(settings, into: str, config_out: Path, *, at: datetime | None = None, source: str = "local",
+                     progress=None) -> RestoredInstance:
+    """Refuses before any work when `into` exists, DIR/config exists, or the set has no usable key."""
+    database = backup_set.n8n_database(settings)
+    if database is None:
+        raise RestoreError("no n8n section (n8n.dsn) in the settings: which database is n8n's?")
+    config_out = Path(config_out)
+    config = config_out / "config"
+    if config.exists():
+        raise RestoreError(f"{config} already exists: refusing to overwrite an n8n config; choose another --config-out")
+    refuse_existing(settings, into)
+    loc = locate(settings, database, at=at, source=source)
+    extras = backup_set.read_extras(loc.store, database, loc.backup.stem)
+    if extras is None:
+        raise RestoreError(f"backup {loc.backup.stem} of {database} has no {backup_set.META_SUFFIX}: it was taken "
+                           "without n8n's key; restore the database alone with `homelab-ops backups restore`")
+    try:
+        key = backup_set.open_key(settings, loc.store, database, extras)  # before any work: fail early
+    except keys.KeyError_ as e:
+        raise RestoreError(str(e)) from None
+    restore(settings, loc, into, progress=progress)
+    config_out.mkdir(parents=True, exist_ok=True, mode=0o700)
+    os.chmod(config_out, 0o700)
+    write_atomic(config, keys.config_bytes(key), mode=0o600, overwrite=False)
+    del key
+    files = 0
+    if extras.binary_file:
+        target = config_out / "binaryData"
+        staging = config_out / ".binaryData.partial"
+        shutil.rmtree(staging, ignore_errors=True)
+        files = backup_set.extract_binary(settings, loc.store, database, extras, staging)
+        if target.exists():
+            raise RestoreError(f"{target} already exists: the binary data is left in {staging}")
+        os.replace(staging, target)
+    return RestoredInstance(database, loc.backup.stem, into, config, extras.key_fingerprint or "", files,
+                            start_lines(settings, into, config_out, bool(extras.binary_file)))
