@@ -6,7 +6,12 @@ Run: `.venv/bin/python bench/verify.py [--size-mb 1024] [--backups 10000] [--kee
    the baseline (`zstd -dc dump | pg_restore` into a fresh database) and the
    verification (sha256, restore into a scratch database, exact count and checksum
    of every table, drop) are timed. Target (issue 3): verification / baseline <= 1.5.
-2. `--backups` backups (dump + manifest each) are put into a moto S3 server started
+2. `--n8n` (the path of an n8n executable, e.g. from scripts/n8n-install.sh 1.123.0): a real n8n
+   instance (n8n's migrations, the demo's workflows, credentials through `n8n import:credentials`)
+   is backed up with its key, then the manifest-only verification and the verification by n8n
+   (restore, n8n's CLI exports every workflow and decrypts every credential, drop) are timed in
+   interleaved rounds; reported as the ratio n8n / manifest-only.
+3. `--backups` backups (dump + manifest each) are put into a moto S3 server started
    here, and retention prunes them; every request the prune sends is counted with a
    botocore `before-send` hook. The minimum is the list pages plus the delete batches
    (1000 keys each). Target: at most the minimum + 5.
@@ -174,6 +179,60 @@ def bench_retention(n: int) -> None:
         server.stop()
 
 
+def bench_n8n(n8n_bin: str, rounds: int, workflows: int) -> None:
+    import json
+    import statistics
+
+    import pyrage
+
+    from homelab_ops.n8n.backup_set import save_extras
+    from homelab_ops.n8n.demo import create_demo_database
+    from homelab_ops.n8n.runner import N8nCli
+    from homelab_ops.n8n.verification import verify_with_n8n
+    from homelab_ops.n8n.workflows import export_workflows
+
+    name, demo = f"bench_n8n_{uuid.uuid4().hex[:8]}", f"bench_n8ndemo_{uuid.uuid4().hex[:8]}"
+    ident = pyrage.x25519.Identity.generate()
+    with tempfile.TemporaryDirectory(prefix="bench-n8n-") as tmp:
+        (Path(tmp) / "id.key").write_text(str(ident) + "\n")
+        settings = parse({"postgres": {"dsn": ADMIN, "databases": [name]},
+                          "backups": {"local_dir": tmp, "encryption": {"age_recipients": [str(ident.to_public())],
+                                                                       "identity_file": f"{tmp}/id.key"}},
+                          "n8n": {"dsn": pg.database_dsn(ADMIN, name), "encryption_key": "bench-key",
+                                  "verify_with": "command", "command": n8n_bin}}, "<bench>")
+        try:
+            admin(sql.SQL("CREATE DATABASE {}").format(sql.Identifier(name)))
+            create_demo_database(ADMIN, demo, workflows=workflows, executions=workflows * 50)
+            with psycopg.connect(pg.database_dsn(ADMIN, demo)) as conn:
+                wfs = [{**{k: w[k] for k in ("id", "name", "nodes", "connections", "settings", "versionId")},
+                        "active": False} for w in export_workflows(conn)]
+            cli = N8nCli(settings, database=name, key="bench-key")
+            cli.export_workflows()  # n8n's migrations
+            cli.import_credentials([{"id": f"cred{i:012d}", "name": f"API key {i}", "type": "httpHeaderAuth",
+                                     "data": {"name": "X-Api-Key", "value": f"v{i}"}} for i in range(8)])
+            cli.import_workflows_dir({f"{w['id']}.json": json.dumps(w).encode() for w in wfs})
+            backup = run_backup(settings, name)
+            save_extras(settings, name, backup.stem)
+            print(f"\nn8n {cli.version} instance: {len(wfs)} workflows, 8 credentials, "
+                  f"{backup.manifest['size'] / 1e6:.1f} MB dump")
+            manifest, with_n8n = [], []
+            for _ in range(rounds):
+                t0 = time.perf_counter()
+                assert verify_backup(settings, name).passed
+                manifest.append(time.perf_counter() - t0)
+                t0 = time.perf_counter()
+                r = verify_with_n8n(settings, name)
+                with_n8n.append(time.perf_counter() - t0)
+                assert r.passed, r.message
+            m, n = statistics.median(manifest), statistics.median(with_n8n)
+            print(f"manifest-only verification: median {m:.1f} s ({', '.join(f'{x:.1f}' for x in manifest)})")
+            print(f"verification by n8n:        median {n:.1f} s ({', '.join(f'{x:.1f}' for x in with_n8n)})")
+            print(f"n8n leg / manifest-only: ratio {n / m:.1f}; both legs in the nightly run: {(m + n) / m:.1f}x")
+        finally:
+            for db in (name, demo):
+                admin(sql.SQL("DROP DATABASE IF EXISTS {} WITH (FORCE)").format(sql.Identifier(db)))
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--size-mb", type=int, default=1024)
@@ -181,7 +240,12 @@ def main() -> None:
     ap.add_argument("--keep", action="store_true", help="keep the generated database")
     ap.add_argument("--skip-verify", action="store_true")
     ap.add_argument("--skip-retention", action="store_true")
+    ap.add_argument("--n8n", metavar="N8N", help="an n8n executable: also time the verification by n8n")
+    ap.add_argument("--n8n-rounds", type=int, default=3)
+    ap.add_argument("--n8n-workflows", type=int, default=12)
     args = ap.parse_args()
+    if args.n8n:
+        bench_n8n(args.n8n, args.n8n_rounds, args.n8n_workflows)
     if not args.skip_verify:
         bench_verify(args.size_mb, args.keep)
     if not args.skip_retention:

@@ -82,7 +82,7 @@ def test_round_trip_through_the_asset(new_db, write_settings):
     assert manifest["server_version"] and manifest["pg_dump_version"].startswith("pg_dump")
     assert manifest_stats(manifest) == stats(db)
     assert manifest_stats(manifest)["public.empty_table"] == (0, "rec:0")
-    assert manifest_stats(manifest)["public.legacy"][1].startswith("txt:")
+    assert manifest_stats(manifest)["public.legacy"][1].startswith("txtf:")
 
     target = new_db("restored", create=False)
     restore(settings, locate(settings, db), target)
@@ -160,6 +160,7 @@ def test_hung_pg_dump_is_stopped_and_reported(new_db, write_settings):
     assert list((Path(settings.backups.local_dir) / db).iterdir()) == []
 
 
+@pytest.mark.services
 def test_missing_database_fails_before_pg_dump(write_settings, tmp_path):
     path, settings = write_settings({"postgres": {"dsn": ADMIN_DSN, "databases": ["no_such_db_xyz"]}})
     result = materialize(path, settings, "no_such_db_xyz")
@@ -216,6 +217,7 @@ def test_encrypted_backup_decrypts_with_the_age_cli(new_db, write_settings, tmp_
     assert stats(target) == manifest_stats(result.manifest)
 
 
+@pytest.mark.services
 def test_globals_backup_holds_the_roles(write_settings):
     from homelab_ops.backups.backup import run_globals_backup
 

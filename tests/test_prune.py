@@ -33,6 +33,11 @@ def stems_back(n: int, every: timedelta, end: datetime = NOW) -> list[str]:
     return [stem_for(end - i * every) for i in range(n)][::-1]
 
 
+def record(outcome: str, store: str = "local") -> str:
+    """A verification record of the copy in `store`, as verification writes it (the fields retention reads)."""
+    return json.dumps({"format": 2, "store": store, "outcome": outcome})
+
+
 def fake_backups(folder: Path, stems: list[str], verified: dict[str, str] | None = None) -> None:
     """Files as the backup writes them; the bodies do not matter to retention."""
     folder.mkdir(parents=True, exist_ok=True)
@@ -40,7 +45,7 @@ def fake_backups(folder: Path, stems: list[str], verified: dict[str, str] | None
         (folder / f"{stem}.dump.zst").write_bytes(b"d" * 100)
         (folder / f"{stem}.manifest.json").write_text("{}")
     for stem, outcome in (verified or {}).items():
-        (folder / f"{stem}.verified.json").write_text(json.dumps({"outcome": outcome}))
+        (folder / f"{stem}.verified.json").write_text(record(outcome))
 
 
 def names(folder: Path) -> set[str]:
@@ -51,10 +56,11 @@ def names(folder: Path) -> set[str]:
 
 
 def test_empty_policy_is_refused_like_restic():
+    # The settings refuse it at load (tests/test_settings.py); policy_from refuses it again, unvalidated.
     with pytest.raises(p.PruneError, match="refusing to prune"):
-        p.policy_from(RetentionSettings(keep_daily=0, keep_weekly=0, keep_monthly=0))
+        p.policy_from(RetentionSettings.model_construct(keep_daily=0, keep_weekly=0, keep_monthly=0))
     with pytest.raises(p.PruneError, match="refusing to prune"):
-        p.policy_from(RetentionSettings(keep_daily=0, keep_weekly=0, keep_monthly=0, keep_within="0d"))
+        p.policy_from(RetentionSettings.model_construct(keep_daily=0, keep_weekly=0, keep_monthly=0, keep_within="0d"))
     assert p.policy_from(RetentionSettings()).keep_daily == 7
 
 
@@ -111,25 +117,36 @@ def test_crash_between_dump_and_manifest_leaves_an_orphan_that_is_removed_never_
     assert "orphan" in p.markdown(later, settings.tz)
 
 
-def test_newest_passing_verification_is_never_deleted(write_settings):
+def test_newest_restored_backup_is_never_deleted_and_integrity_only_does_not_count(write_settings):
     _, settings = write_settings({"backups": {"retention": ONLY_LAST}})
     folder = Path(settings.backups.local_dir) / "app"
     stems = stems_back(6, timedelta(days=1))
-    fake_backups(folder, stems, verified={stems[1]: "passed", stems[3]: "passed", stems[4]: "sha256-only"})
+    fake_backups(folder, stems, verified={stems[1]: "restored", stems[3]: "restored", stems[4]: "integrity-only"})
     result = p.prune_database(settings, "app")
     [plan] = result.plans
     kept = {b.stem: r for b, r in plan.kept}
-    assert kept == {stems[5]: ("last 1/1",), stems[4]: ("newest verified",)}
-    assert names(folder) == {f"{s}{x}" for s in stems[4:] for x in (".dump.zst", ".manifest.json")} | {
-        f"{stems[4]}.verified.json"}
-    assert result.bytes_freed == 4 * (100 + 2) + 2 * len(json.dumps({"outcome": "passed"}))
+    assert kept == {stems[5]: ("last 1/1",), stems[3]: ("newest verified",)}
+    assert names(folder) == {f"{s}{x}" for s in (stems[3], stems[5]) for x in (".dump.zst", ".manifest.json")} | {
+        f"{stems[3]}.verified.json"}
+    assert result.bytes_freed == 4 * (100 + 2) + len(record("restored")) + len(record("integrity-only"))
+
+
+def test_a_record_another_store_copy_left_here_does_not_protect(write_settings):
+    """A verified.json copied along with the backup from another store says nothing about this copy."""
+    _, settings = write_settings({"backups": {"retention": ONLY_LAST}})
+    folder = Path(settings.backups.local_dir) / "app"
+    stems = stems_back(3, timedelta(days=1))
+    fake_backups(folder, stems)
+    (folder / f"{stems[0]}.verified.json").write_text(record("restored", store="nas"))
+    [plan] = p.prune_database(settings, "app").plans
+    assert [b.stem for b, _ in plan.kept] == [stems[2]]
 
 
 def test_failed_newest_verification_prunes_nothing_and_says_why(write_settings):
     path, settings = write_settings({"backups": {"retention": ONLY_LAST}})
     folder = Path(settings.backups.local_dir) / "app"
     stems = stems_back(4, timedelta(days=1))
-    fake_backups(folder, stems, verified={stems[0]: "passed", stems[-1]: "failed"})
+    fake_backups(folder, stems, verified={stems[0]: "restored", stems[-1]: "failed"})
     (folder / f"{stem_for(NOW - timedelta(days=9))}.dump.zst").write_bytes(b"orphan")
     before = names(folder)
     result = p.prune_database(settings, "app", now=NOW + timedelta(days=3))
@@ -159,13 +176,15 @@ def test_dry_run_reports_without_deleting(write_settings):
     assert names(folder) == {f"{stems[2]}.dump.zst", f"{stems[2]}.manifest.json"}
 
 
-def test_cli_refuses_an_empty_policy(write_settings):
-    path, settings = write_settings({"backups": {"retention": {"keep_daily": 0, "keep_weekly": 0,
-                                                               "keep_monthly": 0}}})
-    fake_backups(Path(settings.backups.local_dir) / "app", stems_back(2, timedelta(days=1)))
-    out = CliRunner().invoke(main, ["--config", str(path), "backups", "prune"])
-    assert out.exit_code != 0 and "refusing to prune" in out.output
-    assert len(names(Path(settings.backups.local_dir) / "app")) == 4
+def test_cli_refuses_an_empty_policy(write_settings, tmp_path):
+    from homelab_ops.settings import SettingsError
+
+    fake_backups(tmp_path / "backups" / "app", stems_back(2, timedelta(days=1)))
+    with pytest.raises(SettingsError):  # refused when the settings load, before any listing
+        write_settings({"backups": {"retention": {"keep_daily": 0, "keep_weekly": 0, "keep_monthly": 0}}})
+    out = CliRunner().invoke(main, ["--config", str(tmp_path / "homelab.yaml"), "backups", "prune"])
+    assert out.exit_code != 0 and "every keep_* rule is 0" in out.output
+    assert len(names(tmp_path / "backups" / "app")) == 4
 
 
 def test_daily_buckets_follow_the_settings_timezone(write_settings):
@@ -184,6 +203,7 @@ def test_daily_buckets_follow_the_settings_timezone(write_settings):
     assert kept["Europe/Berlin"] == {stem_for(first), stem_for(early)}
 
 
+@pytest.mark.services
 def test_globals_are_pruned_by_the_same_policy_keeping_the_newest(write_settings):
     path, settings = write_settings({"backups": {"retention": ONLY_LAST}})
     first = run_globals_backup(settings)
@@ -232,7 +252,7 @@ def test_s3_retention_over_more_than_1000_backups(write_settings, s3_bucket, s3_
     stems = stems_back(1005, timedelta(hours=9), end=NOW - timedelta(hours=1))  # 377 days of backups
     objects = {f"pi/db/{s}{x}": "x" for s in stems for x in (".dump.zst", ".manifest.json")}
     protected = stems[100]  # far outside the policy, but the newest one that verified
-    objects[f"pi/db/{protected}.verified.json"] = json.dumps({"outcome": "passed"})
+    objects[f"pi/db/{protected}.verified.json"] = record("restored", store=bucket)
     objects[f"pi/db/{stem_for(NOW - timedelta(days=5))}.dump.zst"] = "orphan"
     objects["pi/db/README"] = "not ours"
     objects["pi/other/20200101T000000Z.dump.zst"] = "another database"
@@ -266,3 +286,37 @@ def test_s3_retention_over_more_than_1000_backups(write_settings, s3_bucket, s3_
     assert calls["ListObjectsV2"] == math.ceil((len(objects) - 1) / 1000)
     assert calls["DeleteObjects"] == math.ceil(deleted / 1000) == plan.delete_requests
     assert sum(calls.values()) <= minimum + 5, calls
+
+
+def test_versioned_bucket_loses_every_version_and_every_file_of_a_pruned_stem(write_settings, s3_bucket, s3_server):
+    """B2 keeps every version: a plain delete would only add a delete marker and free nothing. Sidecars
+    (any file sharing the stem, like n8n's key) go with their backup, locally and off-site."""
+    client, bucket = s3_bucket
+    client.put_bucket_versioning(Bucket=bucket, VersioningConfiguration={"Status": "Enabled"})
+    _, settings = write_settings({"backups": {"s3": {"bucket": bucket, "endpoint_url": s3_server, "prefix": "pi/",
+                                                     "name": "b2"},
+                                              "retention": ONLY_LAST}})
+    stems = stems_back(3, timedelta(days=1))
+    folder = Path(settings.backups.local_dir) / "app"
+    fake_backups(folder, stems)
+    suffixes = (".dump.zst", ".n8n-key.age", ".binary.tar.zst", ".manifest.json")
+    for s in stems:
+        (folder / f"{s}.n8n-key.age").write_bytes(b"k")
+        (folder / f"{s}.binary.tar.zst").write_bytes(b"b")
+        for x in suffixes:
+            for body in (b"v1", b"v2"):  # two versions of each object, as a re-upload leaves them
+                client.put_object(Bucket=bucket, Key=f"pi/app/{s}{x}", Body=body)
+    client.delete_object(Bucket=bucket, Key=f"pi/app/{stems[0]}.binary.tar.zst")  # a delete marker too
+    client.put_object(Bucket=bucket, Key=f"pi/app/{stems[0]}.binary.tar.zst", Body=b"v3")
+
+    result = p.prune_database(settings, "app")
+    assert not result.errors, result.errors
+    local, remote = result.plans
+    assert [b.stem for b in local.removed] == [b.stem for b in remote.removed] == stems[1::-1]
+    assert sorted(remote.removed[0].files) == sorted(f"{stems[1]}{x}" for x in suffixes)
+    assert names(folder) == {f"{stems[2]}{x}" for x in suffixes}
+    left = client.list_object_versions(Bucket=bucket, Prefix="pi/app/")
+    keys = {v["Key"] for v in left.get("Versions", []) + left.get("DeleteMarkers", [])}
+    assert keys == {f"pi/app/{stems[2]}{x}" for x in suffixes}  # no version, no marker of a pruned stem
+    assert len(left["Versions"]) == 2 * len(suffixes)
+    assert "every version" in p.markdown(result, settings.tz)

@@ -5,6 +5,7 @@ from __future__ import annotations
 import hashlib
 import json
 import random
+import uuid
 import subprocess
 from datetime import datetime, timedelta, timezone
 from pathlib import Path
@@ -18,7 +19,6 @@ from homelab_ops.backups import postgresql as pg
 from homelab_ops.backups import verify as v
 from homelab_ops.backups.backup import run_backup
 from homelab_ops.backups.catalog import Backup
-from homelab_ops.backups.stores import S3Store
 from homelab_ops.cli import main
 from homelab_ops.defs.backups.retention import retention_asset
 from homelab_ops.defs.backups.verification import freshness_check, verification_asset
@@ -109,18 +109,18 @@ def test_good_backup_passes_and_the_result_is_recorded(new_db, write_settings):
     path, settings = settings_for(write_settings, db)
     fresh = _freshness_job(db, settings, path)
     [before] = fresh.execute_in_process(raise_on_error=False).get_asset_check_evaluations()
-    assert not before.passed and "no backup verified" in before.description
+    assert not before.passed and "no backup verified (restored)" in before.description
 
     backup = run_backup(settings, db)
     result = v.verify_backup(settings, db)
-    assert result.outcome == "passed" and result.restored and result.sha256_ok, result.message
+    assert result.outcome == "restored" and result.restored and result.sha256_ok, result.message
     assert {t.table: t.restored_rows for t in result.tables} == {"S.b c": 50, "public.a": 500, "public.empty": 0}
     assert all(t.ok for t in result.tables)
     record = json.loads(backup.path.with_name(backup.stem + ".verified.json").read_text())
-    assert record["outcome"] == "passed" and record["duration_s"] > 0 and record["verified_at"]
+    assert record["outcome"] == "restored" and record["store"] == "local" and record["duration_s"] > 0
     assert scratch_left(db) == []
     out = CliRunner().invoke(main, ["--config", str(path), "backups", "list", db]).output
-    assert backup.stem in out and "passed" in out
+    assert backup.stem in out and "restored" in out
     [after] = fresh.execute_in_process().get_asset_check_evaluations()
     assert after.passed and after.metadata["newest_verified_backup"].value == backup.stem
     later = datetime.now(timezone.utc) + timedelta(hours=27)
@@ -191,27 +191,33 @@ def test_short_disk_is_refused_before_any_restore(new_db, write_settings):
     assert scratch_left(db) == []
 
 
-def test_offsite_copy_is_the_one_verified(new_db, write_settings, s3_bucket, s3_server):
+def test_each_copy_is_read_in_turn_and_recorded_where_it_was_read(new_db, write_settings, s3_bucket, s3_server):
     client, bucket = s3_bucket
     db = new_db("vs3")
     seed(db)
     _, settings = settings_for(write_settings, db, s3={"bucket": bucket, "endpoint_url": s3_server,
                                                        "prefix": "pi/"})
     backup = run_backup(settings, db)
-    assert not backup.offsite_errors
-    good = v.verify_backup(settings, db)
-    assert good.outcome == "passed" and good.source_uri.startswith(f"s3://{bucket}/pi/")
-    assert len(good.recorded_in) == 2  # beside the local copy and the off-site one
+    from homelab_ops.backups.offsite import sync
+
+    assert not any(s.error for s in sync(settings, db))  # the off-site step copies the finished set
+    first = v.verify_backup(settings, db)  # never-read stores first, in configured order: local
+    assert first.outcome == "restored" and first.store == "local"
+    assert first.recorded_in == [str(backup.path.with_name(backup.stem + ".verified.json"))]
+    second = v.verify_backup(settings, db)  # then the copy read longest ago: the off-site one
+    assert second.outcome == "restored" and second.source_uri.startswith(f"s3://{bucket}/pi/")
     key = f"pi/{db}/{backup.stem}.verified.json"
-    assert json.loads(client.get_object(Bucket=bucket, Key=key)["Body"].read())["outcome"] == "passed"
-    # Damage only the off-site copy: the intact local one must not hide it.
+    assert json.loads(client.get_object(Bucket=bucket, Key=key)["Body"].read())["store"] == bucket
+    # Damage only the off-site copy: the intact local one must not hide it on the off-site turn.
     body = bytearray(client.get_object(Bucket=bucket, Key=f"pi/{db}/{backup.path.name}")["Body"].read())
     body[100] ^= 0xFF
     client.put_object(Bucket=bucket, Key=f"pi/{db}/{backup.path.name}", Body=bytes(body))
+    assert v.verify_backup(settings, db).store == "local"
     bad = v.verify_backup(settings, db)
-    assert bad.outcome == "failed" and "off-site copy is damaged" in bad.message
+    assert bad.store == bucket and bad.outcome == "failed" and "off-site copy is damaged" in bad.message
     assert scratch_left(db) == []
-    assert v.newest_verified(settings, db)[0] is None  # the newest recorded result is a failure
+    # The local copy's restore still counts for freshness; retention sees the failed copy.
+    assert v.newest_verified(settings, db)[1] == "local"
     assert not list(Path(settings.backups.local_dir).glob(".restore-*"))  # download removed
 
 
@@ -232,27 +238,29 @@ def test_encrypted_backup_is_restored_with_the_identity_file(new_db, write_setti
     backup = run_backup(settings, db)
     assert backup.path.name.endswith(".age")
     result = v.verify_backup(settings, db)
-    assert result.outcome == "passed" and result.restored and len(result.tables) == 3
+    assert result.outcome == "restored" and result.restored and len(result.tables) == 3
     assert scratch_left(db) == []
 
 
-def test_encrypted_backup_without_identity_is_sha256_only_and_says_so(new_db, write_settings, tmp_path):
+def test_encrypted_backup_without_identity_is_integrity_only_and_says_how_to_fix(new_db, write_settings, tmp_path):
     keyfile, recipient = _age_key(tmp_path)
     db = new_db("vsha")
     seed(db)
     path, settings = settings_for(write_settings, db, encryption={"age_recipients": [recipient]})
     backup = run_backup(settings, db)
     result = v.verify_backup(settings, db)
-    assert result.outcome == "sha256-only" and result.sha256_ok and not result.restored
+    assert result.outcome == "integrity-only" and result.sha256_ok and not result.restored
     assert "restore was NOT tested" in result.message and "identity_file is not set" in result.message
+    assert "homelab-ops backups init" in result.message
     record = json.loads(backup.path.with_name(backup.stem + ".verified.json").read_text())
-    assert record["mode"] == "sha256" and record["outcome"] == "sha256-only"
-    assert "sha256-only" in CliRunner().invoke(main, ["--config", str(path), "backups", "list", db]).output
+    assert record["mode"] == "sha256" and record["outcome"] == "integrity-only"
+    assert "integrity-only" in CliRunner().invoke(main, ["--config", str(path), "backups", "list", db]).output
+    assert v.newest_verified(settings, db) == (None, None)  # nothing was restored: not verified
     # An identity file named but absent from this host is the same case, said with its path.
     _, settings = settings_for(write_settings, db, encryption={"age_recipients": [recipient],
                                                                "identity_file": str(tmp_path / "nope.key")})
     again = v.verify_backup(settings, db)
-    assert again.outcome == "sha256-only" and "nope.key" in again.message and "not on this host" in again.message
+    assert again.outcome == "integrity-only" and "nope.key" in again.message and "not on this host" in again.message
 
 
 # ---------------------------------------------------------------- Dagster
@@ -326,15 +334,9 @@ def test_weekly_config_also_verifies_a_random_older_backup(new_db, write_setting
     )
     meta = result.asset_materializations_for_node(f"restore_verification__{db}")[0].metadata
     assert meta["backup"].value == newest.stem and meta["older_backup"].value == old
-    assert meta["older_outcome"].value == "passed"
+    assert meta["older_outcome"].value == "restored"
     assert (Path(settings.backups.local_dir) / db / f"{old}.verified.json").exists()
     assert scratch_left(db) == []
-
-
-def test_verification_store_is_s3_when_configured(write_settings, s3_bucket, s3_server):
-    _, bucket = s3_bucket
-    _, settings = write_settings({"backups": {"s3": {"bucket": bucket, "endpoint_url": s3_server}}})
-    assert isinstance(v.verification_store(settings), S3Store)
 
 
 def test_code_location_wires_verification_retention_and_schedules():
@@ -344,22 +346,194 @@ def test_code_location_wires_verification_retention_and_schedules():
     d = dg.Definitions.merge(lazy(), resources())
     nightly = d.resolve_job_def("nightly_backup")
     selected = set(nightly.asset_layer.selected_asset_keys)
-    assert {dg.AssetKey(["restore_verification", "n8n"]), dg.AssetKey(["backup_retention", "n8n"]),
+    demo = "homelab_demo_n8n"  # the embedded defaults back up make demo's database
+    assert {dg.AssetKey(["restore_verification", demo]), dg.AssetKey(["backup_retention", demo]),
             dg.AssetKey(["backup_retention", "_globals"])} <= selected
     assert dg.AssetKey("disk_hygiene") not in selected
     specs = {s.key: s for s in d.resolve_all_asset_specs()}
-    deps = {dep.asset_key for dep in specs[dg.AssetKey(["backup_retention", "n8n"])].deps}
-    assert deps == {dg.AssetKey(["restore_verification", "n8n"])}
+    deps = {dep.asset_key for dep in specs[dg.AssetKey(["backup_retention", demo])].deps}
+    assert deps == {dg.AssetKey(["restore_verification", demo])}
     graph = d.get_repository_def().asset_graph
-    verification = dg.AssetKey(["restore_verification", "n8n"])
+    verification = dg.AssetKey(["restore_verification", demo])
     assert graph.get_check_spec(dg.AssetCheckKey(verification, "matches_manifest")).blocking
     assert dg.AssetCheckKey(verification, "verified_recently") in graph.asset_check_keys
     weekly = d.resolve_job_def("verify_backups")
     assert weekly.executor_def is dg.in_process_executor and int(weekly.tags["dagster/max_runtime"]) > 0
-    assert set(weekly.asset_layer.selected_asset_keys) == {dg.AssetKey(["restore_verification", "n8n"])}
+    assert set(weekly.asset_layer.selected_asset_keys) == {dg.AssetKey(["restore_verification", demo])}
     for name, job in (("verify_backups_schedule", "verify_backups"), ("disk_hygiene_schedule", "disk_hygiene_job"),
                       ("backup_freshness_schedule", "backup_freshness")):
         schedule = d.get_schedule_def(name)
         assert schedule.job_name == job and schedule.execution_timezone == "Europe/Berlin"
     assert d.get_schedule_def("verify_backups_schedule").cron_schedule == "0 5 * * 0"  # weekly
     assert d.get_schedule_def("disk_hygiene_schedule").cron_schedule == "0 4 * * 6"  # weekly
+
+
+# ---------------------------------------------------------------- every copy gets read
+
+
+from hypothesis import given
+from hypothesis import strategies as st
+
+
+@given(st.lists(st.one_of(st.none(), st.datetimes(min_value=datetime(2000, 1, 1), max_value=datetime(2100, 1, 1),
+                                                 timezones=st.just(timezone.utc))), min_size=1, max_size=7))
+def test_rotation_reads_every_store_once_in_as_many_nights(times):
+    last = {f"s{i}": t for i, t in enumerate(times)}
+    night = max([t for t in times if t] or [datetime(2026, 1, 1, tzinfo=timezone.utc)])
+    picked = []
+    for _ in range(len(last)):  # 7 stores at most: each is read within a week of nightly runs
+        night += timedelta(days=1)
+        store = v.rotation(last)[0]
+        picked.append(store)
+        last[store] = night
+    assert sorted(picked) == sorted(last)
+
+
+def test_rotation_starts_with_stores_never_read_in_configured_order():
+    t = datetime(2026, 11, 1, tzinfo=timezone.utc)
+    assert v.rotation({"local": t, "nas": None, "b2": None}) == ["nas", "b2", "local"]
+    assert v.rotation({"local": t + timedelta(days=2), "nas": t, "b2": t + timedelta(days=1)}) == ["nas", "b2", "local"]
+    # b2 still owes tonight's backup (its upload failed): the stores holding it go first, until b2 is overdue.
+    last = {"local": t + timedelta(days=2), "nas": t + timedelta(days=3), "b2": t + timedelta(days=1)}
+    holding = {"local", "nas"}
+    assert v.rotation(last, holding, now=t + timedelta(days=4)) == ["local", "nas", "b2"]
+    assert v.rotation(last, holding, now=t + timedelta(days=7)) == ["b2", "local", "nas"]
+    assert v.rotation({"local": t, "b2": None}, {"local"}, now=t) == ["b2", "local"]  # never read: read now
+
+
+def _copy_offsite(client, bucket: str, prefix: str, backup_path: Path) -> None:
+    """Every file of the backup set into a bucket, manifest last, as the off-site step leaves it."""
+    files = sorted(backup_path.parent.glob(backup_path.name.split(".")[0] + ".*"),
+                   key=lambda f: f.name.endswith(".manifest.json"))
+    for f in files:
+        if not f.name.endswith(".verified.json"):
+            client.put_object(Bucket=bucket, Key=f"{prefix}{backup_path.parent.name}/{f.name}", Body=f.read_bytes())
+
+
+def test_restores_from_each_store_in_turn_and_catches_a_flipped_byte_on_that_targets_turn(
+        new_db, write_settings, s3_server):
+    """Issue 11's done-when: local, then the NAS, then B2 (two buckets on one S3 server); only B2's copy is damaged."""
+    import boto3
+
+    client = boto3.client("s3", endpoint_url=s3_server, region_name="us-east-1")
+    buckets = [f"v-{uuid.uuid4().hex[:10]}" for _ in range(2)]
+    for b in buckets:
+        client.create_bucket(Bucket=b)
+    db = new_db("vturn")
+    seed(db)
+    path, settings = settings_for(write_settings, db)  # back up locally, then copy off-site ourselves
+    backup = run_backup(settings, db)
+    for b in buckets:
+        _copy_offsite(client, b, "pi/", backup.path)
+    dump_key = f"pi/{db}/{backup.path.name}"
+    body = bytearray(client.get_object(Bucket=buckets[1], Key=dump_key)["Body"].read())
+    body[len(body) // 2] ^= 0x01
+    client.put_object(Bucket=buckets[1], Key=dump_key, Body=bytes(body))
+    path, settings = settings_for(write_settings, db, s3=[
+        {"bucket": buckets[0], "endpoint_url": s3_server, "prefix": "pi/", "name": "nas"},
+        {"bucket": buckets[1], "endpoint_url": s3_server, "prefix": "pi/", "name": "b2"}])
+    cli = ["--config", str(path), "backups", "list", db]
+    listed = CliRunner().invoke(main, cli).output
+    assert [ln.split()[1] + " " + ln.split()[-1] for ln in listed.splitlines()[1:]] == [
+        "local unverified", "nas unverified", "b2 unverified"]  # never read: not passed
+
+    asset = verification_asset(db, settings)
+    resources = {"homelab": HomelabSettings(config_path=str(path))}
+    seen = []
+    for _ in range(3):
+        result = dg.materialize([asset], resources=resources, raise_on_error=False)
+        meta = result.asset_materializations_for_node(f"restore_verification__{db}")[0].metadata
+        [check] = result.get_asset_check_evaluations()
+        seen.append((meta["store"].value, meta["outcome"].value, check.passed))
+    assert seen == [("local", "restored", True), ("nas", "restored", True), ("b2", "failed", False)]
+    assert check.severity == dg.AssetCheckSeverity.ERROR and "b2" in check.description
+    assert "sha256" in meta["message"].value and scratch_left(db) == []
+    listed = CliRunner().invoke(main, cli).output
+    assert [ln.split()[1] + " " + ln.split()[-1] for ln in listed.splitlines()[1:]] == [
+        "local restored", "nas restored", "b2 failed"]
+    # Each record lives beside the copy it describes and names it.
+    rec = json.loads(client.get_object(Bucket=buckets[0], Key=f"pi/{db}/{backup.stem}.verified.json")["Body"].read())
+    assert rec["store"] == "nas" and rec["outcome"] == "restored" and rec["verified_copy"].startswith(f"s3://{buckets[0]}/")
+    # The fourth night is local's turn again.
+    assert v.tonights_store(settings, db)[0].label == "local"
+
+
+def test_json_checksums_do_not_depend_on_the_servers_session_defaults(new_db, write_settings, monkeypatch):
+    """A json table's checksum is taken from its text: the database's TimeZone and DateStyle change between
+    the backup and the verification, and the restore still matches."""
+    db = new_db("vjson")
+    seed(db, """CREATE TABLE events (id int, doc json, at timestamptz, d date, span interval, f float8);
+                INSERT INTO events SELECT i, json_build_object('i', i), '2026-03-29 01:30:00+00'::timestamptz
+                  + i * interval '7 hours', date '2026-01-01' + i, i * interval '90 minutes', i / 7.0
+                FROM generate_series(1, 200) i;""")
+    with psycopg.connect(ADMIN_DSN, autocommit=True) as conn:
+        conn.execute(f"ALTER DATABASE {db} SET timezone = 'Pacific/Chatham'")
+        conn.execute(f"ALTER DATABASE {db} SET datestyle = 'SQL, DMY'")
+        conn.execute(f"ALTER DATABASE {db} SET intervalstyle = 'iso_8601'")
+        conn.execute(f"ALTER DATABASE {db} SET extra_float_digits = -2")
+    _, settings = settings_for(write_settings, db)
+    backup = run_backup(settings, db)
+    manifest = json.loads(manifest_path(backup).read_text())
+    [events] = [t for t in manifest["tables"] if t["table"] == "events"]
+    assert events["checksum"].startswith("txtf:")  # the text path, under the fixed session
+    # The scratch database gets the server's defaults; make the verifying session differ too (libpq's
+    # environment, this process only: the server is shared).
+    monkeypatch.setenv("PGTZ", "America/St_Johns")
+    monkeypatch.setenv("PGDATESTYLE", "German")
+    monkeypatch.setenv("PGOPTIONS", "-c intervalstyle=sql_standard -c extra_float_digits=0")
+    result = v.verify_backup(settings, db)
+    assert result.outcome == "restored", result.message
+    # Without the fixed session the same rows hash differently: the test can fail.
+    with psycopg.connect(dsn_for(db)) as conn:
+        loose = {s.name: s.checksum for s in pg.table_stats(conn, fixed_session=False)}
+    assert loose["public.events"].split(":")[1] != events["checksum"].split(":")[1]
+
+
+def test_integrity_only_is_a_warning_that_says_how_to_fix_it_and_counts_for_nothing(new_db, write_settings, tmp_path):
+    keyfile, recipient = _age_key(tmp_path)
+    db = new_db("vwarn")
+    seed(db, "CREATE TABLE t (x int); INSERT INTO t SELECT generate_series(1, 10);")
+    path, settings = settings_for(write_settings, db, encryption={"age_recipients": [recipient]},
+                                  retention={"keep_last": 1, "keep_daily": 0, "keep_weekly": 0, "keep_monthly": 0})
+    old = _old_backup(settings, db, 2)
+    newest = run_backup(settings, db)
+    assets = [verification_asset(db, settings), retention_asset(db, settings)]
+    result = dg.materialize(assets, resources={"homelab": HomelabSettings(config_path=str(path))},
+                            raise_on_error=False)
+    [check] = result.get_asset_check_evaluations()
+    assert not check.passed and check.severity == dg.AssetCheckSeverity.WARN
+    assert "homelab-ops backups init" in check.description and "NOT tested" in check.description
+    # A warning does not block retention, which keeps the policy's backup: nothing was restored to protect.
+    meta = result.asset_materializations_for_node(f"backup_retention__{db}")[0].metadata
+    assert meta["removed"].value == 1 and "newest verified" not in meta["plan"].value
+    assert not (Path(settings.backups.local_dir) / db / f"{old}.manifest.json").exists()
+    assert not (Path(settings.metrics.textfile_dir) / f"homelab_backup_{db}.prom").exists()  # no metric
+    [fresh] = _freshness_job(db, settings, path).execute_in_process().get_asset_check_evaluations()
+    assert not fresh.passed and "integrity-only check does not count" in fresh.description
+    assert newest.stem in {p.name[:16] for p in (Path(settings.backups.local_dir) / db).iterdir()}
+
+
+def test_records_from_before_per_copy_verification_count_only_for_the_copy_they_read(tmp_path):
+    """Format 1 wrote one record into every store, naming the copy read ("passed", "sha256-only")."""
+    from homelab_ops.backups.catalog import read_listing
+    from homelab_ops.backups.stores import LocalStore
+
+    store = LocalStore(tmp_path)
+    folder = tmp_path / "db"
+    folder.mkdir()
+    stems = ["20261101T030000Z", "20261102T030000Z", "20261103T030000Z", "20261104T030000Z"]
+    copies = [str(folder / f"{stems[0]}.dump.zst"), "s3://bucket/db/x.dump.zst", str(folder / f"{stems[2]}.dump.zst")]
+    for stem, (outcome, copy) in zip(stems, [("passed", copies[0]), ("passed", copies[1]), ("sha256-only", copies[2])]):
+        (folder / f"{stem}.dump.zst").write_bytes(b"d")
+        (folder / f"{stem}.manifest.json").write_text("{}")
+        (folder / f"{stem}.verified.json").write_text(json.dumps({"format": 1, "outcome": outcome,
+                                                                  "verified_copy": copy}))
+    (folder / f"{stems[3]}.dump.zst").write_bytes(b"d")
+    (folder / f"{stems[3]}.manifest.json").write_text("{}")
+    (folder / f"{stems[3]}.verified.json").write_text("{not json")
+    backups = read_listing(store.list("db")).backups
+    assert [v.copy_outcome(store, "db", b) for b in backups] == ["restored", "unverified", "integrity-only",
+                                                                  "unreadable"]
+    assert v.recorded_outcomes([store], "db") == [(stems[3], "local", "unreadable"),
+                                                  (stems[2], "local", "integrity-only"),
+                                                  (stems[0], "local", "restored")]

@@ -1,19 +1,28 @@
-"""Take one backup: pg_dump -> zstd -> (age) -> sha256 -> file, then the manifest, then off-site.
+"""Take one backup: pg_dump -> zstd -> (age) -> sha256 -> local file, then the manifest.
 
-The dump is complete-looking only when it is: it is written as `.partial`,
-fsynced, and renamed after pg_dump exited 0, and the manifest (written the same
-way) follows it. A hung pg_dump is killed after `backups.timeout`.
+Local only, at disk speed, so the dump's snapshot and locks are released as soon as
+pg_dump exits; the off-site copies are made afterwards from the finished file
+(`homelab_ops.backups.offsite`). The dump is complete-looking only when it is: it
+is written as `.partial`, fsynced, and renamed after pg_dump exited 0, and the
+manifest (written the same way) follows it; whatever step fails, nothing of the
+backup stays. A hung pg_dump is killed after `backups.timeout`; a full disk is
+refused before the dump when the newest backup would not fit, and named when it
+fills anyway.
 """
 
 from __future__ import annotations
 
+import contextlib
+import errno
 import hashlib
 import json
 import os
+import shutil
 import socket
 import threading
 import time
-from dataclasses import dataclass, field
+from contextlib import contextmanager
+from dataclasses import dataclass
 from datetime import datetime, timezone
 from pathlib import Path
 
@@ -21,13 +30,16 @@ import psycopg
 import pyrage
 import zstandard
 
+from homelab_ops import units
 from homelab_ops.backups import postgresql as pg
-from homelab_ops.backups.catalog import GLOBALS, MANIFEST_SUFFIX, dump_suffix, stem_for
-from homelab_ops.backups.stores import CHUNK, LocalStore, StoreError, stores_for
-from homelab_ops.files import PARTIAL_SUFFIX, fsync_dir
+from homelab_ops.backups.catalog import GLOBALS, MANIFEST_SUFFIX, dump_suffix, read_listing, stem_for
+from homelab_ops.backups.stores import CHUNK, LocalStore
+from homelab_ops.files import PARTIAL_SUFFIX, free_space, fsync_dir
+from homelab_ops.pitr.snapshot import dump_snapshot
 from homelab_ops.state import connect
 
 MANIFEST_FORMAT = 1
+FREE_SPACE_HEADROOM = 1.25  # a backup may grow this much since the newest one before the dump is refused
 
 
 class BackupError(RuntimeError):
@@ -40,8 +52,6 @@ class BackupResult:
     stem: str
     path: Path
     manifest: dict
-    uris: list[str] = field(default_factory=list)
-    offsite_errors: list[str] = field(default_factory=list)
 
     @property
     def duration(self) -> float:
@@ -49,37 +59,76 @@ class BackupResult:
         return (datetime.fromisoformat(m["finished_at"]) - datetime.fromisoformat(m["started_at"])).total_seconds()
 
 
-class _HashingWriter:
-    """A file sink that hashes and counts what passes through it, and feeds any uploads."""
+@contextmanager
+def _writing(database: str, path: Path, abandon):
+    """A full disk while writing `path` becomes one line naming the database, the file and the free
+    space once `abandon` has removed what the backup wrote."""
+    try:
+        yield
+    except OSError as e:
+        if e.errno != errno.ENOSPC:
+            raise
+        abandon()
+        raise BackupError(f"disk full: the backup of {database} could not write {path}; "
+                          f"{free_space(path.parent)} free in {path.parent} once what it wrote was removed") from None
 
-    def __init__(self, path: Path, tees=()):
+
+def check_free_space(local: LocalStore, database: str) -> None:
+    """Refuse before the dump when the newest backup, with headroom, would not fit."""
+    backups = read_listing(local.list(database)).backups
+    if not backups:
+        return
+    newest = backups[-1]
+    need = int(newest.sizes.get(newest.dump, 0) * FREE_SPACE_HEADROOM)
+    folder = local.folder(database)
+    if shutil.disk_usage(folder).free < need:
+        raise BackupError(f"disk full: not backing up {database}: {free_space(folder)} free in {folder}, the newest "
+                          f"backup ({newest.stem}) needs {units.size(need)} with headroom; "
+                          "retention frees space, or make room under backups.local_dir")
+
+
+class _HashingWriter:
+    """A file sink that hashes and counts what passes through it; remembers a write error, which
+    age's encryptor may hand back as another exception type."""
+
+    def __init__(self, path: Path):
         self.f = open(path, "wb")
         self.sha = hashlib.sha256()
         self.size = 0
-        self.tees = tees
+        self.error: OSError | None = None
 
     def write(self, b) -> int:
         self.sha.update(b)
         self.size += len(b)
-        for tee in self.tees:
-            tee.write(b)
-        return self.f.write(b)
+        try:
+            return self.f.write(b)
+        except OSError as e:
+            self.error = e
+            raise
 
     def flush(self) -> None:
         self.f.flush()
 
     def close(self) -> None:
-        self.f.flush()
-        os.fsync(self.f.fileno())
-        self.f.close()
+        try:
+            self.f.flush()
+            os.fsync(self.f.fileno())
+        except OSError as e:
+            self.error = e
+            raise
+        finally:
+            try:
+                self.f.close()
+            except OSError:  # the flush inside close fails again on a full disk; the fd is closed anyway
+                pass
 
 
 def _recipients(keys: list[str]):
     return [pyrage.x25519.Recipient.from_str(k) for k in keys]
 
 
-def stream_to_file(proc, dest: Path, *, level: int, recipients: list[str], timeout: float, what: str,
-                   tees=()) -> tuple[str, int]:
+def stream_to_file(proc, dest: Path, *, level: int, recipients: list[str], timeout: float, what: str
+                   ) -> tuple[str, int]:
     """Compress (and encrypt) a child's stdout into `dest`; returns (sha256, size).
 
     Raises BackupError when the child fails or outlives `timeout`; `dest` is
@@ -97,7 +146,7 @@ def stream_to_file(proc, dest: Path, *, level: int, recipients: list[str], timeo
     watchdog = threading.Timer(timeout, kill)
     watchdog.daemon = True
     watchdog.start()
-    sink = _HashingWriter(dest, tees)
+    sink = _HashingWriter(dest)
     try:
         # One worker thread compresses while this one reads the pipe and writes: as fast as the
         # `pg_dump | zstd` pipeline, and one core at most, so Ollama keeps the others.
@@ -112,8 +161,13 @@ def stream_to_file(proc, dest: Path, *, level: int, recipients: list[str], timeo
     except BaseException:
         proc.kill()
         proc.wait()
-        sink.f.close()
+        try:
+            sink.f.close()
+        except OSError:
+            pass
         dest.unlink(missing_ok=True)
+        if sink.error is not None:
+            raise sink.error from None
         raise
     finally:
         watchdog.cancel()
@@ -144,31 +198,35 @@ def _lock_key(database: str) -> int:
 
 @dataclass
 class _Pending:
-    """A backup being written: its names, and the uploads fed while it streams."""
+    """A backup being written: its names, and the way back when any step fails."""
 
     settings: object
     database: str
     stem: str
     started: datetime
     final: Path
-    uploads: list
 
     @property
     def partial(self) -> Path:
         return self.final.with_name(self.final.name + PARTIAL_SUFFIX)
 
+    @property
+    def manifest_path(self) -> Path:
+        return self.final.with_name(self.stem + MANIFEST_SUFFIX)
+
     def stream(self, proc, what: str) -> tuple[str, int]:
         b = self.settings.backups
-        return stream_to_file(proc, self.partial, level=b.zstd_level, recipients=b.encryption.age_recipients,
-                              timeout=b.timeout.seconds, what=what, tees=self.uploads)
+        with _writing(self.database, self.partial, self.abandon):
+            return stream_to_file(proc, self.partial, level=b.zstd_level, recipients=b.encryption.age_recipients,
+                                  timeout=b.timeout.seconds, what=what)
 
     def abandon(self) -> None:
-        self.partial.unlink(missing_ok=True)
-        for up in self.uploads:
-            up.abort()
+        """Remove every artefact of this backup, the manifest first (never a manifest without its dump)."""
+        for path in (self.manifest_path, self.final, self.partial):
+            path.unlink(missing_ok=True)
 
     def commit(self, sha: str, size: int, extra: dict) -> BackupResult:
-        """Rename the dump into place, write its manifest, then complete the off-site copies."""
+        """Rename the dump into place, then write its manifest: the backup is complete."""
         os.replace(self.partial, self.final)
         fsync_dir(self.final.parent)
         b = self.settings.backups
@@ -186,32 +244,24 @@ class _Pending:
             "encryption": {"algorithm": "age-x25519", "recipients": enc} if enc else None,
             **extra,
         }
-        body = json.dumps(manifest, indent=2).encode()
-        LocalStore(b.local_dir).put_bytes(self.database, self.stem + MANIFEST_SUFFIX, body)
-        result = BackupResult(self.database, self.stem, self.final, manifest, [str(self.final)])
-        for up in self.uploads:
-            try:
-                up.finish(sha)
-                up.store.put_bytes(self.database, self.stem + MANIFEST_SUFFIX, body)
-                result.uris.append(up.store.uri(self.database, up.name))
-            except StoreError as e:
-                result.offsite_errors.append(str(e))
-        return result
+        with _writing(self.database, self.manifest_path, self.abandon):
+            LocalStore(b.local_dir).put_bytes(self.database, self.manifest_path.name,
+                                              json.dumps(manifest, indent=2).encode())
+        return BackupResult(self.database, self.stem, self.final, manifest)
 
 
 def _prepare(settings, database: str, *, globals_only: bool = False) -> _Pending:
     local = LocalStore(settings.backups.local_dir)
     local.folder(database).mkdir(parents=True, exist_ok=True)
+    check_free_space(local, database)
     stem, started = _new_stem(local, database)
     name = stem + dump_suffix(encrypted=bool(settings.backups.encryption.age_recipients), globals_only=globals_only)
-    _, remotes = stores_for(settings)
-    uploads = [store.open_stream(database, name) for store in remotes]
-    return _Pending(settings, database, stem, started, local.path(database, name), uploads)
+    return _Pending(settings, database, stem, started, local.path(database, name))
 
 
-def run_backup(settings, database: str) -> BackupResult:
-    """Back up one database. Off-site failures are returned in `offsite_errors`, not raised,
-    so the caller can report the local backup that did succeed."""
+def run_backup(settings, database: str, *, manifest_extra: dict | None = None) -> BackupResult:
+    """Back up one database to the local folder (the off-site copies follow from the finished file).
+    `manifest_extra`: fields the manifest records besides the dump's (n8n's key fingerprint)."""
     admin = settings.postgres.dsn.get_secret_value()
     bin_dir = settings.postgres.pg_bin_dir
     timeout = settings.backups.timeout.seconds
@@ -224,10 +274,11 @@ def run_backup(settings, database: str) -> BackupResult:
             raise BackupError(f"another backup of {database!r} is running; two backups of one database never run at once")
         pending = _prepare(settings, database)
         try:
-            with connect(pg.database_dsn(admin, database)) as src:
+            with connect(pg.database_dsn(admin, database)) as src, contextlib.ExitStack() as held:
                 src.isolation_level = psycopg.IsolationLevel.REPEATABLE_READ
                 src.read_only = True
-                snapshot = src.execute("SELECT pg_export_snapshot()").fetchone()[0]
+                snap = held.enter_context(dump_snapshot(src, pg.database_dsn(admin, database)))
+                snapshot = snap["snapshot"]
                 server_version = pg.server_version(src)
                 proc = pg.start_dump(pg.database_dsn(admin, database), snapshot, bin_dir)
                 stats: dict = {}
@@ -254,20 +305,21 @@ def run_backup(settings, database: str) -> BackupResult:
                 src.rollback()
             if "error" in stats:
                 raise BackupError(f"counting rows of {database} failed: {stats['error']}")
+            tables = stats["tables"]
+            return pending.commit(sha, size, {
+                "kind": "database",
+                "pg_dump_version": pg.tool_version(pg_dump),
+                "server_version": server_version,
+                **snap,
+                "table_count": len(tables),
+                "row_count": sum(t.rows for t in tables),
+                "tables": [{"schema": t.schema, "table": t.table, "rows": t.rows, "checksum": t.checksum}
+                           for t in tables],
+                **(manifest_extra or {}),
+            })
         except BaseException:
             pending.abandon()
             raise
-        tables = stats["tables"]
-        return pending.commit(sha, size, {
-            "kind": "database",
-            "pg_dump_version": pg.tool_version(pg_dump),
-            "server_version": server_version,
-            "snapshot": snapshot,
-            "table_count": len(tables),
-            "row_count": sum(t.rows for t in tables),
-            "tables": [{"schema": t.schema, "table": t.table, "rows": t.rows, "checksum": t.checksum}
-                       for t in tables],
-        })
 
 
 def run_globals_backup(settings) -> BackupResult:
@@ -279,7 +331,7 @@ def run_globals_backup(settings) -> BackupResult:
         sha, size = pending.stream(proc, "pg_dumpall --globals-only")
         with connect(admin) as conn:
             server_version = pg.server_version(conn)
+        return pending.commit(sha, size, {"kind": "globals", "server_version": server_version})
     except BaseException:
         pending.abandon()
         raise
-    return pending.commit(sha, size, {"kind": "globals", "server_version": server_version})

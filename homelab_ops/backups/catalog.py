@@ -18,10 +18,9 @@ DUMP_SUFFIXES = (".dump.zst", ".dump.zst.age", ".globals.sql.zst", ".globals.sql
 MANIFEST_SUFFIX = ".manifest.json"
 VERIFIED_SUFFIX = ".verified.json"
 
-_NAME = re.compile(
-    r"^(?P<stem>\d{8}T\d{6}Z)(?P<suffix>\.dump\.zst(?:\.age)?|\.globals\.sql\.zst(?:\.age)?"
-    r"|\.manifest\.json|\.verified\.json)(?P<partial>\.partial)?$"
-)
+# Every file whose name starts with a stem belongs to that backup set: the dump, the manifest,
+# the verification record and any sidecar (n8n's key, binary data) another module writes.
+_NAME = re.compile(r"^(?P<stem>\d{8}T\d{6}Z)(?P<suffix>\..+?)(?P<partial>\.partial)?$")
 
 
 def stem_for(t: datetime) -> str:
@@ -46,6 +45,7 @@ class Backup:
     manifest: str
     verified: str | None = None
     sizes: dict[str, int] = field(default_factory=dict)
+    sidecars: list[str] = field(default_factory=list)
 
     @property
     def time(self) -> datetime:
@@ -57,7 +57,7 @@ class Backup:
 
     @property
     def files(self) -> list[str]:
-        return [f for f in (self.dump, self.manifest, self.verified) if f]
+        return [f for f in (self.dump, *self.sidecars, self.verified, self.manifest) if f]
 
     @property
     def size(self) -> int:
@@ -67,7 +67,7 @@ class Backup:
 @dataclass
 class Listing:
     backups: list[Backup]  # complete backups, oldest first
-    orphans: list[str]  # a dump without manifest, a manifest without dump, a stray verified.json
+    orphans: list[str]  # a dump without manifest, a manifest without dump, a stray verified.json or sidecar
     partials: list[str]  # interrupted writes
     unknown: list[str]  # names this tool did not write; never touched
 
@@ -86,7 +86,8 @@ def read_listing(names: dict[str, int] | list[str]) -> Listing:
             partials.append(name)
             continue
         suffix = m.group("suffix")
-        kind = "manifest" if suffix == MANIFEST_SUFFIX else "verified" if suffix == VERIFIED_SUFFIX else "dump"
+        kind = ("manifest" if suffix == MANIFEST_SUFFIX else "verified" if suffix == VERIFIED_SUFFIX
+                else "dump" if suffix in DUMP_SUFFIXES else name)
         slot = by_stem.setdefault(m.group("stem"), {})
         if kind in slot:  # two dumps with one stem (encrypted and not): ambiguous, keep both as orphans
             unknown.append(name)
@@ -95,9 +96,16 @@ def read_listing(names: dict[str, int] | list[str]) -> Listing:
     backups, orphans = [], []
     for stem, parts in sorted(by_stem.items()):
         if "dump" in parts and "manifest" in parts:
-            b = Backup(stem, parts["dump"], parts["manifest"], parts.get("verified"))
+            sidecars = sorted(v for k, v in parts.items() if k not in ("dump", "manifest", "verified"))
+            b = Backup(stem, parts["dump"], parts["manifest"], parts.get("verified"), sidecars=sidecars)
             b.sizes = {f: sizes[f] for f in b.files}
             backups.append(b)
         else:
             orphans.extend(sorted(parts.values()))
     return Listing(backups, orphans, partials, unknown)
+
+
+def dump_without_manifest(listing: Listing, stem: str) -> str | None:
+    """The dump of `stem` when it is an orphan (its manifest missing): shown as damaged, restorable only
+    with --ignore-manifest."""
+    return next((n for n in listing.orphans if n.startswith(stem) and n[len(stem):] in DUMP_SUFFIXES), None)

@@ -45,10 +45,16 @@ class TableStat:
 # their text); a table with a column type that has no hash function (json, point...)
 # falls back to hashing the row's text. The prefix says which, so both sides agree.
 # This detects damage; it is not meant to resist forgery.
+# A row's text depends on the session (timestamptz on TimeZone, dates on DateStyle, intervals on
+# IntervalStyle, floats on extra_float_digits...), so it is taken with the settings below, whatever
+# the server's, database's or role's defaults: prefix `txtf`. Manifests written before that say
+# `txt` (the session's defaults) and are compared the old way.
 _STATS_SQL = {
     "rec": "SELECT count(*), coalesce(sum(hash_record_extended(t, 0)), 0)::text FROM {}.{} AS t",
     "txt": "SELECT count(*), coalesce(sum(hashtextextended(t::text, 0)), 0)::text FROM {}.{} AS t",
 }
+FIXED_SESSION = (("TimeZone", "UTC"), ("DateStyle", "ISO, YMD"), ("IntervalStyle", "postgres"),
+                 ("extra_float_digits", "1"), ("bytea_output", "hex"), ("lc_monetary", "C"))
 
 _TABLES_SQL = """
 SELECT n.nspname, c.relname
@@ -62,15 +68,20 @@ ORDER BY 1, 2
 """
 
 
-def table_stats(conn: psycopg.Connection) -> list[TableStat]:
-    """Exact row count and content checksum of every user table, in the connection's snapshot."""
+def table_stats(conn: psycopg.Connection, *, fixed_session: bool = True) -> list[TableStat]:
+    """Exact row count and content checksum of every user table, in the connection's snapshot.
+
+    `fixed_session=False` only to compare with a manifest written before the session was fixed."""
+    if fixed_session:  # local to the transaction when there is one (the dump's snapshot)
+        for name, value in FIXED_SESSION:
+            conn.execute("SELECT set_config(%s, %s, %s)", (name, value, not conn.autocommit))
     out = []
     for schema, table in conn.execute(_TABLES_SQL).fetchall():
-        out.append(TableStat(schema, table, *_table_checksum(conn, schema, table)))
+        out.append(TableStat(schema, table, *_table_checksum(conn, schema, table, fixed_session)))
     return out
 
 
-def _table_checksum(conn: psycopg.Connection, schema: str, table: str) -> tuple[int, str]:
+def _table_checksum(conn: psycopg.Connection, schema: str, table: str, fixed: bool) -> tuple[int, str]:
     ident = (sql.Identifier(schema), sql.Identifier(table))
     try:
         with conn.transaction():  # a savepoint: the fallback must not lose the snapshot
@@ -78,7 +89,7 @@ def _table_checksum(conn: psycopg.Connection, schema: str, table: str) -> tuple[
             return int(rows), f"rec:{total}"
     except psycopg.errors.UndefinedFunction:
         rows, total = conn.execute(sql.SQL(_STATS_SQL["txt"]).format(*ident)).fetchone()
-        return int(rows), f"txt:{total}"
+        return int(rows), f"{'txtf' if fixed else 'txt'}:{total}"
 
 
 def database_dsn(admin_dsn: str, database: str) -> str:
@@ -88,11 +99,13 @@ def database_dsn(admin_dsn: str, database: str) -> str:
 
 def list_databases(admin_dsn: str) -> list[str]:
     """Every database but the templates, for `postgres.databases: all`."""
+    from homelab_ops.backups.names import SCRATCH_PREFIX
+
     with connect(admin_dsn) as conn:
-        rows = conn.execute(
-            "SELECT datname FROM pg_database WHERE NOT datistemplate AND datallowconn ORDER BY 1"
-        ).fetchall()
-    return [r[0] for r in rows]
+        rows = conn.execute("SELECT datname FROM pg_database WHERE NOT datistemplate AND datallowconn"
+                            " ORDER BY 1").fetchall()
+    # not the scratch databases of verifications, even one a crash left
+    return [r[0] for r in rows if not r[0].startswith(SCRATCH_PREFIX)]
 
 
 def configured_databases(settings) -> list[str]:

@@ -3,9 +3,13 @@
 The decision is `retention.apply_policy` over complete backups only; leftovers of
 interrupted writes (orphans, `.partial` files) never count as backups and are
 removed once they are old enough that no running backup can still be writing
-them. The newest backup whose verification passed is never deleted, and when the
-newest backup failed its verification nothing is deleted at all: that is the
-moment the older backups matter most.
+them. The newest backup with a copy that was restored (in any store) is never
+deleted, and when a copy of the newest verified backup failed its verification
+nothing is deleted at all: that is the moment the older backups matter most.
+
+On a versioned bucket (B2 keeps every version; AWS or MinIO with versioning on) a
+plain delete only hides an object behind a delete marker and frees nothing, so
+retention deletes every version of each pruned object, delete markers included.
 """
 
 from __future__ import annotations
@@ -14,10 +18,11 @@ from dataclasses import dataclass, field
 from datetime import datetime, timedelta, timezone
 from zoneinfo import ZoneInfo
 
+from homelab_ops import units
 from homelab_ops.backups.catalog import GLOBALS, STAMP_FORMAT, Backup, Listing, read_listing
 from homelab_ops.backups.retention import RetentionError, RetentionPolicy, apply_policy
-from homelab_ops.backups.stores import S3Store, Store, StoreError, stores_for
-from homelab_ops.backups.verify import FAILED, newest_passing, recorded_outcomes
+from homelab_ops.backups.stores import S3Store, Store, StoreError, s3_errors, stores_for
+from homelab_ops.backups.verify import newest_failed, newest_restored, recorded_outcomes
 
 LEFTOVER_GRACE = timedelta(hours=24)
 _STEM_LEN = len("20260101T000000Z")
@@ -81,6 +86,8 @@ class StorePlan:
     stale_uploads: list[str] = field(default_factory=list)
     error: str | None = None
     delete_requests: int = 0
+    versioned: bool = False  # an S3 bucket that keeps versions: every version of each object is deleted
+    versions_deleted: int = 0
 
     @property
     def delete_names(self) -> list[str]:
@@ -122,35 +129,31 @@ def stale_uploads(uploads: list[dict], now: datetime, grace: timedelta = LEFTOVE
     return [u for u in uploads if now - u["Initiated"] > grace]
 
 
-def _size(n: float) -> str:
-    for unit in ("B", "KiB", "MiB", "GiB"):
-        if n < 1024 or unit == "GiB":
-            return f"{n:.0f} {unit}" if unit == "B" else f"{n:.1f} {unit}"
-        n /= 1024
-    return f"{n:.1f} GiB"
-
-
 def markdown(result: DatabasePrune, tz: ZoneInfo, max_rows: int = 200) -> str:
     """One table per store: every kept backup with its reasons, every removed one with its size."""
     verb = "would free" if result.dry_run else "freed"
     out = []
     for p in result.plans:
         head = (f"### {result.database} in {p.store}: {len(p.kept)} kept, {len(p.removed)} removed, "
-                f"{_size(p.bytes_freed)} {verb}")
+                f"{units.size(p.bytes_freed)} {verb}")
         out.append(head)
         if p.error:
             out.append(f"\n**error:** {p.error}\n")
             continue
         if p.blocked:
             out.append(f"\n**nothing pruned:** {p.blocked}\n")
+        if p.versioned:
+            done = "would be deleted" if result.dry_run else f"deleted ({p.versions_deleted} versions and markers)"
+            out.append(f"\nversioned bucket: every version and delete marker of each pruned object {done}, "
+                       "so the space is really freed\n")
         rows = [(b.stem, b.time.astimezone(tz).strftime("%Y-%m-%d %H:%M %Z"), "keep", ", ".join(r))
                 for b, r in p.kept]
         action = "would remove" if result.dry_run else "removed"
-        rows += [(b.stem, b.time.astimezone(tz).strftime("%Y-%m-%d %H:%M %Z"), action, _size(b.size))
+        rows += [(b.stem, b.time.astimezone(tz).strftime("%Y-%m-%d %H:%M %Z"), action, units.size(b.size))
                  for b in p.removed]
         for x in p.leftovers:
             rows.append((x.name, "", f"{action} {x.kind}" if x.remove else f"{x.kind}, kept for now",
-                         _size(x.size) if x.remove else "nothing pruned" if p.blocked
+                         units.size(x.size) if x.remove else "nothing pruned" if p.blocked
                          else "younger than the grace period: a backup may be writing it"))
         rows += [(u, "", f"{'would abort' if result.dry_run else 'aborted'} upload", "incomplete for over a day")
                  for u in p.stale_uploads]
@@ -201,30 +204,31 @@ def prune_database(settings, database: str, *, dry_run: bool | None = None, now:
     policy, dry, now, grace, stores = prepare(settings, dry_run, now, stores)
     result = DatabasePrune(database, dry)
 
-    seen: list[tuple[Store, dict[str, int], Listing, str | None]] = []
+    seen: list[tuple[Store, dict[str, int], Listing]] = []
     for store in stores:
         try:
             sizes = store.list(database)
         except StoreError as e:
             result.plans.append(StorePlan(store.label, error=str(e)))
             continue
-        listing = read_listing(sizes)
-        protect = None
-        if database == GLOBALS:
-            protect = listing.backups[-1].stem if listing.backups else None
-        elif listing.backups:
-            outcomes = recorded_outcomes(store, database, listing.backups)
-            if outcomes[0][1] == FAILED and result.blocked is None:
-                result.blocked = (f"the newest backup {outcomes[0][0]} failed its verification "
-                                  f"(recorded in {store.label}); nothing of {database} is pruned until a newer "
-                                  "backup verifies")
-            protect = newest_passing(outcomes)
-        seen.append((store, sizes, listing, protect))
+        seen.append((store, sizes, read_listing(sizes)))
+    listed = [store for store, _, _ in seen]
+    if database == GLOBALS:  # not verified: the newest in each store is kept
+        protect = {store.label: (lst.backups[-1].stem if lst.backups else None) for store, _, lst in seen}
+    else:
+        outcomes = recorded_outcomes(listed, database, {s.label: lst.backups for s, _, lst in seen})
+        failed = newest_failed(outcomes)
+        if failed and result.blocked is None:
+            result.blocked = (f"the newest backup verification read, {failed[0]}, failed its verification "
+                              f"(the copy in {failed[1]}); nothing of {database} is pruned until a newer backup is restored")
+        newest = newest_restored(outcomes)
+        # Protected where that copy is: a target the off-site step has not reached yet has nothing to protect.
+        protect = {s.label: newest if any(b.stem == newest for b in lst.backups) else None for s, _, lst in seen}
 
-    for store, sizes, listing, protect in seen:
+    for store, sizes, listing in seen:
         try:
             plan = plan_store(store.label, listing, sizes, policy, settings.tz, now=now, grace=grace,
-                              protect=protect, blocked=result.blocked,
+                              protect=protect[store.label], blocked=result.blocked,
                               protect_reason="newest (globals are not verified)" if database == GLOBALS
                               else "newest verified")
         except RetentionError as e:
@@ -238,10 +242,52 @@ def prune_database(settings, database: str, *, dry_run: bool | None = None, now:
     return result
 
 
+def versioned(store: S3Store) -> bool:
+    """Does the bucket keep versions? When the target will not say, assume it does (B2 always does)."""
+    try:
+        status = store.client.get_bucket_versioning(Bucket=store.target.bucket).get("Status")
+    except s3_errors():
+        return True
+    return status in ("Enabled", "Suspended")
+
+
+def delete_every_version(store: S3Store, database: str, names: list[str]) -> tuple[int, int]:
+    """Delete every version and delete marker of `names` (ListObjectVersions, then DeleteObjects with
+    VersionId in batches of 1000). Returns (delete requests, versions deleted)."""
+    keys = {store.key(database, n) for n in names}
+    versions = []
+    try:
+        pages = store.client.get_paginator("list_object_versions").paginate(
+            Bucket=store.target.bucket, Prefix=store.key(database, ""))
+        for page in pages:
+            for v in page.get("Versions", []) + page.get("DeleteMarkers", []):
+                if v["Key"] in keys:
+                    versions.append({"Key": v["Key"], "VersionId": v["VersionId"]})
+    except s3_errors() as e:
+        raise StoreError(f"S3 target {store.label}: listing object versions failed: {e}") from None
+    requests = 0
+    for i in range(0, len(versions), 1000):
+        try:
+            resp = store.client.delete_objects(Bucket=store.target.bucket,
+                                               Delete={"Objects": versions[i:i + 1000], "Quiet": True})
+        except s3_errors() as e:
+            raise StoreError(f"S3 target {store.label}: deleting versions failed: {e}") from None
+        requests += 1
+        if resp.get("Errors"):
+            first = resp["Errors"][0]
+            raise StoreError(f"S3 target {store.label}: could not delete {first['Key']} version "
+                             f"{first.get('VersionId')}: {first.get('Code')}")
+    return requests, len(versions)
+
+
 def _execute(store: Store, database: str, plan: StorePlan, dry_run: bool, now: datetime) -> None:
     names = plan.delete_names
+    plan.versioned = bool(names) and isinstance(store, S3Store) and versioned(store)
     if names and not dry_run:
-        plan.delete_requests = store.delete(database, names) or 0
+        if plan.versioned:
+            plan.delete_requests, plan.versions_deleted = delete_every_version(store, database, names)
+        else:
+            plan.delete_requests = store.delete(database, names) or 0
     if isinstance(store, S3Store) and not plan.blocked:
         try:
             uploads = list(store.incomplete_uploads(store.key(database, "")))
@@ -259,10 +305,11 @@ def _execute(store: Store, database: str, plan: StorePlan, dry_run: bool, now: d
 
 
 def databases_to_prune(settings, configured: list[str]) -> list[str]:
-    """The configured databases, any others with a local folder, and `_globals`."""
+    """The configured databases, any others with a local folder, and `_globals` (not the n8n exports
+    nor PITR's archive, which have their own retention)."""
     from homelab_ops.backups.n8n_export import FOLDER
+    from homelab_ops.backups.names import PITR_FOLDERS
 
     local, _ = stores_for(settings)
     names = set(configured) | set(local.databases()) | {GLOBALS}
-    names.discard(FOLDER)
-    return sorted(names)
+    return sorted(names - {FOLDER, *PITR_FOLDERS})

@@ -20,12 +20,19 @@ import pyrage
 import zstandard
 
 from homelab_ops.backups import postgresql as pg
-from homelab_ops.backups.catalog import Backup, read_listing, stem_for
-from homelab_ops.backups.stores import CHUNK, LocalStore, Store, read_json, stores_for
+from homelab_ops.backups.catalog import Backup, Listing, dump_without_manifest, read_listing, stem_for
+from homelab_ops.backups.stores import CHUNK, LocalStore, Store, StoreError, read_json, s3_errors, stores_for
 
 
 class RestoreError(RuntimeError):
     """A restore was refused or failed; the message says which and why."""
+
+
+class ManifestError(RestoreError):
+    """A backup's manifest is missing or damaged: its sha256 cannot be checked."""
+
+
+IGNORE_HINT = "--ignore-manifest restores it without checking the sha256"
 
 
 @dataclass
@@ -33,21 +40,51 @@ class Located:
     store: Store
     database: str
     backup: Backup
-    manifest: dict
+    manifest: dict | None  # None: restored with --ignore-manifest, the sha256 unchecked
 
 
-def _pick_store(settings, source: str) -> Store:
+def read_manifest(store: Store, database: str, backup: Backup) -> dict:
+    """The manifest, or ManifestError in one line when it cannot be trusted (StoreError: the store is down)."""
+    where = f"{backup.manifest} in {store.label}"
+    try:
+        m = read_json(store, database, backup.manifest)
+    except StoreError:
+        raise
+    except (ValueError, UnicodeDecodeError) as e:
+        raise ManifestError(f"the manifest {where} is damaged ({type(e).__name__}: {e})") from None
+    except (OSError, *s3_errors()) as e:
+        raise StoreError(f"{store.label}: cannot read {backup.manifest}: {e}") from None
+    if not isinstance(m, dict) or not isinstance(m.get("sha256"), str) or len(m["sha256"]) != 64:
+        raise ManifestError(f"the manifest {where} is damaged (no sha256 in it)")
+    return m
+
+
+def manifest_state(store: Store, database: str, backup: Backup) -> str:
+    """`ok`, or why the manifest is damaged, for `backups list`."""
+    try:
+        read_manifest(store, database, backup)
+    except ManifestError:
+        return "damaged"
+    except StoreError:
+        return "unreadable"
+    return "ok"
+
+
+def _stores(settings, source: str) -> list[Store]:
+    """`auto`: local and every S3 target (a new SD card restores from off-site alone)."""
     local, remotes = stores_for(settings)
+    if source == "auto":
+        return [local, *remotes]
     if source == "local":
-        return local
+        return [local]
     if source == "s3":
         if not remotes:
             raise RestoreError("--from s3, but backups.s3 is not configured")
-        return remotes[0]
+        return [remotes[0]]
     for remote in remotes:
         if source == remote.label:
-            return remote
-    raise RestoreError(f"unknown backup source {source!r}: use local, s3, or an S3 target's name")
+            return [remote]
+    raise RestoreError(f"unknown backup source {source!r}: use auto, local, s3, or an S3 target's name")
 
 
 def parse_at(text: str) -> datetime:
@@ -63,17 +100,47 @@ def parse_at(text: str) -> datetime:
     return t if t.tzinfo else t.replace(tzinfo=timezone.utc)
 
 
-def locate(settings, database: str, *, at: datetime | None = None, source: str = "local") -> Located:
-    """The newest complete backup of `database` at or before `at`, in the chosen store."""
-    store = _pick_store(settings, source)
-    backups = read_listing(store.list(database)).backups
-    if at is not None:
-        backups = [b for b in backups if b.stem <= stem_for(at)]
-    if not backups:
+def locate(settings, database: str, *, at: datetime | None = None, source: str = "auto",
+           ignore_manifest: bool = False) -> Located:
+    """The newest complete backup of `database` at or before `at` in the stores of `source` (`auto`: all,
+    the first store winning a tie, so local before off-site). A damaged or missing manifest is refused
+    unless `ignore_manifest`; a store that is down is skipped, and named if nothing is found."""
+    errors, stores, best = [], _stores(settings, source), None
+    for store in stores:
+        try:
+            sizes = store.list(database)
+        except StoreError as e:
+            errors.append(str(e))
+            continue
+        found = _newest(read_listing(sizes), sizes, at)
+        if found and (best is None or (found[0].stem, not found[1]) > (best[1].stem, not best[2])):
+            best = (store, *found)
+    if best is None:
         when = f" at or before {at.isoformat()}" if at else ""
-        raise RestoreError(f"no complete backup of {database!r} in {store.label}{when}")
-    b = backups[-1]
-    return Located(store, database, b, read_json(store, database, b.manifest))
+        raise RestoreError(f"no complete backup of {database!r} in {' or '.join(s.label for s in stores)}{when}"
+                           + (f" ({'; '.join(errors)})" if errors else ""))
+    store, b, orphan = best
+    if orphan:
+        if not ignore_manifest:
+            raise ManifestError(f"backup {b.stem} in {store.label} has no manifest: refusing; {IGNORE_HINT}")
+        return Located(store, database, b, None)
+    try:
+        return Located(store, database, b, read_manifest(store, database, b))
+    except ManifestError as e:
+        if not ignore_manifest:
+            raise ManifestError(f"{e}: refusing; {IGNORE_HINT}") from None
+        return Located(store, database, b, None)
+
+
+def _newest(listing: Listing, sizes: dict[str, int], at: datetime | None) -> tuple[Backup, bool] | None:
+    """The newest complete backup at or before `at`, or (asked for by its own stem) a dump whose manifest
+    is missing; the flag says which."""
+    backups = [b for b in listing.backups if at is None or b.stem <= stem_for(at)]
+    if at is not None and not any(b.stem == stem_for(at) for b in backups):
+        orphan = dump_without_manifest(listing, stem_for(at))
+        if orphan:
+            return Backup(stem_for(at), orphan, "", sizes={orphan: sizes.get(orphan, 0)}), True
+    return (backups[-1], False) if backups else None
 
 
 class _Counting:
@@ -100,9 +167,10 @@ def local_copy(settings, loc: Located, progress: Callable[[int], None] | None = 
     """Yield a local path holding the dump whose sha256 matched the manifest.
 
     A local backup is hashed in place; an S3 one is downloaded (hashed on the way)
-    into a temporary file beside the local backups and removed afterwards.
+    into a temporary file beside the local backups and removed afterwards. Without a
+    manifest (--ignore-manifest) nothing can be compared.
     """
-    expected = loc.manifest["sha256"]
+    expected = loc.manifest["sha256"] if loc.manifest else None
     if isinstance(loc.store, LocalStore):
         path = loc.store.path(loc.database, loc.backup.dump)
         with open(path, "rb") as f:
@@ -110,7 +178,7 @@ def local_copy(settings, loc: Located, progress: Callable[[int], None] | None = 
             while reader.read(CHUNK):
                 pass
         actual = reader.sha.hexdigest()
-        if actual != expected:
+        if expected and actual != expected:
             raise RestoreError(f"{path}: sha256 {actual[:16]}... does not match the manifest's "
                                f"{expected[:16]}...: the file is damaged; choose another backup with --at")
         yield path
@@ -123,7 +191,7 @@ def local_copy(settings, loc: Located, progress: Callable[[int], None] | None = 
             reader = _Counting(body, progress)
             while chunk := reader.read(CHUNK):
                 out.write(chunk)
-        if reader.sha.hexdigest() != expected:
+        if expected and reader.sha.hexdigest() != expected:
             raise RestoreError(f"{loc.store.uri(loc.database, loc.backup.dump)}: sha256 does not match "
                                "the manifest: the off-site copy is damaged")
         yield Path(name)

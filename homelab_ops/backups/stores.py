@@ -2,17 +2,23 @@
 
 Both stores speak in file names under `<database>/`, so listing, retention and
 restore read them alike. Writes are atomic in both: a local file is written as
-`.partial`, fsynced and renamed; an S3 object appears only when its multipart
-upload completes, and a failed upload is aborted.
+`.partial`, fsynced and renamed; an S3 object is uploaded from a finished local
+file and appears only when its multipart upload completes. Every part carries its
+Content-MD5, which the server checks on receipt; after completion the object's
+ETag (the MD5 of the parts' MD5s) and the sha256 in its metadata are compared with
+the local file's, and a copy that does not match is deleted.
 """
 
 from __future__ import annotations
 
+import base64
 import hashlib
+import io
 import json
-import queue
-import threading
+import time
+from collections import deque
 from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import IO, Protocol
 
@@ -22,7 +28,11 @@ from homelab_ops.settings import S3Target
 
 CHUNK = 1 << 20
 PART = 8 << 20
-COPY_LIMIT = 1 << 30  # larger objects are copied in parts (S3 allows 5 GiB in one request)
+MAX_PARTS = 10_000  # S3's limit for one multipart upload
+# A bucket encrypting with SSE-KMS or SSE-C gives ETags that are not MD5s, so no copy there can be
+# checked this way; the message says so rather than leave the owner guessing.
+ETAG_HINT = "; a bucket with SSE-KMS or SSE-C encryption has ETags that are not MD5s and is not supported"
+UPLOAD_THREADS = 4  # parts in flight: enough to fill a fast link, few enough for the Pi's memory
 
 
 def s3_errors() -> tuple[type[Exception], ...]:
@@ -34,6 +44,10 @@ def s3_errors() -> tuple[type[Exception], ...]:
 
 class StoreError(RuntimeError):
     """A store could not do what was asked; the message names the store."""
+
+
+class LocalFileChanged(StoreError):
+    """The local file no longer holds what was recorded when it was written: not copied off-site."""
 
 
 class Store(Protocol):
@@ -88,20 +102,33 @@ class S3Store:
     def __init__(self, target: S3Target, client=None):
         self.target = target
         self.label = target.label
-        import boto3
-        import botocore.config
+        rate = target.bytes_per_second
+        self.limit = RateLimit(rate) if rate else None
+        if client is None:
+            import boto3
+            import botocore.config
 
-        self.client = client or boto3.client(
-            "s3",
-            endpoint_url=target.endpoint_url,
-            region_name=target.region,
-            # The sha256 is ours to check (HEAD + manifest); botocore's own per-request CRC32, on by
-            # default since 1.36, would hash every part once more on the Pi and again at the server.
-            config=botocore.config.Config(retries={"max_attempts": 3, "mode": "standard"},
-                                          connect_timeout=10, read_timeout=120,
-                                          request_checksum_calculation="when_required",
-                                          response_checksum_validation="when_required"),
-        )
+            # Each target its own credentials (a NAS's MinIO and B2 hold different keys); none set:
+            # boto3's default chain (environment, ~/.aws, instance role).
+            keys = target.access_key_id and target.secret_access_key
+            session = boto3.session.Session(
+                profile_name=target.profile,
+                aws_access_key_id=keys and target.access_key_id.get_secret_value(),
+                aws_secret_access_key=keys and target.secret_access_key.get_secret_value())
+            client = session.client(
+                "s3",
+                endpoint_url=target.endpoint_url,
+                region_name=target.region,
+                # Integrity is Content-MD5 per part (checked by the server on receipt) and the ETag after
+                # completion: botocore's per-request CRC32 and payload sha256 would hash every part twice
+                # more on the Pi, and the payload hash would read a rate-limited body twice.
+                config=botocore.config.Config(retries={"max_attempts": 3, "mode": "standard"},
+                                              connect_timeout=10, read_timeout=120,
+                                              request_checksum_calculation="when_required",
+                                              response_checksum_validation="when_required",
+                                              s3={"payload_signing_enabled": False}),
+            )
+        self.client = client
 
     def key(self, database: str, name: str) -> str:
         return f"{self.target.prefix}{database}/{name}"
@@ -135,16 +162,120 @@ class S3Store:
         except s3_errors() as e:
             raise self._fail(f"reading {name}", e) from None
 
-    def open_stream(self, database: str, name: str) -> "MultipartStream":
-        """Upload while the dump is still being written: the off-site copy costs no extra pass."""
-        return MultipartStream(self, database, name)
-
     def put_bytes(self, database: str, name: str, data: bytes) -> None:
+        self._upload(database, name, io.BytesIO(data), len(data), hashlib.sha256(data).hexdigest())
+
+    def upload_file(self, database: str, name: str, path: Path, sha256: str) -> None:
+        """Copy a finished local file; `sha256` is what it should hold (the manifest's), so a
+        local file that rotted since it was written is refused, not copied off-site as good."""
+        with open(path, "rb") as f:
+            self._upload(database, name, f, path.stat().st_size, sha256)
+
+    def _upload(self, database: str, name: str, f: IO[bytes], size: int, sha256: str) -> None:
+        key = self.key(database, name)
         try:
-            self.client.put_object(Bucket=self.target.bucket, Key=self.key(database, name), Body=data,
-                                   Metadata={"sha256": hashlib.sha256(data).hexdigest()})
-        except s3_errors() as e:
-            raise self._fail(f"writing {name}", e) from None
+            if size <= PART:
+                etag, got = self._put(key, f.read(), sha256)
+            else:
+                etag, got = self._multipart(key, f, size, sha256)
+            if got != sha256:
+                self._discard(key)
+                raise LocalFileChanged(f"S3 target {self.label}: {name} was not uploaded: the local file's sha256 "
+                                 f"{got[:12]}... differs from {sha256[:12]}... recorded when it was written")
+            head = self.client.head_object(Bucket=self.target.bucket, Key=key)
+            problems = [what for what, ok in (
+                (f"size {head['ContentLength']} vs {size}", head["ContentLength"] == size),
+                (f"ETag {head['ETag'].strip(chr(34))} vs {etag}", head["ETag"].strip('"') == etag),
+                ("sha256 differs", head.get("Metadata", {}).get("sha256") == sha256)) if not ok]
+            if problems:
+                self._discard(key)
+                hint = ETAG_HINT if any("ETag" in p for p in problems) else ""
+                raise StoreError(f"S3 target {self.label}: {key} does not match after upload "
+                                 f"({', '.join(problems)}{hint}); the copy was deleted")
+        except s3_errors() as e:  # transient: an incomplete upload stays, the next attempt resumes it
+            raise self._fail(f"uploading {name}", e) from None
+
+    def _body(self, data: bytes) -> IO[bytes]:
+        return _Throttled(data, self.limit) if self.limit else data
+
+    def _put(self, key: str, data: bytes, sha256: str) -> tuple[str, str]:
+        md5 = hashlib.md5(data)
+        self.client.put_object(Bucket=self.target.bucket, Key=key, Body=self._body(data),
+                               ContentMD5=base64.b64encode(md5.digest()).decode(), Metadata={"sha256": sha256})
+        return md5.hexdigest(), hashlib.sha256(data).hexdigest()
+
+    def _multipart(self, key: str, f: IO[bytes], size: int, sha256: str) -> tuple[str, str]:
+        """Upload in parts, resuming an incomplete upload of the same key: a part already there
+        with the same MD5 is not sent again. Parts go up UPLOAD_THREADS at a time while the next
+        is read and hashed (as boto3's upload_file does, with fewer threads: at most 5 parts in
+        memory). Returns (expected ETag, sha256 of the bytes read)."""
+        bucket = self.target.bucket
+        upload_id, sent = self._resumable(key)
+        if upload_id is None:
+            upload_id = self.client.create_multipart_upload(Bucket=bucket, Key=key,
+                                                            Metadata={"sha256": sha256})["UploadId"]
+        part_size = max(PART, -(-size // MAX_PARTS))
+        sha, md5s = hashlib.sha256(), []
+
+        def send(number: int, data: bytes) -> bytes:
+            """One part (unless S3 holds it already); its MD5, hashed here to use another core."""
+            md5 = hashlib.md5(data)
+            if sent.get(number) == md5.hexdigest():
+                return md5.digest()
+            etag = self.client.upload_part(Bucket=bucket, Key=key, UploadId=upload_id, PartNumber=number,
+                                           Body=self._body(data),
+                                           ContentMD5=base64.b64encode(md5.digest()).decode())["ETag"]
+            if etag.strip('"') != md5.hexdigest():
+                self._discard(key)
+                raise StoreError(f"S3 target {self.label}: part {number} of {key} arrived different "
+                                 f"(its ETag is not the MD5 sent{ETAG_HINT}); the upload was aborted")
+            return md5.digest()
+
+        def collect(in_flight: deque) -> bytes:
+            """The oldest part's MD5. When it failed, a part found damaged is the cause to report:
+            its abort makes the parts still in flight fail with the server's own error."""
+            try:
+                return in_flight.popleft().result()
+            except Exception as first:
+                damaged = [e for e in (f.exception() for f in in_flight) if isinstance(e, StoreError)]
+                raise (damaged[0] if damaged and not isinstance(first, StoreError) else first) from None
+
+        with ThreadPoolExecutor(max_workers=UPLOAD_THREADS) as pool:
+            in_flight: deque = deque()
+            for number in range(1, -(-size // part_size) + 1):
+                data = f.read(part_size)
+                sha.update(data)
+                if len(in_flight) == UPLOAD_THREADS:
+                    md5s.append(collect(in_flight))
+                in_flight.append(pool.submit(send, number, data))
+            while in_flight:
+                md5s.append(collect(in_flight))
+        parts = [{"ETag": m.hex(), "PartNumber": n} for n, m in enumerate(md5s, 1)]
+        self.client.complete_multipart_upload(Bucket=bucket, Key=key, UploadId=upload_id,
+                                              MultipartUpload={"Parts": parts})
+        return f"{hashlib.md5(b''.join(md5s)).hexdigest()}-{len(parts)}", sha.hexdigest()
+
+    def _resumable(self, key: str) -> tuple[str | None, dict[int, str]]:
+        """The newest incomplete upload of `key` and its parts' MD5s; older ones are aborted."""
+        uploads = sorted((u for u in self.incomplete_uploads(key) if u["Key"] == key), key=lambda u: u["Initiated"])
+        for old in uploads[:-1]:
+            self.client.abort_multipart_upload(Bucket=self.target.bucket, Key=key, UploadId=old["UploadId"])
+        if not uploads:
+            return None, {}
+        upload_id = uploads[-1]["UploadId"]
+        sent: dict[int, str] = {}
+        for page in self.client.get_paginator("list_parts").paginate(Bucket=self.target.bucket, Key=key,
+                                                                      UploadId=upload_id):
+            sent.update({p["PartNumber"]: p["ETag"].strip('"') for p in page.get("Parts", [])})
+        return upload_id, sent
+
+    def _discard(self, key: str) -> None:
+        """A copy that does not match is worse than none: abort its upload, delete the object."""
+        self.abort_uploads(key)
+        try:
+            self.client.delete_object(Bucket=self.target.bucket, Key=key)
+        except Exception:  # the store is down: it will not be listed as complete without its manifest
+            pass
 
     def delete(self, database: str, names: list[str]) -> int:
         """DeleteObjects in batches of 1000 (the API's limit); returns the number of requests."""
@@ -178,93 +309,30 @@ class S3Store:
             pass
 
 
-class MultipartStream:
-    """A multipart upload fed from the dump's pipeline, uploading in a thread of its own.
+class RateLimit:
+    """`backups.s3[].bandwidth_limit`: bytes leave at `rate` a second on average, in 8 KiB steps
+    (http.client's block size), so the uplink keeps room for n8n and Ollama."""
 
-    `write` never raises and never blocks for long on a failed target: once a part
-    fails, the rest is discarded and `finish` reports the error, so a dead S3
-    target cannot stop the local backup. At most two parts wait in memory.
-    """
+    def __init__(self, rate: float):
+        self.rate = rate
+        self.due = time.monotonic()
 
-    def __init__(self, store: S3Store, database: str, name: str):
-        self.store, self.name = store, name
-        self.key = store.key(database, name)
-        self.buffer = bytearray()
-        self.size = 0
-        self.error: Exception | None = None
-        self.upload_id: str | None = None
-        self.parts: list[dict] = []
-        self.queue: queue.Queue = queue.Queue(maxsize=2)
-        self.thread = threading.Thread(target=self._run, daemon=True)
-        self.thread.start()
+    def take(self, n: int) -> None:
+        self.due = max(self.due, time.monotonic()) + n / self.rate
+        time.sleep(max(0.0, self.due - time.monotonic()))
 
-    def _run(self) -> None:
-        client, bucket = self.store.client, self.store.target.bucket
-        while (item := self.queue.get()) is not None:
-            if self.error:
-                continue
-            try:
-                if self.upload_id is None:
-                    self.upload_id = client.create_multipart_upload(Bucket=bucket, Key=self.key)["UploadId"]
-                number = len(self.parts) + 1
-                etag = client.upload_part(Bucket=bucket, Key=self.key, UploadId=self.upload_id,
-                                          PartNumber=number, Body=bytes(item))["ETag"]
-                self.parts.append({"ETag": etag, "PartNumber": number})
-            except Exception as e:  # botocore's errors and the network's
-                self.error = e
 
-    def write(self, data) -> None:
-        self.buffer += data
-        self.size += len(data)
-        if len(self.buffer) >= PART:
-            self.queue.put(self.buffer)
-            self.buffer = bytearray()
+class _Throttled(io.BytesIO):
+    """A request body read no faster than its target's limit (a retry's re-read is paced too)."""
 
-    def _drain(self) -> None:
-        if self.thread.is_alive():
-            self.queue.put(self.buffer)
-            self.queue.put(None)
-            self.thread.join()
+    def __init__(self, data: bytes, limit: RateLimit):
+        super().__init__(data)
+        self.limit = limit
 
-    def abort(self) -> None:
-        self.buffer = bytearray()
-        self.error = self.error or RuntimeError("aborted")
-        self._drain()
-        self.store.abort_uploads(self.key)
-
-    def finish(self, sha256: str) -> None:
-        """Complete, stamp the sha256 into the metadata (a server-side copy), check with a HEAD."""
-        self._drain()
-        client, bucket = self.store.client, self.store.target.bucket
-        try:
-            if self.error:
-                raise self.error
-            if self.upload_id is None:  # an empty stream
-                client.put_object(Bucket=bucket, Key=self.key, Body=b"", Metadata={"sha256": sha256})
-            else:
-                client.complete_multipart_upload(Bucket=bucket, Key=self.key, UploadId=self.upload_id,
-                                                 MultipartUpload={"Parts": self.parts})
-                from boto3.s3.transfer import TransferConfig
-
-                # One CopyObject request up to 1 GiB: the server copies once, with nothing for the
-                # Pi to do. Larger dumps go in 256 MiB part copies, each well inside read_timeout
-                # on a server that copies the bytes without keep-alives.
-                transfer = TransferConfig(multipart_threshold=COPY_LIMIT, multipart_chunksize=256 << 20,
-                                          max_concurrency=2)
-                client.copy({"Bucket": bucket, "Key": self.key}, bucket, self.key, Config=transfer,
-                            ExtraArgs={"Metadata": {"sha256": sha256}, "MetadataDirective": "REPLACE"})
-            head = client.head_object(Bucket=bucket, Key=self.key)
-            stamped = head.get("Metadata", {}).get("sha256")
-            if head["ContentLength"] != self.size or stamped != sha256:
-                raise StoreError(f"{self.key} does not match after upload (size {head['ContentLength']} vs "
-                                 f"{self.size}{'' if stamped == sha256 else ', sha256 differs'})")
-        except Exception as e:
-            self.store.abort_uploads(self.key)
-            try:
-                client.delete_object(Bucket=bucket, Key=self.key)  # never leave an unstamped or wrong copy
-            except Exception:
-                pass
-            raise self.store._fail(f"uploading {self.name}", e) from None
+    def read(self, n: int | None = -1) -> bytes:
+        data = super().read(n)
+        self.limit.take(len(data))
+        return data
 
 
 def stores_for(settings) -> tuple[LocalStore, list[S3Store]]:

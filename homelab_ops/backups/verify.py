@@ -5,13 +5,17 @@ read it. The restored tables are counted (`count(*)`, never the planner's
 estimate) and checksummed the same way the manifest was taken, so a lost or
 changed row shows up by name. The scratch database is always dropped.
 
-The copy checked is the off-site one when S3 is configured: that is the copy a
-dead Pi leaves you with. The result is written beside the backup as
-`<stem>.verified.json` in every store that holds it.
+Every copy gets read: each night the copy checked is the newest backup in the store
+(local or an S3 target) read longest ago, so with N stores each is restored every N
+nights. The outcome is recorded per copy, as `<stem>.verified.json` in the store
+whose copy was read, naming that store: a copy never read has no record of its own
+and shows as unverified, whatever another store's copy proved. The records travel
+with the backups, so they survive the host (a new SD card still sees them).
 """
 
 from __future__ import annotations
 
+import errno
 import json
 import os
 import random
@@ -25,17 +29,22 @@ from pathlib import Path
 
 from homelab_ops.backups import postgresql as pg
 from homelab_ops.backups.catalog import VERIFIED_SUFFIX, Backup, read_listing, time_of
-from homelab_ops.backups.restore import Located, RestoreError, load_identity, local_copy, pg_restore_file
+from homelab_ops.backups.names import SCRATCH_PREFIX
+from homelab_ops.backups.restore import (Located, ManifestError, RestoreError, load_identity, local_copy,
+                                        pg_restore_file, read_manifest)
 from homelab_ops.backups.stores import Store, StoreError, s3_errors, read_json, stores_for
-from homelab_ops.files import write_atomic
+from homelab_ops.files import free_space, write_atomic
 from homelab_ops.state import connect
 
-VERIFIED_FORMAT = 1
-SCRATCH_PREFIX = "homelab_verify_"
-PASSED, FAILED, SHA256_ONLY = "passed", "failed", "sha256-only"
-# An encrypted backup checked without its key is intact as written, though not proven
-# restorable; retention and freshness count it, the result says which it was.
-PASSING = frozenset({PASSED, SHA256_ONLY})
+VERIFIED_FORMAT = 2
+# Only RESTORED proves a backup: it counts for the blocking check, freshness, retention's
+# protection and the metrics. INTEGRITY_ONLY (the sha256 matched, nothing was restored because
+# this host has no age identity) is a warning; UNVERIFIED is a copy that was never read.
+RESTORED, INTEGRITY_ONLY, FAILED = "restored", "integrity-only", "failed"
+UNVERIFIED, UNREADABLE = "unverified", "unreadable"
+_LEGACY = {"passed": RESTORED, "sha256-only": INTEGRITY_ONLY}  # format 1 records
+FIX_INTEGRITY_ONLY = ("run `homelab-ops backups init` on this host to create a verification identity and add "
+                      "its recipient to backups.encryption.age_recipients, so new backups can be restored here")
 
 
 class VerifyError(RuntimeError):
@@ -95,15 +104,32 @@ def pick_older(backups: list[Backup], rng: random.Random) -> Backup | None:
     return rng.choice(older) if older else None
 
 
-def newest_passing(outcomes: list[tuple[str, str | None]]) -> str | None:
-    """The newest stem whose recorded outcome passed; `outcomes` is (stem, outcome), newest first."""
-    return next((stem for stem, outcome in outcomes if outcome in PASSING), None)
+OVERDUE = timedelta(days=6)  # a store not read for this long is read tonight, newest backup or not
+
+
+def rotation(last_read: dict[str, datetime | None], holds_newest: set[str] | None = None,
+             now: datetime | None = None) -> list[str]:
+    """Stores in the order to try tonight: never-read ones first (in configured order), then the one
+    read longest ago. Verifying the first moves it to the back, so N stores are each read every N nights.
+
+    A store that does not hold the newest backup yet (its off-site copy still owed) waits behind those
+    that do, so tonight's backup is the one restored, until it is OVERDUE: then it is read anyway."""
+    never = datetime.min.replace(tzinfo=timezone.utc)
+
+    def key(label: str):
+        t = last_read[label]
+        due = t is None or (now is not None and now - t >= OVERDUE)
+        behind = holds_newest is not None and label not in holds_newest and not due
+        return behind, t or never
+
+    return sorted(last_read, key=key)
 
 
 def freshness(newest_verified: datetime | None, now: datetime, max_age_hours: float) -> tuple[bool, str]:
     """Is the newest verified backup young enough? Returns (passed, why)."""
     if newest_verified is None:
-        return False, f"no backup verified in the last {max_age_hours:g} hours (backups.max_age_hours)"
+        return False, (f"no backup verified (restored) in the last {max_age_hours:g} hours (backups.max_age_hours; "
+                       "an integrity-only check does not count)")
     age = (now - newest_verified).total_seconds() / 3600
     if age > max_age_hours:
         return False, (f"the newest verified backup is {age:.1f} hours old, more than "
@@ -134,7 +160,7 @@ class Verification:
     duration_s: float
     encrypted: bool
     sha256_ok: bool
-    restored: bool  # False for sha256-only and for failures before the restore
+    restored: bool  # False for integrity-only and for failures before the restore
     mode: str = "restore"  # "sha256" when this host has no key for an encrypted backup
     scratch_database: str | None = None
     tables: list[TableCheck] = field(default_factory=list)
@@ -143,7 +169,7 @@ class Verification:
 
     @property
     def passed(self) -> bool:
-        return self.outcome in PASSING
+        return self.outcome == RESTORED
 
     @property
     def mismatches(self) -> list[TableCheck]:
@@ -156,6 +182,7 @@ class Verification:
             "backup": self.stem,
             "dump": self.dump,
             "verified_at": self.verified_at.isoformat(),
+            "store": self.store,
             "outcome": self.outcome,
             "mode": self.mode,
             "message": self.message,
@@ -172,10 +199,40 @@ class Verification:
 # I/O
 
 
-def verification_store(settings) -> Store:
-    """The first S3 target when one is configured (the copy that must work), else the local folder."""
+def last_read(store: Store, database: str, backups: list[Backup]) -> datetime | None:
+    """When this store's copy was last verified, from its newest record (None: never)."""
+    for b in reversed(backups):
+        rec = copy_record(store, database, b)
+        if rec and rec["outcome"] != UNREADABLE:
+            try:
+                return datetime.fromisoformat(rec["verified_at"])
+            except (KeyError, TypeError, ValueError):
+                return None
+    return None
+
+
+def tonights_store(settings, database: str) -> tuple[Store, list[str]]:
+    """The store whose newest backup is verified now (see `rotation`), and the stores skipped because
+    they could not be listed or hold no backup. Raises VerifyError when no store has a backup."""
     local, remotes = stores_for(settings)
-    return remotes[0] if remotes else local
+    by_label, seen, newest, skipped = {}, {}, {}, []
+    for store in [local, *remotes]:
+        try:
+            backups = listing(store, database).backups
+        except VerifyError as e:
+            skipped.append(str(e))
+            continue
+        if not backups:
+            skipped.append(f"{store.label}: no complete backup of {database}")
+            continue
+        by_label[store.label] = store
+        seen[store.label] = last_read(store, database, backups)
+        newest[store.label] = backups[-1].stem
+    if not seen:
+        raise VerifyError(f"no complete backup of {database!r} to verify in any store: " + "; ".join(skipped))
+    top = max(newest.values())
+    holding = {label for label, stem in newest.items() if stem == top}
+    return by_label[rotation(seen, holding, datetime.now(timezone.utc))[0]], skipped
 
 
 def identity_missing(settings) -> str | None:
@@ -238,7 +295,7 @@ def verify_backup(settings, database: str, *, stem: str | None = None, store: St
     Raises VerifyError when verification cannot run; a damaged or different
     backup is not an exception but a `failed` outcome, recorded like a pass.
     """
-    store = store or verification_store(settings)
+    store = store or tonights_store(settings, database)[0]
     backups = listing(store, database).backups
     if stem is not None:
         backups = [b for b in backups if b.stem == stem]
@@ -247,9 +304,11 @@ def verify_backup(settings, database: str, *, stem: str | None = None, store: St
         raise VerifyError(f"no {which} of {database!r} in {store.label} to verify")
     backup = backups[-1]
     try:
-        manifest = read_json(store, database, backup.manifest)
-    except (StoreError, OSError, ValueError) as e:
-        raise VerifyError(f"cannot read the manifest {backup.manifest} in {store.label}: {e}") from None
+        manifest, damaged = read_manifest(store, database, backup), None
+    except ManifestError as e:  # this copy's manifest is damaged: a failed copy, recorded as such
+        manifest, damaged = {}, str(e)
+    except StoreError as e:
+        raise VerifyError(str(e)) from None
     dump_size = backup.sizes.get(backup.dump) or int(manifest.get("size", 0))
     factor = settings.backups.verify_min_free_factor
     needed = int(dump_size * factor)
@@ -270,15 +329,19 @@ def verify_backup(settings, database: str, *, stem: str | None = None, store: St
         verified_at=datetime.now(timezone.utc), duration_s=0.0, encrypted=backup.encrypted,
         sha256_ok=False, restored=False, mode="sha256" if no_key else "restore",
     )
+    if damaged:
+        result.message = _redact(damaged, settings)
+        _record(settings, store, result)
+        return result
     admin = settings.postgres.dsn.get_secret_value()
     loc = Located(store, database, backup, manifest)
     try:
         with local_copy(settings, loc) as path:
             result.sha256_ok = True
             if no_key:
-                result.outcome = SHA256_ONLY
-                result.message = (f"sha256 of the encrypted file checked only, the restore was NOT tested: "
-                                  f"{no_key}")
+                result.outcome = INTEGRITY_ONLY
+                result.message = (f"integrity only: the sha256 of the encrypted file matched, but the restore was "
+                                  f"NOT tested ({no_key}); to fix it, {FIX_INTEGRITY_ONLY}")
             else:
                 _restore_and_compare(settings, admin, path, manifest, result)
     except RestoreError as e:  # local_copy: the sha256 differs from the manifest's
@@ -308,74 +371,171 @@ def _restore_and_compare(settings, admin: str, path: Path, manifest: dict, resul
         result.restored = True
         with connect(pg.database_dsn(admin, scratch)) as conn:
             restored = pg.table_stats(conn)
+        legacy = {f"{t['schema']}.{t['table']}" for t in manifest.get("tables", [])
+                  if str(t.get("checksum", "")).startswith("txt:")}
+        if legacy:  # a manifest from before the fixed session: its text was taken with the defaults
+            with connect(pg.database_dsn(admin, scratch)) as conn:
+                old = {s.name: s for s in pg.table_stats(conn, fixed_session=False) if s.name in legacy}
+            restored = [old.get(s.name, s) for s in restored]
         result.tables = compare(manifest.get("tables", []), restored)
         bad = result.mismatches
         if bad:
             names = ", ".join(t.table for t in bad[:5]) + (f" and {len(bad) - 5} more" if len(bad) > 5 else "")
             result.message = f"{len(bad)} of {len(result.tables)} tables differ from the manifest: {names}"
         else:
-            result.outcome = PASSED
+            result.outcome = RESTORED
             result.message = (f"restored and matched the manifest: {len(result.tables)} tables, "
                               f"{sum(t.restored_rows or 0 for t in result.tables)} rows")
     finally:
         pg.drop_database(admin, scratch)
 
 
-def _record(settings, source: Store, result: Verification) -> None:
-    """Write `<stem>.verified.json` in every store holding this backup (the same object in each)."""
-    body = json.dumps(result.record(), indent=2).encode()
-    local, remotes = stores_for(settings)
+def _record(settings, store: Store, result: Verification) -> None:
+    """Write `<stem>.verified.json` beside the copy that was read, and nowhere else."""
     name = result.stem + VERIFIED_SUFFIX
-    for store in [local, *remotes]:
-        try:
-            same = store.label == source.label and type(store) is type(source)
-            if same or any(b.stem == result.stem for b in listing(store, result.database).backups):
-                store.put_bytes(result.database, name, body)
-                result.recorded_in.append(store.uri(result.database, name))
-        except (StoreError, VerifyError, OSError) as e:
+    try:
+        store.put_bytes(result.database, name, json.dumps(result.record(), indent=2).encode())
+        result.recorded_in.append(store.uri(result.database, name))
+    except OSError as e:
+        if e.errno != errno.ENOSPC:
             result.record_errors.append(_redact(f"{store.label}: {e}", settings))
+            return
+        path = Path(store.uri(result.database, name))  # write_atomic removed its partial file
+        result.record_errors.append(f"disk full: the verification record {path} of {result.database} could not be "
+                                    f"written; {free_space(path.parent)} free in {path.parent}")
+    except (StoreError, *s3_errors()) as e:
+        result.record_errors.append(_redact(f"{store.label}: {e}", settings))
 
 
-def recorded_outcomes(store: Store, database: str, backups: list[Backup], *,
-                      stop_at_passing: bool = True) -> list[tuple[str, str | None]]:
-    """(stem, outcome) newest first, reading only backups that have a verified.json.
+def copy_record(store: Store, database: str, backup: Backup) -> dict | None:
+    """The verification record of `store`'s own copy of `backup`, with its outcome normalised; None when
+    this copy was never read. The one reader of `<stem>.verified.json`: a record another store's copy
+    left here (copied along with the backup) is not this copy's."""
+    if not backup.verified:
+        return None
+    try:
+        rec = read_json(store, database, backup.verified)
+        if not isinstance(rec, dict):
+            raise ValueError("not an object")
+    except (StoreError, *s3_errors(), OSError, ValueError):
+        return {"outcome": UNREADABLE}
+    if rec.get("format", 1) < 2:  # one record written to every store, naming the copy read
+        if rec.get("verified_copy") != store.uri(database, backup.dump):
+            return None
+    elif rec.get("store") != store.label:
+        return None
+    return {**rec, "outcome": _LEGACY.get(rec.get("outcome"), rec.get("outcome") or UNREADABLE)}
 
-    Stops at the first passing one by default: what is older cannot change the answer,
-    and on S3 every read is a request.
-    """
-    out: list[tuple[str, str | None]] = []
-    for b in reversed(backups):
-        outcome = None
-        if b.verified:
-            try:
-                outcome = read_json(store, database, b.verified).get("outcome")
-            except (StoreError, OSError, ValueError):
-                outcome = "unreadable"
-        out.append((b.stem, outcome))
-        if stop_at_passing and outcome in PASSING:
-            break
-    return out
+
+def copy_outcome(store: Store, database: str, backup: Backup) -> str:
+    rec = copy_record(store, database, backup)
+    return rec["outcome"] if rec else UNVERIFIED
+
+
+def recorded_outcomes(stores: list[Store], database: str, listings: dict[str, list[Backup]] | None = None,
+                      ) -> list[tuple[str, str, str]]:
+    """(stem, store, outcome) of every recorded copy, newest stem first, reading each store only down to its
+    newest restored copy: what is older cannot change retention's or freshness's answer, and on S3 every
+    read is a request. `listings` (store label -> backups) saves listing again."""
+    out = []
+    for store in stores:
+        backups = (listings or {}).get(store.label)
+        if backups is None:
+            backups = listing(store, database).backups
+        for b in reversed(backups):
+            outcome = copy_outcome(store, database, b)
+            if outcome != UNVERIFIED:
+                out.append((b.stem, store.label, outcome))
+            if outcome == RESTORED:
+                break
+    return sorted(out, key=lambda r: r[0], reverse=True)
+
+
+def newest_restored(outcomes: list[tuple[str, str, str]]) -> str | None:
+    """The newest stem any of whose copies was restored."""
+    return next((stem for stem, _, outcome in outcomes if outcome == RESTORED), None)
+
+
+def newest_failed(outcomes: list[tuple[str, str, str]]) -> tuple[str, str] | None:
+    """(stem, store) when the newest recorded backup has a copy that failed: retention then prunes nothing."""
+    if not outcomes:
+        return None
+    newest = outcomes[0][0]
+    return next(((stem, label) for stem, label, o in outcomes if stem == newest and o == FAILED), None)
 
 
 def newest_verified(settings, database: str, *, now: datetime | None = None,
-                    store: Store | None = None) -> tuple[Backup | None, Store]:
-    """The newest backup within `backups.max_age_hours` whose recorded verification passed."""
-    store = store or verification_store(settings)
+                    stores: list[Store] | None = None) -> tuple[Backup | None, str | None]:
+    """The newest backup within `backups.max_age_hours` with a restored copy in any store, and that store."""
+    if stores is None:
+        local, remotes = stores_for(settings)
+        stores = [local, *remotes]
     now = now or datetime.now(timezone.utc)
     window = now - timedelta(hours=settings.backups.max_age_hours)
-    recent = [b for b in listing(store, database).backups if b.time >= window]
-    stem = newest_passing(recorded_outcomes(store, database, recent))
-    return next((b for b in recent if b.stem == stem), None), store
+    recent, listed = {}, []
+    for s in stores:  # a store that is down proves nothing either way; the others still count
+        try:
+            recent[s.label] = [b for b in listing(s, database).backups if b.time >= window]
+            listed.append(s)
+        except VerifyError:
+            continue
+    outcomes = recorded_outcomes(listed, database, recent)
+    stem = newest_restored(outcomes)
+    if stem is None:
+        return None, None
+    label = next(lbl for st, lbl, o in outcomes if st == stem and o == RESTORED)
+    return next(b for b in recent[label] if b.stem == stem), label
 
 
 FRESHNESS_METRIC = "homelab_backup_last_success_timestamp_seconds"
 
 
 def publish_freshness(settings, result: Verification) -> Path:
-    """The verified backup's time for node_exporter's textfile collector, one file per database:
+    """The restored backup's time for node_exporter's textfile collector, one file per database:
     Prometheus's BackupStale alert then needs no access to the backups themselves."""
+    before = published_freshness(settings, result.database)
+    if before and before > time_of(result.stem):  # an older copy restored tonight: the newest stays
+        return Path(settings.metrics.textfile_dir) / f"homelab_backup_{result.database}.prom"
     labels = result.database.replace("\\", "\\\\").replace('"', '\\"')
     text = (f"# HELP {FRESHNESS_METRIC} Start time of the newest backup whose restore verification passed.\n"
             f"# TYPE {FRESHNESS_METRIC} gauge\n"
             f'{FRESHNESS_METRIC}{{database="{labels}"}} {time_of(result.stem).timestamp():.0f}\n')
-    return write_atomic(Path(settings.metrics.textfile_dir) / f"homelab_backup_{result.database}.prom", text.encode())
+    return write_atomic(Path(settings.metrics.textfile_dir) / f"homelab_backup_{result.database}.prom", text.encode(),
+                        mode=0o644)  # node_exporter, another user, reads it
+
+
+def published_freshness(settings, database: str) -> datetime | None:
+    """The newest restored backup's time as `publish_freshness` left it (no store is read: the health
+    sensor asks every minute)."""
+    path = Path(settings.metrics.textfile_dir) / f"homelab_backup_{database}.prom"
+    try:
+        lines = path.read_text().splitlines()
+    except OSError:
+        return None
+    for line in lines:
+        if line.startswith(FRESHNESS_METRIC + "{"):
+            try:
+                return datetime.fromtimestamp(float(line.rsplit(" ", 1)[1]), timezone.utc)
+            except ValueError:
+                return None
+    return None
+
+
+def host_identity(path: Path) -> tuple[str, bool]:
+    """The recipient of the host's verification identity at `path`, creating it (0600, age-keygen's
+    format) when missing; returns (recipient, created). Never overwrites a key."""
+    import pyrage
+
+    if path.exists():
+        keys = [ln.strip() for ln in path.read_text().splitlines() if ln.strip().startswith("AGE-SECRET-KEY-")]
+        if not keys:
+            raise VerifyError(f"{path} exists but holds no AGE-SECRET-KEY- line; move it away or choose another path")
+        return str(pyrage.x25519.Identity.from_str(keys[0]).to_public()), False
+    ident = pyrage.x25519.Identity.generate()
+    recipient = str(ident.to_public())
+    text = (f"# created: {datetime.now(timezone.utc).isoformat(timespec='seconds')} by homelab-ops backups init\n"
+            f"# the host's verification identity: restores this host's backups, stays on this host\n"
+            f"# public key: {recipient}\n{ident}\n")
+    path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
+    write_atomic(path, text.encode(), mode=0o600, overwrite=False)
+    return recipient, True

@@ -6,38 +6,32 @@ from datetime import datetime, timezone
 
 import click
 
-from homelab_ops.backups.catalog import read_listing
+from homelab_ops import units
+from homelab_ops.backups.catalog import DUMP_SUFFIXES, read_listing
 from homelab_ops.backups.n8n_export import FOLDER as EXPORTS
+from homelab_ops.backups.names import PITR_FOLDERS, DatabaseNameError, require_known_database
 from homelab_ops.backups.prune import PruneError, databases_to_prune, policy_from, prune_database
-from homelab_ops.backups.restore import RestoreError, locate, parse_at, refuse_existing, restore
-from homelab_ops.backups.stores import StoreError, read_json, stores_for
+from homelab_ops.backups.restore import (RestoreError, locate, manifest_state, parse_at, refuse_existing,
+                                         restore)
+from homelab_ops.backups.stores import StoreError, stores_for
+from homelab_ops.backups.verify import copy_outcome
 from homelab_ops.backups.workflow_retention import prune_workflow_exports
+from homelab_ops.cli.pitr import restore_at_point, wants_pitr
 
 
-def human_size(n: float) -> str:
-    for unit in ("B", "KiB", "MiB", "GiB", "TiB"):
-        if n < 1024 or unit == "TiB":
-            return f"{n:.0f} {unit}" if unit == "B" else f"{n:.1f} {unit}"
-        n /= 1024
-    return f"{n:.1f} TiB"
-
-
-def human_age(seconds: float) -> str:
-    if seconds < 3600:
-        return f"{seconds / 60:.0f}m"
-    if seconds < 86400 * 2:
-        return f"{seconds / 3600:.1f}h"
-    return f"{seconds / 86400:.1f}d"
-
-
-def verified_label(store, database: str, backup) -> str:
-    if not backup.verified:
-        return "-"
+def store_databases(store) -> list[str]:
+    """The database folders a store holds (an S3 target: the prefixes under its prefix), not PITR's."""
+    if hasattr(store, "databases"):
+        return [d for d in store.databases() if d not in PITR_FOLDERS]
+    prefix = store.target.prefix
     try:
-        v = read_json(store, database, backup.verified)
-    except (OSError, ValueError, StoreError):
-        return "unreadable"
-    return v.get("outcome", "?")
+        names = set()
+        for page in store.client.get_paginator("list_objects_v2").paginate(
+                Bucket=store.target.bucket, Prefix=prefix, Delimiter="/"):
+            names |= {p["Prefix"][len(prefix):].rstrip("/") for p in page.get("CommonPrefixes", [])}
+    except Exception as e:  # botocore's errors: the target is down or refuses
+        raise StoreError(f"S3 target {store.label}: listing failed: {e}") from None
+    return sorted(names - set(PITR_FOLDERS))
 
 
 @click.group()
@@ -49,13 +43,19 @@ def backups() -> None:
 @click.argument("database", required=False)
 @click.pass_obj
 def list_(obj, database: str | None) -> None:
-    """Backups in every store, newest first, with size, age and verification."""
+    """Backups in every store (local and each S3 target), newest first, with size, age, the manifest's
+    state and each copy's own verification (restored, integrity-only, failed, or unverified: never read)."""
     settings = obj.settings
     local, remotes = stores_for(settings)
     now = datetime.now(timezone.utc)
-    names = [database] if database else local.databases()
+    _known(settings, database)
     rows = []
     for store in [local, *remotes]:
+        try:
+            names = [database] if database else store_databases(store)
+        except StoreError as e:
+            click.echo(f"warning: {e}", err=True)
+            continue
         for db in names:
             try:
                 listing = read_listing(store.list(db))
@@ -63,17 +63,28 @@ def list_(obj, database: str | None) -> None:
                 click.echo(f"warning: {e}", err=True)
                 break
             for b in reversed(listing.backups):
-                rows.append((db, store.label, b.stem, human_size(b.size), human_age((now - b.time).total_seconds()),
-                             "age" if b.encrypted else "", verified_label(store, db, b)))
+                rows.append((db, store.label, b.stem, units.size(b.size), units.duration((now - b.time).total_seconds()),
+                             "age" if b.encrypted else "", manifest_state(store, db, b),
+                             copy_outcome(store, db, b)))
             for o in listing.orphans:
-                rows.append((db, store.label, o, "", "", "", "orphan"))
+                dump = o[16:] in DUMP_SUFFIXES
+                rows.append((db, store.label, o, "", "", "", "damaged: missing" if dump else "orphan", ""))
     if not rows:
         click.echo("no backups found")
         return
-    header = ("DATABASE", "STORE", "BACKUP", "SIZE", "AGE", "ENC", "VERIFIED")
+    header = ("DATABASE", "STORE", "BACKUP", "SIZE", "AGE", "ENC", "MANIFEST", "VERIFIED")
     widths = [max(len(str(r[i])) for r in [header, *rows]) for i in range(len(header))]
     for r in [header, *rows]:
         click.echo("  ".join(str(c).ljust(w) for c, w in zip(r, widths)).rstrip())
+
+
+def _known(settings, database: str | None, *, any_name: bool = False) -> None:
+    """DATABASE must be a known database name: `../other` must never become a path."""
+    try:
+        if database is not None:
+            require_known_database(settings, database, any_name=any_name)
+    except DatabaseNameError as e:
+        raise click.ClickException(str(e)) from None
 
 
 def _configured(settings) -> list[str]:
@@ -93,6 +104,7 @@ def prune_cmd(obj, database: str | None, dry_run: bool) -> None:
     """Apply backups.retention (restic's forget rules) to DATABASE, or to every database, _globals
     and (with n8n configured) the n8n_workflows export folders."""
     settings = obj.settings
+    _known(settings, database)
     errors: list[str] = []
     exports = settings.n8n is not None
     try:
@@ -112,14 +124,17 @@ def prune_cmd(obj, database: str | None, dry_run: bool) -> None:
                     click.echo(f"{db} in {plan.store}: error: {plan.error}", err=True)
                     continue
                 click.echo(f"{db} in {plan.store}: {len(plan.kept)} kept, {len(plan.removed)} {gone}, "
-                           f"{human_size(plan.bytes_freed)} {verb}")
+                           f"{units.size(plan.bytes_freed)} {verb}")
                 for b, reasons in plan.kept:
                     click.echo(f"  keep     {b.stem}  {', '.join(reasons)}")
                 for b in plan.removed:
-                    click.echo(f"  {gone:<8} {b.stem}  {human_size(b.size)}")
+                    click.echo(f"  {gone:<8} {b.stem}  {units.size(b.size)}")
                 for x in plan.leftovers:
                     what = f"{gone} {x.kind}" if x.remove else f"{x.kind} kept for now (under a day old)"
-                    click.echo(f"  {what}: {x.name}  {human_size(x.size)}")
+                    click.echo(f"  {what}: {x.name}  {units.size(x.size)}")
+                if plan.versioned:
+                    click.echo(f"  versioned bucket: every version of each pruned object "
+                               f"{'would be deleted' if result.dry_run else 'deleted'}")
                 for key in plan.stale_uploads:
                     click.echo(f"  {'would abort' if result.dry_run else 'aborted'} incomplete upload {key}")
             errors += [f"{db} {e}" for e in result.errors]
@@ -129,21 +144,76 @@ def prune_cmd(obj, database: str | None, dry_run: bool) -> None:
         raise click.ClickException("retention failed in " + "; ".join(errors))
 
 
+@backups.command("init")
+@click.option("--identity-file", default=None, type=click.Path(dir_okay=False),
+              help="Where to keep the host's verification identity (default: backups.encryption.identity_file, "
+                   "else homelab-verify.key in the folder that holds backups.local_dir).")
+@click.pass_obj
+def init_cmd(obj, identity_file: str | None) -> None:
+    """Create this host's age identity for restore verification and print the settings to add.
+
+    Its recipient becomes a second age recipient beside the owner's, so the Pi can restore (and so verify)
+    its own backups while the owner's identity stays offline. Nothing is written to the settings file:
+    the lines to add are printed. Backups taken before the change stay encrypted to the owner alone."""
+    from pathlib import Path
+
+    from homelab_ops.backups.verify import VerifyError, host_identity
+
+    settings = obj.settings
+    enc = settings.backups.encryption
+    # Beside the backups folder, never in it (the database folders go off-site) nor beside the settings
+    # (deploy/ is a git checkout): in the deployment that is /var/lib/homelab-ops, with the master key.
+    path = Path(identity_file or enc.identity_file
+                or Path(settings.backups.local_dir).absolute().parent / "homelab-verify.key").absolute()
+    try:
+        recipient, created = host_identity(path)
+    except (VerifyError, OSError) as e:
+        raise click.ClickException(str(e)) from None
+    click.echo(f"{'created' if created else 'kept the existing'} verification identity {path} (mode 0600)")
+    if recipient in enc.age_recipients and enc.identity_file and Path(enc.identity_file).absolute() == path:
+        click.echo("the settings already use it: nothing to change")
+        return
+    if not enc.age_recipients:
+        click.echo("note: backups.encryption.age_recipients is empty, so backups are not encrypted and need no "
+                   "identity to be restored; add your own (offline) recipient first, then this one")
+    recipients = [r for r in enc.age_recipients if r != recipient] + [recipient]
+    click.echo(f"add to {settings.source} (the owner's recipients kept, this host's added):\n")
+    click.echo("backups:\n  encryption:\n    age_recipients:")
+    for r in recipients:
+        click.echo(f"      - {r}{'  # this host: restore verification' if r == recipient else ''}")
+    click.echo(f"    identity_file: {path}")
+
+
 @backups.command("restore")
 @click.argument("database")
 @click.option("--into", "into", required=True, help="New database to create; never an existing one.")
-@click.option("--at", "at", default=None, help="Backup id (20261125T030000Z) or time: the newest at or before it.")
-@click.option("--from", "source", default="local", show_default=True, help="local, s3, or an S3 target's name.")
+@click.option("--at", "at", default=None,
+              help="Backup id (20261125T030000Z) or time: the newest at or before it. With pitr.enabled: a time "
+                   "(naive: in `timezone`), restore point name, WAL position or `latest`, replayed from the WAL archive.")
+@click.option("--from", "source", default="auto", show_default=True,
+              help="auto (the newest in any store, local first on a tie), local, s3 (the first target), or an S3 target's name.")
+@click.option("--ignore-manifest", is_flag=True,
+              help="Restore a backup whose manifest is missing or damaged; its sha256 cannot be checked.")
 @click.pass_obj
-def restore_cmd(obj, database: str, into: str, at: str | None, source: str) -> None:
+def restore_cmd(obj, database: str, into: str, at: str | None, source: str, ignore_manifest: bool) -> None:
     """Restore DATABASE's backup into a new database, after checking its sha256."""
     settings = obj.settings
+    # A name settings do not know is taken only when the owner names an off-site store (a new SD card
+    # restoring what only S3 has); local and the default search refuse it before any work.
+    _known(settings, database, any_name=source not in ("local", "auto"))
+    if at and wants_pitr(settings, at):  # a time, restore point or `latest`: point-in-time recovery
+        return restore_at_point(settings, database, into, at, source)
     try:
         refuse_existing(settings, into)
-        loc = locate(settings, database, at=parse_at(at) if at else None, source=source)
-        size = loc.backup.sizes.get(loc.backup.dump) or loc.manifest["size"]
-        click.echo(f"restoring {database} backup {loc.backup.stem} ({human_size(size)}) from {loc.store.label}")
-        with click.progressbar(length=2 * size, label="check sha256, then restore") as bar:
+        loc = locate(settings, database, at=parse_at(at) if at else None, source=source,
+                     ignore_manifest=ignore_manifest)
+        size = loc.backup.sizes.get(loc.backup.dump) or (loc.manifest or {}).get("size") or 0
+        click.echo(f"restoring {database} backup {loc.backup.stem} ({units.size(size)}) from {loc.store.label}")
+        if loc.manifest is None:
+            click.echo(f"warning: the manifest of {loc.backup.stem} is missing or damaged: the sha256 of "
+                       f"{loc.backup.dump} cannot be checked (--ignore-manifest)", err=True)
+        label = "check sha256, then restore" if loc.manifest else "read, then restore (sha256 NOT checked)"
+        with click.progressbar(length=2 * size, label=label) as bar:
             restore(settings, loc, into, progress=bar.update)
     except (RestoreError, StoreError) as e:
         raise click.ClickException(str(e)) from None

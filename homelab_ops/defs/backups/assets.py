@@ -10,12 +10,14 @@ import psycopg
 
 from homelab_ops.backups import postgresql as pg
 from homelab_ops.backups.backup import BackupError, BackupResult, run_backup, run_globals_backup
-from homelab_ops.backups.catalog import GLOBALS, read_listing
+from homelab_ops.backups.catalog import GLOBALS, read_listing, time_of
+from homelab_ops.backups.offsite import TargetState, sync
 from homelab_ops.backups.n8n_export import FOLDER as EXPORTS
 from homelab_ops.backups.stores import LocalStore
 from homelab_ops.defs.resources import HomelabSettings
 from homelab_ops.errors import first_line
-from homelab_ops.settings import DATABASE_NAME, Settings
+from homelab_ops.backups.names import usable_databases
+from homelab_ops.settings import Settings
 
 GROUP = "backups"
 
@@ -23,25 +25,21 @@ GROUP = "backups"
 def databases(settings: Settings) -> list[str]:
     """The databases with assets. `all` asks the server at load time; when it does not answer, the
     databases already backed up here stand in, so a PostgreSQL outage leaves the code location (and
-    the health sensors that report the outage) loaded. Their backups fail, naming the server."""
+    the health sensors that report the outage) loaded. Their backups fail, naming the server.
+    Names that cannot have assets of their own are skipped under `all` (homelab_ops.backups.names)."""
     log = dg.get_dagster_logger()
+    explicit = settings.postgres.databases != "all"
+    local = LocalStore(settings.backups.local_dir)
+    backed_up = [] if explicit else [d for d in local.databases() if d not in (GLOBALS, EXPORTS)
+                                     and read_listing(local.list(d)).backups]
     try:
         names = pg.configured_databases(settings)
     except psycopg.OperationalError as e:
-        local = LocalStore(settings.backups.local_dir)
-        names = [d for d in local.databases() if d not in (GLOBALS, EXPORTS) and read_listing(local.list(d)).backups]
+        names = backed_up
         log.warning(f"postgres.databases is `all` but the server did not answer "
                     f"({first_line(e)}); using the databases backed up in "
                     f"{settings.backups.local_dir}: {', '.join(names) or 'none'}")
-    usable = [n for n in names if DATABASE_NAME.fullmatch(n)]  # `all` may find names like lost+found
-    if len(usable) < len(names):
-        log.warning(f"not backed up, names that cannot be folder names and asset keys: "
-                    f"{', '.join(sorted(set(names) - set(usable)))}")
-    return usable
-
-
-def _kinds(settings: Settings) -> set[str]:
-    return {"postgres", "s3"} if settings.backups.s3 else {"postgres"}
+    return usable_databases(names, explicit=explicit, warn=log.warning, backed_up=backed_up)
 
 
 def result_metadata(result: BackupResult) -> dict:
@@ -54,8 +52,6 @@ def result_metadata(result: BackupResult) -> dict:
         "sha256": dg.MetadataValue.text(m["sha256"]),
         "encrypted": dg.MetadataValue.bool(bool(m.get("encryption"))),
     }
-    if result.uris[1:]:
-        meta["s3_uri"] = dg.MetadataValue.text(", ".join(result.uris[1:]))
     if "tables" in m:
         meta["table_count"] = dg.MetadataValue.int(m["table_count"])
         meta["row_count"] = dg.MetadataValue.int(m["row_count"])
@@ -67,38 +63,31 @@ def result_metadata(result: BackupResult) -> dict:
     return meta
 
 
-def _materialize(result: BackupResult) -> dg.MaterializeResult:
-    meta = result_metadata(result)
-    if result.offsite_errors:
-        # The local backup is complete and stays; the run still fails so the owner hears of it.
-        raise dg.Failure(
-            description="local backup complete, off-site copy failed: " + "; ".join(result.offsite_errors),
-            metadata=meta,
-        )
-    return dg.MaterializeResult(metadata=meta)
-
-
 def backup_asset(database: str, settings: Settings) -> dg.AssetsDefinition:
     @dg.asset(
         key=["backups", database],
         group_name=GROUP,
-        kinds=_kinds(settings),
+        kinds={"postgres"},
         pool=f"backup_{database}",
         description=(
             f"A backup of the `{database}` database: pg_dump in its own snapshot, zstd"
             f"{', age-encrypted' if settings.backups.encryption.age_recipients else ''}, with a manifest of "
-            "every table's exact row count and checksum, kept locally"
-            f"{' and off-site' if settings.backups.s3 else ''}. Each materialization is one backup."
+            "every table's exact row count and checksum, written to the local folder at disk speed"
+            f"{' (then copied off-site by `offsite/' + database + '`)' if settings.backups.s3 else ''}. "
+            "Each materialization is one backup."
         ),
     )
     def _backup(context: dg.AssetExecutionContext, homelab: HomelabSettings) -> dg.MaterializeResult:
         try:
-            result = run_backup(homelab.settings, database)
+            from homelab_ops.n8n.backup_set import after_backup, manifest_fields  # n8n's key and binary data
+
+            result = run_backup(homelab.settings, database, manifest_extra=manifest_fields(homelab.settings, database))
+            after_backup(homelab.settings, database, result, context.log)
         except (BackupError, pg.SourceError) as e:
             raise dg.Failure(description=str(e)) from None
         context.log.info(f"backed up {database}: {result.manifest['size']} bytes, "
                          f"{result.manifest['row_count']} rows in {result.manifest['table_count']} tables")
-        return _materialize(result)
+        return dg.MaterializeResult(metadata=result_metadata(result))
 
     return _backup
 
@@ -107,15 +96,96 @@ def globals_asset(settings: Settings) -> dg.AssetsDefinition:
     @dg.asset(
         key="backup_globals",
         group_name=GROUP,
-        kinds=_kinds(settings),
+        kinds={"postgres"},
         pool="backup__globals",
         description="The server's roles and tablespaces (`pg_dumpall --globals-only`), which a restore "
                     "on a new server needs before any database dump.",
     )
     def _globals(homelab: HomelabSettings) -> dg.MaterializeResult:
         try:
-            return _materialize(run_globals_backup(homelab.settings))
+            return dg.MaterializeResult(metadata=result_metadata(run_globals_backup(homelab.settings)))
         except (BackupError, pg.SourceError) as e:
             raise dg.Failure(description=str(e)) from None
 
     return _globals
+
+
+def offsite_key(database: str) -> dg.AssetKey:
+    return dg.AssetKey(["offsite", database])
+
+
+def _when(stem: str | None) -> str:
+    return time_of(stem).strftime("%Y-%m-%d %H:%M:%S UTC") if stem else "none"
+
+
+def _owed(s: TargetState) -> str:
+    return "unknown" if s.owed is None else str(len(s.owed))
+
+
+def offsite_metadata(states: list[TargetState]) -> dict:
+    """Per target: the newest copy there and what it still lacks, as a table and as plain keys."""
+    meta: dict = {
+        "targets": dg.MetadataValue.table(
+            records=[dg.TableRecord({"target": s.target, "newest_copy": _when(s.newest),
+                                     "uploaded": len(s.uploaded), "owed": _owed(s),
+                                     "error": s.error or ""}) for s in states],
+            schema=dg.TableSchema(columns=[dg.TableColumn("target", "string"),
+                                           dg.TableColumn("newest_copy", "string"),
+                                           dg.TableColumn("uploaded", "int"), dg.TableColumn("owed", "string"),
+                                           dg.TableColumn("error", "string")]),
+        ),
+    }
+    for s in states:
+        meta[f"{s.target}/newest_copy"] = dg.MetadataValue.text(_when(s.newest))
+        meta[f"{s.target}/owed"] = dg.MetadataValue.text(_owed(s))
+        if s.owed:
+            meta[f"{s.target}/owed_backups"] = dg.MetadataValue.text(", ".join(s.owed))
+    return meta
+
+
+def offsite_asset(database: str, upstream: dg.AssetKey, settings: Settings) -> dg.AssetsDefinition:
+    """`offsite/<database>`: copies every local backup of `database` that a target lacks, oldest first.
+
+    The check `copies_complete` fails (and fails the step, so the run reports it) when a target
+    still lacks a backup; the materialization records per target what it holds either way."""
+    key = offsite_key(database)
+    targets = ", ".join(t.label for t in settings.backups.s3)
+
+    @dg.asset(
+        key=key,
+        deps=[upstream],
+        group_name=GROUP,
+        kinds={"s3"},
+        pool=f"offsite_{database}",
+        # Before the verification that becomes runnable with it (it depends on the backup only), so
+        # tonight's copy is off-site when a target's copy is the one restored.
+        op_tags={"dagster/priority": "1"},
+        check_specs=[dg.AssetCheckSpec("copies_complete", asset=key, blocking=True,
+                                       description="Every target holds every complete local backup.")],
+        description=(
+            f"Off-site copies of `{database}`'s backups on {targets}: each complete local backup a target "
+            "lacks is uploaded from the finished file, oldest first (every file of the set, the manifest "
+            "last), with its sha256 in the object's metadata, Content-MD5 on every part and the ETag "
+            "checked after completion. A copy that failed stays owed and is caught up by the next run."
+        ),
+    )
+    def _offsite(context: dg.AssetExecutionContext, homelab: HomelabSettings) -> dg.MaterializeResult:
+        states = sync(homelab.settings, database)
+        for s in states:
+            if s.uploaded:
+                context.log.info(f"{database}: copied {len(s.uploaded)} backup(s) to {s.target}: "
+                                 f"{', '.join(s.uploaded)}")
+            if s.error:
+                context.log.error(s.error)
+        failing = [s for s in states if s.error or s.owed]
+        summary = "; ".join(f"{s.target}: " + ("not reached" if s.owed is None else f"{len(s.owed)} backup(s) owed")
+                            + (f" ({s.error})" if s.error else "") for s in failing)
+        return dg.MaterializeResult(
+            metadata=offsite_metadata(states),
+            check_results=[dg.AssetCheckResult(
+                check_name="copies_complete", passed=not failing, severity=dg.AssetCheckSeverity.ERROR,
+                description=summary or f"every target holds every local backup of {database}",
+                metadata={"targets_behind": dg.MetadataValue.int(len(failing))})],
+        )
+
+    return _offsite

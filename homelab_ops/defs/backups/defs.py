@@ -3,12 +3,35 @@
 
 import dagster as dg
 
-from homelab_ops.defs.backups.assets import backup_asset, databases, globals_asset
+from homelab_ops.backups.catalog import GLOBALS
+from homelab_ops.defs.backups.assets import backup_asset, databases, globals_asset, offsite_asset
 from homelab_ops.defs.backups.hygiene import dagster_run_retention, disk_hygiene
-from homelab_ops.defs.backups.retention import globals_retention_asset, retention_asset, workflow_retention_asset
+from homelab_ops.defs.backups.retention import globals_retention_asset, key as retention_key
+from homelab_ops.defs.backups.retention import retention_asset, workflow_retention_asset
 from homelab_ops.defs.backups.verification import freshness_check, verification_asset
 from homelab_ops.defs.backups.n8n_workflows import n8n_workflows_asset
 from homelab_ops.settings import current
+
+
+def prune_after_failed_backup(nightly: dg.JobDefinition, prune_job: dg.JobDefinition, backups: dict[str, str]
+                              ) -> dg.SensorDefinition:
+    """A failed backup (a full disk, most often) skips its verification and so its retention; this
+    prunes what the policy allows anyway, so a full disk heals by the next night. Only after a failed
+    backup step: a backup that failed verification still blocks pruning, as retention wants."""
+
+    @dg.run_failure_sensor(name="prune_after_failed_backup", monitored_jobs=[nightly], request_job=prune_job,
+                           default_status=dg.DefaultSensorStatus.RUNNING,
+                           description="After a nightly_backup whose backup step failed (a full disk, most often), "
+                                       "prunes that database's backups as retention allows, so the disk heals.")
+    def _sensor(context: dg.RunFailureSensorContext):
+        failed = {e.step_key for e in context.instance.all_logs(context.dagster_run.run_id,
+                                                                of_type=dg.DagsterEventType.STEP_FAILURE)}
+        names = sorted(backups[step] for step in failed if step in backups)
+        if names:
+            return dg.RunRequest(run_key=f"prune-after-{context.dagster_run.run_id}",
+                                 asset_selection=[retention_key(n) for n in names])
+
+    return _sensor
 
 
 def _schedule(name: str, job, cron: str, settings, description: str) -> dg.ScheduleDefinition:
@@ -22,11 +45,16 @@ def defs() -> dg.Definitions:
     dbs = databases(settings)
     verifications = [verification_asset(db, settings) for db in dbs]
     freshness = [freshness_check(db, settings) for db in dbs]
-    # Everything the night's run touches: back up, verify, then prune, per database.
+    backups = [backup_asset(db, settings) for db in dbs]
+    globals_backup = globals_asset(settings)
+    retentions = [retention_asset(db, settings) for db in dbs] + [globals_retention_asset(settings)]
+    # Off-site copies are a step of their own after each local backup, so a slow uplink never
+    # holds a dump's snapshot open; with no S3 target there is nothing to copy.
+    offsite = ([offsite_asset(db, b.key, settings) for db, b in zip(dbs, backups)]
+               + [offsite_asset(GLOBALS, globals_backup.key, settings)]) if settings.backups.s3 else []
+    # Everything the night's run touches: back up, copy off-site, verify, then prune, per database.
     nightly_assets = (
-        [backup_asset(db, settings) for db in dbs] + verifications
-        + [retention_asset(db, settings) for db in dbs]
-        + [globals_asset(settings), globals_retention_asset(settings)]
+        backups + offsite + verifications + [globals_backup] + retentions
         + ([n8n_workflows_asset(settings), workflow_retention_asset(settings, dbs)]
            if settings.n8n is not None else [])
     )
@@ -68,6 +96,26 @@ def defs() -> dg.Definitions:
                     "disk_hygiene.run_retention, keeping each job's newest run and every run that holds "
                     "an asset's latest materialization.",
     )
+    prune_job = dg.define_asset_job(
+        "prune_backups",
+        selection=retentions,
+        executor_def=dg.in_process_executor,
+        tags={"dagster/max_runtime": "3600"},
+        description="Retention alone: started after a nightly run whose backup failed, so a full disk "
+                    "is freed of what the policy no longer keeps.",
+    )
+    jobs = [nightly, verify_weekly, freshness_job, hygiene_job, prune_job]
+    if offsite:
+        jobs.append(dg.define_asset_job(
+            "offsite_sync",
+            selection=offsite,
+            executor_def=dg.in_process_executor,
+            tags={"dagster/max_runtime": str(max_runtime)},
+            description="Upload every local backup an S3 target lacks, oldest first, without dumping again: "
+                        "after an outage, a new target, or a night the uplink was down.",
+        ))
+    sensor = prune_after_failed_backup(nightly, prune_job, {b.op.name: db for db, b in zip(dbs, backups)}
+                                       | {globals_backup.op.name: GLOBALS})
     schedules = [
         schedule,
         _schedule("verify_backups_schedule", verify_weekly, "0 5 * * 0", settings,
@@ -78,4 +126,4 @@ def defs() -> dg.Definitions:
                 "Saturdays 04:00, when nothing else runs."),
     ]
     return dg.Definitions(assets=nightly_assets + [disk_hygiene, dagster_run_retention], asset_checks=freshness,
-                          jobs=[nightly, verify_weekly, freshness_job, hygiene_job], schedules=schedules)
+                          jobs=jobs, schedules=schedules, sensors=[sensor])

@@ -2,7 +2,9 @@
 
 The blocking check `matches_manifest` is what stops retention from pruning after a
 backup that does not restore; the freshness check `verified_recently` is what
-notices when verification stopped happening at all.
+notices when verification stopped happening at all. Only a `restored` outcome
+passes either; `integrity-only` (this host has no age identity) is a warning that
+says how to fix it, and does not block retention.
 """
 
 import random
@@ -12,6 +14,7 @@ import dagster as dg
 from pydantic import Field
 
 from homelab_ops.backups import verify as v
+from homelab_ops.defs.n8n.verification import n8n_level
 from homelab_ops.defs.resources import HomelabSettings
 from homelab_ops.settings import Settings
 
@@ -52,8 +55,9 @@ def verification_metadata(result: v.Verification, prefix: str = "") -> dict:
     meta = {
         f"{prefix}backup": dg.MetadataValue.text(result.stem),
         f"{prefix}outcome": dg.MetadataValue.text(result.outcome),
+        f"{prefix}store": dg.MetadataValue.text(result.store),
         f"{prefix}mode": dg.MetadataValue.text("restore" if result.mode == "restore"
-                                               else "sha256 only: the restore was NOT tested"),
+                                               else "integrity only: the restore was NOT tested"),
         f"{prefix}message": dg.MetadataValue.text(result.message),
         f"{prefix}verified_copy": dg.MetadataValue.text(result.source_uri),
         f"{prefix}sha256_ok": dg.MetadataValue.bool(result.sha256_ok),
@@ -69,14 +73,15 @@ def verification_metadata(result: v.Verification, prefix: str = "") -> dict:
 
 
 def verification_asset(database: str, settings: Settings) -> dg.AssetsDefinition:
-    where = "the first S3 target's copy" if settings.backups.s3 else "the local copy"
+    where = ("the copy in the store read longest ago (local or an S3 target, in turn)" if settings.backups.s3
+             else "the local copy")
 
     @dg.asset(
         key=key(database),
         deps=[dg.AssetKey(["backups", database])],
         group_name=GROUP,
         kinds={"postgres", "s3"} if settings.backups.s3 else {"postgres"},
-        pool="restore_verification",
+        pool=f"restore_verification_{database}",  # per database: one stuck verification blocks only its own
         check_specs=[dg.AssetCheckSpec(
             MATCHES, asset=key(database), blocking=True,
             description="Every table of the restore has the manifest's exact row count and checksum "
@@ -85,39 +90,51 @@ def verification_asset(database: str, settings: Settings) -> dg.AssetsDefinition
         description=(
             f"Proof that the newest backup of `{database}` restores: {where} is sha256-checked, restored "
             "into a scratch database, and every table's exact row count and checksum is compared with the "
-            "manifest. The result is written beside the backup as `<stem>.verified.json`."
+            "manifest. The outcome (restored, integrity-only, failed) is written beside the copy read as "
+            "`<stem>.verified.json`; each store's copies are read in turn, one store a night."
         ),
     )
     def _verify(context: dg.AssetExecutionContext, config: VerifyConfig,
                 homelab: HomelabSettings) -> dg.MaterializeResult:
         s = homelab.settings
         try:
-            results = [v.verify_backup(s, database)]
+            store, skipped = v.tonights_store(s, database)
+            for why in skipped:
+                context.log.warning(f"not verified tonight: {why}")
+            results = [v.verify_backup(s, database, store=store)]
             meta = verification_metadata(results[0])
             if config.random_older:
-                older = v.pick_older(v.listing(v.verification_store(s), database).backups, random.SystemRandom())
+                older = v.pick_older(v.listing(store, database).backups, random.SystemRandom())
                 if older is None:
                     meta["older_backup"] = dg.MetadataValue.text("none: there is only one backup")
                 else:
-                    results.append(v.verify_backup(s, database, stem=older.stem))
+                    results.append(v.verify_backup(s, database, stem=older.stem, store=store))
                     meta.update(verification_metadata(results[1], prefix="older_"))
         except v.VerifyError as e:
             raise dg.Failure(description=str(e)) from None
         for r in results:
-            log = context.log.info if r.passed else context.log.error
-            log(f"{database} backup {r.stem}: {r.outcome}: {r.message}")
+            log = (context.log.info if r.passed else context.log.warning if r.outcome == v.INTEGRITY_ONLY
+                   else context.log.error)
+            log(f"{database} backup {r.stem} in {r.store}: {r.outcome}: {r.message}")
             for err in r.record_errors:
                 context.log.warning(f"could not record the result: {err}")
         failed = [r for r in results if not r.passed]
+        n8n = n8n_level(context, s, database, results[0], meta)  # n8n itself on n8n's database, or None
         if results[0].passed:
             v.publish_freshness(s, results[0])
+        # Only a failed copy blocks retention; integrity-only warns (retention still protects the
+        # newest restored backup, and a host without a key must not fill its disk).
+        hard = any(r.outcome == v.FAILED for r in results)
         check = dg.AssetCheckResult(
             check_name=MATCHES,
-            passed=not failed,
-            severity=dg.AssetCheckSeverity.ERROR,
-            description="; ".join(f"{r.stem}: {r.message}" for r in (failed or results)),
+            passed=not failed and (n8n is None or n8n[0]),
+            severity=dg.AssetCheckSeverity.ERROR if hard or (n8n is not None and not n8n[0])
+            else dg.AssetCheckSeverity.WARN,
+            description="; ".join(f"{r.stem} in {r.store}: {r.message}" for r in (failed or results))
+            + (f"; n8n: {n8n[1]}" if n8n else ""),
             metadata={
-                "outcomes": dg.MetadataValue.text(", ".join(f"{r.stem} {r.outcome}" for r in results)),
+                "outcomes": dg.MetadataValue.text(", ".join(f"{r.stem} in {r.store}: {r.outcome}"
+                                                            for r in results)),
                 "differing_tables": dg.MetadataValue.int(sum(len(r.mismatches) for r in results)),
             },
         )
@@ -131,7 +148,8 @@ def freshness_check(database: str, settings: Settings) -> dg.AssetChecksDefiniti
         asset=key(database),
         name=FRESH,
         description=f"A backup of `{database}` younger than backups.max_age_hours "
-                    f"({settings.backups.max_age_hours:g} h) has passed its verification.",
+                    f"({settings.backups.max_age_hours:g} h) was restored by its verification (from any store; "
+                    "integrity-only does not count).",
     )
     def _fresh(homelab: HomelabSettings) -> dg.AssetCheckResult:
         s = homelab.settings
@@ -141,7 +159,7 @@ def freshness_check(database: str, settings: Settings) -> dg.AssetChecksDefiniti
             return dg.AssetCheckResult(passed=False, description=str(e))
         passed, why = v.freshness(backup.time if backup else None, datetime.now(timezone.utc),
                                   s.backups.max_age_hours)
-        meta = {"store": dg.MetadataValue.text(store.label)}
+        meta = {"store": dg.MetadataValue.text(store or "none")}
         if backup:
             meta["newest_verified_backup"] = dg.MetadataValue.text(backup.stem)
         return dg.AssetCheckResult(passed=passed, description=why, metadata=meta)
