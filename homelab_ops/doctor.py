@@ -213,6 +213,105 @@ def check_docker(settings: Settings) -> Check:
     return ok(name, f"{host}: Docker Engine {version}")
 
 
+def _is_pi(sys_root: str) -> bool:
+    for rel in ("firmware/devicetree/base/model",):
+        try:
+            return "Raspberry Pi" in (Path(sys_root) / rel).read_text(errors="replace")
+        except OSError:
+            continue
+    return False
+
+
+def check_throttling(settings: Settings) -> Check:
+    """On a Pi, the firmware's throttling word must be readable: sysfs, or vcgencmd with /dev/vcio."""
+    import shutil
+    import subprocess
+
+    from homelab_ops.metrics.collect import throttled_sysfs_path
+    name = "pi throttling"
+    sys_root = settings.metrics.sys_root
+    if not _is_pi(sys_root):
+        return skip(name, f"not a Raspberry Pi ({sys_root}/firmware/devicetree/base/model)")
+    path = throttled_sysfs_path(sys_root)
+    if path is not None:
+        try:
+            int(Path(path).read_text().strip(), 16)
+            return ok(name, f"{path}")
+        except (OSError, ValueError) as e:
+            sysfs_error = f"{path}: {_short(e, 120)}"
+    else:
+        sysfs_error = f"no get_throttled under {sys_root}/devices/platform"
+    exe = shutil.which(settings.metrics.vcgencmd)
+    if exe:
+        p = subprocess.run([exe, "get_throttled"], capture_output=True, text=True, timeout=TIMEOUT)
+        if p.returncode == 0 and "throttled=" in p.stdout:
+            return ok(name, f"vcgencmd: {p.stdout.strip()}")
+    return fail(name, f"{sysfs_error}; vcgencmd {'failed' if exe else 'not installed'}",
+                "mount the host's /sys read-only and set metrics.sys_root to it (deploy/docker-compose.yml: "
+                "/sys:/host/sys:ro, metrics.sys_root: /host/sys), or give the container the host's vcgencmd "
+                "and /dev/vcio")
+
+
+def _has_capability(bit: int, status: str = "/proc/self/status") -> bool:
+    try:
+        for line in Path(status).read_text().splitlines():
+            if line.startswith("CapEff:"):
+                return bool(int(line.split()[1], 16) >> bit & 1)
+    except (OSError, ValueError):
+        pass
+    return False
+
+
+CAP_SYS_ADMIN = 21
+
+
+def check_fstrim(settings: Settings) -> Check:
+    """disk_hygiene's fstrim needs CAP_SYS_ADMIN (the FITRIM ioctl); the code server has none."""
+    import shutil
+    name = "fstrim"
+    mounts = settings.disk_hygiene.fstrim_mounts
+    if not mounts:
+        return skip(name, "disk_hygiene.fstrim_mounts is empty (the host trims, e.g. fstrim.timer)")
+    if not shutil.which("fstrim"):
+        return fail(name, "fstrim is not installed", "install util-linux, or set disk_hygiene.fstrim_mounts: []")
+    if not _has_capability(CAP_SYS_ADMIN):
+        return fail(name, f"this process lacks CAP_SYS_ADMIN, so fstrim of {', '.join(mounts)} is always "
+                          "'not permitted'",
+                    "let the host trim (`sudo systemctl enable --now fstrim.timer`) and set "
+                    "disk_hygiene.fstrim_mounts: [] (deploy/README.md, \"Disk hygiene in the container\")")
+    return ok(name, f"CAP_SYS_ADMIN present for {', '.join(mounts)}")
+
+
+def check_container_logs(settings: Settings) -> Check:
+    """disk_hygiene's log sizes read each container's json log file: it must be readable here."""
+    import docker
+    import docker.errors
+
+    name = "container logs"
+    try:
+        client = docker.DockerClient(base_url=settings.docker.host, timeout=TIMEOUT)
+    except docker.errors.DockerException as e:
+        return skip(name, f"no Docker Engine ({_short(e, 120)})")
+    try:
+        unreadable = []  # LogPath is the host's path: readable only where that path is (the host)
+        for c in client.api.containers():
+            path = client.api.inspect_container(c["Id"]).get("LogPath") or ""
+            if path and not os.access(path, os.R_OK):
+                unreadable.append(c["Names"][0].lstrip("/"))
+    except (docker.errors.DockerException, OSError) as e:
+        return skip(name, f"Docker Engine not reachable ({_short(e, 120)})")
+    finally:
+        client.close()
+    if unreadable:
+        return fail(name, f"{len(unreadable)} container log file(s) not readable here "
+                          f"({', '.join(unreadable[:5])}{'...' if len(unreadable) > 5 else ''}): log sizes are "
+                          "always 'not readable'",
+                    "run homelab-ops where Docker's data folder is readable (the host), or accept that "
+                    "disk_hygiene reports no log sizes; Docker's json-file logs are root-only (0640), so a "
+                    "read-only mount alone is not enough for uid 1000 (deploy/README.md)")
+    return ok(name, "every running container's json log is readable")
+
+
 def telegram_token(settings: Settings, env: dict[str, str]) -> str | None:
     """The token alerts are sent with: settings, else the credential store, else TELEGRAM_BOT_TOKEN."""
     token = settings.notify.telegram.bot_token
@@ -292,8 +391,14 @@ def _checks(settings: Settings, env: dict[str, str], token: str | None) -> Itera
     for target in settings.backups.s3:
         yield f"s3 {target.label}", lambda target=target: check_s3(target)
     yield "docker", lambda: check_docker(settings)
+    yield "pi throttling", lambda: check_throttling(settings)
+    yield "fstrim", lambda: check_fstrim(settings)
+    yield "container logs", lambda: check_container_logs(settings)
     yield "telegram", lambda: check_telegram(settings, env, token)
     yield "master key file", lambda: check_key_file(settings, env)
+    from homelab_ops.pitr.doctor import checks as pitr_checks
+
+    yield from pitr_checks(settings)
 
 
 def run(config: str | None = None, env: dict[str, str] | None = None) -> Iterator[Check]:

@@ -94,10 +94,11 @@ def test_a_good_deployment_passes_every_check(write_settings, good, s3_bucket):
     assert proc.returncode == 0, proc.stdout + proc.stderr
     lines = proc.stdout.splitlines()
     names = ["settings", "state database", "postgres admin", "postgres databases", "pg_dump", "n8n database",
-             "backup folder", "s3 " + bucket, "docker", "telegram", "master key file"]
+             "backup folder", "s3 " + bucket, "docker", "fstrim", "container logs", "telegram", "master key file"]
     for name in names:
         assert line_for(lines, name).startswith("ok "), proc.stdout
-    assert len(lines) == len(names)
+    assert line_for(lines, "pi throttling").startswith("skip"), proc.stdout  # this machine is no Pi
+    assert len(lines) == len(names) + 1
     assert "@homelab_test_bot" in line_for(lines, "telegram")
     assert GOOD_TOKEN not in proc.stdout + proc.stderr
     # The probe object is gone: the doctor leaves nothing in the bucket.
@@ -150,3 +151,50 @@ def test_invalid_settings_fail_first_and_alone(tmp_path):
     assert result.stdout.splitlines() == [result.stdout.splitlines()[0]]
     line = result.stdout.splitlines()[0]
     assert line.startswith("FAIL  settings:") and "postgres.databses" in line and "-> fix:" in line
+
+
+def test_pi_throttling_is_read_from_the_firmware_sysfs_file_or_doctor_fails_with_the_fix(tmp_path):
+    """A Pi's /sys as the container sees it (no Pi here: the files the firmware driver makes)."""
+    from homelab_ops.doctor import check_throttling
+    from homelab_ops.metrics.collect import Snapshot, read_throttled_sysfs
+    from homelab_ops.settings import Settings
+
+    sys_root = tmp_path / "sys"
+    (sys_root / "firmware/devicetree/base").mkdir(parents=True)
+    (sys_root / "firmware/devicetree/base/model").write_text("Raspberry Pi 5 Model B Rev 1.0\x00")
+    settings = Settings.model_validate({"metrics": {"sys_root": str(sys_root), "vcgencmd": "no-such-vcgencmd"}})
+    missing = check_throttling(settings)
+    assert missing.failed and "/sys:/host/sys:ro" in missing.fix
+    fw = sys_root / "devices/platform/soc@107c000000/soc@107c000000:firmware"
+    fw.mkdir(parents=True)
+    (fw / "get_throttled").write_text("50005\n")  # drivers/firmware/raspberrypi.c prints "%x\n"
+    assert not check_throttling(settings).failed
+    from datetime import datetime, timezone
+    snap = Snapshot(taken_at=datetime.now(timezone.utc))
+    assert read_throttled_sysfs(snap, str(sys_root))
+    got = {(s.labels.get("flag"), s.labels.get("when")): s.value for s in snap.samples
+           if s.metric == "homelab_pi_throttled"}
+    assert got[("under_voltage", "now")] == 1.0 and got[("throttled", "now")] == 1.0
+    assert got[("under_voltage", "since_boot")] == 1.0 and got[("soft_temperature_limit", "now")] == 0.0
+
+
+def test_without_cap_sys_admin_or_readable_logs_doctor_fails_with_the_fix(write_settings, good):
+    """As the compose file runs the code server: not root, no capabilities (setpriv drops them)."""
+    import shutil
+    if not shutil.which("setpriv"):
+        pytest.fail("setpriv (util-linux) is needed to drop capabilities")
+    import tempfile
+    src, _ = write_settings(good)
+    folder = Path(tempfile.mkdtemp(prefix="homelab-doctor-"))  # pytest's tmp folders are root-only
+    folder.chmod(0o755)
+    path = folder / "homelab.yaml"
+    shutil.copy(src, path)
+    path.chmod(0o644)
+    proc = subprocess.run(["setpriv", "--reuid=65534", "--regid=65534", "--clear-groups", "--inh-caps=-all",
+                           "--bounding-set=-all", str(Path(sys.executable).with_name("homelab-ops")),
+                           "--config", str(path), "doctor"],
+                          capture_output=True, text=True, timeout=180, env={**os.environ, "HOMELAB_CONFIG": ""})
+    shutil.rmtree(folder)
+    assert proc.returncode != 0, proc.stdout
+    fstrim = line_for(proc.stdout.splitlines(), "fstrim")
+    assert fstrim.startswith("FAIL") and "lacks CAP_SYS_ADMIN" in fstrim and "fstrim.timer" in proc.stdout

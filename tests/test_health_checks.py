@@ -165,9 +165,8 @@ def test_traefik_denied_bursts_in_json_and_common_log_format():
     assert c.http_denied(0, Counter(), 300, 20, 100).state == OK
 
 
-def test_thresholds_come_from_health_then_metrics_then_other_sections():
-    s = parse({"health": {"thresholds": {"temperature_warn_c": 65}},
-               "metrics": {"thresholds": {"temperature_error_c": 77, "disk_free_warn_pct": 20}},
+def test_thresholds_come_from_one_section_then_the_sections_they_derive_from():
+    s = parse({"thresholds": {"temperature_warn_c": 65, "temperature_fail_c": 77, "disk_free_warn_pct": 20},
                "backups": {"max_age_hours": 30}, "n8n": {"dsn": "postgresql://x@y/n8n", "failure_rate_warn": 0.1}}, "t")
     th = c.Thresholds.from_settings(s)
     assert (th.temperature_warn_c, th.temperature_fail_c, th.disk_free_warn_pct) == (65, 77, 20)
@@ -175,7 +174,7 @@ def test_thresholds_come_from_health_then_metrics_then_other_sections():
 
 
 @pytest.mark.parametrize("data, fragment", [
-    ({"health": {"thresholds": {"temperature_wran_c": 1}}}, "unknown threshold temperature_wran_c"),
+    ({"thresholds": {"temperature_wran_c": 1}}, "unknown threshold temperature_wran_c"),
     ({"health": {"remedies": {"postgres": False}}}, "no remedy for postgres"),
 ])
 def test_health_settings_are_validated(data, fragment):

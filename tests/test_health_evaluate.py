@@ -86,24 +86,30 @@ def test_n8n_healthz(settings_for):
 # --------------------------------------------------------------------------- backups, rollups, credentials
 
 
-def _backup(folder: Path, t: datetime, outcome: str | None):
+def _backup(folder: Path, t: datetime) -> str:
     folder.mkdir(parents=True, exist_ok=True)
     stem = stem_for(t)
     (folder / f"{stem}.dump.zst").write_bytes(b"x")
     (folder / f"{stem}.manifest.json").write_text("{}")
-    if outcome:
-        (folder / f"{stem}.verified.json").write_text(json.dumps({"outcome": outcome}))
+    return stem
 
 
-def test_backup_age_reads_the_newest_verified_backup(settings_for, tmp_path):
+def test_backup_age_reads_the_newest_restored_backup_verification_published(settings_for, tmp_path):
+    from types import SimpleNamespace
+
+    from homelab_ops.backups.verify import publish_freshness
+
     s = settings_for(postgres={"dsn": ADMIN_DSN, "databases": ["n8n", "photos", "empty"]},
                      backups={"local_dir": str(tmp_path / "b"), "max_age_hours": 26})
     t = now()
-    _backup(tmp_path / "b" / "n8n", t - timedelta(hours=30), "passed")
-    _backup(tmp_path / "b" / "n8n", t - timedelta(hours=3), "sha256-only")
-    _backup(tmp_path / "b" / "n8n", t - timedelta(hours=1), "failed")
-    _backup(tmp_path / "b" / "photos", t - timedelta(hours=40), "passed")
-    _backup(tmp_path / "b" / "photos", t - timedelta(hours=2), None)
+    old = _backup(tmp_path / "b" / "n8n", t - timedelta(hours=30))
+    restored = _backup(tmp_path / "b" / "n8n", t - timedelta(hours=3))
+    _backup(tmp_path / "b" / "n8n", t - timedelta(hours=1))  # newer, not restored (yet)
+    publish_freshness(s, SimpleNamespace(database="n8n", stem=restored))
+    publish_freshness(s, SimpleNamespace(database="n8n", stem=old))  # an older copy restored later: no step back
+    publish_freshness(s, SimpleNamespace(database="photos", stem=_backup(tmp_path / "b" / "photos",
+                                                                        t - timedelta(hours=40))))
+    _backup(tmp_path / "b" / "photos", t - timedelta(hours=2))
     by = {r.name: r for r in ev.check_backups(s, Thresholds.from_settings(s), t)}
     assert by["backup_age:n8n"].state == OK and "3.0h" in by["backup_age:n8n"].reason
     assert by["backup_age:photos"].state == FAIL and "40.0h" in by["backup_age:photos"].reason

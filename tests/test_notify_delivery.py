@@ -132,6 +132,19 @@ def test_a_429_asking_for_too_long_is_not_waited_for(notify_settings, telegram):
     assert "asked to wait 3600s" in delivered[0].outcomes[0].detail
 
 
+def test_no_retry_waits_past_the_ticks_deadline(notify_settings, telegram):
+    """A backoff that would end after the deadline is not slept: the tick ends, the failure is recorded."""
+    _, s = notify_settings()
+    seed_chats(s)
+    telegram.fail_next("sendMessage", 503, times=10)
+    start = time.monotonic()
+    delivered, _ = dispatcher_for(s, retry=Retry(attempts=5, backoff=10), deadline_s=2).deliver([WARN_ALERT])
+    assert time.monotonic() - start < 2
+    outcome = delivered[0].outcomes[0]
+    assert not outcome.ok and outcome.attempts == 1 and "HTTP 503" in outcome.detail
+    assert "no time left to retry" in outcome.detail
+
+
 def test_a_long_alert_arrives_split_and_whole(notify_settings, telegram):
     _, s = notify_settings()
     seed_chats(s)

@@ -252,6 +252,26 @@ def test_a_hung_run_stopped_by_run_monitoring_is_alerted(setup, telegram):
     assert "exceeding maximum runtime of 60 seconds" in text
 
 
+def test_an_interrupted_run_is_not_alerted_twice(setup, telegram):
+    """homelab_ops.recovery alerts a crashed run once as interrupted; run_failure_alert leaves it."""
+    from dagster._core.events import DagsterEvent, DagsterEventType
+
+    from homelab_ops.recovery import INTERRUPTED_TAG
+
+    make, instance = setup
+    _, s, resources = make()
+    crashed = tiny_job("crashed_job")
+    sensor = build_run_failure_sensor()
+    _, cursor = tick(sensor, instance, resources, [crashed], None)
+    run = instance.create_run_for_job(job_def=crashed, tags=dict(crashed.tags))
+    for kind in (DagsterEventType.PIPELINE_STARTING, DagsterEventType.RUN_START):
+        instance.handle_run_event(run.run_id, DagsterEvent(event_type_value=kind.value, job_name=run.job_name))
+    instance.add_run_tags(run.run_id, {INTERRUPTED_TAG: "2026-12-03T03:00:00+00:00"})
+    instance.report_run_failed(instance.get_run_by_id(run.run_id), message="interrupted")
+    tick(sensor, instance, resources, [crashed], cursor)
+    assert telegram.texts_to(OWNER) == []
+
+
 def test_error_severity_asset_check_failure_alerts_once_and_recovers(setup, telegram):
     make, instance = setup
     _, s, resources = make()
@@ -349,7 +369,7 @@ def test_every_job_carries_a_max_runtime_and_the_alerting_sensors_run_by_default
     monitoring = yaml.safe_load((Path(__file__).parent.parent / "dagster.yaml").read_text())["run_monitoring"]
     assert monitoring["enabled"] and monitoring["max_runtime_seconds"] > 0  # the implicit asset job's runs too
     sensors = {s.name: s for s in repo.sensor_defs}
-    for name in ("health_sensor", "run_failure_alert", "asset_check_alert", "telegram_inbox"):
+    for name in ("health_sensor", "run_failure_alert", "asset_check_alert", "telegram_inbox", "interrupted_runs"):
         assert sensors[name].default_status == dg.DefaultSensorStatus.RUNNING
     health = sensors["health_sensor"]
     assert health.minimum_interval_seconds == 60

@@ -16,6 +16,8 @@ from dataclasses import dataclass, field
 from datetime import datetime, timedelta, timezone
 from zoneinfo import ZoneInfo
 
+from homelab_ops import units
+
 OK, WARN, FAIL, UNKNOWN = "ok", "warn", "fail", "unknown"
 STATES = (OK, WARN, FAIL, UNKNOWN)
 _RANK = {OK: 0, UNKNOWN: 1, WARN: 2, FAIL: 3}
@@ -51,37 +53,25 @@ def _level(value: float, warn: float, fail: float, *, higher_is_worse: bool) -> 
     return FAIL if value < fail else WARN if value < warn else OK
 
 
-def human_bytes(n: float) -> str:
-    for unit in ("B", "KiB", "MiB", "GiB", "TiB"):
-        if abs(n) < 1024 or unit == "TiB":
-            return f"{n:.0f} {unit}" if unit == "B" else f"{n:.1f} {unit}"
-        n /= 1024
-    return f"{n:.1f} TiB"
-
-
-def human_duration(seconds: float) -> str:
-    seconds = max(0.0, seconds)
-    if seconds < 90:
-        return f"{seconds:.0f}s"
-    if seconds < 5400:
-        return f"{seconds / 60:.0f}m"
-    if seconds < 86400 * 2:
-        return f"{seconds / 3600:.1f}h"
-    return f"{seconds / 86400:.1f}d"
-
-
 # --------------------------------------------------------------------------- thresholds
 
 
 @dataclass(frozen=True)
 class Thresholds:
+    """The numbers every judgement reads (settings' `thresholds:`, defaults in THRESHOLD_DEFAULTS):
+    the health checks here, the metrics asset checks and the rendered Prometheus rules."""
+
     disk_free_warn_pct: float = 15.0
     disk_free_fail_pct: float = 5.0
     temperature_warn_c: float = 70.0
     temperature_fail_c: float = 80.0
     memory_available_warn_pct: float = 15.0
     memory_available_fail_pct: float = 5.0
+    container_memory_warn_pct: float = 90.0
+    container_memory_fail_pct: float = 97.0
     container_restarts_warn: float = 3
+    container_restart_increase_warn: float = 1
+    container_restart_increase_fail: float = 3
     backup_age_fail_hours: float = 26.0
     n8n_failure_rate_warn: float = 0.2
     n8n_failure_rate_fail: float = 0.5
@@ -95,21 +85,15 @@ class Thresholds:
 
     @classmethod
     def from_settings(cls, settings) -> Thresholds:
-        """health.thresholds, else the matching metrics/backups/n8n setting, else the default."""
-        from homelab_ops.settings import HEALTH_THRESHOLD_DEFAULTS
+        """`thresholds:`, else backups.max_age_hours / n8n.failure_rate_warn for the derived two, else the default."""
+        from homelab_ops.settings import THRESHOLD_DEFAULTS
 
-        set_here = settings.health.thresholds
-        metrics = settings.metrics.thresholds
-        values: dict[str, float] = dict(HEALTH_THRESHOLD_DEFAULTS)
-        for key in HEALTH_THRESHOLD_DEFAULTS:
-            shared = key.replace("_fail_", "_error_")
-            if key not in set_here and shared in metrics:
-                values[key] = metrics[shared]
+        values: dict[str, float] = dict(THRESHOLD_DEFAULTS)
         values["backup_age_fail_hours"] = settings.backups.max_age_hours
         if settings.n8n is not None:
             values["n8n_failure_rate_warn"] = settings.n8n.failure_rate_warn
             values["n8n_min_finished"] = settings.n8n.failure_min_finished
-        values.update(set_here)
+        values.update(settings.thresholds)
         known = set(cls.__dataclass_fields__)
         return cls(**{k: v for k, v in values.items() if k in known})
 
@@ -128,7 +112,7 @@ def disk_free(mounts: dict[str, tuple[float, float]], warn_pct: float, fail_pct:
         pct = 100.0 * avail / size
         state = _level(pct, warn_pct, fail_pct, higher_is_worse=False)
         limit = {FAIL: f" (below {fail_pct:g}%)", WARN: f" (below {warn_pct:g}%)"}.get(state, "")
-        out.append(CheckResult(name, state, f"{mp}: {pct:.1f}% free, {human_bytes(avail)} of {human_bytes(size)}"
+        out.append(CheckResult(name, state, f"{mp}: {pct:.1f}% free, {units.size(avail)} of {units.size(size)}"
                                             f"{limit}", FREE_DISK))
     return out
 
@@ -177,7 +161,7 @@ def memory_available(total: float | None, available: float | None, warn_pct: flo
     pct = 100.0 * available / total
     state = _level(pct, warn_pct, fail_pct, higher_is_worse=False)
     return CheckResult("memory_available", state,
-                       f"{pct:.1f}% of memory available ({human_bytes(available)} of {human_bytes(total)})")
+                       f"{pct:.1f}% of memory available ({units.size(available)} of {units.size(total)})")
 
 
 # --------------------------------------------------------------------------- containers
@@ -222,7 +206,7 @@ def container(r: ContainerReading, now: datetime, restarts_warn: float,
             findings.append((FAIL, "unhealthy" + (f": {out[-1][:200]}" if out else "")))
         recent = r.started_at is not None and now - r.started_at < timedelta(hours=1)
         if r.restart_count >= restarts_warn and recent:
-            findings.append((WARN, f"restarted {r.restart_count} times, last {human_duration((now - r.started_at).total_seconds())} ago"))
+            findings.append((WARN, f"restarted {r.restart_count} times, last {units.duration((now - r.started_at).total_seconds())} ago"))
     elif r.status == "restarting":
         findings.append((FAIL, f"restarting (restarted {r.restart_count} times)"))
     elif r.status == "dead":
@@ -278,7 +262,7 @@ def backup_age(database: str, newest_verified: datetime | None, newest_backup: d
     if newest_verified is None:
         if newest_backup is None:
             return CheckResult(name, FAIL, f"{database}: no backup at all", NIGHTLY_BACKUP)
-        age = human_duration((now - newest_backup).total_seconds())
+        age = units.duration((now - newest_backup).total_seconds())
         return CheckResult(name, FAIL, f"{database}: no verified backup (the newest, {age} old, is not verified)",
                            NIGHTLY_BACKUP)
     hours = (now - newest_verified).total_seconds() / 3600
@@ -297,7 +281,7 @@ def credentials_overdue(items: list[tuple[str, float | None, float]]) -> CheckRe
         if age is None:
             parts.append(f"{name} (never set)")
             continue
-        parts.append(f"{name} ({human_duration(age)} old, period {human_duration(period)})")
+        parts.append(f"{name} ({units.duration(age)} old, period {units.duration(period)})")
         if age > 2 * period:
             state = FAIL
     n = len(items)
@@ -428,4 +412,4 @@ def http_denied(count: int, clients: Counter, window_s: float, warn: float, fail
     state = FAIL if count >= fail else WARN if count >= warn else OK
     top = ", ".join(f"{c} ({n})" for c, n in clients.most_common(3))
     return CheckResult("http_denied", state, f"{count} answers 401/403 in Traefik's access log in the last "
-                                             f"{human_duration(window_s)}" + (f"; top clients {top}" if top else ""))
+                                             f"{units.duration(window_s)}" + (f"; top clients {top}" if top else ""))

@@ -23,6 +23,7 @@ from pathlib import Path
 from homelab_ops.errors import typed_first_line
 from homelab_ops.health import checks as c
 from homelab_ops.health.checks import CheckResult, Thresholds
+from homelab_ops.pitr.health import check_pitr
 
 log = logging.getLogger(__name__)
 
@@ -164,11 +165,12 @@ def check_n8n(settings, th: Thresholds, now: datetime) -> list[CheckResult]:
 
 
 def check_backups(settings, th: Thresholds, now: datetime) -> list[CheckResult]:
-    """The newest backup whose `<stem>.verified.json` passed, per database, in the local folder."""
+    """The newest restored backup per database, as verification published it (every minute: no S3
+    request), against the newest backup in the local folder."""
     from homelab_ops.backups.catalog import read_listing
     from homelab_ops.backups.postgresql import configured_databases
     from homelab_ops.backups.stores import LocalStore
-    from homelab_ops.backups.verify import PASSING, recorded_outcomes
+    from homelab_ops.backups.verify import published_freshness
 
     store = LocalStore(settings.backups.local_dir)
     try:
@@ -179,9 +181,7 @@ def check_backups(settings, th: Thresholds, now: datetime) -> list[CheckResult]:
     for db in names:
         listing = read_listing(store.list(db))
         newest = listing.backups[-1].time if listing.backups else None
-        stem = next((s for s, o in recorded_outcomes(store, db, listing.backups) if o in PASSING), None)
-        verified = next((b.time for b in listing.backups if b.stem == stem), None)
-        out.append(c.backup_age(db, verified, newest, now, th.backup_age_fail_hours))
+        out.append(c.backup_age(db, published_freshness(settings, db), newest, now, th.backup_age_fail_hours))
     return out
 
 
@@ -323,6 +323,7 @@ GROUPS: list[tuple[Group, tuple[str, ...]]] = [
     (check_n8n_failures, ("n8n_failure_rate",)),
     (check_pg_auth, ("postgres_auth_failures",)),
     (check_http_denied, ("http_denied",)),
+    (check_pitr, ("pitr_receiver", "pitr_lag", "pitr_slot_retention", "pitr_verified")),
 ]
 
 

@@ -183,6 +183,6 @@ def mark_remedied(mem: Memory, now: float) -> None:
 
 
 def _human(seconds: float) -> str:
-    from homelab_ops.health.checks import human_duration
+    from homelab_ops import units
 
-    return human_duration(seconds)
+    return units.duration(seconds)

@@ -5,7 +5,8 @@ from __future__ import annotations
 from datetime import datetime, timezone
 from urllib.parse import quote
 
-from homelab_ops.health.checks import FAIL, OK, UNKNOWN, WARN, human_duration
+from homelab_ops import units
+from homelab_ops.health.checks import FAIL, OK, UNKNOWN, WARN
 from homelab_ops.health.machine import FLAPPING, Notice
 from homelab_ops.notify.alert import Alert
 
@@ -20,7 +21,7 @@ def notice_alert(n: Notice, now: float, tz, remedies: list[str] = ()) -> Alert:
     if n.kind == FLAPPING:
         title = f"{_ICON[FLAPPING]} FLAPPING {n.check}"
     elif n.kind == "recovered":
-        took = f" after {human_duration(now - n.since)}" if n.since is not None else ""
+        took = f" after {units.duration(now - n.since)}" if n.since is not None else ""
         title = f"{_ICON[OK]} RECOVERED {n.check}{took}"
     elif n.kind == "settled":
         title = f"{_ICON.get(n.state, '')} SETTLED {n.check}: {word}"
@@ -31,7 +32,7 @@ def notice_alert(n: Notice, now: float, tz, remedies: list[str] = ()) -> Alert:
     body = n.reason
     if n.kind == "reminder" and n.since is not None:
         body += f"\nSince {datetime.fromtimestamp(n.since, timezone.utc).astimezone(tz):%a %H:%M} " \
-                f"({human_duration(now - n.since)})."
+                f"({units.duration(now - n.since)})."
     if n.kind == "changed" and n.previous:
         body += f"\nWas: {_WORD.get(n.previous, n.previous)}."
     if remedies:

@@ -1,10 +1,10 @@
-"""JSON over HTTP(S) with retries: the transport both channels share.
+"""JSON over HTTP(S) with retries: the transport every channel shares.
 
-Standard library only. Nothing here raises for an HTTP or network failure: a result
-says what happened, so a channel that is down never breaks the sensor that alerts.
-429 answers are retried after the server's `retry_after` (Telegram's
-`parameters.retry_after`, or a Retry-After header), 5xx and network errors after an
-exponential backoff; all waiting stops at the caller's deadline.
+urllib from the standard library sends, tenacity retries. Nothing here raises for an
+HTTP or network failure: a result says what happened, so a channel that is down never
+breaks the sensor that alerts. 429 answers are retried after the server's `retry_after`
+(Telegram's `parameters.retry_after`, or a Retry-After header), 5xx and network errors
+after an exponential backoff; all waiting stops at the caller's deadline.
 """
 
 from __future__ import annotations
@@ -15,6 +15,8 @@ import urllib.error
 import urllib.request
 from collections.abc import Callable
 from dataclasses import dataclass
+
+import tenacity
 
 
 @dataclass
@@ -78,27 +80,50 @@ def post_json(url: str, payload: dict, *, timeout: float, headers: dict[str, str
     return Response(status, body, error, _retry_after(body, hdrs) if status == 429 else None)
 
 
+def _retryable(resp: Response) -> bool:
+    """429, 5xx and no answer at all are worth another try; any other 4xx is final."""
+    return not resp.ok and (resp.status is None or resp.status == 429 or resp.status >= 500)
+
+
 def with_retries(send: Callable[[], Response], retry: Retry, *, deadline: float | None = None,
                  sleep: Callable[[float], None] = time.sleep,
                  clock: Callable[[], float] = time.monotonic) -> tuple[Response, int]:
-    """Call `send` until it succeeds, fails for good (4xx other than 429), or runs out of attempts or time."""
-    attempt, delay = 0, retry.backoff
-    while True:
-        attempt += 1
-        resp = send()
-        if resp.ok or attempt >= retry.attempts:
-            return resp, attempt
-        if resp.status == 429:
-            wait = resp.retry_after if resp.retry_after is not None else delay
-            if wait > retry.max_retry_after:
-                resp.error += f" (asked to wait {wait:g}s, more than {retry.max_retry_after:g}s)"
-                return resp, attempt
-        elif resp.status is None or resp.status >= 500:
-            wait = delay
-            delay = min(delay * 2, retry.max_backoff)
-        else:
-            return resp, attempt
-        if deadline is not None and clock() + wait > deadline:
-            resp.error += " (no time left to retry)"
-            return resp, attempt
-        sleep(wait)
+    """Call `send` until it succeeds, fails for good (4xx other than 429), or runs out of attempts or time.
+
+    tenacity does the looping; what is ours is the judgement: a 429 waits as long as the server
+    asks (Telegram puts it in the body, not a header, so urllib3's Retry would not see it), unless
+    that is longer than `max_retry_after`; other failures back off exponentially; no wait runs past
+    the caller's deadline (a sensor tick must end)."""
+    backoff = tenacity.wait_exponential(multiplier=retry.backoff, min=retry.backoff, max=retry.max_backoff)
+
+    def wait(state: tenacity.RetryCallState) -> float:
+        resp = state.outcome.result()
+        asked = resp.retry_after if resp.status == 429 else None
+        return asked if asked is not None else backoff(state)
+
+    def why_stop(state: tenacity.RetryCallState) -> str | None:
+        resp = state.outcome.result()
+        if state.attempt_number >= retry.attempts:
+            return ""
+        if resp.status == 429 and state.upcoming_sleep > retry.max_retry_after:
+            return f" (asked to wait {state.upcoming_sleep:g}s, more than {retry.max_retry_after:g}s)"
+        if deadline is not None and clock() + state.upcoming_sleep > deadline:
+            return " (no time left to retry)"
+        return None
+
+    def give_up(state: tenacity.RetryCallState) -> Response:
+        resp = state.outcome.result()
+        resp.error += why_stop(state) or ""
+        return resp
+
+    attempts = 0
+
+    def counted() -> Response:
+        nonlocal attempts
+        attempts += 1
+        return send()
+
+    resp = tenacity.Retrying(
+        retry=tenacity.retry_if_result(_retryable), wait=wait, sleep=sleep,
+        stop=lambda state: why_stop(state) is not None, retry_error_callback=give_up)(counted)
+    return resp, attempts

@@ -1,15 +1,24 @@
 """Take secrets out of any text before it leaves the process: alerts, their records, logs.
 
-Known values (the settings' secrets, the bot token, the webhook's URL and token, every
+Known values (every secret in the settings, found by walking the model; the bot token; every
 value in the credential store) are replaced wherever they occur, also percent-encoded;
 patterns catch what no list knows: a password inside a URL, a `password=` in a
 connection string, something shaped like a Telegram bot token.
+
+`install(settings)` applies the one redactor to the whole process (the code location and its
+run workers, the CLI): every log record (any logger: homelab_ops, dagster, botocore...), every
+Dagster event before it is stored (step failures, exceptions, metadata, check results), and
+everything written to stdout/stderr (compute logs, the console, CLI output).
 """
 
 from __future__ import annotations
 
+import contextlib
+import contextvars
+import json
 import logging
 import re
+import sys
 import threading
 import urllib.parse
 from collections.abc import Iterable
@@ -42,7 +51,8 @@ class Redactor:
                 continue
             s = str(s)
             values.add(s)
-            for variant in (urllib.parse.quote(s, safe=""), urllib.parse.quote_plus(s)):
+            # percent-encoded (in URLs), JSON-escaped (in Dagster's stored events)
+            for variant in (urllib.parse.quote(s, safe=""), urllib.parse.quote_plus(s), json.dumps(s)[1:-1]):
                 if variant != s:
                     values.add(variant)
         ordered = sorted(values, key=len, reverse=True)
@@ -61,27 +71,67 @@ class Redactor:
             text = pattern.sub(repl, text)
         return text
 
+    def known(self, text: str) -> str:
+        """Only the known values, no patterns: safe inside serialized data (JSON stays JSON)."""
+        return self._known.sub(MASK, text) if self._known is not None and text else text
+
+
+def _embedded(text: str, *, whole_is_secret: bool) -> list[str]:
+    """Secrets inside one settings value: a URL's password (as written and percent-decoded), a
+    `password=` in a key=value DSN, and for a secret URL its query values (ntfy ?token=, Gotify)."""
+    out: list[str] = []
+    try:
+        url = urllib.parse.urlsplit(text.strip())
+    except ValueError:
+        url = None
+    if url is not None and url.scheme and url.netloc:
+        if "@" in url.netloc:
+            userinfo = url.netloc.rsplit("@", 1)[0]
+            if ":" in userinfo:
+                raw = userinfo.split(":", 1)[1]
+                out += [raw, urllib.parse.unquote(raw)]
+        if whole_is_secret:
+            out += [v for _, v in urllib.parse.parse_qsl(url.query)]
+    for m in re.finditer(r"(?i)(?:^|\s)password\s*=\s*('(?:[^'\\]|\\.)*'|[^\s']+)", text):
+        v = m.group(1)
+        out.append(v[1:-1].replace("\\'", "'").replace("\\\\", "\\") if v.startswith("'") else v)
+    return [v for v in out if v]
+
+
+def _is_dsn(text: str) -> bool:
+    """A PostgreSQL connection string, URL or key=value form."""
+    t = text.strip()
+    return t.startswith(("postgresql://", "postgres://")) or bool(re.match(r"[a-z_]+\s*=", t))
+
 
 def settings_secrets(settings) -> list[str]:
-    """Settings.secrets() plus what only notification settings hold."""
-    out = list(settings.secrets())
-    n = settings.notify
-    for s in (n.telegram.bot_token, n.webhook_url, n.webhook_token):
-        if s is not None:
-            out.append(s.get_secret_value())
-    if n.webhook_url is not None:
-        url = urllib.parse.urlsplit(n.webhook_url.get_secret_value())
-        out += [v for _, v in urllib.parse.parse_qsl(url.query)]
-        if url.password:
-            out.append(url.password)
-    for entry in settings.credentials.managed.values():
-        dsn = getattr(entry, "dsn", None)
-        if dsn is not None:
-            out.append(dsn.get_secret_value())
-            m = re.search(r"://[^:/@]+:([^@]+)@", dsn.get_secret_value())
-            if m:
-                out.append(m.group(1))
-    return [v for v in out if v]
+    """Every secret the settings hold, found by walking the model (nothing kept by hand): each
+    SecretStr's value and what is inside it, and the password in any URL or DSN in any other
+    field (`backups.s3[].endpoint_url: http://user:pass@host`)."""
+    from pydantic import BaseModel, SecretStr
+
+    out: list[str] = []
+
+    def walk(v) -> None:
+        if isinstance(v, SecretStr):
+            text = v.get_secret_value()
+            if not _is_dsn(text):  # a DSN's secret is its password; host and user stay readable
+                out.append(text)
+            out.extend(_embedded(text, whole_is_secret=True))
+        elif isinstance(v, BaseModel):
+            for name in type(v).model_fields:
+                walk(getattr(v, name))
+        elif isinstance(v, dict):
+            for item in v.values():
+                walk(item)
+        elif isinstance(v, (list, tuple, set, frozenset)):
+            for item in v:
+                walk(item)
+        elif isinstance(v, str):
+            out.extend(_embedded(v, whole_is_secret=False))
+
+    walk(settings)
+    return list(dict.fromkeys(v for v in out if v))
 
 
 # Fields of a credential's payload that name something rather than hide it.
@@ -143,3 +193,149 @@ def redactor_for(settings, *extra: str, with_credentials: bool = True) -> Redact
     if with_credentials:
         values += credential_values(settings)
     return Redactor(values)
+
+
+# ------------------------------------------------------------------ the whole process
+
+_active: Redactor | None = None
+_EVENT = "dagster_event"  # dagster._core.log_manager.LOG_RECORD_EVENT_ATTR
+_REDACTED_EVENT = "_homelab_ops_redacted_event"
+
+
+def active() -> Redactor:
+    """The process's redactor (`install`); before it, one that knows only the patterns."""
+    return _active or Redactor()
+
+
+def _redact_strings(value, r: Redactor):
+    if isinstance(value, str):
+        return r.known(value)
+    if isinstance(value, list):
+        return [_redact_strings(v, r) for v in value]
+    if isinstance(value, dict):
+        return {k: _redact_strings(v, r) for k, v in value.items()}
+    return value
+
+
+def _redact_event(event):
+    """A Dagster event with every known secret replaced in every string it holds (the error of a
+    failed step with its message, stack and causes; metadata; descriptions), through its
+    serialized form, so no field is missed and the event keeps its shape."""
+    from dagster._serdes import deserialize_value, serialize_value
+
+    r = _active
+    if r is None or event is None:
+        return event
+    text = serialize_value(event)
+    if r.known(text) == text:
+        return event
+    return deserialize_value(json.dumps(_redact_strings(json.loads(text), r)))
+
+
+class _RedactedRecord(logging.LogRecord):
+    """A log record whose message is redacted when it is made, and whose Dagster event (attached
+    by DagsterLogManager as `extra` after the record is made) is redacted when Dagster reads it."""
+
+    def __getattribute__(self, name):
+        if name != _EVENT:
+            return super().__getattribute__(name)
+        d = super().__getattribute__("__dict__")
+        if _EVENT not in d:
+            raise AttributeError(name)
+        if _REDACTED_EVENT not in d:
+            d[_REDACTED_EVENT] = _redact_event(d[_EVENT])
+        return d[_REDACTED_EVENT]
+
+
+def _redact_record(record: logging.LogRecord) -> logging.LogRecord:
+    r = _active
+    if r is None:
+        return record
+    try:
+        message = record.getMessage()
+    except Exception:  # a bad format string: logging reports it itself later
+        return record
+    clean = r(message)
+    if clean != message:
+        record.msg, record.args = clean, None
+    if record.exc_info and not record.exc_text:
+        record.exc_text = r(logging.Formatter().formatException(record.exc_info))
+    if record.stack_info:
+        record.stack_info = r(record.stack_info)
+    return record
+
+
+_disclosing: contextvars.ContextVar[bool] = contextvars.ContextVar("homelab_ops_disclosing", default=False)
+
+
+@contextlib.contextmanager
+def disclosing():
+    """Output inside this block is not redacted: for the one command whose job is to print a
+    secret (`homelab-ops creds get`, an audited read). Log records stay redacted."""
+    token = _disclosing.set(True)
+    try:
+        yield
+    finally:
+        _disclosing.reset(token)
+
+
+class RedactingStream:
+    """stdout/stderr, redacted as written. The file descriptor stays the same, so Dagster's
+    compute-log capture (fd redirection) and click see an ordinary stream."""
+
+    def __init__(self, stream):
+        self._stream = stream
+
+    def write(self, text):
+        r = _active
+        if r is not None and isinstance(text, str) and not _disclosing.get():
+            text_out = r(text)
+        else:
+            text_out = text
+        self._stream.write(text_out)
+        return len(text)
+
+    def writelines(self, lines):
+        for line in lines:
+            self.write(line)
+
+    def __getattr__(self, name):
+        return getattr(self._stream, name)
+
+
+_factory_lock = threading.Lock()
+_factory_installed = False
+
+
+class RedactingFilter(logging.Filter):
+    """The same redaction as a logging.Filter, for handlers made outside this process's factory."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        _redact_record(record)
+        return True
+
+
+def install(settings, *extra: str) -> Redactor:
+    """Redact this process: log records of every logger, Dagster's events, stdout and stderr.
+
+    Built from the settings alone (not the credential store: reading it needs the master key and
+    writes audit rows on every load); alerts add the store's values (`redactor_for`). Idempotent:
+    a second call (settings reloaded) replaces the values.
+    """
+    global _active, _factory_installed
+    _active = Redactor([*settings_secrets(settings), *extra])
+    with _factory_lock:
+        if not _factory_installed:
+            previous = logging.getLogRecordFactory()
+            if previous is logging.LogRecord:
+                logging.setLogRecordFactory(lambda *a, **kw: _redact_record(_RedactedRecord(*a, **kw)))
+            else:  # someone else's factory: their record class, our message redaction
+                logging.setLogRecordFactory(lambda *a, **kw: _redact_record(previous(*a, **kw)))
+            for name in ("dagster", "homelab_ops"):
+                logging.getLogger(name).addFilter(RedactingFilter())
+            _factory_installed = True
+    for name in ("stdout", "stderr"):
+        stream = getattr(sys, name)
+        if stream is not None and not isinstance(stream, RedactingStream):
+            setattr(sys, name, RedactingStream(stream))
+    return _active

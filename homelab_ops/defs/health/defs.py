@@ -15,7 +15,10 @@ import dagster as dg
 from homelab_ops.defs.health.resources import AlertChannels
 from homelab_ops.defs.health.sensors import (
     build_asset_check_sensor,
+    build_digest,
+    HEALTH_ASSET,
     build_health_sensor,
+    build_job_heartbeat_sensors,
     build_run_failure_sensor,
     build_telegram_inbox_sensor,
 )
@@ -81,9 +84,17 @@ def defs(context: dg.ComponentLoadContext) -> dg.Definitions:
         log.info("health remedies without a job in this code location (skipped until it exists): %s",
                  ", ".join(missing))
     channels = AlertChannels(telegram_bot_token=dg.EnvVar(TOKEN_ENV) if os.environ.get(TOKEN_ENV) else None)
+    health = dg.AssetSpec(HEALTH_ASSET, group_name="health", kinds={"dagster"},
+                          description="Every health check at a glance (check, state, since, reason, remedy), "
+                                      "observed by health_sensor when a state changes and hourly; the history of "
+                                      "its observations is the homelab's health history.")
+    digest_jobs, digest_schedules = build_digest(settings)
     return dg.Definitions(
-        jobs=own,
+        assets=[health],
+        jobs=own + digest_jobs,
+        schedules=digest_schedules,
         sensors=[
+            *build_job_heartbeat_sensors(),
             build_health_sensor(targets, interval=int(settings.health.interval.seconds)),
             build_run_failure_sensor(),
             build_asset_check_sensor(),

@@ -10,6 +10,8 @@ Builders take what tests replace (the check function, the clock); the defaults a
 
 import json
 import time
+from dataclasses import asdict
+from datetime import datetime, timezone
 from collections.abc import Callable
 from typing import Optional
 
@@ -18,13 +20,18 @@ import psycopg
 
 from homelab_ops.defs.health.resources import AlertChannels
 from homelab_ops.defs.resources import HomelabSettings
-from homelab_ops.health import machine, messages, remedies
+from homelab_ops.errors import first_line
+from homelab_ops.health import machine, messages, overview, remedies
 from homelab_ops.health.checks import FAIL, OK, CheckResult
 from homelab_ops.health.evaluate import run_checks
+from homelab_ops.metrics import textfile
+from homelab_ops.metrics.thresholds import ALERTED_BY
 from homelab_ops.notify import chats as chats_mod
+from homelab_ops.notify import heartbeat
 from homelab_ops.notify.alert import Alert
 from homelab_ops.notify.chats import Chat
 from homelab_ops.notify.telegram import escape
+from homelab_ops.recovery import INTERRUPTED_TAG
 
 _RUNNING = dg.DefaultSensorStatus.RUNNING
 
@@ -41,9 +48,25 @@ def _memories(data: dict) -> dict:
     return {k: machine.Memory.from_json(v) for k, v in (data.get("checks") or {}).items()}
 
 
-def _dump(memories: dict, chats: list[Chat]) -> str:
-    return json.dumps({"v": 1, "checks": {k: m.to_json() for k, m in memories.items()},
-                       "chats": [c.to_json() for c in chats]}, separators=(",", ":"))
+def _dump(memories: dict, chats: list[Chat], shown: Optional[dict] = None) -> str:
+    data = {"v": 1, "checks": {k: m.to_json() for k, m in memories.items()}, "chats": [c.to_json() for c in chats]}
+    if shown:
+        data["shown"] = shown
+    return json.dumps(data, separators=(",", ":"))
+
+
+HEALTH_ASSET = dg.AssetKey("homelab_health")
+_COLUMNS = dg.TableSchema(columns=[dg.TableColumn(c) for c in ("check", "state", "since", "reason", "remedy")])
+
+
+def health_observation(table: list[overview.Row], results: list[CheckResult]) -> dg.AssetObservation:
+    """The `homelab_health` asset's new state: every check as a table, and counts to plot."""
+    return dg.AssetObservation(HEALTH_ASSET, metadata={
+        "state": overview.overall(results),
+        "checks": dg.MetadataValue.table([dg.TableRecord(asdict(row)) for row in table], schema=_COLUMNS),
+        "not_ok": sum(1 for r in results if r.state != OK),
+        "failing": sum(1 for r in results if r.state == FAIL),
+    })
 
 
 def _approved(chats: Optional[list[Chat]], fallback: list[Chat]) -> list[Chat]:
@@ -86,13 +109,31 @@ def build_health_sensor(jobs: list, *, name: str = "health_sensor", interval: in
         chats = None
         if alerts:
             _, chats = alert_channels.dispatcher(settings, logger=context.log).deliver(alerts, known_chats=known_chats)
-        bad = sorted(r.name for r in results if r.state != OK)
-        context.log.info(f"{len(results)} checks, {len(bad)} not ok{': ' + ', '.join(bad[:20]) if bad else ''}; "
-                         f"{len(alerts)} alerts, {len(planned)} remedy runs")
+        line = overview.summary(results)
+        context.log.info(f"{line}; {len(alerts)} alerts, {len(planned)} remedy runs")
+        try:  # Prometheus' rules for these conditions hold back while this file is fresh
+            textfile.write_atomically(settings.metrics.textfile_dir, textfile.render(
+                overview.samples(results), now, stamp=overview.TICK_METRIC), overview.TEXTFILE)
+        except OSError as e:
+            context.log.warning(f"{overview.TEXTFILE} not written in {settings.metrics.textfile_dir} "
+                                f"(Prometheus will alert in the sensor's place): {redact(first_line(e))}")
+        beat = settings.notify.heartbeat_url
+        if beat is not None:
+            event = heartbeat.FAIL if overview.overall(results) == FAIL else heartbeat.SUCCESS
+            resp = heartbeat.ping(beat.get_secret_value(), event, line)
+            if not resp.ok:
+                context.log.warning(f"heartbeat ({event}) not delivered: {redact(resp.error)}")
+        table = overview.rows(memories, results, settings.tz)
+        shown = data.get("shown") or {}
+        events = []
+        if overview.due(shown.get("sig"), shown.get("at"), table, now):
+            events.append(health_observation(table, results))
+            shown = {"sig": overview.signature(table), "at": now}
         return dg.SensorResult(
             run_requests=[dg.RunRequest(run_key=p.run_key, job_name=p.job, tags={"homelab-ops/remedy-for": p.check})
                           for p in planned],
-            cursor=_dump(memories, _approved(chats, known_chats)),
+            asset_events=events,
+            cursor=_dump(memories, _approved(chats, known_chats), shown),
         )
 
     return _health
@@ -118,6 +159,8 @@ def build_run_failure_sensor(name: str = "run_failure_alert") -> dg.SensorDefini
     def _run_failure(context: dg.RunFailureSensorContext, homelab: HomelabSettings, alert_channels: AlertChannels):
         settings = homelab.settings
         run = context.dagster_run
+        if INTERRUPTED_TAG in run.tags:  # a crashed run: homelab_ops.recovery has alerted once already
+            return
         steps = []
         for event in context.get_step_failure_events():
             data = event.event_specific_data
@@ -141,10 +184,14 @@ def build_asset_check_sensor(name: str = "asset_check_alert", *, interval: int =
                              clock: Callable[[], float] = time.time) -> dg.SensorDefinition:
     @dg.sensor(name=name, minimum_interval_seconds=interval, default_status=_RUNNING,
                description="Alerts when an ERROR-severity asset check fails (and when it passes again), "
-                           "with the same dedup and re-alert rules as the health checks.")
+                           "with the same dedup and re-alert rules as the health checks; checks of conditions "
+                           "health_sensor alerts on (metadata alerted_by) are left to it.")
     def _asset_checks(context: dg.SensorEvaluationContext, homelab: HomelabSettings, alert_channels: AlertChannels):
         repo = context.repository_def
-        keys = list(repo.asset_graph.asset_check_keys) if repo is not None else []
+        # A condition the health sensor judges and alerts on (host and container signals) is shown by its
+        # asset check but not alerted here too: one condition, one message.
+        keys = [k for k in (repo.asset_graph.asset_check_keys if repo is not None else [])
+                if (repo.asset_graph.get_check_spec(k).metadata or {}).get("alerted_by") != ALERTED_BY]
         if not keys:
             return dg.SkipReason("no asset checks in this code location")
         settings = homelab.settings
@@ -220,3 +267,64 @@ def build_telegram_inbox_sensor(name: str = "telegram_inbox", *, interval: int =
         return dg.SkipReason(f"{len(updates)} updates, {len(cmds)} commands")
 
     return _inbox
+
+
+_JOB_EVENTS = {
+    dg.DagsterRunStatus.STARTED: heartbeat.START,
+    dg.DagsterRunStatus.SUCCESS: heartbeat.SUCCESS,
+    dg.DagsterRunStatus.FAILURE: heartbeat.FAIL,
+}
+
+
+def build_job_heartbeat_sensors() -> list[dg.SensorDefinition]:
+    """start / success / fail pings for the jobs named in notify.heartbeat (a monitor per job, as
+    borgmatic's monitoring hooks do): a nightly_backup that never starts is noticed from outside too."""
+    sensors = []
+    for status, event in _JOB_EVENTS.items():
+        @dg.run_status_sensor(run_status=status, name=f"job_heartbeat_{event}", default_status=_RUNNING,
+                              minimum_interval_seconds=30,
+                              description=f"Pings notify.heartbeat[<job>] with `{event}` when a run of that job "
+                                          f"{'starts' if event == heartbeat.START else 'ends: ' + event}.")
+        def _beat(context: dg.RunStatusSensorContext, homelab: HomelabSettings, alert_channels: AlertChannels,
+                  _event: str = event):
+            settings = homelab.settings
+            url = settings.notify.heartbeat.get(context.dagster_run.job_name)
+            if url is None:
+                return dg.SkipReason(f"no notify.heartbeat for {context.dagster_run.job_name}")
+            resp = heartbeat.ping(url.get_secret_value(), _event,
+                                  f"{context.dagster_run.job_name} run {context.dagster_run.run_id[:8]}: {_event}")
+            if not resp.ok:
+                context.log.warning(f"heartbeat {_event} for {context.dagster_run.job_name} not delivered: "
+                                    f"{alert_channels.redactor(settings)(resp.error)}")
+        sensors.append(_beat)
+    return sensors
+
+
+@dg.op(description="Gathers the daily digest (backups restored, disk runway, credential ages, n8n failures "
+                   "yesterday) and sends it; fails when no chat received it.")
+def send_daily_digest(context: dg.OpExecutionContext, homelab: HomelabSettings, alert_channels: AlertChannels):
+    from homelab_ops.notify import digest
+
+    settings = homelab.settings
+    facts = digest.gather(settings)
+    (delivered,), _ = alert_channels.dispatcher(settings, logger=context.log).deliver(
+        [digest.compose(facts, datetime.now(timezone.utc))])
+    context.add_output_metadata({"delivered_to": ", ".join(o.to for o in delivered.outcomes if o.ok) or "nobody",
+                                 "unread": ", ".join(facts.unread) or "none"})
+    if not delivered.ok:
+        raise dg.Failure(f"the digest reached nobody: {'; '.join(o.detail for o in delivered.outcomes) or 'no chats'}")
+
+
+def build_digest(settings) -> tuple[list[dg.JobDefinition], list[dg.ScheduleDefinition]]:
+    """The `daily_digest` job and its schedule at notify.digest_at in `timezone`; nothing when unset."""
+    at = settings.notify.digest_at
+    if not at:
+        return [], []
+    job = dg.GraphDefinition(name="daily_digest", node_defs=[send_daily_digest]).to_job(
+        executor_def=dg.in_process_executor, tags={"dagster/max_runtime": "600"},
+        description="One Telegram message a day: backups restored, disk runway, credential ages, n8n failures.")
+    hour, minute = (int(x) for x in at.split(":"))
+    schedule = dg.ScheduleDefinition(name="daily_digest_schedule", job=job, cron_schedule=f"{minute} {hour} * * *",
+                                     execution_timezone=settings.timezone, default_status=dg.DefaultScheduleStatus.RUNNING,
+                                     description=f"The daily digest at {at} ({settings.timezone}), notify.digest_at.")
+    return [job], [schedule]

@@ -1,0 +1,79 @@
+"""One condition, one message: the CPU at 85 °C (a fake sysfs) fails the host_metrics asset check with
+ERROR severity and the health check cpu_temperature; of the two alerting sensors only health_sensor
+tells the owner, once, over the fake Bot API. Real Dagster instance, real asset, real sensors."""
+
+from __future__ import annotations
+
+import warnings
+
+import dagster as dg
+import pytest
+
+from homelab_ops.defs.health.resources import AlertChannels
+from homelab_ops.defs.health.sensors import build_asset_check_sensor, build_health_sensor
+from homelab_ops.defs.metrics.assets import host_metrics
+from homelab_ops.defs.resources import HomelabSettings
+from homelab_ops.health.evaluate import GROUPS, check_host, run_checks
+from homelab_ops.notify import chats as ch
+from tests.conftest import dsn_for
+from tests.fake_telegram import TOKEN, FakeTelegram
+from tests.test_metrics_snapshot import MEMINFO
+
+OWNER = 7
+
+
+@pytest.fixture
+def hot_pi(tmp_path):
+    sys_root, proc_root = tmp_path / "sys", tmp_path / "proc"
+    for path, text in {
+        sys_root / "class/thermal/thermal_zone0/temp": "85000",
+        sys_root / "class/thermal/thermal_zone0/type": "cpu-thermal",
+        proc_root / "meminfo": MEMINFO,
+        proc_root / "stat": "cpu  1000 20 300 50000 100 5 7 0 0 0\nbtime 1764000000\n",
+        proc_root / "loadavg": "0.52 0.41 0.30 2/345 6789\n",
+        proc_root / "uptime": "123456.78 400000.00\n",
+        proc_root / "filesystems": "\text4\n",
+        proc_root / "self/mounts": f"/dev/sda1 {tmp_path} ext4 rw 0 0\n",
+    }.items():
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_text(text)
+    return {"sys_root": str(sys_root), "proc_root": str(proc_root), "mounts": [str(tmp_path)],
+            "textfile_dir": str(tmp_path / "textfile"), "vcgencmd": str(tmp_path / "no-vcgencmd")}
+
+
+def test_one_hot_cpu_is_one_message(hot_pi, write_settings, fresh_state_db):
+    telegram = FakeTelegram().start()
+    try:
+        path, settings = write_settings({"state": {"dsn": dsn_for(fresh_state_db)}, "metrics": hot_pi,
+                                         "notify": {"telegram": {"api_base": telegram.url}}})
+        with ch.state_connection(settings) as conn:
+            ch.add(conn, OWNER, "owner", "warn")
+        resources = {"homelab": HomelabSettings(config_path=str(path)),
+                     "alert_channels": AlertChannels(telegram_bot_token=TOKEN, backoff_s=0.01,
+                                                     redact_credentials=False)}
+        host_group = [g for g in GROUPS if g[0] is check_host]
+        health = build_health_sensor([], evaluate=lambda s: run_checks(s, groups=host_group))
+        checks = build_asset_check_sensor()
+        defs = dg.Definitions(assets=[host_metrics], sensors=[health, checks], resources=resources)
+
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            with dg.instance_for_test() as instance:
+                result = dg.materialize([host_metrics], resources=resources, instance=instance)
+                evaluation = {e.check_name: e for e in result.get_asset_check_evaluations()}["temperature"]
+                # The condition is there for both paths: an ERROR asset check and a failing health check.
+                assert (evaluation.passed, evaluation.severity) == (False, dg.AssetCheckSeverity.ERROR)
+                assert "cpu-thermal at 85.0 °C" in evaluation.description
+
+                cursors: dict[str, str | None] = {"health_sensor": None, "asset_check_alert": None}
+                for _ in range(3):  # three ticks of each: still one message
+                    for sensor in (checks, health):
+                        ctx = dg.build_sensor_context(instance=instance, cursor=cursors[sensor.name],
+                                                      definitions=defs, resources=resources)
+                        data = sensor.evaluate_tick(ctx)
+                        cursors[sensor.name] = data.cursor
+        about_heat = [t for t in telegram.texts_to(OWNER) if "85.0 °C" in t]
+        assert len(about_heat) == 1, telegram.texts_to(OWNER)
+        assert "cpu_temperature" in about_heat[0]
+    finally:
+        telegram.stop()
