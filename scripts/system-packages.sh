@@ -3,7 +3,7 @@
 # age (decrypt backups), zstd, Docker Engine, and the real binaries the deploy tests put in images.
 set -euo pipefail
 pkgs=(age zstd docker.io docker-compose busybox-static prometheus prometheus-node-exporter
-      prometheus-alertmanager chromium)
+      prometheus-alertmanager chromium pebble debootstrap)
 need=()
 for p in "${pkgs[@]}"; do
   dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || need+=("$p")

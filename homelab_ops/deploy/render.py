@@ -16,10 +16,13 @@ from urllib.parse import urlsplit
 
 import yaml
 
+from homelab_ops.health.overview import TICK_METRIC as HEALTH_TICK_METRIC
+
 CERT_RESOLVER = "letsencrypt"  # deploy/docker-compose.yml labels Dagster's webserver with it
 ENTRYPOINT_HTTPS = "websecure"
 AUTH_MIDDLEWARE = "homelab-auth@file"
 ALLOWLIST_MIDDLEWARE = "homelab-allowlist@file"
+ANYWHERE = ["0.0.0.0/0", "::/0"]
 
 # service -> (DNS alias on the network, port Prometheus scrapes, metrics path)
 SCRAPE = {
@@ -35,6 +38,8 @@ SCRAPE = {
 
 # The UIs Traefik fronts among the services homelab-ops deploys: service -> port.
 FRONTED = {"grafana": 3000, "prometheus": 9090, "alertmanager": 9093}
+# Their health paths: Traefik checks them, so traefik_service_server_up (TraefikServiceDown) exists.
+FRONTED_HEALTH = {"grafana": "/api/health", "prometheus": "/-/ready", "alertmanager": "/-/ready"}
 
 
 def alias(service: str) -> str:
@@ -87,16 +92,21 @@ def prometheus_config(jobs: list[str], *, scrape_interval: str, host_label: str,
     return _dump(data)
 
 
-def alert_rules(*, temperature_warn_c: float, temperature_crit_c: float, disk_free_pct: float,
-                memory_free_pct: float, backup_max_age_hours: float) -> str:
-    """The shipped rules (templates/alerts.yml) with thresholds from settings."""
+def alert_rules(thresholds, *, silent_after_s: float) -> str:
+    """The shipped rules (templates/alerts.yml) with the numbers the health checks judge with
+    (`health.checks.Thresholds`). A rule the health sensor also judges holds back while the sensor
+    has ticked within `silent_after_s`: one condition reaches the owner by one path."""
+    th = thresholds
     return _fill(_template("alerts.yml"), {
-        "temperature_warn_c": _num(temperature_warn_c),
-        "temperature_crit_c": _num(temperature_crit_c),
-        "disk_free_pct": _num(disk_free_pct),
-        "memory_free_pct": _num(memory_free_pct),
-        "backup_max_age_s": int(backup_max_age_hours * 3600),
-        "backup_max_age_h": _num(backup_max_age_hours),
+        "temperature_warn_c": _num(th.temperature_warn_c),
+        "temperature_fail_c": _num(th.temperature_fail_c),
+        "disk_free_warn_pct": _num(th.disk_free_warn_pct),
+        "memory_available_warn_pct": _num(th.memory_available_warn_pct),
+        "backup_max_age_s": int(th.backup_age_fail_hours * 3600),
+        "backup_max_age_h": _num(th.backup_age_fail_hours),
+        "silent_after_s": int(silent_after_s),
+        "silent_after_min": _num(round(silent_after_s / 60, 1)),
+        "unless_homelab_ops_judges": f"unless on () (time() - max({HEALTH_TICK_METRIC}) < {int(silent_after_s)})",
     })
 
 
@@ -226,12 +236,25 @@ def grafana_postgres(dsn: str, *, loopback_host: str) -> PostgresSource:
                           user=d.get("user") or "postgres", password=d.get("password") or "")
 
 
+# What the shipped dashboards' SQL panels read from the state database: a Grafana reader role
+# (a postgres-role credential) gets SELECT on these and nothing else (docs/credentials.md).
+GRAFANA_TABLES = ("homelab_ops.host_metrics", "homelab_ops.host_metrics_daily",
+                  "homelab_ops.n8n_execution_daily", "homelab_ops.container_metrics")
+
+SECRETS_DIR = "/run/secrets"
+
+
+def secret_path(name: str) -> str:
+    return f"{SECRETS_DIR}/{name}"
+
+
 def _pg_source(name: str, pg: PostgresSource) -> dict:
+    """The password stays in a 0400 file; Grafana's provisioning reads it with $__file{}."""
     return {"name": name, "type": "grafana-postgresql-datasource", "uid": name,
             "url": f"{pg.host}:{pg.port}", "user": pg.user, "editable": False,
             "jsonData": {"database": pg.database, "sslmode": "disable", "postgresVersion": 1500,
                          "timescaledb": False},
-            "secureJsonData": {"password": pg.password}}
+            "secureJsonData": {"password": "$__file{%s}" % secret_path(f"grafana-{name}-password")}}
 
 
 def grafana_datasources(pg: PostgresSource | None, *, scrape_interval: str, alertmanager: bool,
@@ -265,9 +288,10 @@ def grafana_dashboard_provider() -> str:
 
 # --- Traefik ----------------------------------------------------------------------------------
 
-def router_labels(name: str, *, host: str, port: int, network: str, allowlist: bool) -> dict[str, str]:
-    """Labels that put one container behind Traefik on HTTPS with basic auth."""
-    middlewares = [AUTH_MIDDLEWARE] + ([ALLOWLIST_MIDDLEWARE] if allowlist else [])
+def router_labels(name: str, *, host: str, port: int, network: str) -> dict[str, str]:
+    """Labels that put one container behind Traefik on HTTPS with basic auth and the allow-list
+    (both defined in Traefik's file: changing who may connect redeploys Traefik only)."""
+    middlewares = [AUTH_MIDDLEWARE, ALLOWLIST_MIDDLEWARE]
     r = f"traefik.http.routers.{name}"
     return {
         "traefik.enable": "true",
@@ -279,6 +303,9 @@ def router_labels(name: str, *, host: str, port: int, network: str, allowlist: b
         f"{r}.middlewares": ",".join(middlewares),
         f"{r}.service": name,
         f"traefik.http.services.{name}.loadbalancer.server.port": str(port),
+        **({f"traefik.http.services.{name}.loadbalancer.healthcheck.path": FRONTED_HEALTH[name],
+            f"traefik.http.services.{name}.loadbalancer.healthcheck.interval": "30s"}
+           if name in FRONTED_HEALTH else {}),
     }
 
 
@@ -341,9 +368,9 @@ def traefik_dynamic(*, domain: str, users: list[str], allowlist: list[str],
                          "security-headers": {"headers": {
                              "stsSeconds": 31536000, "stsIncludeSubdomains": True,
                              "contentTypeNosniff": True, "referrerPolicy": "same-origin"}}}
-    if allowlist:
-        middlewares["homelab-allowlist"] = {"ipAllowList": {"sourceRange": list(allowlist)}}
-        ui_mw.append("homelab-allowlist")
+    # Always defined (the UIs' labels name it); empty settings = every address.
+    middlewares["homelab-allowlist"] = {"ipAllowList": {"sourceRange": list(allowlist) or ANYWHERE}}
+    ui_mw.append("homelab-allowlist")
     tls = {"certResolver": CERT_RESOLVER}
     routers: dict = {"dashboard": {
         "rule": f"Host(`traefik.{domain}`)", "entryPoints": [ENTRYPOINT_HTTPS], "service": "api@internal",
@@ -359,7 +386,10 @@ def traefik_dynamic(*, domain: str, users: list[str], allowlist: list[str],
                                          "entryPoints": [ENTRYPOINT_HTTPS], "service": name,
                                          "middlewares": ["security-headers"], "tls": tls}
         services[name] = {"loadBalancer": {"servers": [{"url": url}]}}
-    return _dump({"http": {"middlewares": middlewares, "routers": routers, "services": services}})
+    http: dict = {"middlewares": middlewares, "routers": routers}
+    if services:  # Traefik rejects the whole file on an empty `services:` ("standalone element")
+        http["services"] = services
+    return _dump({"http": http})
 
 
 def uses_host_gateway(urls: list[str]) -> bool:

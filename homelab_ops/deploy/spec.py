@@ -71,6 +71,10 @@ class ContainerSpec:
     labels: dict[str, str] = field(default_factory=dict)
     mounts: tuple[Mount, ...] = ()
     files: dict[str, bytes] = field(default_factory=dict)  # copied in before the first start
+    # Secrets as files (mode 0400, owned by secrets_uid), never environment variables: the Docker
+    # socket's holders (cAdvisor, Alloy) can read every container's environment.
+    secrets: dict[str, bytes] = field(default_factory=dict)
+    secrets_uid: int = 0
     ports: dict[int, tuple[str, int]] = field(default_factory=dict)  # container port -> (host ip, port)
     devices: tuple[str, ...] = ()
     extra_hosts: dict[str, str] = field(default_factory=dict)
@@ -93,6 +97,7 @@ class ContainerSpec:
         d = asdict(self)
         d.pop("limits")
         d["files"] = {p: hashlib.sha256(c).hexdigest() for p, c in sorted(self.files.items())}
+        d["secrets"] = {p: hashlib.sha256(c).hexdigest() for p, c in sorted(self.secrets.items())}
         d["labels"] = {k: v for k, v in sorted(self.labels.items()) if k != LABEL_HASH}
         d["ports"] = {str(k): list(v) for k, v in sorted(self.ports.items())}
         return d

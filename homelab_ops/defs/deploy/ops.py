@@ -6,6 +6,7 @@ the engine converges from whatever it left.
 """
 
 import dataclasses
+import re
 import time
 from pathlib import Path
 
@@ -42,8 +43,27 @@ def _dashboards(settings: Settings) -> dict[str, bytes]:
     return {p.name: p.read_bytes() for p in sorted(d.glob("*.json"))} if d.is_dir() else {}
 
 
-def _fail(e: Exception) -> dg.Failure:
-    return dg.Failure(description=str(e))
+def _fail(e: Exception, settings: Settings | None = None, specs=()) -> dg.Failure:
+    """The failure's text, scrubbed of every secret the settings and the store know, and of
+    the secret files and environment the deploy gave `specs`: a deploy error carries container
+    log tails, which may print a password."""
+    text = str(e)
+    if settings is not None:
+        from homelab_ops.notify.redact import redactor_for
+        placed = [v.decode(errors="replace") for s in specs for v in s.secrets.values()]
+        placed += [v for s in specs for k, v in s.env.items() if re.search(r"TOKEN|PASSWORD|SECRET", k)]
+        text = redactor_for(settings, *placed)(text)
+    return dg.Failure(description=text)
+
+
+def _grafana_login(settings: Settings) -> tuple[str, str] | None:
+    """Grafana's read-only role and password from the credential store (audited read)."""
+    name = settings.monitoring.services.grafana.postgres_credential
+    if not name:
+        return None
+    from homelab_ops.credentials import current_value
+    return (current_value(settings, name, actor="deploy_monitoring", field="username"),
+            current_value(settings, name, actor="deploy_monitoring"))
 
 
 def monitoring_plan(settings: Settings, docker: DockerResource) -> StackPlan:
@@ -52,9 +72,10 @@ def monitoring_plan(settings: Settings, docker: DockerResource) -> StackPlan:
         facts = engine.host_facts(client, docker_host=docker.host, textfile_dir=settings.metrics.textfile_dir)
     try:
         return build_monitoring_plan(settings, facts, dashboards=_dashboards(settings),
-                                     tuned=tune.load_tuned(settings.monitoring.state_dir))
-    except PlanError as e:
-        raise _fail(e) from None
+                                     tuned=tune.load_tuned(settings.monitoring.state_dir),
+                                     grafana_login=_grafana_login(settings))
+    except (PlanError, CredentialError) as e:
+        raise _fail(e, settings) from None
 
 
 @dg.op(out=dg.Out(StackPlan, io_manager_key=IO))
@@ -82,7 +103,7 @@ def plan_traefik(context: dg.OpExecutionContext, homelab: HomelabSettings, docke
     try:
         return build_traefik_plan(settings, facts, stored_users=stored_users(settings, f"dagster-run:{context.run_id}"))
     except (PlanError, CredentialError) as e:
-        raise _fail(e) from None
+        raise _fail(e, settings) from None
 
 
 @dg.op(out=dg.Out(StackPlan, io_manager_key=IO))
@@ -93,7 +114,7 @@ def pull_images(context: dg.OpExecutionContext, homelab: HomelabSettings, docker
         try:
             pulled = engine.ensure_images(client, plan.images, homelab.settings.monitoring.pull, context.log.info)
         except engine.DeployError as e:
-            raise _fail(e) from None
+            raise _fail(e, homelab.settings) from None
     context.log.info(f"images ready; pulled: {pulled or 'none'}")
     return plan
 
@@ -123,7 +144,7 @@ def deploy_service(context: dg.OpExecutionContext, homelab: HomelabSettings, doc
             outcome = engine.converge(client, spec, wait_s=homelab.settings.monitoring.health.wait.seconds,
                                       log=context.log.info)
         except engine.DeployError as e:
-            raise _fail(e) from None
+            raise _fail(e, homelab.settings, [spec]) from None
     context.log.info(f"{spec.service}: {outcome.action} ({outcome.container_id[:12]})")
     return outcome
 
@@ -139,8 +160,11 @@ def verify_stack(context: dg.OpExecutionContext, homelab: HomelabSettings, docke
                 checks = engine.verify_monitoring(client, plan, timeout_s=timeout, log=context.log.info)
             else:
                 checks = engine.verify_containers(client, plan, timeout_s=timeout)
+                if plan.stack == "traefik":
+                    checks |= engine.verify_traefik_routes(client, plan.services[0].name, plan.network, plan.route_hosts,
+                                                           timeout_s=timeout)
         except engine.DeployError as e:
-            raise _fail(e) from None
+            raise _fail(e, homelab.settings, plan.services) from None
     return {"checks": checks, "outcomes": outcomes}
 
 
