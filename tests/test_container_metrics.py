@@ -14,6 +14,7 @@ import pytest
 from homelab_ops.defs.metrics.assets import container_metrics, host_metrics_daily_asset
 from homelab_ops.defs.resources import HomelabSettings
 from homelab_ops.metrics import containers as cm
+from homelab_ops.health.checks import Thresholds
 from homelab_ops.metrics.thresholds import ERROR, WARN
 from homelab_ops.settings import SettingsError, parse
 from homelab_ops.state import open_state
@@ -197,10 +198,8 @@ def test_docker_time_and_rows():
 # ---------------------------------------------------------------- pure: checks
 
 
-def limits(**over):
-    values = {"container_memory_warn_pct": 90, "container_memory_error_pct": 97,
-              "container_restart_increase_warn": 1, "container_restart_increase_error": 3, **over}
-    return lambda key: values[key]
+def limits(**over) -> Thresholds:
+    return Thresholds(**over)
 
 
 def by_check(outcomes):
@@ -268,12 +267,14 @@ def test_memory_limit_check():
 
 
 def test_settings_know_the_container_thresholds_and_patterns():
-    m = parse({"metrics": {"thresholds": {"container_memory_warn_pct": 80}, "containers": ["n8n*"]}}, "t.yaml").metrics
-    assert m.threshold("container_memory_warn_pct") == 80 and m.threshold("container_restart_increase_error") == 3
+    s = parse({"thresholds": {"container_memory_warn_pct": 80}, "metrics": {"containers": ["n8n*"]}}, "t.yaml")
+    t = Thresholds.from_settings(s)
+    assert t.container_memory_warn_pct == 80 and t.container_restart_increase_fail == 3
+    m = s.metrics
     assert m.containers == ["n8n*"] and cm.selected("n8n-worker", m.containers) and not cm.selected("x", m.containers)
     assert cm.selected("anything", None)
-    with pytest.raises(SettingsError, match="unknown threshold container_restarts_warn"):
-        parse({"metrics": {"thresholds": {"container_restarts_warn": 1}}}, "t.yaml")  # health's key, not ours
+    with pytest.raises(SettingsError, match="unknown threshold container_restart_count"):
+        parse({"thresholds": {"container_restart_count": 1}}, "t.yaml")
 
 
 # ---------------------------------------------------------------- the asset on the real Engine
@@ -334,8 +335,8 @@ def test_container_metrics_against_real_containers(busy_engine, write_settings, 
     prefix, names = busy_engine
     path, settings = write_settings({
         "state": {"dsn": dsn_for(fresh_state_db)}, "docker": {"host": DOCKER_HOST},
-        "metrics": {"containers": [f"{prefix}-*"],  # the Engine is shared with other tests' containers
-                    "thresholds": {"container_memory_warn_pct": 60, "container_memory_error_pct": 95}}})
+        "metrics": {"containers": [f"{prefix}-*"]},  # the Engine is shared with other tests' containers
+        "thresholds": {"container_memory_warn_pct": 60, "container_memory_fail_pct": 95}})
     resources = {"homelab": HomelabSettings(config_path=str(path))}
 
     started = time.perf_counter()

@@ -27,6 +27,8 @@ from tests.test_credentials_store import (  # noqa: F401 (cred_settings and cred
     creds_state_db,
 )
 
+pytestmark = pytest.mark.services  # every test here reaches PostgreSQL
+
 
 def new_role(cluster, password: str) -> str:
     role = f"app_{uuid.uuid4().hex[:8]}"
@@ -276,3 +278,82 @@ def test_rotation_run_leaks_no_secret_to_events_metadata_or_output(cred_settings
             assert secret not in text, f"{label} found in {where}"
     assert "STEP_SUCCESS" in event_text and "rotated pg_app to v2" in event_text  # the search saw the run
     assert any(a.actor == f"dagster-run:{result.run_id}" and a.action == "promote" for a in audit)
+
+
+# --------------------------------------------------------------------------- Grafana's reader role
+
+
+def _panel_sql(raw: str) -> str:
+    """A dashboard's SQL with Grafana's macros and variables replaced as Grafana would."""
+    import re
+    raw = re.sub(r"\$__timeFilter\(([^)]+)\)", r"\1 BETWEEN now() - interval '7 days' AND now()", raw)
+    raw = re.sub(r"\$__time(From|To)\(\)", "now()", raw)
+    return raw.replace("$container_metric", "cpu_percent")
+
+
+def test_grafana_reader_role_reads_only_its_tables_and_runs_every_state_sql_panel(cred_settings, scram_pg):
+    """Created and rotated as a postgres-role credential with select_tables: every SQL panel of the
+    shipped dashboard that reads the state database runs as it; the credential store and writes don't."""
+    import json
+    from pathlib import Path
+
+    from homelab_ops.deploy.render import GRAFANA_TABLES
+    from homelab_ops.state import migrate
+
+    state = f"state_{uuid.uuid4().hex[:8]}"
+    with psycopg.connect(scram_pg.dsn(), autocommit=True) as conn:
+        conn.execute(sql.SQL("CREATE DATABASE {}").format(sql.Identifier(state)))
+    with psycopg.connect(scram_pg.dsn(state), autocommit=True) as conn:
+        migrate(conn)
+    _, settings = cred_settings()
+    role = f"grafana_ro_{uuid.uuid4().hex[:6]}"
+    with open_store(settings, "test") as store:
+        pg_credential(store, scram_pg, role, name="grafana_db", dbname=state, consumers=["grafana"],
+                      select_tables=",".join(GRAFANA_TABLES))
+        result = rotate(store, "grafana_db", settings=settings, force=True)
+        assert result.rotated and result.consumers == ("grafana",)
+        password = store.value("grafana_db", "value", purpose="test")
+    board = json.loads((Path(__file__).parents[1] / "deploy/grafana/dashboards/homelab.json").read_text())
+
+    def panels(p):
+        for x in p.get("panels", []):
+            yield x
+            yield from panels(x)
+
+    state_sql = [t["rawSql"] for p in panels(board) for t in p.get("targets", [])
+                 if t.get("rawSql") and t["datasource"]["uid"] == "${state}"]
+    assert len(state_sql) >= 12
+    with psycopg.connect(scram_pg.dsn(state, user=role, password=password), autocommit=True) as conn:
+        assert conn.execute("SELECT rolsuper OR rolcreaterole OR rolcreatedb FROM pg_roles "
+                            "WHERE rolname = current_user").fetchone() == (False,)
+        for raw in state_sql:
+            conn.execute(_panel_sql(raw)).fetchall()  # permission denied or a bad column fails here
+        for forbidden in ("SELECT * FROM homelab_ops.credential_version",
+                          "SELECT * FROM homelab_ops.credential_audit",
+                          "INSERT INTO homelab_ops.host_metrics (taken_at, metric, labels, value) "
+                          "VALUES (now(), 'x', '{}', 1)",
+                          "CREATE TABLE public.grafana_was_here (x int)"):
+            with pytest.raises(psycopg.errors.InsufficientPrivilege):
+                conn.execute(forbidden)
+    # A second rotation keeps it working (grants re-applied, password changed).
+    with open_store(settings, "test") as store:
+        rotate(store, "grafana_db", settings=settings, force=True)
+        new = store.value("grafana_db", "value", purpose="test")
+    assert new != password and can_login(scram_pg, role, new) and not can_login(scram_pg, role, password)
+
+
+def test_rotating_the_role_homelab_ops_connects_as_is_refused_before_anything_changes(cred_settings, scram_pg):
+    from pydantic import SecretStr
+
+    first = "Initial-Password-1234"
+    role = new_role(scram_pg, first)
+    _, settings = cred_settings()
+    # The settings homelab-ops runs with name this role in state.dsn (the store itself stays where it is).
+    own = settings.model_copy(update={"state": settings.state.model_copy(
+        update={"dsn": SecretStr(scram_pg.dsn(user=role, password=first))})})
+    with open_store(settings, "test") as store:
+        pg_credential(store, scram_pg, role, name="own_login")
+        with pytest.raises(RotationError, match=r"refused: homelab-ops itself connects as .* \(state\.dsn\)"):
+            rotate(store, "own_login", settings=own, force=True)
+        assert store.status("own_login").pending is None
+    assert can_login(scram_pg, role, first)

@@ -30,6 +30,8 @@ from homelab_ops.credentials.store import init_store, open_store, rekey
 from homelab_ops.settings import SettingsError, load
 from tests.conftest import ADMIN_DSN, drop_database, dsn_for
 
+pytestmark = pytest.mark.services  # every test here reaches PostgreSQL
+
 BOT_TOKEN = "7712345678:AAHx-botTokenForTestsOnly_ZZ9yyXXwwVVuu"
 
 

@@ -20,6 +20,8 @@ from homelab_ops.state import open_state
 
 from tests.conftest import ADMIN_DSN, drop_database, dsn_for
 
+pytestmark = pytest.mark.services  # every test here reaches PostgreSQL
+
 DASHBOARD = Path(__file__).resolve().parent.parent / "deploy/grafana/dashboards/homelab.json"
 
 

@@ -10,6 +10,7 @@ from zoneinfo import ZoneInfo
 
 import pytest
 
+from homelab_ops.health.checks import Thresholds
 from homelab_ops.metrics import daily, textfile, thresholds, throttling
 from homelab_ops.metrics.collect import Sample, choose_mounts, cpu_busy_ratio
 from homelab_ops.settings import SettingsError, parse
@@ -52,22 +53,24 @@ def s(metric, value, **labels):
     return Sample(metric, {k: str(v) for k, v in labels.items()}, value)
 
 
-def limits(**over):
-    base = {"temperature_warn_c": 70, "temperature_error_c": 80, "disk_free_warn_pct": 15,
-            "disk_free_error_pct": 5, "memory_available_warn_pct": 15, "memory_available_error_pct": 5}
-    base.update(over)
-    return base.__getitem__
+def th(**over) -> Thresholds:
+    return Thresholds(**over)
+
+
+def by_check(outcomes):
+    return {o.check: o for o in outcomes}
 
 
 @pytest.mark.parametrize("celsius, passed, severity", [(69.9, True, None), (70.0, False, "WARN"),
                                                         (79.9, False, "WARN"), (80.0, False, "ERROR")])
-def test_temperature_judges_the_hottest_zone(celsius, passed, severity):
-    samples = [s("node_thermal_zone_temp", 40.0, type="gpu", zone="1"),
+def test_the_temperature_check_shows_the_health_checks_judgement_of_the_cpu_zone(celsius, passed, severity):
+    samples = [s("node_thermal_zone_temp", 95.0, type="gpu", zone="1"),  # hotter, but not the CPU's zone
                s("node_thermal_zone_temp", celsius, type="cpu-thermal", zone="0")]
-    o = thresholds.check_temperature(samples, 70, 80)
-    assert o.passed is passed
+    o = by_check(thresholds.evaluate(samples, th()))["temperature"]
+    assert o.passed is passed and "cpu-thermal" in o.description
+    assert o.metadata["judged_by"] == "health check cpu_temperature"
     if severity:
-        assert o.severity == severity and "cpu-thermal" in o.description
+        assert o.severity == severity
 
 
 def throttled(word):
@@ -78,51 +81,63 @@ def throttled(word):
     (0x0, True, None), (0x50000, True, None),  # only since boot: not "now"
     (0x1, False, "ERROR"), (0x4, False, "ERROR"), (0x2, False, "WARN"), (0x8, False, "WARN")])
 def test_throttled_now(word, passed, severity):
-    o = thresholds.check_throttled_now(throttled(word))
+    o = by_check(thresholds.evaluate(throttled(word), th()))["throttled_now"]
     assert o.passed is passed
     if severity:
         assert o.severity == severity
 
 
 def test_under_voltage_since_boot_from_either_source():
-    assert thresholds.check_under_voltage_since_boot(throttled(0x0)).passed
-    o = thresholds.check_under_voltage_since_boot(throttled(0x10000))
-    assert not o.passed and o.severity == "WARN" and "vcgencmd" in o.description
-    o = thresholds.check_under_voltage_since_boot([s("homelab_pi_under_voltage_alarm", 1.0)])
-    assert not o.passed and "rpi_volt" in o.description
-    assert thresholds.check_under_voltage_since_boot([s("homelab_pi_under_voltage_alarm", 0.0)]).passed
+    def uv(samples):
+        return by_check(thresholds.evaluate(samples, th()))["under_voltage_since_boot"]
+
+    assert uv(throttled(0x0)).passed
+    o = uv(throttled(0x10000))
+    assert not o.passed and o.severity == "WARN" and "power supply" in o.description
+    assert not uv([s("homelab_pi_under_voltage_alarm", 1.0)]).passed
+    assert uv([s("homelab_pi_under_voltage_alarm", 0.0)]).passed
 
 
 def test_absent_sensors_pass_and_say_so():
     memory = [s("node_memory_MemTotal_bytes", 100.0), s("node_memory_MemAvailable_bytes", 50.0)]
-    for o in thresholds.evaluate(memory, limits())[:3]:
+    for o in thresholds.evaluate(memory, th())[:3]:
         assert o.passed and "absent" in o.description and o.metadata["absent"] is True
 
 
 def test_disk_free_names_the_worst_mounts_and_takes_the_worst_level():
     samples = []
-    for mp, avail in (("/", 40.0), ("/mnt/backup", 10.0), ("/var/lib/docker", 3.0)):
+    for mp, avail in (("/", 40.0), ("/mnt/backup", 10.0), ("/var/lib/docker", 3.0), ("/boot", 4.0)):
         samples += [s("node_filesystem_size_bytes", 100.0, mountpoint=mp), s("node_filesystem_avail_bytes", avail, mountpoint=mp)]
-    o = thresholds.check_disk_free(samples, 15, 5)
+    o = by_check(thresholds.evaluate(samples, th()))["disk_free"]
     assert not o.passed and o.severity == "ERROR"
-    assert o.description == "low disk space: /var/lib/docker 3.0% free, /mnt/backup 10.0% free"
-    o = thresholds.check_disk_free(samples[:4], 15, 5)
-    assert not o.passed and o.severity == "WARN"
-    assert thresholds.check_disk_free(samples[:2], 15, 5).passed
+    assert o.description.startswith("/boot: 4.0% free") and "/var/lib/docker: 3.0% free" in o.description
+    assert "/mnt/backup" not in o.description  # only the worst level is named
+    o = by_check(thresholds.evaluate(samples[:4], th()))["disk_free"]
+    assert not o.passed and o.severity == "WARN" and "/mnt/backup: 10.0% free" in o.description
+    assert by_check(thresholds.evaluate(samples[:2], th()))["disk_free"].passed
 
 
 @pytest.mark.parametrize("avail, passed, severity", [(15.0, True, None), (14.9, False, "WARN"), (4.9, False, "ERROR")])
 def test_memory_available(avail, passed, severity):
-    o = thresholds.check_memory_available(
-        [s("node_memory_MemTotal_bytes", 100.0), s("node_memory_MemAvailable_bytes", avail)], 15, 5)
+    o = by_check(thresholds.evaluate(
+        [s("node_memory_MemTotal_bytes", 100.0), s("node_memory_MemAvailable_bytes", avail)], th()))["memory_available"]
     assert o.passed is passed and (severity is None or o.severity == severity)
 
 
-def test_settings_reject_unknown_thresholds_and_apply_overrides():
+def test_one_thresholds_section_and_the_old_two_still_load(caplog):
     with pytest.raises(SettingsError, match="unknown threshold temp_warn"):
+        parse({"thresholds": {"temp_warn": 60}}, "t.yaml")
+    with pytest.raises(SettingsError, match="metrics.thresholds.temp_warn: unknown threshold"):
         parse({"metrics": {"thresholds": {"temp_warn": 60}}}, "t.yaml")
-    m = parse({"metrics": {"thresholds": {"temperature_warn_c": 65}}}, "t.yaml").metrics
-    assert m.threshold("temperature_warn_c") == 65 and m.threshold("temperature_error_c") == 80
+    t = Thresholds.from_settings(parse({"thresholds": {"temperature_warn_c": 65}}, "t.yaml"))
+    assert (t.temperature_warn_c, t.temperature_fail_c) == (65, 80)
+    with caplog.at_level("WARNING"):
+        old = parse({"metrics": {"thresholds": {"temperature_error_c": 77, "disk_free_warn_pct": 20}},
+                     "health": {"thresholds": {"disk_free_warn_pct": 25}},
+                     "thresholds": {"memory_available_warn_pct": 30}}, "t.yaml")
+    t = Thresholds.from_settings(old)
+    assert (t.temperature_fail_c, t.disk_free_warn_pct, t.memory_available_warn_pct) == (77, 25, 30)
+    assert "metrics.thresholds.temperature_error_c is deprecated: write thresholds.temperature_fail_c" in caplog.text
 
 
 # ---------------------------------------------------------------- rollup maths and time

@@ -13,6 +13,7 @@ from pathlib import Path
 
 import click
 
+from homelab_ops import units
 from homelab_ops.credentials import policy
 from homelab_ops.credentials.envfile import render_env_file
 from homelab_ops.credentials.errors import CredentialError
@@ -107,7 +108,7 @@ def list_(obj) -> None:
         for d in store.definitions():
             st = store.status(d.name)
             state = "pending" if st.pending else ("OVERDUE" if st.overdue else "ok")
-            rows.append((d.name, d.kind, d.period, policy.human_duration(st.age_seconds), st.stages, state,
+            rows.append((d.name, d.kind, d.period, units.duration(st.age_seconds), st.stages, state,
                          ", ".join(d.consumers)))
     if not rows:
         click.echo("no credentials yet (homelab-ops creds add NAME --kind KIND)")
@@ -124,7 +125,10 @@ def get(obj, name: str, field: str, stage: str) -> None:
     """Print a value (the read is audited)."""
     with _store(obj) as store, _errors():
         value = store.value(name, field, stage, purpose="creds get")
-    click.echo(value)
+    from homelab_ops.notify.redact import disclosing
+
+    with disclosing():  # printing the secret is this command's job; everything else stays redacted
+        click.echo(value)
 
 
 @creds.command("set")

@@ -117,8 +117,53 @@ class PostgresRole(Kind):
             verifier = conn.pgconn.encrypt_password(password.encode(), role.encode(), b"scram-sha-256").decode()
             conn.execute(sql.SQL("ALTER ROLE {} PASSWORD {}").format(sql.Identifier(role), sql.Literal(verifier)))
 
+    def _refuse_own_login(self, ctx: Context) -> None:
+        """homelab-ops connects as the roles in postgres.dsn and state.dsn: rotating one here would
+        lock homelab-ops out of its own database (its settings file still holds the old password)."""
+        if ctx.settings is None:
+            return
+        role = ctx.option("role")
+        for key, secret in (("postgres.dsn", ctx.settings.postgres.dsn), ("state.dsn", ctx.settings.state.dsn)):
+            user = conninfo_to_dict(secret.get_secret_value()).get("user") or "postgres"
+            if user == role:
+                raise CredentialError(
+                    f"refused: homelab-ops itself connects as {role!r} ({key}); rotating it would lock homelab-ops "
+                    f"out of its own database. Give {key} a role of its own, or change this password by hand "
+                    "and update the settings in the same step")
+
+    def _reader(self, ctx: Context, password: str) -> None:
+        """`select_tables`: a read-only login (Grafana's) that may SELECT those tables and nothing
+        else, created on its first rotation; the grants are re-applied on every rotation."""
+        tables = [t.strip() for t in ctx.option("select_tables", "").split(",") if t.strip()]
+        if not tables:
+            return
+        role = ctx.option("role")
+        dbname = self._target(ctx)["dbname"]
+        with psycopg.connect(self._admin_dsn(ctx), dbname=dbname, autocommit=True, connect_timeout=10,
+                             application_name="homelab-ops rotation") as conn:
+            if conn.execute("SELECT 1 FROM pg_roles WHERE rolname = %s", (role,)).fetchone() is None:
+                verifier = conn.pgconn.encrypt_password(password.encode(), role.encode(), b"scram-sha-256").decode()
+                conn.execute(sql.SQL("CREATE ROLE {} LOGIN NOSUPERUSER NOCREATEDB NOCREATEROLE NOINHERIT "
+                                     "NOREPLICATION NOBYPASSRLS PASSWORD {}").format(
+                    sql.Identifier(role), sql.Literal(verifier)))
+            conn.execute(sql.SQL("GRANT CONNECT ON DATABASE {} TO {}").format(sql.Identifier(dbname),
+                                                                              sql.Identifier(role)))
+            for t in tables:
+                schema, _, table = t.rpartition(".")
+                if schema:
+                    conn.execute(sql.SQL("GRANT USAGE ON SCHEMA {} TO {}").format(sql.Identifier(schema),
+                                                                                   sql.Identifier(role)))
+                name = sql.Identifier(*([schema, table] if schema else [table]))
+                conn.execute(sql.SQL("GRANT SELECT ON {} TO {}").format(name, sql.Identifier(role)))
+
+    def create(self, ctx: Context) -> None:
+        self._refuse_own_login(ctx)
+        super().create(ctx)
+
     def set(self, ctx: Context) -> None:
+        self._refuse_own_login(ctx)
         _, pending = ctx.read("pending", "set")
+        self._reader(ctx, pending["value"])
         self._alter(ctx, pending["value"])
 
     def _target(self, ctx: Context) -> dict:

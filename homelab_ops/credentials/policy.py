@@ -48,16 +48,6 @@ def parse_period(text: str) -> float:
     return float(m.group(1)) * _UNITS[m.group(2)]
 
 
-def human_duration(seconds: float | None) -> str:
-    if seconds is None:
-        return "-"
-    if seconds < 3600:
-        return f"{seconds / 60:.0f}m"
-    if seconds < 2 * 86400:
-        return f"{seconds / 3600:.1f}h"
-    return f"{seconds / 86400:.1f}d"
-
-
 def age_seconds(now: datetime, since: datetime | None) -> float | None:
     return None if since is None else max(0.0, (now - since).total_seconds())
 
@@ -123,7 +113,8 @@ def redact(text: str, values) -> str:
 
 _COMMON = {"period": str, "consumers": list, "description": str}
 _OPTIONS: dict[str, dict[str, type]] = {
-    "postgres-role": {"role": str, "host": str, "port": int, "dbname": str, "length": int},
+    "postgres-role": {"role": str, "host": str, "port": int, "dbname": str, "length": int,
+                      "select_tables": str},
     "s3-access-key": {"user": str, "endpoint_url": str, "region": str, "bucket": str,
                       "self_managed": bool, "test_timeout": float},
     "generated": {"length": int, "alphabet": str, "htpasswd_user": str, "bcrypt_rounds": int},

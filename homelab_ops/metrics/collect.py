@@ -139,6 +139,41 @@ def read_rpi_volt(snap: Snapshot, sys_root: str) -> None:
     _sensor(snap, "rpi_volt", False, "no rpi_volt hwmon (not a Raspberry Pi)")
 
 
+# The firmware driver's sysfs attribute (drivers/firmware/raspberrypi.c: `get_throttled`, the word
+# in hex without 0x), on the firmware platform device: /sys/devices/platform/soc/soc:firmware on
+# a Pi 4; on a Pi 5 the node sits under its own soc bus node, hence the patterns. It needs no
+# /dev/vcio: a read-only /sys mount is enough in a container.
+THROTTLED_SYSFS = ("devices/platform/soc/soc:firmware/get_throttled",
+                   "devices/platform/*firmware*/get_throttled",
+                   "devices/platform/*/*firmware*/get_throttled")
+
+
+def throttled_sysfs_path(sys_root: str) -> str | None:
+    for pattern in THROTTLED_SYSFS:
+        found = sorted(glob.glob(os.path.join(sys_root, pattern)))
+        if found:
+            return found[0]
+    return None
+
+
+def read_throttled_sysfs(snap: Snapshot, sys_root: str) -> bool:
+    """The throttling word from sysfs; False when this kernel has no such file (try vcgencmd)."""
+    path = throttled_sysfs_path(sys_root)
+    if path is None:
+        return False
+    raw = _read(path)
+    try:
+        word = int(raw, 16)
+    except (TypeError, ValueError):
+        _sensor(snap, "get_throttled", False, f"{path}: not a hex word ({raw!r})")
+        return False
+    snap.add("homelab_pi_throttled_word", float(word))
+    for (flag, when), on in throttling.decode(word).items():
+        snap.add("homelab_pi_throttled", 1.0 if on else 0.0, flag=flag, when=when)
+    _sensor(snap, "get_throttled", True)
+    return True
+
+
 def read_vcgencmd(snap: Snapshot, command: str, timeout: float = 3.0) -> None:
     """`vcgencmd get_throttled`, decoded into one 0/1 sample per flag, now and since boot."""
     exe = shutil.which(command)
@@ -244,7 +279,8 @@ def take_snapshot(metrics_settings, *, now: datetime | None = None, cpu_window: 
     read_thermal(snap, ms.sys_root)
     read_cpufreq(snap, ms.sys_root)
     read_rpi_volt(snap, ms.sys_root)
-    read_vcgencmd(snap, ms.vcgencmd)
+    if not read_throttled_sysfs(snap, ms.sys_root):
+        read_vcgencmd(snap, ms.vcgencmd)
     read_proc(snap, ms.proc_root, cpu_window)
     read_filesystems(snap, ms.proc_root, ms.mounts)
     return snap

@@ -263,6 +263,10 @@ def selected(name: str, patterns: list[str] | None) -> bool:
 # --------------------------------------------------------------------------- checks
 
 CHECKS = ("container_health", "container_restarts", "container_oom_kills", "container_memory_limit")
+# The health sensor's container check judges state, health, OOM kills and restarts every minute and
+# alerts on them; these asset checks show the same conditions per snapshot. Only the memory limit is
+# seen here alone, so only it is alerted by asset_check_alert.
+ALERTED_BY_HEALTH = frozenset(CHECKS) - {"container_memory_limit"}
 
 CHECK_DESCRIPTIONS = {
     "container_health": "No running container is unhealthy by its own healthcheck (ERROR); a healthy or starting "
@@ -371,15 +375,14 @@ def check_memory_limit(containers: list[ContainerReading], warn_pct: float, erro
                    f"near the memory limit: {_names([f'{n} {pct[n]:.1f}%' for n in bad])}", meta)
 
 
-def evaluate(containers: list[ContainerReading], previous: dict[str, dict[str, float]], threshold) -> list[Outcome]:
-    """Every check, in CHECKS order; `previous` is the prior snapshot ({container: {metric: value}})."""
+def evaluate(containers: list[ContainerReading], previous: dict[str, dict[str, float]], th) -> list[Outcome]:
+    """Every check, in CHECKS order; `previous` is the prior snapshot ({container: {metric: value}});
+    `th` the one set of thresholds (homelab_ops.health.checks.Thresholds)."""
     return [
         check_health(containers),
-        check_restarts(containers, previous, threshold("container_restart_increase_warn"),
-                       threshold("container_restart_increase_error")),
+        check_restarts(containers, previous, th.container_restart_increase_warn, th.container_restart_increase_fail),
         check_oom_kills(containers, previous),
-        check_memory_limit(containers, threshold("container_memory_warn_pct"),
-                           threshold("container_memory_error_pct")),
+        check_memory_limit(containers, th.container_memory_warn_pct, th.container_memory_fail_pct),
     ]
 
 

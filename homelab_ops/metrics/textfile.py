@@ -21,7 +21,10 @@ HELP = {
     "homelab_pi_under_voltage_alarm": "rpi_volt hwmon in0_lcrit_alarm: 1 once under-voltage was seen since boot.",
     "homelab_sensor_present": "1 when the host has the sensor, 0 when it lacks it (not a Pi).",
     "homelab_pi_snapshot_timestamp_seconds": "When homelab-ops last wrote this file.",
+    "homelab_health_tick_timestamp_seconds": "When homelab-ops' health sensor last evaluated its checks.",
+    "homelab_health_check_state": "A health check's state at the last tick: 0 ok, 1 warn, 2 fail, 3 unknown.",
 }
+SNAPSHOT_STAMP = "homelab_pi_snapshot_timestamp_seconds"
 
 
 def _escape(value: str) -> str:
@@ -32,14 +35,14 @@ def _number(v: float) -> str:
     return repr(float(v)) if v == v else "NaN"
 
 
-def render(samples: list[Sample], taken_at_epoch: float) -> str:
-    """Exposition text: HELP/TYPE once per metric, samples sorted, absent values left out."""
+def render(samples: list[Sample], taken_at_epoch: float, stamp: str = SNAPSHOT_STAMP) -> str:
+    """Exposition text: HELP/TYPE once per metric, samples sorted, absent values left out; `stamp`
+    carries when the file was written (Prometheus' rules tell a stale writer by it)."""
     by_metric: dict[str, list[Sample]] = {}
     for s in samples:
         if s.value is not None:
             by_metric.setdefault(s.metric, []).append(s)
-    by_metric["homelab_pi_snapshot_timestamp_seconds"] = [
-        Sample("homelab_pi_snapshot_timestamp_seconds", {}, taken_at_epoch)]
+    by_metric[stamp] = [Sample(stamp, {}, taken_at_epoch)]
     lines: list[str] = []
     for metric in sorted(by_metric):
         lines.append(f"# HELP {metric} {HELP.get(metric, metric)}")

@@ -9,7 +9,8 @@ import dagster as dg
 import psycopg
 
 from homelab_ops.credentials.errors import CredentialError
-from homelab_ops.credentials.policy import Definition, human_duration
+from homelab_ops import units
+from homelab_ops.credentials.policy import Definition
 from homelab_ops.credentials.scan import ScanError, summary
 from homelab_ops.credentials.service import rotate_and_report, scan_configured
 from homelab_ops.defs.resources import HomelabSettings
@@ -57,7 +58,7 @@ def credential_asset(d: Definition) -> dg.AssetsDefinition:
             "period": dg.MetadataValue.text(st.definition.period),
             "version": dg.MetadataValue.int(st.current.version if st.current else 0),
             "stages": dg.MetadataValue.text(st.stages),
-            "age": dg.MetadataValue.text(human_duration(age)),
+            "age": dg.MetadataValue.text(units.duration(age)),
             "age_days": dg.MetadataValue.float(round(age / 86400, 3) if age is not None else -1.0),
             "next_due": dg.MetadataValue.text(report.next_due.isoformat() if report.next_due else "now"),
             "rotated": dg.MetadataValue.bool(bool(rot and rot.rotated)),
@@ -74,7 +75,7 @@ def credential_asset(d: Definition) -> dg.AssetsDefinition:
             passed=not st.overdue,
             severity=dg.AssetCheckSeverity.WARN,
             description=(f"{d.name} has never been set" if st.current is None else
-                         f"{d.name} is {human_duration(age)} old, its period is {d.period}"),
+                         f"{d.name} is {units.duration(age)} old, its period is {d.period}"),
             metadata={"age_days": dg.MetadataValue.float(round(age / 86400, 3) if age is not None else -1.0)},
         )
         return dg.MaterializeResult(metadata=meta, check_results=[check])

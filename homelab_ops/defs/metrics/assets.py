@@ -1,7 +1,8 @@
 """Host and container metrics as assets: the 15-minute snapshots with their threshold checks, and the daily rollup.
 
-Thin on purpose: reading the host is `homelab_ops.metrics.collect`, judging it
-`homelab_ops.metrics.thresholds`, the containers `homelab_ops.metrics.containers`,
+Thin on purpose: reading the host is `homelab_ops.metrics.collect`, judging it the health checks
+(`homelab_ops.metrics.thresholds` shows their judgement as asset checks), the containers
+`homelab_ops.metrics.containers`,
 storing both `homelab_ops.metrics.store`.
 """
 
@@ -11,6 +12,7 @@ from datetime import date, datetime, timezone
 import dagster as dg
 
 from homelab_ops.defs.resources import HomelabSettings
+from homelab_ops.health.checks import Thresholds
 from homelab_ops.metrics import containers, textfile, thresholds
 from homelab_ops.metrics.collect import PI_PREFIX, take_snapshot
 from homelab_ops.metrics.store import previous_container_values, roll_up_day, write_container_snapshot, write_snapshot
@@ -34,7 +36,9 @@ def _check_result(o: thresholds.Outcome) -> dg.AssetCheckResult:
                 "names): temperature, Pi throttling and under-voltage, CPU frequency and governor, load, CPU, "
                 "memory, swap, disk per mount, uptime. The Pi-only figures also go to node_exporter's "
                 "textfile collector (homelab_pi.prom). A sensor the host lacks is recorded as absent.",
-    check_specs=[dg.AssetCheckSpec(name, asset="host_metrics", description=thresholds.CHECK_DESCRIPTIONS[name])
+    # The health sensor alerts on these conditions (it reads the host every minute); the checks show them here.
+    check_specs=[dg.AssetCheckSpec(name, asset="host_metrics", description=thresholds.CHECK_DESCRIPTIONS[name],
+                                   metadata={"alerted_by": thresholds.ALERTED_BY})
                  for name in thresholds.CHECKS],
 )
 def host_metrics(context: dg.AssetExecutionContext, homelab: HomelabSettings) -> dg.MaterializeResult:
@@ -48,7 +52,7 @@ def host_metrics(context: dg.AssetExecutionContext, homelab: HomelabSettings) ->
                                      textfile.render(pi, snap.taken_at.timestamp()))
     for sensor, why in sorted(snap.absent.items()):
         context.log.info(f"absent: {sensor}: {why}")
-    outcomes = thresholds.evaluate(snap.samples, settings.metrics.threshold)
+    outcomes = thresholds.evaluate(snap.samples, Thresholds.from_settings(settings))
     temps = [s.value for s in snap.values("node_thermal_zone_temp") if s.value is not None]
     meta = {
         "samples": dg.MetadataValue.int(rows),
@@ -84,7 +88,9 @@ def _container_table(snap: containers.ContainerSnapshot) -> str:
                 "homelab_ops.container_metrics (long format, cAdvisor names): state, restarts, health, OOM kill, "
                 "memory limit; for running ones CPU (seconds, and % averaged since the previous snapshot), memory usage and working set, "
                 "network and block I/O. Fails when no Docker daemon answers.",
-    check_specs=[dg.AssetCheckSpec(name, asset="container_metrics", description=containers.CHECK_DESCRIPTIONS[name])
+    check_specs=[dg.AssetCheckSpec(name, asset="container_metrics", description=containers.CHECK_DESCRIPTIONS[name],
+                                   metadata={"alerted_by": thresholds.ALERTED_BY} if name in containers.ALERTED_BY_HEALTH
+                                   else {})
                  for name in containers.CHECKS],
 )
 def container_metrics(context: dg.AssetExecutionContext, homelab: HomelabSettings) -> dg.MaterializeResult:
@@ -100,7 +106,7 @@ def container_metrics(context: dg.AssetExecutionContext, homelab: HomelabSetting
     for c in snap.containers:
         if c.stats_error:
             context.log.warning(f"{c.name}: no stats: {c.stats_error}")
-    outcomes = containers.evaluate(snap.containers, previous, settings.metrics.threshold)
+    outcomes = containers.evaluate(snap.containers, previous, Thresholds.from_settings(settings))
     running = sum(c.running for c in snap.containers)
     return dg.MaterializeResult(metadata={
         "containers": dg.MetadataValue.int(len(snap.containers)),
