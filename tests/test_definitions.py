@@ -25,12 +25,13 @@ def test_nightly_backup_runs_at_three_in_the_settings_zone_by_default():
 def test_backup_assets_are_keyed_per_database_in_the_backups_group():
     d = load()
     specs = {s.key: s for s in d.resolve_all_asset_specs()}
-    assert dg.AssetKey(["backups", "n8n"]) in specs
-    assert specs[dg.AssetKey(["backups", "n8n"])].group_name == "backups"
-    assert "postgres" in specs[dg.AssetKey(["backups", "n8n"])].kinds
+    demo = dg.AssetKey(["backups", "homelab_demo_n8n"])  # the embedded defaults back up make demo's database
+    assert demo in specs
+    assert specs[demo].group_name == "backups"
+    assert "postgres" in specs[demo].kinds
     nightly = d.resolve_job_def("nightly_backup")
     selected = {k for k in nightly.asset_layer.selected_asset_keys}
-    assert {dg.AssetKey(["backups", "n8n"]), dg.AssetKey("n8n_workflows"), dg.AssetKey("backup_globals")} <= selected
+    assert {demo, dg.AssetKey("n8n_workflows"), dg.AssetKey("backup_globals")} <= selected
 
 
 def test_all_databases_means_every_non_template_database(new_db, write_settings):

@@ -32,6 +32,8 @@ from homelab_ops.state import open_state
 
 from tests.conftest import ADMIN_DSN, drop_database, dsn_for
 
+pytestmark = pytest.mark.services  # every test here reaches PostgreSQL
+
 TZ = "Europe/Berlin"
 BERLIN = ZoneInfo(TZ)
 DEMO_NOW = datetime(2025, 10, 27, 9, 0, tzinfo=timezone.utc)  # four demo days span the autumn DST change

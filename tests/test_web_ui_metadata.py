@@ -6,7 +6,7 @@ import warnings
 
 from homelab_ops.definitions import defs as lazy_defs
 
-AREAS = {"backups", "credentials", "metrics", "n8n", "deploy"}
+AREAS = {"backups", "credentials", "metrics", "n8n", "health", "deploy"}
 
 
 def load():

@@ -169,9 +169,12 @@ def test_dry_run_reports_and_deletes_nothing(write_settings, s3_bucket, s3_serve
 def test_an_empty_policy_is_refused_before_anything_is_listed(write_settings):
     # The refusal comes before any store is touched: the local folders stay as they are (and the
     # S3 endpoint, which does not exist, is never asked).
-    _, settings = write_settings({"backups": {
-        "retention": {"keep_daily": 0, "keep_weekly": 0, "keep_monthly": 0, "keep_within": "0d"},
-        "s3": {"bucket": "nowhere", "endpoint_url": "http://127.0.0.1:9"}}})
+    # (The settings refuse such a policy at load; built unvalidated here to test this second guard.)
+    from homelab_ops.settings import RetentionSettings
+
+    _, settings = write_settings({"backups": {"s3": {"bucket": "nowhere", "endpoint_url": "http://127.0.0.1:9"}}})
+    empty = RetentionSettings.model_construct(keep_daily=0, keep_weekly=0, keep_monthly=0, keep_within="0d")
+    settings = settings.model_copy(update={"backups": settings.backups.model_copy(update={"retention": empty})})
     root = local_exports(settings, [A, B, OLD])
     with pytest.raises(p.PruneError, match="refusing to prune"):
         w.prune_workflow_exports(settings, now=NOW)
@@ -262,7 +265,9 @@ def test_nightly_job_prunes_the_exports_only_when_n8n_is_configured(monkeypatch,
 
 
 def test_a_database_named_like_the_exports_is_refused_at_load(monkeypatch, write_settings):
-    with pytest.raises(dg.DagsterInvalidDefinitionError, match="database named 'n8n_workflows'"):
+    from homelab_ops.settings import SettingsError
+
+    with pytest.raises(SettingsError, match="'n8n_workflows' reserved: the folder and retention asset"):
         _backup_defs(monkeypatch, write_settings, {"n8n": {"dsn": ADMIN_DSN},
                                                    "postgres": {"dsn": ADMIN_DSN,
                                                                 "databases": ["n8n", "n8n_workflows"]}}, "clash.yaml")

@@ -48,6 +48,7 @@ def gmail_file(folder: Path) -> Path:
     return next(p for p in folder.glob("*.json") if json.loads(p.read_text()).get("name") == SECRET_WORKFLOW_NAME)
 
 
+@pytest.mark.services
 def test_database_scan_finds_every_secret_of_the_gmail_to_telegram_workflow(demo):
     dsn, _ = demo
     findings, count = scan_database(dsn)
@@ -65,6 +66,7 @@ def test_database_scan_finds_every_secret_of_the_gmail_to_telegram_workflow(demo
         assert secret not in shown
 
 
+@pytest.mark.services
 def test_export_scan_also_flags_credential_and_webhook_ids(demo):
     _, folder = demo
     findings = scan_paths([gmail_file(folder)])
@@ -75,6 +77,7 @@ def test_export_scan_also_flags_credential_and_webhook_ids(demo):
     assert {f.workflow for f in everything if f.rule.startswith("telegram")} == {SECRET_WORKFLOW_NAME}
 
 
+@pytest.mark.services
 def test_templatize_removes_every_secret_and_the_rescan_finds_nothing(demo, tmp_path):
     _, folder = demo
     out = tmp_path / "clean"
@@ -169,6 +172,7 @@ def test_rules_on_tricky_workflows_and_no_false_alarms():
     assert n["Fine"] == doc["nodes"][5]["parameters"]
 
 
+@pytest.mark.services
 def test_scan_command_works_as_a_pre_commit_hook(demo, tmp_path):
     hooks = yaml.safe_load((REPO / ".pre-commit-hooks.yaml").read_text())
     hook = next(h for h in hooks if h["id"] == "n8n-workflow-secrets")
@@ -192,6 +196,7 @@ def test_scan_command_works_as_a_pre_commit_hook(demo, tmp_path):
         assert secret not in bad.stdout + bad.stderr
 
 
+@pytest.mark.services
 def test_scan_asset_warns_and_its_run_shows_no_secret(demo, tmp_path, capfd, dagster_instance):
     dsn, folder = demo
     settings = tmp_path / "homelab.yaml"

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import click
 
+from homelab_ops.files import private_umask
 from homelab_ops.settings import SettingsError, load
 
 
@@ -21,6 +22,9 @@ class Context:
                 self._settings = load(self.config)
             except SettingsError as e:
                 raise click.ClickException(str(e)) from None
+            from homelab_ops.notify.redact import install
+
+            install(self._settings)  # every secret of the settings out of this command's output
         return self._settings
 
 
@@ -30,6 +34,7 @@ class Context:
 @click.pass_context
 def main(ctx: click.Context, config: str | None) -> None:
     """Operate the homelab: backups, credentials, n8n, notifications."""
+    private_umask()  # a restore's temp file, a prune's listing: nothing this CLI writes is world-readable
     ctx.obj = Context(config)
 
 
@@ -51,6 +56,9 @@ def _register() -> None:
     from homelab_ops.cli import doctor
 
     main.add_command(doctor.doctor)
+    from homelab_ops.cli import pitr
+
+    main.add_command(pitr.pitr)
 
 
 _register()
