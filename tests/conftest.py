@@ -166,6 +166,29 @@ def dagster_instance():
 DOCKER_HOST = os.environ.get("HOMELAB_TEST_DOCKER_HOST", "unix:///run/homelab-ops-test/docker.sock")
 
 
+@pytest.fixture(scope="module")
+def instance():
+    """One Dagster instance per module: a sensor's cursor starts after what earlier tests there left."""
+    import warnings
+
+    import dagster as dg
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        with dg.instance_for_test() as inst:
+            yield inst
+
+
+@pytest.fixture
+def telegram():
+    """A fake Telegram Bot API on loopback, for one test."""
+    from tests.fake_telegram import FakeTelegram
+
+    fake = FakeTelegram().start()
+    yield fake
+    fake.stop()
+
+
 @pytest.fixture(scope="session")
 def docker_client():
     """The Docker Engine `make test` starts (scripts/dockerd-up.sh); the test fails if none answers."""

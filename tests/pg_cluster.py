@@ -74,37 +74,50 @@ def _run(cmd: list[str]) -> None:
         raise RuntimeError(f"{cmd[0]} failed ({proc.returncode}): {proc.stderr.strip() or proc.stdout.strip()}")
 
 
-@contextlib.contextmanager
-def scram_cluster() -> Iterator[ScramCluster]:
-    """Start a private scram-sha-256 cluster; stop it and delete its folder afterwards."""
-    root = Path(tempfile.mkdtemp(prefix="homelab-scram-pg-"))
-    cluster = ScramCluster(root, _free_port(), secrets.token_urlsafe(24))
+def owned_folder(prefix: str) -> Path:
+    """A private temp folder the postgres user owns: initdb refuses to run as root."""
+    root = Path(tempfile.mkdtemp(prefix=prefix))
     if os.geteuid() == 0:
         pg = pwd.getpwnam("postgres")
         os.chown(root, pg.pw_uid, pg.pw_gid)
     os.chmod(root, 0o700)
-    pwfile = root / "pwfile"
-    pwfile.write_text(cluster.password + "\n")
-    if os.geteuid() == 0:
-        os.chown(pwfile, pg.pw_uid, pg.pw_gid)
+    return root
+
+
+@contextlib.contextmanager
+def served(root: Path, datadir: Path, log: Path, initdb: list[str], opts: str) -> Iterator[None]:
+    """initdb, start with `opts`; afterwards stop it (immediate) and delete `root`, whatever failed."""
     started = False
     try:
-        _run([str(PG_BIN / "initdb"), "-D", str(cluster.datadir), "--auth=scram-sha-256",
-              f"--username={cluster.superuser}", f"--pwfile={pwfile}", "--encoding=UTF8", "--no-sync",
-              "--no-instructions"])
-        pwfile.unlink()
-        opts = (f"-c port={cluster.port} -c listen_addresses=127.0.0.1 -c unix_socket_directories={root}"
-                " -c fsync=off -c synchronous_commit=off -c full_page_writes=off -c shared_buffers=16MB"
-                " -c max_connections=30 -c log_statement=all -c password_encryption=scram-sha-256")
-        _run([str(PG_BIN / "pg_ctl"), "-D", str(cluster.datadir), "-l", str(cluster.log_file), "-o", opts,
-              "-w", "-t", "60", "start"])
+        _run([str(PG_BIN / "initdb"), "-D", str(datadir), "--encoding=UTF8", "--no-sync", "--no-instructions",
+              *initdb])
+        _run([str(PG_BIN / "pg_ctl"), "-D", str(datadir), "-l", str(log), "-o", opts, "-w", "-t", "60", "start"])
         started = True
-        yield cluster
+        yield
     finally:
         if started:
             with contextlib.suppress(Exception):
-                _run([str(PG_BIN / "pg_ctl"), "-D", str(cluster.datadir), "-m", "immediate", "-w", "stop"])
+                _run([str(PG_BIN / "pg_ctl"), "-D", str(datadir), "-m", "immediate", "-w", "stop"])
         shutil.rmtree(root, ignore_errors=True)
+
+
+@contextlib.contextmanager
+def scram_cluster() -> Iterator[ScramCluster]:
+    """Start a private scram-sha-256 cluster; stop it and delete its folder afterwards."""
+    root = owned_folder("homelab-scram-pg-")
+    cluster = ScramCluster(root, _free_port(), secrets.token_urlsafe(24))
+    pwfile = root / "pwfile"
+    pwfile.write_text(cluster.password + "\n")
+    if os.geteuid() == 0:
+        pg = pwd.getpwnam("postgres")
+        os.chown(pwfile, pg.pw_uid, pg.pw_gid)
+    opts = (f"-c port={cluster.port} -c listen_addresses=127.0.0.1 -c unix_socket_directories={root}"
+            " -c fsync=off -c synchronous_commit=off -c full_page_writes=off -c shared_buffers=16MB"
+            " -c max_connections=30 -c log_statement=all -c password_encryption=scram-sha-256")
+    with served(root, cluster.datadir, cluster.log_file,
+                ["--auth=scram-sha-256", f"--username={cluster.superuser}", f"--pwfile={pwfile}"], opts):
+        pwfile.unlink()
+        yield cluster
 
 
 @pytest.fixture(scope="module")

@@ -16,7 +16,7 @@ from homelab_ops.defs.resources import HomelabSettings
 from homelab_ops.notify import chats as ch
 from homelab_ops.notify.digest import BackupLine, DiskLine, Facts, compose, days_until_full
 from tests.conftest import ADMIN_DSN, dsn_for
-from tests.fake_telegram import TOKEN, FakeTelegram
+from tests.fake_telegram import TOKEN
 
 GB = 1 << 30
 DAY = 86400.0
@@ -44,13 +44,6 @@ def test_compose_says_what_needs_a_look():
     alert = compose(bad, now)
     assert alert.title.endswith(": needs a look")
     assert "⚠️ app: newest 3 days ago, never restored" in alert.body and "full in 5 days" in alert.body
-
-
-@pytest.fixture
-def telegram():
-    fake = FakeTelegram().start()
-    yield fake
-    fake.stop()
 
 
 def test_the_digest_job_reports_real_backups_metrics_credentials_and_n8n(

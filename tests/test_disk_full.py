@@ -56,16 +56,22 @@ def fill(disk: Path, leave: int) -> None:
         f.write(b"\0" * max(0, free - leave))
 
 
-def test_disk_full_during_the_dump_is_one_line_and_leaves_nothing(new_db, write_settings, small_disk):
-    db = new_db("fulldump")
-    seed(db, NOISE)
-    disk = small_disk(512)
-    path, settings = settings_on(write_settings, db, disk)
+def failed_backup_message(path, settings, db: str, disk) -> str:
+    """Materialize the backup on the small disk; it must fail with one line naming what it could not write."""
     result = materialize(path, settings, db)
     assert not result.success
     message = failure_message(result)
     assert "\n" not in message, message
     assert message.startswith(f"disk full: the backup of {db} could not write {disk / db}/")
+    return message
+
+
+def test_disk_full_during_the_dump_is_one_line_and_leaves_nothing(new_db, write_settings, small_disk):
+    db = new_db("fulldump")
+    seed(db, NOISE)
+    disk = small_disk(512)
+    path, settings = settings_on(write_settings, db, disk)
+    message = failed_backup_message(path, settings, db, disk)
     assert ".dump.zst.partial" in message and "512.0 KiB free in" in message
     assert os.listdir(disk / db) == []
 
@@ -82,11 +88,7 @@ def test_disk_full_at_the_manifest_removes_the_dump_too(new_db, write_settings, 
     assert manifest_size > 100_000  # room to miss by a few pages
     disk = small_disk((dump_size + manifest_size // 2) // 1024 + 8)
     path, settings = settings_on(write_settings, db, disk)
-    result = materialize(path, settings, db)
-    assert not result.success
-    message = failure_message(result)
-    assert "\n" not in message, message
-    assert message.startswith(f"disk full: the backup of {db} could not write {disk / db}/")
+    message = failed_backup_message(path, settings, db, disk)
     assert message.split(" could not write ")[1].split(";")[0].endswith(".manifest.json"), message
     assert os.listdir(disk / db) == []
 

@@ -5,7 +5,6 @@ from run status sensors evaluated against a real Dagster instance."""
 from __future__ import annotations
 
 import threading
-import warnings
 from pathlib import Path
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
@@ -54,14 +53,6 @@ def monitor():
     m = Monitor()
     yield m
     m.server.shutdown()
-
-
-@pytest.fixture(scope="module")
-def instance():
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")
-        with dg.instance_for_test() as inst:
-            yield inst
 
 
 def test_ping_urls_follow_each_monitors_api():

@@ -60,13 +60,6 @@ def n8n_old() -> str:
 
 
 @pytest.fixture
-def telegram():
-    fake = FakeTelegram().start()
-    yield fake
-    fake.stop()
-
-
-@pytest.fixture
 def age_identity(tmp_path):
     ident = pyrage.x25519.Identity.generate()
     path = tmp_path / "backup.key"

@@ -19,7 +19,7 @@ from homelab_ops.notify.alert import Alert
 from homelab_ops.notify.dispatch import dispatcher_for
 from homelab_ops.notify.http import Retry
 from tests.conftest import database_exists, dsn_for, free_port
-from tests.fake_telegram import TOKEN, FakeTelegram, FakeWebhook
+from tests.fake_telegram import TOKEN, FakeWebhook
 
 @contextlib.contextmanager
 def _nothing():
@@ -27,13 +27,6 @@ def _nothing():
 
 
 FAST = Retry(attempts=3, backoff=0.01, max_backoff=0.05, max_retry_after=5)
-
-
-@pytest.fixture
-def telegram():
-    fake = FakeTelegram().start()
-    yield fake
-    fake.stop()
 
 
 @pytest.fixture

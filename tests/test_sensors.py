@@ -41,15 +41,6 @@ def telegram():
     fake.stop()
 
 
-@pytest.fixture(scope="module")
-def instance():
-    """One Dagster instance for the module: each sensor's cursor starts after what earlier tests left."""
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")
-        with dg.instance_for_test() as inst:
-            yield inst
-
-
 @pytest.fixture
 def setup(state_db, write_settings, telegram, instance):
     """Settings (fake Bot API, own state DB with the owner's chat approved) and the Dagster instance."""
