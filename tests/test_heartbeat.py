@@ -5,6 +5,7 @@ from run status sensors evaluated against a real Dagster instance."""
 from __future__ import annotations
 
 import threading
+import time
 from pathlib import Path
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
@@ -15,7 +16,7 @@ from homelab_ops.defs.health.resources import AlertChannels
 from homelab_ops.defs.health.sensors import HEALTH_ASSET, build_health_sensor, build_job_heartbeat_sensors
 from homelab_ops.defs.resources import HomelabSettings
 from homelab_ops.health.checks import FAIL, OK, WARN, CheckResult
-from homelab_ops.notify.heartbeat import ping_url
+from homelab_ops.notify.heartbeat import ping, ping_url
 
 UUID = "5f3c1a9e-2b7d-4c11-9e0f-8a6b4d2c1e77"
 
@@ -26,12 +27,14 @@ class Monitor:
     def __init__(self):
         self.requests: list[tuple[str, str, bytes]] = []
         self.status = 200
+        self.delay = 0.0  # seconds before answering: a monitor behind a slow uplink
         monitor = self
 
         class Handler(BaseHTTPRequestHandler):
             def do_POST(self):
                 body = self.rfile.read(int(self.headers.get("Content-Length") or 0))
                 monitor.requests.append(("POST", self.path, body))
+                time.sleep(monitor.delay)
                 self.send_response(monitor.status)
                 self.send_header("Content-Length", "2")
                 self.end_headers()
@@ -79,6 +82,21 @@ def _tick(sensor, instance, resources, cursor):
     defs = dg.Definitions(sensors=[sensor], resources=resources)
     ctx = dg.build_sensor_context(instance=instance, cursor=cursor, definitions=defs, resources=resources)
     return sensor.evaluate_tick(ctx)
+
+
+def test_a_slow_monitor_cannot_hold_the_ping_past_its_deadline():
+    """The health sensor's tick must end inside Dagster's 60 s: the ping's own attempt is cut at the
+    deadline, not only the waits between attempts."""
+    slow = Monitor()
+    slow.delay = 6.0
+    try:
+        started = time.monotonic()
+        resp = ping(slow.url + "/" + UUID, "success", "ok", deadline=started + 1.5)
+        took = time.monotonic() - started
+        assert not resp.ok and took < 4.0, (resp, took)
+        assert ping(slow.url + "/" + UUID, "success", deadline=time.monotonic() - 1).error.startswith("no time left to ping")
+    finally:
+        slow.server.shutdown()
 
 
 def test_health_sensor_pings_every_tick_with_the_overall_state_and_shows_the_table(

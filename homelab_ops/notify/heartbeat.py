@@ -13,6 +13,7 @@ URL forms, as the monitors define them:
 
 from __future__ import annotations
 
+import time
 from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
 
 from homelab_ops.notify.http import Response, Retry, post_json, with_retries
@@ -46,6 +47,12 @@ def ping(base: str, event: str, message: str = "", *, timeout: float = 10.0, att
     The body carries `message` (Healthchecks keeps it as the ping's log); it must already be
     redacted by the caller."""
     url = ping_url(base, event, message)
-    resp, _ = with_retries(lambda: post_json(url, {"event": event, "message": message}, timeout=timeout),
-                           Retry(attempts=attempts, backoff=1.0, max_backoff=5.0), deadline=deadline)
+
+    def send() -> Response:  # no attempt may outlast the deadline, not only no wait between them
+        left = timeout if deadline is None else min(timeout, deadline - time.monotonic())
+        if left <= 0:
+            return Response(None, error="no time left to ping")
+        return post_json(url, {"event": event, "message": message}, timeout=left)
+
+    resp, _ = with_retries(send, Retry(attempts=attempts, backoff=1.0, max_backoff=5.0), deadline=deadline)
     return resp

@@ -73,6 +73,12 @@ def _approved(chats: Optional[list[Chat]], fallback: list[Chat]) -> list[Chat]:
     return fallback if chats is None else [c for c in chats if c.status == "approved"]
 
 
+# Dagster ends a sensor evaluation after 60 s and keeps nothing of it, cursor included: the next
+# tick would alert again. Checks (20 s) and alerts (30 s) can take most of that; the heartbeat
+# gets what is left of this budget, and a ping that has no time left is skipped, not waited for.
+TICK_BUDGET_S = 50.0
+
+
 def build_health_sensor(jobs: list, *, name: str = "health_sensor", interval: int = 60,
                         evaluate: Optional[Callable[..., list[CheckResult]]] = None,
                         clock: Callable[[], float] = time.time) -> dg.SensorDefinition:
@@ -86,6 +92,7 @@ def build_health_sensor(jobs: list, *, name: str = "health_sensor", interval: in
     def _health(context: dg.SensorEvaluationContext, homelab: HomelabSettings, alert_channels: AlertChannels):
         settings = homelab.settings
         now = clock()
+        tick_deadline = time.monotonic() + TICK_BUDGET_S
         data = _load_cursor(context.cursor)
         known_chats = [Chat.from_json(c) for c in data.get("chats") or []]
         redact = alert_channels.redactor(settings)
@@ -120,7 +127,7 @@ def build_health_sensor(jobs: list, *, name: str = "health_sensor", interval: in
         beat = settings.notify.heartbeat_url
         if beat is not None:
             event = heartbeat.FAIL if overview.overall(results) == FAIL else heartbeat.SUCCESS
-            resp = heartbeat.ping(beat.get_secret_value(), event, line)
+            resp = heartbeat.ping(beat.get_secret_value(), event, line, deadline=tick_deadline)
             if not resp.ok:
                 context.log.warning(f"heartbeat ({event}) not delivered: {redact(resp.error)}")
         table = overview.rows(memories, results, settings.tz)
