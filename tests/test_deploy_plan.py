@@ -384,6 +384,22 @@ def test_n8n_runner_sidecar_needs_a_token_and_joins_the_plan_the_same_way():
     assert plan.memory_mb == 1356 + 160
 
 
+def test_a_deploy_failure_hides_the_secrets_it_placed_and_keeps_their_file_paths():
+    """A deploy error carries container log tails: the runner's token and an owner's own *PASSWORD
+    env value are hidden; the *_FILE variable's value is only a path, and stays readable."""
+    from dataclasses import replace
+
+    from homelab_ops.defs.deploy.ops import _fail
+
+    on = settings(monitoring={"services": {"n8n_runner": {"enabled": True}}})
+    runner = plan_of(on, env={"N8N_RUNNERS_AUTH_TOKEN": "Rtk7f3e9a"}).service("n8n_runner")
+    owned = replace(runner, env={**runner.env, "EXTRA_PASSWORD": "Pw0wner9"})
+    text = _fail(RuntimeError("token Rtk7f3e9a read from /run/secrets/n8n-runners-auth-token; db Pw0wner9"),
+                 on, [owned]).description
+    assert "Rtk7f3e9a" not in text and "Pw0wner9" not in text
+    assert "/run/secrets/n8n-runners-auth-token" in text, text
+
+
 # --- Traefik -------------------------------------------------------------------------------------
 
 def test_traefik_plan_flags_auth_and_routes():

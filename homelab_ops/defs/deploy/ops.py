@@ -51,7 +51,10 @@ def _fail(e: Exception, settings: Settings | None = None, specs=()) -> dg.Failur
     if settings is not None:
         from homelab_ops.notify.redact import redactor_for
         placed = [v.decode(errors="replace") for s in specs for v in s.secrets.values()]
-        placed += [v for s in specs for k, v in s.env.items() if re.search(r"TOKEN|PASSWORD|SECRET", k)]
+        # An owner's own env for a service may still carry a secret; a *_FILE variable holds only
+        # the path of one (the deploy's own secrets are in s.secrets), which errors keep readable.
+        placed += [v for s in specs for k, v in s.env.items()
+                   if re.search(r"TOKEN|PASSWORD|SECRET", k) and not k.endswith("_FILE")]
         text = redactor_for(settings, *placed)(text)
     return dg.Failure(description=text)
 
