@@ -141,7 +141,7 @@ def gather(settings, now: datetime | None = None) -> Facts:
     from homelab_ops.backups.postgresql import configured_databases
     from homelab_ops.backups.catalog import time_of
     from homelab_ops.backups.stores import stores_for
-    from homelab_ops.backups.verify import listing, newest_restored, recorded_outcomes
+    from homelab_ops.backups.verify import RESTORED, VerifyError, listing, newest_restored, recorded_outcomes
     from homelab_ops.state import connect
 
     now = now or datetime.now(timezone.utc)
@@ -150,11 +150,17 @@ def gather(settings, now: datetime | None = None) -> Facts:
         local, remotes = stores_for(settings)
         stores = [local, *remotes]
         for db in configured_databases(settings):
-            listings = {s.label: listing(s, db).backups for s in stores}
+            listings, listed = {}, []
+            for s in stores:  # as newest_verified: a store that is down proves nothing, the others count
+                try:
+                    listings[s.label] = listing(s, db).backups
+                    listed.append(s)
+                except VerifyError:
+                    facts.unread.append(f"backups of {db} in {s.label}")
             newest = max((b.time for bs in listings.values() for b in bs), default=None)
-            outcomes = recorded_outcomes(stores, db, listings)
+            outcomes = recorded_outcomes(listed, db, listings)
             stem = newest_restored(outcomes)
-            label = next((lbl for st, lbl, o in outcomes if st == stem), None) if stem else None
+            label = next((lbl for st, lbl, o in outcomes if st == stem and o == RESTORED), None) if stem else None
             facts.backups.append(BackupLine(db, newest, time_of(stem) if stem else None, label))
     except Exception as e:  # a store or the server down: say so in the digest
         facts.unread.append(f"backups: {type(e).__name__}")
