@@ -114,3 +114,20 @@ def free_space(folder: str | os.PathLike) -> str:
     from homelab_ops import units
 
     return units.size(shutil.disk_usage(folder).free)
+
+
+def remove_stale_scratch(folder: str | os.PathLike, pattern: str, older_than_s: float) -> list[Path]:
+    """Scratch folders a killed process left (a base backup's, a restore's): the owner would otherwise
+    find gigabytes gone after a power cut. Only those untouched for longer than any live one can be."""
+    import shutil
+    import time
+
+    removed = []
+    for p in Path(folder).glob(pattern):
+        try:
+            if time.time() - p.stat().st_mtime > older_than_s:
+                shutil.rmtree(p, ignore_errors=True)
+                removed.append(p)
+        except FileNotFoundError:
+            pass
+    return removed

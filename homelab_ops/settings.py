@@ -722,6 +722,7 @@ class PitrSettings(_Section):
     slot: str | None = None  # physical replication slot; default homelab_ops_<cluster>
     max_lag: Duration = "15m"  # the receiver may be disconnected or behind this long before the check fails
     base_backup_cron: str = "0 4 * * 0"  # weekly, Sunday 04:00 in `timezone`
+    offsite_cron: str = "20 * * * *"  # finished WAL and base backups to backups.s3: hourly
     status_interval: Duration = "10s"  # pg_receivewal's feedback and the heartbeat's period
 
     @field_validator("cluster", "slot")
@@ -731,7 +732,7 @@ class PitrSettings(_Section):
             raise ValueError(f"{v!r}: use 1-40 lowercase letters, digits and underscores (a replication slot name)")
         return v
 
-    @field_validator("base_backup_cron")
+    @field_validator("base_backup_cron", "offsite_cron")
     @classmethod
     def _cron(cls, v):
         fields = v.split()

@@ -94,3 +94,24 @@ def test_ad_hoc_materializations_run_in_one_process():
     d = load()
     assert d.executor is dg.in_process_executor
     assert d.resolve_implicit_global_asset_job_def().executor_def is dg.in_process_executor
+
+
+def test_with_pitr_and_s3_the_archive_goes_off_site_hourly_and_with_offsite_sync(write_settings):
+    """`offsite/_pitr` runs on pitr.offsite_cron, after each base backup, and in the owner's catch-up job."""
+    import os
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    path, _ = write_settings({"postgres": {"databases": ["app"]},
+                              "backups": {"s3": [{"bucket": "pi", "endpoint_url": "http://127.0.0.1:9"}]},
+                              "pitr": {"enabled": True, "offsite_cron": "5 * * * *"}})
+    probe = ("import homelab_ops.definitions as m; d = m.defs(); "
+             "keys = lambda j: sorted(k.to_user_string() for k in d.resolve_job_def(j).asset_layer.selected_asset_keys); "
+             "print(keys('offsite_sync')); print(keys('base_backup')); print(keys('pitr_offsite')); "
+             "print(d.get_schedule_def('pitr_offsite_schedule').cron_schedule)")
+    proc = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True,
+                          env={**os.environ, "HOMELAB_CONFIG": str(path)}, cwd=Path(__file__).resolve().parent.parent)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    assert proc.stdout.splitlines() == ["['offsite/_globals', 'offsite/_pitr', 'offsite/app']",
+                                        "['base_backups/main', 'offsite/_pitr']", "['offsite/_pitr']", "5 * * * *"]

@@ -37,9 +37,11 @@ def _write(tmp_path: Path, data: dict) -> Path:
 def test_reserved_names_are_the_folders_of_globals_and_exports():
     from homelab_ops.backups.catalog import GLOBALS
     from homelab_ops.backups.n8n_export import FOLDER
-    from homelab_ops.backups.names import PITR_FOLDERS, RESERVED
+    from homelab_ops.backups.names import PITR_FOLDERS, PITR_OFFSITE, RESERVED, name_problem
 
-    assert set(RESERVED) == {GLOBALS, FOLDER, *PITR_FOLDERS}
+    assert set(RESERVED) == {GLOBALS, FOLDER, *PITR_FOLDERS, PITR_OFFSITE}
+    # a database called `_pitr` would take the PITR archive's `offsite/_pitr` asset key
+    assert "offsite/_pitr" in name_problem("_pitr")
 
 
 def test_dagster_op_names_are_what_names_predicts():

@@ -164,6 +164,94 @@ def test_restore_one_database_before_and_after_a_delete_and_latest(env):
     assert again.returncode != 0 and "already exists" in again.stderr
 
 
+def test_the_archive_goes_off_site_and_a_new_sd_card_restores_from_it(env, s3_server, s3_bucket):
+    """`offsite/_pitr` with the target down: owed and named. Back up: the unfinished segment is finished
+    (pg_switch_wal), WAL (encrypted copies only) and base backups go up. A new SD card (an empty local
+    folder) restores `--at latest` from the off-site copy, up to the last copy; retention then prunes
+    that copy by its own rules."""
+    import dagster as dg
+
+    from homelab_ops.defs.pitr.defs import offsite_asset
+    from homelab_ops.defs.resources import HomelabSettings
+    from tests.faulty_proxy import FaultyProxy
+    from tests.test_backups_s3 import objects
+
+    e = env
+    client, bucket = s3_bucket
+    e.sql("postgres", "CREATE DATABASE depot")
+    e.sql("depot", "CREATE TABLE parcels (id int PRIMARY KEY, label text NOT NULL)")
+    e.sql("depot", "INSERT INTO parcels SELECT g, 'parcel ' || g FROM generate_series(1, 50) g")
+    base.run_base_backup(e.settings)  # a second base backup, for the off-site retention below
+    e.sql("depot", "UPDATE parcels SET label = label || ' (sent)' WHERE id <= 10")
+    last = wal.segno_of(wal.parse_lsn(e.sql("postgres", "SELECT pg_current_wal_lsn()::text")[0][0]))
+    e.sql("postgres", "SELECT pg_switch_wal()")  # finish the segment holding those writes
+    e.caught_up()
+    finished = wal.segment_name(1, last)
+    wait_for(lambda: f"{finished}.gz.age" in os.listdir(wal_dir(e.settings)), "the finished segment is encrypted")
+    # written after the last finished segment: the off-site step finishes that segment (pg_switch_wal)
+    e.sql("depot", "INSERT INTO parcels VALUES (999, 'in the unfinished segment')")
+    shipped = rows(e, "depot", "parcels")
+
+    down = threading.Event()
+    down.set()
+    with FaultyProxy(s3_server, lambda method, path: down.is_set()) as proxy:
+        target = {"endpoint_url": proxy.url, "bucket": bucket, "name": "nas", "prefix": "pi/"}
+        cfg = {**e.config, "backups": {**e.config["backups"], "s3": [target]}}
+        path = e.write(cfg, "offsite.yaml")
+        with dg.instance_for_test() as instance:
+            def sync():
+                result = dg.materialize([offsite_asset("main", "nas")], instance=instance, raise_on_error=False,
+                                        resources={"homelab": HomelabSettings(config_path=str(path))})
+                [check] = result.get_asset_check_evaluations()
+                [mat] = result.asset_materializations_for_node("offsite___pitr")
+                return check, mat.metadata["unfinished_segment"].value
+
+            check, switched = sync()
+            assert not check.passed and "nas: not reached" in check.description, check.description
+            assert "(pg_switch_wal)" in switched, switched  # finished even while the target is down
+            down.clear()  # back: the owner catches up by hand (or the next hourly run does)
+            out = subprocess.run([CLI, "--config", str(path), "pitr", "offsite"], capture_output=True, text=True,
+                                 timeout=300)
+            assert out.returncode == 0 and "nas: copied" in out.stdout, out.stderr + out.stdout
+            check, _ = sync()
+            assert check.passed, check.description
+    keys = objects(client, bucket)
+    wal_keys = [k for k in keys if k.startswith("pi/_wal/main/")]
+    assert f"pi/_wal/main/{finished}.gz.age" in wal_keys
+    assert all(k.endswith(".age") for k in wal_keys), "a plain WAL segment went off-site"
+    assert not any(".partial" in k for k in keys)
+    bases = base.list_base_backups(e.settings)
+    assert {f"pi/_base/main/{b.stem}.manifest.json" for b in bases} <= set(keys)
+    body = client.get_object(Bucket=bucket, Key=f"pi/_wal/main/{finished}.gz.age")["Body"].read()
+    assert body == (wal_dir(e.settings) / f"{finished}.gz.age").read_bytes()
+    e.sql("depot", "INSERT INTO parcels VALUES (1000, 'after the last copy')")  # on the Pi's disk only
+
+    # a new SD card: nothing local but the settings and the age key; `--from auto` finds the copy
+    card = e.tmp / "new-card"
+    target = {"endpoint_url": s3_server, "bucket": bucket, "name": "nas", "prefix": "pi/"}
+    card_cfg = {**e.config, "postgres": {**e.config["postgres"], "databases": ["shop", "depot"]},
+                "backups": {**e.config["backups"], "local_dir": str(card), "s3": [target],
+                            "retention": {"keep_last": 1, "keep_daily": 0, "keep_weekly": 0, "keep_monthly": 0}}}
+    card_path = e.write(card_cfg, "new-card.yaml")
+    out = subprocess.run([CLI, "--config", str(card_path), "backups", "restore", "depot", "--into", "depot_from_s3",
+                          "--at", "latest"], capture_output=True, text=True, timeout=600)
+    assert out.returncode == 0, out.stderr + out.stdout
+    assert "from nas" in out.stdout, out.stdout
+    assert rows(e, "depot_from_s3", "parcels") == shipped  # up to the last copy; 1000 was never off-site
+    assert not list(card.glob(".pitr-fetch-*")), "the fetched copy was left behind"
+
+    # off-site retention, by the same rules: keep the newest base backup and the WAL from its start
+    out = subprocess.run([CLI, "--config", str(card_path), "pitr", "prune"], capture_output=True, text=True,
+                         timeout=120)
+    assert out.returncode == 0, out.stderr + out.stdout
+    assert f"nas: removed {len(bases) - 1} base backup(s)" in out.stdout, out.stdout
+    keys = objects(client, bucket)
+    newest = bases[-1]
+    assert {k for k in keys if k.endswith(".manifest.json")} == {f"pi/_base/main/{newest.stem}.manifest.json"}
+    left = wal.read_archive([k.rsplit("/", 1)[1] for k in keys if k.startswith("pi/_wal/main/")])
+    assert left.segments and min(s for _, s in left.segments) == wal.segno_of(newest.start_lsn)
+
+
 def _busy_dump(e: Env, db: str):
     e.sql("postgres", f"CREATE DATABASE {db}")
     e.sql(db, "CREATE TABLE events (id bigserial PRIMARY KEY, payload text, at timestamptz DEFAULT clock_timestamp())")

@@ -156,3 +156,40 @@ def test_pitr_settings_are_checked_when_loaded():
                      ({"enable": True}, "pitr.enable")):
         with pytest.raises(SettingsError, match=key.replace(".", r"\.")):
             parse({"pitr": bad}, "t")
+
+
+def test_off_site_owes_finished_wal_oldest_first_and_never_a_plain_copy_when_encrypting():
+    from homelab_ops.pitr.offsite import wal_owed
+
+    s = {n: 100 for n in ["000000010000000100000000.gz.age", "0000000100000000000000FF.gz.age",
+                          "000000020000000000000010.gz.age", "000000010000000100000001.gz",
+                          "000000010000000100000002.gz.partial", "00000002.history.age", "notes.txt"]}
+    # histories first (recovery follows timelines with them), then segments by position, not by name
+    assert wal_owed(s, {}, encrypted=True) == ["00000002.history.age", "000000020000000000000010.gz.age",
+                                               "0000000100000000000000FF.gz.age", "000000010000000100000000.gz.age"]
+    # not yet encrypted by the receiver: owed only when the owner does not encrypt
+    assert "000000010000000100000001.gz" in wal_owed(s, {}, encrypted=False)
+    # a copy there of the same size is not owed again; one of another size (hand-copied, cut) is
+    remote = {"00000002.history.age": 100, "000000020000000000000010.gz.age": 100,
+              "0000000100000000000000FF.gz.age": 7}
+    assert wal_owed(s, remote, encrypted=True) == ["0000000100000000000000FF.gz.age",
+                                                   "000000010000000100000000.gz.age"]
+
+
+def test_off_site_owes_whole_base_backup_sets_with_the_manifest_last():
+    from homelab_ops.pitr.base import read_base_backups
+    from homelab_ops.pitr.offsite import base_owed
+
+    manifests = {f"{stem}.manifest.json": {"kind": "base_backup", "files": {
+        f"{stem}.base.tar.zst": {}, f"{stem}.pg_wal.tar.zst": {}, f"{stem}.backup_manifest.zst": {}}}
+        for stem in ("20261201T040000Z", "20261202T040000Z")}
+    local = {n: 10 for m in manifests.values() for n in m["files"]} | {n: 1 for n in manifests}
+    del local["20261202T040000Z.pg_wal.tar.zst"]  # not complete: never listed, never owed
+    bases = read_base_backups(local, manifests.__getitem__)
+    assert [b.stem for b in bases] == ["20261201T040000Z"]
+    assert base_owed(bases, local, {}) == [("20261201T040000Z", [*manifests["20261201T040000Z.manifest.json"]["files"],
+                                                                 "20261201T040000Z.manifest.json"])]
+    held = {n: 10 for n in manifests["20261201T040000Z.manifest.json"]["files"]}
+    # every file there but the manifest (an upload cut before it): only the manifest is owed
+    assert base_owed(bases, local, held) == [("20261201T040000Z", ["20261201T040000Z.manifest.json"])]
+    assert base_owed(bases, local, held | {"20261201T040000Z.manifest.json": 1}) == []

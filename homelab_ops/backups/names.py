@@ -32,8 +32,10 @@ class DatabaseNameError(ValueError):
 # writer (pg_receivewal's active `.partial` segment lives there) and its own retention.
 WAL_FOLDER, BASE_FOLDER = "_wal", "_base"
 PITR_FOLDERS = (WAL_FOLDER, BASE_FOLDER)
+PITR_OFFSITE = "_pitr"  # not a folder: the last part of the asset key `offsite/_pitr`, beside `offsite/<database>`
 RESERVED = {"_globals": "the roles dump (backup_globals)", "n8n_workflows": "n8n's workflow exports (n8n_workflows)",
-            WAL_FOLDER: "the PITR WAL archive (homelab-ops pitr receive)", BASE_FOLDER: "the PITR base backups (base_backups)"}
+            WAL_FOLDER: "the PITR WAL archive (homelab-ops pitr receive)", BASE_FOLDER: "the PITR base backups (base_backups)",
+            PITR_OFFSITE: "the PITR archive's off-site copies (offsite/_pitr)"}
 
 
 def reserved() -> dict[str, str]:
@@ -124,8 +126,9 @@ def require_known_database(settings, database: str, *, any_name: bool = False) -
         configured = configured_databases(settings)
     except Exception:  # server down: the folders still count
         configured = []
-    # PITR's folders are not databases: `homelab-ops pitr restore` reads them.
-    known = sorted({*configured, *LocalStore(settings.backups.local_dir).databases(), *reserved()} - set(PITR_FOLDERS))
+    # PITR's folders and asset name are not databases: `backups restore --at` reads the archive.
+    known = sorted({*configured, *LocalStore(settings.backups.local_dir).databases(), *reserved()}
+                   - {*PITR_FOLDERS, PITR_OFFSITE})
     if database not in known:
         raise DatabaseNameError(f"{database!r} is not a database homelab-ops knows (not in postgres.databases, "
                                 f"no folder in {settings.backups.local_dir}); known: {', '.join(known) or 'none'}")

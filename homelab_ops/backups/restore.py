@@ -70,7 +70,7 @@ def manifest_state(store: Store, database: str, backup: Backup) -> str:
     return "ok"
 
 
-def _stores(settings, source: str) -> list[Store]:
+def stores_named(settings, source: str) -> list[Store]:
     """`auto`: local and every S3 target (a new SD card restores from off-site alone)."""
     local, remotes = stores_for(settings)
     if source == "auto":
@@ -105,7 +105,7 @@ def locate(settings, database: str, *, at: datetime | None = None, source: str =
     """The newest complete backup of `database` at or before `at` in the stores of `source` (`auto`: all,
     the first store winning a tie, so local before off-site). A damaged or missing manifest is refused
     unless `ignore_manifest`; a store that is down is skipped, and named if nothing is found."""
-    errors, stores, best = [], _stores(settings, source), None
+    errors, stores, best = [], stores_named(settings, source), None
     for store in stores:
         try:
             sizes = store.list(database)

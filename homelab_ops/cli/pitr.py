@@ -64,6 +64,7 @@ def verify_cmd(obj, database: str) -> None:
 @click.pass_obj
 def prune_cmd(obj, dry_run: bool) -> None:
     """Base backups by backups.retention; WAL older than the oldest kept base backup."""
+    from homelab_ops.pitr.offsite import prune as prune_offsite
     from homelab_ops.pitr.retention import prune
 
     try:
@@ -76,6 +77,31 @@ def prune_cmd(obj, dry_run: bool) -> None:
     for stem in p.remove:
         click.echo(f"{verb} base backup {stem}")
     click.echo(f"{verb} {len(p.wal_remove)} WAL segment files (keeping from segment {p.keep_wal_from or '-'})")
+    for t in prune_offsite(obj.settings, dry_run=dry_run):
+        click.echo(f"{t.target}: {verb} {len(t.plan.remove)} base backup(s) and {len(t.plan.wal_remove)} WAL files"
+                   if t.plan else f"{t.target}: not pruned: {t.error}")
+
+
+@pitr.command("offsite")
+@click.pass_obj
+def offsite_cmd(obj) -> None:
+    """Copy finished WAL segments and base backups to every S3 target now (what offsite/_pitr does)."""
+    from homelab_ops.pitr.offsite import finish_segment, sync
+
+    if not obj.settings.backups.s3:
+        raise click.ClickException("backups.s3 is not configured: there is no off-site target")
+    click.echo(finish_segment(obj.settings))
+    failed = False
+    for s in sync(obj.settings):
+        click.echo(f"{s.target}: copied {s.uploaded_wal} WAL file(s) and {len(s.uploaded_bases)} base backup(s); "
+                   f"newest there: base backup {s.newest_base or 'none'}, segment {s.newest_segment or 'none'}")
+        if not s.complete:
+            failed = True
+            owed = ("unknown" if s.owed_wal is None else
+                    f"{len(s.owed_wal)} WAL file(s), {len(s.owed_bases or [])} base backup(s)")
+            click.echo(f"{s.target}: still owed: {owed}" + (f" ({'; '.join(s.errors)})" if s.errors else ""), err=True)
+    if failed:
+        raise SystemExit(1)
 
 
 @pitr.command("status")
@@ -100,17 +126,25 @@ def wants_pitr(settings, at: str) -> bool:
 
 def restore_at_point(settings, database: str, into: str, at: str, source: str) -> None:
     """The point-in-time branch of `homelab-ops backups restore` (cli/backups.py calls it)."""
+    import psycopg
+    import pyrage
+
+    from homelab_ops.backups.restore import RestoreError
+    from homelab_ops.backups.stores import StoreError
     from homelab_ops.pitr.base import BaseBackupError
     from homelab_ops.pitr.plan import PlanError, parse_target
     from homelab_ops.pitr.recover import RecoverError, restore_at
+    from homelab_ops.pitr.wal import WalError
 
     try:
         target = parse_target(at, settings.tz)
         click.echo(f"restoring {database} as of {target.describe()} into {into}: base backup, WAL replay "
                    "in a temporary cluster, then pg_dump | pg_restore")
         r = restore_at(settings, database, into, at, source=source)
-    except (PlanError, RecoverError, BaseBackupError) as e:
+    except (PlanError, RecoverError, BaseBackupError, RestoreError, StoreError, WalError) as e:
         raise click.ClickException(str(e)) from None
-    click.echo(f"restored {database} as of {r.target} into {into} (base backup {r.base}; "
+    except (psycopg.Error, pyrage.DecryptError) as e:  # the running server, or a key that does not fit
+        raise click.ClickException(f"restoring {database} as of {at} failed: {first_line(e)}") from None
+    click.echo(f"restored {database} as of {r.target} into {into} from {r.source} (base backup {r.base}; "
                f"{r.stop_reason or 'replayed to the end of the archive'}; "
                f"newest transaction: {r.last_commit or 'none replayed'})")

@@ -35,7 +35,7 @@ import zstandard
 from homelab_ops.backups import postgresql as pg
 from homelab_ops.backups.catalog import MANIFEST_SUFFIX, stem_for, time_of
 from homelab_ops.backups.names import BASE_FOLDER
-from homelab_ops.files import PARTIAL_SUFFIX, fsync_dir, write_atomic
+from homelab_ops.files import PARTIAL_SUFFIX, fsync_dir, remove_stale_scratch, write_atomic
 from homelab_ops.pitr import wal
 from homelab_ops.pitr.receive import pitr_dsn
 
@@ -49,8 +49,9 @@ class BaseBackupError(RuntimeError):
     """A base backup did not complete or did not verify; nothing complete-looking was left."""
 
 
-def base_dir(settings) -> Path:
-    return Path(settings.backups.local_dir) / BASE_FOLDER / settings.pitr.cluster
+def base_dir(settings, root: Path | None = None) -> Path:
+    """`<local_dir>/_base/<cluster>`; `root` instead of local_dir for a copy fetched from off-site."""
+    return Path(root or settings.backups.local_dir) / BASE_FOLDER / settings.pitr.cluster
 
 
 @dataclass(frozen=True)
@@ -84,24 +85,30 @@ class BaseBackup:
         return int(self.manifest.get("wal_segment_size", wal.DEFAULT_SEGMENT_SIZE))
 
 
-def list_base_backups(settings) -> list[BaseBackup]:
-    """Complete base backups, oldest first: a manifest whose every file is present."""
-    d = base_dir(settings)
-    if not d.is_dir():
-        return []
-    names = set(os.listdir(d))
+def read_base_backups(names, read_manifest) -> list[BaseBackup]:
+    """Complete base backups among `names`, oldest first: a manifest whose every file is present.
+    `read_manifest(name)` returns its JSON; the local folder and an S3 listing are read alike."""
+    names = set(names)
     out = []
     for name in sorted(names):
         if not name.endswith(MANIFEST_SUFFIX):
             continue
         try:
-            m = json.loads((d / name).read_text())
+            m = read_manifest(name)
         except (OSError, ValueError):
             continue
         files = tuple(m.get("files", {}))
         if m.get("kind") == "base_backup" and files and all(f in names for f in files):
             out.append(BaseBackup(name[: -len(MANIFEST_SUFFIX)], m, files))
     return out
+
+
+def list_base_backups(settings, root: Path | None = None) -> list[BaseBackup]:
+    """The complete base backups in the local folder (or under `root`), oldest first."""
+    d = base_dir(settings, root)
+    if not d.is_dir():
+        return []
+    return read_base_backups(os.listdir(d), lambda name: json.loads((d / name).read_text()))
 
 
 def _pack(src: Path, dest: Path, level: int, recipients: list[str]) -> tuple[str, int]:
@@ -162,13 +169,13 @@ def _run(args: list[str], env=None, timeout: float = 7200) -> str:
     return proc.stdout
 
 
-def _server_facts(dsn: str) -> dict:
-    with psycopg.connect(dsn, connect_timeout=10, autocommit=True) as conn:
-        version = conn.execute("SHOW server_version").fetchone()[0]
-        seg = conn.execute("SELECT setting::bigint * (CASE unit WHEN 'B' THEN 1 WHEN 'kB' THEN 1024 "
-                           "WHEN 'MB' THEN 1048576 ELSE 1 END) FROM pg_settings WHERE name = 'wal_segment_size'"
-                           ).fetchone()[0]
-        sysid = conn.execute("SELECT system_identifier::text FROM pg_control_system()").fetchone()[0]
+def server_facts(conn: psycopg.Connection) -> dict:
+    """The server's version, WAL segment size and system identifier, which a restore must match."""
+    version = conn.execute("SHOW server_version").fetchone()[0]
+    seg = conn.execute("SELECT setting::bigint * (CASE unit WHEN 'B' THEN 1 WHEN 'kB' THEN 1024 "
+                       "WHEN 'MB' THEN 1048576 ELSE 1 END) FROM pg_settings WHERE name = 'wal_segment_size'"
+                       ).fetchone()[0]
+    sysid = conn.execute("SELECT system_identifier::text FROM pg_control_system()").fetchone()[0]
     return {"server_version": version, "wal_segment_size": int(seg), "system_identifier": sysid}
 
 
@@ -179,16 +186,15 @@ def run_base_backup(settings) -> BaseBackup:
     b = settings.backups
     folder = base_dir(settings)
     folder.mkdir(parents=True, exist_ok=True)
-    facts = _server_facts(dsn)
+    with psycopg.connect(dsn, connect_timeout=10, autocommit=True) as conn:
+        facts = server_facts(conn)
     while True:  # a UTC-second stem not used yet (two base backups in one second wait a tick)
         started = datetime.now(timezone.utc).replace(microsecond=0)
         stem = stem_for(started)
         if not any(n.startswith(stem) for n in os.listdir(folder)):
             break
         time.sleep(1.05 - time.time() % 1)
-    for old in folder.glob(".basebackup-*"):  # left by a base backup killed midway
-        if time.time() - old.stat().st_mtime > b.timeout.seconds:
-            shutil.rmtree(old, ignore_errors=True)
+    remove_stale_scratch(folder, ".basebackup-*", b.timeout.seconds)  # left by a base backup killed midway
     scratch = Path(tempfile.mkdtemp(prefix=".basebackup-", dir=folder))
     conninfo, env = pg._client_env(dsn)
     written: list[Path] = []
@@ -237,13 +243,13 @@ def run_base_backup(settings) -> BaseBackup:
     return BaseBackup(stem, manifest, tuple(files))
 
 
-def check_files(settings, bb: BaseBackup) -> None:
+def check_files(settings, bb: BaseBackup, root: Path | None = None) -> None:
     """Every file's sha256 against the manifest, before a restore trusts it."""
     for name, meta in bb.manifest["files"].items():
+        path = base_dir(settings, root) / name
         sha = hashlib.sha256()
-        with open(base_dir(settings) / name, "rb") as f:
+        with open(path, "rb") as f:
             while chunk := f.read(CHUNK):
                 sha.update(chunk)
         if sha.hexdigest() != meta["sha256"]:
-            raise BaseBackupError(f"{base_dir(settings) / name}: sha256 does not match the manifest: "
-                                  "the base backup is damaged")
+            raise BaseBackupError(f"{path}: sha256 does not match the manifest: the base backup is damaged")

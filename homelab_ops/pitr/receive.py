@@ -44,8 +44,9 @@ def pitr_dsn(settings) -> str:
     return (settings.pitr.dsn or settings.postgres.dsn).get_secret_value()
 
 
-def wal_dir(settings) -> Path:
-    return Path(settings.backups.local_dir) / WAL_FOLDER / settings.pitr.cluster
+def wal_dir(settings, root: Path | None = None) -> Path:
+    """`<local_dir>/_wal/<cluster>`; `root` instead of local_dir for a copy fetched from off-site."""
+    return Path(root or settings.backups.local_dir) / WAL_FOLDER / settings.pitr.cluster
 
 
 def status_path(settings) -> Path:

@@ -33,9 +33,11 @@ import pyrage
 from psycopg.conninfo import conninfo_to_dict, make_conninfo
 
 from homelab_ops.backups import postgresql as pg
-from homelab_ops.backups.restore import load_identity
+from homelab_ops.backups.restore import load_identity, stores_named
+from homelab_ops.backups.stores import StoreError
+from homelab_ops.files import remove_stale_scratch
 from homelab_ops.pitr import base as bb
-from homelab_ops.pitr import plan, wal
+from homelab_ops.pitr import offsite, plan, wal
 from homelab_ops.pitr.receive import die_with_parent, wal_dir
 
 FETCH = Path(__file__).with_name("fetch.py")
@@ -194,21 +196,25 @@ _LAST = re.compile(r"last completed transaction was at log time (.*)")
 
 @contextlib.contextmanager
 def recovered(settings, target: plan.Target, *, timeout: float | None = None,
-              base: bb.BaseBackup | None = None) -> Iterator[Recovered]:
-    """A temporary cluster replayed to `target` and promoted; removed on exit."""
-    bases = bb.list_base_backups(settings)
+              base: bb.BaseBackup | None = None, archive_root: Path | None = None) -> Iterator[Recovered]:
+    """A temporary cluster replayed to `target` and promoted; removed on exit. `archive_root`: read the
+    archive from a copy fetched from off-site (`pitr.offsite.fetch`) instead of local_dir."""
+    bases = bb.list_base_backups(settings, archive_root)
     base = base or plan.choose_base(bases, target)
     encrypted = bool(base.manifest.get("encryption"))
-    archive_dir = wal_dir(settings)
+    archive_dir = wal_dir(settings, archive_root)
     archive_names = os.listdir(archive_dir) if archive_dir.is_dir() else []
     needs_key = (encrypted or any(n.endswith(".age") for n in archive_names)
                  or bool(settings.backups.encryption.age_recipients))  # the receiver may encrypt meanwhile
     identities = load_identity(settings) if needs_key else None
-    bb.check_files(settings, base)
+    bb.check_files(settings, base, archive_root)
     prefix, pw = _as_postgres()
     # beside the backups (same disk, room for a data directory); as root the `postgres` user
     # must reach it, and the backups folder is often private, so then TMPDIR is used
-    root = Path(tempfile.mkdtemp(prefix=".pitr-restore-", dir=None if pw else Path(settings.backups.local_dir)))
+    scratch_in = Path(tempfile.gettempdir()) if pw else Path(settings.backups.local_dir)
+    # a restore killed midway (SIGKILL, power cut) left its data directory: gone once surely dead
+    remove_stale_scratch(scratch_in, ".pitr-restore-*", 2 * settings.backups.timeout.seconds)
+    root = Path(tempfile.mkdtemp(prefix=".pitr-restore-", dir=scratch_in))
     timeout = timeout or settings.backups.timeout.seconds
     proc = None
     datadir = root / "data"
@@ -217,7 +223,7 @@ def recovered(settings, target: plan.Target, *, timeout: float | None = None,
         staging = root / "wal"
         stage_wal(archive_dir, staging, base, until_lsn=target.value if target.kind == "lsn" else None,
                   identities=identities)
-        folder = bb.base_dir(settings)
+        folder = bb.base_dir(settings, archive_root)
         base_tar = next(p for p in base.files if ".base.tar." in p)
         wal_tar = next(p for p in base.files if ".pg_wal.tar." in p)
         bb.unpack(folder / base_tar, datadir, identities)
@@ -362,6 +368,7 @@ class PitrRestore:
     stop_reason: str | None
     last_commit: str | None
     replay_lsn: str | None
+    source: str = "local"  # the store the archive was read from
 
 
 def copy_database(settings, rec: Recovered, database: str, into: str) -> None:
@@ -392,16 +399,46 @@ def copy_database(settings, rec: Recovered, database: str, into: str) -> None:
         raise
 
 
-def restore_at(settings, database: str, into: str, at: str, *, source: str = "local") -> PitrRestore:
-    """`backups restore DATABASE --into INTO --at TIME|NAME|LSN|latest`: one database at a point in time."""
-    if source not in ("local", "auto"):  # auto: the newest of any store, and only the local archive exists
-        raise RecoverError(f"--from {source}: point-in-time recovery reads the local WAL archive and base "
-                           "backups only for now; copy them back from the off-site store first")
+@contextlib.contextmanager
+def archive_for(settings, target: plan.Target, source: str) -> Iterator[tuple[str, Path | None]]:
+    """Where a recovery reads the archive: (store label, root), root None for the local archive.
+
+    `local` is the local archive; `s3` or a target's name, a copy of what the recovery needs
+    fetched from that target into a scratch folder; `auto`, the local archive when it holds a
+    base backup early enough, else the first target that does (a new SD card after a dead one).
+    """
+    stores = stores_named(settings, source)
+    local = any(s.label == "local" for s in stores)
+    if local and (len(stores) == 1 or offsite.has_base_for(settings, target)):
+        yield "local", None
+        return
+    reasons = [f"local: no base backup finished before {target.describe()}"] if local else []
+    top = Path(settings.backups.local_dir)
+    top.mkdir(parents=True, exist_ok=True)
+    remove_stale_scratch(top, ".pitr-fetch-*", 2 * settings.backups.timeout.seconds)
+    for store in (s for s in stores if s.label != "local"):
+        root = Path(tempfile.mkdtemp(prefix=".pitr-fetch-", dir=top))
+        try:
+            try:
+                offsite.fetch(settings, store, target, root)
+            except (plan.PlanError, StoreError) as e:
+                reasons.append(str(e))
+                continue
+            yield store.label, root
+            return
+        finally:
+            shutil.rmtree(root, ignore_errors=True)
+    raise RecoverError("no store holds what a recovery to " + target.describe() + " needs: " + "; ".join(reasons))
+
+
+def restore_at(settings, database: str, into: str, at: str, *, source: str = "auto") -> PitrRestore:
+    """`backups restore DATABASE --into INTO --at TIME|NAME|LSN|latest [--from ...]`: one database at a
+    point in time, from the local archive or an off-site copy."""
     target = plan.parse_target(at, settings.tz)
     admin = settings.postgres.dsn.get_secret_value()
     if pg.database_exists(admin, into):
         raise RecoverError(f"database {into!r} already exists: refusing to overwrite it; choose another --into")
-    with recovered(settings, target) as rec:
+    with archive_for(settings, target, source) as (label, root), recovered(settings, target, archive_root=root) as rec:
         copy_database(settings, rec, database, into)
         return PitrRestore(database, into, target.describe(), rec.base.stem, rec.stop_reason, rec.last_commit,
-                           rec.replay_lsn)
+                           rec.replay_lsn, label)

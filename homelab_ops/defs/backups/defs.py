@@ -108,7 +108,8 @@ def defs() -> dg.Definitions:
     if offsite:
         jobs.append(dg.define_asset_job(
             "offsite_sync",
-            selection=offsite,
+            # every `offsite/...` asset: the dumps' and, with pitr.enabled, the PITR archive's (offsite/_pitr)
+            selection=dg.AssetSelection.key_prefixes(["offsite"]),
             executor_def=dg.in_process_executor,
             tags={"dagster/max_runtime": str(max_runtime)},
             description="Upload every local backup an S3 target lacks, oldest first, without dumping again: "

@@ -9,6 +9,7 @@ from datetime import datetime, timezone
 
 import dagster as dg
 
+from homelab_ops.backups.names import PITR_OFFSITE
 from homelab_ops.defs.resources import HomelabSettings
 from homelab_ops.settings import current
 
@@ -53,6 +54,71 @@ def base_backup_asset(cluster: str) -> dg.AssetsDefinition:
         })
 
     return _base
+
+
+def offsite_key() -> dg.AssetKey:
+    """Beside the dumps' `offsite/<database>`; `_pitr` is a reserved name no database can take."""
+    return dg.AssetKey(["offsite", PITR_OFFSITE])
+
+
+def _copies_table(states) -> dg.TableMetadataValue:
+    def owed(v):
+        return -1 if v is None else len(v)
+
+    return dg.MetadataValue.table(
+        records=[dg.TableRecord({"target": s.target, "newest_base_backup": s.newest_base or "none",
+                                 "newest_segment": s.newest_segment or "none", "uploaded_wal": s.uploaded_wal,
+                                 "uploaded_base_backups": len(s.uploaded_bases), "owed_wal": owed(s.owed_wal),
+                                 "owed_base_backups": owed(s.owed_bases), "error": "; ".join(s.errors)})
+                 for s in states],
+        schema=dg.TableSchema(columns=[
+            dg.TableColumn("target", "string"), dg.TableColumn("newest_base_backup", "string"),
+            dg.TableColumn("newest_segment", "string"), dg.TableColumn("uploaded_wal", "int"),
+            dg.TableColumn("uploaded_base_backups", "int"),
+            dg.TableColumn("owed_wal", "int", description="-1: unknown (the target did not answer)"),
+            dg.TableColumn("owed_base_backups", "int", description="-1: unknown"), dg.TableColumn("error", "string")]))
+
+
+def offsite_asset(cluster: str, targets: str) -> dg.AssetsDefinition:
+    key = offsite_key()
+
+    @dg.asset(key=key, deps=[base_key(cluster)], group_name=GROUP, kinds={"s3"}, pool="offsite_pitr",
+              check_specs=[dg.AssetCheckSpec("copies_complete", asset=key, blocking=True,
+                                             description="Every target holds every finished WAL segment and "
+                                                         "every complete base backup of the local archive.")],
+              description=f"The PITR archive of `{cluster}` off-site on {targets}: finished WAL segments (the one "
+                          "pg_receivewal is writing is finished first with pg_switch_wal, when WAL was written since "
+                          "the last) and base backups, from the local "
+                          "files, oldest first, checked like the dumps' copies; then each target's copy is pruned "
+                          "by the local rules. What failed stays owed until the next run (pitr.offsite_cron).")
+    def _offsite(context: dg.AssetExecutionContext, homelab: HomelabSettings) -> dg.MaterializeResult:
+        from homelab_ops.pitr import offsite
+
+        s = homelab.settings
+        switched = offsite.finish_segment(s)
+        context.log.info(switched)
+        states = offsite.sync(s)
+        prunes = {p.target: p for p in offsite.prune(s)}
+        for st in states:
+            context.log.info(f"{st.target}: {st.uploaded_wal} WAL file(s), {len(st.uploaded_bases)} base backup(s) "
+                             f"copied; newest there: base backup {st.newest_base}, segment {st.newest_segment}")
+            for e in st.errors + ([prunes[st.target].error] if prunes[st.target].error else []):
+                context.log.error(e)
+        failing = [st for st in states if not st.complete]
+        summary = "; ".join(f"{st.target}: " + ("not reached" if st.owed_wal is None else
+                                               f"{len(st.owed_wal)} WAL file(s), {len(st.owed_bases or [])} "
+                                               "base backup(s) owed") + (f" ({'; '.join(st.errors)})" if st.errors else "")
+                            for st in failing)
+        removed = {t: (f"{len(p.plan.remove)} base backup(s), {len(p.plan.wal_remove)} WAL file(s)" if p.plan
+                       else f"not pruned: {p.error}") for t, p in prunes.items()}
+        return dg.MaterializeResult(
+            metadata={"targets": _copies_table(states), "unfinished_segment": dg.MetadataValue.text(switched),
+                      "pruned": dg.MetadataValue.text("; ".join(f"{t}: {r}" for t, r in removed.items()))},
+            check_results=[dg.AssetCheckResult(
+                check_name="copies_complete", passed=not failing, severity=dg.AssetCheckSeverity.ERROR,
+                description=summary or f"every target holds the whole PITR archive of {cluster}")])
+
+    return _offsite
 
 
 def _tables(results) -> dg.TableMetadataValue:
@@ -137,11 +203,15 @@ def defs() -> dg.Definitions:
         dbs = [] if settings.postgres.databases == "all" else list(settings.postgres.databases)
     base = base_backup_asset(cluster)
     verify = verification_asset(cluster, dbs)
-    base_job = dg.define_asset_job("base_backup", selection=[base], executor_def=dg.in_process_executor,
-                                   tags={"dagster/max_runtime": str(int(settings.backups.timeout.seconds * 2))},
-                                   description="Take a base backup and apply retention to base backups and WAL.")
+    offsite = [offsite_asset(cluster, ", ".join(t.label for t in settings.backups.s3))] if settings.backups.s3 else []
+    max_runtime = str(int(settings.backups.timeout.seconds * 2))
+    # a new base backup goes off-site in the same run; WAL follows hourly (pitr.offsite_cron)
+    base_job = dg.define_asset_job("base_backup", selection=[base, *offsite], executor_def=dg.in_process_executor,
+                                   tags={"dagster/max_runtime": max_runtime},
+                                   description="Take a base backup and apply retention to base backups and WAL"
+                                               + (", then copy the archive off-site." if offsite else "."))
     verify_job = dg.define_asset_job("verify_wal_chain", selection=[verify], executor_def=dg.in_process_executor,
-                                     tags={"dagster/max_runtime": str(int(settings.backups.timeout.seconds * 2))},
+                                     tags={"dagster/max_runtime": max_runtime},
                                      description="Replay the WAL archive to each nightly dump's point and compare.")
     schedules = [
         dg.ScheduleDefinition(name="base_backup_schedule", job=base_job, cron_schedule=settings.pitr.base_backup_cron,
@@ -151,5 +221,17 @@ def defs() -> dg.Definitions:
                               execution_timezone=settings.timezone, default_status=dg.DefaultScheduleStatus.RUNNING,
                               description="04:30 every day, after the 03:00 nightly backup."),
     ]
-    return dg.Definitions(assets=[base, verify], jobs=[base_job, verify_job], schedules=schedules,
+    jobs = [base_job, verify_job]
+    if offsite:
+        offsite_job = dg.define_asset_job("pitr_offsite", selection=offsite, executor_def=dg.in_process_executor,
+                                          tags={"dagster/max_runtime": max_runtime},
+                                          description="Copy finished WAL segments and base backups to every S3 "
+                                                      "target, then prune each copy by the local rules.")
+        jobs.append(offsite_job)
+        schedules.append(dg.ScheduleDefinition(
+            name="pitr_offsite_schedule", job=offsite_job, cron_schedule=settings.pitr.offsite_cron,
+            execution_timezone=settings.timezone, default_status=dg.DefaultScheduleStatus.RUNNING,
+            description="pitr.offsite_cron (default hourly): the off-site archive trails the local one by at "
+                        "most this and the segment still being written."))
+    return dg.Definitions(assets=[base, verify, *offsite], jobs=jobs, schedules=schedules,
                           sensors=[rpo_sensor(cluster)])

@@ -1,0 +1,260 @@
+"""The PITR archive off-site: copying base backups and WAL to each S3 target, and fetching them back.
+
+Uploads follow the dumps' rules (backups/offsite.py): from the finished local file, oldest
+first, each file's sha256 known before its upload and checked after it; what a target lacks
+stays owed until a later run. A base backup goes as a set, its manifest last (the completeness
+marker). Of the WAL only finished segments and timeline histories go: the segment
+pg_receivewal is still writing changes every second, so the off-site archive trails the local
+one by that segment. With age recipients set only encrypted copies go, never a plain segment
+the receiver has not encrypted yet.
+
+Off-site the layout is the local one under the target's prefix: `_base/<cluster>/` and
+`_wal/<cluster>/`. `fetch` downloads what one recovery needs into a folder laid out like
+`backups.local_dir`, so recovery reads a fetched copy exactly as it reads the local archive.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import psycopg
+
+from homelab_ops.backups.catalog import MANIFEST_SUFFIX
+from homelab_ops.backups.names import BASE_FOLDER, WAL_FOLDER
+from homelab_ops.backups.offsite import _sha256
+from homelab_ops.backups.prune import policy_from
+from homelab_ops.backups.stores import CHUNK, LocalFileChanged, S3Store, StoreError, read_json, stores_for
+from homelab_ops.errors import first_line
+from homelab_ops.pitr import base as bb
+from homelab_ops.pitr import plan, wal
+from homelab_ops.pitr.receive import wal_dir
+
+
+def folders(settings) -> tuple[str, str]:
+    """The base-backup and WAL folders of the cluster, as store folder names (`_base/main`, `_wal/main`)."""
+    return f"{BASE_FOLDER}/{settings.pitr.cluster}", f"{WAL_FOLDER}/{settings.pitr.cluster}"
+
+
+# --------------------------------------------------------------------------- the plan (pure)
+
+
+def wal_owed(local: dict[str, int], remote: dict[str, int], *, encrypted: bool) -> list[str]:
+    """Finished WAL files a target lacks (or holds at another size): histories first, then
+    segments oldest first. `encrypted`: only `.age` copies are owed, never a plain one."""
+    archive = wal.read_archive(local)
+    histories = [name for _, name in sorted(archive.histories.items())]
+    segments = [f.file for (tli, segno), f in sorted(archive.segments.items(), key=lambda kv: (kv[0][1], kv[0][0]))]
+    return [n for n in histories + segments if (n.endswith(".age") or not encrypted) and remote.get(n) != local[n]]
+
+
+def base_owed(bases: list[bb.BaseBackup], local: dict[str, int], remote: dict[str, int]) -> list[tuple[str, list[str]]]:
+    """(stem, files) of each complete local base backup a target lacks a part of, oldest first;
+    the manifest comes last in every set that is owed."""
+    out = []
+    for b in bases:
+        manifest = b.stem + MANIFEST_SUFFIX
+        files = [n for n in b.files if remote.get(n) != local.get(n)]
+        if files or remote.get(manifest) != local.get(manifest):
+            out.append((b.stem, files + [manifest]))
+    return out
+
+
+# --------------------------------------------------------------------------- upload
+
+
+@dataclass
+class PitrTargetState:
+    """One target's copy of the archive after a sync."""
+
+    target: str
+    newest_base: str | None = None
+    newest_segment: str | None = None
+    uploaded_bases: list[str] = field(default_factory=list)
+    uploaded_wal: int = 0
+    owed_bases: list[str] | None = None  # None: unknown (the target did not answer)
+    owed_wal: list[str] | None = None
+    errors: list[str] = field(default_factory=list)
+
+    @property
+    def complete(self) -> bool:
+        return not self.errors and self.owed_bases == [] and self.owed_wal == []
+
+
+def _local_sizes(folder: Path) -> dict[str, int]:
+    if not folder.is_dir():
+        return {}
+    return {p.name: p.stat().st_size for p in folder.iterdir() if p.is_file() and not p.name.startswith(".")}
+
+
+def sync_target(settings, store: S3Store) -> PitrTargetState:
+    """Upload the WAL, then the base backups, that `store` lacks. A failing target stops at its first
+    error (one timeout, not one per segment); what was not copied stays owed."""
+    state = PitrTargetState(store.label)
+    bfolder, wfolder = folders(settings)
+    encrypted = bool(settings.backups.encryption.age_recipients)
+    wdir, bdir = wal_dir(settings), bb.base_dir(settings)
+    try:
+        local_wal = _local_sizes(wdir)
+        state.owed_wal = wal_owed(local_wal, store.list(wfolder), encrypted=encrypted)
+        for name in list(state.owed_wal):
+            try:
+                store.upload_file(wfolder, name, wdir / name, _sha256(wdir / name))
+            except FileNotFoundError:  # retention removed it meanwhile: no longer owed
+                state.owed_wal.remove(name)
+                continue
+            state.owed_wal.remove(name)
+            state.uploaded_wal += 1
+        local_base = _local_sizes(bdir)
+        bases = bb.list_base_backups(settings)
+        owed = base_owed(bases, local_base, store.list(bfolder))
+        state.owed_bases = [stem for stem, _ in owed]
+        by_stem = {b.stem: b for b in bases}
+        for stem, files in owed:
+            try:
+                for name in files:
+                    meta = by_stem[stem].manifest["files"].get(name)
+                    path = bdir / name
+                    store.upload_file(bfolder, name, path, meta["sha256"] if meta else _sha256(path))
+            except (LocalFileChanged, OSError) as e:  # this base backup's local files, not the target
+                state.errors.append(str(e) if isinstance(e, StoreError) else f"{bfolder}/{stem}: {e}")
+                continue
+            state.owed_bases.remove(stem)
+            state.uploaded_bases.append(stem)
+    except StoreError as e:
+        state.errors.append(str(e))
+    try:
+        held = bb.read_base_backups(store.list(bfolder), lambda n: read_json(store, bfolder, n))
+        state.newest_base = held[-1].stem if held else None
+        segments = wal.read_archive(store.list(wfolder)).segments
+        state.newest_segment = max(segments.values(), key=lambda f: (f.segno, f.tli)).name if segments else None
+    except StoreError:  # down: unknown, and the error above says why
+        pass
+    return state
+
+
+def finish_segment(settings, wait_s: float = 60.0) -> str:
+    """Make the segment pg_receivewal is still writing a finished one, so it goes off-site now: on a
+    quiet server it could otherwise stay unfinished for days (what archive_timeout does for
+    archive_command). `pg_switch_wal()` does nothing when no WAL was written since the last switch;
+    otherwise the rest of the segment is zeros, which gzip makes almost nothing of. As postgres.dsn's role (a REPLICATION role in pitr.dsn usually
+    may not). Returns what happened, for the log; never raises: what is finished goes up either way."""
+    admin = settings.postgres.dsn.get_secret_value()
+    try:
+        with psycopg.connect(admin, autocommit=True, connect_timeout=10) as conn:
+            facts = bb.server_facts(conn)
+            bases = bb.list_base_backups(settings)
+            if bases and bases[-1].manifest.get("system_identifier") not in (None, facts["system_identifier"]):
+                return "postgres.dsn is another server than the archived cluster's: its WAL was not switched"
+            seg = facts["wal_segment_size"]
+            end = wal.parse_lsn(conn.execute("SELECT pg_switch_wal()::text").fetchone()[0])
+    except psycopg.errors.InsufficientPrivilege:
+        return ("pg_switch_wal() is not allowed for postgres.dsn's role, so the unfinished segment waits until "
+                "it fills: GRANT EXECUTE ON FUNCTION pg_switch_wal() TO <that role>")
+    except psycopg.Error as e:
+        return f"the unfinished segment was not switched: {first_line(e)}"
+    if end % seg == 0:  # nothing written since the last switch: the start of the current segment
+        return "no WAL written since the last finished segment"
+    segno = wal.segno_of(end - 1, seg)  # the segment the switch finished
+    encrypted = bool(settings.backups.encryption.age_recipients)
+    deadline = time.monotonic() + wait_s
+    while time.monotonic() < deadline:
+        archive = wal.read_archive(_local_sizes(wal_dir(settings)), seg)
+        done = [f for (t, s), f in archive.segments.items() if s == segno and (f.encrypted or not encrypted)]
+        if done:
+            return f"finished segment {done[0].name} (pg_switch_wal)"
+        time.sleep(0.5)
+    return (f"switched to a new segment, but the receiver did not finish the old one within {wait_s:.0f} s "
+            "(is `homelab-ops pitr receive` running?)")
+
+
+def sync(settings) -> list[PitrTargetState]:
+    """Bring every S3 target's copy of the PITR archive up to date."""
+    _, remotes = stores_for(settings)
+    return [sync_target(settings, store) for store in remotes]
+
+
+# --------------------------------------------------------------------------- retention
+
+
+@dataclass
+class TargetPrune:
+    target: str
+    plan: plan.RetentionPlan | None
+    error: str | None = None
+
+
+def prune_target(settings, store: S3Store, *, dry_run: bool) -> plan.RetentionPlan:
+    """The local retention rules applied to a target's own copy: base backups by backups.retention,
+    then WAL older than the oldest base backup kept there. Manifests go first, so a half-deleted
+    set is never listed as complete."""
+    bfolder, wfolder = folders(settings)
+    bases = bb.read_base_backups(store.list(bfolder), lambda n: read_json(store, bfolder, n))
+    seg = bases[-1].segment_size if bases else wal.DEFAULT_SEGMENT_SIZE
+    archive = wal.read_archive(store.list(wfolder), seg)
+    p = plan.plan_retention([(b.stem, b.time, b.start_lsn) for b in bases], archive,
+                            policy_from(settings.backups.retention), settings.tz, seg_size=seg)
+    if not dry_run:
+        by_stem = {b.stem: b for b in bases}
+        for stem in p.remove:
+            store.delete(bfolder, [stem + MANIFEST_SUFFIX])
+            store.delete(bfolder, list(by_stem[stem].files))
+        store.delete(wfolder, p.wal_remove)
+    return p
+
+
+def prune(settings, *, dry_run: bool | None = None) -> list[TargetPrune]:
+    dry_run = settings.backups.retention.dry_run if dry_run is None else dry_run
+    _, remotes = stores_for(settings)
+    out = []
+    for store in remotes:
+        try:
+            out.append(TargetPrune(store.label, prune_target(settings, store, dry_run=dry_run)))
+        except (StoreError, ValueError) as e:
+            out.append(TargetPrune(store.label, None, str(e)))
+    return out
+
+
+# --------------------------------------------------------------------------- fetch for a restore
+
+
+def _download(store: S3Store, folder: str, name: str, dest: Path) -> None:
+    with store.open_read(folder, name) as body, open(dest, "wb") as f:
+        try:
+            while chunk := body.read(CHUNK):
+                f.write(chunk)
+        except Exception as e:  # a connection cut mid-body is botocore's or urllib3's error
+            raise StoreError(f"S3 target {store.label}: reading {folder}/{name} failed: {e}") from None
+
+
+def fetch(settings, store: S3Store, target: plan.Target, root: Path) -> bb.BaseBackup:
+    """Download from `store` what a recovery to `target` needs into `root` (laid out as local_dir):
+    the base backup `plan.choose_base` picks and every finished WAL file from its start on.
+    Raises PlanError when the target holds no base backup early enough, StoreError when it fails."""
+    bfolder, wfolder = folders(settings)
+    bases = bb.read_base_backups(store.list(bfolder), lambda n: read_json(store, bfolder, n))
+    if not bases:
+        raise plan.PlanError(f"S3 target {store.label} holds no complete base backup of cluster "
+                             f"{settings.pitr.cluster} ({store.uri(bfolder, '')})")
+    base = plan.choose_base(bases, target)
+    bdest, wdest = bb.base_dir(settings, root), wal_dir(settings, root)
+    bdest.mkdir(parents=True, exist_ok=True)
+    wdest.mkdir(parents=True, exist_ok=True)
+    for name in (*base.files, base.stem + MANIFEST_SUFFIX):
+        _download(store, bfolder, name, bdest / name)
+    archive = wal.read_archive(store.list(wfolder), base.segment_size)
+    first = wal.segno_of(base.start_lsn, base.segment_size)
+    wanted = [*archive.histories.values(), *(f.file for (tli, segno), f in archive.segments.items() if segno >= first)]
+    for name in wanted:
+        _download(store, wfolder, name, wdest / name)
+    return base
+
+
+def has_base_for(settings, target: plan.Target) -> bool:
+    """Whether the local archive holds a base backup a recovery to `target` can start from."""
+    try:
+        plan.choose_base(bb.list_base_backups(settings), target)
+    except plan.PlanError:
+        return False
+    return True
