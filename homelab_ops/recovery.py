@@ -34,7 +34,9 @@ while no other live run has a step that writes backups, the sweep removes in `ba
 the `.partial` files and folders, dumps without manifest and other orphans of every folder whose
 backup advisory lock it can take, `.restore-*.tmp` files no process holds open, the scratch
 databases (`homelab_verify_<database>_<id>`) of the configured databases, and in every S3 target
-the incomplete multipart uploads and orphans under `prefix`. Until then the runs keep the tag
+the orphans under `prefix` and the incomplete multipart uploads, except those of a finished local
+file: the next off-site step resumes them (parts already there are not sent again over a slow
+uplink), and retention aborts any left for longer than a day. Until then the runs keep the tag
 `homelab-ops/leftovers=pending`, so a sweep that could not clean retries.
 """
 
@@ -384,7 +386,9 @@ def remove_leftovers(settings, log) -> tuple[list[str], bool]:
         try:
             prefix = store.target.prefix
             for up in list(store.incomplete_uploads(prefix)):
-                d = up["Key"][len(prefix):].split("/", 1)[0]
+                d, _, name = up["Key"][len(prefix):].partition("/")
+                if name and local.path(d, name).is_file():
+                    continue  # its finished local file is still owed: the next off-site step resumes it
                 if free.get(d):  # a database of ours, not being backed up (not another tool's upload)
                     store.client.abort_multipart_upload(Bucket=store.target.bucket, Key=up["Key"],
                                                         UploadId=up["UploadId"])

@@ -343,6 +343,18 @@ def alerts_for(lab: Lab, run_id: str) -> list[tuple[str, str]]:
         return conn.execute("SELECT kind, text FROM homelab_ops.alerts WHERE run_id = %s", (run_id,)).fetchall()
 
 
+def sweep_by_sensor(lab: Lab):
+    """One tick of the interrupted_runs sensor, as the daemon runs it when no run starts."""
+    import dagster as dg
+
+    from homelab_ops.defs.recovery.defs import interrupted_runs
+    from homelab_ops.defs.resources import HomelabSettings
+
+    homelab = HomelabSettings(config_path=str(lab.root / "homelab.yaml"))
+    with dg.build_sensor_context(instance=lab.instance, resources={"homelab": homelab}) as context:
+        return interrupted_runs(context)
+
+
 def recover_and_check(lab: Lab, run_id: str | None, point: str, args: list[str]) -> None:
     run_to_end(lab, args)
     if run_id is not None:
@@ -442,6 +454,12 @@ def test_offsite_killed(lab, index):
             run_id = kill_at(lab, work, point, at)
         finally:
             lab.env = direct
+    if point == "off-site: mid-upload" and run_id is not None:
+        # the sweep (here the interrupted_runs sensor's) leaves the upload of a finished local file:
+        # the next run resumes it rather than sending every part again over the uplink
+        cut = {u["UploadId"] for u in uploads(lab)}
+        sweep_by_sensor(lab)
+        assert cut and {u["UploadId"] for u in uploads(lab)} == cut
     recover_and_check(lab, run_id, point, work)
 
 
@@ -538,19 +556,12 @@ def test_nightly_killed_mid_dump_recovers(lab):
 
 def test_sensor_recovers_when_no_run_starts(lab):
     """The deployment's path when nothing else starts: the interrupted_runs sensor does it all."""
-    import dagster as dg
-
-    from homelab_ops.defs.recovery.defs import interrupted_runs
-    from homelab_ops.defs.resources import HomelabSettings
-
     point = "backup: mid-dump, then only the sensor"
     _, at, _ = _backup_points(lab)[1]
     work = [*BACKUP, f"backups/{lab.db}"]
     run_id = kill_at(lab, work, point, at)
     assert run_id is not None
-    homelab = HomelabSettings(config_path=str(lab.root / "homelab.yaml"))
-    with dg.build_sensor_context(instance=lab.instance, resources={"homelab": homelab}) as context:
-        result = interrupted_runs(context)
+    result = sweep_by_sensor(lab)
     assert "1 runs interrupted" in str(result.skip_message if hasattr(result, "skip_message") else result)
     run = lab.instance.get_run_by_id(run_id)
     assert run.status.value == "FAILURE" and INTERRUPTED_TAG in run.tags
