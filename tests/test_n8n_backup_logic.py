@@ -135,3 +135,41 @@ def test_key_from_config_file_and_a_missing_one_is_named(tmp_path):
     with pytest.raises(keys.KeyError_, match="cannot read n8n.config_file"):
         keys.read_key(s)
     assert keys.read_key(parse({"n8n": {"dsn": "x"}}, "t", env={})) is None
+
+
+def test_verification_by_n8n_judges_the_very_backup_from_the_store_it_was_restored_from(tmp_path):
+    """The nightly check asks about tonight's backup: a target still holding only last night's copy
+    (an upload owed) must not be verified in its place, and a named target is that target."""
+    from homelab_ops.backups.stores import LocalStore
+    from homelab_ops.n8n import verification as nv
+
+    settings = parse({"backups": {"local_dir": str(tmp_path), "s3": [
+        {"bucket": "first", "name": "nas", "endpoint_url": "http://127.0.0.1:9"},
+        {"bucket": "second", "name": "b2", "endpoint_url": "http://127.0.0.1:9"}]}}, "t", env={})
+    assert [nv._store(settings, s).label for s in ("auto", "local", "s3", "nas", "b2")] == \
+        ["nas", "local", "nas", "nas", "b2"]
+    with pytest.raises(nv.N8nVerifyError, match="unknown backup source 'nope'"):
+        nv._store(settings, "nope")
+
+    store = LocalStore(tmp_path)
+    (tmp_path / "n8n").mkdir()
+    for name in ("20261202T030000Z.dump.zst", "20261202T030000Z.manifest.json"):
+        (tmp_path / "n8n" / name).write_text("{}")
+    assert nv.locate_set(settings, "n8n", store, "20261203T030000Z").backup.stem == "20261202T030000Z"
+    with pytest.raises(nv.N8nVerifyError, match="with id 20261203T030000Z"):
+        nv.locate_set(settings, "n8n", store, "20261203T030000Z", exact=True)
+
+
+def test_the_printed_start_line_finds_n8n_tables_in_their_schema_and_prefix(tmp_path):
+    """An instance kept in another schema or with a table prefix must start on its restored tables,
+    not create an empty instance beside them."""
+    from homelab_ops.n8n.instance_restore import start_lines
+
+    def line(n8n: dict) -> str:
+        settings = parse({"n8n": {"dsn": "postgresql://n8n@127.0.0.1/n8n", **n8n}}, "t", env={})
+        return start_lines(settings, "n8n_restored", tmp_path, binary=False)[1]
+
+    plain = line({})
+    assert "DB_POSTGRESDB_DATABASE=n8n_restored" in plain and "SCHEMA" not in plain and "PREFIX" not in plain
+    kept = line({"db_schema": "automation", "table_prefix": "lab_"})
+    assert "-e DB_POSTGRESDB_SCHEMA=automation" in kept and "-e DB_TABLE_PREFIX=lab_" in kept

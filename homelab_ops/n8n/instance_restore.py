@@ -37,6 +37,12 @@ def start_lines(settings, into: str, config_dir: Path, binary: bool) -> list[str
     env = ["DB_TYPE=postgresdb", f"DB_POSTGRESDB_HOST={p.get('host') or '127.0.0.1'}",
            f"DB_POSTGRESDB_PORT={p.get('port') or 5432}", f"DB_POSTGRESDB_DATABASE={into}",
            f"DB_POSTGRESDB_USER={p.get('user') or 'postgres'}"]
+    # where n8n's tables are, as the backed-up instance had them: without these n8n would create an
+    # empty instance beside the restored tables
+    if settings.n8n.db_schema != "public":
+        env.append(f"DB_POSTGRESDB_SCHEMA={settings.n8n.db_schema}")
+    if settings.n8n.table_prefix:
+        env.append(f"DB_TABLE_PREFIX={settings.n8n.table_prefix}")
     if binary:
         env.append("N8N_DEFAULT_BINARY_DATA_MODE=filesystem")
     flags = " ".join(f"-e {e}" for e in env)

@@ -23,6 +23,7 @@ import psycopg
 from homelab_ops.backups import postgresql as pg
 from homelab_ops.backups.catalog import read_listing
 from homelab_ops.backups.restore import Located, RestoreError, restore
+from homelab_ops.backups.restore import RestoreError, stores_named
 from homelab_ops.backups.stores import Store, StoreError, read_json, stores_for
 from homelab_ops.errors import first_line
 from homelab_ops.n8n import backup_set, compare, keys
@@ -188,37 +189,40 @@ class N8nVerification:
 
 
 def _store(settings, source: str | None) -> Store:
-    local, remotes = stores_for(settings)
+    """`auto`: the first S3 target's copy when there is one (what a disaster restores); else the
+    store named as `backups restore --from` names them."""
     if source in (None, "auto"):
+        local, remotes = stores_for(settings)
         return remotes[0] if remotes else local
-    if source == "local":
-        return local
-    if not remotes:
-        raise N8nVerifyError("--from s3, but backups.s3 is not configured")
-    return remotes[0]
+    try:
+        return stores_named(settings, source)[0]
+    except RestoreError as e:
+        raise N8nVerifyError(str(e)) from None
 
 
-def locate_set(settings, database: str, store: Store, stem: str | None) -> Located:
+def locate_set(settings, database: str, store: Store, stem: str | None, *, exact: bool = False) -> Located:
+    """The newest complete backup at or before `stem` (a backup id), or exactly `stem` with `exact`:
+    verification must judge the backup it was asked about, not an older copy a target still holds."""
     try:
         backups = read_listing(store.list(database)).backups
     except StoreError as e:
         raise N8nVerifyError(str(e)) from None
     if stem is not None:
-        backups = [b for b in backups if b.stem <= stem] if len(stem) == 16 else []
+        backups = [b for b in backups if (b.stem == stem if exact else b.stem <= stem)] if len(stem) == 16 else []
     if not backups:
         raise N8nVerifyError(f"no complete backup of {database!r} in {store.label}"
-                             + (f" at or before {stem}" if stem else ""))
+                             + ((" with id " if exact else " at or before ") + stem if stem else ""))
     b = backups[-1]
     return Located(store, database, b, read_json(store, database, b.manifest))
 
 
 def verify_with_n8n(settings, database: str, *, stem: str | None = None, source: str | None = None,
-                    keep_scratch: bool = False) -> N8nVerification:
+                    exact: bool = False, keep_scratch: bool = False) -> N8nVerification:
     """Restore backup `stem` (default: the newest; the first S3 target's copy when configured) into a
     scratch database, run n8n on it with the set's key, compare; the scratch database is dropped."""
     started = time.monotonic()
     store = _store(settings, source)
-    loc = locate_set(settings, database, store, stem)
+    loc = locate_set(settings, database, store, stem, exact=exact)
     s = settings.n8n
     result = N8nVerification(database, loc.backup.stem, store.label, s.version, s.verify_with or "command", None)
     redact = redactor_for(settings, with_credentials=False)

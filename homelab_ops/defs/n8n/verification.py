@@ -63,7 +63,8 @@ def n8n_level(context, settings: Settings, database: str, manifest_result, meta:
     if not manifest_result.restored:
         return False, "not run: the backup did not restore"
     try:
-        r = nv.verify_with_n8n(settings, database, stem=manifest_result.stem)
+        # the very backup, from the store, that the manifest check just restored
+        r = nv.verify_with_n8n(settings, database, stem=manifest_result.stem, source=manifest_result.store, exact=True)
     except nv.N8nVerifyError as e:
         context.log.error(f"verification by n8n could not run: {e}")
         return False, f"verification by n8n could not run: {e}"
