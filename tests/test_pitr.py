@@ -14,6 +14,7 @@ import shutil
 import signal
 import subprocess
 import sys
+import tempfile
 import threading
 import time
 from datetime import datetime, timedelta, timezone
@@ -493,3 +494,30 @@ def test_a_backup_role_without_replication_falls_back_to_pg_export_snapshot(env)
     m = result.manifest
     assert m["snapshot_source"] == "pg_export_snapshot" and "consistent_point_lsn" not in m
     assert "replication" in m["slot_error"] and m["row_count"] == 10
+
+
+def test_a_pg_restore_that_stops_early_is_reported_not_waited_on(env):
+    """pg_restore dying at its first byte (a full disk, a role it cannot create) must end the restore with
+    its own error, not leave pg_dump blocked on a full pipe for ever; the half-made database is dropped."""
+    e = env
+    base.run_base_backup(e.settings)
+    e.sql("postgres", "CREATE DATABASE bulky")
+    e.sql("bulky", "CREATE TABLE blobs AS SELECT g AS id, md5(g::text) || repeat('x', 500) AS body "
+                   "FROM generate_series(1, 20000) g")  # ~10 MB: far more than a pipe holds
+    e.caught_up()
+    bins = Path(tempfile.mkdtemp(prefix="bin-failing-restore-"))  # the server's OS user runs `postgres` from it
+    bins.chmod(0o755)
+    for tool in Path("/usr/lib/postgresql/15/bin").iterdir():
+        (bins / tool.name).symlink_to(tool)
+    (bins / "pg_restore").unlink()
+    (bins / "pg_restore").write_text("#!/bin/sh\necho 'pg_restore: error: could not write to the database' >&2\n"
+                                     "exit 1\n")
+    (bins / "pg_restore").chmod(0o755)
+    cfg = {**e.config, "postgres": {**e.config["postgres"], "pg_bin_dir": str(bins), "databases": ["bulky"]}}
+    path = e.write(cfg, "failing-restore.yaml")
+    out = subprocess.run([CLI, "--config", str(path), "backups", "restore", "bulky", "--into", "bulky_copy",
+                          "--at", "latest", "--from", "local"], capture_output=True, text=True, timeout=120)
+    assert out.returncode == 1, out.stderr + out.stdout
+    assert "pg_restore into bulky_copy failed" in out.stderr and "could not write to the database" in out.stderr
+    assert e.sql("postgres", "SELECT 1 FROM pg_database WHERE datname = 'bulky_copy'") == []
+    shutil.rmtree(bins)

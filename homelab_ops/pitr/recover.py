@@ -382,14 +382,16 @@ def copy_database(settings, rec: Recovered, database: str, into: str) -> None:
     try:
         dump = pg.start_dump(rec.dsn(database), None, bin_dir)
         restore = pg.start_restore(pg.database_dsn(admin, into), keep_owners=True, bin_dir=bin_dir)
+        restore_stopped = False
         try:
             while chunk := dump.stdout.read(1 << 20):
                 restore.stdin.write(chunk)
             restore.stdin.close()
-        except BrokenPipeError:
-            pass
+        except BrokenPipeError:  # pg_restore stopped early: its error is the one to report
+            restore_stopped = True
+            dump.kill()  # else pg_dump waits forever on a pipe nobody reads
         drc, rrc = dump.wait(), restore.wait()
-        if drc != 0:
+        if drc != 0 and not restore_stopped:
             raise RecoverError(f"pg_dump of {database} from the recovered cluster failed (exit {drc}): "
                                f"{pg.read_stderr(dump.stderr)}")
         if rrc != 0:
