@@ -15,6 +15,7 @@ import base64
 import hashlib
 import io
 import json
+import threading
 import time
 from collections import deque
 from collections.abc import Iterator
@@ -316,10 +317,12 @@ class RateLimit:
     def __init__(self, rate: float):
         self.rate = rate
         self.due = time.monotonic()
+        self._lock = threading.Lock()  # UPLOAD_THREADS parts share one target's limit
 
     def take(self, n: int) -> None:
-        self.due = max(self.due, time.monotonic()) + n / self.rate
-        time.sleep(max(0.0, self.due - time.monotonic()))
+        with self._lock:
+            self.due = due = max(self.due, time.monotonic()) + n / self.rate
+        time.sleep(max(0.0, due - time.monotonic()))
 
 
 class _Throttled(io.BytesIO):
