@@ -5,7 +5,7 @@ VENV := .venv
 PY := $(VENV)/bin/python
 export DAGSTER_HOME := $(CURDIR)/var/dagster
 
-.PHONY: env services demo test ui bench clean
+.PHONY: env services demo demo-pitr test ui bench clean
 
 $(VENV)/.synced: pyproject.toml uv.lock
 	@command -v uv >/dev/null 2>&1 || python3 -m pip install -q uv
@@ -36,6 +36,12 @@ demo: services $(DAGSTER_HOME)/dagster.yaml
 	@echo "Backups:        $(CURDIR)/var/backups (one folder per database, dump + manifest per backup)"
 	@echo "n8n workflows:  $(CURDIR)/var/backups/n8n_workflows (one JSON file per workflow, per run)"
 	@echo "Dagster runs:   $(DAGSTER_HOME) (open them with: make ui)"
+	@echo "Point-in-time recovery, on a PostgreSQL cluster of its own: make demo-pitr"
+
+# The machine's PostgreSQL allows no replication (pg_hba.conf), and a demo does not change an owner's
+# server: this one starts a private PostgreSQL 15 with wal_level=logical and removes it afterwards.
+demo-pitr: services
+	$(PY) scripts/pitr_demo.py
 
 test: services
 	$(PY) -m pytest -q
