@@ -897,7 +897,27 @@ def load(path: str | os.PathLike | None = None) -> Settings:
         raise SettingsError(f"{p}: not valid YAML: {e}") from None
     except SettingsError as e:
         raise SettingsError(f"{p}: {e}") from None
-    return parse(data, str(p))
+    return parse(data, str(p), env=environment())
+
+
+def environment() -> dict[str, str]:
+    """What `${VAR}` reads: the process environment, and where HOMELAB_ENV_FILE names a .env file
+    (the one `creds render-env` writes), its variables for those the environment lacks. A container
+    given the file as a read-only mount keeps its secrets out of `docker inspect`, which the Docker
+    socket's holders (cAdvisor, Alloy) can read; the WAL receiver runs that way."""
+    env = dict(os.environ)
+    path = env.get("HOMELAB_ENV_FILE")
+    if not path:
+        return env
+    from dotenv import dotenv_values
+
+    if not Path(path).is_file():
+        raise SettingsError(f"{path}: the .env file HOMELAB_ENV_FILE names does not exist")
+    try:
+        values = dotenv_values(path, interpolate=False)
+    except OSError as e:
+        raise SettingsError(f"{path} (HOMELAB_ENV_FILE): cannot be read: {e.strerror}") from None
+    return {**{k: v for k, v in values.items() if v is not None}, **env}
 
 
 _cache: dict[str, Settings] = {}

@@ -9,6 +9,7 @@ import re
 import shutil
 import subprocess
 import tarfile
+import time
 from pathlib import Path
 
 import dagster as dg
@@ -46,9 +47,13 @@ def compose_config(tmp_path_factory) -> dict:
 
 def test_compose_file_is_valid_with_the_sample_env(compose_config):
     services = compose_config["services"]
-    assert set(services) == {"code-server", "webserver", "daemon"}
+    # `up -d` starts these; the WAL receiver only with `--profile pitr`
+    assert {n for n, svc in services.items() if not svc.get("profiles")} == {"code-server", "webserver", "daemon"}
+    assert services["wal-receiver"]["profiles"] == ["pitr"]
     env = dotenv(DEPLOY / ".env.example")
     for name, svc in services.items():
+        if name == "wal-receiver":
+            continue
         assert svc["image"] == env["HOMELAB_OPS_IMAGE"]
         assert svc["build"]["dockerfile"] == "deploy/Dockerfile"
         assert svc["build"]["args"]["PG_MAJOR"] == env["PG_MAJOR"]
@@ -75,6 +80,21 @@ def test_only_the_code_server_gets_the_docker_socket_and_the_secrets(compose_con
         assert set(services[name]["environment"]) == {f"DAGSTER_PG_{k}" for k in
                                                       ("HOST", "PORT", "USER", "PASSWORD", "DB")}
     assert "AWS_SECRET_ACCESS_KEY" in services["code-server"]["environment"]
+
+
+def test_the_wal_receiver_reads_its_secrets_from_a_mounted_file_not_its_environment(compose_config):
+    """Least privilege for a long-lived process: no Docker socket, no secret in `docker inspect`,
+    the settings read-only, the data folder writable, bounded memory, a healthcheck that reads a file."""
+    rx = compose_config["services"]["wal-receiver"]
+    assert rx["command"] == ["homelab-ops", "pitr", "receive"]
+    assert rx["image"] == compose_config["services"]["code-server"]["image"]
+    assert set(rx["environment"]) == {"HOMELAB_CONFIG", "HOMELAB_ENV_FILE"}
+    assert rx["environment"]["HOMELAB_ENV_FILE"] == "/etc/homelab-ops/.env"
+    assert not any("docker.sock" in v for v in rx["volumes"])
+    assert any(v.endswith(":/etc/homelab-ops:ro") for v in rx["volumes"])
+    assert any(v.endswith(":/var/lib/homelab-ops:rw") or v.endswith(":/var/lib/homelab-ops") for v in rx["volumes"])
+    assert rx["cap_drop"] == ["ALL"] and rx["security_opt"] == ["no-new-privileges:true"]
+    assert rx["mem_limit"] and rx["healthcheck"]["test"] == ["CMD", "homelab-ops", "pitr", "status", "--heartbeat"]
 
 
 def test_web_ui_goes_through_traefik_with_basic_auth(compose_config):
@@ -245,3 +265,60 @@ def test_image_builds_on_the_local_docker_engine(slow_docker, built_image):
     assert "15." in out.decode() and lines[-2:] == ["homelab", "ok"], out
     assert image.attrs["Config"]["User"] == "homelab"
     assert image.attrs["Config"]["Entrypoint"] == ["/usr/bin/tini", "--"]
+
+
+@pytest.mark.docker
+def test_the_wal_receiver_container_streams_wal_as_compose_runs_it(slow_docker, built_image, tmp_path):
+    """The image as the `wal-receiver` service runs it: uid 1000, every capability dropped, settings and
+    .env read-only, the password only in the mounted .env. It creates the slot, archives WAL, answers
+    its healthcheck, keeps the secret out of `docker inspect`, and stops cleanly on `docker stop`."""
+    import psycopg
+
+    from homelab_ops.pitr.receive import slot_state
+    from tests.pitr_cluster import logical_cluster
+
+    secret = "wal-receiver-" + os.urandom(8).hex()
+    etc, data = tmp_path / "etc", tmp_path / "data"
+    etc.mkdir()
+    data.mkdir()
+    with logical_cluster() as c:
+        (etc / "homelab.yaml").write_text(yaml.safe_dump({
+            "postgres": {"dsn": f"postgresql://postgres:${{PITR_PASSWORD}}@127.0.0.1:{c.port}/postgres",
+                         "databases": ["postgres"]},
+            "backups": {"local_dir": "/var/lib/homelab-ops/backups"},
+            "metrics": {"textfile_dir": "/var/lib/homelab-ops/textfile"},
+            "pitr": {"enabled": True, "status_interval": "2s"},
+        }))
+        (etc / ".env").write_text(f"PITR_PASSWORD={secret}\n")
+        for p in (etc, etc / "homelab.yaml", etc / ".env", data):
+            os.chown(p, 1000, 1000)
+        (etc / ".env").chmod(0o600)
+        data.chmod(0o700)
+        container = slow_docker.containers.run(
+            built_image.id, ["homelab-ops", "pitr", "receive"], detach=True, network_mode="host",
+            cap_drop=["ALL"], security_opt=["no-new-privileges:true"], mem_limit="128m",
+            environment={"HOMELAB_CONFIG": "/etc/homelab-ops/homelab.yaml", "HOMELAB_ENV_FILE": "/etc/homelab-ops/.env"},
+            volumes={str(etc): {"bind": "/etc/homelab-ops", "mode": "ro"},
+                     str(data): {"bind": "/var/lib/homelab-ops", "mode": "rw"}})
+        try:
+            deadline = time.monotonic() + 300
+            while not slot_state(c.dsn(), "homelab_ops_main").get("active"):
+                assert container.reload() or container.status == "running", container.logs().decode()[-3000:]
+                assert time.monotonic() < deadline, container.logs().decode()[-3000:]
+                time.sleep(1)
+            with psycopg.connect(c.dsn(), autocommit=True) as conn:
+                conn.execute("CREATE TABLE t AS SELECT g FROM generate_series(1, 10000) g")
+                conn.execute("SELECT pg_switch_wal()")
+            archive = data / "backups" / "_wal" / "main"
+            while not any(n.endswith(".gz") for n in os.listdir(archive)):
+                assert time.monotonic() < deadline, container.logs().decode()[-3000:]
+                time.sleep(1)
+            rc, out = container.exec_run(["homelab-ops", "pitr", "status", "--heartbeat"])
+            assert rc == 0 and b"receiver heartbeat" in out, out
+            assert not any(secret in e for e in container.attrs["Config"]["Env"])
+            assert all(p.stat().st_uid == 1000 for p in archive.iterdir())
+            container.stop(timeout=45)
+            assert container.wait(timeout=60)["StatusCode"] == 0, container.logs().decode()[-3000:]
+            assert secret.encode() not in container.logs()
+        finally:
+            container.remove(force=True)

@@ -105,13 +105,23 @@ def offsite_cmd(obj) -> None:
 
 
 @pitr.command("status")
+@click.option("--heartbeat", is_flag=True,
+              help="Only whether the receiver wrote its heartbeat lately (exit 1 if not): the container's "
+                   "healthcheck, which must not query the server every minute.")
 @click.pass_obj
-def status_cmd(obj) -> None:
+def status_cmd(obj, heartbeat: bool) -> None:
     """The receiver's heartbeat and the health checks of the WAL stream."""
     from homelab_ops.pitr.health import pitr_results
-    from homelab_ops.pitr.receive import read_status
+    from homelab_ops.pitr.receive import heartbeat_age, read_status
 
     settings = obj.settings
+    if heartbeat:
+        age, limit = heartbeat_age(settings), 3 * settings.pitr.status_interval.seconds + 30
+        if age is None or age > limit:
+            raise click.ClickException(f"no receiver heartbeat for {'ever' if age is None else f'{age:.0f}s'} "
+                                       f"(limit {limit:.0f}s): is `homelab-ops pitr receive` running?")
+        click.echo(f"receiver heartbeat {age:.0f}s ago")
+        return
     click.echo(json.dumps(read_status(settings), indent=2))
     for r in pitr_results(settings):
         click.echo(f"{r.state:<8} {r.name}: {r.reason}")

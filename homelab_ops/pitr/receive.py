@@ -60,6 +60,16 @@ def read_status(settings) -> dict | None:
         return None
 
 
+def heartbeat_age(settings, now: float | None = None) -> float | None:
+    """Seconds since the receiver last wrote its heartbeat; None when it never did."""
+    status = read_status(settings) or {}
+    try:
+        updated = datetime.fromisoformat(status["updated_at"]).timestamp()
+    except (KeyError, TypeError, ValueError):
+        return None
+    return max(0.0, (time.time() if now is None else now) - updated)
+
+
 def _tool(settings, name: str) -> str:
     return pg.tool(name, settings.postgres.pg_bin_dir)
 
