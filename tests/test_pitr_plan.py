@@ -193,3 +193,29 @@ def test_off_site_owes_whole_base_backup_sets_with_the_manifest_last():
     # every file there but the manifest (an upload cut before it): only the manifest is owed
     assert base_owed(bases, local, held) == [("20261201T040000Z", ["20261201T040000Z.manifest.json"])]
     assert base_owed(bases, local, held | {"20261201T040000Z.manifest.json": 1}) == []
+
+
+def test_the_receiver_healthcheck_fails_without_a_fresh_heartbeat(tmp_path):
+    """`pitr status --heartbeat`, the wal-receiver container's healthcheck: a file read, no server query."""
+    import json
+    import time
+
+    import yaml
+    from click.testing import CliRunner
+
+    from homelab_ops.cli import main
+
+    config = tmp_path / "homelab.yaml"
+    config.write_text(yaml.safe_dump({"backups": {"local_dir": str(tmp_path / "b")},
+                                      "pitr": {"enabled": True, "status_interval": "10s"}}))
+    run = lambda: CliRunner().invoke(main, ["--config", str(config), "pitr", "status", "--heartbeat"])  # noqa: E731
+    never = run()
+    assert never.exit_code == 1 and "no receiver heartbeat for ever" in never.output
+    status = tmp_path / "b" / "_wal" / "main.receiver.json"
+    status.parent.mkdir(parents=True)
+    status.write_text(json.dumps({"updated_at": datetime.fromtimestamp(time.time() - 5, UTC).isoformat()}))
+    fresh = run()
+    assert fresh.exit_code == 0 and "receiver heartbeat 5s ago" in fresh.output
+    status.write_text(json.dumps({"updated_at": datetime.fromtimestamp(time.time() - 120, UTC).isoformat()}))
+    stale = run()  # limit: 3 x 10 s + 30 s
+    assert stale.exit_code == 1 and "for 120s (limit 60s)" in stale.output
