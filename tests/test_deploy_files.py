@@ -49,10 +49,10 @@ def test_compose_file_is_valid_with_the_sample_env(compose_config):
     services = compose_config["services"]
     # `up -d` starts these; the WAL receiver only with `--profile pitr`
     assert {n for n, svc in services.items() if not svc.get("profiles")} == {"code-server", "webserver", "daemon"}
-    assert services["wal-receiver"]["profiles"] == ["pitr"]
+    assert services["wal_receiver"]["profiles"] == ["pitr"]
     env = dotenv(DEPLOY / ".env.example")
     for name, svc in services.items():
-        if name == "wal-receiver":
+        if name == "wal_receiver":
             continue
         assert svc["image"] == env["HOMELAB_OPS_IMAGE"]
         assert svc["build"]["dockerfile"] == "deploy/Dockerfile"
@@ -85,7 +85,7 @@ def test_only_the_code_server_gets_the_docker_socket_and_the_secrets(compose_con
 def test_the_wal_receiver_reads_its_secrets_from_a_mounted_file_not_its_environment(compose_config):
     """Least privilege for a long-lived process: no Docker socket, no secret in `docker inspect`,
     the settings read-only, the data folder writable, bounded memory, a healthcheck that reads a file."""
-    rx = compose_config["services"]["wal-receiver"]
+    rx = compose_config["services"]["wal_receiver"]
     assert rx["command"] == ["homelab-ops", "pitr", "receive"]
     assert rx["image"] == compose_config["services"]["code-server"]["image"]
     assert set(rx["environment"]) == {"HOMELAB_CONFIG", "HOMELAB_ENV_FILE"}
@@ -269,7 +269,7 @@ def test_image_builds_on_the_local_docker_engine(slow_docker, built_image):
 
 @pytest.mark.docker
 def test_the_wal_receiver_container_streams_wal_as_compose_runs_it(slow_docker, built_image, tmp_path):
-    """The image as the `wal-receiver` service runs it: uid 1000, every capability dropped, settings and
+    """The image as the `wal_receiver` service runs it: uid 1000, every capability dropped, settings and
     .env read-only, the password only in the mounted .env. It creates the slot, archives WAL, answers
     its healthcheck, keeps the secret out of `docker inspect`, and stops cleanly on `docker stop`."""
     import psycopg
@@ -277,7 +277,7 @@ def test_the_wal_receiver_container_streams_wal_as_compose_runs_it(slow_docker, 
     from homelab_ops.pitr.receive import slot_state
     from tests.pitr_cluster import logical_cluster
 
-    secret = "wal-receiver-" + os.urandom(8).hex()
+    secret = "wal_receiver-" + os.urandom(8).hex()
     etc, data = tmp_path / "etc", tmp_path / "data"
     etc.mkdir()
     data.mkdir()

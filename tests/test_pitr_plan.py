@@ -196,7 +196,7 @@ def test_off_site_owes_whole_base_backup_sets_with_the_manifest_last():
 
 
 def test_the_receiver_healthcheck_fails_without_a_fresh_heartbeat(tmp_path):
-    """`pitr status --heartbeat`, the wal-receiver container's healthcheck: a file read, no server query."""
+    """`pitr status --heartbeat`, the wal_receiver container's healthcheck: a file read, no server query."""
     import json
     import time
 
