@@ -14,7 +14,7 @@ from homelab_ops.cli import main
 from homelab_ops.defs.backups.assets import backup_asset, offsite_asset
 from homelab_ops.defs.resources import HomelabSettings
 from homelab_ops.n8n import keys
-from tests.conftest import ADMIN_DSN, dsn_for
+from tests.conftest import ADMIN_DSN, database_exists, dsn_for
 
 KEY = "offsite-test-key-0123456789"
 
@@ -44,9 +44,17 @@ def test_restore_from_s3_alone_brings_back_the_key_and_binary_data(new_db, write
     local = tmp_path / "backups" / src
     for p in local.iterdir():
         p.unlink()
+    # a folder that already holds binary data is refused before any work: no database is made
+    taken = tmp_path / "taken" / ".n8n"
+    (taken / "binaryData").mkdir(parents=True)
+    into = new_db("n8ns3r", create=False)
+    refused = CliRunner().invoke(main, ["--config", str(path), "n8n", "restore", "--from", "s3",
+                                        "--into", into, "--config-out", str(taken)])
+    assert refused.exit_code == 1 and f"{taken / 'binaryData'} already exists" in refused.output, refused.output
+    assert not (taken / "config").exists() and not database_exists(into)
     out = tmp_path / "new" / ".n8n"
     run = CliRunner().invoke(main, ["--config", str(path), "n8n", "restore", "--from", "s3",
-                                    "--into", new_db("n8ns3r", create=False), "--config-out", str(out)])
+                                    "--into", into, "--config-out", str(out)])
     assert run.exit_code == 0, run.output
     assert json.loads((out / "config").read_text()) == {"encryptionKey": KEY}
     assert stat.S_IMODE((out / "config").stat().st_mode) == 0o600

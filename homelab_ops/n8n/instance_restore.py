@@ -9,11 +9,13 @@ from __future__ import annotations
 
 import os
 import shutil
+import tarfile
 from dataclasses import dataclass
 from datetime import datetime
 from pathlib import Path
 
 import psycopg
+import pyrage
 
 from homelab_ops.backups.restore import RestoreError, locate, refuse_existing, restore
 from homelab_ops.files import write_atomic
@@ -67,6 +69,10 @@ def restore_instance(settings, into: str, config_out: Path, *, at: datetime | No
     if extras is None:
         raise RestoreError(f"backup {loc.backup.stem} of {database} has no {backup_set.META_SUFFIX}: it was taken "
                            "without n8n's key; restore the database alone with `homelab-ops backups restore`")
+    target = config_out / "binaryData"
+    if extras.binary_file and target.exists():
+        raise RestoreError(f"{target} already exists: refusing to mix two instances' binary data; "
+                           "choose another --config-out")
     try:
         key = backup_set.open_key(settings, loc.store, database, extras)  # before any work: fail early
     except keys.KeyError_ as e:
@@ -78,12 +84,13 @@ def restore_instance(settings, into: str, config_out: Path, *, at: datetime | No
     del key
     files = 0
     if extras.binary_file:
-        target = config_out / "binaryData"
         staging = config_out / ".binaryData.partial"
         shutil.rmtree(staging, ignore_errors=True)
-        files = backup_set.extract_binary(settings, loc.store, database, extras, staging)
-        if target.exists():
-            raise RestoreError(f"{target} already exists: the binary data is left in {staging}")
+        try:
+            files = backup_set.extract_binary(settings, loc.store, database, extras, staging)
+        except (keys.KeyError_, pyrage.DecryptError, tarfile.TarError, OSError) as e:
+            raise RestoreError(f"database {into} and the key in {config} are restored, but the binary data of "
+                               f"{loc.backup.stem} is not: {e}") from None
         os.replace(staging, target)
     return RestoredInstance(database, loc.backup.stem, into, config, extras.key_fingerprint or "", files,
                             start_lines(settings, into, config_out, bool(extras.binary_file)))
