@@ -19,6 +19,7 @@ from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
+from homelab_ops.docker_host import connect
 from homelab_ops.settings import Settings, SettingsError, load
 
 TIMEOUT = 5  # seconds per network call: a check that hangs is a failed check
@@ -200,7 +201,7 @@ def check_docker(settings: Settings) -> Check:
     name = "docker"
     host = settings.docker.host
     try:
-        client = docker.DockerClient(base_url=host, timeout=TIMEOUT)
+        client = connect(host, TIMEOUT)
         try:
             client.ping()
             version = client.version().get("Version", "?")
@@ -283,25 +284,16 @@ def check_fstrim(settings: Settings) -> Check:
 
 
 def check_container_logs(settings: Settings) -> Check:
-    """disk_hygiene's log sizes read each container's json log file: it must be readable here."""
-    import docker
-    import docker.errors
+    """disk_hygiene's log sizes read each container's json log file: it must be readable here.
+    The same reading as disk_hygiene's (backups.hygiene.container_logs), judged for the owner."""
+    from homelab_ops.backups.hygiene import DOCKER_OK, container_logs
 
     name = "container logs"
-    try:
-        client = docker.DockerClient(base_url=settings.docker.host, timeout=TIMEOUT)
-    except docker.errors.DockerException as e:
-        return skip(name, f"no Docker Engine ({_short(e, 120)})")
-    try:
-        unreadable = []  # LogPath is the host's path: readable only where that path is (the host)
-        for c in client.api.containers():
-            path = client.api.inspect_container(c["Id"]).get("LogPath") or ""
-            if path and not os.access(path, os.R_OK):
-                unreadable.append(c["Names"][0].lstrip("/"))
-    except (docker.errors.DockerException, OSError) as e:
-        return skip(name, f"Docker Engine not reachable ({_short(e, 120)})")
-    finally:
-        client.close()
+    logs = container_logs(settings.docker.host, timeout=TIMEOUT)
+    if logs.state != DOCKER_OK:
+        return skip(name, logs.detail)
+    # LogPath is the host's path: readable only where that path is (the host)
+    unreadable = [c.name for c in logs.containers if c.state == "not readable"]
     if unreadable:
         return fail(name, f"{len(unreadable)} container log file(s) not readable here "
                           f"({', '.join(unreadable[:5])}{'...' if len(unreadable) > 5 else ''}): log sizes are "
@@ -309,7 +301,7 @@ def check_container_logs(settings: Settings) -> Check:
                     "run homelab-ops where Docker's data folder is readable (the host), or accept that "
                     "disk_hygiene reports no log sizes; Docker's json-file logs are root-only (0640), so a "
                     "read-only mount alone is not enough for uid 1000 (deploy/README.md)")
-    return ok(name, "every running container's json log is readable")
+    return ok(name, "every container's json log is readable")
 
 
 def telegram_token(settings: Settings, env: dict[str, str]) -> str | None:

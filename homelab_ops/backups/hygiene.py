@@ -14,6 +14,7 @@ import subprocess
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from homelab_ops.docker_host import connect
 from homelab_ops.errors import first_line
 
 TRIMMED, NOT_SUPPORTED, NOT_PERMITTED, NO_SUCH_MOUNT, NO_FSTRIM, FAILED = (
@@ -110,11 +111,10 @@ def container_log(attrs: dict) -> ContainerLog:
 
 def container_logs(host: str, *, timeout: int = 10) -> DockerLogs:
     """Every container's json log size, largest first; no daemon answering is a state, not an error."""
-    import docker
     from docker.errors import DockerException
 
     try:
-        client = docker.DockerClient(base_url=host, timeout=timeout)
+        client = connect(host, timeout)
     except DockerException as e:
         return DockerLogs(NO_DAEMON, f"no Docker daemon answers at {host} (docker.host): {_short(e)}")
     try:

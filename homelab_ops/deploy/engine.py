@@ -19,6 +19,7 @@ from dataclasses import dataclass, field
 from pathlib import PurePosixPath
 from typing import TYPE_CHECKING
 
+from homelab_ops import docker_host
 from homelab_ops.deploy import render
 from homelab_ops.deploy.plan import HostFacts, StackPlan, socket_path
 from homelab_ops.deploy.spec import (
@@ -68,8 +69,7 @@ class Health:
 
 
 def connect(host: str, timeout: int = 120) -> docker.DockerClient:
-    import docker
-    return docker.DockerClient(base_url=host, timeout=timeout)
+    return docker_host.connect(host, timeout)
 
 
 # --- Paths as the host sees them --------------------------------------------------------------

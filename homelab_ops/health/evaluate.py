@@ -20,6 +20,7 @@ from concurrent.futures import ThreadPoolExecutor, wait
 from datetime import date, datetime, timedelta, timezone
 from pathlib import Path
 
+from homelab_ops.docker_host import connect
 from homelab_ops.errors import typed_first_line
 from homelab_ops.health import checks as c
 from homelab_ops.health.checks import CheckResult, Thresholds
@@ -88,9 +89,7 @@ def check_host(settings, th: Thresholds, now: datetime) -> list[CheckResult]:
 
 
 def docker_client(settings):
-    import docker
-
-    return docker.DockerClient(base_url=settings.docker.host, timeout=10)
+    return connect(settings.docker.host, 10)
 
 
 def _docker_time(text: str | None) -> datetime | None:

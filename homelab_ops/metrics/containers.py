@@ -24,6 +24,7 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
 
+from homelab_ops.docker_host import connect
 from homelab_ops.errors import first_line
 from homelab_ops.metrics.thresholds import ERROR, WARN, Outcome
 
@@ -412,7 +413,7 @@ def take_snapshot(host: str, *, patterns: list[str] | None = None, timeout: floa
     unreachable = (DockerException, requests.exceptions.RequestException, OSError)
     try:
         # Without an explicit version the client asks the daemon for it: the reachability test.
-        client = docker.DockerClient(base_url=host, timeout=10, max_pool_size=MAX_WORKERS)
+        client = connect(host, 10, max_pool_size=MAX_WORKERS)
     except unreachable as e:
         raise DockerUnavailable(f"no Docker daemon answers at {host} (docker.host): {_short(e)}") from None
     try:

@@ -18,6 +18,8 @@ import tarfile
 from dataclasses import dataclass
 from pathlib import Path
 
+from homelab_ops.docker_host import connect
+
 N8N_CONFIG_IN_CONTAINER = "/home/node/.n8n/config"
 _FP_SALT = b"homelab-ops n8n encryption key fingerprint v1"
 
@@ -96,7 +98,7 @@ def _key_from_container(settings, name: str) -> str:
 
     where = f"{N8N_CONFIG_IN_CONTAINER} in container {name} (n8n.container)"
     try:
-        client = docker.DockerClient(base_url=settings.docker.host, timeout=60)
+        client = connect(settings.docker.host, 60)
     except docker.errors.DockerException as e:
         raise KeyError_(f"cannot reach the Docker Engine at {settings.docker.host}: {type(e).__name__}") from None
     try:

@@ -26,6 +26,7 @@ from pathlib import Path
 
 import psycopg
 
+from homelab_ops.docker_host import connect
 from homelab_ops.n8n import keys
 from homelab_ops.notify.redact import redactor_for
 
@@ -165,7 +166,7 @@ class N8nCli:
         import docker
 
         mount = "/home/node"
-        client = docker.DockerClient(base_url=self.settings.docker.host, timeout=int(self.timeout) + 60)
+        client = connect(self.settings.docker.host, int(self.timeout) + 60)
         container = None
         try:
             env = self._env(mount)
