@@ -107,6 +107,7 @@ def test_with_pitr_and_s3_the_archive_goes_off_site_hourly_and_with_offsite_sync
                               "backups": {"s3": [{"bucket": "pi", "endpoint_url": "http://127.0.0.1:9"}]},
                               "pitr": {"enabled": True, "offsite_cron": "5 * * * *"}})
     probe = ("import homelab_ops.definitions as m; d = m.defs(); "
+             "assert not any(s.name.startswith('job_heartbeat') for s in d.sensors), 'no notify.heartbeat'; "
              "keys = lambda j: sorted(k.to_user_string() for k in d.resolve_job_def(j).asset_layer.selected_asset_keys); "
              "print(keys('offsite_sync')); print(keys('base_backup')); print(keys('pitr_offsite')); "
              "print(d.get_schedule_def('pitr_offsite_schedule').cron_schedule)")
@@ -115,3 +116,20 @@ def test_with_pitr_and_s3_the_archive_goes_off_site_hourly_and_with_offsite_sync
     assert proc.returncode == 0, proc.stderr[-2000:]
     assert proc.stdout.splitlines() == ["['offsite/_globals', 'offsite/_pitr', 'offsite/app']",
                                         "['base_backups/main', 'offsite/_pitr']", "['offsite/_pitr']", "5 * * * *"]
+
+
+def test_job_heartbeat_sensors_exist_only_when_a_job_has_a_monitor(write_settings):
+    """Three run-status sensors tick every 30 s in the daemon; without notify.heartbeat they would
+    do nothing but cost the Pi's CPU."""
+    import os
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    path, _ = write_settings({"notify": {"heartbeat": {"nightly_backup": "http://127.0.0.1:9/ping/abc"}}})
+    probe = ("import homelab_ops.definitions as m; d = m.defs(); "
+             "print(sorted(s.name for s in d.sensors if s.name.startswith('job_heartbeat')))")
+    proc = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True,
+                          env={**os.environ, "HOMELAB_CONFIG": str(path)}, cwd=Path(__file__).resolve().parent.parent)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    assert proc.stdout.split("\n")[0] == "['job_heartbeat_fail', 'job_heartbeat_start', 'job_heartbeat_success']"

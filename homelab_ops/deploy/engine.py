@@ -493,7 +493,7 @@ def _https_status(address: str, host: str, timeout_s: float = 10) -> str:
         conn.request("GET", "/", headers={"Host": host})
         r = conn.getresponse()
         return f"HTTP {r.status} {r.reason}"
-    except OSError as e:
+    except (OSError, http.client.HTTPException) as e:  # a connection closed mid-answer: try again
         return f"no HTTP answer from {address}:443 ({e})"
     finally:
         conn.close()

@@ -94,7 +94,8 @@ def defs(context: dg.ComponentLoadContext) -> dg.Definitions:
         jobs=own + digest_jobs,
         schedules=digest_schedules,
         sensors=[
-            *build_job_heartbeat_sensors(),
+            # three run-status sensors ticking every 30 s in the Pi's daemon: only when a job has a monitor
+            *(build_job_heartbeat_sensors() if settings.notify.heartbeat else []),
             build_health_sensor(targets, interval=int(settings.health.interval.seconds)),
             build_run_failure_sensor(),
             build_asset_check_sensor(),
