@@ -202,11 +202,6 @@ _EVENT = "dagster_event"  # dagster._core.log_manager.LOG_RECORD_EVENT_ATTR
 _REDACTED_EVENT = "_homelab_ops_redacted_event"
 
 
-def active() -> Redactor:
-    """The process's redactor (`install`); before it, one that knows only the patterns."""
-    return _active or Redactor()
-
-
 def _redact_strings(value, r: Redactor):
     if isinstance(value, str):
         return r.known(value)
