@@ -345,6 +345,20 @@ def test_verification_fails_naming_a_removed_or_corrupted_segment(env):
     assert verify_database(e.settings, "busy2").passed
 
 
+def rpo_observation(e: Env) -> dict:
+    """One tick of the pitr_rpo sensor: its observation of base_backups/main, as plain values."""
+    import dagster as dg
+
+    from homelab_ops.defs.pitr.defs import base_key, rpo_sensor
+    from homelab_ops.defs.resources import HomelabSettings
+
+    with dg.build_sensor_context(resources={"homelab": HomelabSettings(config_path=str(e.path))}) as context:
+        result = rpo_sensor("main")(context)
+    [obs] = result.asset_events
+    assert obs.asset_key == base_key("main")
+    return {k: v.value for k, v in obs.metadata.items()}
+
+
 def test_killing_the_receiver_fails_the_check_and_a_restart_resumes_without_gap(env):
     e = env
     e.caught_up()
@@ -368,10 +382,14 @@ def test_killing_the_receiver_fails_the_check_and_a_restart_resumes_without_gap(
     assert failed_after >= e.settings.pitr.max_lag.seconds - 2  # not before max_lag: a short blip is no alert
     prom = (e.tmp / "textfile" / "homelab_pitr.prom").read_text()
     assert 'homelab_pitr_rpo_seconds{cluster="main"}' in prom
+    rpo = rpo_observation(e)  # what the pitr_rpo sensor shows in the UI every minute
+    assert rpo["pitr_lag"].startswith("fail") and rpo["rpo_seconds"] >= e.settings.pitr.max_lag.seconds - 2
 
     e.start_receiver()
     e.caught_up()
     wait_for(lambda: {r.name: r.state for r in pitr_results(e.settings)}["pitr_lag:main"] == OK, "lag recovers")
+    rpo = rpo_observation(e)
+    assert rpo["pitr_lag"].startswith("ok") and 0 <= rpo["rpo_seconds"] < e.settings.pitr.max_lag.seconds
     archive = wal.read_archive(os.listdir(wal_dir(e.settings)))
     current = wal.parse_lsn(e.sql("postgres", "SELECT pg_current_wal_lsn()::text")[0][0])
     assert wal.find_gaps(archive, first * wal.DEFAULT_SEGMENT_SIZE, current, 1) == []

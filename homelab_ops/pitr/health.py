@@ -152,8 +152,14 @@ def write_metrics(settings, cluster: str, seconds: float | None, now: datetime) 
 
 def pitr_results(settings, now: datetime | None = None) -> list[CheckResult]:
     """Every PITR check for the configured cluster; [] when pitr is disabled."""
+    return pitr_judgement(settings, now)[0]
+
+
+def pitr_judgement(settings, now: datetime | None = None) -> tuple[list[CheckResult], float | None]:
+    """Every PITR check and the current RPO (seconds a restore would lose; None: unknown), from one
+    look at the server and the heartbeat; also written for node_exporter."""
     if not settings.pitr.enabled:
-        return []
+        return [], None
     from homelab_ops.pitr.receive import read_status
     from homelab_ops.pitr.verify import read_verified
 
@@ -172,11 +178,12 @@ def pitr_results(settings, now: datetime | None = None) -> list[CheckResult]:
         out = [receiver(cluster, slot, repl), rpo(cluster, slot, beat, now, settings.pitr.max_lag.seconds),
                slot_retention(cluster, slot)]
     out.append(verified_point(cluster, read_verified(settings), now, settings.backups.max_age_hours))
+    seconds = rpo_seconds(slot, beat, now)
     try:
-        write_metrics(settings, cluster, rpo_seconds(slot, beat, now), now)
+        write_metrics(settings, cluster, seconds, now)
     except OSError:
         pass
-    return out
+    return out, seconds
 
 
 def check_pitr(settings, th, now: datetime) -> list[CheckResult]:

@@ -171,17 +171,9 @@ def rpo_sensor(cluster: str) -> dg.SensorDefinition:
                            "the WAL stream's checks, as an observation of base_backups/<cluster> (plotted in "
                            "the UI) and homelab_pitr_rpo_seconds for node_exporter.")
     def _rpo(context: dg.SensorEvaluationContext, homelab: HomelabSettings):
-        from homelab_ops.pitr.health import pitr_results, read_slot, rpo_seconds
-        from homelab_ops.pitr.receive import read_status
+        from homelab_ops.pitr.health import pitr_judgement
 
-        s = homelab.settings
-        now = datetime.now(timezone.utc)
-        results = pitr_results(s, now)
-        try:
-            slot, _ = read_slot(s)
-        except Exception:
-            slot = None
-        seconds = rpo_seconds(slot, read_status(s), now)
+        results, seconds = pitr_judgement(homelab.settings, datetime.now(timezone.utc))  # one look at the server
         meta = {r.name.split(":")[0]: dg.MetadataValue.text(f"{r.state}: {r.reason}") for r in results}
         meta["rpo_seconds"] = dg.MetadataValue.float(-1.0 if seconds is None else round(seconds, 1))
         return dg.SensorResult(asset_events=[dg.AssetObservation(asset_key=base_key(cluster), metadata=meta)])
