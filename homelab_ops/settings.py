@@ -615,6 +615,18 @@ class N8nRunnerService(ServiceSettings):
     auth_token: SecretStr | None = None  # None: env N8N_RUNNERS_AUTH_TOKEN (credential store later)
 
 
+class WalReceiverService(ServiceSettings):
+    """`homelab-ops pitr receive`, deployed with the monitoring stack while pitr.enabled is true."""
+
+    # This project's image (deploy/Dockerfile): pg_receivewal is its postgresql-client-$PG_MAJOR, and
+    # the wrapper (slot, age encryption of finished segments, heartbeat) is Python the PostgreSQL
+    # image does not have.
+    image: str = "homelab-ops:latest"
+    memory_mb: int = Field(128, gt=0)  # the wrapper (~60 MB) and pg_receivewal (~10 MB)
+    cpus: float | None = Field(0.25, gt=0)
+    postgres_host: str = "postgres"  # the PostgreSQL container's name on the network, for a loopback DSN
+
+
 class MonitoringServices(_Section):
     prometheus: PrometheusService = PrometheusService()
     node_exporter: NodeExporterService = NodeExporterService()
@@ -624,6 +636,7 @@ class MonitoringServices(_Section):
     grafana: GrafanaService = GrafanaService()
     alertmanager: AlertmanagerService = AlertmanagerService()
     n8n_runner: N8nRunnerService = N8nRunnerService()
+    wal_receiver: WalReceiverService = WalReceiverService()
 
 
 class AlertSettings(_Section):
@@ -897,27 +910,7 @@ def load(path: str | os.PathLike | None = None) -> Settings:
         raise SettingsError(f"{p}: not valid YAML: {e}") from None
     except SettingsError as e:
         raise SettingsError(f"{p}: {e}") from None
-    return parse(data, str(p), env=environment())
-
-
-def environment() -> dict[str, str]:
-    """What `${VAR}` reads: the process environment, and where HOMELAB_ENV_FILE names a .env file
-    (the one `creds render-env` writes), its variables for those the environment lacks. A container
-    given the file as a read-only mount keeps its secrets out of `docker inspect`, which the Docker
-    socket's holders (cAdvisor, Alloy) can read; the WAL receiver runs that way."""
-    env = dict(os.environ)
-    path = env.get("HOMELAB_ENV_FILE")
-    if not path:
-        return env
-    from dotenv import dotenv_values
-
-    if not Path(path).is_file():
-        raise SettingsError(f"{path}: the .env file HOMELAB_ENV_FILE names does not exist")
-    try:
-        values = dotenv_values(path, interpolate=False)
-    except OSError as e:
-        raise SettingsError(f"{path} (HOMELAB_ENV_FILE): cannot be read: {e.strerror}") from None
-    return {**{k: v for k, v in values.items() if v is not None}, **env}
+    return parse(data, str(p))
 
 
 _cache: dict[str, Settings] = {}

@@ -4,6 +4,7 @@ and the image as the local Docker Engine builds it."""
 from __future__ import annotations
 
 import io
+import json
 import os
 import re
 import shutil
@@ -47,13 +48,10 @@ def compose_config(tmp_path_factory) -> dict:
 
 def test_compose_file_is_valid_with_the_sample_env(compose_config):
     services = compose_config["services"]
-    # `up -d` starts these; the WAL receiver only with `--profile pitr`
-    assert {n for n, svc in services.items() if not svc.get("profiles")} == {"code-server", "webserver", "daemon"}
-    assert services["wal_receiver"]["profiles"] == ["pitr"]
+    # `up -d` starts these (the WAL receiver is deployed by deploy_monitoring, not by compose)
+    assert set(services) == {"code-server", "webserver", "daemon"}
     env = dotenv(DEPLOY / ".env.example")
     for name, svc in services.items():
-        if name == "wal_receiver":
-            continue
         assert svc["image"] == env["HOMELAB_OPS_IMAGE"]
         assert svc["build"]["dockerfile"] == "deploy/Dockerfile"
         assert svc["build"]["args"]["PG_MAJOR"] == env["PG_MAJOR"]
@@ -80,21 +78,6 @@ def test_only_the_code_server_gets_the_docker_socket_and_the_secrets(compose_con
         assert set(services[name]["environment"]) == {f"DAGSTER_PG_{k}" for k in
                                                       ("HOST", "PORT", "USER", "PASSWORD", "DB")}
     assert "AWS_SECRET_ACCESS_KEY" in services["code-server"]["environment"]
-
-
-def test_the_wal_receiver_reads_its_secrets_from_a_mounted_file_not_its_environment(compose_config):
-    """Least privilege for a long-lived process: no Docker socket, no secret in `docker inspect`,
-    the settings read-only, the data folder writable, bounded memory, a healthcheck that reads a file."""
-    rx = compose_config["services"]["wal_receiver"]
-    assert rx["command"] == ["homelab-ops", "pitr", "receive"]
-    assert rx["image"] == compose_config["services"]["code-server"]["image"]
-    assert set(rx["environment"]) == {"HOMELAB_CONFIG", "HOMELAB_ENV_FILE"}
-    assert rx["environment"]["HOMELAB_ENV_FILE"] == "/etc/homelab-ops/.env"
-    assert not any("docker.sock" in v for v in rx["volumes"])
-    assert any(v.endswith(":/etc/homelab-ops:ro") for v in rx["volumes"])
-    assert any(v.endswith(":/var/lib/homelab-ops:rw") or v.endswith(":/var/lib/homelab-ops") for v in rx["volumes"])
-    assert rx["cap_drop"] == ["ALL"] and rx["security_opt"] == ["no-new-privileges:true"]
-    assert rx["mem_limit"] and rx["healthcheck"]["test"] == ["CMD", "homelab-ops", "pitr", "status", "--heartbeat"]
 
 
 def test_web_ui_goes_through_traefik_with_basic_auth(compose_config):
@@ -268,57 +251,110 @@ def test_image_builds_on_the_local_docker_engine(slow_docker, built_image):
 
 
 @pytest.mark.docker
-def test_the_wal_receiver_container_streams_wal_as_compose_runs_it(slow_docker, built_image, tmp_path):
-    """The image as the `wal_receiver` service runs it: uid 1000, every capability dropped, settings and
-    .env read-only, the password only in the mounted .env. It creates the slot, archives WAL, answers
-    its healthcheck, keeps the secret out of `docker inspect`, and stops cleanly on `docker stop`."""
-    import psycopg
+def test_deploy_monitoring_starts_the_wal_receiver_that_streams_wal_and_stops_it_with_pitr_off(
+        slow_docker, built_image, tmp_path):
+    """The deploy graph runs `homelab-ops pitr receive` from this image on the stack's network, the
+    way it runs on the Pi: the DSN's loopback host pointed at the PostgreSQL server on the network,
+    scram-sha-256 with a hostile password handed over only as a 0400 passfile, the backups folder
+    bind-mounted as uid 1000 owns it. It creates the slot, archives WAL, turns healthy, keeps the
+    password out of `docker inspect`, its settings file and its log, stops cleanly on `docker stop`,
+    and the next deploy with pitr.enabled false removes it."""
+    import secrets as _secrets
+    import uuid
 
+    import psycopg
+    from psycopg import sql
+    from psycopg.conninfo import make_conninfo
+
+    from homelab_ops.defs.deploy.ops import RESOURCES, build_jobs
+    from homelab_ops.defs.deploy.resources import DockerResource
+    from homelab_ops.defs.resources import HomelabSettings
+    from homelab_ops.deploy.engine import ensure_network
     from homelab_ops.pitr.receive import slot_state
+    from tests.conftest import DOCKER_HOST
     from tests.pitr_cluster import logical_cluster
 
-    secret = "wal_receiver-" + os.urandom(8).hex()
-    etc, data = tmp_path / "etc", tmp_path / "data"
-    etc.mkdir()
-    data.mkdir()
-    with logical_cluster() as c:
-        (etc / "homelab.yaml").write_text(yaml.safe_dump({
-            "postgres": {"dsn": f"postgresql://postgres:${{PITR_PASSWORD}}@127.0.0.1:{c.port}/postgres",
-                         "databases": ["postgres"]},
-            "backups": {"local_dir": "/var/lib/homelab-ops/backups"},
-            "metrics": {"textfile_dir": "/var/lib/homelab-ops/textfile"},
-            "pitr": {"enabled": True, "status_interval": "2s"},
-        }))
-        (etc / ".env").write_text(f"PITR_PASSWORD={secret}\n")
-        for p in (etc, etc / "homelab.yaml", etc / ".env", data):
-            os.chown(p, 1000, 1000)
-        (etc / ".env").chmod(0o600)
-        data.chmod(0o700)
-        container = slow_docker.containers.run(
-            built_image.id, ["homelab-ops", "pitr", "receive"], detach=True, network_mode="host",
-            cap_drop=["ALL"], security_opt=["no-new-privileges:true"], mem_limit="128m",
-            environment={"HOMELAB_CONFIG": "/etc/homelab-ops/homelab.yaml", "HOMELAB_ENV_FILE": "/etc/homelab-ops/.env"},
-            volumes={str(etc): {"bind": "/etc/homelab-ops", "mode": "ro"},
-                     str(data): {"bind": "/var/lib/homelab-ops", "mode": "rw"}})
-        try:
-            deadline = time.monotonic() + 300
-            while not slot_state(c.dsn(), "homelab_ops_main").get("active"):
-                assert container.reload() or container.status == "running", container.logs().decode()[-3000:]
-                assert time.monotonic() < deadline, container.logs().decode()[-3000:]
-                time.sleep(1)
+    prefix = f"walrx-{uuid.uuid4().hex[:6]}-"
+    net = f"{prefix}net"
+    ensure_network(slow_docker, net)
+    ipam = slow_docker.api.inspect_network(net)["IPAM"]["Config"][0]
+    gateway, subnet = ipam["Gateway"], ipam["Subnet"]  # the host, as the stack's containers reach it
+    password = "rx:" + _secrets.token_urlsafe(12) + "\\#'x"  # libpq passfile's and conninfo's specials
+    data = tmp_path / "backups"
+    data.mkdir(mode=0o700)
+    os.chown(data, 1000, 1000)  # the code server (uid 1000) made it
+    job = {j.name: j for j in build_jobs()}["deploy_monitoring"]
+
+    def deploy(pitr_enabled: bool, port: int):
+        off = {n: {"enabled": False} for n in ("prometheus", "node_exporter", "cadvisor", "loki", "alloy",
+                                                "grafana", "alertmanager")}
+        settings = {
+            "docker": {"host": DOCKER_HOST, "name_prefix": prefix},
+            "postgres": {"dsn": make_conninfo(host="127.0.0.1", port=port, user="postgres", password=password,
+                                              dbname="postgres"), "databases": ["postgres"]},
+            "backups": {"local_dir": str(data)},
+            "metrics": {"textfile_dir": str(tmp_path / "textfile")},
+            "pitr": {"enabled": pitr_enabled, "status_interval": "2s"},
+            "monitoring": {"network": net, "pull": "never", "state_dir": str(tmp_path / "state"),
+                           "health": {"interval": "3s", "timeout": "20s", "retries": 3, "start_period": "5s",
+                                      "wait": "240s", "verify": "240s"},
+                           "services": {**off, "wal_receiver": {"image": IMAGE_TAG, "postgres_host": gateway,
+                                                                "cpuset": None}}},
+        }
+        path = tmp_path / f"homelab-{'on' if pitr_enabled else 'off'}.yaml"  # settings are cached per path
+        path.write_text(yaml.safe_dump(settings))
+        return job.execute_in_process(raise_on_error=False, resources={
+            "homelab": HomelabSettings(config_path=str(path)),
+            "docker": DockerResource(host=DOCKER_HOST, timeout_s=1800), **RESOURCES})
+
+    name = f"{prefix}wal-receiver"
+    try:
+        with logical_cluster(extra=f"-c listen_addresses=127.0.0.1,{gateway}") as c:
+            with psycopg.connect(c.dsn(), autocommit=True) as conn:
+                conn.execute(sql.SQL("ALTER ROLE postgres PASSWORD {}").format(sql.Literal(password)))
+            with open(c.datadir / "pg_hba.conf", "a") as hba:  # the network's clients must know the password
+                hba.write(f"host all postgres {subnet} scram-sha-256\nhost replication postgres {subnet} "
+                          "scram-sha-256\n")
+            with psycopg.connect(c.dsn(), autocommit=True) as conn:
+                conn.execute("SELECT pg_reload_conf()")
+
+            result = deploy(True, c.port)
+            container = slow_docker.containers.get(name)
+            logs = container.logs().decode(errors="replace")
+            assert result.success, [e.message for e in result.all_events if e.is_failure] + [logs[-3000:], c.log()[-2000:]]
+            assert slot_state(c.dsn(), "homelab_ops_main").get("active"), logs[-3000:]
             with psycopg.connect(c.dsn(), autocommit=True) as conn:
                 conn.execute("CREATE TABLE t AS SELECT g FROM generate_series(1, 10000) g")
                 conn.execute("SELECT pg_switch_wal()")
-            archive = data / "backups" / "_wal" / "main"
+            archive = data / "_wal" / "main"
+            deadline = time.monotonic() + 120
             while not any(n.endswith(".gz") for n in os.listdir(archive)):
                 assert time.monotonic() < deadline, container.logs().decode()[-3000:]
                 time.sleep(1)
-            rc, out = container.exec_run(["homelab-ops", "pitr", "status", "--heartbeat"])
-            assert rc == 0 and b"receiver heartbeat" in out, out
-            assert not any(secret in e for e in container.attrs["Config"]["Env"])
             assert all(p.stat().st_uid == 1000 for p in archive.iterdir())
+
+            info = slow_docker.api.inspect_container(name)
+            assert info["State"]["Health"]["Status"] == "healthy"
+            assert info["HostConfig"]["Memory"] == 128 * 1024 * 1024 and info["HostConfig"]["NanoCpus"] in (0, None)
+            assert info["HostConfig"]["CpuQuota"] == 25_000
+            assert info["HostConfig"]["CapDrop"] == ["ALL"]
+            assert info["HostConfig"]["SecurityOpt"] == ["no-new-privileges:true"]
+            rc, rendered = container.exec_run(["cat", "/etc/homelab-ops/homelab.yaml"])
+            assert rc == 0 and b"passfile" in rendered
+            rc, mode = container.exec_run(["stat", "-c", "%a %u", "/run/secrets/wal-receiver-pgpass"])
+            assert mode.decode().split() == ["400", "1000"], mode
+            shown = json.dumps(info) + rendered.decode(errors="replace") + container.logs().decode(errors="replace")
+            assert password not in shown
+
             container.stop(timeout=45)
             assert container.wait(timeout=60)["StatusCode"] == 0, container.logs().decode()[-3000:]
-            assert secret.encode() not in container.logs()
-        finally:
-            container.remove(force=True)
+            assert password.encode() not in container.logs()
+
+            removed = deploy(False, c.port)
+            assert removed.success, [e.message for e in removed.all_events if e.is_failure]
+            assert not slow_docker.api.containers(all=True, filters={"name": name})
+    finally:
+        for c in slow_docker.api.containers(all=True, filters={"name": prefix}):
+            slow_docker.api.remove_container(c["Id"], force=True)
+        for n in slow_docker.api.networks(names=[net]):
+            slow_docker.api.remove_network(n["Id"])

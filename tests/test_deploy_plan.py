@@ -384,6 +384,59 @@ def test_n8n_runner_sidecar_needs_a_token_and_joins_the_plan_the_same_way():
     assert plan.memory_mb == 1356 + 160
 
 
+def test_wal_receiver_joins_the_plan_with_pitr_inside_the_budget_and_its_password_only_in_a_passfile():
+    """`pitr.enabled` deploys `homelab-ops pitr receive` with the monitoring stack: counted in the
+    budget, the loopback DSN pointed at the PostgreSQL container, its own settings file without the
+    password, which goes to a 0400 libpq passfile (`:` and `\\` escaped as libpq reads them)."""
+    from dataclasses import replace
+    from urllib.parse import quote
+
+    from psycopg.conninfo import conninfo_to_dict
+
+    from homelab_ops.deploy.spec import Mount
+
+    off = plan_of()
+    assert "wal_receiver" not in [s.service for s in off.services]
+    assert "homelab-wal-receiver" in off.disabled  # switching pitr off removes a deployed receiver
+    pw = "Wr:x\\9#q'"
+    on = dict(pitr={"enabled": True, "cluster": "pi", "status_interval": "5s"},
+              postgres={"dsn": f"postgresql://rx:{quote(pw)}@127.0.0.1:5433/postgres?sslmode=disable"},
+              backups={"local_dir": "/var/lib/homelab-ops/backups",
+                       "encryption": {"age_recipients": ["age1" + "q" * 58]}})
+    host = replace(HOST, backups_dir="/srv/homelab-ops/backups")
+    plan = build_monitoring_plan(settings(**on), host, env={})
+    rx = plan.service("wal_receiver")
+    assert [s.service for s in plan.services][0] == "wal_receiver"
+    assert plan.memory_mb == 1356 + 128 and rx.limits == Limits(128, "0", 0.25)
+    assert rx.command == ("homelab-ops", "pitr", "receive") and rx.stop_timeout_s == 45
+    assert rx.least_privilege and not any(s.least_privilege for s in plan.services if s is not rx)
+    assert "least_privilege" not in plan.service("prometheus").hash_input()  # deployed containers keep their hash
+    assert rx.healthcheck.test == ("homelab-ops", "pitr", "status", "--heartbeat")
+    assert rx.mounts == (Mount("/var/lib/homelab-ops/backups", "/srv/homelab-ops/backups", read_only=False),)
+    assert rx.env == {"HOMELAB_CONFIG": "/etc/homelab-ops/homelab.yaml"}
+    rendered = rx.files["/etc/homelab-ops/homelab.yaml"].decode()
+    loaded = parse(yaml.safe_load(rendered), "receiver.yaml")  # what the container loads
+    assert loaded.pitr.enabled and loaded.pitr.cluster == "pi" and loaded.pitr.slot_name == "homelab_ops_pi"
+    assert loaded.pitr.status_interval.seconds == 5 and loaded.backups.local_dir == "/var/lib/homelab-ops/backups"
+    assert loaded.backups.encryption.age_recipients == ["age1" + "q" * 58]
+    dsn = conninfo_to_dict(loaded.pitr.dsn.get_secret_value())
+    assert dsn == {"host": "postgres", "port": "5433", "user": "rx", "dbname": "postgres", "sslmode": "disable",
+                   "passfile": "/run/secrets/wal-receiver-pgpass"}
+    assert rx.secrets == {"/run/secrets/wal-receiver-pgpass": b"*:*:*:rx:Wr\\:x\\\\9#q'\n"} and rx.secrets_uid == 1000
+    assert pw not in rendered + json.dumps(rx.env) + json.dumps(rx.all_labels) + " ".join(rx.command)
+    assert "wal_receiver" in render.expected_textfile([s.service for s in plan.services], [])  # ContainerDown
+    with pytest.raises(PlanError, match=r"needs 1484 MB but monitoring.memory_budget_mb is 1400 .*wal_receiver 128"):
+        build_monitoring_plan(settings(**on, monitoring={"memory_budget_mb": 1400}), host, env={})
+    with pytest.raises(PlanError, match="names a passfile on this host"):
+        build_monitoring_plan(settings(pitr={"enabled": True}, postgres={"dsn": "host=db user=rx passfile=/root/.pgpass"}),
+                              host, env={})
+    remote = build_monitoring_plan(settings(pitr={"enabled": True, "dsn": "postgresql://rx@db.lan/postgres"}),
+                                   host, env={})
+    assert conninfo_to_dict(yaml.safe_load(remote.service("wal_receiver").files[
+        "/etc/homelab-ops/homelab.yaml"])["pitr"]["dsn"])["host"] == "db.lan"
+    assert remote.service("wal_receiver").secrets == {}  # no password, no passfile (trust or cert auth)
+
+
 def test_a_deploy_failure_hides_the_secrets_it_placed_and_keeps_their_file_paths():
     """A deploy error carries container log tails: the runner's token and an owner's own *PASSWORD
     env value are hidden; the *_FILE variable's value is only a path, and stays readable."""

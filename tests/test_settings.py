@@ -61,24 +61,6 @@ def test_interpolation_and_missing_variable(tmp_path, monkeypatch):
         load(p)
 
 
-def test_variables_can_come_from_the_env_file_homelab_env_file_names(tmp_path, monkeypatch):
-    """The WAL receiver's container reads the .env `creds render-env` wrote as a mounted file, so its
-    secrets are not in its environment; the process environment still wins."""
-    from homelab_ops.credentials.envfile import quote, write_env_file
-
-    p = write(tmp_path, {"n8n": {"dsn": "postgresql://n8n:${N8N_PW}@127.0.0.1/${N8N_DB}"}})
-    env_file = tmp_path / ".env"
-    # as render-env writes it: a value with $ and # is single-quoted, and read literally
-    write_env_file(env_file, f"# rendered\nN8N_PW={quote('N8N_PW', 'pa$s#word')}\nN8N_DB=from_file\n")
-    monkeypatch.setenv("HOMELAB_ENV_FILE", str(env_file))
-    monkeypatch.delenv("N8N_PW", raising=False)
-    monkeypatch.setenv("N8N_DB", "from_env")
-    assert load(p).n8n.dsn.get_secret_value() == "postgresql://n8n:pa$s#word@127.0.0.1/from_env"
-    monkeypatch.setenv("HOMELAB_ENV_FILE", str(tmp_path / "missing.env"))
-    with pytest.raises(SettingsError, match="missing.env: the .env file HOMELAB_ENV_FILE names does not exist"):
-        load(p)
-
-
 def test_secret_values_never_appear_in_errors(tmp_path, monkeypatch):
     monkeypatch.setenv("PW", "hunter2hunter2")
     p = write(tmp_path, {"state": {"dsn": "postgresql://a:${PW}@h/db", "extra": 1}})

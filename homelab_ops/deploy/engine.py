@@ -100,7 +100,7 @@ def path_translator(client: docker.DockerClient) -> Callable[[str], str]:
 
 
 def host_facts(client: docker.DockerClient, *, docker_host: str, textfile_dir: str | None = None,
-               access_log_dir: str | None = None) -> HostFacts:
+               access_log_dir: str | None = None, backups_dir: str | None = None) -> HostFacts:
     """CPU count, Docker's data root, and our paths translated to host paths."""
     info = client.info()
     translate = path_translator(client)
@@ -110,7 +110,8 @@ def host_facts(client: docker.DockerClient, *, docker_host: str, textfile_dir: s
         return translate(os.path.abspath(p)) if p else None
 
     return HostFacts(ncpu=info.get("NCPU"), docker_socket=sock, docker_root=info.get("DockerRootDir"),
-                     textfile_dir=host_path(textfile_dir), access_log_dir=host_path(access_log_dir))
+                     textfile_dir=host_path(textfile_dir), access_log_dir=host_path(access_log_dir),
+                     backups_dir=host_path(backups_dir))
 
 
 # --- Images and the network -------------------------------------------------------------------
@@ -228,6 +229,8 @@ def create(client: docker.DockerClient, spec: ContainerSpec, name: str | None = 
         cpu_period=100_000 if lim.cpu_quota else None, cpu_quota=lim.cpu_quota or None,
         devices=list(spec.devices) or None,
         extra_hosts=dict(spec.extra_hosts) or None,
+        cap_drop=["ALL"] if spec.least_privilege else None,
+        security_opt=["no-new-privileges:true"] if spec.least_privilege else None,
     )
     networking = api.create_networking_config(
         {spec.network: api.create_endpoint_config(aliases=[render.alias(spec.service)])})

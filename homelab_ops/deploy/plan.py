@@ -22,12 +22,13 @@ from homelab_ops.settings import Settings, ServiceSettings
 
 # The order services are deployed in: Prometheus last, so its first scrape of every target
 # finds the target running (a failed first scrape costs a whole scrape interval).
-MONITORING_ORDER = ["node_exporter", "cadvisor", "loki", "alloy", "alertmanager", "grafana",
+MONITORING_ORDER = ["wal_receiver", "node_exporter", "cadvisor", "loki", "alloy", "alertmanager", "grafana",
                     "n8n_runner", "prometheus"]
-MEMORY_CAPS_MB = {"grafana": 350}
+MEMORY_CAPS_MB = {"grafana": 350}  # the roadmap's ceiling for Grafana on a 8 GB Pi
 ACME_CA_PATH = "/etc/traefik/acme-ca.pem"
 GRAFANA_UID = 472  # the grafana/grafana image's user
-RUNNER_UID = 1000  # the n8nio/runners image's user `runner`  # the roadmap's ceiling for Grafana on a 8 GB Pi
+RUNNER_UID = 1000  # the n8nio/runners image's user `runner`
+HOMELAB_UID = 1000  # deploy/Dockerfile's user `homelab`
 
 
 class PlanError(ValueError):
@@ -43,6 +44,7 @@ class HostFacts:
     docker_root: str = "/var/lib/docker"
     textfile_dir: str | None = None  # host path of metrics.textfile_dir
     access_log_dir: str | None = None  # host path of traefik.access_log_dir
+    backups_dir: str | None = None  # host path of backups.local_dir
 
 
 @dataclass(frozen=True)
@@ -163,7 +165,8 @@ def build_monitoring_plan(settings: Settings, host: HostFacts, *, env: dict[str,
     tuned = tuned or {}
     mon = settings.monitoring
     svcs = mon.services
-    enabled = [n for n in MONITORING_ORDER if getattr(svcs, n).enabled]
+    enabled = [n for n in MONITORING_ORDER if getattr(svcs, n).enabled
+               and (n != "wal_receiver" or settings.pitr.enabled)]  # the receiver only archives for PITR
     limits = {n: effective_limits(n, getattr(svcs, n), tuned) for n in enabled}
     check_budget({n: limits[n].memory_mb for n in enabled}, mon.memory_budget_mb)
     sock = host.docker_socket or socket_path(settings.docker.host)
@@ -193,7 +196,36 @@ def build_monitoring_plan(settings: Settings, host: HostFacts, *, env: dict[str,
     local_dirs: list[str] = []
     rule_count = 0
     for name in enabled:
-        if name == "node_exporter":
+        if name == "wal_receiver":
+            rx = svcs.wal_receiver
+            backups = host.backups_dir or settings.backups.local_dir
+            if not PurePosixPath(backups).is_absolute():
+                raise PlanError(f"backups.local_dir {backups!r} must resolve to an absolute host path "
+                                "(the wal_receiver container writes _wal/ there)")
+            try:
+                conninfo, pgpass = render.receiver_conninfo(
+                    (settings.pitr.dsn or settings.postgres.dsn).get_secret_value(), loopback_host=rx.postgres_host)
+            except ValueError as e:
+                raise PlanError(str(e)) from None
+            p = settings.pitr
+            local_dirs.append(settings.backups.local_dir)
+            specs.append(spec(
+                name,
+                command=("homelab-ops", "pitr", "receive"),
+                env={"HOMELAB_CONFIG": render.RECEIVER_SETTINGS},
+                files={render.RECEIVER_SETTINGS: render.receiver_settings(
+                    timezone=settings.timezone, conninfo=conninfo, pg_bin_dir=settings.postgres.pg_bin_dir,
+                    age_recipients=settings.backups.encryption.age_recipients,
+                    pitr={"cluster": p.cluster, "slot": p.slot_name, "max_lag": str(p.max_lag),
+                          "status_interval": str(p.status_interval)}).encode()},
+                secrets={render.RECEIVER_PASSFILE: pgpass.encode()} if pgpass else {},
+                secrets_uid=HOMELAB_UID,
+                mounts=(Mount(render.RECEIVER_BACKUPS, backups, read_only=False),),
+                least_privilege=True,
+                stop_timeout_s=45,  # pg_receivewal flushes on SIGINT; the wrapper encrypts what finished
+                healthcheck=_health(settings, ["homelab-ops", "pitr", "status", "--heartbeat"]),  # a file read
+            ))
+        elif name == "node_exporter":
             textfile = host.textfile_dir or settings.metrics.textfile_dir
             if not PurePosixPath(textfile).is_absolute():
                 raise PlanError(f"metrics.textfile_dir {textfile!r} must resolve to an absolute host path")

@@ -224,14 +224,21 @@ class PostgresSource:
     password: str
 
 
+def container_host(host: str | None, loopback_host: str) -> str:
+    """A DSN's host as a container on the network reaches it: loopback or a unix socket means the
+    container itself there, so the PostgreSQL container's name on the network stands in."""
+    host = host or "localhost"
+    if host in ("localhost", "127.0.0.1", "::1") or host.startswith("/"):
+        return loopback_host
+    return host
+
+
 def grafana_postgres(dsn: str, *, loopback_host: str) -> PostgresSource:
     """The state database as Grafana's container sees it: a loopback host means the container."""
     import psycopg
 
     d = psycopg.conninfo.conninfo_to_dict(dsn)
-    host = d.get("host") or "localhost"
-    if host in ("localhost", "127.0.0.1", "::1") or host.startswith("/"):
-        host = loopback_host
+    host = container_host(d.get("host"), loopback_host)
     return PostgresSource(host=host, port=int(d.get("port") or 5432), database=d.get("dbname") or "postgres",
                           user=d.get("user") or "postgres", password=d.get("password") or "")
 
@@ -246,6 +253,50 @@ SECRETS_DIR = "/run/secrets"
 
 def secret_path(name: str) -> str:
     return f"{SECRETS_DIR}/{name}"
+
+
+# --- The WAL receiver (homelab-ops pitr receive) ------------------------------------------------
+
+RECEIVER_SETTINGS = "/etc/homelab-ops/homelab.yaml"
+RECEIVER_PASSFILE = secret_path("wal-receiver-pgpass")
+RECEIVER_BACKUPS = "/var/lib/homelab-ops/backups"
+
+
+def _pgpass_field(value: str) -> str:
+    return value.replace("\\", "\\\\").replace(":", "\\:")
+
+
+def receiver_conninfo(dsn: str, *, loopback_host: str) -> tuple[str, str | None]:
+    """pitr.dsn as the receiver's container uses it, and the libpq passfile line for its password.
+
+    The password goes to a 0400 file (libpq's `passfile`), never the rendered settings or the
+    environment: `docker inspect` shows those to every holder of the Docker socket.
+    """
+    from psycopg.conninfo import conninfo_to_dict, make_conninfo
+
+    d = {k: str(v) for k, v in conninfo_to_dict(dsn).items()}
+    if "passfile" in d:
+        raise ValueError("pitr.dsn names a passfile on this host, which the wal_receiver container cannot "
+                         "read: put the password in the DSN (as a ${VAR}) and deploy hands it over as a secret file")
+    d["host"] = container_host(d.get("host"), loopback_host)
+    password = d.pop("password", None)
+    if not password:
+        return make_conninfo("", **d), None
+    d["passfile"] = RECEIVER_PASSFILE
+    user = d.get("user") or "postgres"
+    return make_conninfo("", **d), f"*:*:*:{_pgpass_field(user)}:{_pgpass_field(password)}\n"
+
+
+def receiver_settings(*, timezone: str, pitr: dict, conninfo: str, age_recipients: list[str],
+                      pg_bin_dir: str | None) -> str:
+    """The receiver's own settings file: only what `pitr receive` reads, and no secret."""
+    doc: dict = {"timezone": timezone,
+                 "backups": {"local_dir": RECEIVER_BACKUPS, "encryption": {"age_recipients": list(age_recipients)}},
+                 "pitr": {**pitr, "enabled": True, "dsn": conninfo}}
+    if pg_bin_dir:
+        doc["postgres"] = {"pg_bin_dir": pg_bin_dir}
+    return "# Rendered by deploy_monitoring for the wal_receiver container; edit homelab.yaml instead.\n" + \
+        yaml.safe_dump(doc, sort_keys=False)
 
 
 def _pg_source(name: str, pg: PostgresSource) -> dict:

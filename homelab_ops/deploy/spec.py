@@ -79,6 +79,9 @@ class ContainerSpec:
     devices: tuple[str, ...] = ()
     extra_hosts: dict[str, str] = field(default_factory=dict)
     user: str | None = None
+    # Every capability dropped and no-new-privileges: for our own image's long-lived process, which
+    # needs none (third-party images keep what their docs expect).
+    least_privilege: bool = False
     log_max_size: str = "10m"
     log_max_files: int = 3
     restart: str = "unless-stopped"
@@ -96,6 +99,8 @@ class ContainerSpec:
         """Everything that needs a new container when it changes (not the limits)."""
         d = asdict(self)
         d.pop("limits")
+        if not self.least_privilege:
+            d.pop("least_privilege")  # added later: containers deployed before keep their hash
         d["files"] = {p: hashlib.sha256(c).hexdigest() for p, c in sorted(self.files.items())}
         d["secrets"] = {p: hashlib.sha256(c).hexdigest() for p, c in sorted(self.secrets.items())}
         d["labels"] = {k: v for k, v in sorted(self.labels.items()) if k != LABEL_HASH}

@@ -72,7 +72,8 @@ def _grafana_login(settings: Settings) -> tuple[str, str] | None:
 def monitoring_plan(settings: Settings, docker: DockerResource) -> StackPlan:
     """Settings and the host's facts -> the plan; a refused plan fails the op, naming why."""
     with docker.client() as client:
-        facts = engine.host_facts(client, docker_host=docker.host, textfile_dir=settings.metrics.textfile_dir)
+        facts = engine.host_facts(client, docker_host=docker.host, textfile_dir=settings.metrics.textfile_dir,
+                                  backups_dir=settings.backups.local_dir)
     try:
         return build_monitoring_plan(settings, facts, dashboards=_dashboards(settings),
                                      tuned=tune.load_tuned(settings.monitoring.state_dir),
