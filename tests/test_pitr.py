@@ -1,9 +1,9 @@
 """Point-in-time recovery against a real PostgreSQL 15 cluster (wal_level=logical) started here.
 
 The receiver runs as the real command (`homelab-ops pitr receive`, a subprocess), the
-archive is age-encrypted, and every restore goes through a temporary PostgreSQL. Writes
-are spread over distinct seconds and several WAL segments (pg_switch_wal) rather than
-minutes of wall time.
+archive is age-encrypted, and every restore goes through a temporary PostgreSQL. The
+restore test writes for several minutes (a writer committing every two seconds throughout)
+across several WAL segments; the others spread writes over distinct seconds.
 """
 
 from __future__ import annotations
@@ -121,43 +121,88 @@ def quiet_second(e: Env) -> datetime:
     return t
 
 
+class Writer(threading.Thread):
+    """Commits a row to shop.ticks every two seconds until stopped; `paused()` holds it so that
+    what the test reads is exactly the database's state at the quiet second that follows."""
+
+    def __init__(self, e: Env):
+        super().__init__(daemon=True)
+        self.e, self.lock, self.done, self.count, self.error = e, threading.Lock(), threading.Event(), 0, None
+
+    def run(self):
+        try:
+            with psycopg.connect(self.e.c.dsn("shop"), autocommit=True) as conn:
+                while not self.done.wait(2.0):
+                    with self.lock:
+                        conn.execute("INSERT INTO ticks (at) VALUES (clock_timestamp())")
+                        self.count += 1
+        except Exception as exc:  # noqa: BLE001 (reported by the test)
+            self.error = exc
+
+    def paused(self):
+        return self.lock
+
+
+def state(e: Env) -> tuple[list, list]:
+    return rows(e, "shop", "orders"), rows(e, "shop", "ticks")
+
+
 def test_restore_one_database_before_and_after_a_delete_and_latest(env):
+    """Several minutes of writes (a commit every 2 s throughout, segment switches between),
+    restored to three points minutes apart, each equal to what the database held then."""
     e = env
+    minute = float(os.environ.get("HOMELAB_TEST_PITR_MINUTE", "60"))  # wall time between the points
     e.sql("postgres", "CREATE DATABASE shop")
     e.sql("shop", "CREATE TABLE orders (id int PRIMARY KEY, item text NOT NULL)")
+    e.sql("shop", "CREATE TABLE ticks (id serial PRIMARY KEY, at timestamptz NOT NULL)")
     e.sql("shop", "INSERT INTO orders SELECT g, 'item ' || g FROM generate_series(1, 60) g")
+    writer = Writer(e)
+    writer.start()
+    started = time.monotonic()
     bb = base.run_base_backup(e.settings)
     assert bb.manifest["verified_with"] == "pg_verifybackup"
     assert all(n.endswith(".zst.age") for n in bb.files)
 
     e.sql("shop", "INSERT INTO orders SELECT g, 'late ' || g FROM generate_series(61, 90) g")
+    time.sleep(minute / 2)
     e.sql("postgres", "SELECT pg_switch_wal()")
     e.sql("shop", "UPDATE orders SET item = item || ' (paid)' WHERE id % 5 = 0")
-    before_delete = rows(e, "shop", "orders")
-    t_before = quiet_second(e)
+    time.sleep(minute / 2)
+    with writer.paused():
+        before_delete = state(e)
+        t_before = quiet_second(e)
     e.sql("shop", "DELETE FROM orders WHERE id % 3 = 0")
+    time.sleep(minute / 2)
     e.sql("postgres", "SELECT pg_switch_wal()")
     e.sql("shop", "INSERT INTO orders VALUES (1000, 'after the delete')")
-    after_delete = rows(e, "shop", "orders")
-    t_after = quiet_second(e)
+    time.sleep(minute / 2)
+    with writer.paused():
+        after_delete = state(e)
+        t_after = quiet_second(e)
     e.sql("shop", "INSERT INTO orders SELECT g, 'newest ' || g FROM generate_series(2000, 2010) g")
+    time.sleep(minute)
     e.sql("shop", "DELETE FROM orders WHERE id = 1")
-    latest = rows(e, "shop", "orders")
+    writer.done.set()
+    writer.join(timeout=30)
+    assert writer.error is None, writer.error
+    latest = state(e)
     e.caught_up()
     assert before_delete != after_delete != latest
+    assert time.monotonic() - started >= 3 * minute and writer.count >= 3 * minute / 2 - 5
+    assert len(before_delete[1]) < len(after_delete[1]) < len(latest[1])
 
     # the operator's command, with a wall-clock time in the settings' zone (Europe/Berlin)
     local = t_before.astimezone(BERLIN).strftime("%Y-%m-%d %H:%M:%S")
     out = subprocess.run([CLI, "--config", str(e.path), "backups", "restore", "shop", "--into", "shop_before",
                           "--at", local], capture_output=True, text=True, timeout=600)
     assert out.returncode == 0, out.stderr + out.stdout
-    assert rows(e, "shop_before", "orders") == before_delete
+    assert (rows(e, "shop_before", "orders"), rows(e, "shop_before", "ticks")) == before_delete
 
     restore_at(e.settings, "shop", "shop_after", t_after.isoformat())
-    assert rows(e, "shop_after", "orders") == after_delete
+    assert (rows(e, "shop_after", "orders"), rows(e, "shop_after", "ticks")) == after_delete
 
     restore_at(e.settings, "shop", "shop_latest", "latest")
-    assert rows(e, "shop_latest", "orders") == latest
+    assert (rows(e, "shop_latest", "orders"), rows(e, "shop_latest", "ticks")) == latest
 
     # never over an existing database
     again = subprocess.run([CLI, "--config", str(e.path), "backups", "restore", "shop", "--into", "shop_latest",
