@@ -12,6 +12,7 @@ writes them; `write_atomic` writes 0600 whatever the umask, and a file other use
 
 from __future__ import annotations
 
+import hashlib
 import logging
 import os
 import stat
@@ -23,6 +24,15 @@ PRIVATE_FILE = 0o600
 PRIVATE_DIR = 0o700
 
 log = logging.getLogger(__name__)
+
+
+def sha256_file(path: str | os.PathLike, chunk: int = 1 << 20) -> str:
+    """A finished file's sha256, read in chunks (dumps and base backups outgrow memory)."""
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        while block := f.read(chunk):
+            h.update(block)
+    return h.hexdigest()
 
 
 def private_umask() -> None:

@@ -38,6 +38,12 @@ RESERVED = {"_globals": "the roles dump (backup_globals)", "n8n_workflows": "n8n
             PITR_OFFSITE: "the PITR archive's off-site copies (offsite/_pitr)"}
 
 
+def pitr_folders(cluster: str) -> tuple[str, str]:
+    """A cluster's base-backup and WAL folders, as store folder names (`_base/main`, `_wal/main`):
+    the same under local_dir and under each S3 target's prefix."""
+    return f"{BASE_FOLDER}/{cluster}", f"{WAL_FOLDER}/{cluster}"
+
+
 def reserved() -> dict[str, str]:
     return dict(RESERVED)
 

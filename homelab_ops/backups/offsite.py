@@ -8,13 +8,12 @@ does it, one target at a time, so a dead or refusing target leaves the others co
 
 from __future__ import annotations
 
-import hashlib
 import json
 from dataclasses import dataclass, field
 
 from homelab_ops.backups.catalog import MANIFEST_SUFFIX, VERIFIED_SUFFIX, read_listing
-from homelab_ops.backups.stores import CHUNK, LocalFileChanged, LocalStore, S3Store, StoreError, stores_for
-from homelab_ops.files import PARTIAL_SUFFIX
+from homelab_ops.backups.stores import LocalFileChanged, LocalStore, S3Store, StoreError, stores_for
+from homelab_ops.files import PARTIAL_SUFFIX, sha256_file
 
 
 @dataclass(frozen=True)
@@ -55,14 +54,6 @@ class TargetState:
     error: str | None = None
 
 
-def _sha256(path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        while chunk := f.read(CHUNK):
-            h.update(chunk)
-    return h.hexdigest()
-
-
 def _expected_sha256(local: LocalStore, database: str, stem: str) -> dict[str, str]:
     """What each file should hold: the manifest's sha256 for the dump (so a dump that rotted
     since it was written is refused), the file's own for the rest."""
@@ -85,7 +76,7 @@ def sync_target(local: LocalStore, store: S3Store, database: str) -> TargetState
                 expected = _expected_sha256(local, database, item.stem)
                 for name in item.files:
                     path = local.path(database, name)
-                    store.upload_file(database, name, path, expected.get(name) or _sha256(path))
+                    store.upload_file(database, name, path, expected.get(name) or sha256_file(path))
             except (LocalFileChanged, OSError, ValueError) as e:  # this backup's local files, not the target
                 errors.append(str(e) if isinstance(e, StoreError) else f"{database}/{item.stem}: {e}")
                 continue

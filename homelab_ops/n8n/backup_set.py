@@ -32,7 +32,7 @@ import zstandard
 
 from homelab_ops.backups.stores import CHUNK, LocalStore, Store, StoreError, stores_for
 from homelab_ops.errors import first_line
-from homelab_ops.files import PARTIAL_SUFFIX, fsync_dir, write_atomic
+from homelab_ops.files import PARTIAL_SUFFIX, fsync_dir, sha256_file, write_atomic
 from homelab_ops.n8n import keys
 
 META_SUFFIX = ".n8n.json"
@@ -157,16 +157,13 @@ def _tar_binary(src: Path, dest: Path, *, level: int, recipients: list[str]) -> 
                 pyrage.encrypt_io(f, out, [pyrage.x25519.Recipient.from_str(r) for r in recipients])
                 out.flush()
                 os.fsync(out.fileno())
-        sha = hashlib.sha256()
-        with open(partial, "rb") as f:
-            while chunk := f.read(CHUNK):
-                sha.update(chunk)
+        sha = sha256_file(partial)
         os.replace(partial, dest)
         fsync_dir(dest.parent)
     finally:
         tmp.unlink(missing_ok=True)
         partial.unlink(missing_ok=True)
-    return files, size, sha.hexdigest()
+    return files, size, sha
 
 
 def save_extras(settings, database: str, stem: str) -> SetExtras:

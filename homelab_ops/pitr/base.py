@@ -34,8 +34,9 @@ import zstandard
 
 from homelab_ops.backups import postgresql as pg
 from homelab_ops.backups.catalog import MANIFEST_SUFFIX, stem_for, time_of
-from homelab_ops.backups.names import BASE_FOLDER
-from homelab_ops.files import PARTIAL_SUFFIX, fsync_dir, remove_stale_scratch, write_atomic
+from homelab_ops.backups.names import BASE_FOLDER, pitr_folders
+from homelab_ops.backups.stores import LocalStore, read_json
+from homelab_ops.files import PARTIAL_SUFFIX, fsync_dir, remove_stale_scratch, sha256_file, write_atomic
 from homelab_ops.pitr import wal
 from homelab_ops.pitr.receive import pitr_dsn
 
@@ -103,12 +104,15 @@ def read_base_backups(names, read_manifest) -> list[BaseBackup]:
     return out
 
 
+def stored_base_backups(store, folder: str) -> list[BaseBackup]:
+    """The complete base backups in a store's folder, oldest first: the local archive and an S3
+    target's copy are read the same way."""
+    return read_base_backups(store.list(folder), lambda name: read_json(store, folder, name))
+
+
 def list_base_backups(settings, root: Path | None = None) -> list[BaseBackup]:
     """The complete base backups in the local folder (or under `root`), oldest first."""
-    d = base_dir(settings, root)
-    if not d.is_dir():
-        return []
-    return read_base_backups(os.listdir(d), lambda name: json.loads((d / name).read_text()))
+    return stored_base_backups(LocalStore(root or settings.backups.local_dir), pitr_folders(settings.pitr.cluster)[0])
 
 
 def _pack(src: Path, dest: Path, level: int, recipients: list[str]) -> tuple[str, int]:
@@ -247,9 +251,5 @@ def check_files(settings, bb: BaseBackup, root: Path | None = None) -> None:
     """Every file's sha256 against the manifest, before a restore trusts it."""
     for name, meta in bb.manifest["files"].items():
         path = base_dir(settings, root) / name
-        sha = hashlib.sha256()
-        with open(path, "rb") as f:
-            while chunk := f.read(CHUNK):
-                sha.update(chunk)
-        if sha.hexdigest() != meta["sha256"]:
+        if sha256_file(path) != meta["sha256"]:
             raise BaseBackupError(f"{path}: sha256 does not match the manifest: the base backup is damaged")

@@ -22,19 +22,14 @@ from pathlib import Path
 import psycopg
 
 from homelab_ops.backups.catalog import MANIFEST_SUFFIX
-from homelab_ops.backups.names import BASE_FOLDER, WAL_FOLDER
-from homelab_ops.backups.offsite import _sha256
-from homelab_ops.backups.prune import policy_from
-from homelab_ops.backups.stores import CHUNK, LocalFileChanged, S3Store, StoreError, read_json, stores_for
+from homelab_ops.backups.names import pitr_folders
+from homelab_ops.backups.stores import CHUNK, LocalFileChanged, LocalStore, S3Store, StoreError, stores_for
 from homelab_ops.errors import first_line
+from homelab_ops.files import sha256_file
 from homelab_ops.pitr import base as bb
 from homelab_ops.pitr import plan, wal
 from homelab_ops.pitr.receive import wal_dir
-
-
-def folders(settings) -> tuple[str, str]:
-    """The base-backup and WAL folders of the cluster, as store folder names (`_base/main`, `_wal/main`)."""
-    return f"{BASE_FOLDER}/{settings.pitr.cluster}", f"{WAL_FOLDER}/{settings.pitr.cluster}"
+from homelab_ops.pitr.retention import prune_store
 
 
 # --------------------------------------------------------------------------- the plan (pure)
@@ -82,32 +77,27 @@ class PitrTargetState:
         return not self.errors and self.owed_bases == [] and self.owed_wal == []
 
 
-def _local_sizes(folder: Path) -> dict[str, int]:
-    if not folder.is_dir():
-        return {}
-    return {p.name: p.stat().st_size for p in folder.iterdir() if p.is_file() and not p.name.startswith(".")}
-
-
 def sync_target(settings, store: S3Store) -> PitrTargetState:
     """Upload the WAL, then the base backups, that `store` lacks. A failing target stops at its first
     error (one timeout, not one per segment); what was not copied stays owed."""
     state = PitrTargetState(store.label)
-    bfolder, wfolder = folders(settings)
+    bfolder, wfolder = pitr_folders(settings.pitr.cluster)
     encrypted = bool(settings.backups.encryption.age_recipients)
     wdir, bdir = wal_dir(settings), bb.base_dir(settings)
+    local = LocalStore(settings.backups.local_dir)
     try:
-        local_wal = _local_sizes(wdir)
+        local_wal = local.list(wfolder)
         state.owed_wal = wal_owed(local_wal, store.list(wfolder), encrypted=encrypted)
         for name in list(state.owed_wal):
             try:
-                store.upload_file(wfolder, name, wdir / name, _sha256(wdir / name))
+                store.upload_file(wfolder, name, wdir / name, sha256_file(wdir / name))
             except FileNotFoundError:  # retention removed it meanwhile: no longer owed
                 state.owed_wal.remove(name)
                 continue
             state.owed_wal.remove(name)
             state.uploaded_wal += 1
-        local_base = _local_sizes(bdir)
-        bases = bb.list_base_backups(settings)
+        local_base = local.list(bfolder)
+        bases = bb.stored_base_backups(local, bfolder)
         owed = base_owed(bases, local_base, store.list(bfolder))
         state.owed_bases = [stem for stem, _ in owed]
         by_stem = {b.stem: b for b in bases}
@@ -116,7 +106,7 @@ def sync_target(settings, store: S3Store) -> PitrTargetState:
                 for name in files:
                     meta = by_stem[stem].manifest["files"].get(name)
                     path = bdir / name
-                    store.upload_file(bfolder, name, path, meta["sha256"] if meta else _sha256(path))
+                    store.upload_file(bfolder, name, path, meta["sha256"] if meta else sha256_file(path))
             except (LocalFileChanged, OSError) as e:  # this base backup's local files, not the target
                 state.errors.append(str(e) if isinstance(e, StoreError) else f"{bfolder}/{stem}: {e}")
                 continue
@@ -125,7 +115,7 @@ def sync_target(settings, store: S3Store) -> PitrTargetState:
     except StoreError as e:
         state.errors.append(str(e))
     try:
-        held = bb.read_base_backups(store.list(bfolder), lambda n: read_json(store, bfolder, n))
+        held = bb.stored_base_backups(store, bfolder)
         state.newest_base = held[-1].stem if held else None
         segments = wal.read_archive(store.list(wfolder)).segments
         state.newest_segment = max(segments.values(), key=lambda f: (f.segno, f.tli)).name if segments else None
@@ -159,8 +149,9 @@ def finish_segment(settings, wait_s: float = 60.0) -> str:
     segno = wal.segno_of(end - 1, seg)  # the segment the switch finished
     encrypted = bool(settings.backups.encryption.age_recipients)
     deadline = time.monotonic() + wait_s
+    local, wfolder = LocalStore(settings.backups.local_dir), pitr_folders(settings.pitr.cluster)[1]
     while time.monotonic() < deadline:
-        archive = wal.read_archive(_local_sizes(wal_dir(settings)), seg)
+        archive = wal.read_archive(local.list(wfolder), seg)
         done = [f for (t, s), f in archive.segments.items() if s == segno and (f.encrypted or not encrypted)]
         if done:
             return f"finished segment {done[0].name} (pg_switch_wal)"
@@ -185,32 +176,13 @@ class TargetPrune:
     error: str | None = None
 
 
-def prune_target(settings, store: S3Store, *, dry_run: bool) -> plan.RetentionPlan:
-    """The local retention rules applied to a target's own copy: base backups by backups.retention,
-    then WAL older than the oldest base backup kept there. Manifests go first, so a half-deleted
-    set is never listed as complete."""
-    bfolder, wfolder = folders(settings)
-    bases = bb.read_base_backups(store.list(bfolder), lambda n: read_json(store, bfolder, n))
-    seg = bases[-1].segment_size if bases else wal.DEFAULT_SEGMENT_SIZE
-    archive = wal.read_archive(store.list(wfolder), seg)
-    p = plan.plan_retention([(b.stem, b.time, b.start_lsn) for b in bases], archive,
-                            policy_from(settings.backups.retention), settings.tz, seg_size=seg)
-    if not dry_run:
-        by_stem = {b.stem: b for b in bases}
-        for stem in p.remove:
-            store.delete(bfolder, [stem + MANIFEST_SUFFIX])
-            store.delete(bfolder, list(by_stem[stem].files))
-        store.delete(wfolder, p.wal_remove)
-    return p
-
-
 def prune(settings, *, dry_run: bool | None = None) -> list[TargetPrune]:
     dry_run = settings.backups.retention.dry_run if dry_run is None else dry_run
     _, remotes = stores_for(settings)
     out = []
     for store in remotes:
         try:
-            out.append(TargetPrune(store.label, prune_target(settings, store, dry_run=dry_run)))
+            out.append(TargetPrune(store.label, prune_store(settings, store, dry_run=dry_run)))
         except (StoreError, ValueError) as e:
             out.append(TargetPrune(store.label, None, str(e)))
     return out
@@ -232,8 +204,8 @@ def fetch(settings, store: S3Store, target: plan.Target, root: Path) -> bb.BaseB
     """Download from `store` what a recovery to `target` needs into `root` (laid out as local_dir):
     the base backup `plan.choose_base` picks and every finished WAL file from its start on.
     Raises PlanError when the target holds no base backup early enough, StoreError when it fails."""
-    bfolder, wfolder = folders(settings)
-    bases = bb.read_base_backups(store.list(bfolder), lambda n: read_json(store, bfolder, n))
+    bfolder, wfolder = pitr_folders(settings.pitr.cluster)
+    bases = bb.stored_base_backups(store, bfolder)
     if not bases:
         raise plan.PlanError(f"S3 target {store.label} holds no complete base backup of cluster "
                              f"{settings.pitr.cluster} ({store.uri(bfolder, '')})")
