@@ -163,3 +163,18 @@ def test_the_nightly_job_still_prunes_after_a_failed_backup_so_a_full_disk_heals
     assert [b.stem for b in kept] == [backups[-1].stem]
     os.remove(disk / "filler")
     assert run_backup(settings, db).stem  # and the next night's backup fits again
+
+
+def test_a_pitr_fetch_that_fills_the_disk_names_the_local_disk_not_the_target(small_disk, tmp_path):
+    """ENOSPC while a fetched file is written is the local disk's fault: LocalDiskError (a restore
+    stops there), not the StoreError that sends it on to the next target."""
+    from homelab_ops.backups.stores import LocalStore
+    from homelab_ops.pitr.offsite import LocalDiskError, _download
+
+    source = tmp_path / "source"
+    (source / "_wal" / "main").mkdir(parents=True)
+    (source / "_wal" / "main" / "000000010000000000000003.gz").write_bytes(os.urandom(300 * 1024))
+    disk = small_disk(128)
+    with pytest.raises(LocalDiskError, match=r"000000010000000000000003.gz \(fetched from local\) failed: "
+                                             r"No space left on device"):
+        _download(LocalStore(source), "_wal/main", "000000010000000000000003.gz", disk / "000000010000000000000003.gz")

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import math
 import os
+import re
 import shutil
 import signal
 import subprocess
@@ -279,6 +280,19 @@ def test_the_archive_goes_off_site_and_a_new_sd_card_restores_from_it(env, s3_se
                 "backups": {**e.config["backups"], "local_dir": str(card), "s3": [target],
                             "retention": {"keep_last": 1, "keep_daily": 0, "keep_weekly": 0, "keep_monthly": 0}}}
     card_path = e.write(card_cfg, "new-card.yaml")
+    # a card too small for the copy: refused before a byte is fetched, naming the room it needs
+    small = e.tmp / "small-card"
+    small.mkdir()
+    subprocess.run(["mount", "-t", "tmpfs", "-o", "size=512k,mode=0700", "tmpfs", str(small)], check=True)
+    try:
+        small_path = e.write({**card_cfg, "backups": {**card_cfg["backups"], "local_dir": str(small)}}, "small.yaml")
+        out = subprocess.run([CLI, "--config", str(small_path), "backups", "restore", "depot", "--into", "depot_small",
+                              "--at", "latest"], capture_output=True, text=True, timeout=600)
+        assert out.returncode != 0, out.stdout
+        assert re.search(r"from nas needs [\d.]+ [KMG]iB in \S+, which has [\d.]+ KiB free", out.stderr), out.stderr
+        assert "Traceback" not in out.stderr and os.listdir(small) == [], os.listdir(small)
+    finally:
+        subprocess.run(["umount", "-l", str(small)], check=False)
     out = subprocess.run([CLI, "--config", str(card_path), "backups", "restore", "depot", "--into", "depot_from_s3",
                           "--at", "latest"], capture_output=True, text=True, timeout=600)
     assert out.returncode == 0, out.stderr + out.stdout

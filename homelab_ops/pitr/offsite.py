@@ -15,6 +15,7 @@ Off-site the layout is the local one under the target's prefix: `_base/<cluster>
 
 from __future__ import annotations
 
+import shutil
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -30,6 +31,7 @@ from homelab_ops.pitr import base as bb
 from homelab_ops.pitr import plan, wal
 from homelab_ops.pitr.receive import wal_dir
 from homelab_ops.pitr.retention import prune_store
+from homelab_ops.units import size
 
 
 # --------------------------------------------------------------------------- the plan (pure)
@@ -191,33 +193,53 @@ def prune(settings, *, dry_run: bool | None = None) -> list[TargetPrune]:
 # --------------------------------------------------------------------------- fetch for a restore
 
 
+class LocalDiskError(RuntimeError):
+    """The fetch cannot be written here (a full disk): no other target would fare better."""
+
+
 def _download(store: S3Store, folder: str, name: str, dest: Path) -> None:
     with store.open_read(folder, name) as body, open(dest, "wb") as f:
-        try:
-            while chunk := body.read(CHUNK):
+        while True:
+            try:
+                chunk = body.read(CHUNK)
+            except Exception as e:  # a connection cut mid-body is botocore's or urllib3's error
+                raise StoreError(f"S3 target {store.label}: reading {folder}/{name} failed: {e}") from None
+            if not chunk:
+                return
+            try:
                 f.write(chunk)
-        except Exception as e:  # a connection cut mid-body is botocore's or urllib3's error
-            raise StoreError(f"S3 target {store.label}: reading {folder}/{name} failed: {e}") from None
+            except OSError as e:
+                raise LocalDiskError(f"writing {dest} (fetched from {store.label}) failed: {e.strerror}") from None
 
 
 def fetch(settings, store: S3Store, target: plan.Target, root: Path) -> bb.BaseBackup:
     """Download from `store` what a recovery to `target` needs into `root` (laid out as local_dir):
     the base backup `plan.choose_base` picks and every finished WAL file from its start on.
-    Raises PlanError when the target holds no base backup early enough, StoreError when it fails."""
+    Raises PlanError when the target holds no base backup early enough, StoreError when it fails,
+    LocalDiskError when the copy does not fit here."""
     bfolder, wfolder = pitr_folders(settings.pitr.cluster)
     bases = bb.stored_base_backups(store, bfolder)
     if not bases:
         raise plan.PlanError(f"S3 target {store.label} holds no complete base backup of cluster "
                              f"{settings.pitr.cluster} ({store.uri(bfolder, '')})")
     base = plan.choose_base(bases, target)
+    held_wal = store.list(wfolder)
+    archive = wal.read_archive(held_wal, base.segment_size)
+    first = wal.segno_of(base.start_lsn, base.segment_size)
+    wanted = [*archive.histories.values(), *(f.file for (tli, segno), f in archive.segments.items() if segno >= first)]
+    held_base = store.list(bfolder)
+    need = sum(held_base.get(n, 0) for n in (*base.files, base.stem + MANIFEST_SUFFIX)) + \
+        sum(held_wal[n] for n in wanted)
+    free = shutil.disk_usage(root).free
+    if need > free:  # refused before a byte is fetched, not at ENOSPC halfway
+        raise LocalDiskError(f"fetching base backup {base.stem} and {len(wanted)} WAL file(s) from {store.label} "
+                             f"needs {size(need)} in {root.parent}, which has {size(free)} free: free space there "
+                             "(or restore on a machine with more)")
     bdest, wdest = bb.base_dir(settings, root), wal_dir(settings, root)
     bdest.mkdir(parents=True, exist_ok=True)
     wdest.mkdir(parents=True, exist_ok=True)
     for name in (*base.files, base.stem + MANIFEST_SUFFIX):
         _download(store, bfolder, name, bdest / name)
-    archive = wal.read_archive(store.list(wfolder), base.segment_size)
-    first = wal.segno_of(base.start_lsn, base.segment_size)
-    wanted = [*archive.histories.values(), *(f.file for (tli, segno), f in archive.segments.items() if segno >= first)]
     for name in wanted:
         _download(store, wfolder, name, wdest / name)
     return base

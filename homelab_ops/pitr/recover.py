@@ -426,6 +426,8 @@ def archive_for(settings, target: plan.Target, source: str) -> Iterator[tuple[st
             except (plan.PlanError, StoreError) as e:
                 reasons.append(str(e))
                 continue
+            except offsite.LocalDiskError as e:  # every target's copy would need the same room
+                raise RecoverError(str(e)) from None
             yield store.label, root
             return
         finally:
