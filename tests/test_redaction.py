@@ -66,7 +66,8 @@ def planted_settings(pg, tmp_path: Path) -> tuple[dict, dict[str, str]]:
                    "webhook_token": p["webhooktoken"],
                    "heartbeat_url": f"http://127.0.0.1:{dead}/ping/{p['heartbeat']}",
                    "heartbeat": {"nightly_backup": f"http://127.0.0.1:{dead}/ping/{p['jobbeat']}"}},
-        "pitr": {"dsn": f"postgresql://replicator:{p['pitr']}@127.0.0.1:{dead}/postgres"},
+        # on, with a dead replication server: the receiver's checks and offsite/_pitr fail and say so
+        "pitr": {"enabled": True, "dsn": f"postgresql://replicator:{p['pitr']}@127.0.0.1:{dead}/postgres"},
         "credentials": {"key_file": str(tmp_path / "master.key"), "managed": {
             "pg": {"kind": "postgres-role", "role": "x", "period": "30d",
                    "dsn": f"postgresql://postgres:{p['managed']}@127.0.0.1:{dead}/postgres"},
@@ -196,6 +197,10 @@ def test_planted_secrets_reach_no_store_and_no_output_whatever_fails(scram_pg, t
         _run([*materialize, "restore_verification/app"], env, outputs)
         # A backup against a dead server.
         _run([*materialize, "backups/app"], {**env, "HOMELAB_CONFIG": str(dead_path)}, outputs)
+        # The PITR archive off-site (S3 down) and the stream's checks (replication server dead).
+        _run([*materialize, "offsite/_pitr"], env, outputs)
+        _run([CLI, "pitr", "offsite"], env, outputs)
+        _run([CLI, "pitr", "status"], env, outputs)
         _run([CLI, "backups", "list"], env, outputs)
         _run([CLI, "backups", "restore", "app", "--into", "app_restored", "--from", "nas"], env, outputs)
         _run([CLI, "notify", "test"], env, outputs)
@@ -210,6 +215,7 @@ def test_planted_secrets_reach_no_store_and_no_output_whatever_fails(scram_pg, t
     text = "\n".join(outputs)
     # The failures happened, and named what failed: the test could have seen a leak.
     assert "nas" in text and "127.0.0.1" in text, text[-5000:]
+    assert "pitr" in text and "offsite___pitr" in text, text[-5000:]
     assert any(p.name.endswith(".dump.zst") for p in (tmp_path / "backups" / "app").iterdir())
 
     state_dump = subprocess.run([str(PG_BIN / "pg_dump"), "--dbname", scram_pg.dsn("homelab")],
