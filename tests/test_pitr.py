@@ -312,6 +312,61 @@ def test_the_archive_goes_off_site_and_a_new_sd_card_restores_from_it(env, s3_se
     assert left.segments and min(s for _, s in left.segments) == wal.segno_of(newest.start_lsn)
 
 
+def test_offsite_pitr_killed_mid_upload_resumes_and_loses_nothing(env, s3_server, s3_bucket):
+    """SIGKILL of `pitr offsite` while a base backup's file is on its way (the request held at the
+    proxy, dropped when its sender dies): the next run, with nobody touching anything, completes the
+    copy: every local base backup and finished segment off-site byte for byte, no multipart upload
+    left open, and no manifest of a set whose files are missing was ever visible. (This cluster's
+    files are under the 8 MiB part size, so the held request is a single PUT; a multipart upload
+    killed halfway and resumed is test_crash's off-site kill points, for the same uploader.)"""
+    import hashlib
+
+    from tests.faulty_proxy import FaultyProxy
+    from tests.test_backups_s3 import objects
+
+    e = env
+    client, bucket = s3_bucket
+    held = threading.Event()
+
+    def hold(method: str, path: str) -> float:
+        if method in ("PUT", "POST") and "/_base/" in path and not held.is_set():
+            held.set()
+            return 120.0
+        return 0.0
+
+    with FaultyProxy(s3_server, hold=hold) as proxy:
+        target = {"endpoint_url": proxy.url, "bucket": bucket, "name": "nas", "prefix": "pi/"}
+        path = e.write({**e.config, "backups": {**e.config["backups"], "s3": [target]}}, "killed-offsite.yaml")
+        proc = subprocess.Popen([CLI, "--config", str(path), "pitr", "offsite"], stdout=subprocess.PIPE,
+                                stderr=subprocess.STDOUT, start_new_session=True)
+        try:
+            assert held.wait(120), proc.communicate(timeout=60)[0]
+            manifests_then = {k for k in objects(client, bucket) if k.endswith(".manifest.json")}
+            os.killpg(proc.pid, signal.SIGKILL)
+            proc.wait(timeout=30)
+        finally:
+            if proc.poll() is None:
+                os.killpg(proc.pid, signal.SIGKILL)
+        wait_for(lambda: proxy.dropped, "the held request is dropped with its sender", timeout=30)
+        out = subprocess.run([CLI, "--config", str(path), "pitr", "offsite"], capture_output=True, text=True,
+                             timeout=300)
+        assert out.returncode == 0 and "nas: copied" in out.stdout, out.stderr + out.stdout
+
+    keys = objects(client, bucket)
+    bases = base.list_base_backups(e.settings)
+    assert bases and manifests_then == set()  # the set being copied was never listed as complete
+    for b in bases:
+        for name in (*b.files, b.stem + ".manifest.json"):
+            key = f"pi/_base/main/{name}"
+            assert key in keys, key
+            local = (base.base_dir(e.settings) / name).read_bytes()
+            body = client.get_object(Bucket=bucket, Key=key)["Body"].read()
+            assert hashlib.sha256(body).digest() == hashlib.sha256(local).digest(), key
+    finished = wal.read_archive(os.listdir(wal_dir(e.settings))).segments.values()
+    assert {f"pi/_wal/main/{f.file}" for f in finished if f.encrypted} <= set(keys)
+    assert not client.list_multipart_uploads(Bucket=bucket).get("Uploads"), "a multipart upload was left open"
+
+
 def _busy_dump(e: Env, db: str):
     e.sql("postgres", f"CREATE DATABASE {db}")
     e.sql(db, "CREATE TABLE events (id bigserial PRIMARY KEY, payload text, at timestamptz DEFAULT clock_timestamp())")
