@@ -138,7 +138,8 @@ def make_instance(settings, db: str, telegram_url: str, *, version: str = NEW, e
     wfs = workflows() + list(extra_workflows)
     cli.import_workflows_dir({f"{w['id']}.json": json.dumps(w).encode() for w in wfs})
     with psycopg.connect(dsn_for(db), autocommit=True) as conn:
-        conn.execute("UPDATE workflow_entity SET active = true WHERE id = 'wfTelegram000001'")
+        conn.execute(f"UPDATE {settings.n8n.table_prefix}workflow_entity SET active = true "
+                     "WHERE id = 'wfTelegram000001'")
     return cli
 
 
@@ -319,6 +320,31 @@ def test_corrupt_credential_fails_n8n_verification_by_name_while_the_manifest_pa
     assert "Gmail OAuth" in checks["matches_manifest"].description
     assert "Ollama API key" not in checks["matches_manifest"].description.split("credentials failed")[-1]
     assert not checks["n8n_key_saved"].passed and "Gmail OAuth" in checks["n8n_key_saved"].description
+
+
+def test_an_instance_with_a_table_prefix_is_backed_up_and_verified_by_n8n(
+        n8n_new, new_db, write_settings, age_identity, telegram, dagster_instance):
+    """n8n with DB_TABLE_PREFIX (n8n.table_prefix): its tables are lab_workflow_entity and so on.
+    The workflow export, the secrets scan, the key check, the nightly backup and the verification by
+    n8n's own CLI read those tables (the verification found no workflow in the backup before)."""
+    from homelab_ops.credentials.scan import scan_database
+    recipient, identity = age_identity
+    src = new_db("n8nprefix")
+    path, settings = settings_for(write_settings, src, n8n_new, recipients=[recipient], identity=identity,
+                                  table_prefix="lab_")
+    make_instance(settings, src, telegram.url)
+    with psycopg.connect(dsn_for(src), autocommit=True) as conn:
+        tables = {r[0] for r in conn.execute("SELECT tablename FROM pg_tables WHERE schemaname = 'public'")}
+    assert "lab_workflow_entity" in tables and "workflow_entity" not in tables
+    exported = dg.materialize([n8n_workflows_asset(settings)], resources=resources(path), instance=dagster_instance)
+    assert exported.success
+    assert len(list((Path(settings.backups.local_dir) / "n8n_workflows").glob("*/*.json"))) == len(workflows())
+    assert scan_database(dsn_for(src), prefix="lab_")[1] == len(workflows())
+    result = nightly(settings, src, path, dagster_instance)
+    checks = {e.check_name: e for e in result.get_asset_check_evaluations()}
+    assert checks["n8n_key_saved"].passed, checks["n8n_key_saved"].description
+    assert checks["matches_manifest"].passed, checks["matches_manifest"].description
+    assert "credentials" in checks["matches_manifest"].description
 
 
 def test_without_age_recipients_the_key_is_never_written_and_a_warn_check_says_so(

@@ -10,7 +10,7 @@ from pathlib import Path
 from homelab_ops.backups.catalog import stem_for
 from homelab_ops.backups.stores import StoreError, stores_for
 from homelab_ops.files import PARTIAL_SUFFIX, fsync_dir
-from homelab_ops.n8n.workflows import export_workflows, to_file_bytes
+from homelab_ops.n8n.workflows import export_workflows, to_file_bytes, use_schema
 from homelab_ops.state import connect
 
 FOLDER = "n8n_workflows"
@@ -29,7 +29,8 @@ def export_n8n_workflows(settings) -> WorkflowExport:
     """Write `<local_dir>/n8n_workflows/<stem>/<id>.json`, then copy the folder off-site."""
     with connect(settings.n8n.dsn.get_secret_value()) as conn:
         conn.read_only = True
-        workflows = export_workflows(conn)
+        use_schema(conn, settings.n8n.db_schema)
+        workflows = export_workflows(conn, settings.n8n.table_prefix)
     root = Path(settings.backups.local_dir) / FOLDER
     stem = stem_for(datetime.now(timezone.utc))
     final = root / stem

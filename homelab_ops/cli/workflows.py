@@ -39,7 +39,8 @@ def scan(obj, paths: tuple[str, ...], from_db: bool, as_json: bool) -> None:
         if from_db:
             if obj.settings.n8n is None:
                 raise click.UsageError("--db needs n8n.dsn in the settings")
-            findings += scan_database(obj.settings.n8n.dsn.get_secret_value())[0]
+            n8n = obj.settings.n8n
+            findings += scan_database(n8n.dsn.get_secret_value(), schema=n8n.db_schema, prefix=n8n.table_prefix)[0]
     except ScanError as e:
         raise click.ClickException(str(e)) from None
     for f in findings:

@@ -270,7 +270,8 @@ def scan_paths(paths, *, identifiers: bool = True) -> list[Finding]:
     return [f for p in json_files(paths) for f in scan_document(load_json(p), str(p), identifiers=identifiers)]
 
 
-def scan_database(dsn: str, *, source: str = "n8n database") -> tuple[list[Finding], int]:
+def scan_database(dsn: str, *, source: str = "n8n database", schema: str = "public",
+                  prefix: str = "") -> tuple[list[Finding], int]:
     """Live workflows and earlier saved versions (n8n keeps them in workflow_history, secrets included).
 
     Credential and webhook ids are part of how a live instance works, so they
@@ -278,16 +279,17 @@ def scan_database(dsn: str, *, source: str = "n8n database") -> tuple[list[Findi
     """
     import psycopg
 
-    from homelab_ops.n8n.workflows import export_workflows
+    from homelab_ops.n8n.workflows import export_workflows, use_schema
 
     with psycopg.connect(dsn, connect_timeout=10, application_name="homelab-ops secrets scan") as conn:
         conn.read_only = True
-        workflows = export_workflows(conn)
+        use_schema(conn, schema)
+        workflows = export_workflows(conn, prefix)
         history = []
-        if conn.execute("SELECT to_regclass('workflow_history')").fetchone()[0] is not None:
+        if conn.execute("SELECT to_regclass(%s)", (f'"{prefix}workflow_history"',)).fetchone()[0] is not None:
             history = conn.execute(
-                'SELECT h."workflowId", h."versionId", h.nodes FROM workflow_history h'
-                ' JOIN workflow_entity w ON w.id = h."workflowId"'
+                f'SELECT h."workflowId", h."versionId", h.nodes FROM "{prefix}workflow_history" h'
+                f' JOIN "{prefix}workflow_entity" w ON w.id = h."workflowId"'
                 ' WHERE h."versionId" IS DISTINCT FROM w."versionId" ORDER BY h."createdAt"').fetchall()
     findings = [f for wf in workflows for f in scan_workflow(wf, source, identifiers=False)]
     names = {wf["id"]: wf["name"] for wf in workflows}

@@ -57,7 +57,8 @@ def scan_configured(settings) -> ScanReport:
     report = ScanReport()
     if settings.n8n is None:
         return report
-    findings, count = scan_database(settings.n8n.dsn.get_secret_value())
+    findings, count = scan_database(settings.n8n.dsn.get_secret_value(), schema=settings.n8n.db_schema,
+                                    prefix=settings.n8n.table_prefix)
     report.sources.append("n8n database")
     report.workflows += count
     report.findings += findings

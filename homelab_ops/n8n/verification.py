@@ -28,7 +28,7 @@ from homelab_ops.backups.stores import Store, StoreError, read_json, stores_for
 from homelab_ops.errors import first_line
 from homelab_ops.n8n import backup_set, compare, keys
 from homelab_ops.n8n.runner import N8nCli, N8nRunError
-from homelab_ops.n8n.workflows import export_workflows
+from homelab_ops.n8n.workflows import export_workflows, use_schema
 from homelab_ops.notify.redact import redactor_for
 
 SCRATCH_PREFIX = "homelab_n8n_"
@@ -61,8 +61,8 @@ class Baseline:
 
 def read_baseline(dsn: str, key: str, schema: str, prefix: str) -> Baseline:
     with psycopg.connect(dsn, connect_timeout=10) as conn:
-        conn.execute(f"SET search_path TO \"{schema}\"")
-        workflows = compare.digests(export_workflows(conn)) if not prefix else {}
+        use_schema(conn, schema)
+        workflows = compare.digests(export_workflows(conn, prefix))
         rows = conn.execute(f'SELECT id, name, type, data FROM "{prefix}credentials_entity" ORDER BY id').fetchall()
         hooks = conn.execute(f'SELECT count(*) FROM "{prefix}webhook_entity"').fetchone()[0]
     creds, hashes = [], {}

@@ -31,20 +31,27 @@ def _jsonable(v):
     return v.isoformat() if isinstance(v, datetime) else v
 
 
-def export_workflows(conn: psycopg.Connection) -> list[dict]:
-    """Every workflow in n8n's export format, tags included, in one read-only snapshot."""
-    have = _columns(conn, "workflow_entity")
+def use_schema(conn: psycopg.Connection, schema: str) -> None:
+    """n8n's tables are in `n8n.db_schema` (DB_POSTGRESDB_SCHEMA): unqualified names resolve there."""
+    conn.execute(f'SET search_path TO "{schema}"')
+
+
+def export_workflows(conn: psycopg.Connection, prefix: str = "") -> list[dict]:
+    """Every workflow in n8n's export format, tags included, in one read-only snapshot. `prefix` is
+    n8n's DB_TABLE_PREFIX (n8n.table_prefix); the tables are looked up in the current schema."""
+    wf_table, wt_table, tag_table = (f"{prefix}workflow_entity", f"{prefix}workflows_tags", f"{prefix}tag_entity")
+    have = _columns(conn, wf_table)
     if not {"id", "name", "nodes", "connections"} <= have:
-        raise ValueError("this database has no n8n workflow_entity table with id, name, nodes, connections")
+        raise ValueError(f"this database has no n8n {wf_table} table with id, name, nodes, connections")
     cols = [c for c in _EXPORT_COLUMNS if c in have]
     select = ", ".join(f'w."{c}"' for c in cols)
     with conn.cursor(row_factory=dict_row) as cur:
-        workflows = cur.execute(f"SELECT {select} FROM workflow_entity w ORDER BY w.id").fetchall()
+        workflows = cur.execute(f'SELECT {select} FROM "{wf_table}" w ORDER BY w.id').fetchall()
         tags: dict[str, list[dict]] = {}
-        if _columns(conn, "workflows_tags") and _columns(conn, "tag_entity"):
+        if _columns(conn, wt_table) and _columns(conn, tag_table):
             for row in cur.execute(
-                    'SELECT wt."workflowId" AS wid, t.id, t.name, t."createdAt", t."updatedAt"'
-                    ' FROM workflows_tags wt JOIN tag_entity t ON t.id = wt."tagId" ORDER BY t.name'):
+                    f'SELECT wt."workflowId" AS wid, t.id, t.name, t."createdAt", t."updatedAt"'
+                    f' FROM "{wt_table}" wt JOIN "{tag_table}" t ON t.id = wt."tagId" ORDER BY t.name'):
                 wid = row.pop("wid")
                 tags.setdefault(wid, []).append({k: _jsonable(v) for k, v in row.items()})
     out = []
