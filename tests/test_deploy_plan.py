@@ -263,6 +263,18 @@ def test_loki_alloy_and_grafana_configs_say_what_the_issue_asks():
     assert pg["jsonData"]["database"] == "homelab"
 
 
+def test_every_password_file_grafana_provisioning_reads_is_a_secret_the_plan_places():
+    import re
+
+    plan = plan_of(settings(monitoring={"services": {"grafana": {
+        "dagster_postgres_dsn": "postgresql://d:pw@postgres/dagster", "admin_password": "adm"}}}))
+    g = plan.service("grafana")
+    sources = g.files["/etc/grafana/provisioning/datasources/homelab.yaml"].decode()
+    read = set(re.findall(r"\$__file\{([^}]+)\}", sources))
+    assert read == {"/run/secrets/grafana-homelab-state-password", "/run/secrets/grafana-dagster-password"}
+    assert read <= set(g.secrets) and g.secrets["/run/secrets/grafana-dagster-password"] == b"pw"
+
+
 def test_grafana_provisions_every_dashboard_json_in_the_folder():
     boards = {p.name: p.read_bytes() for p in (ROOT / "deploy/grafana/dashboards").glob("*.json")}
     plan = plan_of(dashboards={**boards, "extra.json": b'{"title": "x"}'})

@@ -342,9 +342,9 @@ def build_monitoring_plan(settings: Settings, host: HostFacts, *, env: dict[str,
             genv = {"GF_SERVER_ROOT_URL": f"https://grafana.{traefik.domain}/",
                     "GF_ANALYTICS_REPORTING_ENABLED": "false", "GF_ANALYTICS_CHECK_FOR_UPDATES": "false",
                     "GF_USERS_ALLOW_SIGN_UP": "false", "GF_LOG_LEVEL": "warn"}
-            secrets = {render.secret_path("grafana-homelab-state-password"): pg.password.encode()}
+            secrets = {render.grafana_password_path(render.STATE_DATASOURCE): pg.password.encode()}
             if dagster_pg is not None:
-                secrets[render.secret_path("grafana-dagster-password")] = dagster_pg.password.encode()
+                secrets[render.grafana_password_path(render.DAGSTER_DATASOURCE)] = dagster_pg.password.encode()
             if g.admin_password:
                 path = render.secret_path("grafana-admin-password")
                 secrets[path] = g.admin_password.get_secret_value().encode()

@@ -299,13 +299,21 @@ def receiver_settings(*, timezone: str, pitr: dict, conninfo: str, age_recipient
         yaml.safe_dump(doc, sort_keys=False)
 
 
+STATE_DATASOURCE, DAGSTER_DATASOURCE = "homelab-state", "dagster"  # Grafana datasource names (and uids)
+
+
+def grafana_password_path(datasource: str) -> str:
+    """Where a PostgreSQL datasource's password file is: the plan writes it, provisioning reads it."""
+    return secret_path(f"grafana-{datasource}-password")
+
+
 def _pg_source(name: str, pg: PostgresSource) -> dict:
     """The password stays in a 0400 file; Grafana's provisioning reads it with $__file{}."""
     return {"name": name, "type": "grafana-postgresql-datasource", "uid": name,
             "url": f"{pg.host}:{pg.port}", "user": pg.user, "editable": False,
             "jsonData": {"database": pg.database, "sslmode": "disable", "postgresVersion": 1500,
                          "timescaledb": False},
-            "secureJsonData": {"password": "$__file{%s}" % secret_path(f"grafana-{name}-password")}}
+            "secureJsonData": {"password": "$__file{%s}" % grafana_password_path(name)}}
 
 
 def grafana_datasources(pg: PostgresSource | None, *, scrape_interval: str, alertmanager: bool,
@@ -323,9 +331,9 @@ def grafana_datasources(pg: PostgresSource | None, *, scrape_interval: str, aler
                         "access": "proxy", "url": "http://alertmanager:9093", "editable": False,
                         "jsonData": {"implementation": "prometheus"}})
     if pg is not None:
-        sources.append(_pg_source("homelab-state", pg))
+        sources.append(_pg_source(STATE_DATASOURCE, pg))
     if dagster_pg is not None:
-        sources.append(_pg_source("dagster", dagster_pg))
+        sources.append(_pg_source(DAGSTER_DATASOURCE, dagster_pg))
     return _dump({"apiVersion": 1, "prune": True, "datasources": sources})
 
 
