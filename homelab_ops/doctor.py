@@ -20,6 +20,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from homelab_ops.docker_host import connect
+from homelab_ops.errors import first_line
 from homelab_ops.settings import Settings, SettingsError, load
 
 TIMEOUT = 5  # seconds per network call: a check that hangs is a failed check
@@ -267,29 +268,44 @@ CAP_SYS_ADMIN = 21
 
 
 def check_fstrim(settings: Settings) -> Check:
-    """disk_hygiene's fstrim needs CAP_SYS_ADMIN (the FITRIM ioctl); the code server has none."""
+    """disk_hygiene's fstrim needs CAP_SYS_ADMIN (the FITRIM ioctl): here, or in the helper container."""
     import shutil
+
+    from homelab_ops.backups.hygiene import Helper, HelperError
     name = "fstrim"
     mounts = settings.disk_hygiene.fstrim_mounts
     if not mounts:
         return skip(name, "disk_hygiene.fstrim_mounts is empty (the host trims, e.g. fstrim.timer)")
+    helper = Helper.from_settings(settings)
+    if helper is not None:
+        try:
+            rc, out, err = helper.run(["fstrim", "--version"], binds={}, timeout=120)
+        except HelperError as e:
+            return fail(name, str(e), "build or load that image on the Engine (`docker compose build`), or unset "
+                                      "disk_hygiene.helper_image")
+        if rc != 0:
+            return fail(name, f"{helper.image} cannot run fstrim: {first_line(err or out)}",
+                        "set disk_hygiene.helper_image to homelab-ops' own image")
+        return ok(name, f"fstrim of {', '.join(mounts)} runs in a one-shot container of {helper.image} "
+                        "(root, CAP_SYS_ADMIN only, no network)")
     if not shutil.which("fstrim"):
         return fail(name, "fstrim is not installed", "install util-linux, or set disk_hygiene.fstrim_mounts: []")
     if not _has_capability(CAP_SYS_ADMIN):
         return fail(name, f"this process lacks CAP_SYS_ADMIN, so fstrim of {', '.join(mounts)} is always "
                           "'not permitted'",
-                    "let the host trim (`sudo systemctl enable --now fstrim.timer`) and set "
-                    "disk_hygiene.fstrim_mounts: [] (deploy/README.md, \"Disk hygiene in the container\")")
+                    "set disk_hygiene.helper_image to this image (homelab-ops:latest), so a one-shot container "
+                    "trims; or let the host trim (`sudo systemctl enable --now fstrim.timer`) and set "
+                    "disk_hygiene.fstrim_mounts: [] (deploy/README.md)")
     return ok(name, f"CAP_SYS_ADMIN present for {', '.join(mounts)}")
 
 
 def check_container_logs(settings: Settings) -> Check:
     """disk_hygiene's log sizes read each container's json log file: it must be readable here.
     The same reading as disk_hygiene's (backups.hygiene.container_logs), judged for the owner."""
-    from homelab_ops.backups.hygiene import DOCKER_OK, container_logs
+    from homelab_ops.backups.hygiene import DOCKER_OK, Helper, container_logs
 
     name = "container logs"
-    logs = container_logs(settings.docker.host, timeout=TIMEOUT)
+    logs = container_logs(settings.docker.host, helper=Helper.from_settings(settings), timeout=TIMEOUT)
     if logs.state != DOCKER_OK:
         return skip(name, logs.detail)
     # LogPath is the host's path: readable only where that path is (the host)
@@ -298,9 +314,9 @@ def check_container_logs(settings: Settings) -> Check:
         return fail(name, f"{len(unreadable)} container log file(s) not readable here "
                           f"({', '.join(unreadable[:5])}{'...' if len(unreadable) > 5 else ''}): log sizes are "
                           "always 'not readable'",
-                    "run homelab-ops where Docker's data folder is readable (the host), or accept that "
-                    "disk_hygiene reports no log sizes; Docker's json-file logs are root-only (0640), so a "
-                    "read-only mount alone is not enough for uid 1000 (deploy/README.md)")
+                    "set disk_hygiene.helper_image to this image (homelab-ops:latest), so a one-shot root "
+                    "container reads them; Docker's json-file logs are root-only (0640), so a read-only "
+                    "mount alone is not enough for uid 1000 (deploy/README.md)")
     return ok(name, "every container's json log is readable")
 
 

@@ -704,7 +704,12 @@ class TraefikSettings(_Section):
 
 
 class DiskHygieneSettings(_Section):
-    fstrim_mounts: list[str] = ["/"]
+    fstrim_mounts: list[str] = ["/"]  # the host's mount points
+    # For a code server without root or CAP_SYS_ADMIN (the compose deployment): run fstrim and read
+    # the json log sizes in a one-shot container of this image (its own, e.g. homelab-ops:latest)
+    # started through docker.host as root with only CAP_SYS_ADMIN, no network, the host paths
+    # bind-mounted. None: run them in this process.
+    helper_image: str | None = None
     # Finished Dagster runs (and their event logs) older than this are deleted weekly by the
     # dagster_run_retention asset; a job's newest finished run, runs holding an asset's latest
     # materialization or its latest attempt, and unfinished runs stay. "0" keeps every run.

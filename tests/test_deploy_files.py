@@ -358,3 +358,74 @@ def test_deploy_monitoring_starts_the_wal_receiver_that_streams_wal_and_stops_it
             slow_docker.api.remove_container(c["Id"], force=True)
         for n in slow_docker.api.networks(names=[net]):
             slow_docker.api.remove_network(n["Id"])
+
+
+@pytest.mark.docker
+def test_disk_hygiene_trims_and_reads_root_only_logs_through_the_helper_container(slow_docker, built_image, tmp_path):
+    """The compose code server (uid 1000, no capabilities) can neither trim nor read Docker's json logs.
+    With disk_hygiene.helper_image the asset does both in one-shot containers of this image (root,
+    CAP_SYS_ADMIN only, no network): a loop-mounted ext4 gets its freed blocks trimmed, the helper reads
+    each container's log size exactly, doctor says so, and no helper container is left behind."""
+    from homelab_ops.backups import hygiene as h
+    from homelab_ops.defs.backups.hygiene import disk_hygiene
+    from homelab_ops.defs.resources import HomelabSettings
+    from homelab_ops.doctor import check_fstrim
+    from homelab_ops.settings import load
+    from tests import docker_images
+    from tests.conftest import DOCKER_HOST
+
+    image, mnt = tmp_path / "disk.img", tmp_path / "mnt"
+    subprocess.run(["truncate", "-s", "64M", str(image)], check=True)
+    subprocess.run(["mkfs.ext4", "-q", str(image)], check=True)
+    mnt.mkdir()
+    subprocess.run(["mount", "-o", "loop", str(image), str(mnt)], check=True)
+    logger = None
+    try:
+        (mnt / "freed").write_bytes(os.urandom(16 << 20))
+        os.sync()
+        (mnt / "freed").unlink()
+        os.sync()
+        logger = slow_docker.containers.run(docker_images.busybox_image(slow_docker),
+                                            ["sh", "-c", "for i in $(seq 1 500); do echo line $i; done"],
+                                            detach=True, network_mode="none")
+        logger.wait(timeout=60)
+        path = tmp_path / "homelab.yaml"
+        path.write_text(yaml.safe_dump({
+            "docker": {"host": DOCKER_HOST},
+            "metrics": {"textfile_dir": str(tmp_path / "textfile")},
+            "disk_hygiene": {"fstrim_mounts": [str(mnt)], "helper_image": IMAGE_TAG}}))
+        settings = load(path)
+        since = int(time.time()) - 1
+        result = dg.materialize([disk_hygiene], resources={"homelab": HomelabSettings(config_path=str(path))})
+        md = result.asset_materializations_for_node("disk_hygiene")[0].metadata
+        assert md["trimmed_bytes"].value > 8 << 20, md["fstrim"]
+        started = list(slow_docker.events(since=since, until=int(time.time()) + 1, decode=True,
+                                          filters={"label": "homelab-ops/role=hygiene-helper", "event": "start"}))
+        assert started, "the trim did not run in the helper container"
+        assert not slow_docker.containers.list(all=True, filters={"label": "homelab-ops/role=hygiene-helper"})
+
+        logger.reload()
+        log_path = logger.attrs["LogPath"]
+        helper = h.Helper.from_settings(settings)
+        root = slow_docker.info()["DockerRootDir"]
+        sizes = h.helper_log_sizes(helper, f"{root}/containers", [log_path, "/nonexistent/x-json.log"])
+        assert sizes == {log_path: h.log_files_size(log_path)} and sizes[log_path] > 0
+
+        check = check_fstrim(settings)
+        assert check.status == "ok" and "one-shot container of homelab-ops:test" in check.detail, check
+        broken = check_fstrim(load_with(tmp_path, {**yaml.safe_load(path.read_text()),
+                                                   "disk_hygiene": {"fstrim_mounts": ["/"],
+                                                                    "helper_image": "homelab-ops:missing"}}))
+        assert broken.failed and "homelab-ops:missing" in broken.detail, broken
+    finally:
+        if logger is not None:
+            logger.remove(force=True)
+        subprocess.run(["umount", "-l", str(mnt)], check=False)
+
+
+def load_with(tmp_path: Path, data: dict):
+    from homelab_ops.settings import load
+
+    p = tmp_path / "other.yaml"
+    p.write_text(yaml.safe_dump(data))
+    return load(p)

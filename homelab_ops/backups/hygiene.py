@@ -5,13 +5,19 @@ which blocks are free (`fstrim`), and a chatty container's json log grows until
 the disk is full. Both are reported as states, never as crashes: a filesystem
 that cannot discard, a user that may not trim, or a host without Docker is a
 fact about the host, not a failure of the run.
+
+A code server running as uid 1000 with no capabilities (the compose deployment) can do
+neither itself: FITRIM needs CAP_SYS_ADMIN and the json logs are root's. With
+`disk_hygiene.helper_image` both run in a one-shot container started through the Engine
+API (which that code server already holds): root with CAP_SYS_ADMIN alone, no network,
+only the paths it reads bind-mounted, removed when done.
 """
 
 from __future__ import annotations
 
 import re
 import subprocess
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 from homelab_ops.docker_host import connect
@@ -48,19 +54,80 @@ def classify_fstrim(mount: str, rc: int, stdout: str, stderr: str) -> TrimResult
     return TrimResult(mount, state, None, text[-500:])
 
 
-def trim(mounts: list[str], *, timeout: float = 900) -> list[TrimResult]:
-    """`fstrim -v` each mount point in turn."""
+@dataclass(frozen=True)
+class Helper:
+    """Where the one-shot helper container runs: the Engine at `host`, from `image`."""
+
+    host: str
+    image: str
+
+    @classmethod
+    def from_settings(cls, settings) -> Helper | None:
+        image = settings.disk_hygiene.helper_image
+        return cls(settings.docker.host, image) if image else None
+
+    def run(self, command: list[str], *, binds: dict[str, str], cap_add: tuple[str, ...] = (),
+            timeout: float = 900) -> tuple[int, str, str]:
+        """(exit code, stdout, stderr) of `command` as root in a fresh container; binds: host path ->
+        container path, read-only. Raises HelperError when the Engine or the image is not there."""
+        from docker.errors import DockerException
+
+        try:
+            client = connect(self.host, int(timeout) + 30)
+        except DockerException as e:
+            raise HelperError(f"no Docker daemon answers at {self.host} (docker.host): {_short(e)}") from None
+        container = None
+        try:
+            container = client.containers.create(
+                self.image, command, user="0", network_mode="none", cap_drop=["ALL"], cap_add=list(cap_add),
+                security_opt=["no-new-privileges:true"], mem_limit="64m",
+                volumes={src: {"bind": dst, "mode": "ro"} for src, dst in binds.items()},
+                labels={"homelab-ops/role": "hygiene-helper"})
+            container.start()
+            rc = container.wait(timeout=timeout)["StatusCode"]
+            return (rc, container.logs(stdout=True, stderr=False).decode(errors="replace"),
+                    container.logs(stdout=False, stderr=True).decode(errors="replace"))
+        except DockerException as e:
+            raise HelperError(f"the disk_hygiene helper ({self.image} at {self.host}) failed: {_short(e)}") from None
+        except Exception as e:  # requests' ReadTimeout from wait(): the helper is still running
+            raise HelperError(f"the disk_hygiene helper ({self.image}) did not finish within {timeout:.0f} s: "
+                              f"{_short(e)}") from None
+        finally:
+            if container is not None:
+                try:
+                    container.remove(force=True)
+                except DockerException:
+                    pass
+            client.close()
+
+
+class HelperError(RuntimeError):
+    """The helper container could not run; the message names the Engine or the image."""
+
+
+def trim(mounts: list[str], *, helper: Helper | None = None, timeout: float = 900) -> list[TrimResult]:
+    """`fstrim -v` each mount point in turn: here, or with `helper` in a container that has CAP_SYS_ADMIN
+    and the host's mount point bind-mounted (FITRIM acts on the filesystem behind it)."""
     out = []
     for mount in mounts:
         try:
-            p = subprocess.run(["fstrim", "-v", mount], capture_output=True, text=True, timeout=timeout)
+            if helper is None:
+                p = subprocess.run(["fstrim", "-v", mount], capture_output=True, text=True, timeout=timeout)
+                rc, stdout, stderr = p.returncode, p.stdout, p.stderr
+            else:
+                rc, stdout, stderr = helper.run(["fstrim", "-v", "/trim"], binds={mount: "/trim"},
+                                                cap_add=("SYS_ADMIN",), timeout=timeout)
+                stdout, stderr = stdout.replace("/trim", mount), stderr.replace("/trim", mount)
         except FileNotFoundError:
             out.append(TrimResult(mount, NO_FSTRIM, None, "install util-linux (fstrim)"))
             continue
         except subprocess.TimeoutExpired:
             out.append(TrimResult(mount, FAILED, None, f"fstrim still running after {timeout:.0f} s; stopped"))
             continue
-        out.append(classify_fstrim(mount, p.returncode, p.stdout, p.stderr))
+        except HelperError as e:
+            out.append(TrimResult(mount, FAILED, None, str(e)))
+            continue
+        out.append(classify_fstrim(mount, rc, stdout, stderr))
     return out
 
 
@@ -109,8 +176,27 @@ def container_log(attrs: dict) -> ContainerLog:
     return ContainerLog(name, driver, "ok" if size is not None else "not readable", size, max_size, path)
 
 
-def container_logs(host: str, *, timeout: int = 10) -> DockerLogs:
-    """Every container's json log size, largest first; no daemon answering is a state, not an error."""
+def helper_log_sizes(helper: Helper, containers_dir: str, paths: list[str]) -> dict[str, int]:
+    """Bytes of each json log (rotated siblings included) read as root by the helper, with Docker's
+    `containers` folder bind-mounted read-only at its own path; a log it cannot see is left out."""
+    script = 'for p in "$@"; do for f in "$p" "$p".*; do [ -f "$f" ] && stat -c "%s %n" "$f"; done; done; true'
+    rc, stdout, stderr = helper.run(["sh", "-c", script, "sh", *paths], binds={containers_dir: containers_dir},
+                                    timeout=120)
+    if rc != 0:
+        raise HelperError(f"the disk_hygiene helper could not read the logs: {first_line(stderr or stdout)}")
+    sizes: dict[str, int] = {}
+    wanted = set(paths)
+    for line in stdout.splitlines():
+        size, _, name = line.partition(" ")
+        base = name if name in wanted else name.rsplit(".", 2 if name.endswith(".gz") else 1)[0]
+        if base in wanted and size.isdigit():
+            sizes[base] = sizes.get(base, 0) + int(size)
+    return sizes
+
+
+def container_logs(host: str, *, helper: Helper | None = None, timeout: int = 10) -> DockerLogs:
+    """Every container's json log size, largest first; no daemon answering is a state, not an error.
+    Logs this process may not read (root's, 0640) are read by `helper` when there is one."""
     from docker.errors import DockerException
 
     try:
@@ -119,12 +205,22 @@ def container_logs(host: str, *, timeout: int = 10) -> DockerLogs:
         return DockerLogs(NO_DAEMON, f"no Docker daemon answers at {host} (docker.host): {_short(e)}")
     try:
         logs = [container_log(c.attrs) for c in client.containers.list(all=True)]
+        root = client.info().get("DockerRootDir") or "/var/lib/docker"
     except DockerException as e:
         return DockerLogs(NO_DAEMON, f"the Docker daemon at {host} stopped answering: {_short(e)}")
     finally:
         client.close()
+    detail = f"{len(logs)} containers at {host}"
+    unreadable = [c.path for c in logs if c.state == "not readable" and c.path]
+    if helper is not None and unreadable:
+        try:
+            sizes = helper_log_sizes(helper, f"{root}/containers", unreadable)
+            logs = [replace(c, state="ok", log_bytes=sizes[c.path]) if c.path in sizes else c for c in logs]
+            detail += f"; {len(sizes)} log(s) read by the helper ({helper.image})"
+        except HelperError as e:
+            detail += f"; {e}"
     logs.sort(key=lambda c: (-(c.log_bytes or 0), c.name))
-    return DockerLogs(DOCKER_OK, f"{len(logs)} containers at {host}", logs)
+    return DockerLogs(DOCKER_OK, detail, logs)
 
 
 def _short(e: Exception) -> str:

@@ -60,8 +60,9 @@ def hygiene_metadata(trims: list[h.TrimResult], logs: h.DockerLogs) -> dict:
 )
 def disk_hygiene(context: dg.AssetExecutionContext, homelab: HomelabSettings) -> dg.MaterializeResult:
     s = homelab.settings
-    trims = h.trim(s.disk_hygiene.fstrim_mounts)
-    logs = h.container_logs(s.docker.host)
+    helper = h.Helper.from_settings(s)
+    trims = h.trim(s.disk_hygiene.fstrim_mounts, helper=helper)
+    logs = h.container_logs(s.docker.host, helper=helper)
     for r in trims:
         context.log.info(f"fstrim {r.mount}: {r.state} {r.detail}")
     context.log.info(f"docker: {logs.state}: {logs.detail}")
