@@ -9,7 +9,7 @@ from __future__ import annotations
 
 def overdue(settings, now=None):
     """Credentials whose current version is older than their period (or never set), as
-    `store.Overdue` items (name, kind, period_seconds, age_seconds or None); oldest first."""
+    `store.CredentialAge` items (name, kind, period_seconds, age_seconds or None); oldest first."""
     from homelab_ops.credentials.store import overdue as _overdue
 
     return _overdue(settings, now)

@@ -96,8 +96,9 @@ class Status:
 
 
 @dataclass(frozen=True)
-class Overdue:
-    """One credential past its period, for alerting. `age_seconds` is None when it was never set."""
+class CredentialAge:
+    """How old one credential's current value is against its period. `age_seconds` is None when it
+    was never set (which counts as overdue)."""
 
     name: str
     kind: str
@@ -106,6 +107,7 @@ class Overdue:
     age_seconds: float | None
     current_version: int | None
     current_since: datetime | None
+    overdue: bool
 
 
 @dataclass(frozen=True)
@@ -503,11 +505,9 @@ def known_definitions(settings, *, timeout: int = 3) -> list[Definition]:
     return [found[n] for n in sorted(found)]
 
 
-def overdue(settings, now: datetime | None = None) -> list[Overdue]:
-    """Every credential whose current version is older than its period, or that has none; oldest first.
-
-    Reads ages only, so it needs no master key and writes no audit rows.
-    """
+def ages(settings, now: datetime | None = None) -> list[CredentialAge]:
+    """Every credential (the settings' and the store's) with the age of its current version; oldest
+    first, never-set ones before all. Reads ages only: no master key, no audit rows."""
     now = now or _now()
     defs = {n: policy.definition_from_settings(n, e) for n, e in settings.credentials.managed.items()}
     current: dict[str, tuple[int, datetime]] = {}
@@ -521,11 +521,15 @@ def overdue(settings, now: datetime | None = None) -> list[Overdue]:
     out = []
     for d in defs.values():
         version, since = current.get(d.name, (None, None))
-        if policy.is_overdue(now, since, d.period_seconds):
-            out.append(Overdue(d.name, d.kind, d.period, d.period_seconds, policy.age_seconds(now, since),
-                               version, since))
+        out.append(CredentialAge(d.name, d.kind, d.period, d.period_seconds, policy.age_seconds(now, since),
+                                 version, since, policy.is_overdue(now, since, d.period_seconds)))
     return sorted(out, key=lambda o: (o.age_seconds is not None, -(o.age_seconds or 0), o.name))
 
 
-__all__ = ["AuditRow", "Overdue", "Status", "Store", "VersionInfo", "cli_actor", "init_store", "known_definitions",
+def overdue(settings, now: datetime | None = None) -> list[CredentialAge]:
+    """The credentials past their period (or never set), for alerting; oldest first."""
+    return [a for a in ages(settings, now) if a.overdue]
+
+
+__all__ = ["AuditRow", "CredentialAge", "ages", "Status", "Store", "VersionInfo", "cli_actor", "init_store", "known_definitions",
            "open_store", "overdue", "rekey"]

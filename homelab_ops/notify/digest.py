@@ -167,11 +167,17 @@ def gather(settings, now: datetime | None = None) -> Facts:
     try:
         with connect(settings.state.dsn.get_secret_value()) as conn:
             facts.disks = _disks(conn, now)
-            facts.credentials = _credentials(conn, now)
             if settings.n8n is not None:
                 facts.n8n = _n8n(conn, facts.day - timedelta(days=1))
     except Exception as e:
         facts.unread.append(f"state database: {type(e).__name__}")
+    try:
+        from homelab_ops.credentials.store import ages
+
+        facts.credentials = [CredentialLine(a.name, a.age_seconds / 86400 if a.age_seconds is not None else None,
+                                            a.period_seconds / 86400) for a in ages(settings, now)]
+    except Exception as e:
+        facts.unread.append(f"credentials: {type(e).__name__}")
     return facts
 
 
@@ -188,17 +194,6 @@ def _disks(conn, now: datetime) -> list[DiskLine]:
         else:
             avail.setdefault(mount, []).append((float(t), v))
     return [DiskLine(m, s[-1][1], size.get(m, 0.0), days_until_full(s)) for m, s in sorted(avail.items())]
-
-
-def _credentials(conn, now: datetime) -> list[CredentialLine]:
-    from homelab_ops.settings import duration_seconds
-
-    rows = conn.execute(
-        "SELECT c.name, c.period, coalesce(v.promoted_at, v.created_at) FROM homelab_ops.credential c "
-        "LEFT JOIN homelab_ops.credential_version v ON v.credential = c.name AND v.stage = 'current' "
-        "ORDER BY c.name").fetchall()
-    return [CredentialLine(name, (now - since).total_seconds() / 86400 if since else None,
-                           duration_seconds(period) / 86400) for name, period, since in rows]
 
 
 def _n8n(conn, day: date) -> list[WorkflowFailures]:
