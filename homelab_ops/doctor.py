@@ -225,30 +225,21 @@ def _is_pi(sys_root: str) -> bool:
 
 
 def check_throttling(settings: Settings) -> Check:
-    """On a Pi, the firmware's throttling word must be readable: sysfs, or vcgencmd with /dev/vcio."""
-    import shutil
-    import subprocess
+    """On a Pi, the firmware's throttling word must be readable: sysfs, or vcgencmd with /dev/vcio.
+    The same reading as host_metrics' (metrics.collect.read_throttling), judged for the owner."""
+    from datetime import datetime, timezone
 
-    from homelab_ops.metrics.collect import throttled_sysfs_path
+    from homelab_ops.metrics.collect import Snapshot, read_throttling
     name = "pi throttling"
-    sys_root = settings.metrics.sys_root
-    if not _is_pi(sys_root):
-        return skip(name, f"not a Raspberry Pi ({sys_root}/firmware/devicetree/base/model)")
-    path = throttled_sysfs_path(sys_root)
-    if path is not None:
-        try:
-            int(Path(path).read_text().strip(), 16)
-            return ok(name, f"{path}")
-        except (OSError, ValueError) as e:
-            sysfs_error = f"{path}: {_short(e, 120)}"
-    else:
-        sysfs_error = f"no get_throttled under {sys_root}/devices/platform"
-    exe = shutil.which(settings.metrics.vcgencmd)
-    if exe:
-        p = subprocess.run([exe, "get_throttled"], capture_output=True, text=True, timeout=TIMEOUT)
-        if p.returncode == 0 and "throttled=" in p.stdout:
-            return ok(name, f"vcgencmd: {p.stdout.strip()}")
-    return fail(name, f"{sysfs_error}; vcgencmd {'failed' if exe else 'not installed'}",
+    ms = settings.metrics
+    if not _is_pi(ms.sys_root):
+        return skip(name, f"not a Raspberry Pi ({ms.sys_root}/firmware/devicetree/base/model)")
+    snap = Snapshot(taken_at=datetime.now(timezone.utc))
+    source = read_throttling(snap, ms.sys_root, ms.vcgencmd)
+    if source is not None:
+        return ok(name, f"{source}: word {int(snap.value('homelab_pi_throttled_word') or 0):#x}")
+    sysfs = snap.absent.get("get_throttled") or f"no get_throttled under {ms.sys_root}/devices/platform"
+    return fail(name, f"{sysfs}; {snap.absent.get('vcgencmd', 'vcgencmd failed')}",
                 "mount the host's /sys read-only and set metrics.sys_root to it (deploy/docker-compose.yml: "
                 "/sys:/host/sys:ro, metrics.sys_root: /host/sys), or give the container the host's vcgencmd "
                 "and /dev/vcio")

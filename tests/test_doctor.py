@@ -168,7 +168,8 @@ def test_pi_throttling_is_read_from_the_firmware_sysfs_file_or_doctor_fails_with
     fw = sys_root / "devices/platform/soc@107c000000/soc@107c000000:firmware"
     fw.mkdir(parents=True)
     (fw / "get_throttled").write_text("50005\n")  # drivers/firmware/raspberrypi.c prints "%x\n"
-    assert not check_throttling(settings).failed
+    found = check_throttling(settings)
+    assert not found.failed and found.detail.endswith("get_throttled: word 0x50005"), found
     from datetime import datetime, timezone
     snap = Snapshot(taken_at=datetime.now(timezone.utc))
     assert read_throttled_sysfs(snap, str(sys_root))

@@ -178,6 +178,25 @@ def test_a_host_without_pi_sensors_records_them_absent_and_passes(tmp_path, writ
     assert 'homelab_sensor_present{sensor="vcgencmd"} 0.0' in prom and "homelab_pi_throttled{" not in prom
 
 
+def test_a_pi_read_through_the_firmware_sysfs_file_says_so_in_the_textfile(tmp_path, write_settings, fresh_state_db,
+                                                                           monkeypatch):
+    """A Pi 5 in a container: /sys mounted read-only, no vcgencmd. The throttling word comes from the
+    firmware's sysfs file, and node_exporter's textfile says that sensor is present."""
+    sys_root = tmp_path / "sys"
+    fw = sys_root / "devices/platform/soc@107c000000/soc@107c000000:firmware"
+    fw.mkdir(parents=True)
+    (fw / "get_throttled").write_text("50005\n")
+    monkeypatch.setenv("PATH", str(tmp_path / "nobin"))
+    textfile_dir = tmp_path / "tf"
+    path, settings = settings_for(write_settings, fresh_state_db, {
+        "sys_root": str(sys_root), "textfile_dir": str(textfile_dir)})
+    result = dg.materialize([host_metrics], resources={"homelab": HomelabSettings(config_path=str(path))})
+    assert result.success
+    prom = (textfile_dir / "homelab_pi.prom").read_text()
+    assert 'homelab_sensor_present{sensor="get_throttled"} 1.0' in prom, prom
+    assert 'homelab_pi_throttled{flag="under_voltage",when="now"} 1.0' in prom, prom
+
+
 def test_a_failing_vcgencmd_is_absent_not_an_error(fake_pi, write_settings, fresh_state_db, tmp_path):
     (Path(fake_pi["tmp"]) / "bin" / "vcgencmd").write_text("#!/bin/sh\necho 'VCHI initialization failed' >&2\nexit 1\n")
     _, settings = settings_for(write_settings, fresh_state_db, {"sys_root": fake_pi["sys_root"],

@@ -197,6 +197,15 @@ def read_vcgencmd(snap: Snapshot, command: str, timeout: float = 3.0) -> None:
     _sensor(snap, "vcgencmd", True)
 
 
+def read_throttling(snap: Snapshot, sys_root: str, vcgencmd: str) -> str | None:
+    """The throttling word from the firmware's sysfs file, else from vcgencmd; returns where it came
+    from, None when neither answered (snap.absent says why, per source)."""
+    if read_throttled_sysfs(snap, sys_root):
+        return throttled_sysfs_path(sys_root)
+    read_vcgencmd(snap, vcgencmd)
+    return None if "vcgencmd" in snap.absent else "vcgencmd"
+
+
 # node_exporter's modes of node_cpu_seconds_total; guest time is already inside user and nice.
 CPU_MODES = ("user", "nice", "system", "idle", "iowait", "irq", "softirq", "steal")
 
@@ -279,8 +288,7 @@ def take_snapshot(metrics_settings, *, now: datetime | None = None, cpu_window: 
     read_thermal(snap, ms.sys_root)
     read_cpufreq(snap, ms.sys_root)
     read_rpi_volt(snap, ms.sys_root)
-    if not read_throttled_sysfs(snap, ms.sys_root):
-        read_vcgencmd(snap, ms.vcgencmd)
+    read_throttling(snap, ms.sys_root, ms.vcgencmd)
     read_proc(snap, ms.proc_root, cpu_window)
     read_filesystems(snap, ms.proc_root, ms.mounts)
     return snap

@@ -20,7 +20,7 @@ from homelab_ops.settings import Settings
 from homelab_ops.state import open_state
 
 GROUP = "metrics"
-_PI_SENSORS = {"vcgencmd", "rpi_volt"}
+_PI_SENSORS = {"get_throttled", "vcgencmd", "rpi_volt"}
 
 
 def _check_result(o: thresholds.Outcome) -> dg.AssetCheckResult:
