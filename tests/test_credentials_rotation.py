@@ -143,7 +143,7 @@ def test_failed_login_test_puts_the_current_password_back(cred_settings, scram_p
 # --------------------------------------------------------------------------- generated, manual
 
 
-@pytest.mark.parametrize("crash_after", ["create", "set", "test"])
+@pytest.mark.parametrize("crash_after", ["create", "set", "test", "restart"])
 def test_generated_rotation_interrupted_after_any_step_completes_once(cred_settings, crash_after):
     _, settings = cred_settings()
     with open_store(settings, "test") as store:
@@ -357,3 +357,84 @@ def test_rotating_the_role_homelab_ops_connects_as_is_refused_before_anything_ch
             rotate(store, "own_login", settings=own, force=True)
         assert store.status("own_login").pending is None
     assert can_login(scram_pg, role, first)
+
+
+# --------------------------------------------------------------------------- consumers restarted
+
+
+def _consumer(docker_client, cluster, role: str, password: str, name: str) -> str:
+    """A compose-style consumer (labelled as compose labels its containers) that logs in to `cluster`
+    as `role` with PGPASSWORD from its environment; healthy only while that login works."""
+    from tests.docker_images import psql_image
+
+    return docker_client.api.create_container(
+        psql_image(docker_client), command=["sh", "-c", "trap 'exit 0' TERM; while :; do sleep 1; done"],
+        name=name, environment={"PGHOST": "127.0.0.1", "PGPORT": str(cluster.port), "PGUSER": role,
+                                "PGDATABASE": "postgres", "PGPASSWORD": password, "KEEP": "unchanged"},
+        labels={"com.docker.compose.project": "lab", "com.docker.compose.service": "app"},
+        healthcheck={"test": ["CMD", "psql", "-tAc", "SELECT 1"], "interval": 500_000_000,
+                     "timeout": 3_000_000_000, "retries": 2},
+        host_config=docker_client.api.create_host_config(network_mode="host"))["Id"]
+
+
+@pytest.mark.docker
+def test_rotation_recreates_its_consumer_with_the_new_password_before_finishing(
+        cred_settings, scram_pg, docker_client, tmp_path):
+    """The `restart` step, on the real Engine and a password-checking PostgreSQL: the consumer is
+    recreated with the pending password (its other variables, labels and name kept) and must log in
+    before `finish`. A template that hands it the wrong field makes it fail: the rotation stops before
+    `finish` naming the consumer, the role gets its current password back and the consumer is rolled
+    back, healthy again (nobody locked out); once the template is mended the next run resumes the
+    pending version and completes."""
+    from homelab_ops.deploy.engine import wait_healthy
+    from tests.conftest import DOCKER_HOST
+
+    first = "Initial-Password-7890"
+    role = new_role(scram_pg, first)
+    name = f"lab-app-{uuid.uuid4().hex[:6]}"
+    template = tmp_path / "env.template"
+    template.write_text('# consumers of pg_app\nPGPASSWORD={{ cred "pg_app" }}\n')
+    _, settings = cred_settings({"restart_consumers": True, "env_template": str(template)},
+                                docker={"host": DOCKER_HOST}, monitoring={"health": {"wait": "20s"}})
+    cid = _consumer(docker_client, scram_pg, role, first, name)
+
+    def consumer() -> tuple[dict, str]:
+        info = docker_client.api.inspect_container(name)
+        return info, next(e for e in info["Config"]["Env"] if e.startswith("PGPASSWORD=")).split("=", 1)[1]
+
+    try:
+        docker_client.api.start(cid)
+        assert wait_healthy(docker_client, cid, 30).ok
+        with open_store(settings, "test") as store:
+            pg_credential(store, scram_pg, role, consumers=["app"])
+            result = rotate(store, "pg_app", settings=settings)
+            assert result.rotated and result.restart == ()
+            assert "consumer app: recreated with the new value, healthy" in result.notes
+            p1 = store.value("pg_app")
+            info, password = consumer()
+            assert info["Id"] != cid and password == p1 and "KEEP=unchanged" in info["Config"]["Env"]
+            assert info["Config"]["Labels"]["com.docker.compose.service"] == "app"
+            assert info["State"]["Health"]["Status"] == "healthy"
+
+            template.write_text('PGPASSWORD={{ cred "pg_app" "username" }}\n')  # the wrong field
+            with pytest.raises(RotationError, match="step 'restart'.*consumer app: the new container did not "
+                                                    "turn healthy.*current password was put back; rolled back"
+                                                    ".*healthy again") as e:
+                rotate(store, "pg_app", settings=settings, force=True)
+            pending = store.read("pg_app", "pending")[1]["value"]
+            assert pending not in str(e.value) and p1 not in str(e.value)
+            assert store.value("pg_app") == p1  # not finished
+            again, password = consumer()
+            assert again["Id"] == info["Id"] and password == p1  # rolled back, and it works: nobody locked out
+            assert can_login(scram_pg, role, p1) and wait_healthy(docker_client, again["Id"], 30).ok
+
+            template.write_text('PGPASSWORD={{ cred "pg_app" }}\n')  # mended
+            result = rotate(store, "pg_app", settings=settings)
+            assert result.resumed and result.rotated and store.value("pg_app") == pending
+        info, password = consumer()
+        assert password == pending and can_login(scram_pg, role, pending)
+        assert info["State"]["Health"]["Status"] == "healthy"
+        assert not [c for c in docker_client.api.containers(all=True) if c["Names"][0].startswith(f"/{name}-")]
+    finally:
+        for c in docker_client.api.containers(all=True, filters={"name": name}):
+            docker_client.api.remove_container(c["Id"], force=True)

@@ -40,7 +40,9 @@ def make_settings(tmp_path: Path, state_db: str, credentials: dict | None = None
         "postgres": {"dsn": ADMIN_DSN, "databases": ["n8n"]},
         "state": {"dsn": dsn_for(state_db)},
         "backups": {"local_dir": str(tmp_path / "backups")},
-        "credentials": {"key_file": str(tmp_path / "keys" / "master.key"), **(credentials or {})},
+        # no consumer runs in Docker here: tests that restart one turn this back on
+        "credentials": {"key_file": str(tmp_path / "keys" / "master.key"), "restart_consumers": False,
+                        **(credentials or {})},
         **more,
     }
     path = tmp_path / f"homelab-{len(list(tmp_path.glob('homelab-*.yaml')))}.yaml"

@@ -64,6 +64,21 @@ def render(template: str, lookup: Callable[[str, str], str]) -> str:
     return "\n".join(out) + "\n"
 
 
+def environment_for(template: str, name: str, lookup: Callable[[str, str], str]) -> dict[str, str]:
+    """The variables whose template line names credential `name`, with their raw values (what a
+    container's environment holds, no compose quoting): what a consumer must be given after `name`
+    rotates."""
+    out = {}
+    for line in template.splitlines():
+        a = _ASSIGN.match(line)
+        if line.lstrip().startswith("#") or not a:
+            continue
+        if any(m.group(1) == name for m in PLACEHOLDER.finditer(a.group(2))):
+            key = a.group(1).strip().removeprefix("export").strip().rstrip("=")
+            out[key] = PLACEHOLDER.sub(lambda m: lookup(m.group(1), m.group(2) or "value"), a.group(2))
+    return out
+
+
 def write_env_file(path: str | os.PathLike, text: str) -> None:
     """Atomic replace; the file is 0600 from its first byte."""
     write_atomic(path, text.encode(), mode=0o600)

@@ -34,6 +34,7 @@ class Context:
     settings: Any = None
     notes: list[str] = field(default_factory=list)
     secrets: set[str] = field(default_factory=set, repr=False)  # every value seen, redacted from errors
+    left_to_restart: list[str] = field(default_factory=list)  # consumers the `restart` step left to the owner
 
     def __post_init__(self):
         for v in self.definition.secret_params.values():
@@ -86,6 +87,12 @@ class Kind:
 
     def reconcile(self, ctx: Context) -> None:
         """Tidy-up that runs on every rotation attempt, even when nothing is due."""
+
+    def revert(self, ctx: Context) -> str:
+        """Undo `set` when a consumer cannot use the new value, so the current one works again;
+        returns what was done, for the error. Kinds whose current value stays valid until `finish`
+        (an S3 key, a value only the store holds) have nothing to undo."""
+        return "the current value still works: nothing is removed before finish"
 
     def payload_from_value(self, ctx: Context, value: str) -> dict:
         return {"value": value}
@@ -187,9 +194,9 @@ class PostgresRole(Kind):
             self.login(ctx, pending["value"])
         except psycopg.Error as e:
             raise CredentialError(f"login as {ctx.option('role')!r} with the new password failed ({first_line(e)}); "
-                                  + self._revert(ctx)) from None
+                                  + self.revert(ctx)) from None
 
-    def _revert(self, ctx: Context) -> str:
+    def revert(self, ctx: Context) -> str:
         """Put the current password back so its users keep working; the pending one waits for the next run."""
         if ctx.status().current is None:
             return "there is no earlier password to put back"

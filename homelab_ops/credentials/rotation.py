@@ -11,13 +11,15 @@ from dataclasses import dataclass, field
 
 import psycopg
 
-from homelab_ops.credentials import policy
+from homelab_ops.credentials import consumers, policy
 from homelab_ops.credentials.errors import CredentialError, RotationError
 from homelab_ops.credentials.kinds import Context, Kind, kind_for
 from homelab_ops.credentials.store import Store
 from homelab_ops.errors import typed_first_line
 
-STEPS = ("create", "set", "test", "finish")
+# `restart` gives the consumers the new value and waits for them to be healthy (consumers.py):
+# before `finish`, so an old S3 key is deleted only once nothing uses it.
+STEPS = ("create", "set", "test", "restart", "finish")
 
 
 @dataclass
@@ -30,11 +32,12 @@ class RotationResult:
     steps: list[str] = field(default_factory=list)
     notes: list[str] = field(default_factory=list)
     consumers: tuple[str, ...] = ()
+    left_to_restart: tuple[str, ...] = ()  # consumers the `restart` step could not give the new value
 
     @property
     def restart(self) -> tuple[str, ...]:
-        """The services that must restart to pick up the new value."""
-        return self.consumers if self.rotated else ()
+        """The services the owner must still restart to pick up the new value."""
+        return self.left_to_restart if self.rotated else ()
 
 
 def _reason(e: Exception) -> str:
@@ -48,6 +51,8 @@ def _run(ctx: Context, step: str) -> None:
     try:
         if step == "reconcile":
             kind.reconcile(ctx)
+        elif step == "restart":
+            consumers.restart(ctx)
         else:
             getattr(kind, step)(ctx)
     except Exception as e:  # any failure, including a lost database connection
@@ -119,6 +124,7 @@ def _rotate(store: Store, name: str, *, settings, force: bool) -> RotationResult
             raise
         st = store.status(name)
         result.rotated = True
+        result.left_to_restart = tuple(ctx.left_to_restart)
         result.version = st.current.version
         result.notes = ctx.notes
         store.audit("rotate", name, result.version, "ok", "completed")

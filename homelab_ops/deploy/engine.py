@@ -329,26 +329,27 @@ def _remove(client: docker.DockerClient, cid: str) -> None:
         pass
 
 
-def _recover(client: docker.DockerClient, spec: ContainerSpec, wait_s: float, log: Log) -> dict | None:
-    """Resolve what an interrupted run left: returns the container to treat as current."""
-    nxt = inspect(client, spec.name + NEXT_SUFFIX)
+def recover(client: docker.DockerClient, name: str, service: str, wait_s: float, log: Log) -> dict | None:
+    """Resolve what an interrupted replacement of `name` left: returns the container to treat as current."""
+    nxt = inspect(client, name + NEXT_SUFFIX)
     if nxt is not None:  # created but never made current
         _remove(client, nxt["Id"])
-    cur, prev = inspect(client, spec.name), inspect(client, spec.previous_name)
+    previous_name = name + PREVIOUS_SUFFIX
+    cur, prev = inspect(client, name), inspect(client, previous_name)
     if prev is None:
         return cur
     if cur is None:
-        log(f"{spec.service}: restoring {spec.previous_name}, left by an interrupted run")
-        client.api.rename(prev["Id"], spec.name)
-        return inspect(client, spec.name)
+        log(f"{service}: restoring {previous_name}, left by an interrupted run")
+        client.api.rename(prev["Id"], name)
+        return inspect(client, name)
     if cur["State"]["Status"] == "running" and wait_healthy(client, cur["Id"], wait_s).ok:
-        log(f"{spec.service}: removing {spec.previous_name}; its replacement is healthy")
+        log(f"{service}: removing {previous_name}; its replacement is healthy")
         _remove(client, prev["Id"])
         return cur
-    log(f"{spec.service}: an interrupted run left an unhealthy replacement; restoring the previous container")
+    log(f"{service}: an interrupted run left an unhealthy replacement; restoring the previous container")
     _remove(client, cur["Id"])
-    client.api.rename(prev["Id"], spec.name)
-    return inspect(client, spec.name)
+    client.api.rename(prev["Id"], name)
+    return inspect(client, name)
 
 
 def converge(client: docker.DockerClient, spec: ContainerSpec, *, wait_s: float, log: Log = print,
@@ -357,7 +358,7 @@ def converge(client: docker.DockerClient, spec: ContainerSpec, *, wait_s: float,
     (or `force`: tune_monitoring's fallback when the kernel refuses a live limit change)."""
     from docker.errors import APIError
     api = client.api
-    cur = _recover(client, spec, wait_s, log)
+    cur = recover(client, spec.name, spec.service, wait_s, log)
     want_hash = spec.config_hash
 
     if not force and cur is not None and cur["Config"]["Labels"].get(LABEL_HASH) == want_hash:
@@ -380,15 +381,31 @@ def converge(client: docker.DockerClient, spec: ContainerSpec, *, wait_s: float,
     except APIError as e:
         raise DeployError(f"{spec.service}: Docker refused the new container ({e.explanation or e}); "
                           "the running one was left alone") from None
+    if cur is not None:
+        log(f"{spec.service}: config changed ({cur['Config']['Labels'].get(LABEL_HASH)} -> {want_hash})")
+    old_id = swap(client, spec.service, spec.name, new_id, cur, stop_timeout_s=spec.stop_timeout_s, wait_s=wait_s,
+                  log=log)
+    return Outcome(spec.service, "replaced" if old_id else "created", new_id, spec.image, spec.limits,
+                   want_hash, previous_id=old_id)
+
+
+def swap(client: docker.DockerClient, service: str, name: str, new_id: str, cur: dict | None, *,
+         stop_timeout_s: int, wait_s: float, log: Log = print,
+         before_rollback: Callable[[], str] | None = None) -> str | None:
+    """Put `new_id` (created as `<name>-next`) in place of `cur`: the old one is stopped and kept as
+    `<name>-previous` until the new one is healthy, then removed; if the new one never turns
+    healthy it is removed and the old one restored (DeployError, which quotes `before_rollback`'s
+    note: what was undone so the old one works). Returns the replaced id."""
+    from docker.errors import APIError
+    api = client.api
     old_id = None
     if cur is not None:
         old_id = cur["Id"]
-        log(f"{spec.service}: config changed ({cur['Config']['Labels'].get(LABEL_HASH)} -> {want_hash}); "
-            f"stopping {old_id[:12]} and keeping it as {spec.previous_name}")
-        api.stop(old_id, timeout=spec.stop_timeout_s)
-        api.rename(old_id, spec.previous_name)
+        log(f"{service}: stopping {old_id[:12]} and keeping it as {name + PREVIOUS_SUFFIX}")
+        api.stop(old_id, timeout=stop_timeout_s)
+        api.rename(old_id, name + PREVIOUS_SUFFIX)
     try:
-        api.rename(new_id, spec.name)
+        api.rename(new_id, name)
         api.start(new_id)
         health = wait_healthy(client, new_id, wait_s)
     except APIError as e:
@@ -397,20 +414,20 @@ def converge(client: docker.DockerClient, spec: ContainerSpec, *, wait_s: float,
     if health.ok:
         if old_id:
             _remove(client, old_id)
-        log(f"{spec.service}: {'replaced' if old_id else 'created'} {new_id[:12]}, healthy")
-        return Outcome(spec.service, "replaced" if old_id else "created", new_id, spec.image, spec.limits,
-                       want_hash, previous_id=old_id)
+        log(f"{service}: {'replaced' if old_id else 'created'} {new_id[:12]}, healthy")
+        return old_id
 
     logs = _tail(client, new_id)
     _remove(client, new_id)
+    undone = f"; {before_rollback()}" if before_rollback else ""
     if not old_id:
-        raise DeployError(f"{spec.service}: the new container did not turn healthy ({health.detail}); "
+        raise DeployError(f"{service}: the new container did not turn healthy ({health.detail}){undone}; "
                           f"removed it, there was no previous one. Logs:\n{logs}")
-    api.rename(old_id, spec.name)
+    api.rename(old_id, name)
     api.start(old_id)
     restored = wait_healthy(client, old_id, wait_s)
     state = "healthy again" if restored.ok else f"NOT healthy either ({restored.detail})"
-    raise DeployError(f"{spec.service}: the new container did not turn healthy ({health.detail}); rolled back "
+    raise DeployError(f"{service}: the new container did not turn healthy ({health.detail}){undone}; rolled back "
                       f"to the previous container {old_id[:12]}, {state}. Logs of the failed one:\n{logs}")
 
 
