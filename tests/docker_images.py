@@ -20,6 +20,7 @@ import re
 import shutil
 import subprocess
 import tarfile
+import tempfile
 from pathlib import Path
 
 import docker
@@ -111,12 +112,19 @@ def busybox_rootfs() -> RootFs:
     return fs
 
 
-def build(client: docker.DockerClient, tag: str, fs: RootFs, changes: list[str]) -> str:
-    """`docker import` the root filesystem as `tag`, unless an image of the same recipe is there."""
+def build(client: docker.DockerClient, tag: str, fs: RootFs, changes: list[str],
+          trees: dict[str, str] | None = None, trees_id: str = "", skip: tuple[str, ...] = ()) -> str:
+    """`docker import` the root filesystem as `tag`, unless an image of the same recipe is there.
+
+    `trees` (image folder -> host folder, symlinks kept, files ending in `skip` left out) are streamed
+    from disk after `fs`: a large tree (an npm install) never sits in memory and is named in the
+    recipe by `trees_id`, not hashed.
+    """
     if tag in _built:
         return tag
     data = fs.tar()
-    recipe = hashlib.sha256(data + "\n".join(changes).encode()).hexdigest()[:16]
+    recipe = hashlib.sha256(data + "\n".join(changes).encode() + repr(sorted((trees or {}).items())).encode()
+                            + trees_id.encode() + repr(skip).encode()).hexdigest()[:16]
     old = None
     try:
         old = client.api.inspect_image(tag)
@@ -126,10 +134,20 @@ def build(client: docker.DockerClient, tag: str, fs: RootFs, changes: list[str])
     except ImageNotFound:
         pass
     repo, version = parse_repository_tag(tag)
-    client.api.import_image_from_data(
-        data, repository=repo, tag=version or "latest",
-        changes=["ENV PATH=/usr/local/bin:/usr/bin:/bin:/usr/sbin:/sbin", *changes,
-                 f"LABEL {RECIPE_LABEL}={recipe}"])
+    changes = ["ENV PATH=/usr/local/bin:/usr/bin:/bin:/usr/sbin:/sbin", *changes, f"LABEL {RECIPE_LABEL}={recipe}"]
+    if trees:
+        with tempfile.NamedTemporaryFile(suffix=".tar") as f:
+            with tarfile.open(fileobj=f, mode="w", format=tarfile.GNU_FORMAT) as t:
+                with tarfile.open(fileobj=io.BytesIO(data)) as small:
+                    for m in small.getmembers():
+                        t.addfile(m, small.extractfile(m) if m.isfile() else None)
+                for inside, host in sorted(trees.items()):
+                    t.add(host, arcname=inside.strip("/"),
+                          filter=lambda i: None if i.isfile() and i.name.endswith(skip) else _root_owned(i))
+            f.flush()
+            client.api.import_image_from_file(f.name, repository=repo, tag=version or "latest", changes=changes)
+    else:
+        client.api.import_image_from_data(data, repository=repo, tag=version or "latest", changes=changes)
     if old is not None:  # superseded recipe: drop it unless a container still uses it
         try:
             client.api.remove_image(old["Id"])
@@ -137,6 +155,12 @@ def build(client: docker.DockerClient, tag: str, fs: RootFs, changes: list[str])
             pass
     _built[tag] = tag
     return tag
+
+
+def _root_owned(info: tarfile.TarInfo) -> tarfile.TarInfo:
+    info.uid = info.gid = 0
+    info.uname = info.gname = ""
+    return info
 
 
 def busybox_image(client: docker.DockerClient) -> str:
@@ -194,6 +218,40 @@ def pebble_image(client: docker.DockerClient) -> str:
     fs = busybox_rootfs().binary("/usr/bin/pebble", "/usr/bin/pebble").dir("/etc/pebble")
     return build(client, PEBBLE_TAG, fs, ['ENTRYPOINT ["/usr/bin/pebble"]',
                                           'CMD ["-config", "/etc/pebble/pebble.json"]', "USER nobody"])
+
+
+PSQL_TAG = "homelab-test/psql:15"
+
+
+def psql_image(client: docker.DockerClient) -> str:
+    """REAL psql (PostgreSQL 15's client, Debian's) on busybox: a consumer that logs in with
+    PGPASSWORD from its environment, as n8n or Grafana would."""
+    fs = busybox_rootfs().binary("/usr/lib/postgresql/15/bin/psql", "/usr/bin/psql")
+    return build(client, PSQL_TAG, fs, ['CMD ["sh"]'])
+
+
+# What n8n's CLI never loads (source maps, TypeScript sources and declarations, docs): left out,
+# they are 90k of the install's 160k files, and on the test Engine's vfs every container copies all.
+N8N_SKIP = (".map", ".ts", ".mts", ".cts", ".md", ".markdown")
+
+
+def n8n_image(client: docker.DockerClient, version: str, install: str) -> str:
+    """REAL n8n as `n8nio/n8n:VERSION`, laid out like the official image (n8n on PATH, user node
+    1000, /home/node): this machine's node binary and the npm install scripts/n8n-install.sh made
+    (`install` is its folder holding node_modules). No registry here, so the image is built, not pulled."""
+    node = shutil.which("node") or "/usr/bin/node"
+    marker = Path(install) / ".installed"
+    fs = (busybox_rootfs().binary(node, "/usr/local/bin/node").link("/usr/bin/env", "/bin/busybox")
+          .link("/usr/local/bin/n8n", "/usr/local/lib/n8n/node_modules/n8n/bin/n8n")
+          .file("/etc/passwd", "root:x:0:0:root:/root:/bin/sh\nnode:x:1000:1000:node:/home/node:/bin/sh\n")
+          .file("/etc/group", "root:x:0:\nnode:x:1000:\n").dir("/home/node", 0o755, 1000)
+          .dir("/usr/local/lib/n8n"))  # the streamed tree's parents, else docker import makes them 0600
+    trees_id = (hashlib.sha256(Path(node).read_bytes()).hexdigest()
+                + str(marker.stat().st_mtime_ns if marker.exists() else 0))
+    return build(client, f"n8nio/n8n:{version}", fs,
+                 ['ENTRYPOINT ["n8n"]', "USER node", "WORKDIR /home/node", "EXPOSE 5678"],
+                 trees={"/usr/local/lib/n8n/node_modules": str(Path(install) / "node_modules")}, trees_id=trees_id,
+                 skip=N8N_SKIP)
 
 
 # --- Stand-ins -----------------------------------------------------------------------------------

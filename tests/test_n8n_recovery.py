@@ -114,7 +114,8 @@ def workflows() -> list[dict]:
 
 
 def settings_for(write_settings, db: str, n8n_bin: str, *, recipients: list[str] = (), identity: str | None = None,
-                 key: str = KEY, version: str = NEW, telegram_url: str | None = None, **n8n):
+                 key: str = KEY, version: str = NEW, telegram_url: str | None = None, docker_host: str | None = None,
+                 **n8n):
     cache = str(Path(n8n_bin).parents[3])
     enc = {"age_recipients": list(recipients)}
     if identity:
@@ -122,6 +123,7 @@ def settings_for(write_settings, db: str, n8n_bin: str, *, recipients: list[str]
     notify = {"telegram": {"api_base": telegram_url, "bot_token": TOKEN, "chats": [42]}} if telegram_url else {}
     return write_settings({
         "notify": notify,
+        **({"docker": {"host": docker_host}} if docker_host else {}),
         "postgres": {"dsn": ADMIN_DSN, "databases": [db]},
         "backups": {"encryption": enc},
         "n8n": {"dsn": dsn_for(db), "encryption_key": key, "verify_with": "command",
@@ -362,3 +364,62 @@ def test_without_age_recipients_the_key_is_never_written_and_a_warn_check_says_s
     assert not any("key" in p.name for p in folder.iterdir())
     for p in folder.iterdir():
         assert KEY.encode() not in p.read_bytes()
+
+
+@pytest.mark.docker
+def test_verify_with_docker_runs_the_n8n_image_through_the_engine_and_puts_no_secret_in_a_container(
+        n8n_new, new_db, write_settings, age_identity, telegram, dagster_instance, docker_client):
+    """`n8n.verify_with: docker`, the Pi's way: n8nio/n8n:<n8n.version> (built here from the npm install,
+    no registry) run through the Engine API on the host network against the scratch database. Every
+    verification container is looked at while it runs: the key and the bot token are in none of their
+    environments or command lines, no trigger is registered, and none is left afterwards."""
+    import threading
+
+    from tests.conftest import DOCKER_HOST
+    from tests.docker_images import busybox_image, n8n_image
+
+    n8n_image(docker_client, NEW, str(Path(n8n_new).parents[2]))
+    # a container a killed verification left (the key file inside): removed once older than a call lasts
+    from homelab_ops.n8n.runner import PURPOSE, _remove_leftovers
+    left = docker_client.api.create_container(busybox_image(docker_client), ["true"], labels=PURPOSE)["Id"]
+    _remove_leftovers(docker_client, timeout_s=900)
+    assert docker_client.api.inspect_container(left)  # young: may be a parallel call's
+    _remove_leftovers(docker_client, timeout_s=-300)
+    assert not docker_client.api.containers(all=True, filters={"id": left})
+    recipient, identity = age_identity
+    src = new_db("n8ndocker")
+    _, plain = settings_for(write_settings, src, n8n_new, recipients=[recipient], identity=identity)
+    make_instance(plain, src, telegram.url)
+    path, settings = settings_for(write_settings, src, n8n_new, recipients=[recipient], identity=identity,
+                                  docker_host=DOCKER_HOST, verify_with="docker")
+    seen: list[dict] = []
+    events = docker_client.events(decode=True, filters={"type": "container", "event": "start",
+                                                        "label": "homelab-ops.purpose=n8n-verification"})
+
+    def watch():
+        for ev in events:
+            try:
+                seen.append(docker_client.api.inspect_container(ev["id"]))
+            except Exception:  # already gone: record what the event said
+                seen.append({"Id": ev["id"], "Config": {}})
+
+    threading.Thread(target=watch, daemon=True).start()
+    try:
+        result = nightly(settings, src, path, dagster_instance)
+    finally:
+        events.close()
+    assert result.success, result.all_events
+    checks = {e.check_name: e for e in result.get_asset_check_evaluations()}
+    assert checks["matches_manifest"].passed, checks["matches_manifest"].description
+    meta = {m.asset_key.to_user_string(): m for m in result.get_asset_materialization_events()}[
+        f"restore_verification/{src}"].materialization.metadata
+    assert meta["n8n_credentials_decrypted"].value == 3 and meta["n8n_workflows_loaded"].value == 2
+    assert seen, "no verification container was started through the Engine API"
+    for info in seen:
+        config = info["Config"]
+        assert config.get("Image", f"n8nio/n8n:{NEW}") == f"n8nio/n8n:{NEW}"
+        exposed = json.dumps([config.get("Env"), config.get("Cmd"), config.get("Entrypoint")])
+        for planted in (KEY, API_KEY, GMAIL_SECRET, REFRESH, TOKEN):
+            assert planted not in exposed
+    assert not docker_client.containers.list(all=True, filters={"label": "homelab-ops.purpose=n8n-verification"})
+    assert not [m for m, _, _ in telegram.calls if m in ("setWebhook", "deleteWebhook")]

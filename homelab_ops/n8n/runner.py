@@ -69,6 +69,24 @@ _BASE_ENV = {
 }
 
 
+PURPOSE = {"homelab-ops.purpose": "n8n-verification"}
+
+
+def _remove_leftovers(client, timeout_s: float) -> None:
+    """Containers a killed run left behind (the key file is inside them): any older than a call can
+    last (a call removes its own within n8n.verify_timeout), so a parallel call's is never taken."""
+    import time
+
+    import docker
+    (label, value), = PURPOSE.items()
+    for c in client.api.containers(all=True, filters={"label": f"{label}={value}"}):
+        if time.time() - c["Created"] > timeout_s + 300:
+            try:
+                client.api.remove_container(c["Id"], force=True)
+            except docker.errors.DockerException:
+                pass
+
+
 class N8nCli:
     """One n8n (a version, a key, a database) whose CLI commands can be run one after another."""
 
@@ -169,11 +187,12 @@ class N8nCli:
         client = connect(self.settings.docker.host, int(self.timeout) + 60)
         container = None
         try:
+            _remove_leftovers(client, self.timeout)
             env = self._env(mount)
             container = client.containers.create(
                 f"{IMAGE}:{self.version}", command=[a.replace("{out}", f"{mount}/out") for a in args],
                 entrypoint=["n8n"], environment=env, network_mode="host", user="1000:1000",
-                working_dir=mount, labels={"homelab-ops.purpose": "n8n-verification"})
+                working_dir=mount, labels=PURPOSE)
             buf = io.BytesIO()
             with tarfile.open(fileobj=buf, mode="w") as tar:
                 for p in sorted(home.rglob("*")):
