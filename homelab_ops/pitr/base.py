@@ -34,7 +34,7 @@ import zstandard
 
 from homelab_ops.backups import postgresql as pg
 from homelab_ops.backups.catalog import MANIFEST_SUFFIX, stem_for, time_of
-from homelab_ops.backups.names import BASE_FOLDER, pitr_folders
+from homelab_ops.backups.names import pitr_folders
 from homelab_ops.backups.stores import LocalStore, read_json
 from homelab_ops.files import PARTIAL_SUFFIX, fsync_dir, remove_stale_scratch, sha256_file, write_atomic
 from homelab_ops.pitr import wal
@@ -52,7 +52,7 @@ class BaseBackupError(RuntimeError):
 
 def base_dir(settings, root: Path | None = None) -> Path:
     """`<local_dir>/_base/<cluster>`; `root` instead of local_dir for a copy fetched from off-site."""
-    return Path(root or settings.backups.local_dir) / BASE_FOLDER / settings.pitr.cluster
+    return Path(root or settings.backups.local_dir) / pitr_folders(settings.pitr.cluster)[0]
 
 
 @dataclass(frozen=True)

@@ -26,7 +26,7 @@ import psycopg
 import pyrage
 
 from homelab_ops.backups import postgresql as pg
-from homelab_ops.backups.names import WAL_FOLDER
+from homelab_ops.backups.names import WAL_FOLDER, pitr_folders
 from homelab_ops.errors import first_line
 from homelab_ops.files import fsync_dir, write_atomic
 from homelab_ops.pitr import wal
@@ -46,7 +46,7 @@ def pitr_dsn(settings) -> str:
 
 def wal_dir(settings, root: Path | None = None) -> Path:
     """`<local_dir>/_wal/<cluster>`; `root` instead of local_dir for a copy fetched from off-site."""
-    return Path(root or settings.backups.local_dir) / WAL_FOLDER / settings.pitr.cluster
+    return Path(root or settings.backups.local_dir) / pitr_folders(settings.pitr.cluster)[1]
 
 
 def status_path(settings) -> Path:
