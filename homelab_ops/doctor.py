@@ -262,7 +262,7 @@ def check_fstrim(settings: Settings) -> Check:
     """disk_hygiene's fstrim needs CAP_SYS_ADMIN (the FITRIM ioctl): here, or in the helper container."""
     import shutil
 
-    from homelab_ops.backups.hygiene import Helper, HelperError
+    from homelab_ops.maintenance.hygiene import Helper, HelperError
     name = "fstrim"
     mounts = settings.disk_hygiene.fstrim_mounts
     if not mounts:
@@ -293,7 +293,7 @@ def check_fstrim(settings: Settings) -> Check:
 def check_container_logs(settings: Settings) -> Check:
     """disk_hygiene's log sizes read each container's json log file: it must be readable here.
     The same reading as disk_hygiene's (backups.hygiene.container_logs), judged for the owner."""
-    from homelab_ops.backups.hygiene import DOCKER_OK, Helper, container_logs
+    from homelab_ops.maintenance.hygiene import DOCKER_OK, Helper, container_logs
 
     name = "container logs"
     logs = container_logs(settings.docker.host, helper=Helper.from_settings(settings), timeout=TIMEOUT)

@@ -64,7 +64,7 @@ PENDING = "pending"
 BACKUP_STEPS = ("backups__", "backup_globals", "offsite__", "restore_verification__", "backup_retention__",
                 "n8n_workflows")
 RESTORE_TMP = ".restore-*.tmp"
-FOLDER_NAME = "n8n_workflows"  # backups.n8n_export.FOLDER
+FOLDER_NAME = "n8n_workflows"  # n8n.workflow_export.FOLDER
 
 
 def _key(text: str) -> int:
@@ -339,7 +339,7 @@ def remove_leftovers(settings, log) -> tuple[list[str], bool]:
     from homelab_ops.backups import postgresql as pg
     from homelab_ops.backups.backup import _lock_key as backup_lock_key
     from homelab_ops.backups.catalog import GLOBALS, read_listing
-    from homelab_ops.backups.n8n_export import FOLDER
+    from homelab_ops.n8n.workflow_export import FOLDER
     from homelab_ops.backups.names import PITR_FOLDERS
     from homelab_ops.backups.stores import StoreError, s3_errors, stores_for
     from homelab_ops.files import PARTIAL_SUFFIX
@@ -410,7 +410,7 @@ def remove_leftovers(settings, log) -> tuple[list[str], bool]:
 def _incomplete_exports(local, store) -> list[str]:
     """n8n export folders whose upload was cut off: fewer files off-site than in the local export.
     The folder is the export's only completeness marker, so such a copy would look complete."""
-    from homelab_ops.backups.workflow_retention import _exports
+    from homelab_ops.n8n.workflow_retention import _exports
 
     here, there = _exports(local), _exports(store)
     out = []

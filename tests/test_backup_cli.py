@@ -11,7 +11,7 @@ from click.testing import CliRunner
 
 from homelab_ops.backups.catalog import stem_for, time_of
 from homelab_ops.cli import main
-from homelab_ops.defs.backups.n8n_workflows import n8n_workflows_asset
+from homelab_ops.defs.n8n.workflows import n8n_workflows_asset
 from homelab_ops.defs.resources import HomelabSettings
 from homelab_ops.n8n.demo import SECRET_WORKFLOW_NAME, create_demo_database
 from tests.conftest import ADMIN_DSN, dsn_for

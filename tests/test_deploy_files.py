@@ -366,8 +366,8 @@ def test_disk_hygiene_trims_and_reads_root_only_logs_through_the_helper_containe
     With disk_hygiene.helper_image the asset does both in one-shot containers of this image (root,
     CAP_SYS_ADMIN only, no network): a loop-mounted ext4 gets its freed blocks trimmed, the helper reads
     each container's log size exactly, doctor says so, and no helper container is left behind."""
-    from homelab_ops.backups import hygiene as h
-    from homelab_ops.defs.backups.hygiene import disk_hygiene
+    from homelab_ops.maintenance import hygiene as h
+    from homelab_ops.defs.maintenance.assets import disk_hygiene
     from homelab_ops.defs.resources import HomelabSettings
     from homelab_ops.doctor import check_fstrim
     from homelab_ops.settings import load

@@ -12,8 +12,8 @@ import dagster as dg
 import pytest
 from docker.types import LogConfig
 
-from homelab_ops.backups import hygiene as h
-from homelab_ops.defs.backups.hygiene import disk_hygiene
+from homelab_ops.maintenance import hygiene as h
+from homelab_ops.defs.maintenance.assets import disk_hygiene
 from homelab_ops.defs.resources import HomelabSettings
 from tests import docker_images
 from tests.conftest import DOCKER_HOST
@@ -40,7 +40,7 @@ def test_fstrim_on_this_host(tmp_path):
 
 def test_fstrim_without_the_privilege_is_not_permitted():
     """Run as `nobody` (the test runs as root in CI); a user that may not trim gets a state, not a crash."""
-    code = "from homelab_ops.backups.hygiene import trim; r = trim(['/'])[0]; print(r.state)"
+    code = "from homelab_ops.maintenance.hygiene import trim; r = trim(['/'])[0]; print(r.state)"
     cmd = [sys.executable, "-c", code]
     if os.getuid() == 0:
         cmd = ["setpriv", "--reuid=65534", "--regid=65534", "--clear-groups", *cmd]

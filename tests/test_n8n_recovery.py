@@ -20,10 +20,10 @@ import pytest
 from click.testing import CliRunner
 
 from homelab_ops.backups import verify as bv
-from homelab_ops.backups.n8n_export import export_n8n_workflows
+from homelab_ops.n8n.workflow_export import export_n8n_workflows
 from homelab_ops.cli import main
 from homelab_ops.defs.backups.assets import backup_asset
-from homelab_ops.defs.backups.n8n_workflows import n8n_workflows_asset
+from homelab_ops.defs.n8n.workflows import n8n_workflows_asset
 from homelab_ops.defs.backups.verification import verification_asset
 from homelab_ops.defs.n8n.upgrade import n8n_upgrade_readiness
 from homelab_ops.defs.n8n.verification import key_saved_check

@@ -13,7 +13,7 @@ import pytest
 from click.testing import CliRunner
 
 from homelab_ops.backups import verify as bv
-from homelab_ops.backups.n8n_export import export_n8n_workflows
+from homelab_ops.n8n.workflow_export import export_n8n_workflows
 from homelab_ops.backups.stores import LocalStore
 from homelab_ops.cli import main
 from homelab_ops.defs.n8n.upgrade import n8n_upgrade_readiness

@@ -36,7 +36,7 @@ def _write(tmp_path: Path, data: dict) -> Path:
 
 def test_reserved_names_are_the_folders_of_globals_and_exports():
     from homelab_ops.backups.catalog import GLOBALS
-    from homelab_ops.backups.n8n_export import FOLDER
+    from homelab_ops.n8n.workflow_export import FOLDER
     from homelab_ops.backups.names import PITR_FOLDERS, PITR_OFFSITE, RESERVED, name_problem
 
     assert set(RESERVED) == {GLOBALS, FOLDER, *PITR_FOLDERS, PITR_OFFSITE}

@@ -11,9 +11,9 @@ from hypothesis import given
 from dagster._core.remote_origin import RegisteredCodeLocationOrigin, RemoteJobOrigin, RemoteRepositoryOrigin
 from hypothesis import strategies as st
 
-from homelab_ops.backups import run_retention as rr
-from homelab_ops.defs.backups import hygiene as hygiene_defs
-from homelab_ops.defs.backups.hygiene import dagster_run_retention
+from homelab_ops.maintenance import run_retention as rr
+from homelab_ops.defs.maintenance import assets as hygiene_defs
+from homelab_ops.defs.maintenance.assets import dagster_run_retention
 from homelab_ops.defs.resources import HomelabSettings
 from homelab_ops.settings import DiskHygieneSettings, SettingsError, parse
 

@@ -341,9 +341,10 @@ def test_weekly_config_also_verifies_a_random_older_backup(new_db, write_setting
 
 def test_code_location_wires_verification_retention_and_schedules():
     from homelab_ops.defs.backups.defs import defs as lazy
+    from homelab_ops.defs.maintenance.defs import defs as maintenance
     from homelab_ops.defs.resources import defs as resources
 
-    d = dg.Definitions.merge(lazy(), resources())
+    d = dg.Definitions.merge(lazy(), maintenance(), resources())
     nightly = d.resolve_job_def("nightly_backup")
     selected = set(nightly.asset_layer.selected_asset_keys)
     demo = "homelab_demo_n8n"  # the embedded defaults back up make demo's database

@@ -14,12 +14,12 @@ import pytest
 from click.testing import CliRunner
 
 from homelab_ops.backups import prune as p
-from homelab_ops.backups import workflow_retention as w
+from homelab_ops.n8n import workflow_retention as w
 from homelab_ops.backups.catalog import stem_for
 from homelab_ops.backups.retention import RetentionPolicy
 from homelab_ops.backups.stores import S3Store, stores_for
 from homelab_ops.cli import main
-from homelab_ops.defs.backups.n8n_workflows import n8n_workflows_asset
+from homelab_ops.defs.n8n.workflows import n8n_workflows_asset
 from homelab_ops.defs.backups.retention import workflow_retention_asset
 from homelab_ops.defs.resources import HomelabSettings
 from homelab_ops.n8n.demo import create_demo_database

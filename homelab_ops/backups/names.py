@@ -27,7 +27,7 @@ class DatabaseNameError(ValueError):
 
 # Folder names in `backups.local_dir` that are not a database's, with what they hold. Literal here
 # (the settings validate with them before any backup module can be imported); a test checks they
-# are catalog.GLOBALS and n8n_export.FOLDER.
+# are catalog.GLOBALS and n8n.workflow_export.FOLDER.
 # Folders under backups.local_dir that are not a database's backups: PITR's archive has its own
 # writer (pg_receivewal's active `.partial` segment lives there) and its own retention.
 WAL_FOLDER, BASE_FOLDER = "_wal", "_base"

@@ -307,7 +307,7 @@ def _execute(store: Store, database: str, plan: StorePlan, dry_run: bool, now: d
 def databases_to_prune(settings, configured: list[str]) -> list[str]:
     """The configured databases, any others with a local folder, and `_globals` (not the n8n exports
     nor PITR's archive, which have their own retention)."""
-    from homelab_ops.backups.n8n_export import FOLDER
+    from homelab_ops.n8n.workflow_export import FOLDER
     from homelab_ops.backups.names import PITR_FOLDERS
 
     local, _ = stores_for(settings)

@@ -8,14 +8,14 @@ import click
 
 from homelab_ops import units
 from homelab_ops.backups.catalog import DUMP_SUFFIXES, read_listing
-from homelab_ops.backups.n8n_export import FOLDER as EXPORTS
+from homelab_ops.n8n.workflow_export import FOLDER as EXPORTS
 from homelab_ops.backups.names import PITR_FOLDERS, DatabaseNameError, require_known_database
 from homelab_ops.backups.prune import PruneError, databases_to_prune, policy_from, prune_database
 from homelab_ops.backups.restore import (RestoreError, locate, manifest_state, parse_at, refuse_existing,
                                          restore)
 from homelab_ops.backups.stores import StoreError, stores_for
 from homelab_ops.backups.verify import copy_outcome
-from homelab_ops.backups.workflow_retention import prune_workflow_exports
+from homelab_ops.n8n.workflow_retention import prune_workflow_exports
 from homelab_ops.cli.pitr import restore_at_point, wants_pitr
 
 

@@ -16,7 +16,7 @@ from pathlib import Path
 
 from homelab_ops.backups import postgresql as pg
 from homelab_ops.backups import verify as bv
-from homelab_ops.backups.n8n_export import FOLDER as EXPORTS
+from homelab_ops.n8n.workflow_export import FOLDER as EXPORTS
 from homelab_ops.backups.restore import RestoreError, restore
 from homelab_ops.backups.stores import StoreError, stores_for
 from homelab_ops.n8n import backup_set, compare, keys

@@ -5,11 +5,10 @@ import dagster as dg
 
 from homelab_ops.backups.catalog import GLOBALS
 from homelab_ops.defs.backups.assets import backup_asset, databases, globals_asset, offsite_asset
-from homelab_ops.defs.backups.hygiene import dagster_run_retention, disk_hygiene
 from homelab_ops.defs.backups.retention import globals_retention_asset, key as retention_key
 from homelab_ops.defs.backups.retention import retention_asset, workflow_retention_asset
 from homelab_ops.defs.backups.verification import freshness_check, verification_asset
-from homelab_ops.defs.backups.n8n_workflows import n8n_workflows_asset
+from homelab_ops.defs.n8n.workflows import n8n_workflows_asset
 from homelab_ops.settings import current
 
 
@@ -87,15 +86,6 @@ def defs() -> dg.Definitions:
         description="Is there a verified backup younger than backups.max_age_hours? Notices a nightly "
                     "run that stopped happening, which no check inside that run can.",
     )
-    hygiene_job = dg.define_asset_job(
-        "disk_hygiene_job",
-        selection=dg.AssetSelection.assets(disk_hygiene, dagster_run_retention),
-        executor_def=dg.in_process_executor,
-        tags={"dagster/max_runtime": "3600"},
-        description="fstrim and container log sizes; delete Dagster's finished runs older than "
-                    "disk_hygiene.run_retention, keeping each job's newest run and every run that holds "
-                    "an asset's latest materialization.",
-    )
     prune_job = dg.define_asset_job(
         "prune_backups",
         selection=retentions,
@@ -104,7 +94,7 @@ def defs() -> dg.Definitions:
         description="Retention alone: started after a nightly run whose backup failed, so a full disk "
                     "is freed of what the policy no longer keeps.",
     )
-    jobs = [nightly, verify_weekly, freshness_job, hygiene_job, prune_job]
+    jobs = [nightly, verify_weekly, freshness_job, prune_job]
     if offsite:
         jobs.append(dg.define_asset_job(
             "offsite_sync",
@@ -123,8 +113,6 @@ def defs() -> dg.Definitions:
                 "Sundays 05:00, after the nightly backup has finished."),
         _schedule("backup_freshness_schedule", freshness_job, "30 */6 * * *", settings,
                 "Every six hours: a missed night is noticed the same morning."),
-        _schedule("disk_hygiene_schedule", hygiene_job, "0 4 * * 6", settings,
-                "Saturdays 04:00, when nothing else runs."),
     ]
-    return dg.Definitions(assets=nightly_assets + [disk_hygiene, dagster_run_retention], asset_checks=freshness,
+    return dg.Definitions(assets=nightly_assets, asset_checks=freshness,
                           jobs=jobs, schedules=schedules, sensors=[sensor])

@@ -7,9 +7,9 @@ from datetime import datetime, timezone
 
 import dagster as dg
 
-from homelab_ops.backups import hygiene as h
-from homelab_ops.backups import run_retention as rr
 from homelab_ops.defs.resources import HomelabSettings
+from homelab_ops.maintenance import hygiene as h
+from homelab_ops.maintenance import run_retention as rr
 
 
 def _trim_table(results: list[h.TrimResult]) -> dg.TableMetadataValue:

@@ -6,11 +6,11 @@ from pathlib import Path
 import dagster as dg
 import psycopg
 
-from homelab_ops.backups.n8n_export import FOLDER, export_n8n_workflows
 from homelab_ops.defs.resources import HomelabSettings
 from homelab_ops.errors import first_line
 from homelab_ops.health.messages import run_link
 from homelab_ops.n8n import tripwire
+from homelab_ops.n8n.workflow_export import FOLDER, export_n8n_workflows
 from homelab_ops.notify.alert import Alert
 from homelab_ops.notify.dispatch import dispatcher_for
 from homelab_ops.settings import Settings

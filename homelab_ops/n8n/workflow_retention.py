@@ -19,11 +19,11 @@ from datetime import datetime, timedelta
 from zoneinfo import ZoneInfo
 
 from homelab_ops.backups.catalog import Listing, time_of
-from homelab_ops.backups.n8n_export import FOLDER
 from homelab_ops.backups.prune import DatabasePrune, StorePlan, plan_store, prepare
 from homelab_ops.backups.retention import RetentionError, RetentionPolicy
 from homelab_ops.backups.stores import LocalStore, S3Store, Store, StoreError, s3_errors
 from homelab_ops.files import PARTIAL_SUFFIX, fsync_dir
+from homelab_ops.n8n.workflow_export import FOLDER
 
 NEWEST = "newest export"
 _NAME = re.compile(r"(?P<stem>\d{8}T\d{6}Z)(?P<partial>" + re.escape(PARTIAL_SUFFIX) + r")?")
