@@ -423,6 +423,71 @@ def test_disk_hygiene_trims_and_reads_root_only_logs_through_the_helper_containe
         subprocess.run(["umount", "-l", str(mnt)], check=False)
 
 
+@pytest.mark.docker
+def test_disk_hygiene_works_in_the_code_server_as_compose_runs_it(slow_docker, built_image, compose_config, tmp_path):
+    """The owner's path: disk_hygiene materialized inside this image with the code server's user,
+    capabilities, security options and group from the compose file (uid 1000, cap_drop ALL,
+    no-new-privileges, the socket's group), the Docker socket mounted as compose mounts it. It has
+    no capability to trim and cannot read Docker's logs itself, so both go through the helper:
+    the loop-mounted ext4 gets its freed blocks trimmed and a container's log size is read."""
+    from tests import docker_images
+    from tests.conftest import DOCKER_HOST
+
+    svc = compose_config["services"]["code-server"]
+    assert svc["cap_drop"] == ["ALL"] and "no-new-privileges:true" in svc["security_opt"]
+    sock = DOCKER_HOST.removeprefix("unix://")
+    work = Path(f"/tmp/hygiene-{os.getpid()}")  # bind-mounted: the Engine sees host paths
+    image, mnt, etc = work / "disk.img", work / "mnt", work / "etc"
+    etc.mkdir(parents=True)
+    subprocess.run(["truncate", "-s", "64M", str(image)], check=True)
+    subprocess.run(["mkfs.ext4", "-q", str(image)], check=True)
+    mnt.mkdir()
+    subprocess.run(["mount", "-o", "loop", str(image), str(mnt)], check=True)
+    logger = None
+    try:
+        (mnt / "freed").write_bytes(os.urandom(16 << 20))
+        os.sync()
+        (mnt / "freed").unlink()
+        os.sync()
+        logger = slow_docker.containers.run(docker_images.busybox_image(slow_docker),
+                                            ["sh", "-c", "for i in $(seq 1 500); do echo line $i; done"],
+                                            detach=True, network_mode="none", name=f"noisy-{os.getpid()}")
+        logger.wait(timeout=60)
+        (etc / "homelab.yaml").write_text(yaml.safe_dump({
+            "docker": {"host": "unix:///var/run/docker.sock"},
+            "metrics": {"textfile_dir": "/tmp/textfile"},
+            "backups": {"local_dir": "/tmp/backups"},
+            "disk_hygiene": {"fstrim_mounts": [str(mnt)], "helper_image": IMAGE_TAG}}))
+        script = ("import dagster as dg, json, os\n"
+                  "from homelab_ops.defs.maintenance.assets import disk_hygiene\n"
+                  "from homelab_ops.defs.resources import HomelabSettings\n"
+                  "caps = next(l for l in open('/proc/self/status') if l.startswith('CapEff')).split()[1]\n"
+                  "print('UID', os.getuid(), 'CAPS', caps)\n"
+                  "r = dg.materialize([disk_hygiene], resources={'homelab': "
+                  "HomelabSettings(config_path='/etc/homelab-ops/homelab.yaml')})\n"
+                  "md = r.asset_materializations_for_node('disk_hygiene')[0].metadata\n"
+                  "print('TRIMMED', md['trimmed_bytes'].value)\n"
+                  "print('LOGS', json.dumps({rec.data['container']: (rec.data['state'], rec.data['log_bytes']) "
+                  "for rec in md['container_logs'].value.records}))\n")
+        out = slow_docker.containers.run(
+            IMAGE_TAG, ["python", "-c", script], remove=True, network_mode="none",
+            cap_drop=svc["cap_drop"], security_opt=svc["security_opt"],
+            group_add=[str(os.stat(sock).st_gid)],  # compose: group_add: ["${DOCKER_GID}"]
+            volumes={sock: {"bind": "/var/run/docker.sock", "mode": "rw"},
+                     str(etc): {"bind": "/etc/homelab-ops", "mode": "ro"}}).decode()
+        assert "UID 1000 CAPS 0000000000000000" in out, out
+        trimmed = int(re.search(r"^TRIMMED (\d+)$", out, re.M).group(1))
+        assert trimmed > 8 << 20, out
+        logs = json.loads(re.search(r"^LOGS (.*)$", out, re.M).group(1))
+        state, size = logs[f"noisy-{os.getpid()}"]
+        assert state == "ok" and size > 0, out
+    finally:
+        if logger is not None:
+            logger.remove(force=True)
+        subprocess.run(["umount", "-l", str(mnt)], check=False)
+        shutil.rmtree(work, ignore_errors=True)
+
+
 def load_with(tmp_path: Path, data: dict):
     from homelab_ops.settings import load
 

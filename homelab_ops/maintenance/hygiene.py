@@ -205,7 +205,8 @@ def container_logs(host: str, *, helper: Helper | None = None, timeout: int = 10
         return DockerLogs(NO_DAEMON, f"no Docker daemon answers at {host} (docker.host): {_short(e)}")
     try:
         logs = [container_log(c.attrs) for c in client.containers.list(all=True)]
-        root = client.info().get("DockerRootDir") or "/var/lib/docker"
+        # where the helper finds the logs: asked only when there is a helper to read them
+        root = (client.info().get("DockerRootDir") or "/var/lib/docker") if helper is not None else None
     except DockerException as e:
         return DockerLogs(NO_DAEMON, f"the Docker daemon at {host} stopped answering: {_short(e)}")
     finally:
