@@ -3,6 +3,7 @@ and the image as the local Docker Engine builds it."""
 
 from __future__ import annotations
 
+import contextlib
 import io
 import json
 import os
@@ -360,6 +361,34 @@ def test_deploy_monitoring_starts_the_wal_receiver_that_streams_wal_and_stops_it
             slow_docker.api.remove_network(n["Id"])
 
 
+@contextlib.contextmanager
+def hygiene_scene(client, folder: Path):
+    """What disk_hygiene works on: a loop-mounted 64 MB ext4 under `folder` whose 16 MB of freed blocks
+    a trim gives back, and a stopped container with 500 log lines; both removed afterwards."""
+    from tests import docker_images
+
+    image, mnt = folder / "disk.img", folder / "mnt"
+    subprocess.run(["truncate", "-s", "64M", str(image)], check=True)
+    subprocess.run(["mkfs.ext4", "-q", str(image)], check=True)
+    mnt.mkdir()
+    subprocess.run(["mount", "-o", "loop", str(image), str(mnt)], check=True)
+    logger = None
+    try:
+        (mnt / "freed").write_bytes(os.urandom(16 << 20))
+        os.sync()
+        (mnt / "freed").unlink()
+        os.sync()
+        logger = client.containers.run(docker_images.busybox_image(client),
+                                       ["sh", "-c", "for i in $(seq 1 500); do echo line $i; done"],
+                                       detach=True, network_mode="none", name=f"noisy-{os.getpid()}")
+        logger.wait(timeout=60)
+        yield mnt, logger
+    finally:
+        if logger is not None:
+            logger.remove(force=True)
+        subprocess.run(["umount", "-l", str(mnt)], check=False)
+
+
 @pytest.mark.docker
 def test_disk_hygiene_trims_and_reads_root_only_logs_through_the_helper_container(slow_docker, built_image, tmp_path):
     """The compose code server (uid 1000, no capabilities) can neither trim nor read Docker's json logs.
@@ -371,24 +400,9 @@ def test_disk_hygiene_trims_and_reads_root_only_logs_through_the_helper_containe
     from homelab_ops.defs.resources import HomelabSettings
     from homelab_ops.doctor import check_fstrim
     from homelab_ops.settings import load
-    from tests import docker_images
     from tests.conftest import DOCKER_HOST
 
-    image, mnt = tmp_path / "disk.img", tmp_path / "mnt"
-    subprocess.run(["truncate", "-s", "64M", str(image)], check=True)
-    subprocess.run(["mkfs.ext4", "-q", str(image)], check=True)
-    mnt.mkdir()
-    subprocess.run(["mount", "-o", "loop", str(image), str(mnt)], check=True)
-    logger = None
-    try:
-        (mnt / "freed").write_bytes(os.urandom(16 << 20))
-        os.sync()
-        (mnt / "freed").unlink()
-        os.sync()
-        logger = slow_docker.containers.run(docker_images.busybox_image(slow_docker),
-                                            ["sh", "-c", "for i in $(seq 1 500); do echo line $i; done"],
-                                            detach=True, network_mode="none")
-        logger.wait(timeout=60)
+    with hygiene_scene(slow_docker, tmp_path) as (mnt, logger):
         path = tmp_path / "homelab.yaml"
         path.write_text(yaml.safe_dump({
             "docker": {"host": DOCKER_HOST},
@@ -417,10 +431,6 @@ def test_disk_hygiene_trims_and_reads_root_only_logs_through_the_helper_containe
                                                    "disk_hygiene": {"fstrim_mounts": ["/"],
                                                                     "helper_image": "homelab-ops:missing"}}))
         assert broken.failed and "homelab-ops:missing" in broken.detail, broken
-    finally:
-        if logger is not None:
-            logger.remove(force=True)
-        subprocess.run(["umount", "-l", str(mnt)], check=False)
 
 
 @pytest.mark.docker
@@ -430,29 +440,17 @@ def test_disk_hygiene_works_in_the_code_server_as_compose_runs_it(slow_docker, b
     no-new-privileges, the socket's group), the Docker socket mounted as compose mounts it. It has
     no capability to trim and cannot read Docker's logs itself, so both go through the helper:
     the loop-mounted ext4 gets its freed blocks trimmed and a container's log size is read."""
-    from tests import docker_images
     from tests.conftest import DOCKER_HOST
 
     svc = compose_config["services"]["code-server"]
     assert svc["cap_drop"] == ["ALL"] and "no-new-privileges:true" in svc["security_opt"]
     sock = DOCKER_HOST.removeprefix("unix://")
     work = Path(f"/tmp/hygiene-{os.getpid()}")  # bind-mounted: the Engine sees host paths
-    image, mnt, etc = work / "disk.img", work / "mnt", work / "etc"
+    etc = work / "etc"
     etc.mkdir(parents=True)
-    subprocess.run(["truncate", "-s", "64M", str(image)], check=True)
-    subprocess.run(["mkfs.ext4", "-q", str(image)], check=True)
-    mnt.mkdir()
-    subprocess.run(["mount", "-o", "loop", str(image), str(mnt)], check=True)
-    logger = None
-    try:
-        (mnt / "freed").write_bytes(os.urandom(16 << 20))
-        os.sync()
-        (mnt / "freed").unlink()
-        os.sync()
-        logger = slow_docker.containers.run(docker_images.busybox_image(slow_docker),
-                                            ["sh", "-c", "for i in $(seq 1 500); do echo line $i; done"],
-                                            detach=True, network_mode="none", name=f"noisy-{os.getpid()}")
-        logger.wait(timeout=60)
+    with contextlib.ExitStack() as cleanup:
+        cleanup.callback(shutil.rmtree, work, ignore_errors=True)
+        mnt, logger = cleanup.enter_context(hygiene_scene(slow_docker, work))
         (etc / "homelab.yaml").write_text(yaml.safe_dump({
             "docker": {"host": "unix:///var/run/docker.sock"},
             "metrics": {"textfile_dir": "/tmp/textfile"},
@@ -479,13 +477,8 @@ def test_disk_hygiene_works_in_the_code_server_as_compose_runs_it(slow_docker, b
         trimmed = int(re.search(r"^TRIMMED (\d+)$", out, re.M).group(1))
         assert trimmed > 8 << 20, out
         logs = json.loads(re.search(r"^LOGS (.*)$", out, re.M).group(1))
-        state, size = logs[f"noisy-{os.getpid()}"]
+        state, size = logs[logger.name]
         assert state == "ok" and size > 0, out
-    finally:
-        if logger is not None:
-            logger.remove(force=True)
-        subprocess.run(["umount", "-l", str(mnt)], check=False)
-        shutil.rmtree(work, ignore_errors=True)
 
 
 def load_with(tmp_path: Path, data: dict):
