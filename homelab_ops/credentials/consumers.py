@@ -14,13 +14,13 @@ made (their secrets copied in) are left to the next deploy, and the asset lists 
 
 from __future__ import annotations
 
-from pathlib import Path
 from typing import TYPE_CHECKING
 
 from homelab_ops import docker_host
-from homelab_ops.credentials.envfile import environment_for
+from homelab_ops.credentials.envfile import environment_for, read_template
 from homelab_ops.credentials.errors import CredentialError
 from homelab_ops.credentials.kinds import Context, kind_for
+from homelab_ops.credentials.store import payload_field
 from homelab_ops.deploy import engine
 from homelab_ops.deploy.spec import LABEL_SERVICE, NEXT_SUFFIX, PREVIOUS_SUFFIX
 
@@ -66,17 +66,12 @@ def pending_environment(ctx: Context) -> dict[str, str]:
     template_path = ctx.settings.credentials.env_template
     if not template_path:
         return {}
-    try:
-        template = Path(template_path).read_text()
-    except OSError as e:
-        raise CredentialError(f"{template_path}: cannot read the env template: {e.strerror}") from None
+    template = read_template(template_path)
     _, pending = ctx.read("pending", "consumer restart")
 
     def lookup(name: str, field: str) -> str:
         if name == ctx.name:
-            if field not in pending:
-                raise CredentialError(f"{name} has no field {field!r} (it has: {', '.join(sorted(pending))})")
-            return str(pending[field])
+            return payload_field(name, pending, field)
         value = ctx.store.value(name, field, purpose="consumer restart")
         ctx.secrets.add(value)
         return value
@@ -126,7 +121,7 @@ def refresh(client: docker.DockerClient, service: str, env: dict[str, str], *, w
         engine.swap(client, service, name, new_id, info, stop_timeout_s=30, wait_s=wait_s, log=log,
                     before_rollback=revert)
     except engine.DeployError as e:  # rolled back: name what failed, never the logs (they may print values)
-        raise CredentialError(f"consumer {service}: {str(e).split('. Logs')[0].removeprefix(service + ': ')}") from None
+        raise CredentialError(f"consumer {service}: {e.summary.removeprefix(service + ': ')}") from None
     except DockerException as e:  # the class name only: an API message could quote the config
         raise CredentialError(f"consumer {service}: Docker refused the recreate: {type(e).__name__}") from None
     return "recreated with the new value, healthy", True

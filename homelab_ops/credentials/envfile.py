@@ -84,12 +84,16 @@ def write_env_file(path: str | os.PathLike, text: str) -> None:
     write_atomic(path, text.encode(), mode=0o600)
 
 
-def render_env_file(store, template_path: str | os.PathLike, out_path: str | os.PathLike) -> list[str]:
-    """Render the template with the store's current values; returns the credential names used."""
+def read_template(template_path: str | os.PathLike) -> str:
     try:
-        template = Path(template_path).read_text()
+        return Path(template_path).read_text()
     except OSError as e:
         raise CredentialError(f"{template_path}: cannot read the env template: {e.strerror}") from None
+
+
+def render_env_file(store, template_path: str | os.PathLike, out_path: str | os.PathLike) -> list[str]:
+    """Render the template with the store's current values; returns the credential names used."""
+    template = read_template(template_path)
     wanted = placeholders(template)
     values = {(n, f): store.value(n, f, purpose=f"render-env {Path(out_path).name}") for n, f in wanted}
     write_env_file(out_path, render(template, lambda n, f: values[(n, f)]))

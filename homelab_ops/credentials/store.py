@@ -122,6 +122,13 @@ class AuditRow:
     detail: str
 
 
+
+def payload_field(name: str, payload: dict, field: str) -> str:
+    """One field of a credential's decrypted payload; a missing one is named with those it has."""
+    if field not in payload:
+        raise CredentialError(f"{name} has no field {field!r} (it has: {', '.join(sorted(payload))})")
+    return str(payload[field])
+
 class Store:
     """One connection (autocommit; multi-statement changes use explicit transactions) and the keyring."""
 
@@ -298,9 +305,7 @@ class Store:
 
     def value(self, name: str, field: str = "value", stage: str = "current", *, purpose: str = "") -> str:
         _, payload = self.read(name, stage, purpose=purpose)
-        if field not in payload:
-            raise CredentialError(f"{name} has no field {field!r} (it has: {', '.join(sorted(payload))})")
-        return payload[field]
+        return payload_field(name, payload, field)
 
     def _lock_versions(self, name: str) -> dict[str, int]:
         self.conn.execute(f"SELECT 1 FROM {S}.credential WHERE name = %s FOR UPDATE", (name,))

@@ -42,7 +42,13 @@ Log = Callable[[str], None]
 
 
 class DeployError(RuntimeError):
-    """A deploy step failed; the message says what was left running."""
+    """A deploy step failed; the message says what was left running. `summary` is the message
+    without the failed container's log tail, for callers that must not repeat logs (they may print
+    secrets)."""
+
+    def __init__(self, summary: str, logs: str | None = None, logs_title: str = "Logs"):
+        super().__init__(summary if logs is None else f"{summary}. {logs_title}:\n{logs}")
+        self.summary = summary
 
 
 class LimitsRefused(DeployError):
@@ -369,7 +375,7 @@ def converge(client: docker.DockerClient, spec: ContainerSpec, *, wait_s: float,
             h = wait_healthy(client, cur["Id"], wait_s)
             if not h.ok:
                 raise DeployError(f"{spec.service}: the existing container {cur['Id'][:12]} does not turn "
-                                  f"healthy after a start ({h.detail}). Logs:\n{_tail(client, cur['Id'])}")
+                                  f"healthy after a start ({h.detail})", _tail(client, cur['Id']))
         if reconcile_limits(client, cur, spec.limits):
             action = "limits-updated" if action == "unchanged" else action
         return Outcome(spec.service, action, cur["Id"], spec.image, spec.limits, want_hash)
@@ -422,13 +428,13 @@ def swap(client: docker.DockerClient, service: str, name: str, new_id: str, cur:
     undone = f"; {before_rollback()}" if before_rollback else ""
     if not old_id:
         raise DeployError(f"{service}: the new container did not turn healthy ({health.detail}){undone}; "
-                          f"removed it, there was no previous one. Logs:\n{logs}")
+                          "removed it, there was no previous one", logs)
     api.rename(old_id, name)
     api.start(old_id)
     restored = wait_healthy(client, old_id, wait_s)
     state = "healthy again" if restored.ok else f"NOT healthy either ({restored.detail})"
     raise DeployError(f"{service}: the new container did not turn healthy ({health.detail}){undone}; rolled back "
-                      f"to the previous container {old_id[:12]}, {state}. Logs of the failed one:\n{logs}")
+                      f"to the previous container {old_id[:12]}, {state}", logs, "Logs of the failed one")
 
 
 def remove_disabled(client: docker.DockerClient, names: list[str], log: Log = print) -> list[str]:

@@ -11,12 +11,12 @@ import psycopg
 from homelab_ops.backups import postgresql as pg
 from homelab_ops.backups.backup import BackupError, BackupResult, run_backup, run_globals_backup
 from homelab_ops.backups.catalog import GLOBALS, read_listing, time_of
+from homelab_ops.backups.names import usable_databases
 from homelab_ops.backups.offsite import TargetState, sync
-from homelab_ops.n8n.workflow_export import FOLDER as EXPORTS
 from homelab_ops.backups.stores import LocalStore
 from homelab_ops.defs.resources import HomelabSettings
 from homelab_ops.errors import first_line
-from homelab_ops.backups.names import usable_databases
+from homelab_ops.n8n.workflow_export import FOLDER as EXPORTS
 from homelab_ops.settings import Settings
 
 GROUP = "backups"

@@ -11,10 +11,10 @@ import dagster as dg
 
 from homelab_ops.backups import prune as p
 from homelab_ops.backups.catalog import GLOBALS
-from homelab_ops.n8n.workflow_export import FOLDER
-from homelab_ops.n8n.workflow_retention import prune_workflow_exports
 from homelab_ops.defs.backups.verification import key as verification_key
 from homelab_ops.defs.resources import HomelabSettings
+from homelab_ops.n8n.workflow_export import FOLDER
+from homelab_ops.n8n.workflow_retention import prune_workflow_exports
 from homelab_ops.settings import Settings
 
 GROUP = "backups"
