@@ -90,6 +90,29 @@ def test_dagster_validates_the_module_and_the_workspace():
         assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-2000:]
 
 
+def test_the_location_loads_from_an_installed_package_with_no_pyproject_above_it(tmp_path, write_settings):
+    """The image installs homelab_ops into site-packages (`uv sync --no-editable`): no pyproject.toml
+    or dg.toml is found above it there, so nothing may depend on [tool.dg] to find the defs folder."""
+    import os
+    import shutil
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    import homelab_ops
+
+    site = tmp_path / "site-packages"
+    shutil.copytree(Path(homelab_ops.__file__).parent, site / "homelab_ops",
+                    ignore=shutil.ignore_patterns("__pycache__"))
+    path, _ = write_settings({})
+    probe = ("import homelab_ops, homelab_ops.definitions as m; print(homelab_ops.__file__); "
+             "print(len(m.defs().resolve_all_job_defs()) > 10)")
+    proc = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, cwd=tmp_path,
+                          env={**os.environ, "HOMELAB_CONFIG": str(path), "PYTHONPATH": str(site)})
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    assert proc.stdout.splitlines() == [str(site / "homelab_ops" / "__init__.py"), "True"]
+
+
 def test_ad_hoc_materializations_run_in_one_process():
     d = load()
     assert d.executor is dg.in_process_executor
