@@ -1,5 +1,6 @@
 """The code location: everything under `homelab_ops/defs/`, one folder per domain."""
 
+import warnings
 from pathlib import Path
 
 import dagster as dg
@@ -29,5 +30,8 @@ def defs() -> dg.Definitions:
     # site-packages, where no pyproject.toml or dg.toml is found above it.
     import homelab_ops.defs
 
-    return dg.ComponentTree.from_module(defs_module=homelab_ops.defs,
-                                        project_root=Path(__file__).parent.parent).build_defs()
+    with warnings.catch_warnings():  # Dagster's notes on its own preview and beta APIs, as load_from_defs_folder
+        warnings.simplefilter("ignore", dg.PreviewWarning)
+        warnings.simplefilter("ignore", dg.BetaWarning)
+        return dg.ComponentTree.from_module(defs_module=homelab_ops.defs,
+                                            project_root=Path(__file__).parent.parent).build_defs()

@@ -30,7 +30,6 @@ def defs() -> dg.Definitions:
     daily_job = dg.define_asset_job(
         "host_metrics_rollup",
         selection=[daily],
-        partitions_def=daily.partitions_def,
         executor_def=dg.in_process_executor,
         tags={"dagster/max_runtime": "900"},
         description="Roll up one day of host and container metrics and delete raw snapshots past retention.",

@@ -18,7 +18,6 @@ def defs() -> dg.Definitions:
     job = dg.define_asset_job(
         "n8n_rollup",
         selection=[asset],
-        partitions_def=asset.partitions_def,
         executor_def=dg.in_process_executor,  # one process: a step per process costs seconds on a Pi
         tags={"dagster/max_runtime": "1800"},
         description="Roll up one day of n8n's execution log and judge workflows' failure rates.",
