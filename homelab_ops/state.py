@@ -7,6 +7,7 @@ processes starting at once do not race.
 
 from __future__ import annotations
 
+import os
 from importlib import resources
 
 import psycopg
@@ -21,6 +22,12 @@ def connect(dsn: str, **kwargs) -> psycopg.Connection:
     kwargs.setdefault("connect_timeout", 10)
     kwargs.setdefault("application_name", "homelab-ops")
     return psycopg.connect(dsn, **kwargs)
+
+
+def _server(dsn: str) -> tuple[str, str]:
+    """Host and port a DSN names, with libpq's defaults (PGHOST, PGPORT, the local socket)."""
+    info = psycopg.conninfo.conninfo_to_dict(dsn)
+    return (info.get("host") or os.environ.get("PGHOST", ""), str(info.get("port") or os.environ.get("PGPORT", "5432")))
 
 
 def ensure_database(admin_dsn: str, dsn: str) -> None:
@@ -66,9 +73,22 @@ def migrate(conn: psycopg.Connection) -> list[str]:
 
 
 def open_state(settings) -> psycopg.Connection:
-    """Connect to the state database, creating and migrating it on first use."""
+    """Connect to the state database, creating and migrating it on first use.
+
+    `postgres.dsn` is used only when the state database cannot be reached as it is: a run worker
+    on another host, or a state database on a server of its own, may not reach the backed-up
+    server at all, and must not depend on it."""
     dsn = settings.state.dsn.get_secret_value()
-    ensure_database(settings.postgres.dsn.get_secret_value(), dsn)
-    conn = connect(dsn)
+    admin = settings.postgres.dsn.get_secret_value()
+    try:
+        conn = connect(dsn)
+    except psycopg.OperationalError as first:
+        if _server(admin) != _server(dsn):
+            raise  # never create a database of that name on another server
+        try:  # a fresh Pi has no state database yet
+            ensure_database(admin, dsn)
+        except psycopg.Error:
+            raise first from None  # the state database's own error says what is wrong
+        conn = connect(dsn)
     migrate(conn)
     return conn
