@@ -2,8 +2,12 @@
 
 from __future__ import annotations
 
+import io
 import os
+import re
 import socket
+import subprocess
+import tarfile
 import uuid
 from pathlib import Path
 
@@ -21,6 +25,7 @@ hypothesis.settings.register_profile("ci", derandomize=True, print_blob=True)
 if os.environ.get("CI"):
     hypothesis.settings.load_profile("ci")
 
+ROOT = Path(__file__).resolve().parent.parent
 ADMIN_DSN = os.environ.get("HOMELAB_TEST_ADMIN_DSN", "postgresql://postgres@127.0.0.1:5432/postgres")
 
 
@@ -198,3 +203,52 @@ def docker_client():
     client.ping()
     yield client
     client.close()
+
+
+# --- deploy/Dockerfile's image on the test Engine -----------------------------------------------
+
+def build_context() -> io.BytesIO:
+    """Only what the Dockerfile copies: sending the repository would send .venv and var/."""
+    buf = io.BytesIO()
+    with tarfile.open(fileobj=buf, mode="w") as tar:
+        for name in ("pyproject.toml", "uv.lock", "README.md", "homelab_ops", "deploy"):
+            tar.add(ROOT / name, arcname=name,
+                    filter=lambda t: None if "__pycache__" in t.name or t.name.endswith(".pyc") else t)
+    buf.seek(0)
+    return buf
+
+
+IMAGE_TAG = "homelab-ops:test"
+# The test Engine's base image is a debootstrap of bookworm (scripts/base-image.sh): its
+# PostgreSQL client is Debian's 15, and apt.postgresql.org is not reachable from here.
+BUILD_ARGS = {"PG_MAJOR": "15", "PG_APT": "debian"}
+
+
+@pytest.fixture(scope="session")
+def base_image(docker_client):
+    """deploy/Dockerfile's base tag on the test Engine, made by scripts/base-image.sh (cached)."""
+    env = {**os.environ, "DOCKER_HOST": DOCKER_HOST}
+    proc = subprocess.run(["bash", str(ROOT / "scripts/base-image.sh")], env=env, capture_output=True, text=True,
+                          timeout=1800)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    return re.search(r"^ARG PYTHON_IMAGE=(\S+)", (ROOT / "deploy" / "Dockerfile").read_text(), re.M).group(1)
+
+
+@pytest.fixture(scope="session")
+def slow_docker():
+    """A client that waits: on vfs, creating a container of this 690 MB image copies it whole."""
+    import docker
+
+    client = docker.DockerClient(base_url=DOCKER_HOST, timeout=1800)
+    yield client
+    client.close()
+
+
+@pytest.fixture(scope="session")
+def built_image(slow_docker, base_image):
+    """deploy/Dockerfile built from the repository (layers cached by the Engine between sessions).
+    The build's RUN steps use the host's network: the test Engine has no default bridge."""
+    image, _ = slow_docker.images.build(fileobj=build_context(), custom_context=True,
+                                          dockerfile="deploy/Dockerfile", tag=IMAGE_TAG, rm=True,
+                                          buildargs=BUILD_ARGS, network_mode="host", timeout=3600)
+    return image

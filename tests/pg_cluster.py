@@ -85,12 +85,16 @@ def owned_folder(prefix: str) -> Path:
 
 
 @contextlib.contextmanager
-def served(root: Path, datadir: Path, log: Path, initdb: list[str], opts: str) -> Iterator[None]:
-    """initdb, start with `opts`; afterwards stop it (immediate) and delete `root`, whatever failed."""
+def served(root: Path, datadir: Path, log: Path, initdb: list[str], opts: str, hba: str = "") -> Iterator[None]:
+    """initdb, add `hba` lines, start with `opts`; afterwards stop it (immediate) and delete `root`,
+    whatever failed."""
     started = False
     try:
         _run([str(PG_BIN / "initdb"), "-D", str(datadir), "--encoding=UTF8", "--no-sync", "--no-instructions",
               *initdb])
+        if hba:
+            with open(datadir / "pg_hba.conf", "a") as f:
+                f.write(hba)
         _run([str(PG_BIN / "pg_ctl"), "-D", str(datadir), "-l", str(log), "-o", opts, "-w", "-t", "60", "start"])
         started = True
         yield
@@ -102,8 +106,12 @@ def served(root: Path, datadir: Path, log: Path, initdb: list[str], opts: str) -
 
 
 @contextlib.contextmanager
-def scram_cluster() -> Iterator[ScramCluster]:
-    """Start a private scram-sha-256 cluster; stop it and delete its folder afterwards."""
+def scram_cluster(*, also_listen: str | None = None, clients: str | None = None,
+                  max_connections: int = 30) -> Iterator[ScramCluster]:
+    """Start a private scram-sha-256 cluster; stop it and delete its folder afterwards.
+
+    `also_listen` adds an address (a Docker network's gateway, for containers on it) and `clients`
+    the subnet allowed to log in from there, with a password like every other login."""
     root = owned_folder("homelab-scram-pg-")
     cluster = ScramCluster(root, _free_port(), secrets.token_urlsafe(24))
     pwfile = root / "pwfile"
@@ -111,11 +119,13 @@ def scram_cluster() -> Iterator[ScramCluster]:
     if os.geteuid() == 0:
         pg = pwd.getpwnam("postgres")
         os.chown(pwfile, pg.pw_uid, pg.pw_gid)
-    opts = (f"-c port={cluster.port} -c listen_addresses=127.0.0.1 -c unix_socket_directories={root}"
+    listen = ",".join(["127.0.0.1", *([also_listen] if also_listen else [])])
+    opts = (f"-c port={cluster.port} -c listen_addresses={listen} -c unix_socket_directories={root}"
             " -c fsync=off -c synchronous_commit=off -c full_page_writes=off -c shared_buffers=16MB"
-            " -c max_connections=30 -c log_statement=all -c password_encryption=scram-sha-256")
+            f" -c max_connections={max_connections} -c log_statement=all -c password_encryption=scram-sha-256")
     with served(root, cluster.datadir, cluster.log_file,
-                ["--auth=scram-sha-256", f"--username={cluster.superuser}", f"--pwfile={pwfile}"], opts):
+                ["--auth=scram-sha-256", f"--username={cluster.superuser}", f"--pwfile={pwfile}"], opts,
+                hba=f"host all all {clients} scram-sha-256\n" if clients else ""):
         pwfile.unlink()
         yield cluster
 

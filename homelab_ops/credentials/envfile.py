@@ -85,6 +85,7 @@ def write_env_file(path: str | os.PathLike, text: str) -> None:
 
 
 def read_template(template_path: str | os.PathLike) -> str:
+    """The env template's text; a file that cannot be read is named with the reason."""
     try:
         return Path(template_path).read_text()
     except OSError as e:

@@ -122,12 +122,12 @@ class AuditRow:
     detail: str
 
 
-
 def payload_field(name: str, payload: dict, field: str) -> str:
     """One field of a credential's decrypted payload; a missing one is named with those it has."""
     if field not in payload:
         raise CredentialError(f"{name} has no field {field!r} (it has: {', '.join(sorted(payload))})")
     return str(payload[field])
+
 
 class Store:
     """One connection (autocommit; multi-statement changes use explicit transactions) and the keyring."""

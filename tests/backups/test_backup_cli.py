@@ -15,7 +15,7 @@ from homelab_ops.defs.n8n.workflows import n8n_workflows_asset
 from homelab_ops.defs.resources import HomelabSettings
 from homelab_ops.n8n.demo import SECRET_WORKFLOW_NAME, create_demo_database
 from tests.conftest import ADMIN_DSN, dsn_for
-from tests.test_backups import seed, stats
+from tests.backups.test_backups import seed, stats
 
 
 def test_list_and_restore_from_the_command_line(new_db, write_settings):

@@ -11,7 +11,7 @@ from homelab_ops.defs.backups.assets import backup_asset, offsite_asset
 from homelab_ops.defs.resources import HomelabSettings
 from tests.conftest import ADMIN_DSN, free_port
 from tests.faulty_proxy import FaultyProxy
-from tests.test_backups import manifest_stats, seed, stats
+from tests.backups.test_backups import manifest_stats, seed, stats
 
 BIG = ("CREATE TABLE noise (id int, pad text); "
        "INSERT INTO noise SELECT i, md5(random()::text) || md5(random()::text) FROM generate_series(1, 400000) i;")

@@ -13,7 +13,7 @@ import pytest
 from homelab_ops.backups.backup import run_backup
 from homelab_ops.backups.catalog import read_listing
 from tests.conftest import ADMIN_DSN
-from tests.test_backups import materialize, seed
+from tests.backups.test_backups import materialize, seed
 
 NOISE = ("CREATE TABLE noise (id int, pad text); INSERT INTO noise SELECT i, md5(random()::text) || "
          "md5(random()::text) FROM generate_series(1, 60000) i;")  # a dump of ~2 MB

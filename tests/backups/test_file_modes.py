@@ -19,7 +19,7 @@ from psycopg import sql
 from homelab_ops.files import make_dirs, tighten_tree, write_atomic
 from tests.conftest import ADMIN_DSN, drop_database, dsn_for
 
-ROOT = Path(__file__).resolve().parent.parent
+ROOT = Path(__file__).resolve().parents[2]
 CLI = str(Path(sys.executable).with_name("homelab-ops"))
 
 

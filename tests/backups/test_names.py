@@ -20,7 +20,7 @@ from homelab_ops.backups.names import SCRATCH_PREFIX, DatabaseNameError, op_name
 from homelab_ops.settings import SettingsError, load
 from tests.pg_cluster import scram_pg  # noqa: F401  (module fixture)
 
-ROOT = Path(__file__).resolve().parent.parent
+ROOT = Path(__file__).resolve().parents[2]
 CLI = str(Path(sys.executable).with_name("homelab-ops"))
 HOSTILE = ["_globals", "n8n_workflows", "chaos-dash", "chaos_dash", "chaos.dash", "lost+found",
            "homelab_verify_good_abc123"]

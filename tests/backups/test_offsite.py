@@ -25,8 +25,8 @@ from homelab_ops.defs.resources import HomelabSettings
 from homelab_ops.settings import S3Target
 from tests.conftest import ADMIN_DSN, free_port
 from tests.faulty_proxy import FaultyProxy
-from tests.test_backups import seed
-from tests.test_backups_s3 import backup_and_copy, check_of, local_bytes, objects, offsite_meta
+from tests.backups.test_backups import seed
+from tests.backups.test_backups_s3 import backup_and_copy, check_of, local_bytes, objects, offsite_meta
 
 NOISE = ("CREATE TABLE noise (id int, pad text); INSERT INTO noise SELECT i, md5(random()::text) || "
          "md5(random()::text) FROM generate_series(1, {rows}) i;")

@@ -56,7 +56,7 @@ def names(folder: Path) -> set[str]:
 
 
 def test_empty_policy_is_refused_like_restic():
-    # The settings refuse it at load (tests/test_settings.py); policy_from refuses it again, unvalidated.
+    # The settings refuse it at load (tests/location/test_settings.py); policy_from refuses it again, unvalidated.
     with pytest.raises(p.PruneError, match="refusing to prune"):
         p.policy_from(RetentionSettings.model_construct(keep_daily=0, keep_weekly=0, keep_monthly=0))
     with pytest.raises(p.PruneError, match="refusing to prune"):

@@ -20,7 +20,7 @@ from homelab_ops.defs.credentials.assets import credential_asset
 from homelab_ops.defs.resources import HomelabSettings
 from tests.conftest import ADMIN_DSN
 from tests.pg_cluster import scram_pg  # noqa: F401 (a fixture)
-from tests.test_credentials_store import (  # noqa: F401 (cred_settings and creds_state_db are fixtures)
+from tests.credentials.test_credentials_store import (  # noqa: F401 (cred_settings and creds_state_db are fixtures)
     BOT_TOKEN,
     add_generated,
     cred_settings,
@@ -313,7 +313,7 @@ def test_grafana_reader_role_reads_only_its_tables_and_runs_every_state_sql_pane
         result = rotate(store, "grafana_db", settings=settings, force=True)
         assert result.rotated and result.consumers == ("grafana",)
         password = store.value("grafana_db", "value", purpose="test")
-    board = json.loads((Path(__file__).parents[1] / "deploy/grafana/dashboards/homelab.json").read_text())
+    board = json.loads((Path(__file__).parents[2] / "deploy/grafana/dashboards/homelab.json").read_text())
 
     def panels(p):
         for x in p.get("panels", []):

@@ -29,7 +29,7 @@ from homelab_ops.defs.resources import HomelabSettings
 from homelab_ops.deploy.spec import LABEL_HASH, LABEL_SERVICE
 from homelab_ops.settings import load
 from tests import docker_images
-from tests.conftest import DOCKER_HOST
+from tests.conftest import DOCKER_HOST, free_port
 
 pytestmark = pytest.mark.docker
 
@@ -437,8 +437,6 @@ def traefik_user(stack, state_db):
 @pytest.fixture(scope="module")
 def traefik_deployed(stack, docker_client, traefik_user):
     """deploy_traefik refused without users, then run with the store's user and Pebble as ACME CA."""
-    from tests.conftest import free_port
-
     extra, password = traefik_user
     http, https = free_port(), free_port()
     base = stack.settings()
@@ -528,6 +526,178 @@ def test_deploy_traefik_real_routes_uis_behind_bcrypt_auth_with_pebble_acme_and_
     assert result.success, failure_text(result)
     assert _curl(f"https://prometheus.{DOMAIN}:{https}/-/ready", https, "-u", f"owner:{password}")[0] == 403
     assert _curl(f"https://prometheus.{DOMAIN}:{https}/-/ready", https)[0] == 401
+
+
+# --- The compose deployment, from the built image, behind this Traefik ----------------------------
+
+COMPOSE_FILES = ("docker-compose.yml", "docker-compose.docker-launcher.yml", "test-engine.yml")
+GRAPHQL_LAUNCH = """mutation($p: ExecutionParams!) { launchRun(executionParams: $p) {
+  __typename ... on LaunchRunSuccess { run { runId } } ... on Error { message } } }"""
+GRAPHQL_RUN = """query($id: ID!) { runOrError(runId: $id) { __typename ... on Run { status
+  stats { ... on RunStatsSnapshot { materializations stepsFailed } } } ... on Error { message } } }"""
+
+
+class ComposeProject:
+    """deploy/ copied to a folder the containers' uid 1000 can read, started with docker-compose."""
+
+    def __init__(self, work: Path, project: str):
+        self.work, self.project = work, project
+
+    def __call__(self, *args: str, check: bool = True) -> str:
+        import subprocess
+        files = [a for f in COMPOSE_FILES for a in ("-f", str(self.work / "deploy" / f))]
+        proc = subprocess.run(["docker-compose", "-p", self.project, *files, *args], cwd=self.work,
+                              env={"PATH": "/usr/bin:/bin", "DOCKER_HOST": DOCKER_HOST,
+                                   "COMPOSE_HTTP_TIMEOUT": "1800"},  # vfs copies 690 MB per container
+                              capture_output=True, text=True, timeout=2400)
+        assert proc.returncode == 0 or not check, proc.stderr[-3000:]
+        return proc.stdout + proc.stderr
+
+    def logs(self) -> str:
+        return self("logs", "--no-color", "--tail", "40", check=False)[-6000:]
+
+
+def _graphql(https: int, auth: str, query: str, variables: dict) -> dict:
+    code, body = _curl(f"https://dagster.{DOMAIN}:{https}/graphql", https, "-u", auth,
+                       "-H", "Content-Type: application/json",
+                       "--data", json.dumps({"query": query, "variables": variables}))
+    assert code == 200, body
+    return json.loads(body)["data"]
+
+
+def test_compose_stack_serves_the_ui_through_traefik_and_runs_a_job_in_its_own_container(
+        stack, docker_client, slow_docker, built_image, traefik_deployed):
+    """deploy/docker-compose.yml with deploy/docker-compose.docker-launcher.yml, as the README has an
+    owner start it: the code server, web server and daemon from the image deploy/Dockerfile builds, on
+    the homelab network, Dagster's storage in a password-checking PostgreSQL reached over that network.
+    The web UI answers only through the Traefik deploy_traefik runs (the compose labels' router, bcrypt
+    basic auth, a Pebble certificate); a run launched through it is queued, dequeued by the daemon
+    and started by DockerRunLauncher in a container of its own, which succeeds.
+    Only one thing differs from the owner's run host: it is this Engine, reached through its socket
+    (RUN_DOCKER_HOST=unix://..., no TLS) instead of tcp with client certificates."""
+    import os
+    import secrets
+    import shutil
+
+    import psycopg
+    from psycopg import sql
+
+    from homelab_ops.credentials.policy import htpasswd_line
+    from tests.conftest import IMAGE_TAG, ROOT
+    from tests.pg_cluster import scram_cluster
+
+    net = f"{stack.prefix}net"
+    ipam = docker_client.api.inspect_network(net)["IPAM"]["Config"][0]
+    gateway, subnet = ipam["Gateway"], ipam["Subnet"]
+    sock = DOCKER_HOST.removeprefix("unix://")
+    gid = os.stat(sock).st_gid
+    https, http = traefik_deployed["https"], traefik_deployed["http"]
+    ui_password = "ui-" + secrets.token_urlsafe(12)
+    auth = f"owner:{ui_password}"
+    pg_password = secrets.token_hex(16)
+    work = Path(f"/tmp/compose-{stack.prefix}{os.getpid()}")  # bind-mounted: uid 1000 must reach it
+    project = ComposeProject(work, f"{stack.prefix}dagster")
+    with scram_cluster(also_listen=gateway, clients=subnet, max_connections=80) as pg:
+        try:
+            with psycopg.connect(pg.dsn(), autocommit=True) as conn:
+                conn.execute(sql.SQL("CREATE ROLE dagster LOGIN PASSWORD {}").format(sql.Literal(pg_password)))
+                conn.execute("CREATE DATABASE dagster OWNER dagster")
+                conn.execute("CREATE DATABASE homelab OWNER dagster")
+            shutil.copytree(ROOT / "deploy", work / "deploy")
+            (work / "data").mkdir()
+            (work / "docker-client").mkdir()
+            os.chown(work / "data", 1000, 1000)
+            work.chmod(0o755)
+            deploy = work / "deploy"
+            # The run host's paths, as the README's step 2 has the owner adjust them.
+            launcher = deploy / "dagster.docker-launcher.yaml"
+            launcher.write_text(launcher.read_text()
+                                .replace("/srv/homelab-ops/homelab.yaml", str(deploy / "homelab.yaml"))
+                                .replace("/srv/homelab-ops/data", str(work / "data"))
+                                .replace("- /var/run/docker.sock:", f"- {sock}:")
+                                .replace('group_add: ["999"]', f'group_add: ["{gid}"]'))
+            (deploy / "homelab.yaml").write_text(yaml.safe_dump({
+                "timezone": "UTC",
+                "state": {"dsn": f"host={gateway} port={pg.port} dbname=homelab user=dagster "
+                                 "password=${DAGSTER_PG_PASSWORD}"},
+                "docker": {"host": "unix:///var/run/docker.sock"},
+                "metrics": {"sys_root": "/host/sys", "proc_root": "/host/proc",
+                            "textfile_dir": "/var/lib/homelab-ops/textfile"},
+                "backups": {"local_dir": "/var/lib/homelab-ops/backups"}}))
+            env = (deploy / ".env.example").read_text()
+            values = {
+                "HOMELAB_OPS_IMAGE": IMAGE_TAG, "PG_MAJOR": "15", "HOMELAB_NETWORK": net,
+                "HOMELAB_DATA_DIR": str(work / "data"), "DOCKER_GID": str(gid), "DAGSTER_UI_PORT": str(free_port()),
+                "DAGSTER_PG_HOST": gateway, "DAGSTER_PG_PORT": str(pg.port), "DAGSTER_PG_PASSWORD": pg_password,
+                "DAGSTER_HOSTNAME": f"dagster.{DOMAIN}",
+                "DAGSTER_BASIC_AUTH": "'" + htpasswd_line("owner", ui_password, 4) + "'"}
+            for key, value in values.items():
+                env, n = re.subn(rf"^{key}=.*$", lambda _m: f"{key}={value}", env, flags=re.M)
+                assert n == 1, key
+            env += (f"\nRUN_DOCKER_HOST=unix:///var/run/docker.sock\nRUN_DOCKER_TLS_VERIFY=\nRUN_DOCKER_CERT_PATH=\n"
+                    f"RUN_DOCKER_CERT_DIR={work / 'docker-client'}\n")
+            (deploy / ".env").write_text(env)
+            socket_mount = {"volumes": [f"{sock}:/var/run/docker.sock"]}
+            (deploy / "test-engine.yml").write_text(yaml.safe_dump({"services": {
+                "code-server": socket_mount,
+                "webserver": {**socket_mount, "group_add": [str(gid)]},
+                "daemon": {**socket_mount, "group_add": [str(gid)]}}}))
+
+            project("up", "-d", "--no-build")
+            # The UI through Traefik, once the code server is healthy and the web server has started.
+            deadline = time.monotonic() + 900
+            while (code := _curl(f"https://dagster.{DOMAIN}:{https}/server_info", https, "-u", auth)[0]) != 200:
+                assert time.monotonic() < deadline, (code, project.logs())
+                time.sleep(5)
+            assert _curl(f"https://dagster.{DOMAIN}:{https}/server_info", https)[0] == 401
+            assert _curl(f"https://dagster.{DOMAIN}:{https}/server_info", https, "-u", "owner:wrong")[0] == 401
+            code, location = _curl(f"http://dagster.{DOMAIN}:{http}/", http)
+            assert code in (301, 308) and location.startswith(f"https://dagster.{DOMAIN}")
+            while not _issuer_cn(cert := _served_certificate(https, f"dagster.{DOMAIN}")).startswith(
+                    "Pebble Intermediate CA"):
+                assert time.monotonic() < deadline, _issuer_cn(cert)
+                time.sleep(2)
+            web = docker_client.api.inspect_container(f"{stack.prefix}dagster_webserver_1")
+            assert web["Config"]["User"] == "homelab" and web["HostConfig"]["CapDrop"] == ["ALL"]
+            assert ui_password not in json.dumps(web["Config"])
+
+            # A run launched through the UI's API starts in a container of its own and succeeds.
+            launched = _graphql(https, auth, GRAPHQL_LAUNCH, {"p": {
+                "selector": {"repositoryLocationName": "homelab_ops", "repositoryName": "__repository__",
+                             "jobName": "host_metrics_snapshot"}, "runConfigData": {}}})["launchRun"]
+            assert launched["__typename"] == "LaunchRunSuccess", launched
+            run_id = launched["run"]["runId"]
+            while (run := _graphql(https, auth, GRAPHQL_RUN, {"id": run_id})["runOrError"])["status"] not in (
+                    "SUCCESS", "FAILURE", "CANCELED"):
+                assert time.monotonic() < deadline + 900, (run, project.logs())
+                time.sleep(5)
+            workers = docker_client.api.containers(all=True, filters={"label": "homelab-ops/role=run-worker",
+                                                                       "network": net})
+            mine = [c for c in workers if run_id in json.dumps(c["Labels"]) + " ".join(c.get("Command", ""))]
+            assert len(mine) == 1, (workers, project.logs())
+            worker = docker_client.api.inspect_container(mine[0]["Id"])
+            assert run["status"] == "SUCCESS", (run, docker_client.api.logs(mine[0]["Id"], tail=60).decode())
+            assert run["stats"]["materializations"] == 2 and run["stats"]["stepsFailed"] == 0, run
+            assert worker["Config"]["Image"] == IMAGE_TAG and worker["Config"]["User"] == "homelab"
+            assert worker["State"]["ExitCode"] == 0 and net in worker["NetworkSettings"]["Networks"]
+            assert worker["HostConfig"]["Memory"] == 1 << 30
+            assert ui_password not in json.dumps(worker["Config"])
+            # What the run wrote, in the state database it reached over the network.
+            with psycopg.connect(pg.dsn("homelab")) as conn:
+                hosts, containers = conn.execute(
+                    "SELECT (SELECT count(*) FROM homelab_ops.host_metrics),"
+                    " (SELECT count(DISTINCT container) FROM homelab_ops.container_metrics)").fetchone()
+            assert hosts > 10 and containers >= 3, (hosts, containers)  # the compose services among them
+        except AssertionError:
+            print(project.logs())
+            print(pg.server_log()[-3000:])
+            raise
+        finally:
+            project("down", "-v", "--remove-orphans", "-t", "10", check=False)
+            for c in docker_client.api.containers(all=True, filters={"label": "homelab-ops/role=run-worker",
+                                                                      "network": net}):
+                docker_client.api.remove_container(c["Id"], force=True)
+            shutil.rmtree(work, ignore_errors=True)
 
 
 def _selectors(expr: str) -> list[str]:

@@ -18,9 +18,9 @@ import dagster as dg
 import pytest
 import yaml
 
-from tests.conftest import ADMIN_DSN
+from tests.conftest import ADMIN_DSN, IMAGE_TAG
 
-ROOT = Path(__file__).resolve().parent.parent
+ROOT = Path(__file__).resolve().parents[2]
 DEPLOY = ROOT / "deploy"
 
 
@@ -102,6 +102,32 @@ def test_compose_refuses_to_start_without_the_rendered_env(tmp_path):
                           capture_output=True, text=True, cwd=tmp_path, timeout=60)
     assert proc.returncode != 0
     assert "homelab-ops creds render-env" in proc.stderr
+
+
+def test_docker_launcher_override_gives_the_daemon_every_variable_the_launcher_copies(tmp_path):
+    """With deploy/docker-compose.docker-launcher.yml every service loads the launcher instance, and
+    the daemon has each variable its env_vars name: dagster-docker fails every launch on one it lacks."""
+    shutil.copytree(DEPLOY, tmp_path / "deploy")
+    env = (DEPLOY / ".env.example").read_text() + "\nRUN_DOCKER_HOST=tcp://runhost:2376\n"
+    (tmp_path / "deploy" / ".env").write_text(env)
+    proc = subprocess.run(["docker-compose", "-f", str(tmp_path / "deploy" / "docker-compose.yml"),
+                           "-f", str(tmp_path / "deploy" / "docker-compose.docker-launcher.yml"), "config"],
+                          capture_output=True, text=True, cwd=tmp_path, timeout=60)
+    assert proc.returncode == 0, proc.stderr
+    services = yaml.safe_load(proc.stdout)["services"]
+    launcher = yaml.safe_load((DEPLOY / "dagster.docker-launcher.yaml").read_text())["run_launcher"]["config"]
+    for name, svc in services.items():
+        assert any(v.endswith(":/opt/dagster/home/dagster.yaml:ro") and "dagster.docker-launcher.yaml" in v
+                   for v in svc["volumes"]), name
+        # the instance's {env: ...} values, for each process that loads it
+        assert {"HOMELAB_OPS_IMAGE", "HOMELAB_NETWORK"} <= set(svc["environment"]), name
+    daemon = services["daemon"]["environment"]
+    named = [v for v in launcher["env_vars"] if "=" not in v]
+    assert not [v for v in named if v not in daemon], "the daemon lacks variables the launcher copies"
+    for name in ("daemon", "webserver"):
+        assert services[name]["environment"]["DOCKER_HOST"] == "tcp://runhost:2376"
+        assert services[name]["environment"]["DOCKER_TLS_VERIFY"] == "1"
+    assert not any("docker.sock" in v for v in services["daemon"]["volumes"] + services["webserver"]["volumes"])
 
 
 def test_workspace_points_at_the_code_server(compose_config):
@@ -189,61 +215,15 @@ def test_both_instance_configs_differ_only_in_the_run_launcher():
 
 # --- The image --------------------------------------------------------------------------------
 
-def build_context() -> io.BytesIO:
-    """Only what the Dockerfile copies: sending the repository would send .venv and var/."""
-    buf = io.BytesIO()
-    with tarfile.open(fileobj=buf, mode="w") as tar:
-        for name in ("pyproject.toml", "uv.lock", "README.md", "homelab_ops", "deploy"):
-            tar.add(ROOT / name, arcname=name,
-                    filter=lambda t: None if "__pycache__" in t.name or t.name.endswith(".pyc") else t)
-    buf.seek(0)
-    return buf
-
-
-IMAGE_TAG = "homelab-ops:test"
-# The test Engine's base image is a debootstrap of bookworm (scripts/base-image.sh): its
-# PostgreSQL client is Debian's 15, and apt.postgresql.org is not reachable from here.
-BUILD_ARGS = {"PG_MAJOR": "15", "PG_APT": "debian"}
-
-
-@pytest.fixture(scope="session")
-def base_image(docker_client):
-    """deploy/Dockerfile's base tag on the test Engine, made by scripts/base-image.sh (cached)."""
-    from tests.conftest import DOCKER_HOST
-    env = {**os.environ, "DOCKER_HOST": DOCKER_HOST}
-    proc = subprocess.run(["bash", str(ROOT / "scripts/base-image.sh")], env=env, capture_output=True, text=True,
-                          timeout=1800)
-    assert proc.returncode == 0, proc.stderr[-2000:]
-    return re.search(r"^ARG PYTHON_IMAGE=(\S+)", (DEPLOY / "Dockerfile").read_text(), re.M).group(1)
-
-
-@pytest.fixture(scope="session")
-def slow_docker():
-    """A client that waits: on vfs, creating a container of this 690 MB image copies it whole."""
-    import docker
-
-    from tests.conftest import DOCKER_HOST
-    client = docker.DockerClient(base_url=DOCKER_HOST, timeout=1800)
-    yield client
-    client.close()
-
-
-@pytest.fixture(scope="session")
-def built_image(slow_docker, base_image):
-    """deploy/Dockerfile built from the repository (layers cached by the Engine between sessions).
-    The build's RUN steps use the host's network: the test Engine has no default bridge."""
-    image, _ = slow_docker.images.build(fileobj=build_context(), custom_context=True,
-                                          dockerfile="deploy/Dockerfile", tag=IMAGE_TAG, rm=True,
-                                          buildargs=BUILD_ARGS, network_mode="host", timeout=3600)
-    return image
-
-
 @pytest.mark.docker
 def test_image_builds_on_the_local_docker_engine(slow_docker, built_image):
     image = built_image
     out = slow_docker.containers.run(
         image.id, ["sh", "-c", "python -c 'import homelab_ops.definitions, dagster_postgres, dagster_docker' "
-                   "&& pg_dump --version && id -un && homelab-ops --help >/dev/null && echo ok"],
+                   "&& pg_dump --version && id -un && homelab-ops --help >/dev/null "
+                   # the location itself, as the code server loads it from site-packages
+                   "&& printf 'backups: {local_dir: /tmp/b}\\n' > /tmp/h.yaml && HOMELAB_CONFIG=/tmp/h.yaml "
+                   "python -c 'import homelab_ops.definitions as m; m.defs().resolve_all_job_defs()' && echo ok"],
         remove=True, network_mode="none")
     lines = out.decode().split()
     assert "15." in out.decode() and lines[-2:] == ["homelab", "ok"], out

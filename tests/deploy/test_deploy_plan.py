@@ -25,7 +25,7 @@ from homelab_ops.deploy.plan import (
 from homelab_ops.deploy.spec import Limits
 from homelab_ops.settings import SettingsError, parse
 
-ROOT = Path(__file__).resolve().parent.parent
+ROOT = Path(__file__).resolve().parents[2]
 HOST = HostFacts(ncpu=4, docker_socket="/var/run/docker.sock", docker_root="/var/lib/docker",
                  textfile_dir="/srv/homelab-ops/node_exporter", access_log_dir="/srv/homelab-ops/traefik")
 BCRYPT = "owner:" + bcrypt.hashpw(b"pw", bcrypt.gensalt(rounds=4)).decode()

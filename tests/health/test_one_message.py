@@ -17,7 +17,7 @@ from homelab_ops.health.evaluate import GROUPS, check_host, run_checks
 from homelab_ops.notify import chats as ch
 from tests.conftest import dsn_for
 from tests.fake_telegram import TOKEN, FakeTelegram
-from tests.test_metrics_snapshot import MEMINFO
+from tests.metrics.test_metrics_snapshot import MEMINFO
 
 OWNER = 7
 

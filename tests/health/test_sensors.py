@@ -357,7 +357,7 @@ def test_every_job_carries_a_max_runtime_and_the_alerting_sensors_run_by_default
     missing = sorted(n for n, j in jobs.items() if not j.tags.get("dagster/max_runtime"))
     assert missing == [], f"jobs without a dagster/max_runtime tag: {missing}"
     assert all(float(j.tags["dagster/max_runtime"]) > 0 for j in jobs.values())
-    monitoring = yaml.safe_load((Path(__file__).parent.parent / "dagster.yaml").read_text())["run_monitoring"]
+    monitoring = yaml.safe_load((Path(__file__).parents[2] / "dagster.yaml").read_text())["run_monitoring"]
     assert monitoring["enabled"] and monitoring["max_runtime_seconds"] > 0  # the implicit asset job's runs too
     sensors = {s.name: s for s in repo.sensor_defs}
     for name in ("health_sensor", "run_failure_alert", "asset_check_alert", "telegram_inbox", "interrupted_runs"):

@@ -42,7 +42,7 @@ from homelab_ops.recovery import GUARD_TAG, INTERRUPTED_TAG
 from tests.conftest import ADMIN_DSN, dsn_for
 from tests.faulty_proxy import FaultyProxy
 
-REPO = Path(__file__).resolve().parents[1]
+REPO = Path(__file__).resolve().parents[2]
 DAGSTER = str(REPO / ".venv" / "bin" / "dagster")
 PREFIX = "pi/"
 WORKFLOWS = 120

@@ -70,7 +70,7 @@ def test_all_databases_with_the_server_down_falls_back_to_the_backed_up_ones(wri
              "print(sorted(k.to_user_string() for k in d.resolve_all_asset_keys() if k.path[0] == 'backups')); "
              "print(d.get_sensor_def('health_sensor').name)")
     proc = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True,
-                          env={**os.environ, "HOMELAB_CONFIG": str(path)}, cwd=Path(__file__).resolve().parent.parent)
+                          env={**os.environ, "HOMELAB_CONFIG": str(path)}, cwd=Path(__file__).resolve().parents[2])
     assert proc.returncode == 0, proc.stderr[-2000:]
     assert proc.stdout.splitlines() == ["['backups/app', 'backups/n8n']", "health_sensor"]
     assert "did not answer" in proc.stderr
@@ -82,7 +82,7 @@ def test_dagster_validates_the_module_and_the_workspace():
     import sys
     from pathlib import Path
 
-    root = Path(__file__).resolve().parent.parent
+    root = Path(__file__).resolve().parents[2]
     env = {k: v for k, v in os.environ.items() if k != "HOMELAB_CONFIG"}
     for target in (["-m", "homelab_ops.definitions"], ["-w", "workspace.yaml"]):
         proc = subprocess.run([sys.executable, "-m", "dagster", "definitions", "validate", *target],
@@ -135,7 +135,7 @@ def test_with_pitr_and_s3_the_archive_goes_off_site_hourly_and_with_offsite_sync
              "print(keys('offsite_sync')); print(keys('base_backup')); print(keys('pitr_offsite')); "
              "print(d.get_schedule_def('pitr_offsite_schedule').cron_schedule)")
     proc = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True,
-                          env={**os.environ, "HOMELAB_CONFIG": str(path)}, cwd=Path(__file__).resolve().parent.parent)
+                          env={**os.environ, "HOMELAB_CONFIG": str(path)}, cwd=Path(__file__).resolve().parents[2])
     assert proc.returncode == 0, proc.stderr[-2000:]
     assert proc.stdout.splitlines() == ["['offsite/_globals', 'offsite/_pitr', 'offsite/app']",
                                         "['base_backups/main', 'offsite/_pitr']", "['offsite/_pitr']", "5 * * * *"]
@@ -153,6 +153,6 @@ def test_job_heartbeat_sensors_exist_only_when_a_job_has_a_monitor(write_setting
     probe = ("import homelab_ops.definitions as m; d = m.defs(); "
              "print(sorted(s.name for s in d.sensors if s.name.startswith('job_heartbeat')))")
     proc = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True,
-                          env={**os.environ, "HOMELAB_CONFIG": str(path)}, cwd=Path(__file__).resolve().parent.parent)
+                          env={**os.environ, "HOMELAB_CONFIG": str(path)}, cwd=Path(__file__).resolve().parents[2])
     assert proc.returncode == 0, proc.stderr[-2000:]
     assert proc.stdout.split("\n")[0] == "['job_heartbeat_fail', 'job_heartbeat_start', 'job_heartbeat_success']"

@@ -12,7 +12,7 @@ import yaml
 
 from homelab_ops.settings import SettingsError, load, parse
 
-ROOT = Path(__file__).resolve().parent.parent
+ROOT = Path(__file__).resolve().parents[2]
 
 
 def write(tmp_path, data) -> Path:

@@ -23,7 +23,7 @@ import pytest
 
 from tests.conftest import ADMIN_DSN, dsn_for, free_port
 
-ROOT = Path(__file__).resolve().parent.parent
+ROOT = Path(__file__).resolve().parents[2]
 ARTIFACTS = ROOT / "tests" / "artifacts"
 BIN = Path(sys.executable).parent
 CHROMIUM_ARGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",

@@ -44,7 +44,7 @@ def test_fstrim_without_the_privilege_is_not_permitted():
     cmd = [sys.executable, "-c", code]
     if os.getuid() == 0:
         cmd = ["setpriv", "--reuid=65534", "--regid=65534", "--clear-groups", *cmd]
-    out = subprocess.run(cmd, capture_output=True, text=True, cwd=Path(__file__).parent.parent, check=True)
+    out = subprocess.run(cmd, capture_output=True, text=True, cwd=Path(__file__).parents[2], check=True)
     assert out.stdout.strip() == "not permitted"
 
 

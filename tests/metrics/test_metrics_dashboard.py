@@ -22,7 +22,7 @@ from tests.conftest import ADMIN_DSN, drop_database, dsn_for
 
 pytestmark = pytest.mark.services  # every test here reaches PostgreSQL
 
-DASHBOARD = Path(__file__).resolve().parent.parent / "deploy/grafana/dashboards/homelab.json"
+DASHBOARD = Path(__file__).resolve().parents[2] / "deploy/grafana/dashboards/homelab.json"
 
 
 def panels() -> list[dict]:

@@ -37,7 +37,7 @@ from dagster._serdes import serialize_value
 from tests.conftest import ADMIN_DSN, dsn_for
 from tests.fake_telegram import TOKEN, FakeTelegram
 
-ROOT = Path(__file__).resolve().parent.parent
+ROOT = Path(__file__).resolve().parents[2]
 NEW, OLD = "1.123.0", "1.122.5"  # 1.122.0 is not on the npm registry reachable here; 1.122.5 is its newest patch
 
 

@@ -22,7 +22,7 @@ from homelab_ops.n8n.demo import create_demo_database
 from homelab_ops.n8n.runner import N8nCli
 from homelab_ops.n8n.workflows import export_workflows
 from tests.conftest import ADMIN_DSN, dsn_for
-from tests.test_n8n_recovery import (  # noqa: F401  (session fixtures)
+from tests.n8n.test_n8n_recovery import (  # noqa: F401  (session fixtures)
     KEY, NEW, OLD, age_identity, make_instance, n8n_new, n8n_old, nightly, resources, settings_for)
 
 # What n8n 1.122's import understands of a 1.123 export (the demo's schema is 1.123's).

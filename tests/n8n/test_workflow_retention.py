@@ -24,7 +24,7 @@ from homelab_ops.defs.backups.retention import workflow_retention_asset
 from homelab_ops.defs.resources import HomelabSettings
 from homelab_ops.n8n.demo import create_demo_database
 from tests.conftest import ADMIN_DSN, dsn_for
-from tests.test_prune import put_objects, quiet_werkzeug as _quiet_werkzeug
+from tests.backups.test_prune import put_objects, quiet_werkzeug as _quiet_werkzeug
 
 quiet_werkzeug = _quiet_werkzeug  # a fixture, shared with test_prune
 

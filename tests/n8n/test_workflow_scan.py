@@ -22,7 +22,7 @@ from homelab_ops.n8n.demo import SECRET_BOT_TOKEN, SECRET_CHAT_ID, SECRET_WORKFL
 from homelab_ops.n8n.workflows import export_workflows, to_file_bytes
 from tests.conftest import ADMIN_DSN, drop_database, dsn_for
 
-REPO = Path(__file__).resolve().parent.parent
+REPO = Path(__file__).resolve().parents[2]
 DEMO_SECRETS = (SECRET_BOT_TOKEN, SECRET_CHAT_ID)
 
 

@@ -32,7 +32,7 @@ from homelab_ops.settings import Settings, parse
 from tests.conftest import free_port
 from tests.pg_cluster import PG_BIN, scram_pg  # noqa: F401  (module fixture)
 
-ROOT = Path(__file__).resolve().parent.parent
+ROOT = Path(__file__).resolve().parents[2]
 CLI = str(Path(sys.executable).with_name("homelab-ops"))
 
 

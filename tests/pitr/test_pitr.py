@@ -221,7 +221,7 @@ def test_the_archive_goes_off_site_and_a_new_sd_card_restores_from_it(env, s3_se
     from homelab_ops.defs.pitr.defs import offsite_asset
     from homelab_ops.defs.resources import HomelabSettings
     from tests.faulty_proxy import FaultyProxy
-    from tests.test_backups_s3 import objects
+    from tests.backups.test_backups_s3 import objects
 
     e = env
     client, bucket = s3_bucket
@@ -322,7 +322,7 @@ def test_offsite_pitr_killed_mid_upload_resumes_and_loses_nothing(env, s3_server
     import hashlib
 
     from tests.faulty_proxy import FaultyProxy
-    from tests.test_backups_s3 import objects
+    from tests.backups.test_backups_s3 import objects
 
     e = env
     client, bucket = s3_bucket
@@ -658,7 +658,7 @@ def test_a_pg_restore_that_stops_early_is_reported_not_waited_on(env):
 def test_the_pitr_demo_runs_as_the_readme_says(tmp_path):
     """`make demo-pitr`: receiver, base backup, a bad edit undone by a restore to the second before it,
     and the nightly exact check, on a cluster of its own."""
-    root = Path(__file__).resolve().parent.parent
+    root = Path(__file__).resolve().parents[2]
     out = subprocess.run([sys.executable, str(root / "scripts" / "pitr_demo.py"), str(tmp_path / "demo")],
                          capture_output=True, text=True, timeout=600, cwd=root)
     assert out.returncode == 0, out.stdout[-3000:] + out.stderr[-3000:]
