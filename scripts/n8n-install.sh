@@ -8,6 +8,8 @@
 # (no marker) is thrown away and redone, so a killed run never leaves a half install that looks done.
 # Progress goes to stderr; stdout is only the executable's path.
 set -euo pipefail
+# A cache every user and image reads: not the private umask of a caller (homelab_ops sets 077).
+umask 022
 # In a function: bash reads it whole before running, so editing this file mid-install is safe.
 main() {
   version=${1:?usage: n8n-install.sh VERSION}

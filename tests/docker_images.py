@@ -124,7 +124,7 @@ def build(client: docker.DockerClient, tag: str, fs: RootFs, changes: list[str],
         return tag
     data = fs.tar()
     recipe = hashlib.sha256(data + "\n".join(changes).encode() + repr(sorted((trees or {}).items())).encode()
-                            + trees_id.encode() + repr(skip).encode()).hexdigest()[:16]
+                            + trees_id.encode() + repr(skip).encode() + b"trees a+rX").hexdigest()[:16]
     old = None
     try:
         old = client.api.inspect_image(tag)
@@ -158,8 +158,12 @@ def build(client: docker.DockerClient, tag: str, fs: RootFs, changes: list[str],
 
 
 def _root_owned(info: tarfile.TarInfo) -> tarfile.TarInfo:
+    """Owned by root and readable by all, as a package manager installs: a host tree made under a
+    private umask (pytest imports homelab_ops, which sets 077) would lock the image's user out."""
     info.uid = info.gid = 0
     info.uname = info.gname = ""
+    if not info.issym():
+        info.mode |= 0o555 if info.isdir() or info.mode & 0o100 else 0o444
     return info
 
 
