@@ -7,13 +7,10 @@ in the output (it gets pasted into chats and issues).
 
 from __future__ import annotations
 
-import json
 import os
 import re
 import stat
 import tempfile
-import urllib.error
-import urllib.request
 import uuid
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
@@ -312,18 +309,17 @@ def check_container_logs(settings: Settings) -> Check:
 
 
 def telegram_token(settings: Settings, env: dict[str, str]) -> str | None:
-    """The token alerts are sent with: settings, else the credential store, else TELEGRAM_BOT_TOKEN."""
-    token = settings.notify.telegram.bot_token
-    if token and token.get_secret_value():
-        return token.get_secret_value()
-    if settings.notify.telegram.bot_token_credential:
-        from homelab_ops.notify.dispatch import bot_token
+    """The token alerts are sent with, found as the alert path finds it."""
+    from homelab_ops.notify.dispatch import TOKEN_ENV, bot_token
 
-        return bot_token(settings, env.get("TELEGRAM_BOT_TOKEN"))
-    return env.get("TELEGRAM_BOT_TOKEN") or None
+    return bot_token(settings, env.get(TOKEN_ENV))
 
 
 def check_telegram(settings: Settings, env: dict[str, str], token: str | None) -> Check:
+    """getMe through the same client the alerts use: what fails here fails for them."""
+    from homelab_ops.notify.http import Retry
+    from homelab_ops.notify.telegram import TelegramBot
+
     name = "telegram"
     if not token:
         return skip(name, "no bot token configured (notify.telegram.bot_token, bot_token_credential "
@@ -333,20 +329,17 @@ def check_telegram(settings: Settings, env: dict[str, str], token: str | None) -
     fix = "copy the token from @BotFather (/mybots -> API Token) " + (
         f"into the credential: homelab-ops creds set {cred}" if cred
         else "into TELEGRAM_BOT_TOKEN (or notify.telegram.bot_token), then restart")
-    try:
-        with urllib.request.urlopen(f"{base}/bot{token}/getMe", timeout=TIMEOUT) as resp:
-            body = json.loads(resp.read() or b"{}")
-    except urllib.error.HTTPError as e:
-        if e.code in (401, 404):  # Telegram answers 404 for a malformed token, 401 for a revoked one
-            return fail(name, f"Telegram rejected the bot token (HTTP {e.code})", fix)
-        return fail(name, f"getMe answered HTTP {e.code}", f"retry later; check notify.telegram.api_base ({base})")
-    except (urllib.error.URLError, OSError, ValueError) as e:
-        reason = getattr(e, "reason", e)
-        return fail(name, f"cannot reach {base}: {_short(reason if isinstance(reason, BaseException) else e)}",
+    resp, _ = TelegramBot(token, base, timeout=TIMEOUT).call("getMe", {}, retry=Retry(attempts=1))
+    if resp.status in (401, 404):  # Telegram answers 404 for a malformed token, 401 for a revoked one
+        return fail(name, f"Telegram rejected the bot token (HTTP {resp.status})", fix)
+    if resp.status is not None and not resp.ok:
+        return fail(name, f"getMe answered HTTP {resp.status}", f"retry later; check notify.telegram.api_base ({base})")
+    if resp.status is None and resp.body is not None:
+        return fail(name, f"getMe said: {resp.body.get('description', 'not ok')}", fix)
+    if resp.status is None:
+        return fail(name, f"cannot reach {base}: {resp.error}",
                     "check DNS/outbound HTTPS from this host, or notify.telegram.api_base")
-    if not body.get("ok"):
-        return fail(name, f"getMe said: {body.get('description', 'not ok')}", fix)
-    return ok(name, f"bot @{body.get('result', {}).get('username', '?')} accepted the token")
+    return ok(name, f"bot @{(resp.body or {}).get('result', {}).get('username', '?')} accepted the token")
 
 
 def check_key_file(settings: Settings, env: dict[str, str]) -> Check:

@@ -27,6 +27,9 @@ from pydantic import (
     model_validator,
 )
 
+from homelab_ops.health import plugins as health_plugins
+from homelab_ops.notify.channels import ChannelSettings
+
 DEFAULT_PATH = "./homelab.yaml"
 _VAR = re.compile(r"\$\{([A-Za-z_][A-Za-z0-9_]*)(?::-([^}]*))?\}")
 
@@ -357,6 +360,7 @@ THRESHOLD_DEFAULTS: dict[str, float] = {
     "http_denied_fail": 100,
     "http_denied_window_s": 300,
     "check_timeout_s": 20,  # a check still running after this is `unknown` for the tick
+    **health_plugins.thresholds(),  # each plug-in check's own (homelab_ops/health/plugins/<check>.py)
 }
 # Set elsewhere unless overridden here: backups.max_age_hours, n8n.failure_rate_warn.
 DERIVED_THRESHOLDS = ("backup_age_fail_hours", "n8n_failure_rate_warn")
@@ -437,7 +441,8 @@ class MetricsSettings(_Section):
 
 
 # Check families that have a remedy; `health.remedies` switches them off by family or by check name.
-HEALTH_REMEDY_FAMILIES = ("disk_free", "backup_age", "container", "cpu_temperature")
+HEALTH_REMEDY_FAMILIES = ("disk_free", "backup_age", "container", "cpu_temperature",
+                          *health_plugins.remedy_families())
 
 
 class HealthSettings(_Section):
@@ -485,13 +490,15 @@ class TelegramSettings(_Section):
     attempts: int = Field(4, ge=1)  # per message, with backoff; 429 retry_after is honoured
 
 
+_LEGACY_WEBHOOK = {"webhook_url": "url", "webhook_topic": "topic", "webhook_token": "token",
+                   "webhook_min_severity": "min_severity"}
+
+
 class NotifySettings(_Section):
     telegram: TelegramSettings = TelegramSettings()
-    # A plain JSON POST (ntfy, Gotify). Secret: an ntfy topic or a Gotify ?token= grants access.
-    webhook_url: SecretStr | None = None
-    webhook_topic: str | None = None  # ntfy: POST JSON to the server root with this topic
-    webhook_token: SecretStr | None = None  # sent as `Authorization: Bearer ...` (ntfy, Gotify)
-    webhook_min_severity: Literal["info", "warn", "fail"] = "warn"
+    # One-way channels (ntfy, a JSON webhook for Gotify and others): one module each in
+    # homelab_ops/notify/channels, picked by `type`.
+    channels: list[ChannelSettings] = []
     # Dead man's switch (Healthchecks.io, Uptime Kuma push, ntfy): pinged by the health sensor every
     # tick, `/fail` while a check fails, so the owner hears from outside when homelab-ops stops.
     heartbeat_url: SecretStr | None = None
@@ -500,6 +507,32 @@ class NotifySettings(_Section):
     # A daily summary on Telegram at this time in `timezone` ("08:00"): backups restored, disk runway,
     # credential ages, n8n failures yesterday. Off unless set.
     digest_at: str | None = Field(None, pattern=r"^([01]\d|2[0-3]):[0-5]\d$")
+
+    @model_validator(mode="before")
+    @classmethod
+    def _legacy_webhook(cls, data):
+        """`notify.webhook_url` and its siblings became a `type: webhook` entry of `notify.channels`."""
+        if not isinstance(data, dict) or not set(data) & set(_LEGACY_WEBHOOK):
+            return data
+        data = dict(data)
+        old = {k: data.pop(k) for k in _LEGACY_WEBHOOK if k in data}
+        if "webhook_url" not in old:
+            raise ValueError(f"{', '.join(old)} without webhook_url: write a `type: webhook` entry in notify.channels")
+        entry = {"type": "webhook", **{_LEGACY_WEBHOOK[k]: v for k, v in old.items()}}
+        logging.getLogger(__name__).warning(
+            "settings: notify.%s %s deprecated: write them as a `type: webhook` entry of notify.channels "
+            "(url, topic, token, min_severity)", ", notify.".join(old), "is" if len(old) == 1 else "are")
+        data["channels"] = [entry, *(data.get("channels") or [])]
+        return data
+
+    @field_validator("channels")
+    @classmethod
+    def _unique_names(cls, v):
+        labels = [c.label for c in v]
+        twice = sorted({x for x in labels if labels.count(x) > 1})
+        if twice:
+            raise ValueError(f"two channels are called {', '.join(twice)}: give each a `name:` of its own")
+        return v
 
 
 class UiSettings(_Section):

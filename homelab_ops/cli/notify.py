@@ -106,6 +106,6 @@ def test(obj, severity: str, text: str) -> None:
     for o in d.outcomes:
         click.echo(f"{o.to}: {'ok' if o.ok else 'FAILED ' + o.detail}")
     if not d.outcomes:
-        raise click.ClickException("no recipient: configure a bot token and approve a chat, or set notify.webhook_url")
+        raise click.ClickException("no recipient: configure a bot token and approve a chat, or add an entry to notify.channels")
     if not d.ok:
         raise click.ClickException("the test alert reached nobody")

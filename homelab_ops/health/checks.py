@@ -82,6 +82,11 @@ class Thresholds:
     http_denied_fail: float = 100
     http_denied_window_s: float = 300
     check_timeout_s: float = 20
+    # homelab_ops.health.plugins' numbers, by key: a plug-in check reads them with `get`.
+    extra: dict[str, float] = field(default_factory=dict)
+
+    def get(self, key: str) -> float:
+        return self.extra[key] if key in self.extra else getattr(self, key)
 
     @classmethod
     def from_settings(cls, settings) -> Thresholds:
@@ -94,8 +99,9 @@ class Thresholds:
             values["n8n_failure_rate_warn"] = settings.n8n.failure_rate_warn
             values["n8n_min_finished"] = settings.n8n.failure_min_finished
         values.update(settings.thresholds)
-        known = set(cls.__dataclass_fields__)
-        return cls(**{k: v for k, v in values.items() if k in known})
+        known = set(cls.__dataclass_fields__) - {"extra"}
+        return cls(**{k: v for k, v in values.items() if k in known},
+                   extra={k: v for k, v in values.items() if k not in known})
 
 
 # --------------------------------------------------------------------------- host

@@ -22,7 +22,7 @@ from pathlib import Path
 
 from homelab_ops.docker_host import connect
 from homelab_ops.errors import typed_first_line
-from homelab_ops.health import checks as c
+from homelab_ops.health import checks as c, plugins
 from homelab_ops.health.checks import CheckResult, Thresholds
 from homelab_ops.pitr.health import check_pitr
 
@@ -323,6 +323,7 @@ GROUPS: list[tuple[Group, tuple[str, ...]]] = [
     (check_pg_auth, ("postgres_auth_failures",)),
     (check_http_denied, ("http_denied",)),
     (check_pitr, ("pitr_receiver", "pitr_lag", "pitr_slot_retention", "pitr_verified")),
+    *plugins.groups(),  # one module each in homelab_ops/health/plugins
 ]
 
 

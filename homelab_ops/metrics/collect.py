@@ -265,11 +265,16 @@ def choose_mounts(partitions: list[tuple[str, str, str]], configured: list[str] 
     return chosen
 
 
-def read_filesystems(snap: Snapshot, proc_root: str, configured: list[str] | None) -> None:
-    """Size, free and available bytes per mount (statvfs, as node_exporter's filesystem collector)."""
+def chosen_mounts(proc_root: str, configured: list[str] | None) -> list[tuple[str, str, str]]:
+    """(device, mount point, fstype) of the mounts `metrics.mounts` names, else of every physical one."""
     with _procfs(proc_root):
         parts = [(p.device, p.mountpoint, p.fstype) for p in psutil.disk_partitions(all=False)]
-    for dev, mp, fs in choose_mounts([p for p in parts if os.path.isdir(p[1])], configured):
+    return choose_mounts([p for p in parts if os.path.isdir(p[1])], configured)
+
+
+def read_filesystems(snap: Snapshot, proc_root: str, configured: list[str] | None) -> None:
+    """Size, free and available bytes per mount (statvfs, as node_exporter's filesystem collector)."""
+    for dev, mp, fs in chosen_mounts(proc_root, configured):
         try:
             st = os.statvfs(mp)
         except OSError as e:

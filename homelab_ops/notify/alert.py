@@ -30,7 +30,7 @@ class Alert:
                        link=redact(self.link) if self.link else None, preformatted=redact(self.preformatted))
 
     def plain(self) -> str:
-        """The whole alert as plain text (webhook, the alerts table)."""
+        """The whole alert as plain text (one-way channels, the alerts table)."""
         parts = [self.title]
         if self.body:
             parts.append(self.body)
@@ -45,7 +45,7 @@ class Alert:
 class Outcome:
     """One delivery: to whom, whether it arrived, after how many attempts, and why not."""
 
-    to: str  # telegram:<chat id>, webhook
+    to: str  # telegram:<chat id>, or a channel's name (ntfy, webhook)
     ok: bool
     attempts: int = 0
     detail: str = ""

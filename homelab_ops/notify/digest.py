@@ -85,8 +85,8 @@ def _ago(then: datetime, now: datetime) -> str:
 
 
 def compose(facts: Facts, now: datetime) -> Alert:
-    """The digest as one alert (info severity: it goes to every approved chat, and never to the webhook
-    unless its minimum severity is info)."""
+    """The digest as one alert (info severity: it goes to every approved chat, and never to a one-way
+    channel unless its min_severity is info)."""
     lines: list[str] = []
     worst = "ok"
 

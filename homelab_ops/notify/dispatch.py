@@ -21,11 +21,11 @@ from psycopg.types.json import Jsonb
 
 from homelab_ops.notify import chats as chats_mod
 from homelab_ops.notify.alert import Alert, Delivered, Outcome, at_least
+from homelab_ops.notify.channels import Channel, build as build_channel
 from homelab_ops.notify.chats import Chat
 from homelab_ops.notify.http import Retry
 from homelab_ops.notify.redact import Redactor, redactor_for
 from homelab_ops.notify.telegram import TelegramBot
-from homelab_ops.notify.webhook import Webhook
 
 log = logging.getLogger(__name__)
 
@@ -71,12 +71,13 @@ def record(conn: psycopg.Connection, d: Delivered) -> None:
 
 
 class Dispatcher:
-    def __init__(self, settings, *, telegram: TelegramBot | None, webhook: Webhook | None, redact: Redactor,
+    def __init__(self, settings, *, telegram: TelegramBot | None, channels: list[tuple[Channel, str]],
+                 redact: Redactor,
                  deadline_s: float = 30.0, clock: Callable[[], float] = time.monotonic,
                  logger: logging.Logger | None = None):
         self.settings = settings
         self.telegram = telegram
-        self.webhook = webhook
+        self.channels = channels  # (sender, min_severity), one per notify.channels entry
         self.redact = redact
         self.deadline_s = deadline_s
         self.clock = clock
@@ -132,11 +133,13 @@ class Dispatcher:
                     d.outcomes.append(Outcome(f"telegram:{chat.chat_id}", False, 0, "not sent: no time left this tick"))
                     continue
                 d.outcomes.append(self.telegram.send_alert(chat.chat_id, a, deadline=deadline))
-        if self.webhook is not None and at_least(a.severity, self.settings.notify.webhook_min_severity):
+        for channel, min_severity in self.channels:
+            if not at_least(a.severity, min_severity):
+                continue
             if self.clock() >= deadline:
-                d.outcomes.append(Outcome("webhook", False, 0, "not sent: no time left this tick"))
+                d.outcomes.append(Outcome(channel.name, False, 0, "not sent: no time left this tick"))
             else:
-                d.outcomes.append(self.webhook.send(a, deadline=deadline))
+                d.outcomes.append(channel.send(a, deadline=deadline))
         for o in d.outcomes:
             o.detail = self.redact(o.detail)
         summary = ", ".join(f"{o.to} {'ok' if o.ok else 'FAILED ' + o.detail}" for o in d.outcomes) or "no recipient"
@@ -154,10 +157,8 @@ def dispatcher_for(settings, *, token: str | None = None, retry: Retry | None = 
     retry = retry or Retry(attempts=tg.attempts)
     timeout = tg.timeout.seconds
     telegram = TelegramBot(token, tg.api_base, timeout=timeout, retry=retry, sleep=sleep) if token else None
-    n = settings.notify
-    webhook = Webhook(n.webhook_url.get_secret_value(), topic=n.webhook_topic,
-                      token=n.webhook_token.get_secret_value() if n.webhook_token else None,
-                      timeout=timeout, retry=retry, sleep=sleep) if n.webhook_url else None
+    channels = [(build_channel(c, timeout=timeout, retry=retry, sleep=sleep), c.min_severity)
+                for c in settings.notify.channels]
     redact = redactor_for(settings, token or "", with_credentials=with_credentials)
-    return Dispatcher(settings, telegram=telegram, webhook=webhook, redact=redact, deadline_s=deadline_s,
+    return Dispatcher(settings, telegram=telegram, channels=channels, redact=redact, deadline_s=deadline_s,
                       logger=logger)

@@ -23,9 +23,13 @@ DB_PASSWORD = "Pw-not-for-output-7d1f"  # trust auth ignores it; it must still n
 
 
 class FakeTelegram(BaseHTTPRequestHandler):
-    """Bot API's getMe as Telegram answers it: 200 for the good token, 401 for any other."""
+    """Bot API's getMe as Telegram answers it, by GET or POST: 200 for the good token, 401 for any other."""
 
-    def do_GET(self):  # noqa: N802 (http.server's name)
+    def do_POST(self):  # noqa: N802 (http.server's name)
+        self.rfile.read(int(self.headers.get("Content-Length") or 0))
+        self.do_GET()
+
+    def do_GET(self):  # noqa: N802
         good = self.path == f"/bot{GOOD_TOKEN}/getMe"
         body = ({"ok": True, "result": {"id": 123456789, "is_bot": True, "username": "homelab_test_bot"}}
                 if good else {"ok": False, "error_code": 401, "description": "Unauthorized"})

@@ -4,14 +4,16 @@ from __future__ import annotations
 
 from datetime import datetime, timedelta, timezone
 
+import pytest
 from hypothesis import given, settings as hsettings, strategies as st
 
 from homelab_ops.notify import chats as ch
 from homelab_ops.notify.alert import Alert
 from homelab_ops.notify.redact import MASK, Redactor, settings_secrets
 from homelab_ops.notify.telegram import LIMIT, Part, alert_parts, escape, split_html, utf16_len
-from homelab_ops.notify.webhook import payload
-from homelab_ops.settings import parse
+from homelab_ops.notify.channels import ntfy
+from homelab_ops.notify.channels.webhook import payload
+from homelab_ops.settings import SettingsError, parse
 from tests.fake_telegram import parse_html
 
 
@@ -75,11 +77,36 @@ def test_redaction_of_known_values_and_patterns():
 
 def test_settings_secrets_include_notification_secrets():
     s = parse({"state": {"dsn": "postgresql://u:statepw@h/db"},
-               "notify": {"telegram": {"bot_token": "42:tok"}, "webhook_url": "https://gotify.lan/message?token=AbCdEf",
-                          "webhook_token": "ntfy-tk"}}, "t")
+               "notify": {"telegram": {"bot_token": "42:tok"}, "channels": [
+                   {"type": "webhook", "url": "https://gotify.lan/message?token=AbCdEf", "token": "wh-tk"},
+                   {"type": "ntfy", "topic": "homelab-8f3k2", "token": "tk_ntfy"}]}}, "t")
     got = settings_secrets(s)
-    for v in ("statepw", "42:tok", "AbCdEf", "ntfy-tk"):
+    for v in ("statepw", "42:tok", "AbCdEf", "wh-tk", "homelab-8f3k2", "tk_ntfy"):
         assert v in got
+
+
+def test_the_old_webhook_keys_become_a_webhook_channel_and_channels_are_checked_by_type():
+    s = parse({"notify": {"webhook_url": "https://gotify.lan/message?token=AbCdEf", "webhook_min_severity": "fail",
+                          "channels": [{"type": "ntfy", "topic": "t1"}]}}, "t")
+    assert [(c.type, c.label, c.min_severity) for c in s.notify.channels] == [
+        ("webhook", "webhook", "fail"), ("ntfy", "ntfy", "warn")]
+    with pytest.raises(SettingsError, match=r"notify.channels.0: .*'sms'.*'ntfy', 'webhook'"):
+        parse({"notify": {"channels": [{"type": "sms", "to": "+49"}]}}, "t")
+    with pytest.raises(SettingsError, match=r"notify.channels.0.ntfy.topic: required key is missing"):
+        parse({"notify": {"channels": [{"type": "ntfy"}]}}, "t")
+    with pytest.raises(SettingsError, match="two channels are called ntfy: give each a `name:`"):
+        parse({"notify": {"channels": [{"type": "ntfy", "topic": "a"}, {"type": "ntfy", "topic": "b"}]}}, "t")
+    two = parse({"notify": {"channels": [{"type": "ntfy", "topic": "a"},
+                                         {"type": "ntfy", "topic": "b", "name": "ntfy-family"}]}}, "t")
+    assert [c.label for c in two.notify.channels] == ["ntfy", "ntfy-family"]
+
+
+def test_ntfy_message_uses_its_priority_scale_and_emoji_tags():
+    a = Alert("check", "disk_free:/", "problem", "fail", "🔴 FAIL disk_free:/", "/: 2% free", link="http://x/y")
+    m = ntfy.message(a, "homelab-8f3k2")
+    assert m == {"topic": "homelab-8f3k2", "title": a.title, "message": "/: 2% free", "priority": 5,
+                 "tags": ["rotating_light", "check", "problem"], "click": "http://x/y"}
+    assert ntfy.message(Alert("check", "x", "recovered", "info", "✅ x", ""), "t")["priority"] == 3
 
 
 def test_webhook_payload_is_what_ntfy_and_gotify_read():

@@ -254,3 +254,28 @@ def test_a_wrong_token_fails_at_once_and_is_not_retried(notify_settings, telegra
     [outcome] = delivered[0].outcomes
     assert not outcome.ok and outcome.attempts == 1 and outcome.detail == "HTTP 401: Unauthorized"
     assert wrong not in str(alerts_rows(s))
+
+
+def test_ntfy_and_webhook_channels_each_get_what_their_min_severity_lets_through(notify_settings, webhook):
+    ntfy_server = FakeWebhook().start()
+    try:
+        _, s = notify_settings(notify={"telegram": {"bot_token": None}, "channels": [
+            {"type": "ntfy", "server": ntfy_server.url, "topic": "homelab-8f3k2", "token": "tk_ntfy123",
+             "min_severity": "info"},
+            {"type": "webhook", "name": "gotify", "url": f"{webhook.url}/message?token=GotifyApp1"}]})
+        ntfy_server.fail_next("POST", 503)
+        info = Alert("check", "x", "recovered", "info", "✅ RECOVERED x", "fine again")
+        delivered, _ = dispatcher_for(s, retry=FAST).deliver([WARN_ALERT, info])
+    finally:
+        ntfy_server.stop()
+    assert [(o.to, o.ok) for o in delivered[0].outcomes] == [("ntfy", True), ("gotify", True)]
+    assert delivered[0].outcomes[0].attempts == 2  # the 503 was retried
+    assert [(o.to, o.ok) for o in delivered[1].outcomes] == [("ntfy", True)]  # info: below gotify's warn
+    (p1, warn_body, headers), (_, info_body, _) = ntfy_server.received
+    assert p1 == "/" and headers["Authorization"] == "Bearer tk_ntfy123"
+    assert warn_body == {"topic": "homelab-8f3k2", "title": WARN_ALERT.title, "message": WARN_ALERT.body,
+                         "priority": 4, "tags": ["warning", WARN_ALERT.source, WARN_ALERT.kind]}
+    assert info_body["priority"] == 3 and info_body["title"] == "✅ RECOVERED x"
+    assert [p for p, _, _ in webhook.received] == ["/message"]  # the fake keeps the path only
+    rows = alerts_rows(s)
+    assert [r[5] for r in rows] == [["ntfy", "gotify"], ["ntfy"]] and all(r[7] for r in rows)

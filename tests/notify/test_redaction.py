@@ -42,7 +42,7 @@ def plant(tag: str) -> str:
 
 def planted_settings(pg, tmp_path: Path) -> tuple[dict, dict[str, str]]:
     dead = free_port()
-    p = {k: plant(k) for k in ("state", "n8n", "s3url", "tgbase", "tgtoken", "webhookq", "webhooktoken",
+    p = {k: plant(k) for k in ("state", "n8n", "s3url", "tgbase", "tgtoken", "webhookq", "webhooktoken", "ntfytopic", "ntfytoken",
                                "managed", "managedurl", "grafana", "grafanadsn", "dagsterdsn", "am", "runner",
                                "cf", "htpasswd", "heartbeat", "jobbeat", "s3key", "s3secret", "pitr", "n8nkey")}
     p["postgres"] = pg.password  # the admin's real password: the backups need it
@@ -62,8 +62,10 @@ def planted_settings(pg, tmp_path: Path) -> tuple[dict, dict[str, str]]:
         "notify": {"telegram": {"api_base": f"http://tg:{p['tgbase']}@127.0.0.1:{dead}",
                                 "bot_token": f"123456789:{p['tgtoken']}", "attempts": 1, "timeout": "2s",
                                 "chats": [42]},
-                   "webhook_url": f"http://127.0.0.1:{dead}/hook?token={p['webhookq']}",
-                   "webhook_token": p["webhooktoken"],
+                   "channels": [{"type": "webhook", "url": f"http://127.0.0.1:{dead}/hook?token={p['webhookq']}",
+                                 "token": p["webhooktoken"]},
+                                {"type": "ntfy", "server": f"http://127.0.0.1:{dead}", "topic": p["ntfytopic"],
+                                 "token": p["ntfytoken"], "min_severity": "info"}],
                    "heartbeat_url": f"http://127.0.0.1:{dead}/ping/{p['heartbeat']}",
                    "heartbeat": {"nightly_backup": f"http://127.0.0.1:{dead}/ping/{p['jobbeat']}"}},
         # on, with a dead replication server: the receiver's checks and offsite/_pitr fail and say so
@@ -117,7 +119,7 @@ def test_every_secret_field_and_url_password_is_known_to_the_redactor(tmp_path):
     assert fields == {
         "state.dsn", "postgres.dsn", "n8n.dsn", "backups.s3.access_key_id", "backups.s3.secret_access_key",
         "n8n.encryption_key", "pitr.dsn", "credentials.managed.dsn", "notify.telegram.bot_token",
-        "notify.webhook_url", "notify.webhook_token", "notify.heartbeat_url", "notify.heartbeat",
+        "notify.channels.url", "notify.channels.token", "notify.channels.topic", "notify.heartbeat_url", "notify.heartbeat",
         "monitoring.services.grafana.admin_password",
         "monitoring.services.grafana.postgres_dsn", "monitoring.services.grafana.dagster_postgres_dsn",
         "monitoring.services.alertmanager.telegram_bot_token", "monitoring.services.n8n_runner.auth_token",

@@ -11,7 +11,7 @@ from homelab_ops.notify.telegram import TelegramBot
 
 
 class AlertChannels(dg.ConfigurableResource):
-    """Telegram and the webhook, as the settings' `notify:` section configures them.
+    """Telegram and the one-way channels (notify.channels), as the settings' `notify:` section configures them.
 
     The bot token comes from notify.telegram.bot_token, the credential named by
     notify.telegram.bot_token_credential, or `telegram_bot_token` (dg.EnvVar of

@@ -1,19 +1,30 @@
-"""The second channel: one JSON POST per alert, in a shape ntfy and Gotify both accept.
+"""A plain JSON POST per alert, in the shape Gotify reads (and ntfy when posted to its root).
 
-Gotify reads `title`, `message` and `priority` (0-10); ntfy reads the same plus `topic`,
-`tags` and `click` when the JSON is posted to the server's root. A bearer token, when
-set, goes in the Authorization header, which both understand.
+Gotify reads `title`, `message` and `priority` (0-10); the other keys let any receiver route on
+severity, kind and source. A bearer token, when set, goes in the Authorization header. The URL is
+a secret: a Gotify `?token=` grants posting.
 """
 
 from __future__ import annotations
 
 import time
 from collections.abc import Callable
+from typing import Literal
+
+from pydantic import SecretStr
 
 from homelab_ops.notify.alert import Alert, Outcome
+from homelab_ops.notify.channels._base import ChannelConfig
 from homelab_ops.notify.http import Retry, post_json, with_retries
 
 PRIORITY = {"info": 2, "warn": 4, "fail": 5}
+
+
+class Config(ChannelConfig):
+    type: Literal["webhook"]
+    url: SecretStr
+    topic: str | None = None  # ntfy's JSON form, when the URL is an ntfy server's root
+    token: SecretStr | None = None  # sent as `Authorization: Bearer ...`
 
 
 def payload(alert: Alert, topic: str | None = None) -> dict:
@@ -38,9 +49,10 @@ def payload(alert: Alert, topic: str | None = None) -> dict:
 
 
 class Webhook:
-    def __init__(self, url: str, *, topic: str | None = None, token: str | None = None, timeout: float = 10,
-                 retry: Retry = Retry(), sleep: Callable[[float], None] = time.sleep):
+    def __init__(self, url: str, *, name: str = "webhook", topic: str | None = None, token: str | None = None,
+                 timeout: float = 10, retry: Retry = Retry(), sleep: Callable[[float], None] = time.sleep):
         self._url = url
+        self.name = name
         self.topic = topic
         self._headers = {"Authorization": f"Bearer {token}"} if token else {}
         self.timeout = timeout
@@ -48,11 +60,17 @@ class Webhook:
         self.sleep = sleep
 
     def __repr__(self) -> str:
-        return "Webhook(<url hidden>)"
+        return f"Webhook({self.name}, <url hidden>)"
 
     def send(self, alert: Alert, *, deadline: float | None = None) -> Outcome:
         data = payload(alert, self.topic)
         resp, attempts = with_retries(
             lambda: post_json(self._url, data, timeout=self.timeout, headers=self._headers),
             self.retry, deadline=deadline, sleep=self.sleep)
-        return Outcome("webhook", resp.ok, attempts, "" if resp.ok else resp.error)
+        return Outcome(self.name, resp.ok, attempts, "" if resp.ok else resp.error)
+
+
+def build(config: Config, *, timeout: float, retry: Retry, sleep: Callable[[float], None]) -> Webhook:
+    return Webhook(config.url.get_secret_value(), name=config.label, topic=config.topic,
+                   token=config.token.get_secret_value() if config.token else None,
+                   timeout=timeout, retry=retry, sleep=sleep)

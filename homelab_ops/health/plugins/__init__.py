@@ -1,0 +1,53 @@
+"""Health checks that are one module each, found by name (as borgmatic finds its hooks).
+
+A check module here declares:
+
+- `CHECKS`: the check names it answers for (each becomes `unknown` when the module raises
+  or runs past `check_timeout_s`); results may add `:<instance>` (`free_inodes:/`);
+- `THRESHOLDS`: its numbers and their defaults, added to the one `thresholds:` vocabulary
+  (so a misspelt key still fails when the settings load);
+- `REMEDY`: the remedy key (homelab_ops.health.remedies) its failures start, or None;
+- `judge(...)`: the pure judgement, plain readings in, `CheckResult`s out;
+- `run(settings, th, now)`: reads what it needs and calls `judge`; `th.get(key)` reads a threshold.
+
+Adding a check is one new file here plus its test (docs/extending.md). The sensor, the
+`homelab_health` table, alerts, flapping and remedies need nothing else.
+"""
+
+from __future__ import annotations
+
+import importlib
+import pkgutil
+from types import ModuleType
+
+
+def _discover() -> dict[str, ModuleType]:
+    found = {}
+    for info in sorted(pkgutil.iter_modules(__path__), key=lambda i: i.name):
+        if not info.name.startswith("_"):
+            found[info.name] = importlib.import_module(f"{__name__}.{info.name}")
+    return found
+
+
+MODULES: dict[str, ModuleType] = _discover()
+
+
+def thresholds() -> dict[str, float]:
+    """Every plug-in's threshold defaults; two modules may not claim one key."""
+    out: dict[str, float] = {}
+    for name, m in MODULES.items():
+        for key, value in m.THRESHOLDS.items():
+            if key in out:
+                raise TypeError(f"threshold {key} is declared twice (health/plugins/{name}.py and another)")
+            out[key] = value
+    return out
+
+
+def remedy_families() -> tuple[str, ...]:
+    """Check families whose failures start a remedy (health.remedies may switch them off)."""
+    return tuple(f for m in MODULES.values() if m.REMEDY for f in m.CHECKS)
+
+
+def groups() -> list[tuple]:
+    """(run, names) for homelab_ops.health.evaluate's thread pool."""
+    return [(m.run, tuple(m.CHECKS)) for m in MODULES.values()]

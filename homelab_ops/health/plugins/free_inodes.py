@@ -1,0 +1,49 @@
+"""Free inodes per filesystem: a disk is full when its inodes are, whatever space is left.
+
+ext4 on an SD card has a fixed inode count set at mkfs; many small files (Docker's vfs and
+overlay layers, n8n's binary data, logs) can use them all while `disk_free` still shows room,
+and then every write fails with "No space left on device". Filesystems without a fixed count
+(btrfs, vfat) report 0 inodes and are not judged.
+"""
+
+from __future__ import annotations
+
+import os
+from datetime import datetime
+
+from homelab_ops.health.checks import FAIL, FREE_DISK, OK, WARN, CheckResult, unknown
+
+CHECKS = ("free_inodes",)
+THRESHOLDS = {"free_inodes_warn_pct": 10.0, "free_inodes_fail_pct": 3.0}
+REMEDY = FREE_DISK  # backup retention and disk hygiene delete files, which frees their inodes
+
+
+def judge(mounts: dict[str, tuple[int, int]], warn_pct: float, fail_pct: float) -> list[CheckResult]:
+    """One result per mount point; `mounts` maps it to (inodes, free inodes)."""
+    out = []
+    for mp, (files, free) in sorted(mounts.items()):
+        name = f"free_inodes:{mp}"
+        if files <= 0:
+            out.append(CheckResult(name, OK, f"{mp}: no fixed inode count (the filesystem allocates them)"))
+            continue
+        pct = 100.0 * free / files
+        state = FAIL if pct < fail_pct else WARN if pct < warn_pct else OK
+        limit = {FAIL: f" (below {fail_pct:g}%)", WARN: f" (below {warn_pct:g}%)"}.get(state, "")
+        out.append(CheckResult(name, state, f"{mp}: {pct:.1f}% of {files:,} inodes free{limit}", REMEDY))
+    return out
+
+
+def run(settings, th, now: datetime) -> list[CheckResult]:
+    from homelab_ops.metrics.collect import chosen_mounts
+
+    mounts: dict[str, tuple[int, int]] = {}
+    unread: list[CheckResult] = []
+    for _dev, mp, _fs in chosen_mounts(settings.metrics.proc_root, settings.metrics.mounts):
+        try:
+            st = os.statvfs(mp)
+        except OSError as e:
+            unread.append(unknown(f"free_inodes:{mp}", f"{mp}: {e.strerror or e}"))
+            continue
+        mounts[mp] = (st.f_files, st.f_favail)
+    results = judge(mounts, th.get("free_inodes_warn_pct"), th.get("free_inodes_fail_pct")) + unread
+    return results or [unknown("free_inodes", "no filesystem readable")]

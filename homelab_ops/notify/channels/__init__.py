@@ -1,0 +1,58 @@
+"""Push channels beside Telegram: one module per channel in this package, found by its `type`.
+
+Telegram is the two-way channel (approvals, commands, per-chat quiet hours) and lives in
+`homelab_ops.notify.telegram`. Every one-way channel is a module here that declares:
+
+- `Config`: a pydantic model whose `type` field is `Literal["<module name>"]`, derived from
+  `ChannelConfig` (so it has `name` and `min_severity`); the settings' `notify.channels` list is
+  the union of every module's `Config`, discriminated on `type`;
+- `build(config, *, timeout, retry, sleep) -> Channel`: the sender, whose
+  `send(alert, deadline=...)` returns an `Outcome` and never raises.
+
+Adding a channel is one new file here plus its test (docs/extending.md).
+"""
+
+from __future__ import annotations
+
+import importlib
+import pkgutil
+from types import ModuleType
+from typing import Annotated, Protocol, Union
+
+from pydantic import Field
+
+from homelab_ops.notify.alert import Alert, Outcome
+from homelab_ops.notify.channels._base import ChannelConfig
+
+
+class Channel(Protocol):
+    name: str
+
+    def send(self, alert: Alert, *, deadline: float | None = None) -> Outcome: ...
+
+
+def _discover() -> dict[str, ModuleType]:
+    found = {}
+    for info in sorted(pkgutil.iter_modules(__path__), key=lambda i: i.name):
+        if info.name.startswith("_"):
+            continue
+        module = importlib.import_module(f"{__name__}.{info.name}")
+        declared = module.Config.model_fields["type"].annotation.__args__
+        if declared != (info.name,):
+            raise TypeError(f"{module.__name__}.Config.type must be Literal[{info.name!r}], not {declared}")
+        found[info.name] = module
+    return found
+
+
+MODULES: dict[str, ModuleType] = _discover()
+
+# What `notify.channels` accepts: one entry per channel, its `type` picks the module.
+ChannelSettings = Annotated[Union[tuple(m.Config for m in MODULES.values())], Field(discriminator="type")]
+
+
+def build(config: ChannelConfig, **how) -> Channel:
+    """The sender for one `notify.channels` entry."""
+    return MODULES[config.type].build(config, **how)
+
+
+__all__ = ["MODULES", "Channel", "ChannelConfig", "ChannelSettings", "build"]
