@@ -27,7 +27,7 @@ $(DAGSTER_HOME)/dagster.yaml: dagster.yaml
 # The demo database is homelab_demo_n8n, marked as demo data: --replace drops only a database
 # carrying that mark, never one the demo did not create (an owner's n8n on the same server).
 demo: services $(DAGSTER_HOME)/dagster.yaml
-	$(VENV)/bin/homelab-ops demo n8n --replace
+	$(VENV)/bin/python scripts/n8n_demo.py --replace
 	$(VENV)/bin/dagster job execute -m homelab_ops.definitions -j nightly_backup
 	@echo
 	@echo "== What the nightly job made =="

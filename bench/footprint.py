@@ -303,7 +303,7 @@ def main() -> None:
     work = Path(tempfile.mkdtemp(prefix="bench-footprint-"))
     info = psycopg.conninfo.conninfo_to_dict(ADMIN)
     try:
-        from homelab_ops.n8n.demo import create_demo_database
+        from tests.n8n_demo import create_demo_database
 
         counts = create_demo_database(ADMIN, source, replace=True)
         create_db(storage)

@@ -31,7 +31,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from homelab_ops.metrics.daily import day_bounds  # noqa: E402
 from homelab_ops.n8n import rollup  # noqa: E402
-from homelab_ops.n8n.demo import load_schema  # noqa: E402
+from tests.n8n_demo import load_schema  # noqa: E402
 from homelab_ops.settings import load  # noqa: E402
 from homelab_ops.state import open_state  # noqa: E402
 

@@ -186,7 +186,7 @@ def bench_n8n(n8n_bin: str, rounds: int, workflows: int) -> None:
     import pyrage
 
     from homelab_ops.n8n.backup_set import save_extras
-    from homelab_ops.n8n.demo import create_demo_database
+    from tests.n8n_demo import create_demo_database
     from homelab_ops.n8n.runner import N8nCli
     from homelab_ops.n8n.verification import verify_with_n8n
     from homelab_ops.n8n.workflows import export_workflows

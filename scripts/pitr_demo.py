@@ -92,7 +92,9 @@ def main(out_dir: Path) -> None:
             "pitr": {"enabled": True, "status_interval": "1s"},
         }))
         sql(c.dsn(), "CREATE DATABASE homelab")
-        run(config, "demo", "n8n", "--executions", "300")
+        print("$ python scripts/n8n_demo.py --executions 300", flush=True)
+        subprocess.run([sys.executable, str(ROOT / "scripts" / "n8n_demo.py"), "--config", str(config),
+                        "--executions", "300"], check=True, timeout=900)
         receiver = subprocess.Popen([CLI, "--config", str(config), "pitr", "receive"],
                                     stdout=open(out_dir / "receiver.log", "ab"), stderr=subprocess.STDOUT)
         try:

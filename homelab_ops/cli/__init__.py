@@ -39,10 +39,9 @@ def main(ctx: click.Context, config: str | None) -> None:
 
 
 def _register() -> None:
-    from homelab_ops.cli import backups, demo
+    from homelab_ops.cli import backups
 
     main.add_command(backups.backups)
-    main.add_command(demo.demo)
     from homelab_ops.cli import notify
 
     main.add_command(notify.notify)

@@ -15,6 +15,9 @@ from psycopg import sql
 
 from homelab_ops.n8n.rollup import FAILED, FINISHED, Layout, executions_between
 
+#: Every value n8n writes to ``execution_entity.status`` (ExecutionStatus in n8n-workflow).
+EXECUTION_STATUSES = ("success", "error", "crashed", "canceled", "running", "waiting", "new", "unknown")
+
 
 @dataclass(frozen=True)
 class Execution:

@@ -13,7 +13,7 @@ from homelab_ops.backups.catalog import stem_for, time_of
 from homelab_ops.cli import main
 from homelab_ops.defs.n8n.workflows import n8n_workflows_asset
 from homelab_ops.defs.resources import HomelabSettings
-from homelab_ops.n8n.demo import SECRET_WORKFLOW_NAME, create_demo_database
+from tests.n8n_demo import SECRET_WORKFLOW_NAME, create_demo_database
 from tests.conftest import ADMIN_DSN, dsn_for
 from tests.backups.test_backups import seed, stats
 

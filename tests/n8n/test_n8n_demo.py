@@ -1,4 +1,4 @@
-"""Tests for homelab_ops.n8n.demo against the local PostgreSQL (127.0.0.1:5432, user postgres).
+"""Tests for tests.n8n_demo against the local PostgreSQL (127.0.0.1:5432, user postgres).
 
 Each test works in its own uniquely named throwaway database and drops it in a
 ``finally`` block, so a failed run never leaves demo databases behind. Set
@@ -16,7 +16,7 @@ import pytest
 from psycopg import sql
 from psycopg.conninfo import make_conninfo
 
-from homelab_ops.n8n.demo import (
+from tests.n8n_demo import (
     EXECUTION_STATUSES,
     SECRET_BOT_TOKEN,
     SECRET_CHAT_ID,
@@ -185,7 +185,7 @@ def test_demo_never_drops_a_database_it_did_not_create(admin_dsn):
             conn.execute("CREATE TABLE precious (v text)")
             conn.execute("INSERT INTO precious VALUES ('keep me')")
         for replace in (False, True):
-            with pytest.raises(DemoDatabaseExistsError, match=rf"{name}.*not created by `homelab-ops demo n8n`"):
+            with pytest.raises(DemoDatabaseExistsError, match=rf"{name}.*not created by `scripts/n8n_demo.py`"):
                 create_demo_database(admin_dsn, name, replace=replace, executions=10, now=NOW)
         with psycopg.connect(db_dsn(admin_dsn, name)) as conn:
             assert conn.execute("SELECT v FROM precious").fetchall() == [("keep me",)]
@@ -197,7 +197,7 @@ def test_demo_database_carries_its_marker_and_the_cli_refuses_others(admin_dsn, 
     import sys
     from pathlib import Path
 
-    from homelab_ops.n8n.demo import DEMO_DATABASE, DEMO_MARKER
+    from tests.n8n_demo import DEMO_DATABASE, DEMO_MARKER
 
     assert DEMO_DATABASE != "n8n"
     with throwaway_name(admin_dsn) as name:
@@ -211,8 +211,8 @@ def test_demo_database_carries_its_marker_and_the_cli_refuses_others(admin_dsn, 
             admin.execute(sql.SQL("COMMENT ON DATABASE {} IS NULL").format(sql.Identifier(name)))
         settings = tmp_path / "homelab.yaml"
         settings.write_text(f"postgres:\n  dsn: {admin_dsn}\n")
-        cli = str(Path(sys.executable).with_name("homelab-ops"))
-        proc = subprocess.run([cli, "--config", str(settings), "demo", "n8n", "--name", name, "--replace",
+        script = Path(__file__).resolve().parents[2] / "scripts" / "n8n_demo.py"
+        proc = subprocess.run([sys.executable, str(script), "--config", str(settings), "--name", name, "--replace",
                                "--executions", "10"], capture_output=True, text=True, timeout=300)
         assert proc.returncode == 1, proc.stdout + proc.stderr
         assert f"database '{name}' already exists and was not created" in proc.stderr

@@ -18,7 +18,7 @@ from homelab_ops.backups.stores import LocalStore
 from homelab_ops.cli import main
 from homelab_ops.defs.n8n.upgrade import n8n_upgrade_readiness
 from homelab_ops.n8n import compare
-from homelab_ops.n8n.demo import create_demo_database
+from tests.n8n_demo import create_demo_database
 from homelab_ops.n8n.runner import N8nCli
 from homelab_ops.n8n.workflows import export_workflows
 from tests.conftest import ADMIN_DSN, dsn_for

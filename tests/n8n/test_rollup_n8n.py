@@ -26,7 +26,7 @@ from homelab_ops.cli import main
 from homelab_ops.defs.n8n.assets import n8n_execution_rollup_asset
 from homelab_ops.defs.resources import HomelabSettings
 from homelab_ops.n8n import rollup
-from homelab_ops.n8n.demo import create_demo_database, load_schema, seed_demo
+from tests.n8n_demo import create_demo_database, load_schema, seed_demo
 from homelab_ops.settings import load
 from homelab_ops.state import open_state
 

@@ -22,7 +22,7 @@ from homelab_ops.cli import main
 from homelab_ops.defs.n8n.workflows import n8n_workflows_asset
 from homelab_ops.defs.backups.retention import workflow_retention_asset
 from homelab_ops.defs.resources import HomelabSettings
-from homelab_ops.n8n.demo import create_demo_database
+from tests.n8n_demo import create_demo_database
 from tests.conftest import ADMIN_DSN, dsn_for
 from tests.backups.test_prune import put_objects, quiet_werkzeug as _quiet_werkzeug
 

@@ -18,7 +18,7 @@ from homelab_ops.credentials.scan import scan_database, scan_document, scan_path
 from homelab_ops.credentials.templatize import Namer, templatize_document
 from homelab_ops.defs.credentials.assets import workflow_secrets_scan_asset
 from homelab_ops.defs.resources import HomelabSettings
-from homelab_ops.n8n.demo import SECRET_BOT_TOKEN, SECRET_CHAT_ID, SECRET_WORKFLOW_NAME, create_demo_database
+from tests.n8n_demo import SECRET_BOT_TOKEN, SECRET_CHAT_ID, SECRET_WORKFLOW_NAME, create_demo_database
 from homelab_ops.n8n.workflows import export_workflows, to_file_bytes
 from tests.conftest import ADMIN_DSN, drop_database, dsn_for
 

@@ -24,12 +24,14 @@ import uuid
 from collections import Counter, defaultdict
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta, timezone
-from importlib import resources
+from pathlib import Path
 from typing import Any, Callable
 
 import psycopg
 from psycopg import sql
 from psycopg.conninfo import make_conninfo
+
+from homelab_ops.n8n.executions import EXECUTION_STATUSES
 
 __all__ = [
     "DEMO_DATABASE",
@@ -52,8 +54,6 @@ __all__ = [
 N8N_VERSION = "1.123.0"
 SCHEMA_FILE = f"n8n-{N8N_VERSION}-postgresql-schema.sql"
 
-#: Every value n8n writes to ``execution_entity.status`` (ExecutionStatus in n8n-workflow).
-EXECUTION_STATUSES = ("success", "error", "crashed", "canceled", "running", "waiting", "new", "unknown")
 
 # The deliberately leaked values: the owner's real exported workflow had a
 # hard-coded chat id and bot token, so the demo keeps the same *shape* (fake
@@ -82,8 +82,8 @@ class DemoDatabaseExistsError(RuntimeError):
 # --------------------------------------------------------------------------
 
 def read_schema_sql() -> str:
-    """Return the shipped n8n schema dump; read via importlib so it works from a wheel."""
-    return resources.files(__package__).joinpath("schema", SCHEMA_FILE).read_text(encoding="utf-8")
+    """Return the n8n schema dump kept beside this module."""
+    return (Path(__file__).parent / "n8n_schema" / SCHEMA_FILE).read_text(encoding="utf-8")
 
 
 _DOLLAR_TAG = re.compile(r"\$(?:[A-Za-z_][A-Za-z_0-9]*)?\$")
@@ -1270,6 +1270,7 @@ def _insert_statistics(conn, wfs: list[_Workflow], execs: list[_Execution], coun
 DEMO_DATABASE = "homelab_demo_n8n"
 # COMMENT ON DATABASE that marks a database this module created: only a database carrying it is
 # ever dropped or replaced. A real n8n database on the same server never has it.
+# The mark databases created before the generator moved out of the package carry: kept, so --replace knows them.
 DEMO_MARKER = "homelab-ops demo data (homelab-ops demo n8n); safe to replace with --replace"
 
 
@@ -1295,7 +1296,7 @@ def create_demo_database(admin_dsn: str, name: str = DEMO_DATABASE, *, replace: 
         if row is not None:
             if row[0] != DEMO_MARKER:
                 raise DemoDatabaseExistsError(
-                    f"database {name!r} already exists and was not created by `homelab-ops demo n8n` "
+                    f"database {name!r} already exists and was not created by `scripts/n8n_demo.py` "
                     f"(no demo marker): refusing to drop or overwrite it; pick another --name")
             if not replace:
                 raise DemoDatabaseExistsError(
