@@ -6,7 +6,8 @@ Telegram is the two-way channel (approvals, commands, per-chat quiet hours) and 
 - `Config`: a pydantic model whose `type` field is `Literal["<module name>"]`, derived from
   `ChannelConfig` (so it has `name` and `min_severity`); the settings' `notify.channels` list is
   the union of every module's `Config`, discriminated on `type`;
-- `build(config, *, timeout, retry, sleep) -> Channel`: the sender, whose
+- `build(config, *, timeout, retry, sleep) -> Channel`: the sender (a `JsonChannel` when the
+  service takes one JSON POST per alert), whose
   `send(alert, deadline=...)` returns an `Outcome` and never raises.
 
 Adding a channel is one new file here plus its test (docs/extending.md).

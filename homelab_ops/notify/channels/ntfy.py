@@ -8,15 +8,14 @@ knows it can read and post.
 
 from __future__ import annotations
 
-import time
 from collections.abc import Callable
 from typing import Literal
 
 from pydantic import Field, SecretStr
 
-from homelab_ops.notify.alert import Alert, Outcome
-from homelab_ops.notify.channels._base import ChannelConfig
-from homelab_ops.notify.http import Retry, post_json, with_retries
+from homelab_ops.notify.alert import Alert
+from homelab_ops.notify.channels._base import ChannelConfig, JsonChannel
+from homelab_ops.notify.http import Retry
 
 PRIORITY = {"info": 3, "warn": 4, "fail": 5}  # default, high, max
 EMOJI = {"info": "white_check_mark", "warn": "warning", "fail": "rotating_light"}
@@ -43,25 +42,15 @@ def message(alert: Alert, topic: str) -> dict:
     return out
 
 
-class Ntfy:
+class Ntfy(JsonChannel):
     def __init__(self, config: Config, *, timeout: float, retry: Retry, sleep: Callable[[float], None]):
-        self.name = config.label
-        self._url = config.server.rstrip("/") + "/"
+        super().__init__(config.label, config.server.rstrip("/") + "/",
+                         config.token.get_secret_value() if config.token else None,
+                         timeout=timeout, retry=retry, sleep=sleep)
         self._topic = config.topic.get_secret_value()
-        self._headers = {"Authorization": f"Bearer {config.token.get_secret_value()}"} if config.token else {}
-        self.timeout = timeout
-        self.retry = retry
-        self.sleep = sleep
 
-    def __repr__(self) -> str:
-        return f"Ntfy({self.name}, <topic hidden>)"
-
-    def send(self, alert: Alert, *, deadline: float | None = None) -> Outcome:
-        body = message(alert, self._topic)
-        resp, attempts = with_retries(
-            lambda: post_json(self._url, body, timeout=self.timeout, headers=self._headers),
-            self.retry, deadline=deadline, sleep=self.sleep)
-        return Outcome(self.name, resp.ok, attempts, "" if resp.ok else resp.error)
+    def body(self, alert: Alert) -> dict:
+        return message(alert, self._topic)
 
 
 def build(config: Config, *, timeout: float, retry: Retry, sleep: Callable[[float], None]) -> Ntfy:

@@ -13,9 +13,9 @@ from typing import Literal
 
 from pydantic import SecretStr
 
-from homelab_ops.notify.alert import Alert, Outcome
-from homelab_ops.notify.channels._base import ChannelConfig
-from homelab_ops.notify.http import Retry, post_json, with_retries
+from homelab_ops.notify.alert import Alert
+from homelab_ops.notify.channels._base import ChannelConfig, JsonChannel
+from homelab_ops.notify.http import Retry
 
 PRIORITY = {"info": 2, "warn": 4, "fail": 5}
 
@@ -48,26 +48,14 @@ def payload(alert: Alert, topic: str | None = None) -> dict:
     return out
 
 
-class Webhook:
+class Webhook(JsonChannel):
     def __init__(self, url: str, *, name: str = "webhook", topic: str | None = None, token: str | None = None,
                  timeout: float = 10, retry: Retry = Retry(), sleep: Callable[[float], None] = time.sleep):
-        self._url = url
-        self.name = name
+        super().__init__(name, url, token, timeout=timeout, retry=retry, sleep=sleep)
         self.topic = topic
-        self._headers = {"Authorization": f"Bearer {token}"} if token else {}
-        self.timeout = timeout
-        self.retry = retry
-        self.sleep = sleep
 
-    def __repr__(self) -> str:
-        return f"Webhook({self.name}, <url hidden>)"
-
-    def send(self, alert: Alert, *, deadline: float | None = None) -> Outcome:
-        data = payload(alert, self.topic)
-        resp, attempts = with_retries(
-            lambda: post_json(self._url, data, timeout=self.timeout, headers=self._headers),
-            self.retry, deadline=deadline, sleep=self.sleep)
-        return Outcome(self.name, resp.ok, attempts, "" if resp.ok else resp.error)
+    def body(self, alert: Alert) -> dict:
+        return payload(alert, self.topic)
 
 
 def build(config: Config, *, timeout: float, retry: Retry, sleep: Callable[[float], None]) -> Webhook:
