@@ -27,6 +27,7 @@ from pydantic import (
     model_validator,
 )
 
+from homelab_ops.credentials import kinds as credential_kinds
 from homelab_ops.health import plugins as health_plugins
 from homelab_ops.notify.channels import ChannelSettings
 
@@ -291,41 +292,8 @@ class N8nSettings(_Section):
         return _iso_day(v)
 
 
-class ManagedCredential(_Section):
-    """One credential the store rotates; options beyond `kind`/`period` depend on the kind."""
-
-    kind: Literal["postgres-role", "s3-access-key", "generated", "manual"]
-    period: Duration = "30d"
-    consumers: list[str] = []  # compose services to restart after a rotation
-    description: str | None = None
-    # postgres-role
-    role: str | None = None
-    dsn: SecretStr | None = None  # admin connection; defaults to postgres.dsn
-    host: str | None = None  # where the new password's TCP login is tested
-    port: int | None = None
-    dbname: str | None = None
-    # s3-access-key
-    user: str | None = None  # the IAM user whose key rotates
-    endpoint_url: str | None = None
-    region: str | None = None
-    bucket: str | None = None
-    self_managed: bool | None = None
-    test_timeout: float | None = None
-    # generated
-    length: int | None = None
-    alphabet: str | None = None
-    htpasswd_user: str | None = None
-    bcrypt_rounds: int | None = None
-    # manual
-    pattern: str | None = None
-
-    @model_validator(mode="after")
-    def _kind_needs(self):
-        if self.kind == "postgres-role" and not self.role:
-            raise ValueError("a postgres-role credential needs `role`")
-        if self.kind == "s3-access-key" and not self.user:
-            raise ValueError("an s3-access-key credential needs `user` (the IAM user)")
-        return self
+# One options model per credential kind, chosen by `kind`; each kind is a module in homelab_ops/credentials/kinds/.
+ManagedCredential = credential_kinds.AnyKindOptions
 
 
 class CredentialsSettings(_Section):
@@ -862,7 +830,7 @@ class Settings(_Section):
 
 
 # Embedded defaults: what `make demo` runs on when no settings file exists.
-# The demo database has a name of its own (homelab_ops.n8n.demo.DEMO_DATABASE), never `n8n`.
+# The demo database has a name of its own (tests.n8n_demo.DEMO_DATABASE), never `n8n`.
 EMBEDDED_DEFAULTS: dict[str, Any] = {
     "timezone": "Europe/Berlin",
     "postgres": {"databases": ["homelab_demo_n8n"]},

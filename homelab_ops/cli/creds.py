@@ -9,15 +9,18 @@ from __future__ import annotations
 
 import contextlib
 import sys
+import typing
 from pathlib import Path
 
 import click
+from pydantic import SecretStr
 
 from homelab_ops import units
-from homelab_ops.credentials import policy
+from homelab_ops.credentials import kinds, policy
 from homelab_ops.credentials.envfile import render_env_file
 from homelab_ops.credentials.errors import CredentialError
 from homelab_ops.credentials.keys import ENV_VAR
+from homelab_ops.credentials.kinds import KindOptions
 from homelab_ops.credentials.rotation import STEPS, rotate, run_step, set_value
 from homelab_ops.credentials.store import cli_actor, init_store, open_store, rekey
 
@@ -61,42 +64,44 @@ def init(obj) -> None:
             click.echo("Back up the key file somewhere safe: without it the store cannot be read.")
 
 
+def _kind_options(command):
+    """One `--option` per field of the kind models (homelab_ops/credentials/kinds/), so `creds add`
+    takes exactly what the settings file takes; the model validates the values."""
+    fields: dict[str, tuple] = {}
+    for kind, module in kinds.MODULES.items():
+        for name, f in module.Options.model_fields.items():
+            if name not in KindOptions.model_fields and name != "kind":
+                fields.setdefault(name, (f, []))[1].append(kind)
+    for name, (f, used_by) in sorted(fields.items(), reverse=True):
+        types = set(typing.get_args(f.annotation)) - {type(None)} or {f.annotation}
+        flag = bool in types
+        help_ = f"{'/'.join(used_by)}: {f.description or name}" + (". Stored encrypted." if SecretStr in types else ".")
+        command = click.option(f"--{name.replace('_', '-')}", name, is_flag=flag or None, default=None, help=help_,
+                               type=None if flag else next((t for t in (int, float) if t in types), str))(command)
+    return command
+
+
 @creds.command("add")
 @click.argument("name")
-@click.option("--kind", required=True, help=f"One of: {', '.join(policy.KINDS)}.")
+@click.option("--kind", required=True, type=click.Choice(kinds.KINDS))
 @click.option("--period", default="30d", show_default=True, help="Rotate (or warn) after this long: 30d, 12h, 1w.")
 @click.option("--consumer", "consumers", multiple=True, help="A service that uses it (repeat).")
 @click.option("--description", default=None)
-@click.option("--role", default=None, help="postgres-role: the role whose password rotates.")
-@click.option("--dsn", default=None, help="postgres-role: admin connection (default: postgres.dsn). Stored encrypted.")
-@click.option("--host", default=None, help="postgres-role: host for the TCP login test.")
-@click.option("--port", type=int, default=None)
-@click.option("--dbname", default=None, help="postgres-role: database for the login test.")
-@click.option("--user", default=None, help="s3-access-key: the IAM user.")
-@click.option("--endpoint-url", default=None, help="s3-access-key: IAM/STS endpoint (default AWS).")
-@click.option("--region", default=None)
-@click.option("--bucket", default=None, help="s3-access-key: also test the new key on this bucket.")
-@click.option("--self-managed", is_flag=True, default=None, help="s3-access-key: the key rotates itself.")
-@click.option("--test-timeout", type=float, default=None)
-@click.option("--length", type=int, default=None, help="generated/postgres-role: characters (default 32).")
-@click.option("--alphabet", default=None, help=f"generated: {', '.join(policy.ALPHABETS)} or chars:<chars>.")
-@click.option("--htpasswd-user", default=None, help="generated: also keep a bcrypt htpasswd line for this user.")
-@click.option("--bcrypt-rounds", type=int, default=None)
-@click.option("--pattern", default=None, help="manual: a regular expression new values must match.")
+@_kind_options
 @click.pass_obj
 def add(obj, name: str, kind: str, **options) -> None:
     """Register a credential to manage (its first value comes from `rotate`, or `set` for manual ones)."""
     options["consumers"] = list(options["consumers"])
-    options["self_managed"] = options["self_managed"] or None  # an unset flag is not an option given
     with _errors():
-        d = policy.make_definition(name, kind, options)
+        # An unset flag (False) is not an option given; an option another kind takes is the model's to refuse.
+        d = policy.make_definition(name, kind, {k: v for k, v in options.items() if v is not False})
     with _store(obj) as store:
         if name in obj.settings.credentials.managed:
             raise click.ClickException(f"{name} is defined in {obj.settings.source}; change it there")
         store.define(d)
     click.echo(f"added {name} ({d.kind}, period {d.period}); "
-               + (f"store a value with `homelab-ops creds set {name}`" if d.kind == "manual"
-                  else f"create its first value with `homelab-ops creds rotate {name}`"))
+               + (f"create its first value with `homelab-ops creds rotate {name}`" if kinds.kind_for(d.kind).rotatable
+                  else f"store a value with `homelab-ops creds set {name}`"))
 
 
 @creds.command("list")

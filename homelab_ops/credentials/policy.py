@@ -1,4 +1,4 @@
-"""Pure rules of the credential store: names, kinds and their options, periods, secret generation.
+"""Pure rules of the credential store: names, periods, secret generation, the Definition.
 
 Nothing here does I/O, so the CLI, the Dagster assets and the tests share one
 definition of what a valid credential is and when it is due.
@@ -15,10 +15,10 @@ from datetime import datetime
 from typing import Any, Mapping
 
 import bcrypt
+from pydantic import SecretStr
 
 from homelab_ops.credentials.errors import CredentialError
 
-KINDS = ("postgres-role", "s3-access-key", "generated", "manual")
 STAGES = ("pending", "current", "previous")
 NAME_RE = re.compile(r"[a-z0-9][a-z0-9_.-]{0,62}")
 
@@ -107,22 +107,9 @@ def redact(text: str, values) -> str:
 
 
 # ---------------------------------------------------------------------------
-# Definitions: a credential's kind and options, validated the same way for the
-# settings file and `creds add`.
+# Definitions: a credential's kind and options, validated by the kind's model
+# (homelab_ops/credentials/kinds/) for the settings file and `creds add` alike.
 # ---------------------------------------------------------------------------
-
-_COMMON = {"period": str, "consumers": list, "description": str}
-_OPTIONS: dict[str, dict[str, type]] = {
-    "postgres-role": {"role": str, "host": str, "port": int, "dbname": str, "length": int,
-                      "select_tables": str},
-    "s3-access-key": {"user": str, "endpoint_url": str, "region": str, "bucket": str,
-                      "self_managed": bool, "test_timeout": float},
-    "generated": {"length": int, "alphabet": str, "htpasswd_user": str, "bcrypt_rounds": int},
-    "manual": {"pattern": str},
-}
-_SECRET_OPTIONS = {"postgres-role": {"dsn"}}
-_REQUIRED = {"postgres-role": ("role",), "s3-access-key": ("user",)}
-
 
 @dataclass(frozen=True)
 class Definition:
@@ -146,77 +133,19 @@ class Definition:
         return default if v is None else v
 
 
-def check_kind(kind: str) -> str:
-    if kind not in KINDS:
-        raise CredentialError(f"unknown kind {kind!r}: use one of {', '.join(KINDS)}")
-    return kind
-
-
 def make_definition(name: str, kind: str, options: Mapping[str, Any], *, source: str = "cli") -> Definition:
-    """Validate a name, kind and options (settings entry or CLI flags) into a Definition."""
+    """Validate `creds add`'s name, kind and options through the kind's model, as the settings file is."""
+    from homelab_ops.credentials import kinds  # the kind modules import this one
+
+    given = {k: v for k, v in options.items() if v is not None and k != "kind"}
+    return definition_from_settings(name, kinds.validate(name, {**given, "kind": kind}), source=source)
+
+
+def definition_from_settings(name: str, entry, *, source: str = "settings") -> Definition:
+    """A validated options model (a settings file's `credentials.managed.<name>` entry) as a Definition."""
     validate_name(name)
-    check_kind(kind)
-    allowed = {**_COMMON, **_OPTIONS[kind]}
-    secret_keys = _SECRET_OPTIONS.get(kind, set())
-    params: dict[str, Any] = {}
-    secret: dict[str, str] = {}
-    for key, value in options.items():
-        if value is None or key == "kind":
-            continue
-        if key in secret_keys:
-            secret[key] = str(value)
-            continue
-        if key not in allowed:
-            raise CredentialError(f"{name}: option {key!r} does not apply to a {kind} credential "
-                                  f"(it takes: {', '.join(sorted([*allowed, *secret_keys]))})")
-        want = allowed[key]
-        if want is float and isinstance(value, int) and not isinstance(value, bool):
-            value = float(value)
-        if want is list and isinstance(value, tuple):
-            value = list(value)
-        if not isinstance(value, want) or (want is int and isinstance(value, bool)):
-            raise CredentialError(f"{name}: option {key!r} must be {want.__name__}")
-        params[key] = value
-    for key in _REQUIRED.get(kind, ()):
-        if not params.get(key):
-            raise CredentialError(f"{name}: a {kind} credential needs {key!r}")
-    period = params.pop("period", "30d")
-    parse_period(period)
-    consumers = tuple(params.pop("consumers", ()))
-    for c in consumers:
-        if not isinstance(c, str) or not c:
-            raise CredentialError(f"{name}: consumers must be service names")
-    description = params.pop("description", "")
-    _check_kind_options(name, kind, params)
-    return Definition(name, kind, period, consumers, description, params, secret, source)
-
-
-def _check_kind_options(name: str, kind: str, p: dict) -> None:
-    if kind == "postgres-role" and len(p["role"].encode()) > 63:
-        raise CredentialError(f"{name}: role name is longer than PostgreSQL's 63 bytes")
-    if kind in ("postgres-role", "generated"):
-        length = p.get("length", 32)
-        if not 12 <= length <= 512:
-            raise CredentialError(f"{name}: length must be between 12 and 512")
-    if kind == "generated":
-        resolve_alphabet(p.get("alphabet", "alnum"))
-        if not 4 <= p.get("bcrypt_rounds", 12) <= 16:
-            raise CredentialError(f"{name}: bcrypt_rounds must be between 4 and 16")
-        user = p.get("htpasswd_user")
-        if user is not None and (not user or ":" in user or any(c.isspace() for c in user)):
-            raise CredentialError(f"{name}: htpasswd_user may not be empty or contain ':' or spaces")
-    if kind == "manual" and "pattern" in p:
-        try:
-            re.compile(p["pattern"])
-        except re.error as e:
-            raise CredentialError(f"{name}: pattern is not a regular expression: {e}") from None
-    if kind == "s3-access-key" and p.get("test_timeout", 30.0) < 0:
-        raise CredentialError(f"{name}: test_timeout must be >= 0")
-
-
-def definition_from_settings(name: str, entry) -> Definition:
-    """A settings file's `credentials.managed.<name>` entry (a ManagedCredential) as a Definition."""
-    data = entry.model_dump(exclude_none=True)
-    if entry.dsn is not None:
-        data["dsn"] = entry.dsn.get_secret_value()
-    return make_definition(name, data.pop("kind"), data, source="settings")
+    params = entry.model_dump(exclude_none=True, exclude={"kind", "period", "consumers", "description"})
+    secret = {k: v.get_secret_value() for k, v in params.items() if isinstance(v, SecretStr)}
+    params = {k: v for k, v in params.items() if k not in secret}
+    return Definition(name, entry.kind, str(entry.period), tuple(entry.consumers), entry.description or "",
+                      params, secret, source)

@@ -289,7 +289,7 @@ def test_bad_input_gets_a_clear_error(cred_settings, tmp_path):
         parse_period("0d")
     with pytest.raises(CredentialError, match="option 'role' does not apply to a manual"):
         make_definition("x", "manual", {"role": "app"})
-    with pytest.raises(CredentialError, match="needs 'role'"):
+    with pytest.raises(CredentialError, match="a postgres-role credential needs `role`"):
         make_definition("x", "postgres-role", {})
     with pytest.raises(CredentialError, match="not a credential name"):
         make_definition("Bad Name", "manual", {})
@@ -383,11 +383,12 @@ def test_cli_round_trip_prints_a_value_only_for_get(cred_settings, tmp_path):
     r = run(main, ["creds", "get", "telegram_bot"], env=env)
     assert r.exit_code == 0 and r.output == BOT_TOKEN + "\n"
     for args, message in ((["get", "nope"], "no credential named 'nope'"),
-                          (["add", "x", "--kind", "vault"], "unknown kind 'vault'"),
                           (["add", "x", "--kind", "manual", "--period", "soon"], "period 'soon' does not parse"),
                           (["rotate", "telegram_bot"], "manual credential")):
         r = run(main, ["creds", *args], env=env)
         assert r.exit_code == 1 and message in r.output
+    r = run(main, ["creds", "add", "x", "--kind", "vault"], env=env)
+    assert r.exit_code == 2 and "'vault' is not one of" in r.output  # the choices are the registered kinds
     r = run(main, ["creds", "rekey"], env=env)
     assert r.exit_code == 0 and os.stat(settings.credentials.key_file).st_mode & 0o777 == 0o600
     assert run(main, ["creds", "get", "telegram_bot"], env=env).output == BOT_TOKEN + "\n"

@@ -8,6 +8,7 @@ metadata (ages, versions, consumers to restart; never a value) and checks.
 import dagster as dg
 import psycopg
 
+from homelab_ops.credentials import kinds
 from homelab_ops.credentials.errors import CredentialError
 from homelab_ops import units
 from homelab_ops.credentials.policy import Definition
@@ -17,28 +18,20 @@ from homelab_ops.defs.resources import HomelabSettings
 from homelab_ops.errors import first_line
 
 GROUP = "credentials"
-_KINDS = {"postgres-role": {"postgres"}, "s3-access-key": {"s3"}, "generated": {"secret"}, "manual": {"secret"}}
-_HOW = {
-    "postgres-role": "a new random password is stored as pending, set with ALTER ROLE (as a SCRAM verifier), "
-                     "proven by a TCP login, then promoted",
-    "s3-access-key": "IAM CreateAccessKey, tested with STS, promoted, then the old key is deleted",
-    "generated": "a new random secret by its length and alphabet policy",
-    "manual": "no API can rotate it: the check warns when it is overdue; store a new value with "
-              "`homelab-ops creds set`",
-}
 
 
 def credential_asset(d: Definition) -> dg.AssetsDefinition:
     key = dg.AssetKey(["credentials", d.name])
     consumers = ", ".join(d.consumers) or "none listed"
+    module = kinds.MODULES.get(d.kind)  # each kind's module says how its asset looks
 
     @dg.asset(
         key=key,
         group_name=GROUP,
-        kinds=_KINDS.get(d.kind, {"secret"}),
+        kinds=set(module.DAGSTER_KINDS) if module else {"secret"},
         pool="credentials",
         description=(f"{d.description + ' ' if d.description else ''}`{d.kind}` credential, rotated every "
-                     f"{d.period} when due: {_HOW.get(d.kind, '')}. Consumers: {consumers}. Each "
+                     f"{d.period} when due: {module.HOW if module else ''}. Consumers: {consumers}. Each "
                      "materialization finishes any interrupted rotation and records the credential's age."),
         check_specs=[dg.AssetCheckSpec("not_overdue", asset=key,
                                        description=f"The current value is younger than its period ({d.period}).")],
