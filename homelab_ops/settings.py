@@ -11,14 +11,12 @@ import logging
 import os
 import re
 from pathlib import Path
-from typing import Annotated, Any, Literal
+from typing import Any, Literal
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 import yaml
 from pydantic import (
-    AfterValidator,
     BaseModel,
-    BeforeValidator,
     ConfigDict,
     Field,
     SecretStr,
@@ -29,6 +27,7 @@ from pydantic import (
 
 from homelab_ops.credentials import kinds as credential_kinds
 from homelab_ops.health import plugins as health_plugins
+from homelab_ops.units import Duration, DurationOrZero, Seconds, duration_seconds  # noqa: F401 (settings' names)
 from homelab_ops.notify.channels import ChannelSettings
 
 DEFAULT_PATH = "./homelab.yaml"
@@ -44,67 +43,12 @@ class _Section(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True, validate_default=True)
 
 
-def duration_seconds(text: str) -> float:
-    """Parse `90s`, `15m`, `6h`, `2d`, `1w` (or a bare number of seconds)."""
-    m = re.fullmatch(r"\s*(\d+(?:\.\d+)?)\s*([smhdw]?)\s*", str(text))
-    if not m:
-        raise ValueError(f"{text!r} is not a duration like 90s, 15m, 6h, 2d or 1w")
-    unit = {"": 1, "s": 1, "m": 60, "h": 3600, "d": 86400, "w": 604800}[m.group(2)]
-    return float(m.group(1)) * unit
-
-
 def _only_known(thresholds: dict, known) -> dict:
     """Refuse a misspelt threshold: silently ignoring it would leave the default in force."""
     unknown = sorted(set(thresholds) - set(known))
     if unknown:
         raise ValueError(f"unknown threshold {', '.join(unknown)}; known: {', '.join(known)}")
     return thresholds
-
-
-class Seconds(str):
-    """A duration as the settings file writes it ("15m"), which also knows its length in seconds."""
-
-    @property
-    def seconds(self) -> float:
-        return duration_seconds(self)
-
-
-# Rendered configs (Prometheus, Alertmanager) write durations as the plain strings they are.
-yaml.SafeDumper.add_representer(Seconds, yaml.representer.SafeRepresenter.represent_str)
-
-_DURATION = re.compile(r"\s*(\d+(?:\.\d+)?)\s*([smhdw]?)\s*")
-
-
-def _duration_text(v: Any) -> str:
-    """The one duration syntax of the file: a number and a unit, s m(inutes) h d w.
-
-    A bare number is refused (except 0, which has no unit to get wrong): `period: 30` meant as
-    days would rotate every 30 seconds, and `m` is minutes here but months in restic's
-    `retention.keep_within`, so the file always says which unit it means.
-    """
-    if isinstance(v, bool) or not isinstance(v, (str, int, float)):
-        raise ValueError(f"{v!r} is not a duration like 90s, 15m, 6h, 2d or 1w")
-    text = f"{v:g}" if isinstance(v, (int, float)) else v
-    m = _DURATION.fullmatch(text)
-    if not m:
-        raise ValueError(f"{text!r} is not a duration like 90s, 15m (minutes), 6h, 2d or 1w "
-                         "(years and months exist only in retention.keep_within)")
-    if not m.group(2) and float(m.group(1)) != 0:
-        raise ValueError(f"{text.strip()} has no unit: write {text.strip()}s for seconds (or 15m, 6h, 2d, 1w)")
-    return text
-
-
-def _positive(v: str) -> Seconds:
-    v = Seconds(v)
-    if v.seconds <= 0:
-        raise ValueError(f"{v.strip()} is zero, which means nothing here; write a duration longer than 0, "
-                         "e.g. 90s, 15m, 2h")
-    return v
-
-
-# Every duration in the file is one of these two; retention.keep_within alone uses restic's syntax.
-Duration = Annotated[str, BeforeValidator(_duration_text), AfterValidator(_positive)]
-DurationOrZero = Annotated[str, BeforeValidator(_duration_text), AfterValidator(Seconds)]  # where 0 means off
 
 
 class StateSettings(_Section):

@@ -10,7 +10,7 @@ import psycopg
 from homelab_ops.n8n import executions as ex
 from homelab_ops.n8n.executions import EXECUTION_STATUSES
 from homelab_ops.n8n.rollup import LayoutError, connect_n8n, detect_layout
-from homelab_ops.settings import duration_seconds
+from homelab_ops.units import duration_seconds
 
 
 def _open(settings):

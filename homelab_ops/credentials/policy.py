@@ -17,6 +17,7 @@ from typing import Any, Mapping
 import bcrypt
 from pydantic import SecretStr
 
+from homelab_ops import units
 from homelab_ops.credentials.errors import CredentialError
 
 STAGES = ("pending", "current", "previous")
@@ -30,22 +31,11 @@ ALPHABETS = {
     "symbols": string.ascii_letters + string.digits + "!#%+,-./:=?@^_~",
 }
 
-_UNITS = {"s": 1, "m": 60, "h": 3600, "d": 86400, "w": 604800}
-
-
 def validate_name(name: str) -> str:
     if not isinstance(name, str) or not NAME_RE.fullmatch(name):
         raise CredentialError(
             f"{name!r} is not a credential name: use 1-63 of a-z 0-9 _ . - starting with a letter or digit")
     return name
-
-
-def parse_period(text: str) -> float:
-    """`30d`, `12h`, `1w`, `90m` as seconds; anything else is an error that names the text."""
-    m = re.fullmatch(r"\s*(\d+(?:\.\d+)?)\s*([smhdw])\s*", str(text))
-    if not m or float(m.group(1)) <= 0:
-        raise CredentialError(f"period {text!r} does not parse: write a number and a unit, like 30d, 12h or 1w")
-    return float(m.group(1)) * _UNITS[m.group(2)]
 
 
 def age_seconds(now: datetime, since: datetime | None) -> float | None:
@@ -126,7 +116,7 @@ class Definition:
 
     @property
     def period_seconds(self) -> float:
-        return parse_period(self.period)
+        return units.duration_seconds(self.period)  # validated by the kind's model when made
 
     def option(self, key: str, default: Any = None) -> Any:
         v = self.params.get(key)

@@ -24,7 +24,7 @@ from homelab_ops.credentials import overdue
 from homelab_ops.credentials.envfile import render, render_env_file
 from homelab_ops.credentials.errors import CredentialError, MasterKeyError, UnknownCredential
 from homelab_ops.credentials.keys import ENV_VAR, InvalidToken, Keyring, load_keyring, new_key, write_key_file
-from homelab_ops.credentials.policy import make_definition, parse_period
+from homelab_ops.credentials.policy import make_definition
 from homelab_ops.credentials.rotation import rotate, set_value
 from homelab_ops.credentials.store import init_store, open_store, rekey
 from homelab_ops.settings import SettingsError, load
@@ -283,10 +283,12 @@ def test_bad_input_gets_a_clear_error(cred_settings, tmp_path):
     _, settings = cred_settings()
     with pytest.raises(CredentialError, match="unknown kind 'vault'"):
         make_definition("x", "vault", {})
-    with pytest.raises(CredentialError, match="period '30 days' does not parse"):
+    with pytest.raises(CredentialError, match="x.period: '30 days' is not a duration like 90s, 15m"):
         make_definition("x", "manual", {"period": "30 days"})
-    with pytest.raises(CredentialError, match="period '0d' does not parse"):
-        parse_period("0d")
+    with pytest.raises(CredentialError, match="x.period: 0d is zero"):
+        make_definition("x", "manual", {"period": "0d"})
+    with pytest.raises(CredentialError, match="x.period: 30 has no unit: write 30s"):
+        make_definition("x", "manual", {"period": "30"})
     with pytest.raises(CredentialError, match="option 'role' does not apply to a manual"):
         make_definition("x", "manual", {"role": "app"})
     with pytest.raises(CredentialError, match="a postgres-role credential needs `role`"):
@@ -383,7 +385,7 @@ def test_cli_round_trip_prints_a_value_only_for_get(cred_settings, tmp_path):
     r = run(main, ["creds", "get", "telegram_bot"], env=env)
     assert r.exit_code == 0 and r.output == BOT_TOKEN + "\n"
     for args, message in ((["get", "nope"], "no credential named 'nope'"),
-                          (["add", "x", "--kind", "manual", "--period", "soon"], "period 'soon' does not parse"),
+                          (["add", "x", "--kind", "manual", "--period", "soon"], "'soon' is not a duration"),
                           (["rotate", "telegram_bot"], "manual credential")):
         r = run(main, ["creds", *args], env=env)
         assert r.exit_code == 1 and message in r.output

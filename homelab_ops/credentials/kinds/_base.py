@@ -13,11 +13,12 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Annotated, Any, Callable, get_args
 
 from psycopg.conninfo import conninfo_to_dict
-from pydantic import AfterValidator, BaseModel, BeforeValidator, ConfigDict, Field, TypeAdapter, model_validator
+from pydantic import AfterValidator, BaseModel, ConfigDict, Field, model_validator
 
 from homelab_ops.credentials import policy
 from homelab_ops.credentials.errors import CredentialError
 from homelab_ops.credentials.policy import Definition
+from homelab_ops.units import Duration
 
 if TYPE_CHECKING:
     from homelab_ops.credentials.store import Store
@@ -116,16 +117,6 @@ def rule(check: Callable[[Any], Any]) -> AfterValidator:
     return AfterValidator(validate)
 
 
-def _period(v: Any) -> Any:
-    if not isinstance(v, str):
-        # A bare number from YAML gets the settings file's "write 30s" hint. Imported here:
-        # homelab_ops.settings imports this package.
-        from homelab_ops.settings import Duration
-
-        return TypeAdapter(Duration).validate_python(v)
-    return v
-
-
 Length = Annotated[int | None, Field(None, ge=12, le=512, description="characters (default 32)")]
 
 
@@ -144,7 +135,7 @@ class KindOptions(BaseModel):
 
     model_config = ConfigDict(extra="forbid", frozen=True)
 
-    period: Annotated[str, BeforeValidator(_period), rule(policy.parse_period)] = Field(
+    period: Duration = Field(
         "30d", description="rotate (or warn) after this long: 30d, 12h, 1w")
     consumers: list[Annotated[str, Field(min_length=1)]] = Field(
         [], description="compose services to restart after a rotation")
