@@ -27,7 +27,7 @@ from pydantic import (
 
 from homelab_ops.credentials import kinds as credential_kinds
 from homelab_ops.health import plugins as health_plugins
-from homelab_ops.units import Duration, DurationOrZero, Seconds, duration_seconds  # noqa: F401 (settings' names)
+from homelab_ops.units import Duration, DurationOrZero, duration_seconds
 from homelab_ops.notify.channels import ChannelSettings
 
 DEFAULT_PATH = "./homelab.yaml"
