@@ -11,9 +11,9 @@ from __future__ import annotations
 import json
 import re
 from dataclasses import dataclass
-from importlib import resources
 from urllib.parse import urlsplit
 
+import jinja2
 import yaml
 
 from homelab_ops.health.overview import TICK_METRIC as HEALTH_TICK_METRIC
@@ -51,17 +51,21 @@ def _dump(data) -> str:
     return yaml.safe_dump(data, sort_keys=False, default_flow_style=False, width=1000)
 
 
-def _template(name: str) -> str:
-    return resources.files("homelab_ops.deploy").joinpath("templates", name).read_text()
+# The shipped templates hold Prometheus' and Alertmanager's own Go templates ({{ $labels.x }}),
+# so ours use other delimiters: [[ value ]], [% block %], [# comment #].
+_TEMPLATES = jinja2.Environment(
+    loader=jinja2.PackageLoader("homelab_ops.deploy", "templates"), undefined=jinja2.StrictUndefined,
+    keep_trailing_newline=True, autoescape=False,
+    variable_start_string="[[", variable_end_string="]]", block_start_string="[%", block_end_string="%]",
+    comment_start_string="[#", comment_end_string="#]")
 
 
-def _fill(text: str, values: dict[str, object]) -> str:
-    for k, v in values.items():
-        text = text.replace(f"@@{k}@@", str(v))
-    left = re.findall(r"@@\w+@@", text)
-    if left:
-        raise ValueError(f"template placeholders left unfilled: {sorted(set(left))}")
-    return text
+def _render(name: str, values: dict[str, object]) -> str:
+    """A shipped template with every value it names; a value missing is an error, not an empty string."""
+    try:
+        return _TEMPLATES.get_template(name).render(values)
+    except jinja2.UndefinedError as e:
+        raise ValueError(f"templates/{name}: {e.message}") from None
 
 
 def _num(v: float) -> str:
@@ -97,7 +101,7 @@ def alert_rules(thresholds, *, silent_after_s: float) -> str:
     (`health.checks.Thresholds`). A rule the health sensor also judges holds back while the sensor
     has ticked within `silent_after_s`: one condition reaches the owner by one path."""
     th = thresholds
-    return _fill(_template("alerts.yml"), {
+    return _render("alerts.yml", {
         "temperature_warn_c": _num(th.temperature_warn_c),
         "temperature_fail_c": _num(th.temperature_fail_c),
         "disk_free_warn_pct": _num(th.disk_free_warn_pct),
@@ -209,8 +213,7 @@ def alloy_config(*, host_label: str, extra_drops: list[str]) -> str:
         for i, rx in enumerate(extra_drops))
     for rx in extra_drops:
         re.compile(rx)  # a bad expression fails here, not in Alloy at 03:00
-    return _fill(_template("config.alloy"), {"extra_drops": drops.rstrip("\n"),
-                                             "host_label": host_label})
+    return _render("config.alloy", {"extra_drops": drops.rstrip("\n"), "host_label": host_label})
 
 
 # --- Grafana ----------------------------------------------------------------------------------

@@ -566,3 +566,15 @@ def test_config_files_tar_carries_parents_and_contents():
         assert names.index("etc/grafana") < names.index("etc/grafana/provisioning/a.yaml")
         assert t.extractfile("etc/grafana/dashboards/b.json").read() == b"{}"
         assert t.getmember("etc/grafana/provisioning/a.yaml").mode == 0o644
+
+
+def test_shipped_templates_are_jinja_with_strict_values_and_keep_prometheus_own_templates():
+    from homelab_ops.health.checks import Thresholds
+
+    rules = render.alert_rules(Thresholds(temperature_warn_c=72.5), silent_after_s=300)
+    assert "> 72.5 unless on ()" in rules and "[[" not in rules
+    assert "{{ $labels.database }}" in rules  # Alertmanager's template, left for it to fill
+    with pytest.raises(ValueError, match=r"templates/config.alloy: 'host_label' is undefined"):
+        render._render("config.alloy", {"extra_drops": ""})
+    alloy = render.alloy_config(host_label="pi5", extra_drops=[r"GET /healthz"])
+    assert 'external_labels = {host = "pi5"}' in alloy and "settings_0" in alloy
