@@ -243,7 +243,7 @@ ManagedCredential = credential_kinds.AnyKindOptions
 class CredentialsSettings(_Section):
     key_file: str = "./var/master.key"
     managed: dict[str, ManagedCredential] = {}
-    env_template: str | None = None  # `KEY={{ cred "name" }}` lines, rendered by `creds render-env`
+    env_template: str | None = None  # `KEY={{ cred("name") }}` lines, rendered by `creds render-env`
     env_file: str | None = None  # re-rendered from env_template after each rotation when set
     # After `test`, before `finish`: each credential's consumers get the new value through the Docker
     # Engine (recreated with the env template's variables, else restarted) and must turn healthy.

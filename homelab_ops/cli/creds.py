@@ -214,7 +214,7 @@ def rekey_(obj, new_key_file: str | None) -> None:
 
 @creds.command("render-env")
 @click.argument("file", type=click.Path(dir_okay=False))
-@click.option("--template", default=None, help="Template with {{ cred \"name\" }} placeholders "
+@click.option("--template", default=None, help="Template with {{ cred(\"name\") }} placeholders "
                                                "(default: credentials.env_template).")
 @click.pass_obj
 def render_env(obj, file: str, template: str | None) -> None:

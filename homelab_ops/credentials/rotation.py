@@ -13,6 +13,7 @@ import psycopg
 
 from homelab_ops.credentials import consumers, policy
 from homelab_ops.credentials.errors import CredentialError, RotationError
+from homelab_ops.credentials.envfile import placeholders, read_template
 from homelab_ops.credentials.kinds import Context, Kind, kind_for
 from homelab_ops.credentials.store import Store
 from homelab_ops.errors import typed_first_line
@@ -71,6 +72,20 @@ def _context(store: Store, name: str, settings) -> Context:
     return Context(store, d, settings)
 
 
+def _check_env_template(ctx: Context) -> None:
+    """The env template is read by the restart step and after `finish`: one it cannot render stops the
+    rotation before any step, not between a changed password and its consumers."""
+    template_path = ctx.settings.credentials.env_template if ctx.settings else None
+    if not template_path:
+        return
+    try:
+        placeholders(read_template(template_path))
+    except CredentialError as e:
+        message = str(e) if str(e).startswith(str(template_path)) else f"{template_path}: {e}"
+        ctx.store.audit("rotate", ctx.name, outcome="failed", detail=message)
+        raise RotationError(ctx.name, "env template", message) from None
+
+
 def run_step(store: Store, name: str, step: str, *, settings=None) -> list[str]:
     """One step on its own (for operators and tests); returns the step's notes."""
     if step not in STEPS:
@@ -111,6 +126,7 @@ def _rotate(store: Store, name: str, *, settings, force: bool) -> RotationResult
             result.notes = ctx.notes
             result.version = st.current.version if st.current else None
             return result
+        _check_env_template(ctx)
         result.resumed = st.pending is not None
         store.audit("rotate", name, st.pending.version if st.pending else None, "ok",
                     "started" + (f", resuming pending v{st.pending.version}" if st.pending else "")

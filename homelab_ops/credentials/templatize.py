@@ -185,7 +185,7 @@ def env_template_text(vars: list[EnvVar]) -> str:
     for v in vars:
         lines.append("")
         lines.append(f"# {v.rule}: " + "; ".join(dict.fromkeys(v.used_at)))
-        lines.append(f'{v.name}={{{{ cred "{v.credential}" }}}}')
+        lines.append(f'{v.name}={{{{ cred("{v.credential}") }}}}')
     return "\n".join(lines) + "\n"
 
 

@@ -11,10 +11,10 @@ from homelab_ops.credentials.envfile import environment_for
 from homelab_ops.credentials.errors import CredentialError
 
 TEMPLATE = """# n8n's database
-DB_POSTGRESDB_PASSWORD={{ cred "n8n_db" }}
-export DSN=postgres://n8n:{{ cred "n8n_db" }}@db/n8n?x={{ cred "other" "username" }}
-# OLD={{ cred "n8n_db" }}
-TOKEN={{ cred "telegram_bot" }}
+DB_POSTGRESDB_PASSWORD={{ cred("n8n_db") }}
+export DSN=postgres://n8n:{{ cred("n8n_db") }}@db/n8n?x={{ cred("other", "username") }}
+# OLD={{ cred("n8n_db") }}
+TOKEN={{ cred("telegram_bot") }}
 """
 
 
@@ -29,7 +29,7 @@ def test_a_lookup_error_names_the_field():
     def lookup(n, f):
         raise CredentialError(f"{n} has no field {f!r}")
 
-    with pytest.raises(CredentialError, match="n8n_db has no field 'value'"):
+    with pytest.raises(CredentialError, match="template line 2: n8n_db has no field 'value'"):
         environment_for(TEMPLATE, "n8n_db", lookup)
 
 

@@ -224,7 +224,7 @@ def test_rotation_run_leaks_no_secret_to_events_metadata_or_output(cred_settings
                                                                    dagster_instance):
     role = new_role(scram_pg, "Initial-Password-7890")
     env_template = tmp_path / "env.template"
-    env_template.write_text('DB_PASSWORD={{ cred "pg_app" }}\nTELEGRAM_BOT_TOKEN={{ cred "telegram_bot" }}\n')
+    env_template.write_text('DB_PASSWORD={{ cred("pg_app") }}\nTELEGRAM_BOT_TOKEN={{ cred("telegram_bot") }}\n')
     path, settings = cred_settings({
         "env_template": str(env_template), "env_file": str(tmp_path / "deploy.env"),
         "managed": {
@@ -393,7 +393,7 @@ def test_rotation_recreates_its_consumer_with_the_new_password_before_finishing(
     role = new_role(scram_pg, first)
     name = f"lab-app-{uuid.uuid4().hex[:6]}"
     template = tmp_path / "env.template"
-    template.write_text('# consumers of pg_app\nPGPASSWORD={{ cred "pg_app" }}\n')
+    template.write_text('# consumers of pg_app\nPGPASSWORD={{ cred("pg_app") }}\n')
     _, settings = cred_settings({"restart_consumers": True, "env_template": str(template)},
                                 docker={"host": DOCKER_HOST}, monitoring={"health": {"wait": "20s"}})
     cid = _consumer(docker_client, scram_pg, role, first, name)
@@ -416,7 +416,7 @@ def test_rotation_recreates_its_consumer_with_the_new_password_before_finishing(
             assert info["Config"]["Labels"]["com.docker.compose.service"] == "app"
             assert info["State"]["Health"]["Status"] == "healthy"
 
-            template.write_text('PGPASSWORD={{ cred "pg_app" "username" }}\n')  # the wrong field
+            template.write_text('PGPASSWORD={{ cred("pg_app", "username") }}\n')  # the wrong field
             with pytest.raises(RotationError, match="step 'restart'.*consumer app: the new container did not "
                                                     "turn healthy.*current password was put back; rolled back"
                                                     ".*healthy again") as e:
@@ -428,7 +428,7 @@ def test_rotation_recreates_its_consumer_with_the_new_password_before_finishing(
             assert again["Id"] == info["Id"] and password == p1  # rolled back, and it works: nobody locked out
             assert can_login(scram_pg, role, p1) and wait_healthy(docker_client, again["Id"], 30).ok
 
-            template.write_text('PGPASSWORD={{ cred "pg_app" }}\n')  # mended
+            template.write_text('PGPASSWORD={{ cred("pg_app") }}\n')  # mended
             result = rotate(store, "pg_app", settings=settings)
             assert result.resumed and result.rotated and store.value("pg_app") == pending
         info, password = consumer()

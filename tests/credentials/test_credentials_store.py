@@ -22,7 +22,7 @@ from psycopg import sql
 from homelab_ops.cli import main
 from homelab_ops.credentials import overdue
 from homelab_ops.credentials.envfile import render, render_env_file
-from homelab_ops.credentials.errors import CredentialError, MasterKeyError, UnknownCredential
+from homelab_ops.credentials.errors import CredentialError, MasterKeyError, RotationError, UnknownCredential
 from homelab_ops.credentials.keys import ENV_VAR, InvalidToken, Keyring, load_keyring, new_key, write_key_file
 from homelab_ops.credentials.policy import make_definition
 from homelab_ops.credentials.rotation import rotate, set_value
@@ -316,15 +316,38 @@ def test_bad_input_gets_a_clear_error(cred_settings, tmp_path):
         assert store.status("tg").current is None
 
 
+def test_a_template_the_rotation_cannot_render_stops_it_before_any_step(cred_settings, tmp_path):
+    """Checked first, not after `finish`: a new password with a .env that still holds the old one
+    would lock the consumers out at their next restart."""
+    template = tmp_path / "env.template"
+    template.write_text('GF_SECURITY_ADMIN_PASSWORD={{ cred "grafana_admin" }}\n')  # the form before #15
+    _, settings = cred_settings({"env_template": str(template), "env_file": str(tmp_path / ".env")})
+    with open_store(settings, "test") as store:
+        add_generated(store)
+        first = rotate(store, "grafana_admin", force=True).version  # no settings: no template read
+        steps = len([r for r in store.audit_rows() if r.action.startswith("step:")])
+        with pytest.raises(RotationError, match=r"step 'env template'.*env\.template: .*line 1: write "
+                                                r'\{\{ cred\("grafana_admin"\) \}\}'):
+            rotate(store, "grafana_admin", settings=settings, force=True)
+        status = store.status("grafana_admin")
+        assert status.current.version == first and status.pending is None
+        assert len([r for r in store.audit_rows() if r.action.startswith("step:")]) == steps  # none ran
+        last = store.audit_rows()[-1]
+        assert (last.action, last.outcome) == ("rotate", "failed") and "env.template" in last.detail
+        template.write_text('GF_SECURITY_ADMIN_PASSWORD={{ cred("grafana_admin") }}\n')  # mended
+        assert rotate(store, "grafana_admin", settings=settings, force=True).version == first + 1
+    assert (tmp_path / ".env").exists() is False  # render-env is the service's job, not rotate()'s
+
+
 # --------------------------------------------------------------------------- consumers and overdue
 
 
 def test_render_env_writes_current_values_quoted_and_0600(cred_settings, tmp_path):
     _, settings = cred_settings()
     template = tmp_path / "services.env.template"
-    template.write_text('# Grafana and Traefik\nGF_SECURITY_ADMIN_PASSWORD={{ cred "grafana_admin" }}\n'
-                        'TRAEFIK_USERS={{ cred "grafana_admin" "htpasswd" }}\n'
-                        'TELEGRAM_BOT_TOKEN={{cred "telegram_bot"}}\nPLAIN=unchanged\n')
+    template.write_text('# Grafana and Traefik\nGF_SECURITY_ADMIN_PASSWORD={{ cred("grafana_admin") }}\n'
+                        'TRAEFIK_USERS={{ cred("grafana_admin", "htpasswd") }}\n'
+                        'TELEGRAM_BOT_TOKEN={{cred("telegram_bot")}}\nPLAIN=unchanged\n')
     out = tmp_path / "deploy" / ".env"
     with open_store(settings, "test") as store:
         add_generated(store, htpasswd_user="admin", bcrypt_rounds=4)
@@ -333,13 +356,23 @@ def test_render_env_writes_current_values_quoted_and_0600(cred_settings, tmp_pat
         rotate(store, "grafana_admin", force=True)
         names = render_env_file(store, template, out)
         password, htpasswd = store.value("grafana_admin"), store.value("grafana_admin", "htpasswd")
+        # The form before Jinja2 (#15) is refused with the text to write, before any value is read.
+        old = tmp_path / "old.env.template"
+        old.write_text('# kept\nGF_SECURITY_ADMIN_PASSWORD={{ cred("grafana_admin") }}\n'
+                       'TELEGRAM_BOT_TOKEN={{ cred "telegram_bot" }}\n')
+        reads = len([r for r in store.audit_rows() if r.action == "read"])
+        with pytest.raises(CredentialError, match=r'old\.env\.template: .*line 3: write \{\{ cred\("telegram_bot"\) '
+                                                  r'\}\} instead of \{\{ cred "telegram_bot" \}\}'):
+            render_env_file(store, old, tmp_path / "old.env")
+        assert len([r for r in store.audit_rows() if r.action == "read"]) == reads
+        assert not (tmp_path / "old.env").exists()
     assert names == ["grafana_admin", "telegram_bot"]
     assert stat.S_IMODE(out.stat().st_mode) == 0o600
     assert out.read_text().splitlines() == [
         "# Grafana and Traefik", f"GF_SECURITY_ADMIN_PASSWORD={password}",
         f"TRAEFIK_USERS='{htpasswd}'",  # single quotes keep compose from expanding the $
         f"TELEGRAM_BOT_TOKEN={BOT_TOKEN}", "PLAIN=unchanged"]
-    with pytest.raises(CredentialError, match="is not a"):
+    with pytest.raises(CredentialError, match=r'line 1: \{\{ env "HOME" \}\} is not a \{\{ cred\("name"\) \}\}'):
         render("X={{ env \"HOME\" }}\n", lambda n, f: "")
 
 
