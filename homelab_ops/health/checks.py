@@ -47,10 +47,16 @@ def unknown(name: str, why: str) -> CheckResult:
     return CheckResult(name, UNKNOWN, why)
 
 
-def _level(value: float, warn: float, fail: float, *, higher_is_worse: bool) -> str:
+def level(value: float, warn: float, fail: float, *, higher_is_worse: bool) -> str:
+    """ok, warn or fail for one reading against its two thresholds: the one comparison every check makes."""
     if higher_is_worse:
         return FAIL if value >= fail else WARN if value >= warn else OK
     return FAIL if value < fail else WARN if value < warn else OK
+
+
+def below(state: str, warn_pct: float, fail_pct: float) -> str:
+    """The threshold a free-share reading is under, for its message ("" when ok)."""
+    return {FAIL: f" (below {fail_pct:g}%)", WARN: f" (below {warn_pct:g}%)"}.get(state, "")
 
 
 # --------------------------------------------------------------------------- thresholds
@@ -116,10 +122,9 @@ def disk_free(mounts: dict[str, tuple[float, float]], warn_pct: float, fail_pct:
             out.append(unknown(name, f"{mp}: size unknown"))
             continue
         pct = 100.0 * avail / size
-        state = _level(pct, warn_pct, fail_pct, higher_is_worse=False)
-        limit = {FAIL: f" (below {fail_pct:g}%)", WARN: f" (below {warn_pct:g}%)"}.get(state, "")
+        state = level(pct, warn_pct, fail_pct, higher_is_worse=False)
         out.append(CheckResult(name, state, f"{mp}: {pct:.1f}% free, {units.size(avail)} of {units.size(size)}"
-                                            f"{limit}", FREE_DISK))
+                                            f"{below(state, warn_pct, fail_pct)}", FREE_DISK))
     return out
 
 
@@ -129,7 +134,7 @@ def cpu_temperature(zones: dict[str, float], warn_c: float, fail_c: float) -> Ch
         return unknown("cpu_temperature", "no thermal sensor readable on this host")
     zone = "cpu-thermal" if "cpu-thermal" in zones else max(zones, key=zones.__getitem__)
     c = zones[zone]
-    state = _level(c, warn_c, fail_c, higher_is_worse=True)
+    state = level(c, warn_c, fail_c, higher_is_worse=True)
     limit = {FAIL: f", at or above {fail_c:g} °C", WARN: f", at or above {warn_c:g} °C"}.get(state, "")
     return CheckResult("cpu_temperature", state, f"{zone} at {c:.1f} °C{limit}", TUNE_MONITORING)
 
@@ -165,7 +170,7 @@ def memory_available(total: float | None, available: float | None, warn_pct: flo
     if not total or available is None:
         return unknown("memory_available", "no memory reading")
     pct = 100.0 * available / total
-    state = _level(pct, warn_pct, fail_pct, higher_is_worse=False)
+    state = level(pct, warn_pct, fail_pct, higher_is_worse=False)
     return CheckResult("memory_available", state,
                        f"{pct:.1f}% of memory available ({units.size(available)} of {units.size(total)})")
 

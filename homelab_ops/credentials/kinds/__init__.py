@@ -13,8 +13,6 @@ The module's name is the kind with `_` for `-` (`postgres_role` declares `postgr
 
 from __future__ import annotations
 
-import importlib
-import pkgutil
 from types import ModuleType
 from typing import Annotated, Any, Mapping, Union
 
@@ -23,6 +21,7 @@ from pydantic_core import InitErrorDetails, PydanticCustomError
 
 from homelab_ops.credentials.errors import CredentialError
 from homelab_ops.credentials.kinds._base import Context, Kind, KindOptions, a_kind, kind_of
+from homelab_ops.plugins import discover
 
 __all__ = ["MODULES", "KINDS", "AnyKindOptions", "Context", "Kind", "KindOptions", "kind_for", "check_module",
            "validate"]
@@ -49,16 +48,7 @@ def check_module(module: ModuleType) -> str:
     return kind
 
 
-def _discover() -> dict[str, ModuleType]:
-    found = {}
-    for info in sorted(pkgutil.iter_modules(__path__), key=lambda i: i.name):
-        if not info.name.startswith("_"):
-            module = importlib.import_module(f"{__name__}.{info.name}")
-            found[check_module(module)] = module
-    return found
-
-
-MODULES: dict[str, ModuleType] = _discover()
+MODULES: dict[str, ModuleType] = {check_module(m): m for m in discover(__name__, __path__).values()}
 KINDS: tuple[str, ...] = tuple(MODULES)
 
 

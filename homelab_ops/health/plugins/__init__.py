@@ -16,20 +16,12 @@ Adding a check is one new file here plus its test (docs/extending.md). The senso
 
 from __future__ import annotations
 
-import importlib
-import pkgutil
 from types import ModuleType
 
-
-def _discover() -> dict[str, ModuleType]:
-    found = {}
-    for info in sorted(pkgutil.iter_modules(__path__), key=lambda i: i.name):
-        if not info.name.startswith("_"):
-            found[info.name] = importlib.import_module(f"{__name__}.{info.name}")
-    return found
+from homelab_ops.plugins import discover
 
 
-MODULES: dict[str, ModuleType] = _discover()
+MODULES: dict[str, ModuleType] = discover(__name__, __path__)
 
 
 def thresholds() -> dict[str, float]:

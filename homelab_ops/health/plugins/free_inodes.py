@@ -11,7 +11,7 @@ from __future__ import annotations
 import os
 from datetime import datetime
 
-from homelab_ops.health.checks import FAIL, FREE_DISK, OK, WARN, CheckResult, unknown
+from homelab_ops.health.checks import FREE_DISK, OK, CheckResult, below, level, unknown
 
 CHECKS = ("free_inodes",)
 THRESHOLDS = {"free_inodes_warn_pct": 10.0, "free_inodes_fail_pct": 3.0}
@@ -27,9 +27,9 @@ def judge(mounts: dict[str, tuple[int, int]], warn_pct: float, fail_pct: float) 
             out.append(CheckResult(name, OK, f"{mp}: no fixed inode count (the filesystem allocates them)"))
             continue
         pct = 100.0 * free / files
-        state = FAIL if pct < fail_pct else WARN if pct < warn_pct else OK
-        limit = {FAIL: f" (below {fail_pct:g}%)", WARN: f" (below {warn_pct:g}%)"}.get(state, "")
-        out.append(CheckResult(name, state, f"{mp}: {pct:.1f}% of {files:,} inodes free{limit}", REMEDY))
+        state = level(pct, warn_pct, fail_pct, higher_is_worse=False)
+        out.append(CheckResult(name, state, f"{mp}: {pct:.1f}% of {files:,} inodes free"
+                                            f"{below(state, warn_pct, fail_pct)}", REMEDY))
     return out
 
 

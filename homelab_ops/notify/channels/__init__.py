@@ -15,8 +15,6 @@ Adding a channel is one new file here plus its test (docs/extending.md).
 
 from __future__ import annotations
 
-import importlib
-import pkgutil
 from types import ModuleType
 from typing import Annotated, Protocol, Union
 
@@ -24,6 +22,7 @@ from pydantic import Field
 
 from homelab_ops.notify.alert import Alert, Outcome
 from homelab_ops.notify.channels._base import ChannelConfig
+from homelab_ops.plugins import discover
 
 
 class Channel(Protocol):
@@ -33,15 +32,11 @@ class Channel(Protocol):
 
 
 def _discover() -> dict[str, ModuleType]:
-    found = {}
-    for info in sorted(pkgutil.iter_modules(__path__), key=lambda i: i.name):
-        if info.name.startswith("_"):
-            continue
-        module = importlib.import_module(f"{__name__}.{info.name}")
+    found = discover(__name__, __path__)
+    for name, module in found.items():
         declared = module.Config.model_fields["type"].annotation.__args__
-        if declared != (info.name,):
-            raise TypeError(f"{module.__name__}.Config.type must be Literal[{info.name!r}], not {declared}")
-        found[info.name] = module
+        if declared != (name,):
+            raise TypeError(f"{module.__name__}.Config.type must be Literal[{name!r}], not {declared}")
     return found
 
 
