@@ -17,8 +17,11 @@ from __future__ import annotations
 
 import re
 import subprocess
+import time
 from dataclasses import dataclass, field, replace
 from pathlib import Path
+
+import tenacity
 
 from homelab_ops.docker_host import connect
 from homelab_ops.errors import first_line
@@ -26,6 +29,11 @@ from homelab_ops.errors import first_line
 TRIMMED, NOT_SUPPORTED, NOT_PERMITTED, NO_SUCH_MOUNT, NO_FSTRIM, FAILED = (
     "trimmed", "not supported", "not permitted", "no such mount", "fstrim not installed", "failed")
 DOCKER_OK, NO_DAEMON = "ok", "no docker daemon"
+HELPER_LABEL = "homelab-ops/role=hygiene-helper"
+# A helper container older than this and not running was left by a killed run, a create that timed out
+# after the Engine made it, or a remove that failed: the next run removes it. Younger ones may belong to
+# a run starting now (created, not yet started) or reading its helper's output (exited, not yet removed).
+STALE_AFTER = 3600.0
 
 
 @dataclass(frozen=True)
@@ -60,6 +68,7 @@ class Helper:
 
     host: str
     image: str
+    stale_after: float = STALE_AFTER
 
     @classmethod
     def from_settings(cls, settings) -> Helper | None:
@@ -78,11 +87,12 @@ class Helper:
             raise HelperError(f"no Docker daemon answers at {self.host} (docker.host): {_short(e)}") from None
         container = None
         try:
+            self._sweep(client)
             container = client.containers.create(
                 self.image, command, user="0", network_mode="none", cap_drop=["ALL"], cap_add=list(cap_add),
                 security_opt=["no-new-privileges:true"], mem_limit="64m",
                 volumes={src: {"bind": dst, "mode": "ro"} for src, dst in binds.items()},
-                labels={"homelab-ops/role": "hygiene-helper"})
+                labels=dict([HELPER_LABEL.split("=")]))
             container.start()
             rc = container.wait(timeout=timeout)["StatusCode"]
             return (rc, container.logs(stdout=True, stderr=False).decode(errors="replace"),
@@ -94,11 +104,36 @@ class Helper:
                               f"{_short(e)}") from None
         finally:
             if container is not None:
-                try:
-                    container.remove(force=True)
-                except DockerException:
-                    pass
+                _remove(client, container.id)
             client.close()
+
+    def _sweep(self, client) -> None:
+        """Remove the helper containers an earlier run left behind (see STALE_AFTER)."""
+        from docker.errors import DockerException
+
+        cutoff = time.time() - self.stale_after
+        try:
+            left = client.api.containers(all=True, filters={"label": HELPER_LABEL,
+                                                            "status": ["created", "exited", "dead"]})
+        except (DockerException, OSError):  # the create that follows names what is wrong with the Engine
+            return
+        for c in left:
+            if c["Created"] <= cutoff:
+                _remove(client, c["Id"])
+
+
+def _remove(client, container_id: str) -> None:
+    """Force-remove, three tries a second apart (vfs and a busy bind mount can refuse once); one that
+    still fails is left to the next run's sweep, not raised over the helper's own result."""
+    from docker.errors import DockerException, NotFound
+
+    try:
+        for attempt in tenacity.Retrying(stop=tenacity.stop_after_attempt(3), wait=tenacity.wait_fixed(1),
+                                         retry=tenacity.retry_if_not_exception_type(NotFound), reraise=True):
+            with attempt:
+                client.api.remove_container(container_id, force=True)
+    except (DockerException, OSError):  # NotFound included: gone already
+        pass
 
 
 class HelperError(RuntimeError):

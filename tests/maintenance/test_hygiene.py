@@ -110,3 +110,30 @@ def test_disk_hygiene_asset_reports_states_not_crashes(write_settings, tmp_path,
     result = dg.materialize([disk_hygiene], resources={"homelab": HomelabSettings(config_path=str(path))})
     meta = result.asset_materializations_for_node("disk_hygiene")[0].metadata
     assert meta["docker"].value.startswith("no docker daemon") and meta["container_log_bytes"].value == 0
+
+
+@pytest.mark.docker
+def test_a_helper_left_behind_by_a_killed_run_is_removed_by_the_next_one(docker_client):
+    """A run killed while its helper existed (or a create that timed out after the Engine made the
+    container, or a remove that failed) leaves a labelled container; the next helper run removes the
+    stale ones, and leaves a fresh one alone: it may be another run's, between create and start."""
+    image = docker_images.psql_image(docker_client)  # any small image with a shell
+    label = dict([h.HELPER_LABEL.split("=")])
+    created = docker_client.containers.create(image, ["true"], labels=label, network_mode="none")
+    exited = docker_client.containers.run(image, ["true"], labels=label, network_mode="none", detach=True)
+    exited.wait(timeout=60)
+    try:
+        fresh = h.Helper(DOCKER_HOST, image)  # the deployed default: only containers an hour old go
+        assert fresh.run(["sh", "-c", "echo out; echo err >&2; exit 3"], binds={}) == (3, "out\n", "err\n")
+        left = {c.id for c in docker_client.containers.list(all=True, filters={"label": h.HELPER_LABEL})}
+        assert left == {created.id, exited.id}  # the run's own helper is gone, the young ones stay
+
+        stale = h.Helper(DOCKER_HOST, image, stale_after=0)  # as if an hour had passed
+        assert stale.run(["true"], binds={})[0] == 0
+        assert not docker_client.containers.list(all=True, filters={"label": h.HELPER_LABEL})
+    finally:
+        for c in (created, exited):
+            try:
+                c.remove(force=True)
+            except Exception:
+                pass
