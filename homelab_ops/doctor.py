@@ -365,6 +365,21 @@ def check_key_file(settings: Settings, env: dict[str, str]) -> Check:
     return ok(name, f"{path} mode 0600, owned by uid {st.st_uid}")
 
 
+def check_env_template(settings: Settings) -> Check:
+    """The template the nightly rotation renders: after an upgrade to the Jinja2 form, here first."""
+    from homelab_ops.credentials.envfile import FORM, placeholders, read_template
+    from homelab_ops.credentials.errors import CredentialError
+
+    name, path = "env template", settings.credentials.env_template
+    try:
+        named = sorted({credential for credential, _ in placeholders(read_template(path))})
+    except CredentialError as e:
+        text = str(e) if str(e).startswith(str(path)) else f"{path}: {e}"
+        return fail(name, text, f"placeholders are {FORM} (docs/credentials.md); a rotation refuses to start "
+                                "until the template renders")
+    return ok(name, f"{path} names {len(named)} credential(s): {', '.join(named) or 'none'}")
+
+
 # --- All of it --------------------------------------------------------------------------------
 
 def _checks(settings: Settings, env: dict[str, str], token: str | None) -> Iterator[tuple[str, Callable[[], Check]]]:
@@ -388,6 +403,8 @@ def _checks(settings: Settings, env: dict[str, str], token: str | None) -> Itera
     yield "container logs", lambda: check_container_logs(settings)
     yield "telegram", lambda: check_telegram(settings, env, token)
     yield "master key file", lambda: check_key_file(settings, env)
+    if settings.credentials.env_template:
+        yield "env template", lambda: check_env_template(settings)
     from homelab_ops.pitr.doctor import checks as pitr_checks
 
     yield from pitr_checks(settings)

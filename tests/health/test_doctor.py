@@ -137,6 +137,23 @@ def test_key_file_readable_by_others_fails_with_a_fix(write_settings, good):
     assert key.read_bytes().strip().decode() not in result.output
 
 
+def test_an_env_template_the_rotation_would_refuse_fails_with_the_text_to_write(write_settings, good, tmp_path):
+    """After the upgrade to the Jinja2 form, the owner hears it from doctor, not from a failed rotation."""
+    template = tmp_path / "env.template"
+    template.write_text('# compose reads this\nN8N_DB_PASSWORD={{ cred "n8n_db" }}\nPLAIN=1\n')
+    good["credentials"]["env_template"] = str(template)
+    result, lines = doctor(write_settings, good)
+    assert result.exit_code == 1
+    line = line_for(lines, "env template")
+    assert line.startswith("FAIL") and f"{template}:" in line
+    assert 'line 2: write {{ cred("n8n_db") }} instead of {{ cred "n8n_db" }}' in line
+    assert '-> fix: placeholders are {{ cred("name") }}' in line
+
+    template.write_text('N8N_DB_PASSWORD={{ cred("n8n_db") }}\nTRAEFIK_USERS={{ cred("grafana", "htpasswd") }}\n')
+    result, lines = doctor(write_settings, good)
+    assert line_for(lines, "env template").startswith("ok") and "2 credential(s): grafana, n8n_db" in result.output
+
+
 def test_bad_telegram_token_fails_without_printing_it(write_settings, good):
     del good["notify"]["telegram"]["bot_token"]  # from the environment, as the .env provides it
     result, lines = doctor(write_settings, good, env={"TELEGRAM_BOT_TOKEN": BAD_TOKEN})
