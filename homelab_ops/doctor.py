@@ -367,15 +367,14 @@ def check_key_file(settings: Settings, env: dict[str, str]) -> Check:
 
 def check_env_template(settings: Settings) -> Check:
     """The template the nightly rotation renders: after an upgrade to the Jinja2 form, here first."""
-    from homelab_ops.credentials.envfile import FORM, placeholders, read_template
+    from homelab_ops.credentials.envfile import FORM, checked_template
     from homelab_ops.credentials.errors import CredentialError
 
     name, path = "env template", settings.credentials.env_template
     try:
-        named = sorted({credential for credential, _ in placeholders(read_template(path))})
+        named = sorted({credential for credential, _ in checked_template(path)[1]})
     except CredentialError as e:
-        text = str(e) if str(e).startswith(str(path)) else f"{path}: {e}"
-        return fail(name, text, f"placeholders are {FORM} (docs/credentials.md); a rotation refuses to start "
+        return fail(name, str(e), f"placeholders are {FORM} (docs/credentials.md); a rotation refuses to start "
                                 "until the template renders")
     return ok(name, f"{path} names {len(named)} credential(s): {', '.join(named) or 'none'}")
 

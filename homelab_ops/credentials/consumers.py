@@ -17,7 +17,7 @@ from __future__ import annotations
 from typing import TYPE_CHECKING
 
 from homelab_ops import docker_host
-from homelab_ops.credentials.envfile import environment_for, read_template
+from homelab_ops.credentials.envfile import checked_template, environment_for
 from homelab_ops.credentials.errors import CredentialError
 from homelab_ops.credentials.kinds import Context, kind_for
 from homelab_ops.credentials.store import payload_field
@@ -66,7 +66,7 @@ def pending_environment(ctx: Context) -> dict[str, str]:
     template_path = ctx.settings.credentials.env_template
     if not template_path:
         return {}
-    template = read_template(template_path)
+    template, _ = checked_template(template_path)
     _, pending = ctx.read("pending", "consumer restart")
 
     def lookup(name: str, field: str) -> str:

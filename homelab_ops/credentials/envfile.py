@@ -194,13 +194,19 @@ def read_template(template_path: str | os.PathLike) -> str:
         raise CredentialError(f"{template_path}: cannot read the env template: {e.strerror}") from None
 
 
-def render_env_file(store, template_path: str | os.PathLike, out_path: str | os.PathLike) -> list[str]:
-    """Render the template with the store's current values; returns the credential names used."""
+def checked_template(template_path: str | os.PathLike) -> tuple[str, list[tuple[str, str]]]:
+    """The template's text and its placeholders; an error names the file (and the line), before any
+    value is read. What `render-env`, a rotation and doctor each check first."""
     template = read_template(template_path)
     try:
-        wanted = placeholders(template)
+        return template, placeholders(template)
     except CredentialError as e:
         raise CredentialError(f"{template_path}: {e}") from None
+
+
+def render_env_file(store, template_path: str | os.PathLike, out_path: str | os.PathLike) -> list[str]:
+    """Render the template with the store's current values; returns the credential names used."""
+    template, wanted = checked_template(template_path)
     values = {(n, f): store.value(n, f, purpose=f"render-env {Path(out_path).name}") for n, f in wanted}
     write_env_file(out_path, render(template, lambda n, f: values[(n, f)]))
     return sorted({n for n, _ in wanted})

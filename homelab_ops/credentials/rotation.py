@@ -13,7 +13,7 @@ import psycopg
 
 from homelab_ops.credentials import consumers, policy
 from homelab_ops.credentials.errors import CredentialError, RotationError
-from homelab_ops.credentials.envfile import placeholders, read_template
+from homelab_ops.credentials.envfile import checked_template
 from homelab_ops.credentials.kinds import Context, Kind, kind_for
 from homelab_ops.credentials.store import Store
 from homelab_ops.errors import typed_first_line
@@ -79,11 +79,10 @@ def _check_env_template(ctx: Context) -> None:
     if not template_path:
         return
     try:
-        placeholders(read_template(template_path))
+        checked_template(template_path)
     except CredentialError as e:
-        message = str(e) if str(e).startswith(str(template_path)) else f"{template_path}: {e}"
-        ctx.store.audit("rotate", ctx.name, outcome="failed", detail=message)
-        raise RotationError(ctx.name, "env template", message) from None
+        ctx.store.audit("rotate", ctx.name, outcome="failed", detail=str(e))
+        raise RotationError(ctx.name, "env template", str(e)) from None
 
 
 def run_step(store: Store, name: str, step: str, *, settings=None) -> list[str]:
