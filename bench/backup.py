@@ -130,6 +130,7 @@ def main() -> None:
 
     import psutil
 
+    import s3server
     from tests.conftest import free_port
 
     db = f"bench_backup_{a.size_mb}"
@@ -138,23 +139,10 @@ def main() -> None:
     print(f"generated {db}: {size / 1e6:.0f} MB on disk in {time.perf_counter() - t0:.0f} s", flush=True)
     work = Path(tempfile.mkdtemp(prefix="bench-backup-", dir=ROOT / "var" if (ROOT / "var").exists() else None))
     port = free_port()
-    # moto in a process of its own: its CPU time is measured apart, and the objects it holds
-    # in memory do not inflate anything else.
-    server = subprocess.Popen([str(Path(sys.executable).parent / "moto_server"), "-H", "127.0.0.1", "-p", str(port)],
-                              stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    server, s3 = s3server.start(port)
     moto = psutil.Process(server.pid)
     env = {**os.environ, "AWS_ACCESS_KEY_ID": "bench", "AWS_SECRET_ACCESS_KEY": "bench", "PYTHONPATH": str(ROOT),
            "BENCH_S3": f"http://127.0.0.1:{port}"}
-    import boto3
-
-    s3 = boto3.client("s3", endpoint_url=f"http://127.0.0.1:{port}", region_name="us-east-1",
-                      aws_access_key_id="bench", aws_secret_access_key="bench")
-    for _ in range(100):
-        try:
-            s3.create_bucket(Bucket="bench")
-            break
-        except Exception:  # not listening yet
-            time.sleep(0.2)
     try:
         dsn = psycopg.conninfo.make_conninfo(ADMIN, dbname=db)
         baseline_file = work / "baseline.dump.zst"

@@ -13,7 +13,6 @@ import argparse
 import hashlib
 import os
 import statistics
-import subprocess
 import sys
 import tempfile
 import time
@@ -29,8 +28,7 @@ def main() -> None:
     ap.add_argument("--rounds", type=int, default=4)
     a = ap.parse_args()
 
-    import boto3
-
+    import s3server
     from homelab_ops.backups.stores import S3Store
     from homelab_ops.settings import S3Target
     from tests.conftest import free_port
@@ -43,17 +41,9 @@ def main() -> None:
                 f.write(os.urandom(1 << 20))
         sha = hashlib.sha256(path.read_bytes()).hexdigest()
         port = free_port()
-        server = subprocess.Popen([str(Path(sys.executable).parent / "moto_server"), "-H", "127.0.0.1",
-                                   "-p", str(port)], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        server, s3 = s3server.start(port)
         endpoint = f"http://127.0.0.1:{port}"
         try:
-            s3 = boto3.client("s3", endpoint_url=endpoint)
-            for _ in range(100):
-                try:
-                    s3.create_bucket(Bucket="bench")
-                    break
-                except Exception:  # not listening yet
-                    time.sleep(0.2)
             ours = S3Store(S3Target(endpoint_url=endpoint, bucket="bench", prefix="pi5/"))
             uploads = {"S3Store.upload_file": lambda: ours.upload_file("db", "dump.zst", path, sha),
                        "boto3 upload_file": lambda: s3.upload_file(str(path), "bench", "reference")}
