@@ -1,6 +1,6 @@
 """Benchmark: the backup asset end to end against `pg_dump -Fc -Z0 | zstd -3 > file`.
 
-Run: `.venv/bin/python bench/backup.py [--size-mb 1024] [--repeat 3] [--keep]`. Everything is
+Run: `.venv/bin/python bench/backup.py [--size-mb 1024] [--repeat 3] [--checksum md5|crc32] [--keep]`. Everything is
 measured in one run on one database, so the ratio holds even on a noisy machine.
 Each backup runs in a child process, so its peak RSS is the backup's own
 (the child reports its VmHWM); the S3 server (moto) is a process of its own on the
@@ -77,6 +77,8 @@ def child(config: str, database: str) -> None:
 
     VmHWM, not ru_maxrss: a child started by fork/vfork + exec inherits its parent's
     ru_maxrss, so the latter would report the bench's own size, not the backup's."""
+    import boto3  # imported before the clock starts, as in a run whose process has loaded it already
+
     from homelab_ops.backups.backup import run_backup
     from homelab_ops.backups.offsite import sync
     from homelab_ops.settings import load
@@ -96,8 +98,6 @@ def child(config: str, database: str) -> None:
         if errors:
             raise SystemExit("; ".join(errors))
         out["peak_rss"] = hwm()  # ours, before the reference upload
-        import boto3
-
         t0 = time.perf_counter()
         boto3.client("s3", endpoint_url=settings.backups.s3[0].endpoint_url, region_name="us-east-1").upload_file(
             str(result.path), settings.backups.s3[0].bucket, f"reference/{result.path.name}")
@@ -119,6 +119,8 @@ def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--size-mb", type=int, default=1024)
     ap.add_argument("--keep", action="store_true", help="keep the generated database")
+    ap.add_argument("--checksum", choices=("md5", "crc32"), default="md5",
+                    help="the S3 target's `checksum` setting (what each part carries)")
     ap.add_argument("--repeat", type=int, default=3, help="rounds of baseline, local and local+S3 (medians)")
     ap.add_argument("--child", nargs=2, metavar=("CONFIG", "DB"), help=argparse.SUPPRESS)
     ap.add_argument("--upload-stdin", metavar="KEY", help=argparse.SUPPRESS)
@@ -147,7 +149,8 @@ def main() -> None:
         dsn = psycopg.conninfo.make_conninfo(ADMIN, dbname=db)
         baseline_file = work / "baseline.dump.zst"
         variants = (("local", {}),
-                    ("local+s3", {"s3": {"endpoint_url": f"http://127.0.0.1:{port}", "bucket": "bench"}}))
+                    ("local+s3", {"s3": {"endpoint_url": f"http://127.0.0.1:{port}", "bucket": "bench",
+                                              "checksum": a.checksum}}))
         rounds: dict[str, list[dict]] = {"baseline": [], "baseline+upload": [], "local": [], "local+s3": []}
         # Rounds interleave baseline and both variants, so a slow minute hits all three alike.
         for n in range(1, a.repeat + 1):
@@ -225,7 +228,9 @@ def main() -> None:
                                                      round(max(r["upload_ratio"] for r in rs), 2)],
                                      "local_ratio": round(med(r["local_ratio"] for r in rs), 2)}
         u = results["offsite_upload"]
-        print(f"off-site upload of the finished file, median of {a.repeat}: {u['seconds']:.1f} s against boto3 "
+        u["checksum"] = a.checksum
+        print(f"off-site upload of the finished file (checksum {a.checksum}), median of {a.repeat}: "
+              f"{u['seconds']:.1f} s against boto3 "
               f"upload_file {u['upload_file_s']:.1f} s: ratio {u['ratio']:.2f} (range {u['ratio_range'][0]:.2f}-"
               f"{u['ratio_range'][1]:.2f}; target <= 1.1); the local leg before it: ratio {u['local_ratio']:.2f} "
               "to the baseline", flush=True)

@@ -33,7 +33,8 @@ class FaultyProxy:
                  rewrite: Callable[[str, str, str, str], str] | None = None, *, rate: float | None = None,
                  mangle: Callable[[str, str, bytes], bytes] | None = None,
                  hold: Callable[[str, str], float] | None = None):
-        """`fail(method, path)` answers 500 instead of forwarding; `rewrite(method, path, header,
+        """`fail(method, path)` answers 500 instead of forwarding (or the S3 error it returns as
+        `(status, code, message)`: a server that refuses the request); `rewrite(method, path, header,
         value)` returns the value a response header is passed on with (a server that lies);
         `rate` (bytes a second) reads request bodies no faster, like a slow uplink; `mangle(method,
         path, body)` returns the body forwarded (bytes damaged on the way); `hold(method, path)`
@@ -82,10 +83,13 @@ class FaultyProxy:
             def _handle(self):
                 started = time.time()
                 body = self._body()
-                if proxy.fail(self.command, self.path):
-                    self._record(500, len(body), started)
-                    msg = b"<Error><Code>InternalError</Code><Message>injected</Message></Error>"
-                    self.send_response(500)
+                refusal = proxy.fail(self.command, self.path)
+                if refusal:
+                    status, code, message = refusal if isinstance(refusal, tuple) else (500, "InternalError",
+                                                                                         "injected")
+                    self._record(status, len(body), started)
+                    msg = f"<Error><Code>{code}</Code><Message>{message}</Message></Error>".encode()
+                    self.send_response(status)
                     self.send_header("Content-Length", str(len(msg)))
                     self.end_headers()
                     self.wfile.write(msg)

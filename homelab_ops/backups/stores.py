@@ -3,10 +3,12 @@
 Both stores speak in file names under `<database>/`, so listing, retention and
 restore read them alike. Writes are atomic in both: a local file is written as
 `.partial`, fsynced and renamed; an S3 object is uploaded from a finished local
-file and appears only when its multipart upload completes. Every part carries its
-Content-MD5, which the server checks on receipt; after completion the object's
-ETag (the MD5 of the parts' MD5s) and the sha256 in its metadata are compared with
-the local file's, and a copy that does not match is deleted.
+file and appears only when its multipart upload completes. Every part carries a
+checksum the server checks on receipt: its Content-MD5, or with `checksum: crc32` its
+CRC32 (a fifth of MD5's CPU on the Pi; S3 and MinIO take it, B2 refuses the header).
+After completion the object's ETag (the MD5 of the parts' MD5s) or composite CRC32, and
+the sha256 in its metadata, are compared with the local file's; a copy that does not
+match is deleted.
 """
 
 from __future__ import annotations
@@ -17,6 +19,7 @@ import io
 import json
 import threading
 import time
+import zlib
 from collections import deque
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
@@ -33,7 +36,21 @@ MAX_PARTS = 10_000  # S3's limit for one multipart upload
 # A bucket encrypting with SSE-KMS or SSE-C gives ETags that are not MD5s, so no copy there can be
 # checked this way; the message says so rather than leave the owner guessing.
 ETAG_HINT = "; a bucket with SSE-KMS or SSE-C encryption has ETags that are not MD5s and is not supported"
+NO_CRC32_HINT = "; the server reports no CRC32 for the object: set `checksum: md5` for this target"
 UPLOAD_THREADS = 4  # parts in flight: enough to fill a fast link, few enough for the Pi's memory
+
+
+def part_digest(checksum: str, data: bytes) -> bytes:
+    """The digest a part is sent with under a target's `checksum`."""
+    return hashlib.md5(data).digest() if checksum == "md5" else zlib.crc32(data).to_bytes(4, "big")
+
+
+def whole_object(checksum: str, digests: list[bytes]) -> str:
+    """What the server reports for the completed object made of parts with these digests: the
+    multipart ETag (MD5 of the MD5s, `-N`) or S3's composite checksum (CRC32 of the CRC32s)."""
+    if checksum == "md5":
+        return f"{hashlib.md5(b''.join(digests)).hexdigest()}-{len(digests)}"
+    return base64.b64encode(zlib.crc32(b"".join(digests)).to_bytes(4, "big")).decode()
 
 
 def s3_errors() -> tuple[type[Exception], ...]:
@@ -120,9 +137,10 @@ class S3Store:
                 "s3",
                 endpoint_url=target.endpoint_url,
                 region_name=target.region,
-                # Integrity is Content-MD5 per part (checked by the server on receipt) and the ETag after
-                # completion: botocore's per-request CRC32 and payload sha256 would hash every part twice
-                # more on the Pi, and the payload hash would read a rate-limited body twice.
+                # Integrity is the part's checksum (Content-MD5 or CRC32, checked by the server on receipt)
+                # and the object's after completion, computed here once: botocore's own per-request CRC32
+                # and payload sha256 would hash every part twice more on the Pi (and B2 refuses the
+                # CRC32 header), and the payload hash would read a rate-limited body twice.
                 config=botocore.config.Config(retries={"max_attempts": 3, "mode": "standard"},
                                               connect_timeout=10, read_timeout=120,
                                               request_checksum_calculation="when_required",
@@ -140,8 +158,12 @@ class S3Store:
     def _fail(self, action: str, err: Exception) -> StoreError:
         response = getattr(err, "response", None)
         detail = response["Error"].get("Code", "") if isinstance(response, dict) and "Error" in response else ""
+        # B2 answers a CRC32 header with InvalidArgument "Unsupported header 'x-amz-checksum-...'".
+        hint = ("; this target does not take CRC32 checksums: set `checksum: md5` for it"
+                if self.target.checksum == "crc32" and detail == "InvalidArgument" and "checksum" in str(err).lower()
+                else "")
         return StoreError(f"S3 target {self.label} ({self.target.uri_base}): {action} failed: "
-                          f"{detail or type(err).__name__}: {err}")
+                          f"{detail or type(err).__name__}: {err}{hint}")
 
     def list(self, database: str) -> dict[str, int]:
         prefix = self.key(database, "")
@@ -177,20 +199,27 @@ class S3Store:
         try:
             if size <= PART:
                 etag, got = self._put(key, f.read(), sha256)
+                check = "md5"
             else:
                 etag, got = self._multipart(key, f, size, sha256)
+                check = self.target.checksum
             if got != sha256:
                 self._discard(key)
                 raise LocalFileChanged(f"S3 target {self.label}: {name} was not uploaded: the local file's sha256 "
                                  f"{got[:12]}... differs from {sha256[:12]}... recorded when it was written")
-            head = self.client.head_object(Bucket=self.target.bucket, Key=key)
+            head = self.client.head_object(Bucket=self.target.bucket, Key=key,
+                                           **({"ChecksumMode": "ENABLED"} if check == "crc32" else {}))
+            # S3 writes a composite CRC32 as `<base64>-<parts>`; MinIO and moto leave the count out.
+            server = (head["ETag"].strip('"') if check == "md5"
+                      else (head.get("ChecksumCRC32") or "none").split("-")[0])
             problems = [what for what, ok in (
                 (f"size {head['ContentLength']} vs {size}", head["ContentLength"] == size),
-                (f"ETag {head['ETag'].strip(chr(34))} vs {etag}", head["ETag"].strip('"') == etag),
+                (f"{'ETag' if check == 'md5' else 'CRC32'} {server} vs {etag}", server == etag),
                 ("sha256 differs", head.get("Metadata", {}).get("sha256") == sha256)) if not ok]
             if problems:
                 self._discard(key)
-                hint = ETAG_HINT if any("ETag" in p for p in problems) else ""
+                hint = (ETAG_HINT if any("ETag" in p for p in problems) else
+                        NO_CRC32_HINT if check == "crc32" and not head.get("ChecksumCRC32") else "")
                 raise StoreError(f"S3 target {self.label}: {key} does not match after upload "
                                  f"({', '.join(problems)}{hint}); the copy was deleted")
         except s3_errors() as e:  # transient: an incomplete upload stays, the next attempt resumes it
@@ -209,31 +238,44 @@ class S3Store:
         """Upload in parts, resuming an incomplete upload of the same key: a part already there
         with the same MD5 is not sent again. Parts go up UPLOAD_THREADS at a time while the next
         is read and hashed (as boto3's upload_file does, with fewer threads: at most 5 parts in
-        memory). Returns (expected ETag, sha256 of the bytes read)."""
-        bucket = self.target.bucket
+        memory). Returns (what the server should report for the object, sha256 of the bytes read)."""
+        bucket, checksum = self.target.bucket, self.target.checksum
         upload_id, sent = self._resumable(key)
         if upload_id is None:
-            upload_id = self.client.create_multipart_upload(Bucket=bucket, Key=key,
-                                                            Metadata={"sha256": sha256})["UploadId"]
+            upload_id = self.client.create_multipart_upload(
+                Bucket=bucket, Key=key, Metadata={"sha256": sha256},
+                **({"ChecksumAlgorithm": "CRC32"} if checksum == "crc32" else {}))["UploadId"]
         part_size = max(PART, -(-size // MAX_PARTS))
-        sha, md5s = hashlib.sha256(), []
+        sha, parts = hashlib.sha256(), []
 
-        def send(number: int, data: bytes) -> bytes:
-            """One part (unless S3 holds it already); its MD5, hashed here to use another core."""
-            md5 = hashlib.md5(data)
-            if sent.get(number) == md5.hexdigest():
-                return md5.digest()
-            etag = self.client.upload_part(Bucket=bucket, Key=key, UploadId=upload_id, PartNumber=number,
-                                           Body=self._body(data),
-                                           ContentMD5=base64.b64encode(md5.digest()).decode())["ETag"]
-            if etag.strip('"') != md5.hexdigest():
+        def send(number: int, data: bytes) -> dict:
+            """One part (unless S3 holds it already), hashed here to use another core; its entry
+            for CompleteMultipartUpload, with the digest under `digest`."""
+            digest = part_digest(checksum, data)
+            b64 = base64.b64encode(digest).decode()
+            entry = {"PartNumber": number, "digest": digest}
+            if checksum == "crc32":
+                entry["ChecksumCRC32"] = b64
+            held = sent.get(number)
+            # A part already there is ours when its checksum, or (where ListParts gives none, as
+            # MinIO's and moto's do not) its ETag, is this part's: MD5 only for resumed parts.
+            if held and (held["ChecksumCRC32"] == b64 if held["ChecksumCRC32"]
+                         else held["ETag"] == (digest if checksum == "md5" else hashlib.md5(data).digest()).hex()):
+                return entry | {"ETag": held["ETag"]}
+            answer = self.client.upload_part(
+                Bucket=bucket, Key=key, UploadId=upload_id, PartNumber=number, Body=self._body(data),
+                **({"ContentMD5": b64} if checksum == "md5" else {"ChecksumCRC32": b64}))
+            etag = answer["ETag"].strip('"')
+            same = etag == digest.hex() if checksum == "md5" else answer.get("ChecksumCRC32", b64) == b64
+            if not same:
                 self._discard(key)
                 raise StoreError(f"S3 target {self.label}: part {number} of {key} arrived different "
-                                 f"(its ETag is not the MD5 sent{ETAG_HINT}); the upload was aborted")
-            return md5.digest()
+                                 f"(its {'ETag is not the MD5' if checksum == 'md5' else 'CRC32 is not the one'} "
+                                 f"sent{ETAG_HINT if checksum == 'md5' else ''}); the upload was aborted")
+            return entry | {"ETag": etag}
 
-        def collect(in_flight: deque) -> bytes:
-            """The oldest part's MD5. When it failed, a part found damaged is the cause to report:
+        def collect(in_flight: deque) -> dict:
+            """The oldest part's entry. When it failed, a part found damaged is the cause to report:
             its abort makes the parts still in flight fail with the server's own error."""
             try:
                 return in_flight.popleft().result()
@@ -247,28 +289,32 @@ class S3Store:
                 data = f.read(part_size)
                 sha.update(data)
                 if len(in_flight) == UPLOAD_THREADS:
-                    md5s.append(collect(in_flight))
+                    parts.append(collect(in_flight))
                 in_flight.append(pool.submit(send, number, data))
             while in_flight:
-                md5s.append(collect(in_flight))
-        parts = [{"ETag": m.hex(), "PartNumber": n} for n, m in enumerate(md5s, 1)]
+                parts.append(collect(in_flight))
+        digests = [p.pop("digest") for p in parts]
         self.client.complete_multipart_upload(Bucket=bucket, Key=key, UploadId=upload_id,
                                               MultipartUpload={"Parts": parts})
-        return f"{hashlib.md5(b''.join(md5s)).hexdigest()}-{len(parts)}", sha.hexdigest()
+        return whole_object(checksum, digests), sha.hexdigest()
 
-    def _resumable(self, key: str) -> tuple[str | None, dict[int, str]]:
-        """The newest incomplete upload of `key` and its parts' MD5s; older ones are aborted."""
+    def _resumable(self, key: str) -> tuple[str | None, dict[int, dict]]:
+        """The newest incomplete upload of `key` made with this target's checksum, and its parts
+        (ETag, and ChecksumCRC32 where the server lists it); every other one is aborted."""
+        algorithm = "CRC32" if self.target.checksum == "crc32" else None
         uploads = sorted((u for u in self.incomplete_uploads(key) if u["Key"] == key), key=lambda u: u["Initiated"])
-        for old in uploads[:-1]:
-            self.client.abort_multipart_upload(Bucket=self.target.bucket, Key=key, UploadId=old["UploadId"])
-        if not uploads:
+        keep = uploads[-1] if uploads and uploads[-1].get("ChecksumAlgorithm") == algorithm else None
+        for old in uploads:
+            if old is not keep:
+                self.client.abort_multipart_upload(Bucket=self.target.bucket, Key=key, UploadId=old["UploadId"])
+        if keep is None:
             return None, {}
-        upload_id = uploads[-1]["UploadId"]
-        sent: dict[int, str] = {}
+        sent: dict[int, dict] = {}
         for page in self.client.get_paginator("list_parts").paginate(Bucket=self.target.bucket, Key=key,
-                                                                      UploadId=upload_id):
-            sent.update({p["PartNumber"]: p["ETag"].strip('"') for p in page.get("Parts", [])})
-        return upload_id, sent
+                                                                      UploadId=keep["UploadId"]):
+            sent.update({p["PartNumber"]: {"ETag": p["ETag"].strip('"'), "ChecksumCRC32": p.get("ChecksumCRC32")}
+                         for p in page.get("Parts", [])})
+        return keep["UploadId"], sent
 
     def _discard(self, key: str) -> None:
         """A copy that does not match is worse than none: abort its upload, delete the object."""
