@@ -236,9 +236,8 @@ class S3Store:
 
     def _multipart(self, key: str, f: IO[bytes], size: int, sha256: str) -> tuple[str, str]:
         """Upload in parts, resuming an incomplete upload of the same key: a part already there
-        with the same MD5 is not sent again. Parts go up UPLOAD_THREADS at a time while the next
-        is read and hashed (as boto3's upload_file does, with fewer threads: at most 5 parts in
-        memory). Returns (what the server should report for the object, sha256 of the bytes read)."""
+        with the same checksum is not sent again. Parts go up UPLOAD_THREADS at a time while the
+        next is read and hashed, as boto3's upload_file does. Returns (what the server should report for the object, sha256 of the bytes read)."""
         bucket, checksum = self.target.bucket, self.target.checksum
         upload_id, sent = self._resumable(key)
         if upload_id is None:
@@ -299,11 +298,13 @@ class S3Store:
         return whole_object(checksum, digests), sha.hexdigest()
 
     def _resumable(self, key: str) -> tuple[str | None, dict[int, dict]]:
-        """The newest incomplete upload of `key` made with this target's checksum, and its parts
-        (ETag, and ChecksumCRC32 where the server lists it); every other one is aborted."""
-        algorithm = "CRC32" if self.target.checksum == "crc32" else None
+        """The newest incomplete upload of `key` begun under this target's checksum, and its parts
+        (ETag, and ChecksumCRC32 where the server lists it); every other one is aborted. Only a
+        CRC32 upload takes CRC32 parts; any other (S3 may list its own default algorithm for an
+        upload that named none) takes Content-MD5 ones."""
         uploads = sorted((u for u in self.incomplete_uploads(key) if u["Key"] == key), key=lambda u: u["Initiated"])
-        keep = uploads[-1] if uploads and uploads[-1].get("ChecksumAlgorithm") == algorithm else None
+        keep = (uploads[-1] if uploads and (uploads[-1].get("ChecksumAlgorithm") == "CRC32")
+                == (self.target.checksum == "crc32") else None)
         for old in uploads:
             if old is not keep:
                 self.client.abort_multipart_upload(Bucket=self.target.bucket, Key=key, UploadId=old["UploadId"])
