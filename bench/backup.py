@@ -1,7 +1,7 @@
 """Benchmark: the backup asset end to end against `pg_dump -Fc -Z0 | zstd -3 > file`.
 
-Run: `.venv/bin/python bench/backup.py [--size-mb 1024] [--repeat 3] [--checksum md5|crc32] [--keep]`. Everything is
-measured in one run on one database, so the ratio holds even on a noisy machine.
+Run: `.venv/bin/python bench/backup.py [--size-mb 1024] [--repeat 3] [--checksum md5|crc32] [--keep]`.
+Everything is measured in one run on one database, so the ratio holds even on a noisy machine.
 Each backup runs in a child process, so its peak RSS is the backup's own
 (the child reports its VmHWM); the S3 server (moto) is a process of its own on the
 same cores, and its CPU time is reported beside each S3 run.

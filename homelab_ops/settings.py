@@ -101,7 +101,7 @@ class S3Target(_Section):
     profile: str | None = None
     bandwidth_limit: str | None = None  # e.g. "2MB/s": the nightly upload leaves the uplink to n8n
     # The checksum each part carries, which the server checks on receipt. md5 (Content-MD5) works with
-    # every S3-compatible server; crc32 costs a fifth of its CPU on the Pi: S3 and MinIO take it, B2
+    # every S3-compatible server; crc32 costs a fifth of MD5's CPU: S3 and MinIO take it, B2
     # refuses the header.
     checksum: Literal["md5", "crc32"] = "md5"
 

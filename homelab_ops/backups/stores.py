@@ -5,7 +5,7 @@ restore read them alike. Writes are atomic in both: a local file is written as
 `.partial`, fsynced and renamed; an S3 object is uploaded from a finished local
 file and appears only when its multipart upload completes. Every part carries a
 checksum the server checks on receipt: its Content-MD5, or with `checksum: crc32` its
-CRC32 (a fifth of MD5's CPU on the Pi; S3 and MinIO take it, B2 refuses the header).
+CRC32 (a fifth of MD5's CPU; S3 and MinIO take it, B2 refuses the header).
 After completion the object's ETag (the MD5 of the parts' MD5s) or composite CRC32, and
 the sha256 in its metadata, are compared with the local file's; a copy that does not
 match is deleted.
@@ -237,7 +237,8 @@ class S3Store:
     def _multipart(self, key: str, f: IO[bytes], size: int, sha256: str) -> tuple[str, str]:
         """Upload in parts, resuming an incomplete upload of the same key: a part already there
         with the same checksum is not sent again. Parts go up UPLOAD_THREADS at a time while the
-        next is read and hashed, as boto3's upload_file does. Returns (what the server should report for the object, sha256 of the bytes read)."""
+        next is read and hashed, as boto3's upload_file does. Returns (what the server should
+        report for the object, sha256 of the bytes read)."""
         bucket, checksum = self.target.bucket, self.target.checksum
         upload_id, sent = self._resumable(key)
         if upload_id is None:

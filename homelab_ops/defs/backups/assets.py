@@ -166,7 +166,8 @@ def offsite_asset(database: str, upstream: dg.AssetKey, settings: Settings) -> d
             f"Off-site copies of `{database}`'s backups on {targets}: each complete local backup a target "
             "lacks is uploaded from the finished file, oldest first (every file of the set, the manifest "
             "last), with its sha256 in the object's metadata, a checksum on every part (Content-MD5, or "
-            "CRC32 with `checksum: crc32`) and the object's checked after completion. A copy that failed stays owed and is caught up by the next run."
+            "CRC32 with `checksum: crc32`) and the object's checked after completion. A copy that failed "
+            "stays owed and is caught up by the next run."
         ),
     )
     def _offsite(context: dg.AssetExecutionContext, homelab: HomelabSettings) -> dg.MaterializeResult:
