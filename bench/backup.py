@@ -8,7 +8,7 @@ same cores, and its CPU time is reported beside each S3 run.
 
 Targets (issues 2 and 11): local ratio <= 1.3; peak RSS <= 250 MB at 1 GB and the same at 4 GB;
 the off-site upload of the finished file at most 1.1x boto3's `upload_file` (what `aws s3 cp`
-does) of the same file to the same server in the same process.
+does) of the same file to the same server in the same process, the two taking turns to go first.
 
 Also measured, to tell our cost from the S3 server's: a reference pipeline of the same tools
 that stores off-site too (`... | zstd -3 | tee file | boto3 upload_fileobj`, as `aws s3 cp -`
@@ -69,11 +69,12 @@ def timed(args: list[str], env=None) -> tuple[float, str]:
     return elapsed, proc.stdout
 
 
-def child(config: str, database: str) -> None:
+def child(config: str, database: str, reference_first: bool = False) -> None:
     """One backup, as the nightly job runs it: the local backup (run_backup), then with a target
     the off-site step (offsite.sync); prints each one's seconds (as the assets call them in a run
     whose process has loaded the code already) and this process's peak RSS in bytes. With a target,
-    then boto3's `upload_file` of the same finished file to the same server, timed the same way.
+    then boto3's `upload_file` of the same finished file to the same server, timed the same way
+    (before ours in every other round: whichever goes first right after the dump is the slower).
 
     VmHWM, not ru_maxrss: a child started by fork/vfork + exec inherits its parent's
     ru_maxrss, so the latter would report the bench's own size, not the backup's."""
@@ -92,16 +93,24 @@ def child(config: str, database: str) -> None:
     result = run_backup(settings, database)
     out = {"backup_s": time.perf_counter() - t0}
     if settings.backups.s3:
-        t0 = time.perf_counter()
-        errors = [s.error for s in sync(settings, database) if s.error]
-        out["upload_s"] = time.perf_counter() - t0
-        if errors:
-            raise SystemExit("; ".join(errors))
-        out["peak_rss"] = hwm()  # ours, before the reference upload
-        t0 = time.perf_counter()
-        boto3.client("s3", endpoint_url=settings.backups.s3[0].endpoint_url, region_name="us-east-1").upload_file(
-            str(result.path), settings.backups.s3[0].bucket, f"reference/{result.path.name}")
-        out["upload_file_s"] = time.perf_counter() - t0
+        def ours() -> None:
+            t0 = time.perf_counter()
+            errors = [s.error for s in sync(settings, database) if s.error]
+            out["upload_s"] = time.perf_counter() - t0
+            if errors:
+                raise SystemExit("; ".join(errors))
+            out.setdefault("peak_rss", hwm())  # ours, unless the reference upload ran before it
+
+        def reference() -> None:
+            t0 = time.perf_counter()
+            boto3.client("s3", endpoint_url=settings.backups.s3[0].endpoint_url, region_name="us-east-1").upload_file(
+                str(result.path), settings.backups.s3[0].bucket, f"reference/{result.path.name}")
+            out["upload_file_s"] = time.perf_counter() - t0
+
+        if reference_first:  # boto3 keeps memory after its upload: this round's peak is the local backup's
+            out["peak_rss"], out["rss_of_upload"] = hwm(), False
+        for leg in ((reference, ours) if reference_first else (ours, reference)):
+            leg()
     out.setdefault("peak_rss", hwm())
     out["seconds"] = out["backup_s"] + out.get("upload_s", 0.0)
     print(json.dumps(out))
@@ -122,11 +131,11 @@ def main() -> None:
     ap.add_argument("--checksum", choices=("md5", "crc32"), default="md5",
                     help="the S3 target's `checksum` setting (what each part carries)")
     ap.add_argument("--repeat", type=int, default=3, help="rounds of baseline, local and local+S3 (medians)")
-    ap.add_argument("--child", nargs=2, metavar=("CONFIG", "DB"), help=argparse.SUPPRESS)
+    ap.add_argument("--child", nargs=3, metavar=("CONFIG", "DB", "REFERENCE_FIRST"), help=argparse.SUPPRESS)
     ap.add_argument("--upload-stdin", metavar="KEY", help=argparse.SUPPRESS)
     a = ap.parse_args()
     if a.child:
-        return child(*a.child)
+        return child(a.child[0], a.child[1], a.child[2] == "1")
     if a.upload_stdin:
         return upload_stdin(a.upload_stdin)
 
@@ -172,7 +181,7 @@ def main() -> None:
                 cfg.write_text(yaml.safe_dump({"postgres": {"dsn": ADMIN, "databases": [db]},
                                                "backups": {"local_dir": str(work / label / str(n)), **extra}}))
                 cpu0 = moto.cpu_times()
-                t_proc, out = timed([sys.executable, __file__, "--child", str(cfg), db], env=env)
+                t_proc, out = timed([sys.executable, __file__, "--child", str(cfg), db, str(1 - n % 2)], env=env)
                 cpu1 = moto.cpu_times()
                 own = json.loads(out.strip().splitlines()[-1])
                 t, rss = own["seconds"], own["peak_rss"]
@@ -181,7 +190,8 @@ def main() -> None:
                     for obj in s3.list_objects_v2(Bucket="bench").get("Contents", []):
                         s3.delete_object(Bucket="bench", Key=obj["Key"])
                 rounds[label].append({"seconds": t, "ratio": t / t_base, "process_ratio": t_proc / t_base,
-                                      "peak_rss_mb": rss / 1e6, "s3_server_cpu_s": moto_cpu,
+                                      "peak_rss_mb": rss / 1e6, "rss_of_upload": own.get("rss_of_upload", True),
+                                      "s3_server_cpu_s": moto_cpu,
                                       "local_ratio": own["backup_s"] / t_base})
                 upload = ""
                 if "upload_s" in own:
@@ -193,7 +203,8 @@ def main() -> None:
                               f"(ratio {own['upload_s'] / own['upload_file_s']:.2f})")
                 print(f"round {n}: backup asset ({label}): {t:.1f} s, ratio {t / t_base:.2f} "
                       f"(whole process with Python's start and imports: {t_proc:.1f} s, {t_proc / t_base:.2f}), "
-                      f"peak RSS {rss / 1e6:.0f} MB, S3 server CPU {moto_cpu:.1f} s{upload}", flush=True)
+                      f"peak RSS {rss / 1e6:.0f} MB{'' if own.get('rss_of_upload', True) else ' (the local backup)'}, "
+                      f"S3 server CPU {moto_cpu:.1f} s{upload}", flush=True)
         med = statistics.median
         results = {"database_bytes": size, "rounds": a.repeat,
                    "baseline_s": round(med(r["seconds"] for r in rounds["baseline"]), 2)}
@@ -203,7 +214,8 @@ def main() -> None:
                               "ratio": round(med(r["ratio"] for r in rs), 2),
                               "ratio_range": [round(min(r["ratio"] for r in rs), 2), round(max(r["ratio"] for r in rs), 2)],
                               "process_ratio": round(med(r["process_ratio"] for r in rs), 2),
-                              "peak_rss_mb": round(max(r["peak_rss_mb"] for r in rs), 1),
+                              # the peak of rounds whose child measured the upload too
+                              "peak_rss_mb": round(max(r["peak_rss_mb"] for r in rs if r["rss_of_upload"]), 1),
                               "s3_server_cpu_s": round(med(r["s3_server_cpu_s"] for r in rs), 1)}
             r = results[label]
             print(f"backup asset ({label}), median of {a.repeat}: ratio {r['ratio']:.2f} "
