@@ -141,6 +141,17 @@ def check_pg_dump(settings: Settings) -> Check:
     return ok(name, f"{path} version {client}, server {server}")
 
 
+def check_source(config) -> Check:
+    """A `backups.sources` entry: its server answers with its credentials, so tonight's backup can run."""
+    from homelab_ops.backups import sources
+
+    name = f"source {config.name}"
+    try:
+        return ok(name, sources.MODULES[config.type].probe(config))
+    except sources.SourceError as e:
+        return fail(name, _short(e), f"check backups.sources entry {config.name!r} (host, port, password)")
+
+
 # --- Files, S3, Docker, Telegram --------------------------------------------------------------
 
 def check_backup_dir(settings: Settings) -> Check:
@@ -391,6 +402,8 @@ def _checks(settings: Settings, env: dict[str, str], token: str | None) -> Itera
     yield "pg_dump", lambda: check_pg_dump(settings)
     if settings.n8n is not None:
         yield "n8n database", lambda: check_database("n8n database", settings.n8n.dsn.get_secret_value(), "n8n.dsn")
+    for source in settings.backups.sources:
+        yield f"source {source.name}", lambda source=source: check_source(source)
     yield "backup folder", lambda: check_backup_dir(settings)
     if not settings.backups.s3:
         yield "s3", lambda: skip("s3", "no off-site target (backups.s3): backups stay on this host only")

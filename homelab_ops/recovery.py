@@ -342,6 +342,7 @@ def remove_leftovers(settings, log) -> tuple[list[str], bool]:
     from homelab_ops.n8n.workflow_export import FOLDER
     from homelab_ops.backups.names import PITR_FOLDERS
     from homelab_ops.backups.stores import StoreError, s3_errors, stores_for
+    from homelab_ops.backups.verify import SCRATCH_DIR_PREFIX
     from homelab_ops.files import PARTIAL_SUFFIX
     from homelab_ops.state import connect
 
@@ -374,6 +375,10 @@ def remove_leftovers(settings, log) -> tuple[list[str], bool]:
         for p in Path(local.root).glob(RESTORE_TMP):
             if not _open_anywhere(p):
                 p.unlink(missing_ok=True)
+                removed.append(str(p))
+        for p in Path(local.root).glob(SCRATCH_DIR_PREFIX + "*"):  # a killed verification's scratch folder
+            if p.is_dir():
+                shutil.rmtree(p, ignore_errors=True)
                 removed.append(str(p))
         # Scratch databases of interrupted verifications (only of this homelab's databases).
         pattern = scratch_pattern([d for d in databases if d not in (GLOBALS, FOLDER)])

@@ -57,7 +57,8 @@ class StateSettings(_Section):
 
 # The database names homelab-ops backs up: they become folder names and asset keys
 # (homelab_ops.backups.names decides, for the settings, the code location and the CLI).
-from homelab_ops.backups.names import usable_databases  # noqa: E402
+from homelab_ops.backups.names import name_problem, op_name, usable_databases  # noqa: E402
+from homelab_ops.backups.sources import SourceSettings  # noqa: E402
 
 
 class PostgresSettings(_Section):
@@ -178,6 +179,9 @@ class BackupSettings(_Section):
     zstd_level: int = Field(3, ge=1, le=19)
     retention: RetentionSettings = RetentionSettings()
     verify_min_free_factor: float = Field(3.0, gt=0)  # free disk needed = factor x dump size
+    # Other things backed up beside PostgreSQL's databases: one module each in
+    # homelab_ops/backups/sources, picked by `type` (redis). `name` is the folder and the asset keys.
+    sources: list[SourceSettings] = []
 
     @field_validator("s3", mode="before")
     @classmethod
@@ -186,6 +190,19 @@ class BackupSettings(_Section):
             return []
         return [v] if isinstance(v, dict) else v
 
+    @field_validator("sources")
+    @classmethod
+    def _source_names(cls, v):
+        seen: dict[str, str] = {}
+        for source in v:
+            problem = name_problem(source.name)
+            if problem:
+                raise ValueError(f"source name {source.name!r}: {problem}")
+            if op_name(source.name) in seen:
+                raise ValueError(f"two sources are called {seen[op_name(source.name)]!r} and {source.name!r}: "
+                                 "give each a name of its own")
+            seen[op_name(source.name)] = source.name
+        return v
 
 
 def _iso_day(v: str) -> str:
@@ -763,6 +780,19 @@ class Settings(_Section):
         ident = self.backups.encryption.identity_file
         if ident and not self.backups.encryption.age_recipients:
             raise ValueError("backups.encryption.identity_file is set but age_recipients is empty")
+        return self
+
+    @model_validator(mode="after")
+    def _sources_beside_databases(self):
+        """A source's folder and assets must not be a listed database's (under `all`, the definitions
+        skip a database that takes a source's name, with a warning)."""
+        if self.postgres.databases != "all":
+            dbs = {op_name(d): d for d in self.postgres.databases}
+            for source in self.backups.sources:
+                if op_name(source.name) in dbs:
+                    raise ValueError(f"backups.sources: {source.name!r} collides with the database "
+                                     f"{dbs[op_name(source.name)]!r} in postgres.databases: they would share a "
+                                     "folder and asset keys; rename the source")
         return self
 
     @property

@@ -34,7 +34,7 @@ ADMIN_DSN = os.environ.get("HOMELAB_TEST_ADMIN_DSN", "postgresql://postgres@127.
 # `pytest -m "not services"` runs the pure tests alone, without `make services`. A module that
 # reaches a service without these fixtures says so with `pytestmark = pytest.mark.services`.
 SERVICE_FIXTURES = frozenset({"state_db", "fresh_state_db", "new_db", "s3_server", "s3_bucket", "docker_client",
-                              "scram_pg", "two_authenticated_targets"})
+                              "scram_pg", "two_authenticated_targets", "redis"})
 
 
 def pytest_collection_modifyitems(config, items):

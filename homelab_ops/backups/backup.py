@@ -127,9 +127,28 @@ def _recipients(keys: list[str]):
     return [pyrage.x25519.Recipient.from_str(k) for k in keys]
 
 
-def stream_to_file(proc, dest: Path, *, level: int, recipients: list[str], timeout: float, what: str
-                   ) -> tuple[str, int]:
-    """Compress (and encrypt) a child's stdout into `dest`; returns (sha256, size).
+class _Tap:
+    """The child's stdout, also written raw to `path`: for a source whose tool checks the raw bytes
+    (redis-check-rdb) while only the compressed file is kept."""
+
+    def __init__(self, stream, path: Path):
+        self.stream, self.out = stream, open(path, "wb")
+
+    def read(self, n: int = -1) -> bytes:
+        b = self.stream.read(n)
+        self.out.write(b)
+        return b
+
+    def close(self) -> None:
+        self.out.flush()
+        os.fsync(self.out.fileno())
+        self.out.close()
+
+
+def stream_to_file(proc, dest: Path, *, level: int, recipients: list[str], timeout: float, what: str,
+                   tap: Path | None = None) -> tuple[str, int]:
+    """Compress (and encrypt) a child's stdout into `dest`; returns (sha256, size). With `tap`, the raw
+    stream is also written there (the caller removes it).
 
     Raises BackupError when the child fails or outlives `timeout`; `dest` is
     removed then, so a failed backup leaves nothing behind.
@@ -147,24 +166,28 @@ def stream_to_file(proc, dest: Path, *, level: int, recipients: list[str], timeo
     watchdog.daemon = True
     watchdog.start()
     sink = _HashingWriter(dest)
+    source = _Tap(proc.stdout, tap) if tap else proc.stdout
     try:
         # One worker thread compresses while this one reads the pipe and writes: as fast as the
         # `pg_dump | zstd` pipeline, and one core at most, so Ollama keeps the others.
         cctx = zstandard.ZstdCompressor(level=level, threads=1)
         if recipients:
-            reader = cctx.stream_reader(proc.stdout, read_size=CHUNK)
+            reader = cctx.stream_reader(source, read_size=CHUNK)
             pyrage.encrypt_io(reader, sink, _recipients(recipients))
         else:
-            cctx.copy_stream(proc.stdout, sink, read_size=CHUNK, write_size=CHUNK)
+            cctx.copy_stream(source, sink, read_size=CHUNK, write_size=CHUNK)
         sink.close()
+        if tap:
+            source.close()
         rc = proc.wait()
     except BaseException:
         proc.kill()
         proc.wait()
-        try:
-            sink.f.close()
-        except OSError:
-            pass
+        for f in (sink.f, source.out if tap else None):
+            try:
+                f and f.close()
+            except OSError:
+                pass
         dest.unlink(missing_ok=True)
         if sink.error is not None:
             raise sink.error from None
@@ -214,11 +237,11 @@ class _Pending:
     def manifest_path(self) -> Path:
         return self.final.with_name(self.stem + MANIFEST_SUFFIX)
 
-    def stream(self, proc, what: str) -> tuple[str, int]:
+    def stream(self, proc, what: str, *, tap: Path | None = None) -> tuple[str, int]:
         b = self.settings.backups
         with _writing(self.database, self.partial, self.abandon):
             return stream_to_file(proc, self.partial, level=b.zstd_level, recipients=b.encryption.age_recipients,
-                                  timeout=b.timeout.seconds, what=what)
+                                  timeout=b.timeout.seconds, what=what, tap=tap)
 
     def abandon(self) -> None:
         """Remove every artefact of this backup, the manifest first (never a manifest without its dump)."""
@@ -250,7 +273,9 @@ class _Pending:
         return BackupResult(self.database, self.stem, self.final, manifest)
 
 
-def _prepare(settings, database: str, *, globals_only: bool = False) -> _Pending:
+def prepare(settings, database: str, *, globals_only: bool = False) -> _Pending:
+    """A new backup of the folder `database`: free space checked, a stem of its own; every source's
+    backup streams through it (`stream`), then `commit`s its manifest fields or `abandon`s."""
     local = LocalStore(settings.backups.local_dir)
     local.folder(database).mkdir(parents=True, exist_ok=True)
     check_free_space(local, database)
@@ -272,7 +297,7 @@ def run_backup(settings, database: str, *, manifest_extra: dict | None = None) -
     with connect(admin, autocommit=True) as lock_conn:
         if not lock_conn.execute("SELECT pg_try_advisory_lock(%s)", (_lock_key(database),)).fetchone()[0]:
             raise BackupError(f"another backup of {database!r} is running; two backups of one database never run at once")
-        pending = _prepare(settings, database)
+        pending = prepare(settings, database)
         try:
             with connect(pg.database_dsn(admin, database)) as src, contextlib.ExitStack() as held:
                 src.isolation_level = psycopg.IsolationLevel.REPEATABLE_READ
@@ -325,7 +350,7 @@ def run_backup(settings, database: str, *, manifest_extra: dict | None = None) -
 def run_globals_backup(settings) -> BackupResult:
     """`pg_dumpall --globals-only`: the roles a restore on a new server needs first."""
     admin = settings.postgres.dsn.get_secret_value()
-    pending = _prepare(settings, GLOBALS, globals_only=True)
+    pending = prepare(settings, GLOBALS, globals_only=True)
     try:
         proc = pg.start_dumpall_globals(admin, settings.postgres.pg_bin_dir)
         sha, size = pending.stream(proc, "pg_dumpall --globals-only")

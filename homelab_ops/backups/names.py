@@ -125,17 +125,18 @@ def require_known_database(settings, database: str, *, any_name: bool = False) -
                                 "not starting with . or -)")
     if any_name:
         return database
-    from homelab_ops.backups.postgresql import configured_databases
+    from homelab_ops.backups.sources import backed_up, configured as sources
     from homelab_ops.backups.stores import LocalStore
 
     try:
-        configured = configured_databases(settings)
-    except Exception:  # server down: the folders still count
-        configured = []
+        configured = backed_up(settings)
+    except Exception:  # server down: the sources and the folders still count
+        configured = list(sources(settings))
     # PITR's folders and asset name are not databases: `backups restore --at` reads the archive.
     known = sorted({*configured, *LocalStore(settings.backups.local_dir).databases(), *reserved()}
                    - {*PITR_FOLDERS, PITR_OFFSITE})
     if database not in known:
-        raise DatabaseNameError(f"{database!r} is not a database homelab-ops knows (not in postgres.databases, "
+        raise DatabaseNameError(f"{database!r} is not a database homelab-ops knows (not in postgres.databases "
+                                f"nor backups.sources, "
                                 f"no folder in {settings.backups.local_dir}); known: {', '.join(known) or 'none'}")
     return database

@@ -18,11 +18,8 @@ import psycopg
 from psycopg import sql
 from psycopg.conninfo import conninfo_to_dict, make_conninfo
 
+from homelab_ops.backups.sources._base import SourceError  # noqa: F401  (raised here, caught by its name)
 from homelab_ops.state import connect
-
-
-class SourceError(RuntimeError):
-    """A database-side problem, said in words an operator can act on."""
 
 
 @dataclass(frozen=True)

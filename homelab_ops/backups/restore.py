@@ -213,6 +213,36 @@ def load_identity(settings):
     return [pyrage.x25519.Identity.from_str(k) for k in keys]
 
 
+def _decode(path: Path, sink, identities, progress: Callable[[int], None] | None) -> None:
+    """file -> (age decrypt, with `identities`) -> zstd decompress -> `sink.write`."""
+    with open(path, "rb") as f:
+        src = _Counting(f, progress)
+        writer = zstandard.ZstdDecompressor().stream_writer(sink, closefd=False)
+        if identities:
+            pyrage.decrypt_io(src, writer, identities)
+        else:
+            while chunk := src.read(CHUNK):
+                writer.write(chunk)
+        writer.flush()
+
+
+def decode_file(settings, path: Path, dest: Path, *, encrypted: bool,
+                progress: Callable[[int], None] | None = None) -> None:
+    """The backup's own bytes (an RDB, a dump) as the file `dest`, fsynced; removed when it fails."""
+    identities = load_identity(settings) if encrypted else None
+    try:
+        with open(dest, "wb") as out:
+            _decode(path, out, identities, progress)
+            out.flush()
+            os.fsync(out.fileno())
+    except (pyrage.DecryptError, zstandard.ZstdError) as e:
+        dest.unlink(missing_ok=True)
+        raise RestoreError(f"cannot decode {path.name}: {type(e).__name__}: {e}") from None
+    except BaseException:
+        dest.unlink(missing_ok=True)
+        raise
+
+
 def pg_restore_file(settings, path: Path, dsn: str, *, encrypted: bool, keep_owners: bool,
                     progress: Callable[[int], None] | None = None) -> None:
     """Stream file -> (age decrypt) -> zstd decompress -> pg_restore's stdin."""
@@ -223,15 +253,7 @@ def pg_restore_file(settings, path: Path, dsn: str, *, encrypted: bool, keep_own
     drain.start()
     broken = None
     try:
-        with open(path, "rb") as f:
-            src = _Counting(f, progress)
-            writer = zstandard.ZstdDecompressor().stream_writer(proc.stdin, closefd=False)
-            if identities:
-                pyrage.decrypt_io(src, writer, identities)
-            else:
-                while chunk := src.read(CHUNK):
-                    writer.write(chunk)
-            writer.flush()
+        _decode(path, proc.stdin, identities, progress)
         proc.stdin.close()
     except (BrokenPipeError, pyrage.DecryptError, zstandard.ZstdError, OSError) as e:
         broken = e
@@ -247,26 +269,28 @@ def pg_restore_file(settings, path: Path, dsn: str, *, encrypted: bool, keep_own
         raise RestoreError(f"pg_restore failed (exit {rc}): {why}")
 
 
-def refuse_existing(settings, into: str) -> None:
-    if pg.database_exists(settings.postgres.dsn.get_secret_value(), into):
-        raise RestoreError(f"database {into!r} already exists: refusing to overwrite it; choose another --into")
+def source_of(settings, database: str, manifest: dict | None):
+    """The backup source module that restores `database`'s backups: its manifest says, else the settings."""
+    from homelab_ops.backups import sources
+
+    if manifest is not None:
+        try:
+            return sources.for_manifest(manifest)
+        except ValueError as e:
+            raise RestoreError(str(e)) from None
+    return sources.source_for(settings, database)[0]
+
+
+def refuse_existing(settings, database: str, into: str) -> None:
+    """Before any work: `into` (a database, or a folder for Redis) must not hold anything yet."""
+    source_of(settings, database, None).refuse_existing(settings, into)
 
 
 def restore(settings, loc: Located, into: str, *, progress: Callable[[int], None] | None = None,
-            keep_owners: bool = True) -> None:
-    """Restore the located backup into the new database `into`.
+            keep_owners: bool = True) -> str:
+    """Restore the located backup into `into` (a new database; for Redis, a folder); returns where it went.
 
     Progress counts the dump's bytes twice: once checked (or downloaded), once restored.
     """
-    admin = settings.postgres.dsn.get_secret_value()
-    refuse_existing(settings, into)
-    if loc.backup.encrypted:
-        load_identity(settings)  # fail before any work when the key is missing
-    with local_copy(settings, loc, progress) as path:
-        pg.create_database(admin, into)
-        try:
-            pg_restore_file(settings, path, pg.database_dsn(admin, into),
-                            encrypted=loc.backup.encrypted, keep_owners=keep_owners, progress=progress)
-        except BaseException:
-            pg.drop_database(admin, into)
-            raise
+    module = source_of(settings, loc.database, loc.manifest)
+    return module.restore(settings, loc, into, progress=progress, keep_owners=keep_owners)

@@ -94,7 +94,11 @@ class LocalStore:
         return {p.name: p.stat().st_size for p in d.iterdir() if p.is_file()}
 
     def databases(self) -> list[str]:
-        return sorted(p.name for p in self.root.iterdir() if p.is_dir()) if self.root.is_dir() else []
+        """The folders with backups; not a hidden one (a verification's scratch folder: no database
+        name starts with a dot)."""
+        if not self.root.is_dir():
+            return []
+        return sorted(p.name for p in self.root.iterdir() if p.is_dir() and not p.name.startswith("."))
 
     def path(self, database: str, name: str) -> Path:
         return self.folder(database) / name

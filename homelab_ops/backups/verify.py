@@ -1,9 +1,10 @@
-"""Prove a backup restores to exactly what its manifest says, in a scratch database.
+"""Prove a backup restores to exactly what its manifest says, somewhere disposable.
 
-A sha256 proves the file is the one written; only a restore proves pg_restore can
-read it. The restored tables are counted (`count(*)`, never the planner's
-estimate) and checksummed the same way the manifest was taken, so a lost or
-changed row shows up by name. The scratch database is always dropped.
+A sha256 proves the file is the one written; only a restore proves it can be read back.
+How a backup is restored and compared is its source's (homelab_ops.backups.sources): for
+PostgreSQL, a scratch database whose tables are counted (`count(*)`, never the planner's
+estimate) and checksummed the same way the manifest was taken, so a lost or changed row
+shows up by name; for Redis, a scratch redis-server. The scratch copy is always removed.
 
 Every copy gets read: each night the copy checked is the newest backup in the store
 (local or an S3 target) read longest ago, so with N stores each is restored every N
@@ -21,17 +22,17 @@ import os
 import random
 import shutil
 import time
-import uuid
 from dataclasses import asdict, dataclass, field
 from datetime import datetime, timedelta, timezone
 from pathlib import Path
 
 
 from homelab_ops.backups import postgresql as pg
+from homelab_ops.backups import sources
 from homelab_ops.backups.catalog import VERIFIED_SUFFIX, Backup, read_listing, time_of
 from homelab_ops.backups.names import SCRATCH_PREFIX
 from homelab_ops.backups.restore import (Located, ManifestError, RestoreError, load_identity, local_copy,
-                                        pg_restore_file, read_manifest)
+                                        read_manifest)
 from homelab_ops.backups.stores import Store, StoreError, s3_errors, read_json, stores_for
 from homelab_ops.files import free_space, write_atomic
 from homelab_ops.state import connect
@@ -43,6 +44,9 @@ VERIFIED_FORMAT = 2
 RESTORED, INTEGRITY_ONLY, FAILED = "restored", "integrity-only", "failed"
 UNVERIFIED, UNREADABLE = "unverified", "unreadable"
 _LEGACY = {"passed": RESTORED, "sha256-only": INTEGRITY_ONLY}  # format 1 records
+# A source that restores into files does it in `<local_dir>/.verify-<...>` (where the free space was
+# checked); the recovery sweep removes one a killed run left.
+SCRATCH_DIR_PREFIX = ".verify-"
 FIX_INTEGRITY_ONLY = ("run `homelab-ops backups init` on this host to create a verification identity and add "
                       "its recipient to backups.encryption.age_recipients, so new backups can be restored here")
 
@@ -245,7 +249,8 @@ def identity_missing(settings) -> str | None:
     return None
 
 
-def _redact(text: str, settings) -> str:
+def redact(text: str, settings) -> str:
+    """Every secret in the settings replaced, before a message reaches a record, a log or an alert."""
     for secret in settings.secrets():
         text = text.replace(secret, "***")
     return text
@@ -330,10 +335,13 @@ def verify_backup(settings, database: str, *, stem: str | None = None, store: St
         sha256_ok=False, restored=False, mode="sha256" if no_key else "restore",
     )
     if damaged:
-        result.message = _redact(damaged, settings)
+        result.message = redact(damaged, settings)
         _record(settings, store, result)
         return result
-    admin = settings.postgres.dsn.get_secret_value()
+    try:
+        source = sources.for_manifest(manifest)
+    except ValueError as e:
+        raise VerifyError(f"{database} backup {backup.stem}: {e}") from None
     loc = Located(store, database, backup, manifest)
     try:
         with local_copy(settings, loc) as path:
@@ -343,51 +351,15 @@ def verify_backup(settings, database: str, *, stem: str | None = None, store: St
                 result.message = (f"integrity only: the sha256 of the encrypted file matched, but the restore was "
                                   f"NOT tested ({no_key}); to fix it, {FIX_INTEGRITY_ONLY}")
             else:
-                _restore_and_compare(settings, admin, path, manifest, result)
+                source.verify_restore(settings, path, manifest, result)
     except RestoreError as e:  # local_copy: the sha256 differs from the manifest's
-        result.message = _redact(str(e), settings)
+        result.message = redact(str(e), settings)
     except (StoreError, *s3_errors(), OSError) as e:  # the store or the disk, not the backup
-        raise VerifyError(_redact(f"{database} backup {backup.stem}: {e}", settings)) from None
+        raise VerifyError(redact(f"{database} backup {backup.stem}: {e}", settings)) from None
     result.duration_s = time.monotonic() - started
     result.verified_at = datetime.now(timezone.utc)
     _record(settings, store, result)
     return result
-
-
-def _restore_and_compare(settings, admin: str, path: Path, manifest: dict, result: Verification) -> None:
-    scratch = scratch_name(result.database, uuid.uuid4().hex[:8])
-    result.scratch_database = scratch
-    try:
-        pg.create_database(admin, scratch)
-    except Exception as e:
-        raise VerifyError(_redact(f"cannot create the scratch database {scratch}: {e}", settings)) from None
-    try:
-        try:
-            pg_restore_file(settings, path, pg.database_dsn(admin, scratch), encrypted=result.encrypted,
-                            keep_owners=False)
-        except RestoreError as e:
-            result.message = _redact(f"the backup does not restore: {e}", settings)
-            return
-        result.restored = True
-        with connect(pg.database_dsn(admin, scratch)) as conn:
-            restored = pg.table_stats(conn)
-        legacy = {f"{t['schema']}.{t['table']}" for t in manifest.get("tables", [])
-                  if str(t.get("checksum", "")).startswith("txt:")}
-        if legacy:  # a manifest from before the fixed session: its text was taken with the defaults
-            with connect(pg.database_dsn(admin, scratch)) as conn:
-                old = {s.name: s for s in pg.table_stats(conn, fixed_session=False) if s.name in legacy}
-            restored = [old.get(s.name, s) for s in restored]
-        result.tables = compare(manifest.get("tables", []), restored)
-        bad = result.mismatches
-        if bad:
-            names = ", ".join(t.table for t in bad[:5]) + (f" and {len(bad) - 5} more" if len(bad) > 5 else "")
-            result.message = f"{len(bad)} of {len(result.tables)} tables differ from the manifest: {names}"
-        else:
-            result.outcome = RESTORED
-            result.message = (f"restored and matched the manifest: {len(result.tables)} tables, "
-                              f"{sum(t.restored_rows or 0 for t in result.tables)} rows")
-    finally:
-        pg.drop_database(admin, scratch)
 
 
 def _record(settings, store: Store, result: Verification) -> None:
@@ -398,13 +370,13 @@ def _record(settings, store: Store, result: Verification) -> None:
         result.recorded_in.append(store.uri(result.database, name))
     except OSError as e:
         if e.errno != errno.ENOSPC:
-            result.record_errors.append(_redact(f"{store.label}: {e}", settings))
+            result.record_errors.append(redact(f"{store.label}: {e}", settings))
             return
         path = Path(store.uri(result.database, name))  # write_atomic removed its partial file
         result.record_errors.append(f"disk full: the verification record {path} of {result.database} could not be "
                                     f"written; {free_space(path.parent)} free in {path.parent}")
     except (StoreError, *s3_errors()) as e:
-        result.record_errors.append(_redact(f"{store.label}: {e}", settings))
+        result.record_errors.append(redact(f"{store.label}: {e}", settings))
 
 
 def copy_record(store: Store, database: str, backup: Backup) -> dict | None:

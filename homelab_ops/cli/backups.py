@@ -88,12 +88,12 @@ def _known(settings, database: str | None, *, any_name: bool = False) -> None:
 
 
 def _configured(settings) -> list[str]:
-    from homelab_ops.backups.postgresql import configured_databases
+    from homelab_ops.backups.sources import backed_up, configured
 
     try:
-        return configured_databases(settings)
-    except Exception:  # server down: the folders that exist still get pruned
-        return []
+        return backed_up(settings)
+    except Exception:  # server down: the sources and the folders that exist still get pruned
+        return list(configured(settings))
 
 
 @backups.command("prune")
@@ -186,7 +186,8 @@ def init_cmd(obj, identity_file: str | None) -> None:
 
 @backups.command("restore")
 @click.argument("database")
-@click.option("--into", "into", required=True, help="New database to create; never an existing one.")
+@click.option("--into", "into", required=True,
+              help="New database to create, never an existing one; for a Redis source, the folder to write dump.rdb to.")
 @click.option("--at", "at", default=None,
               help="Backup id (20261125T030000Z) or time: the newest at or before it. With pitr.enabled: a time "
                    "(naive: in `timezone`), restore point name, WAL position or `latest`, replayed from the WAL archive.")
@@ -204,7 +205,7 @@ def restore_cmd(obj, database: str, into: str, at: str | None, source: str, igno
     if at and wants_pitr(settings, at):  # a time, restore point or `latest`: point-in-time recovery
         return restore_at_point(settings, database, into, at, source)
     try:
-        refuse_existing(settings, into)
+        refuse_existing(settings, database, into)
         loc = locate(settings, database, at=parse_at(at) if at else None, source=source,
                      ignore_manifest=ignore_manifest)
         size = loc.backup.sizes.get(loc.backup.dump) or (loc.manifest or {}).get("size") or 0
@@ -214,7 +215,7 @@ def restore_cmd(obj, database: str, into: str, at: str | None, source: str, igno
                        f"{loc.backup.dump} cannot be checked (--ignore-manifest)", err=True)
         label = "check sha256, then restore" if loc.manifest else "read, then restore (sha256 NOT checked)"
         with click.progressbar(length=2 * size, label=label) as bar:
-            restore(settings, loc, into, progress=bar.update)
+            where = restore(settings, loc, into, progress=bar.update)
     except (RestoreError, StoreError) as e:
         raise click.ClickException(str(e)) from None
-    click.echo(f"restored {database} backup {loc.backup.stem} from {loc.store.label} into {into}")
+    click.echo(f"restored {database} backup {loc.backup.stem} from {loc.store.label} {where}")

@@ -63,7 +63,7 @@ def restore_instance(settings, into: str, config_out: Path, *, at: datetime | No
     config = config_out / "config"
     if config.exists():
         raise RestoreError(f"{config} already exists: refusing to overwrite an n8n config; choose another --config-out")
-    refuse_existing(settings, into)
+    refuse_existing(settings, database, into)
     loc = locate(settings, database, at=at, source=source)
     extras = backup_set.read_extras(loc.store, database, loc.backup.stem)
     if extras is None:

@@ -138,7 +138,7 @@ def compose(facts: Facts, now: datetime) -> Alert:
 
 def gather(settings, now: datetime | None = None) -> Facts:
     """Read what the digest reports. Each source that fails is named in `unread`, not raised."""
-    from homelab_ops.backups.postgresql import configured_databases
+    from homelab_ops.backups.sources import backed_up
     from homelab_ops.backups.catalog import time_of
     from homelab_ops.backups.stores import stores_for
     from homelab_ops.backups.verify import RESTORED, VerifyError, listing, newest_restored, recorded_outcomes
@@ -149,7 +149,7 @@ def gather(settings, now: datetime | None = None) -> Facts:
     try:
         local, remotes = stores_for(settings)
         stores = [local, *remotes]
-        for db in configured_databases(settings):
+        for db in backed_up(settings):
             listings, listed = {}, []
             for s in stores:  # as newest_verified: a store that is down proves nothing, the others count
                 try:

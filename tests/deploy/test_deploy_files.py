@@ -227,6 +227,18 @@ def test_image_builds_on_the_local_docker_engine(slow_docker, built_image):
         remove=True, network_mode="none")
     lines = out.decode().split()
     assert "15." in out.decode() and lines[-2:] == ["homelab", "ok"], out
+    # A Redis source backed up and verified as the compose user, with the image's own redis tools.
+    redis = slow_docker.containers.run(
+        image.id, ["sh", "-c", "redis-server --port 6399 --save '' --dir /tmp --requirepass pw --daemonize yes "
+                   "&& sleep 1 && REDISCLI_AUTH=pw redis-cli -p 6399 --no-auth-warning SET k v "
+                   "&& printf 'backups: {local_dir: /tmp/b, sources: [{type: redis, name: cache, port: 6399, "
+                   "password: pw}]}\nmetrics: {textfile_dir: /tmp/t}\n' > /tmp/r.yaml && mkdir /tmp/dh "
+                   "&& printf 'telemetry: {enabled: false}\n' > /tmp/dh/dagster.yaml "
+                   "&& HOMELAB_CONFIG=/tmp/r.yaml DAGSTER_HOME=/tmp/dh "
+                   "dagster asset materialize -m homelab_ops.definitions --select backups/cache,restore_verification/cache "
+                   "2>&1 | grep -o 'restored and matched the manifest: 1 keys without a TTL' | head -1"],
+        remove=True, network_mode="none", user="homelab")
+    assert b"restored and matched the manifest: 1 keys without a TTL" in redis, redis
     assert image.attrs["Config"]["User"] == "homelab"
     assert image.attrs["Config"]["Entrypoint"] == ["/usr/bin/tini", "--"]
 

@@ -44,7 +44,7 @@ def planted_settings(pg, tmp_path: Path) -> tuple[dict, dict[str, str]]:
     dead = free_port()
     p = {k: plant(k) for k in ("state", "n8n", "s3url", "tgbase", "tgtoken", "webhookq", "webhooktoken", "ntfytopic", "ntfytoken",
                                "managed", "managedurl", "grafana", "grafanadsn", "dagsterdsn", "am", "runner",
-                               "cf", "htpasswd", "heartbeat", "jobbeat", "s3key", "s3secret", "pitr", "n8nkey")}
+                               "cf", "htpasswd", "heartbeat", "jobbeat", "s3key", "s3secret", "pitr", "n8nkey", "redis")}
     p["postgres"] = pg.password  # the admin's real password: the backups need it
     port = pg.port
     data = {
@@ -55,7 +55,8 @@ def planted_settings(pg, tmp_path: Path) -> tuple[dict, dict[str, str]]:
         "backups": {"local_dir": str(tmp_path / "backups"), "timeout": "10m",
                     "s3": [{"bucket": "redact-b", "name": "nas",
                             "endpoint_url": f"http://AKREDACT:{p['s3url']}@127.0.0.1:{dead}",
-                            "access_key_id": p["s3key"], "secret_access_key": p["s3secret"]}]},
+                            "access_key_id": p["s3key"], "secret_access_key": p["s3secret"]}],
+                    "sources": [{"type": "redis", "name": "cache", "port": dead, "password": p["redis"]}]},
         # key=value form, and a wrong password: bad credentials
         "n8n": {"dsn": f"host=127.0.0.1 port={pg.port} dbname=app user=n8n_u password={p['n8n']}",
                 "encryption_key": p["n8nkey"]},
@@ -118,6 +119,7 @@ def test_every_secret_field_and_url_password_is_known_to_the_redactor(tmp_path):
     fields = _secret_fields(Settings)
     assert fields == {
         "state.dsn", "postgres.dsn", "n8n.dsn", "backups.s3.access_key_id", "backups.s3.secret_access_key",
+        "backups.sources.password",
         "n8n.encryption_key", "pitr.dsn", "credentials.managed.dsn", "notify.telegram.bot_token",
         "notify.channels.url", "notify.channels.token", "notify.channels.topic", "notify.heartbeat_url", "notify.heartbeat",
         "monitoring.services.grafana.admin_password",
@@ -192,8 +194,8 @@ def test_planted_secrets_reach_no_store_and_no_output_whatever_fails(scram_pg, t
         _wait_for_sensor_ticks(home, 0, ["run_failure_alert"])
         materialize = [sys.executable, "-m", "dagster", "asset", "materialize", "-m", "homelab_ops.definitions",
                        "--select"]
-        # S3 down (its URL holds a password), n8n with bad credentials, the roles dump.
-        failed = _run([*materialize, "backups/app,backup_globals,n8n_workflows"], env, outputs)
+        # S3 down (its URL holds a password), n8n with bad credentials, the roles dump, Redis down.
+        failed = _run([*materialize, "backups/app,backup_globals,n8n_workflows,backups/cache"], env, outputs)
         assert failed.returncode != 0
         # Verification reads the S3 copy: down.
         _run([*materialize, "restore_verification/app"], env, outputs)
@@ -217,6 +219,7 @@ def test_planted_secrets_reach_no_store_and_no_output_whatever_fails(scram_pg, t
     text = "\n".join(outputs)
     # The failures happened, and named what failed: the test could have seen a leak.
     assert "nas" in text and "127.0.0.1" in text, text[-5000:]
+    assert "redis-cli --rdb of cache failed" in text, text[-5000:]
     assert "pitr" in text and "offsite___pitr" in text, text[-5000:]
     assert any(p.name.endswith(".dump.zst") for p in (tmp_path / "backups" / "app").iterdir())
 

@@ -9,9 +9,11 @@ import dagster as dg
 import psycopg
 
 from homelab_ops.backups import postgresql as pg
-from homelab_ops.backups.backup import BackupError, BackupResult, run_backup, run_globals_backup
+from homelab_ops.backups import sources
+from homelab_ops.backups.sources import SourceError
+from homelab_ops.backups.backup import BackupError, BackupResult, run_globals_backup
 from homelab_ops.backups.catalog import GLOBALS, read_listing, time_of
-from homelab_ops.backups.names import usable_databases
+from homelab_ops.backups.names import op_name, usable_databases
 from homelab_ops.backups.offsite import TargetState, sync
 from homelab_ops.backups.stores import LocalStore
 from homelab_ops.defs.resources import HomelabSettings
@@ -39,7 +41,18 @@ def databases(settings: Settings) -> list[str]:
         log.warning(f"postgres.databases is `all` but the server did not answer "
                     f"({first_line(e)}); using the databases backed up in "
                     f"{settings.backups.local_dir}: {', '.join(names) or 'none'}")
-    return usable_databases(names, explicit=explicit, warn=log.warning, backed_up=backed_up)
+    taken = {op_name(n): n for n in sources.configured(settings)}
+    clash = [n for n in names if op_name(n) in taken]
+    if clash:  # an explicit list that collides is refused when the settings load
+        log.warning("not backed up as databases (a backups.sources entry has the name): "
+                    + ", ".join(f"{n!r} (source {taken[op_name(n)]!r})" for n in clash))
+    return usable_databases([n for n in names if n not in clash], explicit=explicit, warn=log.warning,
+                            backed_up=backed_up)
+
+
+def backed_up_names(settings: Settings) -> list[str]:
+    """Every folder with backup assets: the databases, then the `backups.sources` entries."""
+    return databases(settings) + list(sources.configured(settings))
 
 
 def result_metadata(result: BackupResult) -> dict:
@@ -52,6 +65,9 @@ def result_metadata(result: BackupResult) -> dict:
         "sha256": dg.MetadataValue.text(m["sha256"]),
         "encrypted": dg.MetadataValue.bool(bool(m.get("encryption"))),
     }
+    if "keys" in m:  # a Redis RDB
+        meta["key_count"] = dg.MetadataValue.int(m["keys"])
+        meta["keys_with_ttl"] = dg.MetadataValue.int(m["expires"])
     if "tables" in m:
         meta["table_count"] = dg.MetadataValue.int(m["table_count"])
         meta["row_count"] = dg.MetadataValue.int(m["row_count"])
@@ -63,30 +79,27 @@ def result_metadata(result: BackupResult) -> dict:
     return meta
 
 
-def backup_asset(database: str, settings: Settings) -> dg.AssetsDefinition:
+def backup_asset(name: str, settings: Settings) -> dg.AssetsDefinition:
+    """`backups/<name>`: a PostgreSQL database or a `backups.sources` entry, backed up by its source module."""
+    source, config = sources.source_for(settings, name)
+
     @dg.asset(
-        key=["backups", database],
+        key=["backups", name],
         group_name=GROUP,
-        kinds={"postgres"},
-        pool=f"backup_{database}",
+        kinds=set(source.KINDS),
+        pool=f"backup_{name}",
         description=(
-            f"A backup of the `{database}` database: pg_dump in its own snapshot, zstd"
-            f"{', age-encrypted' if settings.backups.encryption.age_recipients else ''}, with a manifest of "
-            "every table's exact row count and checksum, written to the local folder at disk speed"
-            f"{' (then copied off-site by `offsite/' + database + '`)' if settings.backups.s3 else ''}. "
+            f"{source.describe(config, settings)}, written to the local folder at disk speed"
+            f"{' (then copied off-site by `offsite/' + name + '`)' if settings.backups.s3 else ''}. "
             "Each materialization is one backup."
         ),
     )
     def _backup(context: dg.AssetExecutionContext, homelab: HomelabSettings) -> dg.MaterializeResult:
+        module, current = sources.source_for(homelab.settings, name)
         try:
-            from homelab_ops.n8n.backup_set import after_backup, manifest_fields  # n8n's key and binary data
-
-            result = run_backup(homelab.settings, database, manifest_extra=manifest_fields(homelab.settings, database))
-            after_backup(homelab.settings, database, result, context.log)
-        except (BackupError, pg.SourceError) as e:
+            result = module.backup(current, homelab.settings, context.log)
+        except (BackupError, SourceError) as e:
             raise dg.Failure(description=str(e)) from None
-        context.log.info(f"backed up {database}: {result.manifest['size']} bytes, "
-                         f"{result.manifest['row_count']} rows in {result.manifest['table_count']} tables")
         return dg.MaterializeResult(metadata=result_metadata(result))
 
     return _backup
@@ -104,7 +117,7 @@ def globals_asset(settings: Settings) -> dg.AssetsDefinition:
     def _globals(homelab: HomelabSettings) -> dg.MaterializeResult:
         try:
             return dg.MaterializeResult(metadata=result_metadata(run_globals_backup(homelab.settings)))
-        except (BackupError, pg.SourceError) as e:
+        except (BackupError, SourceError) as e:
             raise dg.Failure(description=str(e)) from None
 
     return _globals

@@ -13,6 +13,7 @@ from datetime import datetime, timezone
 import dagster as dg
 from pydantic import Field
 
+from homelab_ops.backups import sources
 from homelab_ops.backups import verify as v
 from homelab_ops.defs.n8n.verification import n8n_level
 from homelab_ops.defs.resources import HomelabSettings
@@ -75,22 +76,22 @@ def verification_metadata(result: v.Verification, prefix: str = "") -> dict:
 def verification_asset(database: str, settings: Settings) -> dg.AssetsDefinition:
     where = ("the copy in the store read longest ago (local or an S3 target, in turn)" if settings.backups.s3
              else "the local copy")
+    source = sources.source_for(settings, database)[0]
 
     @dg.asset(
         key=key(database),
         deps=[dg.AssetKey(["backups", database])],
         group_name=GROUP,
-        kinds={"postgres", "s3"} if settings.backups.s3 else {"postgres"},
+        kinds=set(source.KINDS) | ({"s3"} if settings.backups.s3 else set()),
         pool=f"restore_verification_{database}",  # per database: one stuck verification blocks only its own
         check_specs=[dg.AssetCheckSpec(
             MATCHES, asset=key(database), blocking=True,
-            description="Every table of the restore has the manifest's exact row count and checksum "
-                        "(fails on any difference, so retention does not prune after it).",
+            description=f"The restore holds what the manifest recorded ({source.VERIFIES}); fails on any "
+                        "difference, so retention does not prune after it.",
         )],
         description=(
-            f"Proof that the newest backup of `{database}` restores: {where} is sha256-checked, restored "
-            "into a scratch database, and every table's exact row count and checksum is compared with the "
-            "manifest. The outcome (restored, integrity-only, failed) is written beside the copy read as "
+            f"Proof that the newest backup of `{database}` restores: {where} is sha256-checked, then "
+            f"{source.VERIFIES}. The outcome (restored, integrity-only, failed) is written beside the copy read as "
             "`<stem>.verified.json`; each store's copies are read in turn, one store a night."
         ),
     )

@@ -1,0 +1,92 @@
+"""Backup sources: one module per kind of thing backed up, found by its `type` (as borgmatic finds
+its data source hooks). A source module declares:
+
+- `Config`: a pydantic model derived from `SourceConfig` (so it has `name`) whose `type` is
+  `Literal["<module name>"]`; the settings' `backups.sources` list is the union of every listed
+  module's `Config`, discriminated on `type`;
+- `LISTED`: whether owners write it in `backups.sources` (PostgreSQL's databases are listed in
+  `postgres.databases` instead, since PITR, the roles dump and n8n read them there);
+- `KINDS` (the assets' Dagster kinds), `describe(config, settings)` (the backup asset's description)
+  and `VERIFIES` (what its restore verification proves, for the verification asset's);
+- `backup(config, settings, log) -> BackupResult`: one backup into the local folder, through
+  `homelab_ops.backups.backup.prepare` (the `.partial`, fsync, manifest and clean-up rules);
+- `verify_restore(settings, path, manifest, result)`: restore the checked file somewhere
+  disposable and compare it with the manifest, filling the `Verification`;
+- `refuse_existing(settings, into)` and `restore(settings, loc, into, progress)`: the CLI's restore;
+- `probe(config) -> str` (listed sources): what `homelab-ops doctor` says when the server answers;
+  raises SourceError naming the problem.
+
+Which module handles a backup is said by its manifest's `source` (manifests written before
+sources existed are PostgreSQL's). Retention, off-site copies, listing and the freshness check
+need nothing from a source: they work on the folder. Adding one is one new file here plus its
+test (docs/extending.md).
+"""
+
+from __future__ import annotations
+
+from types import ModuleType
+from typing import Annotated, Union
+
+from pydantic import Field
+
+from homelab_ops.backups.sources._base import SourceConfig, SourceError
+from homelab_ops.plugins import discover
+
+DEFAULT = "postgresql"  # the source of every name not in backups.sources, and of manifests without `source`
+
+
+def _discover() -> dict[str, ModuleType]:
+    found = discover(__name__, __path__)
+    for name, module in found.items():
+        declared = module.Config.model_fields["type"].annotation.__args__
+        if declared != (name,):
+            raise TypeError(f"{module.__name__}.Config.type must be Literal[{name!r}], not {declared}")
+        missing = [a for a in ("LISTED", "KINDS", "VERIFIES", "describe", "backup", "verify_restore", "refuse_existing",
+                               "restore") if not hasattr(module, a)]
+        if module.LISTED and not hasattr(module, "probe"):
+            missing.append("probe")
+        if missing:
+            raise TypeError(f"{module.__name__} does not declare {', '.join(missing)}")
+    return found
+
+
+MODULES: dict[str, ModuleType] = _discover()
+
+# What `backups.sources` accepts: one entry per source, its `type` picks the module.
+SourceSettings = Annotated[Union[tuple(m.Config for m in MODULES.values() if m.LISTED)],
+                           Field(discriminator="type")]
+
+
+def configured(settings) -> dict[str, SourceConfig]:
+    """`backups.sources` by name."""
+    return {s.name: s for s in settings.backups.sources}
+
+
+def backed_up(settings) -> list[str]:
+    """Every folder the nightly backup writes: `postgres.databases` (for `all`, the server's now:
+    raises when it is down), then the `backups.sources` entries."""
+    from homelab_ops.backups.postgresql import configured_databases
+
+    return configured_databases(settings) + list(configured(settings))
+
+
+def source_for(settings, name: str) -> tuple[ModuleType, SourceConfig]:
+    """The module and settings that back up the folder `name`: a `backups.sources` entry, else a
+    PostgreSQL database of that name."""
+    config = configured(settings).get(name)
+    if config is None:
+        config = MODULES[DEFAULT].Config(type=DEFAULT, name=name)
+    return MODULES[config.type], config
+
+
+def for_manifest(manifest: dict | None) -> ModuleType:
+    """The module that restores what this manifest describes."""
+    kind = (manifest or {}).get("source", DEFAULT)
+    if kind not in MODULES:
+        known = ", ".join(MODULES)
+        raise ValueError(f"the manifest names the backup source {kind!r}, which this homelab-ops does not have "
+                         f"(it has {known}): restore it with the version that wrote it")
+    return MODULES[kind]
+
+
+__all__ = ["DEFAULT", "MODULES", "SourceConfig", "SourceError", "SourceSettings", "backed_up", "configured", "for_manifest", "source_for"]

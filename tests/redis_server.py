@@ -1,0 +1,43 @@
+"""A private redis-server for a test: loopback, a free port, its own folder, a password; killed after."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import time
+from contextlib import contextmanager
+from pathlib import Path
+
+from tests.conftest import free_port
+
+
+class RedisServer:
+    def __init__(self, port: int, password: str, folder: Path):
+        self.port, self.password, self.folder = port, password, folder
+
+    def cli(self, *args: str, stdin: str | None = None) -> str:
+        proc = subprocess.run(["redis-cli", "-p", str(self.port), "--no-auth-warning", *args], input=stdin,
+                              capture_output=True, text=True, timeout=60, env={**os.environ, "REDISCLI_AUTH": self.password})
+        assert proc.returncode == 0, proc.stderr
+        return proc.stdout
+
+
+@contextmanager
+def redis_server(folder: Path, password: str):
+    folder.mkdir(parents=True, exist_ok=True)
+    port = free_port()
+    proc = subprocess.Popen(["redis-server", "--port", str(port), "--bind", "127.0.0.1", "--dir", str(folder),
+                             "--save", "", "--requirepass", password], stdout=subprocess.DEVNULL)
+    server = RedisServer(port, password, folder)
+    try:
+        for _ in range(100):
+            try:
+                if "PONG" in server.cli("PING"):
+                    break
+            except AssertionError:
+                pass
+            time.sleep(0.05)
+        yield server
+    finally:
+        proc.kill()
+        proc.wait()
