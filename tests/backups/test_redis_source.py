@@ -273,3 +273,30 @@ def _is_scratch_server(proc: Path, local: Path) -> bool:
         return b"redis-server" in cmd and Path(os.readlink(proc / "cwd")).is_relative_to(local)
     except (OSError, ValueError):
         return False
+
+
+def test_the_source_registry_finds_modules_by_name_and_refuses_one_that_declares_less(tmp_path, monkeypatch):
+    import importlib
+
+    from homelab_ops.plugins import discover_typed
+
+    assert set(sources.MODULES) == {"postgresql", "redis"}
+    assert [m for m in sources.MODULES.values() if m.LISTED] == [rs]  # PostgreSQL's are postgres.databases
+    package = tmp_path / "fake_sources"
+    package.mkdir()
+    (package / "__init__.py").write_text("")
+    (package / "_shared.py").write_text("raise RuntimeError('shared code is not a plug-in')\n")
+    (package / "mongodb.py").write_text("from typing import Literal\nfrom pydantic import BaseModel\n"
+                                        "class Config(BaseModel):\n    type: Literal['mongo']\n")
+    monkeypatch.syspath_prepend(str(tmp_path))
+    fake = importlib.import_module("fake_sources")
+    with pytest.raises(TypeError, match=r"fake_sources.mongodb.Config.type must be Literal\['mongodb'\]"):
+        discover_typed(fake.__name__, fake.__path__)
+    (package / "mongodb.py").write_text("from typing import Literal\nfrom pydantic import BaseModel\n"
+                                        "class Config(BaseModel):\n    type: Literal['mongodb']\nLISTED = True\n")
+    importlib.invalidate_caches()
+    import sys
+
+    sys.modules.pop("fake_sources.mongodb", None)
+    with pytest.raises(TypeError, match="fake_sources.mongodb does not declare KINDS, VERIFIES"):
+        discover_typed(fake.__name__, fake.__path__, requires=("LISTED", "KINDS", "VERIFIES"))

@@ -30,23 +30,17 @@ from typing import Annotated, Union
 from pydantic import Field
 
 from homelab_ops.backups.sources._base import SourceConfig, SourceError
-from homelab_ops.plugins import discover
+from homelab_ops.plugins import discover_typed
 
 DEFAULT = "postgresql"  # the source of every name not in backups.sources, and of manifests without `source`
 
 
 def _discover() -> dict[str, ModuleType]:
-    found = discover(__name__, __path__)
-    for name, module in found.items():
-        declared = module.Config.model_fields["type"].annotation.__args__
-        if declared != (name,):
-            raise TypeError(f"{module.__name__}.Config.type must be Literal[{name!r}], not {declared}")
-        missing = [a for a in ("LISTED", "KINDS", "VERIFIES", "describe", "backup", "verify_restore", "refuse_existing",
-                               "restore") if not hasattr(module, a)]
+    found = discover_typed(__name__, __path__, requires=(
+        "LISTED", "KINDS", "VERIFIES", "describe", "backup", "verify_restore", "refuse_existing", "restore"))
+    for module in found.values():
         if module.LISTED and not hasattr(module, "probe"):
-            missing.append("probe")
-        if missing:
-            raise TypeError(f"{module.__name__} does not declare {', '.join(missing)}")
+            raise TypeError(f"{module.__name__} is listed in backups.sources but does not declare probe")
     return found
 
 

@@ -3,8 +3,9 @@
 
 The RDB carries its own CRC64; `redis-check-rdb` reads every key of the exact bytes backed up, so
 the manifest records how many keys the file holds and how many of them have a TTL. A restore is
-proved when a private redis-server (loopback, a free port, its own temporary folder) loads the file
-and holds exactly the keys without a TTL (keys with one may have expired since; they are reported).
+proved when a private redis-server (loopback, a free port, a one-time password, a scratch folder)
+loads the file and holds exactly the keys without a TTL (keys with one may have expired since;
+they are reported).
 The password goes to redis-cli as REDISCLI_AUTH, never on its command line.
 """
 

@@ -22,7 +22,7 @@ from pydantic import Field
 
 from homelab_ops.notify.alert import Alert, Outcome
 from homelab_ops.notify.channels._base import ChannelConfig
-from homelab_ops.plugins import discover
+from homelab_ops.plugins import discover_typed
 
 
 class Channel(Protocol):
@@ -31,16 +31,7 @@ class Channel(Protocol):
     def send(self, alert: Alert, *, deadline: float | None = None) -> Outcome: ...
 
 
-def _discover() -> dict[str, ModuleType]:
-    found = discover(__name__, __path__)
-    for name, module in found.items():
-        declared = module.Config.model_fields["type"].annotation.__args__
-        if declared != (name,):
-            raise TypeError(f"{module.__name__}.Config.type must be Literal[{name!r}], not {declared}")
-    return found
-
-
-MODULES: dict[str, ModuleType] = _discover()
+MODULES: dict[str, ModuleType] = discover_typed(__name__, __path__, requires=("build",))
 
 # What `notify.channels` accepts: one entry per channel, its `type` picks the module.
 ChannelSettings = Annotated[Union[tuple(m.Config for m in MODULES.values())], Field(discriminator="type")]
