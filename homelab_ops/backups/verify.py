@@ -215,11 +215,13 @@ def last_read(store: Store, database: str, backups: list[Backup]) -> datetime | 
     return None
 
 
-def tonights_store(settings, database: str) -> tuple[Store, list[str]]:
-    """The store whose newest backup is verified now (see `rotation`), and the stores skipped because
-    they could not be listed or hold no backup. Raises VerifyError when no store has a backup."""
+def tonights_store(settings, database: str) -> tuple[Store, list[str], list[Backup]]:
+    """The store whose newest backup is verified now (see `rotation`), the stores skipped because
+    they could not be listed or hold no backup, and the chosen store's backups (a listing on a slow
+    uplink is a request or several: the night's verifications reuse this one). Raises VerifyError
+    when no store has a backup."""
     local, remotes = stores_for(settings)
-    by_label, seen, newest, skipped = {}, {}, {}, []
+    by_label, listed, seen, newest, skipped = {}, {}, {}, {}, []
     for store in [local, *remotes]:
         try:
             backups = listing(store, database).backups
@@ -229,14 +231,15 @@ def tonights_store(settings, database: str) -> tuple[Store, list[str]]:
         if not backups:
             skipped.append(f"{store.label}: no complete backup of {database}")
             continue
-        by_label[store.label] = store
+        by_label[store.label], listed[store.label] = store, backups
         seen[store.label] = last_read(store, database, backups)
         newest[store.label] = backups[-1].stem
     if not seen:
         raise VerifyError(f"no complete backup of {database!r} to verify in any store: " + "; ".join(skipped))
     top = max(newest.values())
     holding = {label for label, stem in newest.items() if stem == top}
-    return by_label[rotation(seen, holding, datetime.now(timezone.utc))[0]], skipped
+    label = rotation(seen, holding, datetime.now(timezone.utc))[0]
+    return by_label[label], skipped, listed[label]
 
 
 def identity_missing(settings) -> str | None:
@@ -294,14 +297,17 @@ def listing(store: Store, database: str):
 
 
 def verify_backup(settings, database: str, *, stem: str | None = None, store: Store | None = None,
-                  free_space=_free_space) -> Verification:
+                  backups: list[Backup] | None = None, free_space=_free_space) -> Verification:
     """Verify the newest backup of `database` (or the one named by `stem`) and record the result.
+    `backups` is `store`'s listing when the caller has it (`tonights_store` returns it).
 
     Raises VerifyError when verification cannot run; a damaged or different
     backup is not an exception but a `failed` outcome, recorded like a pass.
     """
-    store = store or tonights_store(settings, database)[0]
-    backups = listing(store, database).backups
+    if store is None:
+        store, _, backups = tonights_store(settings, database)
+    if backups is None:
+        backups = listing(store, database).backups
     if stem is not None:
         backups = [b for b in backups if b.stem == stem]
     if not backups:

@@ -24,6 +24,7 @@ from homelab_ops.defs.backups.retention import retention_asset
 from homelab_ops.defs.backups.verification import freshness_check, verification_asset
 from homelab_ops.defs.resources import HomelabSettings
 from tests.conftest import ADMIN_DSN, dsn_for
+from tests.faulty_proxy import FaultyProxy
 
 SEED = """
 CREATE TABLE a (id int PRIMARY KEY, note text);
@@ -337,6 +338,34 @@ def test_weekly_config_also_verifies_a_random_older_backup(new_db, write_setting
     assert meta["older_outcome"].value == "restored"
     assert (Path(settings.backups.local_dir) / db / f"{old}.verified.json").exists()
     assert scratch_left(db) == []
+
+
+def test_the_weekly_verification_lists_an_off_site_store_once(new_db, write_settings, s3_bucket, s3_server):
+    """On a slow uplink every listing is a request or several: a step that verifies the newest and
+    a random older copy in S3 lists the store once, not once per question."""
+    from homelab_ops.backups.offsite import sync
+
+    _, bucket = s3_bucket
+    db = new_db("vlist")
+    seed(db, "CREATE TABLE t (x int); INSERT INTO t VALUES (1);")
+    with FaultyProxy(s3_server) as proxy:  # passes everything, records it
+        path, settings = settings_for(write_settings, db, s3={"bucket": bucket, "endpoint_url": proxy.url,
+                                                              "prefix": "pi/"})
+        old = _old_backup(settings, db, 5)
+        run_backup(settings, db)
+        assert not any(c.error for c in sync(settings, db))
+        assert v.verify_backup(settings, db).store == "local"  # so tonight's turn is the off-site copy
+        before = len(proxy.requests)
+        result = dg.materialize(
+            [verification_asset(db, settings)], resources={"homelab": HomelabSettings(config_path=str(path))},
+            run_config={"ops": {f"restore_verification__{db}": {"config": {"random_older": True}}}},
+        )
+        step = proxy.requests[before:]
+    meta = result.asset_materializations_for_node(f"restore_verification__{db}")[0].metadata
+    assert meta["store"].value == bucket and meta["older_backup"].value == old
+    assert meta["outcome"].value == meta["older_outcome"].value == "restored"
+    lists = [r for r in step if r.method == "GET" and "list-type=2" in r.path]
+    assert len(lists) == 1, [r.path for r in lists]
 
 
 def test_code_location_wires_verification_retention_and_schedules():

@@ -99,17 +99,17 @@ def verification_asset(database: str, settings: Settings) -> dg.AssetsDefinition
                 homelab: HomelabSettings) -> dg.MaterializeResult:
         s = homelab.settings
         try:
-            store, skipped = v.tonights_store(s, database)
+            store, skipped, listed = v.tonights_store(s, database)  # one listing for the whole step
             for why in skipped:
                 context.log.warning(f"not verified tonight: {why}")
-            results = [v.verify_backup(s, database, store=store)]
+            results = [v.verify_backup(s, database, store=store, backups=listed)]
             meta = verification_metadata(results[0])
             if config.random_older:
-                older = v.pick_older(v.listing(store, database).backups, random.SystemRandom())
+                older = v.pick_older(listed, random.SystemRandom())
                 if older is None:
                     meta["older_backup"] = dg.MetadataValue.text("none: there is only one backup")
                 else:
-                    results.append(v.verify_backup(s, database, stem=older.stem, store=store))
+                    results.append(v.verify_backup(s, database, stem=older.stem, store=store, backups=listed))
                     meta.update(verification_metadata(results[1], prefix="older_"))
         except v.VerifyError as e:
             raise dg.Failure(description=str(e)) from None
