@@ -38,6 +38,8 @@ import psycopg
 import yaml
 from psycopg import sql
 
+from homelab_ops.children import free_port
+
 ROOT = Path(__file__).resolve().parent.parent
 BIN = Path(sys.executable).parent
 ADMIN = os.environ.get("HOMELAB_TEST_ADMIN_DSN", "postgresql://postgres@127.0.0.1:5432/postgres")
@@ -66,14 +68,6 @@ def image_env() -> dict[str, str]:
     if missing:
         raise SystemExit(f"deploy/Dockerfile no longer sets {', '.join(sorted(missing))}; update bench/footprint.py")
     return found
-
-
-def free_port() -> int:
-    import socket
-
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def admin_exec(statement: sql.Composable) -> None:

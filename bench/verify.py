@@ -22,7 +22,6 @@ from __future__ import annotations
 import argparse
 import math
 import os
-import socket
 import subprocess
 import sys
 import tempfile
@@ -40,6 +39,7 @@ sys.path.insert(0, str(ROOT))
 ADMIN = os.environ.get("HOMELAB_TEST_ADMIN_DSN", "postgresql://postgres@127.0.0.1:5432/postgres")
 
 from homelab_ops.backups import postgresql as pg  # noqa: E402
+from homelab_ops.children import free_port  # noqa: E402
 from homelab_ops.backups.backup import run_backup  # noqa: E402
 from homelab_ops.backups.catalog import stem_for  # noqa: E402
 from homelab_ops.backups.prune import prune_database  # noqa: E402
@@ -136,9 +136,7 @@ def bench_retention(n: int) -> None:
     from moto.server import ThreadedMotoServer
 
     os.environ.update({"AWS_ACCESS_KEY_ID": "bench", "AWS_SECRET_ACCESS_KEY": "bench"})
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
+    port = free_port()
     server = ThreadedMotoServer(ip_address="127.0.0.1", port=port, verbose=False)
     server.start()
     import logging

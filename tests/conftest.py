@@ -5,7 +5,6 @@ from __future__ import annotations
 import io
 import os
 import re
-import socket
 import subprocess
 import tarfile
 import uuid
@@ -18,6 +17,7 @@ import pytest
 import yaml
 from psycopg import sql
 
+from homelab_ops.children import free_port  # noqa: F401 (the tests import it from here)
 from homelab_ops.settings import load
 
 # CI explores the same examples every run, so a red CI is reproducible; locally hypothesis roams.
@@ -41,12 +41,6 @@ def pytest_collection_modifyitems(config, items):
     for item in items:
         if SERVICE_FIXTURES & set(getattr(item, "fixturenames", ())) or item.get_closest_marker("docker"):
             item.add_marker(pytest.mark.services)
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def dsn_for(database: str) -> str:

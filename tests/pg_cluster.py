@@ -21,7 +21,6 @@ import os
 import pwd
 import secrets
 import shutil
-import socket
 import subprocess
 import tempfile
 from dataclasses import dataclass
@@ -31,13 +30,9 @@ from typing import Iterator
 import pytest
 from psycopg.conninfo import make_conninfo
 
+from homelab_ops.children import free_port
+
 PG_BIN = Path(os.environ.get("HOMELAB_TEST_PG_BIN", "/usr/lib/postgresql/15/bin"))
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 @dataclass
@@ -113,7 +108,7 @@ def scram_cluster(*, also_listen: str | None = None, clients: str | None = None,
     `also_listen` adds an address (a Docker network's gateway, for containers on it) and `clients`
     the subnet allowed to log in from there, with a password like every other login."""
     root = owned_folder("homelab-scram-pg-")
-    cluster = ScramCluster(root, _free_port(), secrets.token_urlsafe(24))
+    cluster = ScramCluster(root, free_port(), secrets.token_urlsafe(24))
     pwfile = root / "pwfile"
     pwfile.write_text(cluster.password + "\n")
     if os.geteuid() == 0:

@@ -14,7 +14,8 @@ from typing import Iterator
 
 from psycopg.conninfo import make_conninfo
 
-from tests.pg_cluster import PG_BIN, _free_port, owned_folder, served  # noqa: F401 (PG_BIN for bench/pitr.py)
+from homelab_ops.children import free_port
+from tests.pg_cluster import PG_BIN, owned_folder, served  # noqa: F401 (PG_BIN for bench/pitr.py)
 
 
 @dataclass
@@ -38,7 +39,7 @@ class Cluster:
 @contextlib.contextmanager
 def logical_cluster(wal_level: str = "logical", extra: str = "") -> Iterator[Cluster]:
     root = owned_folder("homelab-pitr-pg-")
-    c = Cluster(root, _free_port(), wal_level)
+    c = Cluster(root, free_port(), wal_level)
     opts = (f"-c port={c.port} -c listen_addresses=127.0.0.1 -c unix_socket_directories={root}"
             f" -c wal_level={wal_level} -c max_wal_senders=10 -c max_replication_slots=10"
             " -c fsync=off -c shared_buffers=32MB -c max_connections=40 -c max_slot_wal_keep_size=1GB"

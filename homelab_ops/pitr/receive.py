@@ -27,6 +27,7 @@ import pyrage
 
 from homelab_ops.backups import postgresql as pg
 from homelab_ops.backups.names import WAL_FOLDER, pitr_folders
+from homelab_ops.children import die_with_parent
 from homelab_ops.errors import first_line
 from homelab_ops.files import fsync_dir, write_atomic
 from homelab_ops.pitr import wal
@@ -103,15 +104,6 @@ def create_slot(settings) -> bool:
     except psycopg.Error as e:
         raise ReceiveError(f"cannot create the replication slot {slot!r}: {first_line(e)} "
                            "(run `homelab-ops doctor`)") from None
-
-
-def die_with_parent(sig: int = signal.SIGINT) -> None:
-    """In a child (preexec_fn): get `sig` when the parent dies, even by SIGKILL (Linux). A leftover
-    pg_receivewal would hold the slot and lock out the next one (SIGINT: its clean exit)."""
-    import ctypes
-
-    PR_SET_PDEATHSIG = 1
-    ctypes.CDLL("libc.so.6", use_errno=True).prctl(PR_SET_PDEATHSIG, sig)
 
 
 # --------------------------------------------------------------------------- encryption of finished files

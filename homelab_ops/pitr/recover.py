@@ -18,7 +18,6 @@ import pwd
 import re
 import shutil
 import signal
-import socket
 import subprocess
 import sys
 import tempfile
@@ -35,10 +34,11 @@ from psycopg.conninfo import conninfo_to_dict, make_conninfo
 from homelab_ops.backups import postgresql as pg
 from homelab_ops.backups.restore import load_identity, stores_named
 from homelab_ops.backups.stores import StoreError
+from homelab_ops.children import die_with_parent, free_port
 from homelab_ops.files import remove_stale_scratch
 from homelab_ops.pitr import base as bb
 from homelab_ops.pitr import offsite, plan, wal
-from homelab_ops.pitr.receive import die_with_parent, wal_dir
+from homelab_ops.pitr.receive import wal_dir
 
 FETCH = Path(__file__).with_name("fetch.py")
 
@@ -64,12 +64,6 @@ class Recovered:
     def dsn(self, database: str = "postgres") -> str:
         return make_conninfo(host=str(self.socket_dir), port=self.port, user=self.user, dbname=database,
                              connect_timeout=10)
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def _as_postgres() -> tuple[list[str], pwd.struct_passwd | None]:
@@ -235,7 +229,7 @@ def recovered(settings, target: plan.Target, *, timeout: float | None = None,
         shutil.copyfile(FETCH, root / "fetch.py")  # the server's OS user may not reach this package
         hba = root / "pg_hba.conf"
         hba.write_text("local all all trust\n")
-        port = _free_port()
+        port = free_port()
         settings_ = {
             "port": str(port), "listen_addresses": "", "unix_socket_directories": str(root),
             "hba_file": str(hba), "ident_file": str(hba), "ssl": "off", "archive_mode": "off",

@@ -28,6 +28,7 @@ import pytest
 import yaml
 
 from homelab_ops.backups.backup import run_backup
+from homelab_ops.children import free_port
 from homelab_ops.health.checks import FAIL, OK
 from homelab_ops.pitr import base, wal
 from homelab_ops.pitr.health import pitr_results
@@ -589,11 +590,7 @@ def test_without_logical_wal_the_chain_is_replayed_to_its_end_and_said_not_exact
 
 def test_the_receiver_waits_for_a_server_that_is_not_up_yet(tmp_path):
     """After a power cut PostgreSQL may start after the receiver: it retries instead of exiting."""
-    import socket
-
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
+    port = free_port()
     cfg = {"postgres": {"dsn": f"postgresql://postgres:pw-not-logged@127.0.0.1:{port}/postgres",
                         "pg_bin_dir": "/usr/lib/postgresql/15/bin"},
            "backups": {"local_dir": str(tmp_path / "b")}, "pitr": {"enabled": True}}

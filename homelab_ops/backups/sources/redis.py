@@ -14,7 +14,7 @@ from __future__ import annotations
 import os
 import re
 import shutil
-import socket
+import signal
 import subprocess
 import tempfile
 import time
@@ -24,6 +24,7 @@ from typing import Literal
 from pydantic import Field, SecretStr
 
 from homelab_ops.backups.sources._base import SourceConfig, SourceError
+from homelab_ops.children import die_with_parent, free_port
 from homelab_ops.files import PARTIAL_SUFFIX
 
 LISTED = True
@@ -163,23 +164,17 @@ def backup(config: Config, settings, log):
 
 # ---------------------------------------------------------------- restore and verification
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 def load_and_count(folder: Path) -> dict[int, tuple[int, int]]:
     """Start a private redis-server on `folder/dump.rdb` (loopback, a one-time password, no persistence
     of its own), wait until it has loaded, read its keyspace, stop it."""
     import secrets
 
-    port, log = _free_port(), folder / "redis.log"
+    port, log = free_port(), folder / "redis.log"
     env = {**os.environ, "REDISCLI_AUTH": secrets.token_hex(16)}
-    # setpriv --pdeathsig: SIGKILLed when this process dies, so a killed verification leaves no server
-    # running; the password keeps other local users out of the restored data meanwhile.
-    server = subprocess.Popen([tool("setpriv"), "--pdeathsig", "KILL", tool("redis-server"), "-"],
-                              stdin=subprocess.PIPE, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    # SIGKILLed when this process dies, so a killed verification leaves no server running; the
+    # password keeps other local users out of the restored data meanwhile.
+    server = subprocess.Popen([tool("redis-server"), "-"], stdin=subprocess.PIPE, stdout=subprocess.DEVNULL,
+                              stderr=subprocess.DEVNULL, preexec_fn=lambda: die_with_parent(signal.SIGKILL))
     server.stdin.write("\n".join([
         f"port {port}", "bind 127.0.0.1", f'dir "{folder}"', f"dbfilename {RDB_NAME}", 'save ""',
         "appendonly no", f'logfile "{log}"', f"requirepass {env['REDISCLI_AUTH']}"]).encode() + b"\n")
