@@ -404,7 +404,6 @@ def take_snapshot(host: str, *, patterns: list[str] | None = None, timeout: floa
 
     One stats sample each (one-shot): no CPU % here, `add_cpu_percent` derives it from the previous snapshot.
     """
-    import docker
     import requests
     from docker.errors import DockerException, NotFound
 

@@ -22,8 +22,7 @@ import psycopg
 
 from homelab_ops.backups import postgresql as pg
 from homelab_ops.backups.catalog import read_listing
-from homelab_ops.backups.restore import Located, RestoreError, restore
-from homelab_ops.backups.restore import RestoreError, stores_named
+from homelab_ops.backups.restore import Located, RestoreError, restore, stores_named
 from homelab_ops.backups.stores import Store, StoreError, read_json, stores_for
 from homelab_ops.errors import first_line
 from homelab_ops.n8n import backup_set, compare, keys

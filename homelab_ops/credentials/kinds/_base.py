@@ -15,7 +15,6 @@ from typing import TYPE_CHECKING, Annotated, Any, Callable, get_args
 from psycopg.conninfo import conninfo_to_dict
 from pydantic import AfterValidator, BaseModel, ConfigDict, Field, model_validator
 
-from homelab_ops.credentials import policy
 from homelab_ops.credentials.errors import CredentialError
 from homelab_ops.credentials.policy import Definition
 from homelab_ops.units import Duration
