@@ -207,6 +207,8 @@ def verify_restore(settings, path, manifest: dict, result) -> None:
         rdb = Path(tmp) / RDB_NAME
         try:
             decode_file(settings, path, rdb, encrypted=result.encrypted)
+            # The server checks the CRC64 too, but says only "Short read or OOM" among its warnings;
+            # redis-check-rdb names the damage, for one more read of the file.
             check_rdb(rdb)
             keyspace = load_and_count(Path(tmp))
         except (RestoreError, SourceError) as e:
