@@ -4,7 +4,6 @@ its life to ours, so a SIGKILLed run leaves nothing running that holds a port, a
 
 from __future__ import annotations
 
-import signal
 import socket
 
 
@@ -15,10 +14,9 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
-def die_with_parent(sig: int = signal.SIGINT) -> None:
+def die_with_parent(sig: int) -> None:
     """In a child (preexec_fn): get `sig` when the parent dies, even by SIGKILL (Linux). Kept across
-    exec, but not by a child that changes its user itself (the kernel clears it then): start such
-    a child through runuser, which passes the signal on."""
+    exec; the kernel clears it when the child itself changes its user."""
     import ctypes
 
     PR_SET_PDEATHSIG = 1

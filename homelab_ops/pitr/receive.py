@@ -242,9 +242,11 @@ def run_receiver(settings, *, stop: threading.Event | None = None, on_event=None
                     if stop.wait(backoff):
                         break
                     backoff = min(backoff * 2, 60.0)
+                # dies with this process: a leftover would hold the slot and lock out the next
+                # receiver (SIGINT is pg_receivewal's clean exit)
                 with open(stderr_file, "ab") as err:
                     proc = subprocess.Popen(args, stdout=subprocess.DEVNULL, stderr=err, env=env,
-                                            preexec_fn=die_with_parent)
+                                            preexec_fn=lambda: die_with_parent(signal.SIGINT))
                 say(f"pg_receivewal started (pid {proc.pid}) into {directory}, slot {settings.pitr.slot_name}")
             try:
                 encrypt_finished(directory, recipients)
