@@ -125,13 +125,10 @@ def require_known_database(settings, database: str, *, any_name: bool = False) -
                                 "not starting with . or -)")
     if any_name:
         return database
-    from homelab_ops.backups.sources import backed_up, configured as sources
+    from homelab_ops.backups.sources import backed_up
     from homelab_ops.backups.stores import LocalStore
 
-    try:
-        configured = backed_up(settings)
-    except Exception:  # server down: the sources and the folders still count
-        configured = list(sources(settings))
+    configured = backed_up(settings)  # with the server down, the folders with backups
     # PITR's folders and asset name are not databases: `backups restore --at` reads the archive.
     known = sorted({*configured, *LocalStore(settings.backups.local_dir).databases(), *reserved()}
                    - {*PITR_FOLDERS, PITR_OFFSITE})

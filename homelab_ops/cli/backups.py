@@ -88,12 +88,9 @@ def _known(settings, database: str | None, *, any_name: bool = False) -> None:
 
 
 def _configured(settings) -> list[str]:
-    from homelab_ops.backups.sources import backed_up, configured
+    from homelab_ops.backups.sources import backed_up
 
-    try:
-        return backed_up(settings)
-    except Exception:  # server down: the sources and the folders that exist still get pruned
-        return list(configured(settings))
+    return backed_up(settings, warn=lambda message: click.echo(f"warning: {message}", err=True))
 
 
 @backups.command("prune")

@@ -21,6 +21,7 @@ from homelab_ops.cli import main
 from homelab_ops.settings import SettingsError
 from tests.backups.test_offsite import nightly_backups_defs
 from tests.backups.test_verification import seed
+from tests.conftest import free_port
 from tests.redis_server import redis_server
 
 PASSWORD = "PLANTredis" + "9f3c1d2e7a"
@@ -76,6 +77,32 @@ def test_a_source_is_refused_when_its_name_or_type_is_not_usable(write_settings)
     assert module is rs and config.port == 6379
     assert sources.source_for(settings, "n8n")[0] is sources.MODULES["postgresql"]
     assert PASSWORD in settings.secrets()  # the redactor knows it
+
+
+def test_one_list_of_what_is_backed_up_for_the_location_the_cli_and_the_digest(new_db, write_settings):
+    """Under `all`, a database that a source names is the source's, once; with the server down, the
+    folders with backups stand in, for the digest as for the code location."""
+    from homelab_ops.notify.digest import gather
+
+    db = new_db("clash")
+    redis_entry = {"type": "redis", "name": db, "port": free_port()}
+    _, settings = write_settings({"postgres": {"databases": "all"}, "backups": {"sources": [redis_entry]}})
+    said: list[str] = []
+    names = sources.backed_up(settings, warn=said.append)
+    assert names.count(db) == 1 and names[-1] == db and "postgres" in names
+    assert any(repr(db) in m and "backups.sources" in m for m in said), said
+    assert [line.database for line in gather(settings).backups].count(db) == 1
+
+    _, down = write_settings({"postgres": {"dsn": f"postgresql://postgres@127.0.0.1:{free_port()}/postgres",
+                                           "databases": "all"}, "backups": {"sources": [redis_entry]}}, "down.yaml")
+    folder = Path(down.backups.local_dir) / "app"
+    folder.mkdir(parents=True)
+    (folder / "20261101T030000Z.dump.zst").write_bytes(b"x")
+    (folder / "20261101T030000Z.manifest.json").write_text("{}")
+    said.clear()
+    assert sources.backed_up(down, warn=said.append) == ["app", db]
+    assert "did not answer" in said[0]
+    assert [line.database for line in gather(down).backups] == ["app", db]
 
 
 # ---------------------------------------------------------------- against a real redis-server

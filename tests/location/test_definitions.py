@@ -35,12 +35,12 @@ def test_backup_assets_are_keyed_per_database_in_the_backups_group():
 
 
 def test_all_databases_means_every_non_template_database(new_db, write_settings):
-    from homelab_ops.defs.backups.assets import databases
+    from homelab_ops.backups.sources import backed_up
 
     db = new_db("every")
     _, settings = write_settings({"postgres": {"dsn": "postgresql://postgres@127.0.0.1:5432/postgres",
                                                "databases": "all"}})
-    names = databases(settings)
+    names = backed_up(settings)
     assert db in names and "postgres" in names
     assert "template0" not in names and "template1" not in names
 
@@ -52,7 +52,7 @@ def test_all_databases_with_the_server_down_falls_back_to_the_backed_up_ones(wri
     import sys
     from pathlib import Path
 
-    from homelab_ops.defs.backups.assets import databases
+    from homelab_ops.backups.sources import backed_up
     from tests.conftest import free_port
 
     path, settings = write_settings({"postgres": {"dsn": f"postgresql://postgres@127.0.0.1:{free_port()}/postgres",
@@ -64,7 +64,7 @@ def test_all_databases_with_the_server_down_falls_back_to_the_backed_up_ones(wri
         (root / folder / "20261101T030000Z.dump.zst").write_bytes(b"x")
         (root / folder / "20261101T030000Z.manifest.json").write_text("{}")
     # Not the roles or the exports, not a folder without a backup, not a name that cannot be a key.
-    assert databases(settings) == ["app", "n8n"]
+    assert backed_up(settings) == ["app", "n8n"]
 
     probe = ("import homelab_ops.definitions as m; d = m.defs(); "
              "print(sorted(k.to_user_string() for k in d.resolve_all_asset_keys() if k.path[0] == 'backups')); "

@@ -24,6 +24,7 @@ test (docs/extending.md).
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from types import ModuleType
 from typing import Annotated, Union
 
@@ -56,12 +57,43 @@ def configured(settings) -> dict[str, SourceConfig]:
     return {s.name: s for s in settings.backups.sources}
 
 
-def backed_up(settings) -> list[str]:
-    """Every folder the nightly backup writes: `postgres.databases` (for `all`, the server's now:
-    raises when it is down), then the `backups.sources` entries."""
-    from homelab_ops.backups.postgresql import configured_databases
+def backed_up(settings, warn: Callable[[str], None] = lambda message: None) -> list[str]:
+    """Every folder the nightly backup writes, as the code location gives each its assets: the
+    databases, then the `backups.sources` entries. The one answer for the definitions, the CLI and the
+    digest.
 
-    return configured_databases(settings) + list(configured(settings))
+    `postgres.databases: all` asks the server; when it does not answer, the databases already backed
+    up here stand in (so a PostgreSQL outage leaves the code location, and the health sensors that
+    report it, loaded; their backups fail, naming the server). Under `all`, names that cannot have
+    assets of their own and names a source takes are skipped, and `warn` is told which and why
+    (homelab_ops.backups.names); an explicit list was judged when the settings loaded."""
+    import psycopg
+
+    from homelab_ops.backups.catalog import GLOBALS, read_listing
+    from homelab_ops.backups.names import op_name, usable_databases
+    from homelab_ops.backups.postgresql import configured_databases
+    from homelab_ops.backups.stores import LocalStore
+    from homelab_ops.errors import first_line
+    from homelab_ops.n8n.workflow_export import FOLDER as EXPORTS
+
+    explicit = settings.postgres.databases != "all"
+    local = LocalStore(settings.backups.local_dir)
+    had = [] if explicit else [d for d in local.databases() if d not in (GLOBALS, EXPORTS)
+                               and read_listing(local.list(d)).backups]
+    try:
+        names = configured_databases(settings)
+    except psycopg.OperationalError as e:
+        names = had
+        warn(f"postgres.databases is `all` but the server did not answer ({first_line(e)}); using the "
+             f"databases backed up in {settings.backups.local_dir}: {', '.join(names) or 'none'}")
+    sources = configured(settings)
+    taken = {op_name(n): n for n in sources}
+    clash = [n for n in names if op_name(n) in taken]
+    if clash:  # an explicit list that collides is refused when the settings load
+        warn("not backed up as databases (a backups.sources entry has the name): "
+             + ", ".join(f"{n!r} (source {taken[op_name(n)]!r})" for n in clash))
+    return usable_databases([n for n in names if n not in clash], explicit=explicit, warn=warn,
+                            backed_up=had) + list(sources)
 
 
 def source_for(settings, name: str) -> tuple[ModuleType, SourceConfig]:

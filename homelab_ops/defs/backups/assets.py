@@ -6,53 +6,16 @@ scheduled and described for the web UI.
 
 
 import dagster as dg
-import psycopg
 
-from homelab_ops.backups import postgresql as pg
 from homelab_ops.backups import sources
 from homelab_ops.backups.sources import SourceError
 from homelab_ops.backups.backup import BackupError, BackupResult, run_globals_backup
-from homelab_ops.backups.catalog import GLOBALS, read_listing, time_of
-from homelab_ops.backups.names import op_name, usable_databases
+from homelab_ops.backups.catalog import time_of
 from homelab_ops.backups.offsite import TargetState, sync
-from homelab_ops.backups.stores import LocalStore
 from homelab_ops.defs.resources import HomelabSettings
-from homelab_ops.errors import first_line
-from homelab_ops.n8n.workflow_export import FOLDER as EXPORTS
 from homelab_ops.settings import Settings
 
 GROUP = "backups"
-
-
-def databases(settings: Settings) -> list[str]:
-    """The databases with assets. `all` asks the server at load time; when it does not answer, the
-    databases already backed up here stand in, so a PostgreSQL outage leaves the code location (and
-    the health sensors that report the outage) loaded. Their backups fail, naming the server.
-    Names that cannot have assets of their own are skipped under `all` (homelab_ops.backups.names)."""
-    log = dg.get_dagster_logger()
-    explicit = settings.postgres.databases != "all"
-    local = LocalStore(settings.backups.local_dir)
-    backed_up = [] if explicit else [d for d in local.databases() if d not in (GLOBALS, EXPORTS)
-                                     and read_listing(local.list(d)).backups]
-    try:
-        names = pg.configured_databases(settings)
-    except psycopg.OperationalError as e:
-        names = backed_up
-        log.warning(f"postgres.databases is `all` but the server did not answer "
-                    f"({first_line(e)}); using the databases backed up in "
-                    f"{settings.backups.local_dir}: {', '.join(names) or 'none'}")
-    taken = {op_name(n): n for n in sources.configured(settings)}
-    clash = [n for n in names if op_name(n) in taken]
-    if clash:  # an explicit list that collides is refused when the settings load
-        log.warning("not backed up as databases (a backups.sources entry has the name): "
-                    + ", ".join(f"{n!r} (source {taken[op_name(n)]!r})" for n in clash))
-    return usable_databases([n for n in names if n not in clash], explicit=explicit, warn=log.warning,
-                            backed_up=backed_up)
-
-
-def backed_up_names(settings: Settings) -> list[str]:
-    """Every folder with backup assets: the databases, then the `backups.sources` entries."""
-    return databases(settings) + list(sources.configured(settings))
 
 
 def result_metadata(result: BackupResult) -> dict:
