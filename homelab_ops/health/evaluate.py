@@ -168,17 +168,13 @@ def check_backups(settings, th: Thresholds, now: datetime) -> list[CheckResult]:
     request), against the newest backup in the local folder."""
     from homelab_ops.backups.catalog import read_listing
     from homelab_ops.backups import sources
-    from homelab_ops.backups.postgresql import configured_databases
     from homelab_ops.backups.stores import LocalStore
     from homelab_ops.backups.verify import published_freshness
 
     store = LocalStore(settings.backups.local_dir)
-    out, names = [], list(sources.configured(settings))  # the sources are judged when PostgreSQL is down
-    try:
-        names = configured_databases(settings) + names
-    except Exception as e:
-        out.append(c.unknown("backup_age", f"cannot list the databases to judge: {typed_first_line(e)}"))
-    for db in names:
+    out = []
+    # With PostgreSQL down (its own check says so) the folders with backups are judged, and the sources.
+    for db in sources.backed_up(settings):
         listing = read_listing(store.list(db))
         newest = listing.backups[-1].time if listing.backups else None
         out.append(c.backup_age(db, published_freshness(settings, db), newest, now, th.backup_age_fail_hours))

@@ -6,6 +6,7 @@ from __future__ import annotations
 import json
 import os
 import subprocess
+from datetime import datetime, timezone
 from pathlib import Path
 
 import dagster as dg
@@ -82,6 +83,7 @@ def test_a_source_is_refused_when_its_name_or_type_is_not_usable(write_settings)
 def test_one_list_of_what_is_backed_up_for_the_location_the_cli_and_the_digest(new_db, write_settings):
     """Under `all`, a database that a source names is the source's, once; with the server down, the
     folders with backups stand in, for the digest as for the code location."""
+    from homelab_ops.health.evaluate import Thresholds, check_backups
     from homelab_ops.notify.digest import gather
 
     db = new_db("clash")
@@ -103,6 +105,8 @@ def test_one_list_of_what_is_backed_up_for_the_location_the_cli_and_the_digest(n
     assert sources.backed_up(down, warn=said.append) == ["app", db]
     assert "did not answer" in said[0]
     assert [line.database for line in gather(down).backups] == ["app", db]
+    ages = check_backups(down, Thresholds.from_settings(down), datetime.now(timezone.utc))
+    assert [r.name for r in ages] == ["backup_age:app", f"backup_age:{db}"]
 
 
 # ---------------------------------------------------------------- against a real redis-server
