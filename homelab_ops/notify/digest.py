@@ -149,7 +149,7 @@ def gather(settings, now: datetime | None = None) -> Facts:
     try:
         local, remotes = stores_for(settings)
         stores = [local, *remotes]
-        for db in backed_up(settings):
+        for db in backed_up(settings, warn=facts.unread.append):  # the server down, a name skipped
             listings, listed = {}, []
             for s in stores:  # as newest_verified: a store that is down proves nothing, the others count
                 try:

@@ -104,7 +104,9 @@ def test_one_list_of_what_is_backed_up_for_the_location_the_cli_and_the_digest(n
     said.clear()
     assert sources.backed_up(down, warn=said.append) == ["app", db]
     assert "did not answer" in said[0]
-    assert [line.database for line in gather(down).backups] == ["app", db]
+    facts = gather(down)
+    assert [line.database for line in facts.backups] == ["app", db]
+    assert any("did not answer" in why for why in facts.unread), facts.unread  # said in the digest
     ages = check_backups(down, Thresholds.from_settings(down), datetime.now(timezone.utc))
     assert [r.name for r in ages] == ["backup_age:app", f"backup_age:{db}"]
 
