@@ -59,8 +59,8 @@ def configured(settings) -> dict[str, SourceConfig]:
 
 def backed_up(settings, warn: Callable[[str], None] = lambda message: None) -> list[str]:
     """Every folder the nightly backup writes, as the code location gives each its assets: the
-    databases, then the `backups.sources` entries. The one answer for the definitions, the CLI and the
-    digest.
+    databases, then the `backups.sources` entries. The one answer for the definitions, the CLI, the
+    digest and the `backup_age` health check.
 
     `postgres.databases: all` asks the server; when it does not answer, the databases already backed
     up here stand in (so a PostgreSQL outage leaves the code location, and the health sensors that
