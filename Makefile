@@ -7,9 +7,12 @@ export DAGSTER_HOME := $(CURDIR)/var/dagster
 
 .PHONY: env services demo demo-pitr test ui bench clean
 
-$(VENV)/.synced: pyproject.toml uv.lock
+# --compile-bytecode: with PYTHONDONTWRITEBYTECODE set (as on this machine) nothing else writes .pyc,
+# and every `dagster` or `homelab-ops` process, test subprocesses included, compiled Dagster from source
+# (importing dagster: 1.7 s without, 0.8 s with). The image does the same (deploy/Dockerfile).
+$(VENV)/.synced: pyproject.toml uv.lock Makefile
 	@command -v uv >/dev/null 2>&1 || python3 -m pip install -q uv
-	$(UV) sync --frozen --all-groups
+	$(UV) sync --frozen --all-groups --compile-bytecode
 	@touch $@
 
 env: $(VENV)/.synced

@@ -21,7 +21,6 @@ from homelab_ops.settings import SettingsError, load
 from tests.pg_cluster import scram_pg  # noqa: F401  (module fixture)
 
 ROOT = Path(__file__).resolve().parents[2]
-CLI = str(Path(sys.executable).with_name("homelab-ops"))
 HOSTILE = ["_globals", "n8n_workflows", "chaos-dash", "chaos_dash", "chaos.dash", "lost+found",
            "homelab_verify_good_abc123"]
 
@@ -100,6 +99,10 @@ def test_a_listed_reserved_or_colliding_name_is_refused_when_the_settings_load(t
 
 def test_the_cli_refuses_a_database_argument_that_is_a_path_or_unknown(tmp_path):
     """`backups restore ../other` must not read a backup that sits outside local_dir."""
+    from click.testing import CliRunner
+
+    from homelab_ops.cli import main
+
     outside = tmp_path / "other"
     outside.mkdir()
     (outside / "20261101T030000Z.dump.zst").write_bytes(b"not read")
@@ -107,20 +110,25 @@ def test_the_cli_refuses_a_database_argument_that_is_a_path_or_unknown(tmp_path)
     (tmp_path / "backups" / "n8n").mkdir(parents=True)
     path = _write(tmp_path, {"postgres": {"dsn": "postgresql://postgres@127.0.0.1:1/postgres",
                                           "databases": ["n8n"]}})
-    env = {**os.environ, "HOMELAB_CONFIG": str(path)}
+
+    def cli(*args: str):
+        result = CliRunner().invoke(main, ["--config", str(path), *args])
+        # A refusal is a ClickException (exit 1, its message on stderr), never an escaped exception.
+        assert result.exception is None or isinstance(result.exception, SystemExit), result.exception
+        return result
+
     runs = [["backups", "restore", "../other", "--into", "nope_restored"],
             ["backups", "restore", str(outside), "--into", "nope_restored"],
             ["backups", "list", "../other"],
             ["backups", "prune", "--dry-run", "../other"]]
     for args in runs:
-        proc = subprocess.run([CLI, *args], capture_output=True, text=True, timeout=120, env=env)
-        assert proc.returncode == 1, (args, proc.stdout, proc.stderr)
-        assert "is not a database name" in proc.stderr, (args, proc.stderr)
-        assert "Traceback" not in proc.stderr and "20261101T030000Z" not in proc.stdout + proc.stderr
-    proc = subprocess.run([CLI, "backups", "restore", "nosuch", "--into", "nope_restored"],
-                          capture_output=True, text=True, timeout=120, env=env)
-    assert proc.returncode == 1
-    assert "'nosuch' is not a database homelab-ops knows" in proc.stderr and "known: _globals, n8n" in proc.stderr
+        result = cli(*args)
+        assert result.exit_code == 1, (args, result.output)
+        assert "is not a database name" in result.stderr, (args, result.stderr)
+        assert "20261101T030000Z" not in result.output
+    result = cli("backups", "restore", "nosuch", "--into", "nope_restored")
+    assert result.exit_code == 1
+    assert "'nosuch' is not a database homelab-ops knows" in result.stderr and "known: _globals, n8n" in result.stderr
     # Known names still work (nothing to list is not an error).
-    proc = subprocess.run([CLI, "backups", "list", "n8n"], capture_output=True, text=True, timeout=120, env=env)
-    assert proc.returncode == 0, proc.stderr
+    result = cli("backups", "list", "n8n")
+    assert result.exit_code == 0, result.output

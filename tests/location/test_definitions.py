@@ -11,6 +11,13 @@ def load() -> dg.Definitions:
     return lazy_defs() if callable(lazy_defs) else lazy_defs
 
 
+def load_from(path, monkeypatch) -> dg.Definitions:
+    """The location as the daemon builds it from the settings file at `path`, in this process:
+    each domain reads the file named by HOMELAB_CONFIG, parsed once per path."""
+    monkeypatch.setenv("HOMELAB_CONFIG", str(path))
+    return load()
+
+
 def test_nightly_backup_runs_at_three_in_the_settings_zone_by_default():
     d = load()
     schedule = d.get_schedule_def("nightly_backup_schedule")
@@ -45,11 +52,9 @@ def test_all_databases_means_every_non_template_database(new_db, write_settings)
     assert "template0" not in names and "template1" not in names
 
 
-def test_all_databases_with_the_server_down_falls_back_to_the_backed_up_ones(write_settings):
+def test_all_databases_with_the_server_down_falls_back_to_the_backed_up_ones(write_settings, monkeypatch,
+                                                                            caplog):
     """The location still loads, and with it the health sensor that reports the outage."""
-    import os
-    import subprocess
-    import sys
     from pathlib import Path
 
     from homelab_ops.backups.sources import backed_up
@@ -66,14 +71,11 @@ def test_all_databases_with_the_server_down_falls_back_to_the_backed_up_ones(wri
     # Not the roles or the exports, not a folder without a backup, not a name that cannot be a key.
     assert backed_up(settings) == ["app", "n8n"]
 
-    probe = ("import homelab_ops.definitions as m; d = m.defs(); "
-             "print(sorted(k.to_user_string() for k in d.resolve_all_asset_keys() if k.path[0] == 'backups')); "
-             "print(d.get_sensor_def('health_sensor').name)")
-    proc = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True,
-                          env={**os.environ, "HOMELAB_CONFIG": str(path)}, cwd=Path(__file__).resolve().parents[2])
-    assert proc.returncode == 0, proc.stderr[-2000:]
-    assert proc.stdout.splitlines() == ["['backups/app', 'backups/n8n']", "health_sensor"]
-    assert "did not answer" in proc.stderr
+    d = load_from(path, monkeypatch)
+    assert sorted(k.to_user_string() for k in d.resolve_all_asset_keys() if k.path[0] == "backups") == [
+        "backups/app", "backups/n8n"]
+    assert "health_sensor" in {s.name for s in d.sensors}
+    assert "did not answer" in caplog.text
 
 
 def test_dagster_validates_the_module_and_the_workspace():
@@ -84,10 +86,10 @@ def test_dagster_validates_the_module_and_the_workspace():
 
     root = Path(__file__).resolve().parents[2]
     env = {k: v for k, v in os.environ.items() if k != "HOMELAB_CONFIG"}
-    for target in (["-m", "homelab_ops.definitions"], ["-w", "workspace.yaml"]):
-        proc = subprocess.run([sys.executable, "-m", "dagster", "definitions", "validate", *target],
-                              capture_output=True, text=True, cwd=root, env=env)
-        assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-2000:]
+    # The workspace loads the module (`-m homelab_ops.definitions`, which the settings-error test runs).
+    proc = subprocess.run([sys.executable, "-m", "dagster", "definitions", "validate", "-w", "workspace.yaml"],
+                          capture_output=True, text=True, cwd=root, env=env)
+    assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-2000:]
 
 
 def test_the_location_loads_from_an_installed_package_with_no_pyproject_above_it(tmp_path, write_settings):
@@ -119,40 +121,27 @@ def test_ad_hoc_materializations_run_in_one_process():
     assert d.resolve_implicit_global_asset_job_def().executor_def is dg.in_process_executor
 
 
-def test_with_pitr_and_s3_the_archive_goes_off_site_hourly_and_with_offsite_sync(write_settings):
+def test_with_pitr_and_s3_the_archive_goes_off_site_hourly_and_with_offsite_sync(write_settings, monkeypatch):
     """`offsite/_pitr` runs on pitr.offsite_cron, after each base backup, and in the owner's catch-up job."""
-    import os
-    import subprocess
-    import sys
-    from pathlib import Path
-
     path, _ = write_settings({"postgres": {"databases": ["app"]},
                               "backups": {"s3": [{"bucket": "pi", "endpoint_url": "http://127.0.0.1:9"}]},
                               "pitr": {"enabled": True, "offsite_cron": "5 * * * *"}})
-    probe = ("import homelab_ops.definitions as m; d = m.defs(); "
-             "assert not any(s.name.startswith('job_heartbeat') for s in d.sensors), 'no notify.heartbeat'; "
-             "keys = lambda j: sorted(k.to_user_string() for k in d.resolve_job_def(j).asset_layer.selected_asset_keys); "
-             "print(keys('offsite_sync')); print(keys('base_backup')); print(keys('pitr_offsite')); "
-             "print(d.get_schedule_def('pitr_offsite_schedule').cron_schedule)")
-    proc = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True,
-                          env={**os.environ, "HOMELAB_CONFIG": str(path)}, cwd=Path(__file__).resolve().parents[2])
-    assert proc.returncode == 0, proc.stderr[-2000:]
-    assert proc.stdout.splitlines() == ["['offsite/_globals', 'offsite/_pitr', 'offsite/app']",
-                                        "['base_backups/main', 'offsite/_pitr']", "['offsite/_pitr']", "5 * * * *"]
+    d = load_from(path, monkeypatch)
+    assert not any(s.name.startswith("job_heartbeat") for s in d.sensors), "no notify.heartbeat"
+
+    def keys(job: str) -> list[str]:
+        return sorted(k.to_user_string() for k in d.resolve_job_def(job).asset_layer.selected_asset_keys)
+
+    assert keys("offsite_sync") == ["offsite/_globals", "offsite/_pitr", "offsite/app"]
+    assert keys("base_backup") == ["base_backups/main", "offsite/_pitr"]
+    assert keys("pitr_offsite") == ["offsite/_pitr"]
+    assert d.get_schedule_def("pitr_offsite_schedule").cron_schedule == "5 * * * *"
 
 
-def test_job_heartbeat_sensors_exist_only_when_a_job_has_a_monitor(write_settings):
+def test_job_heartbeat_sensors_exist_only_when_a_job_has_a_monitor(write_settings, monkeypatch):
     """Three run-status sensors tick every 30 s in the daemon; without notify.heartbeat they would
     do nothing but cost the Pi's CPU."""
-    import os
-    import subprocess
-    import sys
-    from pathlib import Path
-
     path, _ = write_settings({"notify": {"heartbeat": {"nightly_backup": "http://127.0.0.1:9/ping/abc"}}})
-    probe = ("import homelab_ops.definitions as m; d = m.defs(); "
-             "print(sorted(s.name for s in d.sensors if s.name.startswith('job_heartbeat')))")
-    proc = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True,
-                          env={**os.environ, "HOMELAB_CONFIG": str(path)}, cwd=Path(__file__).resolve().parents[2])
-    assert proc.returncode == 0, proc.stderr[-2000:]
-    assert proc.stdout.split("\n")[0] == "['job_heartbeat_fail', 'job_heartbeat_start', 'job_heartbeat_success']"
+    d = load_from(path, monkeypatch)
+    assert sorted(s.name for s in d.sensors if s.name.startswith("job_heartbeat")) == [
+        "job_heartbeat_fail", "job_heartbeat_start", "job_heartbeat_success"]
