@@ -14,7 +14,6 @@ from pathlib import Path
 
 import psycopg
 import pytest
-from psycopg import sql
 
 from homelab_ops.files import make_dirs, tighten_tree, write_atomic
 from tests.conftest import ADMIN_DSN, drop_database, dsn_for
@@ -83,7 +82,7 @@ def test_backups_verification_restore_and_prune_leave_only_private_files(new_db,
 
 
 def test_backups_written_before_the_umask_become_private_when_the_code_location_loads(write_settings, tmp_path,
-                                                                                      loose_umask):
+                                                                                      loose_umask, monkeypatch):
     path, settings = write_settings({"postgres": {"dsn": ADMIN_DSN, "databases": ["n8n"]}})
     old = Path(settings.backups.local_dir) / "n8n"
     old.mkdir(parents=True, mode=0o755)
@@ -91,10 +90,10 @@ def test_backups_written_before_the_umask_become_private_when_the_code_location_
     (old / "20261101T030000Z.manifest.json").write_text("{}")
     os.chmod(old.parent, 0o755)
     assert not_private(old.parent)
-    probe = "import homelab_ops.definitions as m; m.defs()"
-    proc = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, timeout=300,
-                          env={**os.environ, "HOMELAB_CONFIG": str(path)}, cwd=ROOT)
-    assert proc.returncode == 0, proc.stderr[-3000:]
+    import homelab_ops.definitions as location
+
+    monkeypatch.setenv("HOMELAB_CONFIG", str(path))
+    location.defs()  # as the code server and each run worker load it
     assert not_private(old.parent) == {}
     assert tighten_tree(old.parent) == 0  # nothing left to change
 
