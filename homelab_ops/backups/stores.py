@@ -14,6 +14,7 @@ match is deleted.
 from __future__ import annotations
 
 import base64
+import functools
 import hashlib
 import io
 import json
@@ -126,32 +127,39 @@ class S3Store:
         self.label = target.label
         rate = target.bytes_per_second
         self.limit = RateLimit(rate) if rate else None
-        if client is None:
-            import boto3
-            import botocore.config
+        if client is not None:
+            self.client = client
 
-            # Each target its own credentials (a NAS's MinIO and B2 hold different keys); none set:
-            # boto3's default chain (environment, ~/.aws, instance role).
-            keys = target.access_key_id and target.secret_access_key
-            session = boto3.session.Session(
-                profile_name=target.profile,
-                aws_access_key_id=keys and target.access_key_id.get_secret_value(),
-                aws_secret_access_key=keys and target.secret_access_key.get_secret_value())
-            client = session.client(
-                "s3",
-                endpoint_url=target.endpoint_url,
-                region_name=target.region,
-                # Integrity is the part's checksum (Content-MD5 or CRC32, checked by the server on receipt)
-                # and the object's after completion, computed here once: botocore's own per-request CRC32
-                # and payload sha256 would hash every part twice more on the Pi (and B2 refuses the
-                # CRC32 header), and the payload hash would read a rate-limited body twice.
-                config=botocore.config.Config(retries={"max_attempts": 3, "mode": "standard"},
-                                              connect_timeout=10, read_timeout=120,
-                                              request_checksum_calculation="when_required",
-                                              response_checksum_validation="when_required",
-                                              s3={"payload_signing_enabled": False}),
-            )
-        self.client = client
+    @functools.cached_property
+    def client(self):
+        """Made on first use: a step that picks one store out of `stores_for` (a restore, n8n's
+        verification) builds one boto3 client, not one per target (0.1 s each here, more on a Pi). A
+        profile that is missing is then that target's StoreError, not a failure before any target."""
+        import boto3
+        import botocore.config
+
+        target = self.target
+        # Each target its own credentials (a NAS's MinIO and B2 hold different keys); none set:
+        # boto3's default chain (environment, ~/.aws, instance role).
+        keys = target.access_key_id and target.secret_access_key
+        session = boto3.session.Session(
+            profile_name=target.profile,
+            aws_access_key_id=keys and target.access_key_id.get_secret_value(),
+            aws_secret_access_key=keys and target.secret_access_key.get_secret_value())
+        return session.client(
+            "s3",
+            endpoint_url=target.endpoint_url,
+            region_name=target.region,
+            # Integrity is the part's checksum (Content-MD5 or CRC32, checked by the server on receipt)
+            # and the object's after completion, computed here once: botocore's own per-request CRC32
+            # and payload sha256 would hash every part twice more on the Pi (and B2 refuses the
+            # CRC32 header), and the payload hash would read a rate-limited body twice.
+            config=botocore.config.Config(retries={"max_attempts": 3, "mode": "standard"},
+                                          connect_timeout=10, read_timeout=120,
+                                          request_checksum_calculation="when_required",
+                                          response_checksum_validation="when_required",
+                                          s3={"payload_signing_enabled": False}),
+        )
 
     def key(self, database: str, name: str) -> str:
         return f"{self.target.prefix}{database}/{name}"

@@ -331,3 +331,28 @@ def test_a_target_can_use_a_named_aws_profile(tmp_path, two_authenticated_target
     store = S3Store(S3Target(bucket=bucket, endpoint_url=url, profile="nas"))
     store.put_bytes("db", "x.json", b"{}")
     assert client.get_object(Bucket=bucket, Key="db/x.json")["Body"].read() == b"{}"
+
+
+def test_a_profile_that_is_missing_fails_its_target_by_name_and_the_other_still_gets_its_copy(
+        tmp_path, write_settings, two_authenticated_targets, monkeypatch):
+    """A profile gone from ~/.aws (a restored home folder, a typo) is that target's error; before,
+    building the stores failed and no target got tonight's copy."""
+    from homelab_ops.backups import offsite
+
+    (url, bucket, key_id, secret, client), (other_url, other_bucket, *_) = two_authenticated_targets
+    credentials = tmp_path / "credentials"
+    credentials.write_text(f"[nas]\naws_access_key_id = {key_id}\naws_secret_access_key = {secret}\n")
+    monkeypatch.setenv("AWS_SHARED_CREDENTIALS_FILE", str(credentials))
+    monkeypatch.setenv("AWS_CONFIG_FILE", str(tmp_path / "none"))
+    _, settings = write_settings({"backups": {"s3": [
+        {"name": "b2", "endpoint_url": other_url, "bucket": other_bucket, "profile": "gone"},
+        {"name": "nas", "endpoint_url": url, "bucket": bucket, "profile": "nas"}]}})
+    folder = Path(settings.backups.local_dir) / "app"
+    folder.mkdir(parents=True)
+    (folder / "20261201T030000Z.dump.zst").write_bytes(b"dump")
+    (folder / "20261201T030000Z.manifest.json").write_text("{}")
+
+    b2, nas = offsite.sync(settings, "app")
+    assert b2.target == "b2" and "S3 target b2" in b2.error and "gone" in b2.error and b2.owed is None
+    assert nas.error is None and nas.uploaded == ["20261201T030000Z"]
+    assert sorted(objects(client, bucket)) == ["app/20261201T030000Z.dump.zst", "app/20261201T030000Z.manifest.json"]
