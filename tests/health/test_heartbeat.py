@@ -91,9 +91,9 @@ def test_a_slow_monitor_cannot_hold_the_ping_past_its_deadline():
     slow.delay = 6.0
     try:
         started = time.monotonic()
-        resp = ping(slow.url + "/" + UUID, "success", "ok", deadline=started + 1.5)
+        resp = ping(slow.url + "/" + UUID, "success", "ok", deadline=started + 0.5)
         took = time.monotonic() - started
-        assert not resp.ok and took < 4.0, (resp, took)
+        assert not resp.ok and took < 3.0, (resp, took)
         assert ping(slow.url + "/" + UUID, "success", deadline=time.monotonic() - 1).error.startswith("no time left to ping")
     finally:
         slow.server.shutdown()
