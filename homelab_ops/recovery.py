@@ -89,8 +89,8 @@ def touches_backups(step_keys: list[str]) -> bool:
 
 
 def scratch_pattern(databases: list[str]) -> re.Pattern:
-    """The scratch database names verification gives these databases (`verify.scratch_name`)."""
-    from homelab_ops.backups.verify import scratch_name
+    """The scratch database names verification gives these databases (`sources.postgresql.scratch_name`)."""
+    from homelab_ops.backups.sources.postgresql import scratch_name
 
     heads = sorted({scratch_name(d, "0" * 8)[:-8] for d in databases})
     if not heads:

@@ -27,10 +27,8 @@ from datetime import datetime, timedelta, timezone
 from pathlib import Path
 
 
-from homelab_ops.backups import postgresql as pg
 from homelab_ops.backups import sources
 from homelab_ops.backups.catalog import VERIFIED_SUFFIX, Backup, read_listing, time_of
-from homelab_ops.backups.names import SCRATCH_PREFIX
 from homelab_ops.backups.restore import (Located, ManifestError, RestoreError, load_identity, local_copy,
                                         read_manifest)
 from homelab_ops.backups.stores import Store, StoreError, s3_errors, read_json, stores_for
@@ -71,25 +69,6 @@ class TableCheck:
     @property
     def ok(self) -> bool:
         return self.expected_rows is not None and self.expected_rows == self.restored_rows and self.checksum_match
-
-
-def compare(manifest_tables: list[dict], restored: list[pg.TableStat]) -> list[TableCheck]:
-    """Every table on either side, by name; a table on one side only is a difference."""
-    expected = {f"{t['schema']}.{t['table']}": (int(t["rows"]), str(t["checksum"])) for t in manifest_tables}
-    actual = {s.name: (s.rows, s.checksum) for s in restored}
-    out = []
-    for name in sorted(expected.keys() | actual.keys()):
-        e, a = expected.get(name), actual.get(name)
-        out.append(TableCheck(name, e[0] if e else None, a[0] if a else None,
-                              e is not None and a is not None and e[1] == a[1]))
-    return out
-
-
-def scratch_name(database: str, short_id: str) -> str:
-    """`homelab_verify_<database>_<id>`, shortened to PostgreSQL's 63-byte identifier limit."""
-    room = 63 - len(SCRATCH_PREFIX) - 1 - len(short_id.encode())
-    db = database.encode()[:room].decode(errors="ignore")
-    return f"{SCRATCH_PREFIX}{db}_{short_id}"
 
 
 def space_problem(free: dict[str, int], needed: int, *, dump_size: int, factor: float) -> str | None:

@@ -29,7 +29,7 @@ from homelab_ops.backups.catalog import read_listing
 from homelab_ops.backups.names import WAL_FOLDER
 from homelab_ops.backups.restore import RestoreError
 from homelab_ops.backups.stores import LocalStore, StoreError, read_json
-from homelab_ops.backups.verify import compare
+from homelab_ops.backups.sources.postgresql import compare
 from homelab_ops.errors import first_line
 from homelab_ops.files import write_atomic
 from homelab_ops.pitr import plan, wal

@@ -17,6 +17,7 @@ from click.testing import CliRunner
 
 from homelab_ops.backups import postgresql as pg
 from homelab_ops.backups import verify as v
+from homelab_ops.backups.sources.postgresql import compare, scratch_name
 from homelab_ops.backups.backup import run_backup
 from homelab_ops.backups.catalog import Backup
 from homelab_ops.cli import main
@@ -45,7 +46,7 @@ def scratch_left(db: str) -> list[str]:
     """Scratch databases of this test's database still on the server (there must be none)."""
     with psycopg.connect(ADMIN_DSN) as conn:
         rows = conn.execute("SELECT datname FROM pg_database WHERE datname LIKE 'homelab_verify_%'").fetchall()
-    return [r[0] for r in rows if r[0].startswith(v.scratch_name(db, "x")[:-1])]
+    return [r[0] for r in rows if r[0].startswith(scratch_name(db, "x")[:-1])]
 
 
 def settings_for(write_settings, db: str, **backups):
@@ -65,7 +66,7 @@ def test_compare_names_every_difference():
                 {"schema": "public", "table": "gone", "rows": 0, "checksum": "0"}]
     restored = [pg.TableStat("public", "a", 3, "10"), pg.TableStat("public", "b", 2, "5"),
                 pg.TableStat("public", "extra", 1, "7")]
-    checks = {c.table: c for c in v.compare(manifest, restored)}
+    checks = {c.table: c for c in compare(manifest, restored)}
     assert checks["public.a"].ok
     assert not checks["public.b"].ok and checks["public.b"].checksum_match  # row count alone differs
     assert checks["public.gone"].restored_rows is None and not checks["public.gone"].ok
@@ -73,7 +74,7 @@ def test_compare_names_every_difference():
 
 
 def test_scratch_name_fits_postgres_identifier_limit():
-    name = v.scratch_name("d" * 63, "abcd1234")
+    name = scratch_name("d" * 63, "abcd1234")
     assert len(name.encode()) <= 63 and name.startswith("homelab_verify_d") and name.endswith("_abcd1234")
 
 

@@ -54,7 +54,7 @@ RUN_TIMEOUT = 900
 
 
 def test_scratch_pattern_is_exact_per_database():
-    from homelab_ops.backups.verify import scratch_name
+    from homelab_ops.backups.sources.postgresql import scratch_name
     from homelab_ops.recovery import scratch_pattern
 
     p = scratch_pattern(["n8n", "x" * 60])

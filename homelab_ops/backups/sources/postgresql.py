@@ -5,9 +5,14 @@ databases are listed in `postgres.databases` and not in `backups.sources`."""
 
 from __future__ import annotations
 
-from typing import Literal
+from typing import TYPE_CHECKING, Literal
 
+from homelab_ops.backups.names import SCRATCH_PREFIX
 from homelab_ops.backups.sources._base import SourceConfig
+
+if TYPE_CHECKING:
+    from homelab_ops.backups import postgresql as pg
+    from homelab_ops.backups.verify import TableCheck
 
 LISTED = False
 KINDS = {"postgres"}
@@ -17,6 +22,27 @@ VERIFIES = ("restored into a scratch database, and every table's exact row count
 
 class Config(SourceConfig):
     type: Literal["postgresql"] = "postgresql"
+
+
+def compare(manifest_tables: list[dict], restored: list[pg.TableStat]) -> list[TableCheck]:
+    """Every table on either side, by name; a table on one side only is a difference."""
+    from homelab_ops.backups.verify import TableCheck
+
+    expected = {f"{t['schema']}.{t['table']}": (int(t["rows"]), str(t["checksum"])) for t in manifest_tables}
+    actual = {s.name: (s.rows, s.checksum) for s in restored}
+    out = []
+    for name in sorted(expected.keys() | actual.keys()):
+        e, a = expected.get(name), actual.get(name)
+        out.append(TableCheck(name, e[0] if e else None, a[0] if a else None,
+                              e is not None and a is not None and e[1] == a[1]))
+    return out
+
+
+def scratch_name(database: str, short_id: str) -> str:
+    """`homelab_verify_<database>_<id>`, shortened to PostgreSQL's 63-byte identifier limit."""
+    room = 63 - len(SCRATCH_PREFIX) - 1 - len(short_id.encode())
+    db = database.encode()[:room].decode(errors="ignore")
+    return f"{SCRATCH_PREFIX}{db}_{short_id}"
 
 
 def describe(config: Config, settings) -> str:
@@ -48,7 +74,7 @@ def verify_restore(settings, path, manifest: dict, result) -> None:
     from homelab_ops.state import connect
 
     admin = settings.postgres.dsn.get_secret_value()
-    scratch = v.scratch_name(result.database, uuid.uuid4().hex[:8])
+    scratch = scratch_name(result.database, uuid.uuid4().hex[:8])
     result.scratch_database = scratch
     try:
         pg.create_database(admin, scratch)
@@ -70,7 +96,7 @@ def verify_restore(settings, path, manifest: dict, result) -> None:
             with connect(pg.database_dsn(admin, scratch)) as conn:
                 old = {s.name: s for s in pg.table_stats(conn, fixed_session=False) if s.name in legacy}
             restored = [old.get(s.name, s) for s in restored]
-        result.tables = v.compare(manifest.get("tables", []), restored)
+        result.tables = compare(manifest.get("tables", []), restored)
         bad = result.mismatches
         if bad:
             names = ", ".join(t.table for t in bad[:5]) + (f" and {len(bad) - 5} more" if len(bad) > 5 else "")
