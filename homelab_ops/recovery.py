@@ -327,7 +327,7 @@ def _known_databases(settings, local) -> list[str]:
 
     names = set(local.databases())
     try:
-        names |= set(pg.configured_databases(settings))
+        names |= set(pg.configured_databases(settings.postgres))
     except psycopg.Error:
         pass
     return sorted(names)
@@ -346,7 +346,7 @@ def remove_leftovers(settings, log) -> tuple[list[str], bool]:
     from homelab_ops.files import PARTIAL_SUFFIX
     from homelab_ops.state import connect
 
-    local, remotes = stores_for(settings)
+    local, remotes = stores_for(settings.backups)
     admin = settings.postgres.dsn.get_secret_value()
     removed: list[str] = []
     complete = True

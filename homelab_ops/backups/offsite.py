@@ -95,5 +95,5 @@ def sync_target(local: LocalStore, store: S3Store, database: str) -> TargetState
 
 def sync(settings, database: str) -> list[TargetState]:
     """Bring every S3 target up to date with the local backups of `database`."""
-    local, remotes = stores_for(settings)
+    local, remotes = stores_for(settings.backups)
     return [sync_target(local, store, database) for store in remotes]

@@ -12,7 +12,7 @@ import os
 import shutil
 import subprocess
 from dataclasses import dataclass
-from typing import IO
+from typing import IO, TYPE_CHECKING
 
 import psycopg
 from psycopg import sql
@@ -20,6 +20,9 @@ from psycopg.conninfo import conninfo_to_dict, make_conninfo
 
 from homelab_ops.backups.sources._base import SourceError  # noqa: F401  (raised here, caught by its name)
 from homelab_ops.state import connect
+
+if TYPE_CHECKING:  # settings imports the backup sources: a runtime import would be a cycle
+    from homelab_ops.settings import PostgresSettings
 
 
 @dataclass(frozen=True)
@@ -105,11 +108,11 @@ def list_databases(admin_dsn: str) -> list[str]:
     return [r[0] for r in rows if not r[0].startswith(SCRATCH_PREFIX)]
 
 
-def configured_databases(settings) -> list[str]:
+def configured_databases(postgres: PostgresSettings) -> list[str]:
     """`postgres.databases`; for `all`, every database on the server now (raises when it is down)."""
-    if settings.postgres.databases == "all":
-        return list_databases(settings.postgres.dsn.get_secret_value())
-    return list(settings.postgres.databases)
+    if postgres.databases == "all":
+        return list_databases(postgres.dsn.get_secret_value())
+    return list(postgres.databases)
 
 
 def database_exists(admin_dsn: str, database: str) -> bool:

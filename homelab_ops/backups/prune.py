@@ -192,7 +192,7 @@ def prepare(settings, dry_run: bool | None, now: datetime | None, stores: list[S
     policy = policy_from(settings.backups.retention)
     dry = settings.backups.retention.dry_run if dry_run is None else dry_run
     if stores is None:
-        local, remotes = stores_for(settings)
+        local, remotes = stores_for(settings.backups)
         stores = [local, *remotes]
     grace = leftover_grace(settings.backups.timeout.seconds)
     return policy, dry, now or datetime.now(timezone.utc), grace, stores
@@ -310,6 +310,6 @@ def databases_to_prune(settings, configured: list[str]) -> list[str]:
     from homelab_ops.n8n.workflow_export import FOLDER
     from homelab_ops.backups.names import PITR_FOLDERS
 
-    local, _ = stores_for(settings)
+    local, _ = stores_for(settings.backups)
     names = set(configured) | set(local.databases()) | {GLOBALS}
     return sorted(names - {FOLDER, *PITR_FOLDERS})

@@ -15,6 +15,7 @@ from contextlib import contextmanager
 from dataclasses import dataclass
 from datetime import datetime, timezone
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import pyrage
 import zstandard
@@ -22,6 +23,9 @@ import zstandard
 from homelab_ops.backups import postgresql as pg
 from homelab_ops.backups.catalog import Backup, Listing, dump_without_manifest, read_listing, stem_for
 from homelab_ops.backups.stores import CHUNK, LocalStore, Store, StoreError, read_json, s3_errors, stores_for
+
+if TYPE_CHECKING:  # settings imports the backup sources: a runtime import would be a cycle
+    from homelab_ops.settings import BackupSettings, EncryptionSettings
 
 
 class RestoreError(RuntimeError):
@@ -72,7 +76,7 @@ def manifest_state(store: Store, database: str, backup: Backup) -> str:
 
 def stores_named(settings, source: str) -> list[Store]:
     """`auto`: local and every S3 target (a new SD card restores from off-site alone)."""
-    local, remotes = stores_for(settings)
+    local, remotes = stores_for(settings.backups)
     if source == "auto":
         return [local, *remotes]
     if source == "local":
@@ -163,7 +167,7 @@ class _Counting:
 
 
 @contextmanager
-def local_copy(settings, loc: Located, progress: Callable[[int], None] | None = None):
+def local_copy(backups: BackupSettings, loc: Located, progress: Callable[[int], None] | None = None):
     """Yield a local path holding the dump whose sha256 matched the manifest.
 
     A local backup is hashed in place; an S3 one is downloaded (hashed on the way)
@@ -183,7 +187,7 @@ def local_copy(settings, loc: Located, progress: Callable[[int], None] | None = 
                                f"{expected[:16]}...: the file is damaged; choose another backup with --at")
         yield path
         return
-    tmp_dir = Path(settings.backups.local_dir)
+    tmp_dir = Path(backups.local_dir)
     tmp_dir.mkdir(parents=True, exist_ok=True)
     fd, name = tempfile.mkstemp(prefix=".restore-", suffix=".tmp", dir=tmp_dir)
     try:
@@ -199,8 +203,8 @@ def local_copy(settings, loc: Located, progress: Callable[[int], None] | None = 
         Path(name).unlink(missing_ok=True)
 
 
-def load_identity(settings):
-    ident_file = settings.backups.encryption.identity_file
+def load_identity(encryption: EncryptionSettings):
+    ident_file = encryption.identity_file
     if not ident_file:
         raise RestoreError("this backup is encrypted: set backups.encryption.identity_file to the age identity")
     try:
@@ -226,10 +230,10 @@ def _decode(path: Path, sink, identities, progress: Callable[[int], None] | None
         writer.flush()
 
 
-def decode_file(settings, path: Path, dest: Path, *, encrypted: bool,
+def decode_file(encryption: EncryptionSettings, path: Path, dest: Path, *, encrypted: bool,
                 progress: Callable[[int], None] | None = None) -> None:
     """The backup's own bytes (an RDB, a dump) as the file `dest`, fsynced; removed when it fails."""
-    identities = load_identity(settings) if encrypted else None
+    identities = load_identity(encryption) if encrypted else None
     try:
         with open(dest, "wb") as out:
             _decode(path, out, identities, progress)
@@ -246,7 +250,7 @@ def decode_file(settings, path: Path, dest: Path, *, encrypted: bool,
 def pg_restore_file(settings, path: Path, dsn: str, *, encrypted: bool, keep_owners: bool,
                     progress: Callable[[int], None] | None = None) -> None:
     """Stream file -> (age decrypt) -> zstd decompress -> pg_restore's stdin."""
-    identities = load_identity(settings) if encrypted else None
+    identities = load_identity(settings.backups.encryption) if encrypted else None
     proc = pg.start_restore(dsn, keep_owners=keep_owners, bin_dir=settings.postgres.pg_bin_dir)
     stderr: list[bytes] = []
     drain = threading.Thread(target=lambda: stderr.append(proc.stderr.read()), daemon=True)

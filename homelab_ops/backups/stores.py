@@ -29,7 +29,7 @@ from typing import IO, Protocol
 
 
 from homelab_ops.files import fsync_dir, write_atomic
-from homelab_ops.settings import S3Target
+from homelab_ops.settings import BackupSettings, S3Target
 
 CHUNK = 1 << 20
 PART = 8 << 20
@@ -398,8 +398,9 @@ class _Throttled(io.BytesIO):
         return data
 
 
-def stores_for(settings) -> tuple[LocalStore, list[S3Store]]:
-    return LocalStore(settings.backups.local_dir), [S3Store(t) for t in settings.backups.s3]
+def stores_for(backups: BackupSettings) -> tuple[LocalStore, list[S3Store]]:
+    """The local folder and every off-site target; an S3 client is made on a store's first use."""
+    return LocalStore(backups.local_dir), [S3Store(t) for t in backups.s3]
 
 
 def read_json(store: Store, database: str, name: str) -> dict:

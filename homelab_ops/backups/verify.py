@@ -25,6 +25,7 @@ import time
 from dataclasses import asdict, dataclass, field
 from datetime import datetime, timedelta, timezone
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 
 from homelab_ops.backups import sources
@@ -34,6 +35,9 @@ from homelab_ops.backups.restore import (Located, ManifestError, RestoreError, l
 from homelab_ops.backups.stores import Store, StoreError, s3_errors, read_json, stores_for
 from homelab_ops.files import free_space, write_atomic
 from homelab_ops.state import connect
+
+if TYPE_CHECKING:  # settings imports the backup sources: a runtime import would be a cycle
+    from homelab_ops.settings import EncryptionSettings
 
 VERIFIED_FORMAT = 2
 # Only RESTORED proves a backup: it counts for the blocking check, freshness, retention's
@@ -199,7 +203,7 @@ def tonights_store(settings, database: str) -> tuple[Store, list[str], list[Back
     they could not be listed or hold no backup, and the chosen store's backups (a listing on a slow
     uplink is a request or several: the night's verifications reuse this one). Raises VerifyError
     when no store has a backup."""
-    local, remotes = stores_for(settings)
+    local, remotes = stores_for(settings.backups)
     by_label, listed, seen, newest, skipped = {}, {}, {}, {}, []
     for store in [local, *remotes]:
         try:
@@ -221,9 +225,9 @@ def tonights_store(settings, database: str) -> tuple[Store, list[str], list[Back
     return by_label[label], skipped, listed[label]
 
 
-def identity_missing(settings) -> str | None:
+def identity_missing(encryption: EncryptionSettings) -> str | None:
     """Why this host cannot decrypt, or None when it has an identity file."""
-    ident = settings.backups.encryption.identity_file
+    ident = encryption.identity_file
     if not ident:
         return "backups.encryption.identity_file is not set on this host"
     if not Path(ident).exists():
@@ -306,10 +310,10 @@ def verify_backup(settings, database: str, *, stem: str | None = None, store: St
     if problem:
         raise VerifyError(f"{database} backup {backup.stem}: {problem}")
 
-    no_key = identity_missing(settings) if backup.encrypted else None
+    no_key = identity_missing(settings.backups.encryption) if backup.encrypted else None
     if backup.encrypted and not no_key:
         try:
-            load_identity(settings)  # a broken key file is the host's problem, not the backup's
+            load_identity(settings.backups.encryption)  # a broken key file is the host's problem, not the backup's
         except RestoreError as e:
             raise VerifyError(str(e)) from None
     started = time.monotonic()
@@ -329,7 +333,7 @@ def verify_backup(settings, database: str, *, stem: str | None = None, store: St
         raise VerifyError(f"{database} backup {backup.stem}: {e}") from None
     loc = Located(store, database, backup, manifest)
     try:
-        with local_copy(settings, loc) as path:
+        with local_copy(settings.backups, loc) as path:
             result.sha256_ok = True
             if no_key:
                 result.outcome = INTEGRITY_ONLY
@@ -425,7 +429,7 @@ def newest_verified(settings, database: str, *, now: datetime | None = None,
                     stores: list[Store] | None = None) -> tuple[Backup | None, str | None]:
     """The newest backup within `backups.max_age_hours` with a restored copy in any store, and that store."""
     if stores is None:
-        local, remotes = stores_for(settings)
+        local, remotes = stores_for(settings.backups)
         stores = [local, *remotes]
     now = now or datetime.now(timezone.utc)
     window = now - timedelta(hours=settings.backups.max_age_hours)
@@ -447,24 +451,24 @@ def newest_verified(settings, database: str, *, now: datetime | None = None,
 FRESHNESS_METRIC = "homelab_backup_last_success_timestamp_seconds"
 
 
-def publish_freshness(settings, result: Verification) -> Path:
+def publish_freshness(textfile_dir: str, result: Verification) -> Path:
     """The restored backup's time for node_exporter's textfile collector, one file per database:
     Prometheus's BackupStale alert then needs no access to the backups themselves."""
-    before = published_freshness(settings, result.database)
+    before = published_freshness(textfile_dir, result.database)
     if before and before > time_of(result.stem):  # an older copy restored tonight: the newest stays
-        return Path(settings.metrics.textfile_dir) / f"homelab_backup_{result.database}.prom"
+        return Path(textfile_dir) / f"homelab_backup_{result.database}.prom"
     labels = result.database.replace("\\", "\\\\").replace('"', '\\"')
     text = (f"# HELP {FRESHNESS_METRIC} Start time of the newest backup whose restore verification passed.\n"
             f"# TYPE {FRESHNESS_METRIC} gauge\n"
             f'{FRESHNESS_METRIC}{{database="{labels}"}} {time_of(result.stem).timestamp():.0f}\n')
-    return write_atomic(Path(settings.metrics.textfile_dir) / f"homelab_backup_{result.database}.prom", text.encode(),
+    return write_atomic(Path(textfile_dir) / f"homelab_backup_{result.database}.prom", text.encode(),
                         mode=0o644)  # node_exporter, another user, reads it
 
 
-def published_freshness(settings, database: str) -> datetime | None:
+def published_freshness(textfile_dir: str, database: str) -> datetime | None:
     """The newest restored backup's time as `publish_freshness` left it (no store is read: the health
     sensor asks every minute)."""
-    path = Path(settings.metrics.textfile_dir) / f"homelab_backup_{database}.prom"
+    path = Path(textfile_dir) / f"homelab_backup_{database}.prom"
     try:
         lines = path.read_text().splitlines()
     except OSError:

@@ -46,7 +46,7 @@ def list_(obj, database: str | None) -> None:
     """Backups in every store (local and each S3 target), newest first, with size, age, the manifest's
     state and each copy's own verification (restored, integrity-only, failed, or unverified: never read)."""
     settings = obj.settings
-    local, remotes = stores_for(settings)
+    local, remotes = stores_for(settings.backups)
     now = datetime.now(timezone.utc)
     _known(settings, database)
     rows = []

@@ -8,12 +8,16 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from homelab_ops.credentials.envfile import render_env_file
 from homelab_ops.credentials.kinds import kind_for
 from homelab_ops.credentials.rotation import RotationResult, rotate
 from homelab_ops.credentials.scan import Finding, scan_database, scan_paths
 from homelab_ops.credentials.store import Status, open_store
+
+if TYPE_CHECKING:
+    from homelab_ops.settings import N8nSettings
 
 
 @dataclass
@@ -52,17 +56,17 @@ class ScanReport:
     findings: list[Finding] = field(default_factory=list)
 
 
-def scan_configured(settings) -> ScanReport:
+def scan_configured(n8n: N8nSettings | None) -> ScanReport:
     """n8n's database (settings `n8n.dsn`) and the export folder (`n8n.workflows_dir`), when configured."""
     report = ScanReport()
-    if settings.n8n is None:
+    if n8n is None:
         return report
-    findings, count = scan_database(settings.n8n.dsn.get_secret_value(), schema=settings.n8n.db_schema,
-                                    prefix=settings.n8n.table_prefix)
+    findings, count = scan_database(n8n.dsn.get_secret_value(), schema=n8n.db_schema,
+                                    prefix=n8n.table_prefix)
     report.sources.append("n8n database")
     report.workflows += count
     report.findings += findings
-    folder = settings.n8n.workflows_dir
+    folder = n8n.workflows_dir
     if folder:
         if not Path(folder).is_dir():
             raise FileNotFoundError(f"n8n.workflows_dir {folder} is not a folder")

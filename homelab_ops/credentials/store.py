@@ -16,7 +16,7 @@ import os
 from dataclasses import dataclass
 from datetime import datetime, timezone
 from pathlib import Path
-from typing import Iterator
+from typing import TYPE_CHECKING, Iterator
 
 import psycopg
 from psycopg.rows import dict_row
@@ -28,6 +28,9 @@ from homelab_ops.credentials.keys import InvalidToken, Keyring, key_id, load_key
 from homelab_ops.credentials.policy import Definition
 from homelab_ops.errors import first_line
 from homelab_ops.state import SCHEMA, connect, open_state
+
+if TYPE_CHECKING:
+    from homelab_ops.settings import CredentialsSettings
 
 log = logging.getLogger(__name__)
 
@@ -250,9 +253,9 @@ class Store:
                                                  f"from {d.source}")
         return True
 
-    def sync_settings(self, settings) -> None:
+    def sync_settings(self, credentials: CredentialsSettings) -> None:
         """Make the registry agree with the settings file's `credentials.managed`."""
-        for name, entry in settings.credentials.managed.items():
+        for name, entry in credentials.managed.items():
             self.define(policy.definition_from_settings(name, entry), replace=True)
 
     def get_definition(self, name: str) -> Definition:
@@ -419,7 +422,7 @@ def open_store(settings, actor: str, *, keyring: Keyring | None = None) -> Itera
         conn.autocommit = True
         store = Store(conn, keyring, actor, dsn=settings.state.dsn.get_secret_value())
         store.verify_key()
-        store.sync_settings(settings)
+        store.sync_settings(settings.credentials)
         yield store
     except psycopg.Error as e:  # never a value in these: the store sends only ciphertext
         raise CredentialError(f"state database error: {first_line(e)}") from None

@@ -177,7 +177,8 @@ def check_backups(settings, th: Thresholds, now: datetime) -> list[CheckResult]:
     for db in sources.backed_up(settings):
         listing = read_listing(store.list(db))
         newest = listing.backups[-1].time if listing.backups else None
-        out.append(c.backup_age(db, published_freshness(settings, db), newest, now, th.backup_age_fail_hours))
+        restored = published_freshness(settings.metrics.textfile_dir, db)
+        out.append(c.backup_age(db, restored, newest, now, th.backup_age_fail_hours))
     return out
 
 

@@ -25,6 +25,7 @@ import tarfile
 import tempfile
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import psycopg
 import pyrage
@@ -35,6 +36,9 @@ from homelab_ops.errors import first_line
 from homelab_ops.files import PARTIAL_SUFFIX, fsync_dir, sha256_file, write_atomic
 from homelab_ops.n8n import keys
 
+if TYPE_CHECKING:
+    from homelab_ops.settings import N8nSettings
+
 META_SUFFIX = ".n8n.json"
 KEY_SUFFIX = ".n8n-key.age"
 BINARY_SUFFIX = ".n8n-binary.tar.zst"
@@ -42,17 +46,17 @@ META_FORMAT = 1
 MANIFEST_KEY_FIELD = "n8n_key_fingerprint"
 
 
-def n8n_database(settings) -> str | None:
+def n8n_database(n8n: N8nSettings | None) -> str | None:
     """The database name in `n8n.dsn`: its backups are the ones that get the key and binary data."""
-    if settings.n8n is None:
+    if n8n is None:
         return None
-    return psycopg.conninfo.conninfo_to_dict(settings.n8n.dsn.get_secret_value()).get("dbname")
+    return psycopg.conninfo.conninfo_to_dict(n8n.dsn.get_secret_value()).get("dbname")
 
 
 def manifest_fields(settings, database: str) -> dict:
     """What the backup's manifest records of n8n's key, read before the dump: its fingerprint, never
     the key. Nothing when this is not n8n's database or the key cannot be read (save_extras says why)."""
-    if database != n8n_database(settings):
+    if database != n8n_database(settings.n8n):
         return {}
     try:
         key = keys.read_key(settings)
@@ -246,7 +250,7 @@ def open_key(settings, store: Store, database: str, extras: SetExtras) -> str:
     with store.open_read(database, extras.key_file) as f:
         data = f.read()
     try:
-        plain = pyrage.decrypt(data, load_identity(settings))
+        plain = pyrage.decrypt(data, load_identity(settings.backups.encryption))
     except pyrage.DecryptError:
         raise keys.KeyError_(f"{extras.key_file} does not decrypt with backups.encryption.identity_file") from None
     key = keys.key_from_config(plain.decode(), extras.key_file)
@@ -274,7 +278,7 @@ def extract_binary(settings, store: Store, database: str, extras: SetExtras, des
             raise keys.KeyError_(f"{extras.binary_file}: sha256 does not match {extras.backup}{META_SUFFIX}")
         raw.seek(0)
         if extras.binary_file.endswith(".age"):
-            pyrage.decrypt_io(raw, plain, load_identity(settings))
+            pyrage.decrypt_io(raw, plain, load_identity(settings.backups.encryption))
             src = plain
         else:
             src = raw
@@ -292,7 +296,7 @@ def extract_binary(settings, store: Store, database: str, extras: SetExtras, des
 def after_backup(settings, database: str, result, log) -> SetExtras | None:
     """Called by the backup asset after each backup: n8n's database gets its extras, others nothing.
     They are written before the off-site step, which copies them with the rest of the set."""
-    if database != n8n_database(settings):
+    if database != n8n_database(settings.n8n):
         return None
     for uri in prune_orphans(settings, database):
         log.info(f"removed {uri}: its backup was pruned")
@@ -319,7 +323,7 @@ def orphaned_extras(names: list[str]) -> list[str]:
 
 def prune_orphans(settings, database: str) -> list[str]:
     """Delete, in every store, the extras of backups retention has removed; returns what went."""
-    local, remotes = stores_for(settings)
+    local, remotes = stores_for(settings.backups)
     gone = []
     for store in [local, *remotes]:
         try:

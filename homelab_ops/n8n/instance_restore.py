@@ -56,7 +56,7 @@ def start_lines(settings, into: str, config_dir: Path, binary: bool) -> list[str
 def restore_instance(settings, into: str, config_out: Path, *, at: datetime | None = None, source: str = "local",
                      progress=None) -> RestoredInstance:
     """Refuses before any work when `into` exists, DIR/config exists, or the set has no usable key."""
-    database = backup_set.n8n_database(settings)
+    database = backup_set.n8n_database(settings.n8n)
     if database is None:
         raise RestoreError("no n8n section (n8n.dsn) in the settings: which database is n8n's?")
     config_out = Path(config_out)

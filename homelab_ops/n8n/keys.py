@@ -89,18 +89,18 @@ def read_key(settings) -> EncryptionKey | None:
             raise KeyError_(f"cannot read {where}: {e.strerror}") from None
         return EncryptionKey(key_from_config(text, where), where)
     if s.container is not None:
-        return EncryptionKey(_key_from_container(settings, s.container), f"n8n.container {s.container}")
+        return EncryptionKey(_key_from_container(settings.docker.host, s.container), f"n8n.container {s.container}")
     return None
 
 
-def _key_from_container(settings, name: str) -> str:
+def _key_from_container(docker_host: str, name: str) -> str:
     import docker
 
     where = f"{N8N_CONFIG_IN_CONTAINER} in container {name} (n8n.container)"
     try:
-        client = connect(settings.docker.host, 60)
+        client = connect(docker_host, 60)
     except docker.errors.DockerException as e:
-        raise KeyError_(f"cannot reach the Docker Engine at {settings.docker.host}: {type(e).__name__}") from None
+        raise KeyError_(f"cannot reach the Docker Engine at {docker_host}: {type(e).__name__}") from None
     try:
         stream, _ = client.api.get_archive(name, N8N_CONFIG_IN_CONTAINER)
         tar = tarfile.open(fileobj=io.BytesIO(b"".join(stream)))

@@ -48,7 +48,7 @@ class UpgradeReport:
 def newest_verified_backup(settings, database: str):
     """The newest backup a verification restored (in any store) whose check by n8n did not fail, and
     the store of the copy that was restored."""
-    local, remotes = stores_for(settings)
+    local, remotes = stores_for(settings.backups)
     stores, listings = [], {}
     for store in [local, *remotes]:
         try:
@@ -66,9 +66,9 @@ def newest_verified_backup(settings, database: str):
     return store, next(b for b in listings[label] if b.stem == stem)
 
 
-def export_before(settings, stem: str) -> tuple[str, dict[str, dict]] | None:
+def export_before(local_dir: str, stem: str) -> tuple[str, dict[str, dict]] | None:
     """The newest workflow export at or before backup `stem` (local folder), as digests."""
-    root = Path(settings.backups.local_dir) / EXPORTS
+    root = Path(local_dir) / EXPORTS
     if not root.is_dir():
         return None
     names = sorted(p.name for p in root.iterdir() if p.is_dir() and len(p.name) == 16 and p.name <= stem)
@@ -86,7 +86,7 @@ def export_before(settings, stem: str) -> tuple[str, dict[str, dict]] | None:
 
 def check_upgrade(settings, version: str, *, executable: str | None = None) -> UpgradeReport:
     started = time.monotonic()
-    database = backup_set.n8n_database(settings)
+    database = backup_set.n8n_database(settings.n8n)
     if database is None:
         raise UpgradeCheckError("no n8n section (n8n.dsn) in the settings")
     store, backup = newest_verified_backup(settings, database)
@@ -97,7 +97,7 @@ def check_upgrade(settings, version: str, *, executable: str | None = None) -> U
         key = backup_set.open_key(settings, store, database, extras)
     except (keys.KeyError_, RestoreError, StoreError) as e:
         raise UpgradeCheckError(redactor_for(settings, with_credentials=False)(str(e))) from None
-    before = export_before(settings, backup.stem)
+    before = export_before(settings.backups.local_dir, backup.stem)
     report = UpgradeReport(backup.stem, version, f"export {before[0]}" if before else "the backup itself")
     loc = nv.locate_set(settings, database, store, backup.stem)
     scratch = nv.scratch_name("upgrade")

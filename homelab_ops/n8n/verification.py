@@ -41,7 +41,7 @@ class N8nVerifyError(RuntimeError):
 def applies(settings, database: str) -> bool:
     """n8n-level verification runs for n8n's database when `n8n.verify_with` is set."""
     return (settings.n8n is not None and settings.n8n.verify_with is not None
-            and backup_set.n8n_database(settings) == database)
+            and backup_set.n8n_database(settings.n8n) == database)
 
 
 def scratch_name(tag: str) -> str:
@@ -191,7 +191,7 @@ def _store(settings, source: str | None) -> Store:
     """`auto`: the first S3 target's copy when there is one (what a disaster restores); else the
     store named as `backups restore --from` names them."""
     if source in (None, "auto"):
-        local, remotes = stores_for(settings)
+        local, remotes = stores_for(settings.backups)
         return remotes[0] if remotes else local
     try:
         return stores_named(settings, source)[0]
@@ -276,7 +276,7 @@ def record_result(settings, result: N8nVerification) -> list[str]:
     import json
 
     body = json.dumps(result.record(), indent=2).encode()
-    local, remotes = stores_for(settings)
+    local, remotes = stores_for(settings.backups)
     errors = []
     for store in [local, *remotes]:
         try:

@@ -49,7 +49,7 @@ def export_n8n_workflows(settings) -> WorkflowExport:
     os.replace(partial, final)
     fsync_dir(root)
     result = WorkflowExport(final, len(workflows), sorted(w["name"] for w in workflows))
-    _, remotes = stores_for(settings)
+    _, remotes = stores_for(settings.backups)
     for store in remotes:
         try:
             for name, data in files.items():

@@ -147,7 +147,7 @@ def gather(settings, now: datetime | None = None) -> Facts:
     now = now or datetime.now(timezone.utc)
     facts = Facts(day=now.astimezone(settings.tz).date())
     try:
-        local, remotes = stores_for(settings)
+        local, remotes = stores_for(settings.backups)
         stores = [local, *remotes]
         for db in backed_up(settings, warn=facts.unread.append):  # the server down, a name skipped
             listings, listed = {}, []

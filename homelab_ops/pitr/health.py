@@ -137,7 +137,7 @@ def read_slot(settings) -> tuple[dict, dict | None]:
     return slot, _replication_row(dsn, row[0] if row else None)
 
 
-def write_metrics(settings, cluster: str, seconds: float | None, now: datetime) -> None:
+def write_metrics(textfile_dir: str, cluster: str, seconds: float | None, now: datetime) -> None:
     from homelab_ops.metrics.textfile import write_atomically
 
     lines = ["# HELP homelab_pitr_rpo_seconds How much a point-in-time restore would lose now (0: caught up).",
@@ -147,7 +147,7 @@ def write_metrics(settings, cluster: str, seconds: float | None, now: datetime) 
     lines += ["# HELP homelab_pitr_checked_timestamp_seconds When homelab-ops last judged the WAL stream.",
               "# TYPE homelab_pitr_checked_timestamp_seconds gauge",
               f'homelab_pitr_checked_timestamp_seconds{{cluster="{cluster}"}} {now.timestamp()!r}']
-    write_atomically(settings.metrics.textfile_dir, "\n".join(lines) + "\n", METRICS_FILE)
+    write_atomically(textfile_dir, "\n".join(lines) + "\n", METRICS_FILE)
 
 
 def pitr_results(settings, now: datetime | None = None) -> list[CheckResult]:
@@ -180,7 +180,7 @@ def pitr_judgement(settings, now: datetime | None = None) -> tuple[list[CheckRes
     out.append(verified_point(cluster, read_verified(settings), now, settings.backups.max_age_hours))
     seconds = rpo_seconds(slot, beat, now)
     try:
-        write_metrics(settings, cluster, seconds, now)
+        write_metrics(settings.metrics.textfile_dir, cluster, seconds, now)
     except OSError:
         pass
     return out, seconds

@@ -164,7 +164,7 @@ def finish_segment(settings, wait_s: float = 60.0) -> str:
 
 def sync(settings) -> list[PitrTargetState]:
     """Bring every S3 target's copy of the PITR archive up to date."""
-    _, remotes = stores_for(settings)
+    _, remotes = stores_for(settings.backups)
     return [sync_target(settings, store) for store in remotes]
 
 
@@ -180,7 +180,7 @@ class TargetPrune:
 
 def prune(settings, *, dry_run: bool | None = None) -> list[TargetPrune]:
     dry_run = settings.backups.retention.dry_run if dry_run is None else dry_run
-    _, remotes = stores_for(settings)
+    _, remotes = stores_for(settings.backups)
     out = []
     for store in remotes:
         try:

@@ -71,14 +71,10 @@ def heartbeat_age(settings, now: float | None = None) -> float | None:
     return max(0.0, (time.time() if now is None else now) - updated)
 
 
-def _tool(settings, name: str) -> str:
-    return pg.tool(name, settings.postgres.pg_bin_dir)
-
-
 def receivewal_args(settings, directory: Path, conninfo: str) -> list[str]:
     p = settings.pitr
     interval = max(1, int(p.status_interval.seconds))
-    return [_tool(settings, "pg_receivewal"), f"--directory={directory}", f"--slot={p.slot_name}",
+    return [pg.tool("pg_receivewal", settings.postgres.pg_bin_dir), f"--directory={directory}", f"--slot={p.slot_name}",
             "--synchronous", "--compress=gzip", f"--status-interval={interval}", f"--dbname={conninfo}",
             "--no-password", "--verbose"]
 

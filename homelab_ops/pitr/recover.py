@@ -26,6 +26,7 @@ import zlib
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import psycopg
 import pyrage
@@ -39,6 +40,9 @@ from homelab_ops.files import remove_stale_scratch
 from homelab_ops.pitr import base as bb
 from homelab_ops.pitr import offsite, plan, wal
 from homelab_ops.pitr.receive import wal_dir
+
+if TYPE_CHECKING:
+    from homelab_ops.settings import PostgresSettings
 
 FETCH = Path(__file__).with_name("fetch.py")
 
@@ -200,7 +204,7 @@ def recovered(settings, target: plan.Target, *, timeout: float | None = None,
     archive_names = os.listdir(archive_dir) if archive_dir.is_dir() else []
     needs_key = (encrypted or any(n.endswith(".age") for n in archive_names)
                  or bool(settings.backups.encryption.age_recipients))  # the receiver may encrypt meanwhile
-    identities = load_identity(settings) if needs_key else None
+    identities = load_identity(settings.backups.encryption) if needs_key else None
     bb.check_files(settings, base, archive_root)
     prefix, pw = _as_postgres()
     # beside the backups (same disk, room for a data directory); as root the `postgres` user
@@ -365,10 +369,10 @@ class PitrRestore:
     source: str = "local"  # the store the archive was read from
 
 
-def copy_database(settings, rec: Recovered, database: str, into: str) -> None:
+def copy_database(postgres: PostgresSettings, rec: Recovered, database: str, into: str) -> None:
     """pg_dump from the temporary cluster | pg_restore into a new database on the running server."""
-    admin = settings.postgres.dsn.get_secret_value()
-    bin_dir = settings.postgres.pg_bin_dir
+    admin = postgres.dsn.get_secret_value()
+    bin_dir = postgres.pg_bin_dir
     with psycopg.connect(rec.dsn(), autocommit=True) as conn:
         if conn.execute("SELECT 1 FROM pg_database WHERE datname = %s", (database,)).fetchone() is None:
             raise RecoverError(f"database {database!r} did not exist at {rec.target.describe()}")
@@ -437,6 +441,6 @@ def restore_at(settings, database: str, into: str, at: str, *, source: str = "au
     if pg.database_exists(admin, into):
         raise RecoverError(f"database {into!r} already exists: refusing to overwrite it; choose another --into")
     with archive_for(settings, target, source) as (label, root), recovered(settings, target, archive_root=root) as rec:
-        copy_database(settings, rec, database, into)
+        copy_database(settings.postgres, rec, database, into)
         return PitrRestore(database, into, target.describe(), rec.base.stem, rec.stop_reason, rec.last_commit,
                            rec.replay_lsn, label)

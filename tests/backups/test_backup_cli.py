@@ -141,7 +141,7 @@ def test_damaged_or_missing_manifest_is_shown_and_refused_unless_ignored(new_db,
     from homelab_ops.settings import load
 
     settings = load(path)
-    b2 = stores_for(settings)[1][1]
+    b2 = stores_for(settings.backups)[1][1]
     result = verify.verify_backup(settings, db, store=b2)
     assert result.outcome == "failed" and "damaged" in result.message
     assert "failed" in runner.invoke(main, ["--config", str(path), "backups", "list", db]).output

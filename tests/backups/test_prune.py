@@ -259,7 +259,7 @@ def test_s3_retention_over_more_than_1000_backups(write_settings, s3_bucket, s3_
     put_objects(s3_server, bucket, objects)
     stale = client.create_multipart_upload(Bucket=bucket, Key=f"pi/db/{stem_for(NOW)}.dump.zst")["UploadId"]
 
-    local, remotes = stores_for(settings)
+    local, remotes = stores_for(settings.backups)
     calls: Counter = Counter()
     remotes[0].client.meta.events.register(
         "before-send.s3", lambda event_name, **kw: calls.update([event_name.rsplit(".", 1)[-1]]))

@@ -105,9 +105,10 @@ def test_backup_age_reads_the_newest_restored_backup_verification_published(sett
     old = _backup(tmp_path / "b" / "n8n", t - timedelta(hours=30))
     restored = _backup(tmp_path / "b" / "n8n", t - timedelta(hours=3))
     _backup(tmp_path / "b" / "n8n", t - timedelta(hours=1))  # newer, not restored (yet)
-    publish_freshness(s, SimpleNamespace(database="n8n", stem=restored))
-    publish_freshness(s, SimpleNamespace(database="n8n", stem=old))  # an older copy restored later: no step back
-    publish_freshness(s, SimpleNamespace(database="photos", stem=_backup(tmp_path / "b" / "photos",
+    publish_freshness(s.metrics.textfile_dir, SimpleNamespace(database="n8n", stem=restored))
+    # an older copy restored later: no step back
+    publish_freshness(s.metrics.textfile_dir, SimpleNamespace(database="n8n", stem=old))
+    publish_freshness(s.metrics.textfile_dir, SimpleNamespace(database="photos", stem=_backup(tmp_path / "b" / "photos",
                                                                         t - timedelta(hours=40))))
     _backup(tmp_path / "b" / "photos", t - timedelta(hours=2))
     by = {r.name: r for r in ev.check_backups(s, Thresholds.from_settings(s), t)}

@@ -117,7 +117,7 @@ def test_prunes_locally_and_off_site_each_store_from_its_own_listing(write_setti
     # Off-site, E's copy never happened: there D is the newest export and is kept.
     s3_exports(client, bucket, [A, B, C, D, YOUNG, OLD])
     client.put_object(Bucket=bucket, Key=f"pi/n8n_workflows/{B}/nested/deeper.json", Body=b"12345")
-    local, remotes = stores_for(settings)
+    local, remotes = stores_for(settings.backups)
     calls = requests_of(remotes[0])
 
     result = w.prune_workflow_exports(settings, now=NOW, stores=[local, *remotes])
@@ -189,7 +189,7 @@ def test_a_store_that_is_down_is_reported_and_the_others_still_pruned(write_sett
     remote = S3Store(settings.backups.s3[0], client=boto3.client(
         "s3", endpoint_url="http://127.0.0.1:9", region_name="us-east-1",
         config=botocore.config.Config(retries={"total_max_attempts": 1})))
-    result = w.prune_workflow_exports(settings, now=NOW, stores=[stores_for(settings)[0], remote])
+    result = w.prune_workflow_exports(settings, now=NOW, stores=[stores_for(settings.backups)[0], remote])
     assert [pl.error is None for pl in result.plans] == [True, False]
     assert "nowhere" in result.errors[0] and "listing" in result.errors[0]
     assert {q.name for q in root.iterdir()} == {C, E, "notes", "README.txt"}
@@ -204,7 +204,7 @@ def test_s3_folder_listing_pages_and_deletes_go_in_batches_of_1000(write_setting
     objects = {f"pi/n8n_workflows/{s}/w.json": "{}" for s in stems[:-1]}
     objects |= {f"pi/n8n_workflows/{stems[-1]}/w{i:04}.json": "{}" for i in range(1001)}  # the one removed
     put_objects(s3_server, bucket, objects)
-    _, [remote] = stores_for(settings)
+    _, [remote] = stores_for(settings.backups)
     calls = requests_of(remote)
     result = w.prune_workflow_exports(settings, now=NOW, stores=[remote])
     [plan] = result.plans

@@ -26,12 +26,15 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from types import ModuleType
-from typing import Annotated, Union
+from typing import TYPE_CHECKING, Annotated, Union
 
 from pydantic import Field
 
 from homelab_ops.backups.sources._base import SourceConfig, SourceError
 from homelab_ops.plugins import discover_typed
+
+if TYPE_CHECKING:  # the settings are made of these sources' models
+    from homelab_ops.settings import BackupSettings
 
 DEFAULT = "postgresql"  # the source of every name not in backups.sources, and of manifests without `source`
 
@@ -52,9 +55,9 @@ SourceSettings = Annotated[Union[tuple(m.Config for m in MODULES.values() if m.L
                            Field(discriminator="type")]
 
 
-def configured(settings) -> dict[str, SourceConfig]:
+def configured(backups: BackupSettings) -> dict[str, SourceConfig]:
     """`backups.sources` by name."""
-    return {s.name: s for s in settings.backups.sources}
+    return {s.name: s for s in backups.sources}
 
 
 def backed_up(settings, warn: Callable[[str], None] = lambda message: None) -> list[str]:
@@ -81,12 +84,12 @@ def backed_up(settings, warn: Callable[[str], None] = lambda message: None) -> l
     had = [] if explicit else [d for d in local.databases() if d not in (GLOBALS, EXPORTS)
                                and read_listing(local.list(d)).backups]
     try:
-        names = configured_databases(settings)
+        names = configured_databases(settings.postgres)
     except psycopg.OperationalError as e:
         names = had
         warn(f"postgres.databases is `all` but the server did not answer ({first_line(e)}); using the "
              f"databases backed up in {settings.backups.local_dir}: {', '.join(names) or 'none'}")
-    sources = configured(settings)
+    sources = configured(settings.backups)
     taken = {op_name(n): n for n in sources}
     clash = [n for n in names if op_name(n) in taken]
     if clash:  # an explicit list that collides is refused when the settings load
@@ -99,7 +102,7 @@ def backed_up(settings, warn: Callable[[str], None] = lambda message: None) -> l
 def source_for(settings, name: str) -> tuple[ModuleType, SourceConfig]:
     """The module and settings that back up the folder `name`: a `backups.sources` entry, else a
     PostgreSQL database of that name."""
-    config = configured(settings).get(name)
+    config = configured(settings.backups).get(name)
     if config is None:
         config = MODULES[DEFAULT].Config(type=DEFAULT, name=name)
     return MODULES[config.type], config

@@ -125,8 +125,8 @@ def restore(settings, loc, into: str, *, progress=None, keep_owners: bool = True
     admin = settings.postgres.dsn.get_secret_value()
     refuse_existing(settings, into)
     if loc.backup.encrypted:
-        load_identity(settings)  # fail before any work when the key is missing
-    with local_copy(settings, loc, progress) as path:
+        load_identity(settings.backups.encryption)  # fail before any work when the key is missing
+    with local_copy(settings.backups, loc, progress) as path:
         pg.create_database(admin, into)
         try:
             pg_restore_file(settings, path, pg.database_dsn(admin, into),

@@ -206,7 +206,7 @@ def verify_restore(settings, path, manifest: dict, result) -> None:
     with tempfile.TemporaryDirectory(prefix=f"{v.SCRATCH_DIR_PREFIX}redis-", dir=settings.backups.local_dir) as tmp:
         rdb = Path(tmp) / RDB_NAME
         try:
-            decode_file(settings, path, rdb, encrypted=result.encrypted)
+            decode_file(settings.backups.encryption, path, rdb, encrypted=result.encrypted)
             # The server checks the CRC64 too, but says only "Short read or OOM" among its warnings;
             # redis-check-rdb names the damage, for one more read of the file.
             check_rdb(rdb)
@@ -238,14 +238,14 @@ def restore(settings, loc, into: str, *, progress=None, keep_owners: bool = True
 
     refuse_existing(settings, into)
     if loc.backup.encrypted:
-        load_identity(settings)  # fail before any work when the key is missing
+        load_identity(settings.backups.encryption)  # fail before any work when the key is missing
     folder = Path(into)
     folder.mkdir(parents=True, exist_ok=True)
     target = folder / RDB_NAME
     partial = folder / (RDB_NAME + ".partial")
     try:
-        with local_copy(settings, loc, progress) as path:
-            decode_file(settings, path, partial, encrypted=loc.backup.encrypted, progress=progress)
+        with local_copy(settings.backups, loc, progress) as path:
+            decode_file(settings.backups.encryption, path, partial, encrypted=loc.backup.encrypted, progress=progress)
         try:
             check_rdb(partial)
         except SourceError as e:

@@ -122,7 +122,7 @@ def verification_asset(database: str, settings: Settings) -> dg.AssetsDefinition
         failed = [r for r in results if not r.passed]
         n8n = n8n_level(context, s, database, results[0], meta)  # n8n itself on n8n's database, or None
         if results[0].passed:
-            v.publish_freshness(s, results[0])
+            v.publish_freshness(s.metrics.textfile_dir, results[0])
         # Only a failed copy blocks retention; integrity-only warns (retention still protects the
         # newest restored backup, and a host without a key must not fill its disk).
         hard = any(r.outcome == v.FAILED for r in results)

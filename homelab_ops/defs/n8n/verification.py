@@ -77,7 +77,7 @@ def n8n_level(context, settings: Settings, database: str, manifest_result, meta:
 
 def key_saved_check(settings: Settings) -> dg.AssetChecksDefinition | None:
     """WARN on `backups/<n8n database>`: the newest backup set holds n8n's key (and its binary data)."""
-    database = backup_set.n8n_database(settings)
+    database = backup_set.n8n_database(settings.n8n)
     if database is None:
         return None
 

@@ -190,7 +190,7 @@ def defs() -> dg.Definitions:
 
     cluster = settings.pitr.cluster
     try:
-        dbs = configured_databases(settings)
+        dbs = configured_databases(settings.postgres)
     except Exception:  # server down at load: the configured list when there is one
         dbs = [] if settings.postgres.databases == "all" else list(settings.postgres.databases)
     base = base_backup_asset(cluster)
