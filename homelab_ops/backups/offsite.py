@@ -10,10 +10,14 @@ from __future__ import annotations
 
 import json
 from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
 
 from homelab_ops.backups.catalog import MANIFEST_SUFFIX, VERIFIED_SUFFIX, read_listing
 from homelab_ops.backups.stores import LocalFileChanged, LocalStore, S3Store, StoreError, stores_for
 from homelab_ops.files import PARTIAL_SUFFIX, sha256_file
+
+if TYPE_CHECKING:
+    from homelab_ops.settings import BackupSettings
 
 
 @dataclass(frozen=True)
@@ -93,7 +97,7 @@ def sync_target(local: LocalStore, store: S3Store, database: str) -> TargetState
     return state
 
 
-def sync(settings, database: str) -> list[TargetState]:
+def sync(backups: BackupSettings, database: str) -> list[TargetState]:
     """Bring every S3 target up to date with the local backups of `database`."""
-    local, remotes = stores_for(settings.backups)
+    local, remotes = stores_for(backups)
     return [sync_target(local, store, database) for store in remotes]

@@ -16,6 +16,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta, timezone
+from typing import TYPE_CHECKING
 from zoneinfo import ZoneInfo
 
 from homelab_ops import units
@@ -23,6 +24,9 @@ from homelab_ops.backups.catalog import GLOBALS, STAMP_FORMAT, Backup, Listing, 
 from homelab_ops.backups.retention import RetentionError, RetentionPolicy, apply_policy
 from homelab_ops.backups.stores import S3Store, Store, StoreError, s3_errors, stores_for
 from homelab_ops.backups.verify import newest_failed, newest_restored, recorded_outcomes
+
+if TYPE_CHECKING:
+    from homelab_ops.settings import BackupSettings
 
 LEFTOVER_GRACE = timedelta(hours=24)
 _STEM_LEN = len("20260101T000000Z")
@@ -304,12 +308,12 @@ def _execute(store: Store, database: str, plan: StorePlan, dry_run: bool, now: d
             plan.stale_uploads.append(up["Key"])
 
 
-def databases_to_prune(settings, configured: list[str]) -> list[str]:
+def databases_to_prune(backups: BackupSettings, configured: list[str]) -> list[str]:
     """The configured databases, any others with a local folder, and `_globals` (not the n8n exports
     nor PITR's archive, which have their own retention)."""
     from homelab_ops.n8n.workflow_export import FOLDER
     from homelab_ops.backups.names import PITR_FOLDERS
 
-    local, _ = stores_for(settings.backups)
+    local, _ = stores_for(backups)
     names = set(configured) | set(local.databases()) | {GLOBALS}
     return sorted(names - {FOLDER, *PITR_FOLDERS})

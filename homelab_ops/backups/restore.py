@@ -74,9 +74,9 @@ def manifest_state(store: Store, database: str, backup: Backup) -> str:
     return "ok"
 
 
-def stores_named(settings, source: str) -> list[Store]:
+def stores_named(backups: BackupSettings, source: str) -> list[Store]:
     """`auto`: local and every S3 target (a new SD card restores from off-site alone)."""
-    local, remotes = stores_for(settings.backups)
+    local, remotes = stores_for(backups)
     if source == "auto":
         return [local, *remotes]
     if source == "local":
@@ -109,7 +109,7 @@ def locate(settings, database: str, *, at: datetime | None = None, source: str =
     """The newest complete backup of `database` at or before `at` in the stores of `source` (`auto`: all,
     the first store winning a tie, so local before off-site). A damaged or missing manifest is refused
     unless `ignore_manifest`; a store that is down is skipped, and named if nothing is found."""
-    errors, stores, best = [], stores_named(settings, source), None
+    errors, stores, best = [], stores_named(settings.backups, source), None
     for store in stores:
         try:
             sizes = store.list(database)
@@ -282,7 +282,7 @@ def source_of(settings, database: str, manifest: dict | None):
             return sources.for_manifest(manifest)
         except ValueError as e:
             raise RestoreError(str(e)) from None
-    return sources.source_for(settings, database)[0]
+    return sources.source_for(settings.backups, database)[0]
 
 
 def refuse_existing(settings, database: str, into: str) -> None:

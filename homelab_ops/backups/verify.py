@@ -37,7 +37,7 @@ from homelab_ops.files import free_space, write_atomic
 from homelab_ops.state import connect
 
 if TYPE_CHECKING:  # settings imports the backup sources: a runtime import would be a cycle
-    from homelab_ops.settings import EncryptionSettings
+    from homelab_ops.settings import BackupSettings, EncryptionSettings
 
 VERIFIED_FORMAT = 2
 # Only RESTORED proves a backup: it counts for the blocking check, freshness, retention's
@@ -198,25 +198,25 @@ def last_read(store: Store, database: str, backups: list[Backup]) -> datetime | 
     return None
 
 
-def tonights_store(settings, database: str) -> tuple[Store, list[str], list[Backup]]:
+def tonights_store(backups: BackupSettings, database: str) -> tuple[Store, list[str], list[Backup]]:
     """The store whose newest backup is verified now (see `rotation`), the stores skipped because
     they could not be listed or hold no backup, and the chosen store's backups (a listing on a slow
     uplink is a request or several: the night's verifications reuse this one). Raises VerifyError
     when no store has a backup."""
-    local, remotes = stores_for(settings.backups)
+    local, remotes = stores_for(backups)
     by_label, listed, seen, newest, skipped = {}, {}, {}, {}, []
     for store in [local, *remotes]:
         try:
-            backups = listing(store, database).backups
+            found = listing(store, database).backups
         except VerifyError as e:
             skipped.append(str(e))
             continue
-        if not backups:
+        if not found:
             skipped.append(f"{store.label}: no complete backup of {database}")
             continue
-        by_label[store.label], listed[store.label] = store, backups
-        seen[store.label] = last_read(store, database, backups)
-        newest[store.label] = backups[-1].stem
+        by_label[store.label], listed[store.label] = store, found
+        seen[store.label] = last_read(store, database, found)
+        newest[store.label] = found[-1].stem
     if not seen:
         raise VerifyError(f"no complete backup of {database!r} to verify in any store: " + "; ".join(skipped))
     top = max(newest.values())
@@ -288,7 +288,7 @@ def verify_backup(settings, database: str, *, stem: str | None = None, store: St
     backup is not an exception but a `failed` outcome, recorded like a pass.
     """
     if store is None:
-        store, _, backups = tonights_store(settings, database)
+        store, _, backups = tonights_store(settings.backups, database)
     if backups is None:
         backups = listing(store, database).backups
     if stem is not None:
@@ -425,14 +425,14 @@ def newest_failed(outcomes: list[tuple[str, str, str]]) -> tuple[str, str] | Non
     return next(((stem, label) for stem, label, o in outcomes if stem == newest and o == FAILED), None)
 
 
-def newest_verified(settings, database: str, *, now: datetime | None = None,
+def newest_verified(backups: BackupSettings, database: str, *, now: datetime | None = None,
                     stores: list[Store] | None = None) -> tuple[Backup | None, str | None]:
     """The newest backup within `backups.max_age_hours` with a restored copy in any store, and that store."""
     if stores is None:
-        local, remotes = stores_for(settings.backups)
+        local, remotes = stores_for(backups)
         stores = [local, *remotes]
     now = now or datetime.now(timezone.utc)
-    window = now - timedelta(hours=settings.backups.max_age_hours)
+    window = now - timedelta(hours=backups.max_age_hours)
     recent, listed = {}, []
     for s in stores:  # a store that is down proves nothing either way; the others still count
         try:

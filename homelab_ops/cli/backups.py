@@ -106,7 +106,7 @@ def prune_cmd(obj, database: str | None, dry_run: bool) -> None:
     exports = settings.n8n is not None
     try:
         policy_from(settings.backups.retention)  # an empty policy is refused before anything is listed
-        names = [database] if database else (databases_to_prune(settings, _configured(settings))
+        names = [database] if database else (databases_to_prune(settings.backups, _configured(settings))
                                              + ([EXPORTS] if exports else []))
         for db in names:
             if exports and db == EXPORTS:

@@ -37,7 +37,7 @@ from homelab_ops.files import PARTIAL_SUFFIX, fsync_dir, sha256_file, write_atom
 from homelab_ops.n8n import keys
 
 if TYPE_CHECKING:
-    from homelab_ops.settings import N8nSettings
+    from homelab_ops.settings import BackupSettings, N8nSettings
 
 META_SUFFIX = ".n8n.json"
 KEY_SUFFIX = ".n8n-key.age"
@@ -241,7 +241,7 @@ def read_extras(store: Store, database: str, stem: str) -> SetExtras | None:
         return SetExtras.from_record(json.loads(f.read()))
 
 
-def open_key(settings, store: Store, database: str, extras: SetExtras) -> str:
+def open_key(backups: BackupSettings, store: Store, database: str, extras: SetExtras) -> str:
     """The key saved with a backup set, decrypted with this host's age identity (in memory only)."""
     from homelab_ops.backups.restore import load_identity
 
@@ -250,7 +250,7 @@ def open_key(settings, store: Store, database: str, extras: SetExtras) -> str:
     with store.open_read(database, extras.key_file) as f:
         data = f.read()
     try:
-        plain = pyrage.decrypt(data, load_identity(settings.backups.encryption))
+        plain = pyrage.decrypt(data, load_identity(backups.encryption))
     except pyrage.DecryptError:
         raise keys.KeyError_(f"{extras.key_file} does not decrypt with backups.encryption.identity_file") from None
     key = keys.key_from_config(plain.decode(), extras.key_file)
@@ -261,7 +261,7 @@ def open_key(settings, store: Store, database: str, extras: SetExtras) -> str:
     return key
 
 
-def extract_binary(settings, store: Store, database: str, extras: SetExtras, dest: Path) -> int:
+def extract_binary(backups: BackupSettings, store: Store, database: str, extras: SetExtras, dest: Path) -> int:
     """Unpack the set's binary data into `dest` (files only, no links, nothing outside `dest`).
 
     Streamed through temporary files beside `dest`: binary data may be larger than memory."""
@@ -278,7 +278,7 @@ def extract_binary(settings, store: Store, database: str, extras: SetExtras, des
             raise keys.KeyError_(f"{extras.binary_file}: sha256 does not match {extras.backup}{META_SUFFIX}")
         raw.seek(0)
         if extras.binary_file.endswith(".age"):
-            pyrage.decrypt_io(raw, plain, load_identity(settings.backups.encryption))
+            pyrage.decrypt_io(raw, plain, load_identity(backups.encryption))
             src = plain
         else:
             src = raw
@@ -298,7 +298,7 @@ def after_backup(settings, database: str, result, log) -> SetExtras | None:
     They are written before the off-site step, which copies them with the rest of the set."""
     if database != n8n_database(settings.n8n):
         return None
-    for uri in prune_orphans(settings, database):
+    for uri in prune_orphans(settings.backups, database):
         log.info(f"removed {uri}: its backup was pruned")
     extras = save_extras(settings, database, result.stem)
     for problem in extras.problems:
@@ -321,9 +321,9 @@ def orphaned_extras(names: list[str]) -> list[str]:
     return sorted(n for n in names if n.endswith(EXTRA_SUFFIXES) and n[:16] not in stems)
 
 
-def prune_orphans(settings, database: str) -> list[str]:
+def prune_orphans(backups: BackupSettings, database: str) -> list[str]:
     """Delete, in every store, the extras of backups retention has removed; returns what went."""
-    local, remotes = stores_for(settings.backups)
+    local, remotes = stores_for(backups)
     gone = []
     for store in [local, *remotes]:
         try:

@@ -74,7 +74,7 @@ def restore_instance(settings, into: str, config_out: Path, *, at: datetime | No
         raise RestoreError(f"{target} already exists: refusing to mix two instances' binary data; "
                            "choose another --config-out")
     try:
-        key = backup_set.open_key(settings, loc.store, database, extras)  # before any work: fail early
+        key = backup_set.open_key(settings.backups, loc.store, database, extras)  # before any work: fail early
     except keys.KeyError_ as e:
         raise RestoreError(str(e)) from None
     restore(settings, loc, into, progress=progress)
@@ -87,7 +87,7 @@ def restore_instance(settings, into: str, config_out: Path, *, at: datetime | No
         staging = config_out / ".binaryData.partial"
         shutil.rmtree(staging, ignore_errors=True)
         try:
-            files = backup_set.extract_binary(settings, loc.store, database, extras, staging)
+            files = backup_set.extract_binary(settings.backups, loc.store, database, extras, staging)
         except (keys.KeyError_, pyrage.DecryptError, tarfile.TarError, OSError) as e:
             raise RestoreError(f"database {into} and the key in {config} are restored, but the binary data of "
                                f"{loc.backup.stem} is not: {e}") from None

@@ -13,6 +13,7 @@ import json
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from homelab_ops.backups import postgresql as pg
 from homelab_ops.backups import verify as bv
@@ -22,6 +23,9 @@ from homelab_ops.backups.stores import StoreError, stores_for
 from homelab_ops.n8n import backup_set, compare, keys
 from homelab_ops.n8n import verification as nv
 from homelab_ops.notify.redact import redactor_for
+
+if TYPE_CHECKING:
+    from homelab_ops.settings import BackupSettings
 
 
 class UpgradeCheckError(RuntimeError):
@@ -45,10 +49,10 @@ class UpgradeReport:
                 f"(backup {self.from_backup}, workflows compared with {self.baseline})")
 
 
-def newest_verified_backup(settings, database: str):
+def newest_verified_backup(backups: BackupSettings, database: str):
     """The newest backup a verification restored (in any store) whose check by n8n did not fail, and
     the store of the copy that was restored."""
-    local, remotes = stores_for(settings.backups)
+    local, remotes = stores_for(backups)
     stores, listings = [], {}
     for store in [local, *remotes]:
         try:
@@ -89,12 +93,12 @@ def check_upgrade(settings, version: str, *, executable: str | None = None) -> U
     database = backup_set.n8n_database(settings.n8n)
     if database is None:
         raise UpgradeCheckError("no n8n section (n8n.dsn) in the settings")
-    store, backup = newest_verified_backup(settings, database)
+    store, backup = newest_verified_backup(settings.backups, database)
     try:
         extras = backup_set.read_extras(store, database, backup.stem)
         if extras is None:
             raise UpgradeCheckError(f"backup {backup.stem} has no n8n key record: credentials cannot be checked")
-        key = backup_set.open_key(settings, store, database, extras)
+        key = backup_set.open_key(settings.backups, store, database, extras)
     except (keys.KeyError_, RestoreError, StoreError) as e:
         raise UpgradeCheckError(redactor_for(settings, with_credentials=False)(str(e))) from None
     before = export_before(settings.backups.local_dir, backup.stem)

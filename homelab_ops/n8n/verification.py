@@ -17,6 +17,7 @@ import time
 import uuid
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
+from typing import TYPE_CHECKING
 
 import psycopg
 
@@ -29,6 +30,9 @@ from homelab_ops.n8n import backup_set, compare, keys
 from homelab_ops.n8n.runner import N8nCli, N8nRunError
 from homelab_ops.n8n.workflows import export_workflows, use_schema
 from homelab_ops.notify.redact import redactor_for
+
+if TYPE_CHECKING:
+    from homelab_ops.settings import BackupSettings
 
 SCRATCH_PREFIX = "homelab_n8n_"
 RECORD_SUFFIX = ".n8n-verified.json"
@@ -194,7 +198,7 @@ def _store(settings, source: str | None) -> Store:
         local, remotes = stores_for(settings.backups)
         return remotes[0] if remotes else local
     try:
-        return stores_named(settings, source)[0]
+        return stores_named(settings.backups, source)[0]
     except RestoreError as e:
         raise N8nVerifyError(str(e)) from None
 
@@ -236,7 +240,7 @@ def verify_with_n8n(settings, database: str, *, stem: str | None = None, source:
         return result
     try:
         recorded = result.key_fingerprint = backup_set.recorded_fingerprint(store, database, extras)
-        key = backup_set.open_key(settings, store, database, extras)
+        key = backup_set.open_key(settings.backups, store, database, extras)
     except (keys.KeyError_, RestoreError, StoreError, OSError) as e:
         result.verdict.problems.append(redact(f"the backup's key cannot be used: {e}"))
         result.duration_s = time.monotonic() - started
@@ -270,13 +274,13 @@ def verify_with_n8n(settings, database: str, *, stem: str | None = None, source:
     return result
 
 
-def record_result(settings, result: N8nVerification) -> list[str]:
+def record_result(backups: BackupSettings, result: N8nVerification) -> list[str]:
     """`<stem>.n8n-verified.json` in every store holding the backup (counts and names, no value);
     returns the errors. The upgrade check skips backups whose record says n8n failed on them."""
     import json
 
     body = json.dumps(result.record(), indent=2).encode()
-    local, remotes = stores_for(settings.backups)
+    local, remotes = stores_for(backups)
     errors = []
     for store in [local, *remotes]:
         try:

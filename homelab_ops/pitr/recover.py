@@ -407,7 +407,7 @@ def archive_for(settings, target: plan.Target, source: str) -> Iterator[tuple[st
     fetched from that target into a scratch folder; `auto`, the local archive when it holds a
     base backup early enough, else the first target that does (a new SD card after a dead one).
     """
-    stores = stores_named(settings, source)
+    stores = stores_named(settings.backups, source)
     local = any(s.label == "local" for s in stores)
     if local and (len(stores) == 1 or offsite.has_base_for(settings, target)):
         yield "local", None

@@ -352,7 +352,7 @@ def test_a_profile_that_is_missing_fails_its_target_by_name_and_the_other_still_
     (folder / "20261201T030000Z.dump.zst").write_bytes(b"dump")
     (folder / "20261201T030000Z.manifest.json").write_text("{}")
 
-    b2, nas = offsite.sync(settings, "app")
+    b2, nas = offsite.sync(settings.backups, "app")
     assert b2.target == "b2" and "S3 target b2" in b2.error and "gone" in b2.error and b2.owed is None
     assert nas.error is None and nas.uploaded == ["20261201T030000Z"]
     assert sorted(objects(client, bucket)) == ["app/20261201T030000Z.dump.zst", "app/20261201T030000Z.manifest.json"]

@@ -74,9 +74,9 @@ def test_a_source_is_refused_when_its_name_or_type_is_not_usable(write_settings)
         with pytest.raises(SettingsError, match=says):
             sources_(*entries)
     _, settings = sources_({"type": "redis", "name": "cache", "password": PASSWORD})
-    module, config = sources.source_for(settings, "cache")
+    module, config = sources.source_for(settings.backups, "cache")
     assert module is rs and config.port == 6379
-    assert sources.source_for(settings, "n8n")[0] is sources.MODULES["postgresql"]
+    assert sources.source_for(settings.backups, "n8n")[0] is sources.MODULES["postgresql"]
     assert PASSWORD in settings.secrets()  # the redactor knows it
 
 
@@ -169,7 +169,7 @@ def test_the_nightly_job_backs_up_copies_verifies_and_prunes_redis_beside_a_data
 
 def test_a_restore_that_lost_keys_fails_its_verification_by_name(redis, write_settings):
     path, settings = _settings(write_settings, redis, "n8n")
-    module, config = sources.source_for(settings, "cache")
+    module, config = sources.source_for(settings.backups, "cache")
     result = module.backup(config, settings, dg.get_dagster_logger())
     manifest_file = result.path.with_name(result.stem + ".manifest.json")
     manifest = json.loads(manifest_file.read_text())
@@ -188,7 +188,7 @@ def test_a_restore_that_lost_keys_fails_its_verification_by_name(redis, write_se
 def test_a_wrong_password_fails_the_backup_naming_redis_and_leaves_nothing(redis, write_settings):
     path, settings = write_settings({"backups": {"sources": [{"type": "redis", "name": "cache", "port": redis.port,
                                                               "password": "not-" + PASSWORD}]}})
-    module, config = sources.source_for(settings, "cache")
+    module, config = sources.source_for(settings.backups, "cache")
     from homelab_ops.backups.backup import BackupError
 
     with pytest.raises(BackupError, match="redis-cli --rdb of cache failed") as e:
@@ -205,7 +205,7 @@ def test_the_cli_restores_an_encrypted_backup_as_a_dump_rdb_redis_loads(redis, w
     key.write_text(str(identity) + "\n")
     path, settings = _settings(write_settings, redis, "n8n",
                                encryption={"age_recipients": [str(identity.to_public())], "identity_file": str(key)})
-    module, config = sources.source_for(settings, "cache")
+    module, config = sources.source_for(settings.backups, "cache")
     backup = module.backup(config, settings, dg.get_dagster_logger())
     assert backup.path.name.endswith(".age")
     redis.cli("FLUSHALL")  # the data is lost
@@ -251,7 +251,7 @@ from homelab_ops.backups import sources
 from homelab_ops.backups.verify import verify_backup
 from homelab_ops.settings import load
 settings = load(sys.argv[1])
-module, config = sources.source_for(settings, "cache")
+module, config = sources.source_for(settings.backups, "cache")
 while True:
     module.backup(config, settings, dg.get_dagster_logger()) if sys.argv[2] == "backup" else verify_backup(settings, "cache")
 """
@@ -272,7 +272,7 @@ def test_a_sigkill_mid_backup_or_mid_verification_leaves_nothing_the_sweep_does_
     redis.cli("--pipe", stdin="".join(f"SET big{i} {'x' * 200}\n" for i in range(100_000)))
     path, settings = _settings(write_settings, redis, "n8n")
     local = Path(settings.backups.local_dir)
-    module, config = sources.source_for(settings, "cache")
+    module, config = sources.source_for(settings.backups, "cache")
     if step == "verify":
         module.backup(config, settings, dg.get_dagster_logger())
     child = subprocess.Popen([sys.executable, "-c", KILLED_CHILD, str(path), step], cwd=str(Path(__file__).parents[2]))

@@ -126,7 +126,7 @@ def test_good_backup_passes_and_the_result_is_recorded(new_db, write_settings):
     [after] = fresh.execute_in_process().get_asset_check_evaluations()
     assert after.passed and after.metadata["newest_verified_backup"].value == backup.stem
     later = datetime.now(timezone.utc) + timedelta(hours=27)
-    assert v.newest_verified(settings, db, now=later)[0] is None  # 26 h on, it is stale
+    assert v.newest_verified(settings.backups, db, now=later)[0] is None  # 26 h on, it is stale
 
 
 def test_flipped_byte_fails_on_sha256_and_leaves_no_scratch(new_db, write_settings):
@@ -219,7 +219,7 @@ def test_each_copy_is_read_in_turn_and_recorded_where_it_was_read(new_db, write_
     assert bad.store == bucket and bad.outcome == "failed" and "off-site copy is damaged" in bad.message
     assert scratch_left(db) == []
     # The local copy's restore still counts for freshness; retention sees the failed copy.
-    assert v.newest_verified(settings, db)[1] == "local"
+    assert v.newest_verified(settings.backups, db)[1] == "local"
     assert not list(Path(settings.backups.local_dir).glob(".restore-*"))  # download removed
 
 
@@ -257,7 +257,7 @@ def test_encrypted_backup_without_identity_is_integrity_only_and_says_how_to_fix
     record = json.loads(backup.path.with_name(backup.stem + ".verified.json").read_text())
     assert record["mode"] == "sha256" and record["outcome"] == "integrity-only"
     assert "integrity-only" in CliRunner().invoke(main, ["--config", str(path), "backups", "list", db]).output
-    assert v.newest_verified(settings, db) == (None, None)  # nothing was restored: not verified
+    assert v.newest_verified(settings.backups, db) == (None, None)  # nothing was restored: not verified
     # An identity file named but absent from this host is the same case, said with its path.
     _, settings = settings_for(write_settings, db, encryption={"age_recipients": [recipient],
                                                                "identity_file": str(tmp_path / "nope.key")})
@@ -486,7 +486,7 @@ def test_restores_from_each_store_in_turn_and_catches_a_flipped_byte_on_that_tar
     rec = json.loads(client.get_object(Bucket=buckets[0], Key=f"pi/{db}/{backup.stem}.verified.json")["Body"].read())
     assert rec["store"] == "nas" and rec["outcome"] == "restored" and rec["verified_copy"].startswith(f"s3://{buckets[0]}/")
     # The fourth night is local's turn again.
-    assert v.tonights_store(settings, db)[0].label == "local"
+    assert v.tonights_store(settings.backups, db)[0].label == "local"
 
 
 def test_json_checksums_do_not_depend_on_the_servers_session_defaults(new_db, write_settings, monkeypatch):

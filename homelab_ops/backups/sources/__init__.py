@@ -99,10 +99,10 @@ def backed_up(settings, warn: Callable[[str], None] = lambda message: None) -> l
                             backed_up=had) + list(sources)
 
 
-def source_for(settings, name: str) -> tuple[ModuleType, SourceConfig]:
+def source_for(backups: BackupSettings, name: str) -> tuple[ModuleType, SourceConfig]:
     """The module and settings that back up the folder `name`: a `backups.sources` entry, else a
     PostgreSQL database of that name."""
-    config = configured(settings.backups).get(name)
+    config = configured(backups).get(name)
     if config is None:
         config = MODULES[DEFAULT].Config(type=DEFAULT, name=name)
     return MODULES[config.type], config

@@ -44,7 +44,7 @@ def result_metadata(result: BackupResult) -> dict:
 
 def backup_asset(name: str, settings: Settings) -> dg.AssetsDefinition:
     """`backups/<name>`: a PostgreSQL database or a `backups.sources` entry, backed up by its source module."""
-    source, config = sources.source_for(settings, name)
+    source, config = sources.source_for(settings.backups, name)
 
     @dg.asset(
         key=["backups", name],
@@ -58,7 +58,7 @@ def backup_asset(name: str, settings: Settings) -> dg.AssetsDefinition:
         ),
     )
     def _backup(context: dg.AssetExecutionContext, homelab: HomelabSettings) -> dg.MaterializeResult:
-        module, current = sources.source_for(homelab.settings, name)
+        module, current = sources.source_for(homelab.settings.backups, name)
         try:
             result = module.backup(current, homelab.settings, context.log)
         except (BackupError, SourceError) as e:

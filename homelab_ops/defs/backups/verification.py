@@ -76,7 +76,7 @@ def verification_metadata(result: v.Verification, prefix: str = "") -> dict:
 def verification_asset(database: str, settings: Settings) -> dg.AssetsDefinition:
     where = ("the copy in the store read longest ago (local or an S3 target, in turn)" if settings.backups.s3
              else "the local copy")
-    source = sources.source_for(settings, database)[0]
+    source = sources.source_for(settings.backups, database)[0]
 
     @dg.asset(
         key=key(database),
@@ -99,7 +99,7 @@ def verification_asset(database: str, settings: Settings) -> dg.AssetsDefinition
                 homelab: HomelabSettings) -> dg.MaterializeResult:
         s = homelab.settings
         try:
-            store, skipped, listed = v.tonights_store(s, database)  # one listing for the whole step
+            store, skipped, listed = v.tonights_store(s.backups, database)  # one listing for the whole step
             for why in skipped:
                 context.log.warning(f"not verified tonight: {why}")
             results = [v.verify_backup(s, database, store=store, backups=listed)]
@@ -155,7 +155,7 @@ def freshness_check(database: str, settings: Settings) -> dg.AssetChecksDefiniti
     def _fresh(homelab: HomelabSettings) -> dg.AssetCheckResult:
         s = homelab.settings
         try:
-            backup, store = v.newest_verified(s, database)
+            backup, store = v.newest_verified(s.backups, database)
         except v.VerifyError as e:
             return dg.AssetCheckResult(passed=False, description=str(e))
         passed, why = v.freshness(backup.time if backup else None, datetime.now(timezone.utc),

@@ -69,7 +69,7 @@ def n8n_level(context, settings: Settings, database: str, manifest_result, meta:
         context.log.error(f"verification by n8n could not run: {e}")
         return False, f"verification by n8n could not run: {e}"
     meta.update(verification_metadata(r))
-    for err in nv.record_result(settings, r):
+    for err in nv.record_result(settings.backups, r):
         context.log.warning(f"could not record the n8n verification: {err}")
     (context.log.info if r.passed else context.log.error)(f"{database} backup {r.stem} by n8n {r.version}: {r.message}")
     return r.passed, r.message

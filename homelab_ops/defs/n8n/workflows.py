@@ -13,18 +13,17 @@ from homelab_ops.n8n import tripwire
 from homelab_ops.n8n.workflow_export import FOLDER, export_n8n_workflows
 from homelab_ops.notify.alert import Alert
 from homelab_ops.notify.dispatch import dispatcher_for
-from homelab_ops.settings import Settings
+from homelab_ops.settings import N8nSettings, Settings
 
 NO_LOSS = "no_workflow_lost"
 CREDENTIAL_COUNT = "credential_count"
 
 
-def _credential_count(settings: Settings) -> int | None:
-    s = settings.n8n
+def _credential_count(n8n: N8nSettings) -> int | None:
     try:
-        with psycopg.connect(s.dsn.get_secret_value(), connect_timeout=10) as conn:
+        with psycopg.connect(n8n.dsn.get_secret_value(), connect_timeout=10) as conn:
             return conn.execute(
-                f'SELECT count(*) FROM "{s.db_schema}"."{s.table_prefix}credentials_entity"').fetchone()[0]
+                f'SELECT count(*) FROM "{n8n.db_schema}"."{n8n.table_prefix}credentials_entity"').fetchone()[0]
     except psycopg.Error:
         return None
 
@@ -60,7 +59,7 @@ def n8n_workflows_asset(settings: Settings) -> dg.AssetsDefinition:
         s = homelab.settings
         previous_credentials = _previous_credential_count(context)
         result = export_n8n_workflows(s)
-        credentials = _credential_count(s)
+        credentials = _credential_count(s.n8n)
         meta = {
             "path": dg.MetadataValue.path(str(result.path)),
             "workflow_count": dg.MetadataValue.int(result.count),
