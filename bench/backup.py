@@ -95,7 +95,7 @@ def child(config: str, database: str, reference_first: bool = False) -> None:
     if settings.backups.s3:
         def ours() -> None:
             t0 = time.perf_counter()
-            errors = [s.error for s in sync(settings, database) if s.error]
+            errors = [s.error for s in sync(settings.backups, database) if s.error]
             out["upload_s"] = time.perf_counter() - t0
             if errors:
                 raise SystemExit("; ".join(errors))

@@ -311,7 +311,7 @@ def test_a_local_dump_that_rotted_is_not_copied_and_newer_backups_still_are(new_
     damaged = bytearray(old.path.read_bytes())
     damaged[len(damaged) // 2] ^= 1
     old.path.write_bytes(bytes(damaged))
-    [state] = sync(settings, db)
+    [state] = sync(settings.backups, db)
     assert state.uploaded == [new.stem] and state.owed == [old.stem]
     assert f"{old.path.name} was not uploaded" in state.error and "sha256" in state.error
     held = set(objects(client, bucket))

@@ -202,7 +202,7 @@ def test_each_copy_is_read_in_turn_and_recorded_where_it_was_read(new_db, write_
     backup = run_backup(settings, db)
     from homelab_ops.backups.offsite import sync
 
-    assert not any(s.error for s in sync(settings, db))  # the off-site step copies the finished set
+    assert not any(s.error for s in sync(settings.backups, db))  # the off-site step copies the finished set
     first = v.verify_backup(settings, db)  # never-read stores first, in configured order: local
     assert first.outcome == "restored" and first.store == "local"
     assert first.recorded_in == [str(backup.path.with_name(backup.stem + ".verified.json"))]
@@ -354,7 +354,7 @@ def test_the_weekly_verification_lists_an_off_site_store_once(new_db, write_sett
                                                               "prefix": "pi/"})
         old = _old_backup(settings, db, 5)
         run_backup(settings, db)
-        assert not any(c.error for c in sync(settings, db))
+        assert not any(c.error for c in sync(settings.backups, db))
         assert v.verify_backup(settings, db).store == "local"  # so tonight's turn is the off-site copy
         before = len(proxy.requests)
         result = dg.materialize(

@@ -147,7 +147,7 @@ def offsite_asset(database: str, upstream: dg.AssetKey, settings: Settings) -> d
         ),
     )
     def _offsite(context: dg.AssetExecutionContext, homelab: HomelabSettings) -> dg.MaterializeResult:
-        states = sync(homelab.settings, database)
+        states = sync(homelab.settings.backups, database)
         for s in states:
             if s.uploaded:
                 context.log.info(f"{database}: copied {len(s.uploaded)} backup(s) to {s.target}: "
