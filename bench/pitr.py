@@ -41,6 +41,7 @@ from homelab_ops.pitr import base, wal  # noqa: E402
 from homelab_ops.pitr.receive import slot_state  # noqa: E402
 from homelab_ops.pitr.plan import Target  # noqa: E402
 from homelab_ops.pitr.recover import FETCH, _as_postgres, _chown_tree, recovered, restore_at, stage_wal  # noqa: E402
+from homelab_ops.pitr.config import PitrConfig  # noqa: E402
 from homelab_ops.settings import load  # noqa: E402
 from tests.pitr_cluster import PG_BIN, logical_cluster  # noqa: E402
 
@@ -174,7 +175,7 @@ def main() -> None:
                "state": {"dsn": c.dsn("homelab")}, "backups": {"local_dir": str(tmp / "backups"), "timeout": "1h"},
                "pitr": {"enabled": True}}
         (tmp / "h.yaml").write_text(yaml.safe_dump(cfg))
-        settings = load(tmp / "h.yaml")
+        settings = PitrConfig.of(load(tmp / "h.yaml"))
         generate(c.dsn(), "bench", args.size_mb)
         generate(c.dsn(), "other", args.size_mb)
         rx = subprocess.Popen([CLI, "--config", str(tmp / "h.yaml"), "pitr", "receive"],

@@ -417,9 +417,10 @@ def _checks(settings: Settings, env: dict[str, str], token: str | None) -> Itera
     yield "master key file", lambda: check_key_file(settings, env)
     if settings.credentials.env_template:
         yield "env template", lambda: check_env_template(settings)
+    from homelab_ops.pitr.config import PitrConfig
     from homelab_ops.pitr.doctor import checks as pitr_checks
 
-    yield from pitr_checks(settings)
+    yield from pitr_checks(PitrConfig.of(settings))
 
 
 def run(config: str | None = None, env: dict[str, str] | None = None) -> Iterator[Check]:

@@ -2,10 +2,15 @@
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING
+
 import click
 
 from homelab_ops.files import private_umask
 from homelab_ops.settings import SettingsError, load
+
+if TYPE_CHECKING:
+    from homelab_ops.pitr.config import PitrConfig
 
 
 class Context:
@@ -26,6 +31,13 @@ class Context:
 
             install(self._settings)  # every secret of the settings out of this command's output
         return self._settings
+
+    @property
+    def pitr(self) -> PitrConfig:
+        """What point-in-time recovery reads of the settings (its commands take this, not the whole file)."""
+        from homelab_ops.pitr.config import PitrConfig
+
+        return PitrConfig.of(self.settings)
 
 
 @click.group()

@@ -199,8 +199,8 @@ def restore_cmd(obj, database: str, into: str, at: str | None, source: str, igno
     # A name settings do not know is taken only when the owner names an off-site store (a new SD card
     # restoring what only S3 has); local and the default search refuse it before any work.
     _known(settings, database, any_name=source not in ("local", "auto"))
-    if at and wants_pitr(settings, at):  # a time, restore point or `latest`: point-in-time recovery
-        return restore_at_point(settings, database, into, at, source)
+    if at and wants_pitr(obj.pitr, at):  # a time, restore point or `latest`: point-in-time recovery
+        return restore_at_point(obj.pitr, database, into, at, source)
     try:
         refuse_existing(settings, database, into)
         loc = locate(settings, database, at=parse_at(at) if at else None, source=source,

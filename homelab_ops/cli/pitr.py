@@ -3,10 +3,14 @@
 from __future__ import annotations
 
 import json
+from typing import TYPE_CHECKING
 
 import click
 
 from homelab_ops.errors import first_line
+
+if TYPE_CHECKING:
+    from homelab_ops.pitr.config import PitrConfig
 
 
 @click.group()
@@ -20,11 +24,11 @@ def receive_cmd(obj) -> None:
     """Stream WAL into <local_dir>/_wal/<cluster>/ until stopped (SIGTERM or Ctrl-C)."""
     from homelab_ops.pitr.receive import ReceiveError, run_receiver, wal_dir
 
-    settings = obj.settings
-    click.echo(f"receiving WAL of cluster {settings.pitr.cluster} into {wal_dir(settings)} "
-               f"(slot {settings.pitr.slot_name})")
+    config = obj.pitr
+    click.echo(f"receiving WAL of cluster {config.pitr.cluster} into {wal_dir(config)} "
+               f"(slot {config.pitr.slot_name})")
     try:
-        run_receiver(settings, on_event=lambda msg: click.echo(msg, err=True))
+        run_receiver(config, on_event=lambda msg: click.echo(msg, err=True))
     except ReceiveError as e:
         raise click.ClickException(str(e)) from None
 
@@ -36,7 +40,7 @@ def basebackup_cmd(obj) -> None:
     from homelab_ops.pitr.base import BaseBackupError, run_base_backup
 
     try:
-        b = run_base_backup(obj.settings)
+        b = run_base_backup(obj.pitr)
     except BaseBackupError as e:
         raise click.ClickException(str(e)) from None
     click.echo(f"base backup {b.stem}: WAL {b.manifest['start_lsn']} .. {b.manifest['end_lsn']}, "
@@ -50,7 +54,7 @@ def verify_cmd(obj, database: str) -> None:
     """Replay the WAL archive to the newest nightly dump's point and compare every table."""
     from homelab_ops.pitr.verify import verify_database
 
-    result = verify_database(obj.settings, database)
+    result = verify_database(obj.pitr, database)
     click.echo(result.message)
     for t in result.tables:
         click.echo(f"  {t['table']}: {t['expected_rows']} / {t['restored_rows']} rows, "
@@ -68,7 +72,7 @@ def prune_cmd(obj, dry_run: bool) -> None:
     from homelab_ops.pitr.retention import prune
 
     try:
-        p = prune(obj.settings, dry_run=dry_run)
+        p = prune(obj.pitr, dry_run=dry_run)
     except Exception as e:
         raise click.ClickException(first_line(e)) from None
     verb = "would remove" if dry_run else "removed"
@@ -77,7 +81,7 @@ def prune_cmd(obj, dry_run: bool) -> None:
     for stem in p.remove:
         click.echo(f"{verb} base backup {stem}")
     click.echo(f"{verb} {len(p.wal_remove)} WAL segment files (keeping from segment {p.keep_wal_from or '-'})")
-    for t in prune_offsite(obj.settings, dry_run=dry_run):
+    for t in prune_offsite(obj.pitr, dry_run=dry_run):
         click.echo(f"{t.target}: {verb} {len(t.plan.remove)} base backup(s) and {len(t.plan.wal_remove)} WAL files"
                    if t.plan else f"{t.target}: not pruned: {t.error}")
 
@@ -88,11 +92,11 @@ def offsite_cmd(obj) -> None:
     """Copy finished WAL segments and base backups to every S3 target now (what offsite/_pitr does)."""
     from homelab_ops.pitr.offsite import finish_segment, sync
 
-    if not obj.settings.backups.s3:
+    if not obj.pitr.backups.s3:
         raise click.ClickException("backups.s3 is not configured: there is no off-site target")
-    click.echo(finish_segment(obj.settings))
+    click.echo(finish_segment(obj.pitr))
     failed = False
-    for s in sync(obj.settings):
+    for s in sync(obj.pitr):
         click.echo(f"{s.target}: copied {s.uploaded_wal} WAL file(s) and {len(s.uploaded_bases)} base backup(s); "
                    f"newest there: base backup {s.newest_base or 'none'}, segment {s.newest_segment or 'none'}")
         if not s.complete:
@@ -114,27 +118,27 @@ def status_cmd(obj, heartbeat: bool) -> None:
     from homelab_ops.pitr.health import pitr_results
     from homelab_ops.pitr.receive import heartbeat_age, read_status
 
-    settings = obj.settings
+    config = obj.pitr
     if heartbeat:
-        age, limit = heartbeat_age(settings), 3 * settings.pitr.status_interval.seconds + 30
+        age, limit = heartbeat_age(config), 3 * config.pitr.status_interval.seconds + 30
         if age is None or age > limit:
             raise click.ClickException(f"no receiver heartbeat for {'ever' if age is None else f'{age:.0f}s'} "
                                        f"(limit {limit:.0f}s): is `homelab-ops pitr receive` running?")
         click.echo(f"receiver heartbeat {age:.0f}s ago")
         return
-    click.echo(json.dumps(read_status(settings), indent=2))
-    for r in pitr_results(settings):
+    click.echo(json.dumps(read_status(config), indent=2))
+    for r in pitr_results(config):
         click.echo(f"{r.state:<8} {r.name}: {r.reason}")
 
 
-def wants_pitr(settings, at: str) -> bool:
+def wants_pitr(config: PitrConfig, at: str) -> bool:
     """`backups restore --at`: anything but a dump's stem goes to point-in-time recovery when it is on."""
     from homelab_ops.pitr.plan import is_pitr_target
 
-    return settings.pitr.enabled and is_pitr_target(at)
+    return config.pitr.enabled and is_pitr_target(at)
 
 
-def restore_at_point(settings, database: str, into: str, at: str, source: str) -> None:
+def restore_at_point(config: PitrConfig, database: str, into: str, at: str, source: str) -> None:
     """The point-in-time branch of `homelab-ops backups restore` (cli/backups.py calls it)."""
     import psycopg
     import pyrage
@@ -147,10 +151,10 @@ def restore_at_point(settings, database: str, into: str, at: str, source: str) -
     from homelab_ops.pitr.wal import WalError
 
     try:
-        target = parse_target(at, settings.tz)
+        target = parse_target(at, config.tz)
         click.echo(f"restoring {database} as of {target.describe()} into {into}: base backup, WAL replay "
                    "in a temporary cluster, then pg_dump | pg_restore")
-        r = restore_at(settings, database, into, at, source=source)
+        r = restore_at(config, database, into, at, source=source)
     except (PlanError, RecoverError, BaseBackupError, RestoreError, StoreError, WalError) as e:
         raise click.ClickException(str(e)) from None
     except (psycopg.Error, pyrage.DecryptError) as e:  # the running server, or a key that does not fit

@@ -1,12 +1,11 @@
 """Resources shared by every domain: the settings file and what it points at."""
 
-
-
 import dagster as dg
 from pydantic import PrivateAttr
 
 from homelab_ops import recovery
 from homelab_ops import settings as settings_mod
+from homelab_ops.pitr.config import PitrConfig
 
 
 class HomelabSettings(dg.ConfigurableResource):
@@ -33,6 +32,11 @@ class HomelabSettings(dg.ConfigurableResource):
         if self._settings is None:
             self._settings = settings_mod.current(self.config_path)
         return self._settings
+
+    @property
+    def pitr(self) -> PitrConfig:
+        """What point-in-time recovery reads of the settings, for its assets and sensor."""
+        return PitrConfig.of(self.settings)
 
 
 @dg.definitions

@@ -38,6 +38,7 @@ from homelab_ops.backups.names import pitr_folders
 from homelab_ops.backups.stores import LocalStore, read_json
 from homelab_ops.files import PARTIAL_SUFFIX, fsync_dir, remove_stale_scratch, sha256_file, write_atomic
 from homelab_ops.pitr import wal
+from homelab_ops.pitr.config import PitrConfig
 from homelab_ops.pitr.receive import pitr_dsn
 
 CHUNK = 1 << 20
@@ -50,9 +51,9 @@ class BaseBackupError(RuntimeError):
     """A base backup did not complete or did not verify; nothing complete-looking was left."""
 
 
-def base_dir(settings, root: Path | None = None) -> Path:
+def base_dir(config: PitrConfig, root: Path | None = None) -> Path:
     """`<local_dir>/_base/<cluster>`; `root` instead of local_dir for a copy fetched from off-site."""
-    return Path(root or settings.backups.local_dir) / pitr_folders(settings.pitr.cluster)[0]
+    return Path(root or config.backups.local_dir) / pitr_folders(config.pitr.cluster)[0]
 
 
 @dataclass(frozen=True)
@@ -110,9 +111,9 @@ def stored_base_backups(store, folder: str) -> list[BaseBackup]:
     return read_base_backups(store.list(folder), lambda name: read_json(store, folder, name))
 
 
-def list_base_backups(settings, root: Path | None = None) -> list[BaseBackup]:
+def list_base_backups(config: PitrConfig, root: Path | None = None) -> list[BaseBackup]:
     """The complete base backups in the local folder (or under `root`), oldest first."""
-    return stored_base_backups(LocalStore(root or settings.backups.local_dir), pitr_folders(settings.pitr.cluster)[0])
+    return stored_base_backups(LocalStore(root or config.backups.local_dir), pitr_folders(config.pitr.cluster)[0])
 
 
 def _pack(src: Path, dest: Path, level: int, recipients: list[str]) -> tuple[str, int]:
@@ -183,12 +184,12 @@ def server_facts(conn: psycopg.Connection) -> dict:
     return {"server_version": version, "wal_segment_size": int(seg), "system_identifier": sysid}
 
 
-def run_base_backup(settings) -> BaseBackup:
+def run_base_backup(config: PitrConfig) -> BaseBackup:
     """Take, verify and store one base backup of the cluster in pitr.dsn."""
-    dsn = pitr_dsn(settings)
-    bin_dir = settings.postgres.pg_bin_dir
-    b = settings.backups
-    folder = base_dir(settings)
+    dsn = pitr_dsn(config)
+    bin_dir = config.postgres.pg_bin_dir
+    b = config.backups
+    folder = base_dir(config)
     folder.mkdir(parents=True, exist_ok=True)
     with psycopg.connect(dsn, connect_timeout=10, autocommit=True) as conn:
         facts = server_facts(conn)
@@ -227,7 +228,7 @@ def run_base_backup(settings) -> BaseBackup:
             files[dest.name] = {"sha256": sha, "size": size}
         fsync_dir(folder)
         manifest = {
-            "format": MANIFEST_FORMAT, "kind": "base_backup", "cluster": settings.pitr.cluster,
+            "format": MANIFEST_FORMAT, "kind": "base_backup", "cluster": config.pitr.cluster,
             "started_at": started.isoformat(), "finished_at": finished.isoformat(),
             "timeline": int(ranges[-1]["Timeline"]), "start_lsn": ranges[0]["Start-LSN"],
             "end_lsn": ranges[-1]["End-LSN"], **facts,
@@ -247,9 +248,9 @@ def run_base_backup(settings) -> BaseBackup:
     return BaseBackup(stem, manifest, tuple(files))
 
 
-def check_files(settings, bb: BaseBackup, root: Path | None = None) -> None:
+def check_files(config: PitrConfig, bb: BaseBackup, root: Path | None = None) -> None:
     """Every file's sha256 against the manifest, before a restore trusts it."""
     for name, meta in bb.manifest["files"].items():
-        path = base_dir(settings, root) / name
+        path = base_dir(config, root) / name
         if sha256_file(path) != meta["sha256"]:
             raise BaseBackupError(f"{path}: sha256 does not match the manifest: the base backup is damaged")

@@ -10,6 +10,7 @@ import psycopg
 from psycopg.conninfo import conninfo_to_dict, make_conninfo
 
 from homelab_ops.errors import first_line
+from homelab_ops.pitr.config import PitrConfig
 
 # receiver + pg_basebackup's two (-X stream) + the nightly dump's temporary logical slot
 NEED_SENDERS = 4
@@ -21,11 +22,11 @@ def _setting(conn, name: str) -> str:
     return conn.execute("SELECT current_setting(%s)", (name,)).fetchone()[0]
 
 
-def check_server(settings) -> list:
+def check_server(config: PitrConfig) -> list:
     from homelab_ops.doctor import fail, ok
     from homelab_ops.pitr.receive import pitr_dsn
 
-    dsn = pitr_dsn(settings)
+    dsn = pitr_dsn(config)
     try:
         with psycopg.connect(dsn, connect_timeout=5, autocommit=True) as conn:
             level = _setting(conn, "wal_level")
@@ -102,18 +103,18 @@ def check_hba(dsn: str, user: str):
     return ok("pitr pg_hba.conf", "replication connections are allowed")
 
 
-def checks(settings) -> Iterator[tuple[str, Callable]]:
+def checks(config: PitrConfig) -> Iterator[tuple[str, Callable]]:
     """(name, check) pairs for homelab_ops.doctor; none while pitr.enabled is false."""
     from homelab_ops.doctor import skip
 
-    if not settings.pitr.enabled:
+    if not config.pitr.enabled:
         return
     results: list = []
 
     def nth(i: int):
         def run():
             if not results:
-                results.extend(check_server(settings))
+                results.extend(check_server(config))
             return results[i] if i < len(results) else skip("pitr", "not checked: the server could not be asked")
         return run
 

@@ -17,6 +17,7 @@ from datetime import datetime, timezone
 from homelab_ops.errors import typed_first_line
 from homelab_ops import units
 from homelab_ops.health.checks import FAIL, OK, WARN, CheckResult, unknown
+from homelab_ops.pitr.config import PitrConfig
 
 METRICS_FILE = "homelab_pitr.prom"
 
@@ -123,17 +124,17 @@ def _replication_row(dsn: str, pid) -> dict | None:
     return None if row is None else {"state": row[0], "flush_lsn": row[1]}
 
 
-def read_slot(settings) -> tuple[dict, dict | None]:
+def read_slot(config: PitrConfig) -> tuple[dict, dict | None]:
     import psycopg
 
     from homelab_ops.pitr.receive import pitr_dsn, slot_state
 
-    dsn = pitr_dsn(settings)
-    slot = slot_state(dsn, settings.pitr.slot_name)
-    slot["slot"] = settings.pitr.slot_name
+    dsn = pitr_dsn(config)
+    slot = slot_state(dsn, config.pitr.slot_name)
+    slot["slot"] = config.pitr.slot_name
     with psycopg.connect(dsn, connect_timeout=5, autocommit=True) as conn:
         row = conn.execute("SELECT active_pid FROM pg_replication_slots WHERE slot_name = %s",
-                           (settings.pitr.slot_name,)).fetchone()
+                           (config.pitr.slot_name,)).fetchone()
     return slot, _replication_row(dsn, row[0] if row else None)
 
 
@@ -150,42 +151,43 @@ def write_metrics(textfile_dir: str, cluster: str, seconds: float | None, now: d
     write_atomically(textfile_dir, "\n".join(lines) + "\n", METRICS_FILE)
 
 
-def pitr_results(settings, now: datetime | None = None) -> list[CheckResult]:
+def pitr_results(config: PitrConfig, now: datetime | None = None) -> list[CheckResult]:
     """Every PITR check for the configured cluster; [] when pitr is disabled."""
-    return pitr_judgement(settings, now)[0]
+    return pitr_judgement(config, now)[0]
 
 
-def pitr_judgement(settings, now: datetime | None = None) -> tuple[list[CheckResult], float | None]:
+def pitr_judgement(config: PitrConfig, now: datetime | None = None) -> tuple[list[CheckResult], float | None]:
     """Every PITR check and the current RPO (seconds a restore would lose; None: unknown), from one
     look at the server and the heartbeat; also written for node_exporter."""
-    if not settings.pitr.enabled:
+    if not config.pitr.enabled:
         return [], None
     from homelab_ops.pitr.receive import read_status
     from homelab_ops.pitr.verify import read_verified
 
     now = now or datetime.now(timezone.utc)
-    cluster = settings.pitr.cluster
-    beat = read_status(settings)
+    cluster = config.pitr.cluster
+    beat = read_status(config)
     try:
-        slot, repl = read_slot(settings)
+        slot, repl = read_slot(config)
     except Exception as e:  # the server is down: only the heartbeat can tell how long
         slot, repl = None, None
         down = typed_first_line(e)
         out = [CheckResult(f"pitr_receiver:{cluster}", FAIL, f"{cluster}: cannot ask the server: {down}"),
-               rpo(cluster, None, beat, now, settings.pitr.max_lag.seconds),
+               rpo(cluster, None, beat, now, config.pitr.max_lag.seconds),
                unknown(f"pitr_slot_retention:{cluster}", f"cannot ask the server: {down}")]
     else:
-        out = [receiver(cluster, slot, repl), rpo(cluster, slot, beat, now, settings.pitr.max_lag.seconds),
+        out = [receiver(cluster, slot, repl), rpo(cluster, slot, beat, now, config.pitr.max_lag.seconds),
                slot_retention(cluster, slot)]
-    out.append(verified_point(cluster, read_verified(settings), now, settings.backups.max_age_hours))
+    out.append(verified_point(cluster, read_verified(config), now, config.backups.max_age_hours))
     seconds = rpo_seconds(slot, beat, now)
     try:
-        write_metrics(settings.metrics.textfile_dir, cluster, seconds, now)
+        write_metrics(config.textfile_dir, cluster, seconds, now)
     except OSError:
         pass
     return out, seconds
 
 
 def check_pitr(settings, th, now: datetime) -> list[CheckResult]:
-    """The health sensor's group (homelab_ops.health.evaluate.GROUPS)."""
-    return pitr_results(settings, now)
+    """The health sensor's group (homelab_ops.health.evaluate.GROUPS): every group takes the whole
+    settings; PITR's own functions take their part of them."""
+    return pitr_results(PitrConfig.of(settings), now)

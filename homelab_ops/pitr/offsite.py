@@ -29,6 +29,7 @@ from homelab_ops.errors import first_line
 from homelab_ops.files import sha256_file
 from homelab_ops.pitr import base as bb
 from homelab_ops.pitr import plan, wal
+from homelab_ops.pitr.config import PitrConfig
 from homelab_ops.pitr.receive import wal_dir
 from homelab_ops.pitr.retention import prune_store
 from homelab_ops.units import size
@@ -79,14 +80,14 @@ class PitrTargetState:
         return not self.errors and self.owed_bases == [] and self.owed_wal == []
 
 
-def sync_target(settings, store: S3Store) -> PitrTargetState:
+def sync_target(config: PitrConfig, store: S3Store) -> PitrTargetState:
     """Upload the WAL, then the base backups, that `store` lacks. A failing target stops at its first
     error (one timeout, not one per segment); what was not copied stays owed."""
     state = PitrTargetState(store.label)
-    bfolder, wfolder = pitr_folders(settings.pitr.cluster)
-    encrypted = bool(settings.backups.encryption.age_recipients)
-    wdir, bdir = wal_dir(settings), bb.base_dir(settings)
-    local = LocalStore(settings.backups.local_dir)
+    bfolder, wfolder = pitr_folders(config.pitr.cluster)
+    encrypted = bool(config.backups.encryption.age_recipients)
+    wdir, bdir = wal_dir(config), bb.base_dir(config)
+    local = LocalStore(config.backups.local_dir)
     try:
         local_wal = local.list(wfolder)
         state.owed_wal = wal_owed(local_wal, store.list(wfolder), encrypted=encrypted)
@@ -126,17 +127,17 @@ def sync_target(settings, store: S3Store) -> PitrTargetState:
     return state
 
 
-def finish_segment(settings, wait_s: float = 60.0) -> str:
+def finish_segment(config: PitrConfig, wait_s: float = 60.0) -> str:
     """Make the segment pg_receivewal is still writing a finished one, so it goes off-site now: on a
     quiet server it could otherwise stay unfinished for days (what archive_timeout does for
     archive_command). `pg_switch_wal()` does nothing when no WAL was written since the last switch;
     otherwise the rest of the segment is zeros, which gzip makes almost nothing of. As postgres.dsn's role (a REPLICATION role in pitr.dsn usually
     may not). Returns what happened, for the log; never raises: what is finished goes up either way."""
-    admin = settings.postgres.dsn.get_secret_value()
+    admin = config.postgres.dsn.get_secret_value()
     try:
         with psycopg.connect(admin, autocommit=True, connect_timeout=10) as conn:
             facts = bb.server_facts(conn)
-            bases = bb.list_base_backups(settings)
+            bases = bb.list_base_backups(config)
             if bases and bases[-1].manifest.get("system_identifier") not in (None, facts["system_identifier"]):
                 return "postgres.dsn is another server than the archived cluster's: its WAL was not switched"
             seg = facts["wal_segment_size"]
@@ -149,9 +150,9 @@ def finish_segment(settings, wait_s: float = 60.0) -> str:
     if end % seg == 0:  # nothing written since the last switch: the start of the current segment
         return "no WAL written since the last finished segment"
     segno = wal.segno_of(end - 1, seg)  # the segment the switch finished
-    encrypted = bool(settings.backups.encryption.age_recipients)
+    encrypted = bool(config.backups.encryption.age_recipients)
     deadline = time.monotonic() + wait_s
-    local, wfolder = LocalStore(settings.backups.local_dir), pitr_folders(settings.pitr.cluster)[1]
+    local, wfolder = LocalStore(config.backups.local_dir), pitr_folders(config.pitr.cluster)[1]
     while time.monotonic() < deadline:
         archive = wal.read_archive(local.list(wfolder), seg)
         done = [f for (t, s), f in archive.segments.items() if s == segno and (f.encrypted or not encrypted)]
@@ -162,10 +163,10 @@ def finish_segment(settings, wait_s: float = 60.0) -> str:
             "(is `homelab-ops pitr receive` running?)")
 
 
-def sync(settings) -> list[PitrTargetState]:
+def sync(config: PitrConfig) -> list[PitrTargetState]:
     """Bring every S3 target's copy of the PITR archive up to date."""
-    _, remotes = stores_for(settings.backups)
-    return [sync_target(settings, store) for store in remotes]
+    _, remotes = stores_for(config.backups)
+    return [sync_target(config, store) for store in remotes]
 
 
 # --------------------------------------------------------------------------- retention
@@ -178,13 +179,13 @@ class TargetPrune:
     error: str | None = None
 
 
-def prune(settings, *, dry_run: bool | None = None) -> list[TargetPrune]:
-    dry_run = settings.backups.retention.dry_run if dry_run is None else dry_run
-    _, remotes = stores_for(settings.backups)
+def prune(config: PitrConfig, *, dry_run: bool | None = None) -> list[TargetPrune]:
+    dry_run = config.backups.retention.dry_run if dry_run is None else dry_run
+    _, remotes = stores_for(config.backups)
     out = []
     for store in remotes:
         try:
-            out.append(TargetPrune(store.label, prune_store(settings, store, dry_run=dry_run)))
+            out.append(TargetPrune(store.label, prune_store(config, store, dry_run=dry_run)))
         except (StoreError, ValueError) as e:
             out.append(TargetPrune(store.label, None, str(e)))
     return out
@@ -212,16 +213,16 @@ def _download(store: S3Store, folder: str, name: str, dest: Path) -> None:
                 raise LocalDiskError(f"writing {dest} (fetched from {store.label}) failed: {e.strerror}") from None
 
 
-def fetch(settings, store: S3Store, target: plan.Target, root: Path) -> bb.BaseBackup:
+def fetch(config: PitrConfig, store: S3Store, target: plan.Target, root: Path) -> bb.BaseBackup:
     """Download from `store` what a recovery to `target` needs into `root` (laid out as local_dir):
     the base backup `plan.choose_base` picks and every finished WAL file from its start on.
     Raises PlanError when the target holds no base backup early enough, StoreError when it fails,
     LocalDiskError when the copy does not fit here."""
-    bfolder, wfolder = pitr_folders(settings.pitr.cluster)
+    bfolder, wfolder = pitr_folders(config.pitr.cluster)
     bases = bb.stored_base_backups(store, bfolder)
     if not bases:
         raise plan.PlanError(f"S3 target {store.label} holds no complete base backup of cluster "
-                             f"{settings.pitr.cluster} ({store.uri(bfolder, '')})")
+                             f"{config.pitr.cluster} ({store.uri(bfolder, '')})")
     base = plan.choose_base(bases, target)
     held_wal = store.list(wfolder)
     archive = wal.read_archive(held_wal, base.segment_size)
@@ -235,7 +236,7 @@ def fetch(settings, store: S3Store, target: plan.Target, root: Path) -> bb.BaseB
         raise LocalDiskError(f"fetching base backup {base.stem} and {len(wanted)} WAL file(s) from {store.label} "
                              f"needs {size(need)} in {root.parent}, which has {size(free)} free: free space there "
                              "(or restore on a machine with more)")
-    bdest, wdest = bb.base_dir(settings, root), wal_dir(settings, root)
+    bdest, wdest = bb.base_dir(config, root), wal_dir(config, root)
     bdest.mkdir(parents=True, exist_ok=True)
     wdest.mkdir(parents=True, exist_ok=True)
     for name in (*base.files, base.stem + MANIFEST_SUFFIX):
@@ -245,10 +246,10 @@ def fetch(settings, store: S3Store, target: plan.Target, root: Path) -> bb.BaseB
     return base
 
 
-def has_base_for(settings, target: plan.Target) -> bool:
+def has_base_for(config: PitrConfig, target: plan.Target) -> bool:
     """Whether the local archive holds a base backup a recovery to `target` can start from."""
     try:
-        plan.choose_base(bb.list_base_backups(settings), target)
+        plan.choose_base(bb.list_base_backups(config), target)
     except plan.PlanError:
         return False
     return True

@@ -31,6 +31,7 @@ from homelab_ops.children import die_with_parent
 from homelab_ops.errors import first_line
 from homelab_ops.files import fsync_dir, write_atomic
 from homelab_ops.pitr import wal
+from homelab_ops.pitr.config import PitrConfig
 
 log = logging.getLogger(__name__)
 
@@ -41,29 +42,29 @@ class ReceiveError(RuntimeError):
     """The receiver cannot run; the message says what to fix."""
 
 
-def pitr_dsn(settings) -> str:
-    return (settings.pitr.dsn or settings.postgres.dsn).get_secret_value()
+def pitr_dsn(config: PitrConfig) -> str:
+    return (config.pitr.dsn or config.postgres.dsn).get_secret_value()
 
 
-def wal_dir(settings, root: Path | None = None) -> Path:
+def wal_dir(config: PitrConfig, root: Path | None = None) -> Path:
     """`<local_dir>/_wal/<cluster>`; `root` instead of local_dir for a copy fetched from off-site."""
-    return Path(root or settings.backups.local_dir) / pitr_folders(settings.pitr.cluster)[1]
+    return Path(root or config.backups.local_dir) / pitr_folders(config.pitr.cluster)[1]
 
 
-def status_path(settings) -> Path:
-    return Path(settings.backups.local_dir) / WAL_FOLDER / f"{settings.pitr.cluster}.receiver.json"
+def status_path(config: PitrConfig) -> Path:
+    return Path(config.backups.local_dir) / WAL_FOLDER / f"{config.pitr.cluster}.receiver.json"
 
 
-def read_status(settings) -> dict | None:
+def read_status(config: PitrConfig) -> dict | None:
     try:
-        return json.loads(status_path(settings).read_text())
+        return json.loads(status_path(config).read_text())
     except (OSError, ValueError):
         return None
 
 
-def heartbeat_age(settings, now: float | None = None) -> float | None:
+def heartbeat_age(config: PitrConfig, now: float | None = None) -> float | None:
     """Seconds since the receiver last wrote its heartbeat; None when it never did."""
-    status = read_status(settings) or {}
+    status = read_status(config) or {}
     try:
         updated = datetime.fromisoformat(status["updated_at"]).timestamp()
     except (KeyError, TypeError, ValueError):
@@ -71,24 +72,24 @@ def heartbeat_age(settings, now: float | None = None) -> float | None:
     return max(0.0, (time.time() if now is None else now) - updated)
 
 
-def receivewal_args(settings, directory: Path, conninfo: str) -> list[str]:
-    p = settings.pitr
+def receivewal_args(config: PitrConfig, directory: Path, conninfo: str) -> list[str]:
+    p = config.pitr
     interval = max(1, int(p.status_interval.seconds))
-    return [pg.tool("pg_receivewal", settings.postgres.pg_bin_dir), f"--directory={directory}", f"--slot={p.slot_name}",
+    return [pg.tool("pg_receivewal", config.postgres.pg_bin_dir), f"--directory={directory}", f"--slot={p.slot_name}",
             "--synchronous", "--compress=gzip", f"--status-interval={interval}", f"--dbname={conninfo}",
             "--no-password", "--verbose"]
 
 
-def create_slot(settings) -> bool:
+def create_slot(config: PitrConfig) -> bool:
     """The physical slot, reserving WAL from now on, unless it exists (returns True when created).
 
     WAL the receiver has not flushed stays on the server, bounded by its
     max_slot_wal_keep_size. pg_receivewal's own --create-slot does not reserve WAL, so
     the stream would start wherever the server is when it first connects.
     """
-    slot = settings.pitr.slot_name
+    slot = config.pitr.slot_name
     try:
-        with psycopg.connect(pitr_dsn(settings), autocommit=True, connect_timeout=10) as conn:
+        with psycopg.connect(pitr_dsn(config), autocommit=True, connect_timeout=10) as conn:
             row = conn.execute("SELECT slot_type FROM pg_replication_slots WHERE slot_name = %s", (slot,)).fetchone()
             if row is not None:
                 if row[0] != "physical":
@@ -192,23 +193,23 @@ def _iso(t: float | None) -> str | None:
 # --------------------------------------------------------------------------- the loop
 
 
-def run_receiver(settings, *, stop: threading.Event | None = None, on_event=None) -> None:
+def run_receiver(config: PitrConfig, *, stop: threading.Event | None = None, on_event=None) -> None:
     """Run until `stop` is set or SIGTERM/SIGINT: create the slot, supervise pg_receivewal,
     encrypt finished segments, write the heartbeat."""
-    if not settings.pitr.enabled:
+    if not config.pitr.enabled:
         raise ReceiveError("pitr.enabled is false: set it to true in the settings to archive WAL")
     stop = stop or threading.Event()
     say = on_event or (lambda msg: log.info("%s", msg))
-    directory = wal_dir(settings)
+    directory = wal_dir(config)
     directory.mkdir(parents=True, exist_ok=True)
-    dsn = pitr_dsn(settings)
+    dsn = pitr_dsn(config)
     if threading.current_thread() is threading.main_thread():
         for sig in (signal.SIGTERM, signal.SIGINT):
             signal.signal(sig, lambda *_: stop.set())
     wait = 1.0
     while True:  # after a power cut the server may come up after the receiver: keep trying
         try:
-            create_slot(settings)
+            create_slot(config)
             break
         except ReceiveError as e:
             say(f"{e}; retrying in {wait:.0f}s")
@@ -216,18 +217,18 @@ def run_receiver(settings, *, stop: threading.Event | None = None, on_event=None
                 return
             wait = min(wait * 2, 60.0)
     conninfo, env = pg._client_env(dsn)
-    args = receivewal_args(settings, directory, conninfo)
-    recipients = settings.backups.encryption.age_recipients
-    interval = max(1.0, settings.pitr.status_interval.seconds)
-    beat = Heartbeat(keep_seconds=max(3600.0, 4 * settings.pitr.max_lag.seconds))
-    previous = read_status(settings) or {}
+    args = receivewal_args(config, directory, conninfo)
+    recipients = config.backups.encryption.age_recipients
+    interval = max(1.0, config.pitr.status_interval.seconds)
+    beat = Heartbeat(keep_seconds=max(3600.0, 4 * config.pitr.max_lag.seconds))
+    previous = read_status(config) or {}
     # a restart keeps what the last run knew, so a crash loop does not look freshly caught up
     for attr in ("caught_up_at", "connected_at"):
         key = "last_connected_at" if attr == "connected_at" else attr
         if previous.get(key):
             setattr(beat, attr, datetime.fromisoformat(previous[key]).timestamp())
     proc: subprocess.Popen | None = None
-    stderr_file = Path(settings.backups.local_dir) / WAL_FOLDER / f".{settings.pitr.cluster}.receivewal.log"
+    stderr_file = Path(config.backups.local_dir) / WAL_FOLDER / f".{config.pitr.cluster}.receivewal.log"
     backoff = 1.0
     try:
         while not stop.is_set():
@@ -243,22 +244,22 @@ def run_receiver(settings, *, stop: threading.Event | None = None, on_event=None
                 with open(stderr_file, "ab") as err:
                     proc = subprocess.Popen(args, stdout=subprocess.DEVNULL, stderr=err, env=env,
                                             preexec_fn=lambda: die_with_parent(signal.SIGINT))
-                say(f"pg_receivewal started (pid {proc.pid}) into {directory}, slot {settings.pitr.slot_name}")
+                say(f"pg_receivewal started (pid {proc.pid}) into {directory}, slot {config.pitr.slot_name}")
             try:
                 encrypt_finished(directory, recipients)
             except OSError as e:
                 say(f"encrypting finished segments failed: {e}")
             try:
-                status = beat.observe(time.time(), slot_state(dsn, settings.pitr.slot_name))
+                status = beat.observe(time.time(), slot_state(dsn, config.pitr.slot_name))
                 if status.get("connected"):
                     backoff = 1.0
             except psycopg.Error as e:
                 status = {"connected": False, "error": first_line(e), "last_connected_at": _iso(beat.connected_at),
                           "caught_up_at": _iso(beat.caught_up_at)}
-            status.update({"cluster": settings.pitr.cluster, "slot": settings.pitr.slot_name,
+            status.update({"cluster": config.pitr.cluster, "slot": config.pitr.slot_name,
                            "receiver_pid": proc.pid if proc else None, "wrapper_pid": os.getpid(),
                            "updated_at": _iso(time.time())})
-            write_atomic(status_path(settings), json.dumps(status, indent=2).encode())
+            write_atomic(status_path(config), json.dumps(status, indent=2).encode())
             stop.wait(interval)
     finally:
         if proc is not None and proc.poll() is None:

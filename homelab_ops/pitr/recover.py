@@ -39,6 +39,7 @@ from homelab_ops.children import die_with_parent, free_port
 from homelab_ops.files import remove_stale_scratch
 from homelab_ops.pitr import base as bb
 from homelab_ops.pitr import offsite, plan, wal
+from homelab_ops.pitr.config import PitrConfig
 from homelab_ops.pitr.receive import wal_dir
 
 if TYPE_CHECKING:
@@ -193,27 +194,27 @@ _LAST = re.compile(r"last completed transaction was at log time (.*)")
 
 
 @contextlib.contextmanager
-def recovered(settings, target: plan.Target, *, timeout: float | None = None,
+def recovered(config: PitrConfig, target: plan.Target, *, timeout: float | None = None,
               base: bb.BaseBackup | None = None, archive_root: Path | None = None) -> Iterator[Recovered]:
     """A temporary cluster replayed to `target` and promoted; removed on exit. `archive_root`: read the
     archive from a copy fetched from off-site (`pitr.offsite.fetch`) instead of local_dir."""
-    bases = bb.list_base_backups(settings, archive_root)
+    bases = bb.list_base_backups(config, archive_root)
     base = base or plan.choose_base(bases, target)
     encrypted = bool(base.manifest.get("encryption"))
-    archive_dir = wal_dir(settings, archive_root)
+    archive_dir = wal_dir(config, archive_root)
     archive_names = os.listdir(archive_dir) if archive_dir.is_dir() else []
     needs_key = (encrypted or any(n.endswith(".age") for n in archive_names)
-                 or bool(settings.backups.encryption.age_recipients))  # the receiver may encrypt meanwhile
-    identities = load_identity(settings.backups.encryption) if needs_key else None
-    bb.check_files(settings, base, archive_root)
+                 or bool(config.backups.encryption.age_recipients))  # the receiver may encrypt meanwhile
+    identities = load_identity(config.backups.encryption) if needs_key else None
+    bb.check_files(config, base, archive_root)
     prefix, pw = _as_postgres()
     # beside the backups (same disk, room for a data directory); as root the `postgres` user
     # must reach it, and the backups folder is often private, so then TMPDIR is used
-    scratch_in = Path(tempfile.gettempdir()) if pw else Path(settings.backups.local_dir)
+    scratch_in = Path(tempfile.gettempdir()) if pw else Path(config.backups.local_dir)
     # a restore killed midway (SIGKILL, power cut) left its data directory: gone once surely dead
-    remove_stale_scratch(scratch_in, ".pitr-restore-*", 2 * settings.backups.timeout.seconds)
+    remove_stale_scratch(scratch_in, ".pitr-restore-*", 2 * config.backups.timeout.seconds)
     root = Path(tempfile.mkdtemp(prefix=".pitr-restore-", dir=scratch_in))
-    timeout = timeout or settings.backups.timeout.seconds
+    timeout = timeout or config.backups.timeout.seconds
     proc = None
     datadir = root / "data"
     try:
@@ -221,7 +222,7 @@ def recovered(settings, target: plan.Target, *, timeout: float | None = None,
         staging = root / "wal"
         stage_wal(archive_dir, staging, base, until_lsn=target.value if target.kind == "lsn" else None,
                   identities=identities)
-        folder = bb.base_dir(settings, archive_root)
+        folder = bb.base_dir(config, archive_root)
         base_tar = next(p for p in base.files if ".base.tar." in p)
         wal_tar = next(p for p in base.files if ".pg_wal.tar." in p)
         bb.unpack(folder / base_tar, datadir, identities)
@@ -252,12 +253,12 @@ def recovered(settings, target: plan.Target, *, timeout: float | None = None,
         # a clean environment: the settings' secrets (PGPASSWORD, AWS keys...) stay out of the server's
         env = {"PATH": os.environ.get("PATH", "/usr/bin:/bin"), "LANG": "C.UTF-8",
                "HOMELAB_WAL_SEGMENT_SIZE": str(base.segment_size)}
-        postgres = pg.tool("postgres", settings.postgres.pg_bin_dir or _bin_of(pg.tool("pg_dump", None)))
+        postgres = pg.tool("postgres", config.postgres.pg_bin_dir or _bin_of(pg.tool("pg_dump", None)))
         _same_major(postgres, base)
         with open(log_file, "ab") as logf:
             proc = subprocess.Popen([*prefix, postgres, "-D", str(datadir)], stdout=logf, stderr=logf, env=env,
                                     preexec_fn=lambda: die_with_parent(signal.SIGTERM))
-        user = conninfo_to_dict(settings.postgres.dsn.get_secret_value()).get("user") or "postgres"
+        user = conninfo_to_dict(config.postgres.dsn.get_secret_value()).get("user") or "postgres"
         rec = Recovered(base, target, root, port, user)
         _wait_promoted(rec, proc, log_file, staging, timeout)
         text = log_file.read_text(errors="replace")
@@ -400,27 +401,27 @@ def copy_database(postgres: PostgresSettings, rec: Recovered, database: str, int
 
 
 @contextlib.contextmanager
-def archive_for(settings, target: plan.Target, source: str) -> Iterator[tuple[str, Path | None]]:
+def archive_for(config: PitrConfig, target: plan.Target, source: str) -> Iterator[tuple[str, Path | None]]:
     """Where a recovery reads the archive: (store label, root), root None for the local archive.
 
     `local` is the local archive; `s3` or a target's name, a copy of what the recovery needs
     fetched from that target into a scratch folder; `auto`, the local archive when it holds a
     base backup early enough, else the first target that does (a new SD card after a dead one).
     """
-    stores = stores_named(settings.backups, source)
+    stores = stores_named(config.backups, source)
     local = any(s.label == "local" for s in stores)
-    if local and (len(stores) == 1 or offsite.has_base_for(settings, target)):
+    if local and (len(stores) == 1 or offsite.has_base_for(config, target)):
         yield "local", None
         return
     reasons = [f"local: no base backup finished before {target.describe()}"] if local else []
-    top = Path(settings.backups.local_dir)
+    top = Path(config.backups.local_dir)
     top.mkdir(parents=True, exist_ok=True)
-    remove_stale_scratch(top, ".pitr-fetch-*", 2 * settings.backups.timeout.seconds)
+    remove_stale_scratch(top, ".pitr-fetch-*", 2 * config.backups.timeout.seconds)
     for store in (s for s in stores if s.label != "local"):
         root = Path(tempfile.mkdtemp(prefix=".pitr-fetch-", dir=top))
         try:
             try:
-                offsite.fetch(settings, store, target, root)
+                offsite.fetch(config, store, target, root)
             except (plan.PlanError, StoreError) as e:
                 reasons.append(str(e))
                 continue
@@ -433,14 +434,14 @@ def archive_for(settings, target: plan.Target, source: str) -> Iterator[tuple[st
     raise RecoverError("no store holds what a recovery to " + target.describe() + " needs: " + "; ".join(reasons))
 
 
-def restore_at(settings, database: str, into: str, at: str, *, source: str = "auto") -> PitrRestore:
+def restore_at(config: PitrConfig, database: str, into: str, at: str, *, source: str = "auto") -> PitrRestore:
     """`backups restore DATABASE --into INTO --at TIME|NAME|LSN|latest [--from ...]`: one database at a
     point in time, from the local archive or an off-site copy."""
-    target = plan.parse_target(at, settings.tz)
-    admin = settings.postgres.dsn.get_secret_value()
+    target = plan.parse_target(at, config.tz)
+    admin = config.postgres.dsn.get_secret_value()
     if pg.database_exists(admin, into):
         raise RecoverError(f"database {into!r} already exists: refusing to overwrite it; choose another --into")
-    with archive_for(settings, target, source) as (label, root), recovered(settings, target, archive_root=root) as rec:
-        copy_database(settings.postgres, rec, database, into)
+    with archive_for(config, target, source) as (label, root), recovered(config, target, archive_root=root) as rec:
+        copy_database(config.postgres, rec, database, into)
         return PitrRestore(database, into, target.describe(), rec.base.stem, rec.stop_reason, rec.last_commit,
                            rec.replay_lsn, label)

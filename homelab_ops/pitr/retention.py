@@ -14,15 +14,16 @@ from homelab_ops.backups.prune import policy_from
 from homelab_ops.backups.stores import LocalStore
 from homelab_ops.pitr import plan, wal
 from homelab_ops.pitr.base import stored_base_backups
+from homelab_ops.pitr.config import PitrConfig
 
 
-def prune_store(settings, store, *, dry_run: bool) -> plan.RetentionPlan:
-    bfolder, wfolder = pitr_folders(settings.pitr.cluster)
+def prune_store(config: PitrConfig, store, *, dry_run: bool) -> plan.RetentionPlan:
+    bfolder, wfolder = pitr_folders(config.pitr.cluster)
     bases = stored_base_backups(store, bfolder)
     seg = bases[-1].segment_size if bases else wal.DEFAULT_SEGMENT_SIZE
     archive = wal.read_archive(store.list(wfolder), seg)
     p = plan.plan_retention([(b.stem, b.time, b.start_lsn) for b in bases], archive,
-                            policy_from(settings.backups.retention), settings.tz, seg_size=seg)
+                            policy_from(config.backups.retention), config.tz, seg_size=seg)
     if dry_run:
         return p
     by_stem = {b.stem: b for b in bases}
@@ -33,7 +34,7 @@ def prune_store(settings, store, *, dry_run: bool) -> plan.RetentionPlan:
     return p
 
 
-def prune(settings, *, dry_run: bool | None = None) -> plan.RetentionPlan:
+def prune(config: PitrConfig, *, dry_run: bool | None = None) -> plan.RetentionPlan:
     """The local archive."""
-    dry_run = settings.backups.retention.dry_run if dry_run is None else dry_run
-    return prune_store(settings, LocalStore(settings.backups.local_dir), dry_run=dry_run)
+    dry_run = config.backups.retention.dry_run if dry_run is None else dry_run
+    return prune_store(config, LocalStore(config.backups.local_dir), dry_run=dry_run)

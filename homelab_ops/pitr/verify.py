@@ -34,6 +34,7 @@ from homelab_ops.errors import first_line
 from homelab_ops.files import write_atomic
 from homelab_ops.pitr import plan, wal
 from homelab_ops.pitr.base import BaseBackupError
+from homelab_ops.pitr.config import PitrConfig
 from homelab_ops.pitr.receive import pitr_dsn, slot_state
 from homelab_ops.pitr.recover import RecoverError, recovered
 
@@ -62,26 +63,26 @@ class PitrVerification:
     checked_at: str = ""
 
 
-def verified_path(settings) -> Path:
-    return Path(settings.backups.local_dir) / WAL_FOLDER / f"{settings.pitr.cluster}.verified.json"
+def verified_path(config: PitrConfig) -> Path:
+    return Path(config.backups.local_dir) / WAL_FOLDER / f"{config.pitr.cluster}.verified.json"
 
 
-def read_verified(settings) -> dict:
+def read_verified(config: PitrConfig) -> dict:
     try:
-        return json.loads(verified_path(settings).read_text())
+        return json.loads(verified_path(config).read_text())
     except (OSError, ValueError):
         return {}
 
 
-def _record(settings, result: PitrVerification) -> None:
-    data = read_verified(settings)
+def _record(config: PitrConfig, result: PitrVerification) -> None:
+    data = read_verified(config)
     data[result.database] = asdict(result)
-    write_atomic(verified_path(settings), json.dumps(data, indent=2).encode())
+    write_atomic(verified_path(config), json.dumps(data, indent=2).encode())
 
 
-def _wait_archived(settings, lsn: int, timeout: float = 120.0) -> None:
+def _wait_archived(config: PitrConfig, lsn: int, timeout: float = 120.0) -> None:
     """Make sure the archive holds WAL past `lsn` (a record must start there for replay to stop)."""
-    dsn = pitr_dsn(settings)
+    dsn = pitr_dsn(config)
     with psycopg.connect(dsn, autocommit=True, connect_timeout=10) as conn:
         current = wal.parse_lsn(conn.execute("SELECT pg_current_wal_lsn()::text").fetchone()[0])
         if current <= lsn:
@@ -90,32 +91,32 @@ def _wait_archived(settings, lsn: int, timeout: float = 120.0) -> None:
             current = wal.parse_lsn(conn.execute("SELECT pg_current_wal_lsn()::text").fetchone()[0])
     deadline = time.monotonic() + timeout
     while True:
-        state = slot_state(dsn, settings.pitr.slot_name)
+        state = slot_state(dsn, config.pitr.slot_name)
         flushed = state.get("flushed_lsn")
         if flushed and wal.parse_lsn(flushed) >= current:
             return
         if time.monotonic() > deadline:
             raise RecoverError(f"the WAL receiver has not archived up to {wal.format_lsn(current)} within "
-                               f"{timeout:.0f} s (slot {settings.pitr.slot_name}: "
+                               f"{timeout:.0f} s (slot {config.pitr.slot_name}: "
                                f"{'active' if state.get('active') else 'not connected'}, flushed {flushed})")
         time.sleep(0.5)
 
 
-def _amcheck(settings, rec, database: str) -> str | None:
-    args = [pg.tool("pg_amcheck", settings.postgres.pg_bin_dir), f"--host={rec.socket_dir}", f"--port={rec.port}",
+def _amcheck(config: PitrConfig, rec, database: str) -> str | None:
+    args = [pg.tool("pg_amcheck", config.postgres.pg_bin_dir), f"--host={rec.socket_dir}", f"--port={rec.port}",
             f"--username={rec.user}", f"--database={database}", "--install-missing", "--no-password"]
-    proc = subprocess.run(args, capture_output=True, text=True, timeout=settings.backups.timeout.seconds)
+    proc = subprocess.run(args, capture_output=True, text=True, timeout=config.backups.timeout.seconds)
     if proc.returncode != 0:
         return (proc.stdout.strip() or proc.stderr.strip())[-1500:] or f"exit {proc.returncode}"
     return None
 
 
-def verify_database(settings, database: str) -> PitrVerification:
+def verify_database(config: PitrConfig, database: str) -> PitrVerification:
     """Verify the WAL chain against the newest local nightly dump of `database`; records the result."""
     start = time.monotonic()
-    result = PitrVerification(settings.pitr.cluster, database, None, TO_END, False, "")
+    result = PitrVerification(config.pitr.cluster, database, None, TO_END, False, "")
     try:
-        store = LocalStore(settings.backups.local_dir)
+        store = LocalStore(config.backups.local_dir)
         backups = read_listing(store.list(database)).backups
         manifest = read_json(store, database, backups[-1].manifest) if backups else None
         if manifest is None:
@@ -124,11 +125,11 @@ def verify_database(settings, database: str) -> PitrVerification:
         lsn = manifest.get("consistent_point_lsn")
         if lsn:
             result.mode, result.target_lsn = EXACT, lsn
-            _wait_archived(settings, wal.parse_lsn(lsn))
+            _wait_archived(config, wal.parse_lsn(lsn))
             target = plan.Target("lsn", wal.parse_lsn(lsn), inclusive=False)
         else:
             target = plan.Target(plan.LATEST)
-        with recovered(settings, target) as rec:
+        with recovered(config, target) as rec:
             result.base_backup, result.replay_lsn = rec.base.stem, rec.replay_lsn
             result.stop_reason, result.last_commit = rec.stop_reason, rec.last_commit
             if result.mode == EXACT:
@@ -145,7 +146,7 @@ def verify_database(settings, database: str) -> PitrVerification:
                     f"replay to {lsn} from base backup {rec.base.stem} differs from dump {result.backup} in "
                     f"{len(bad)} table(s): {', '.join(bad[:10])}")
             else:
-                problem = _amcheck(settings, rec, database)
+                problem = _amcheck(config, rec, database)
                 result.passed = problem is None
                 result.message = (f"the WAL chain from base backup {rec.base.stem} replays without a gap to "
                                   f"{rec.replay_lsn}; pg_amcheck found "
@@ -157,5 +158,5 @@ def verify_database(settings, database: str) -> PitrVerification:
         result.message = f"WAL chain verification of {database} failed: {first_line(e, 2000)}"
     result.duration_s = round(time.monotonic() - start, 3)
     result.checked_at = datetime.now(timezone.utc).isoformat()
-    _record(settings, result)
+    _record(config, result)
     return result

@@ -35,6 +35,7 @@ from homelab_ops.pitr.health import pitr_results
 from homelab_ops.pitr.receive import read_status, slot_state, wal_dir
 from homelab_ops.pitr.recover import restore_at
 from homelab_ops.pitr.verify import EXACT, verify_database
+from homelab_ops.pitr.config import PitrConfig
 from homelab_ops.settings import load
 from tests.pitr_cluster import logical_cluster
 
@@ -62,6 +63,7 @@ class Env:
         }
         self.path = self.write(self.config)
         self.settings = load(self.path)
+        self.pitr = PitrConfig.of(self.settings)  # what the pitr package takes
         self.rx: subprocess.Popen | None = None
 
     def write(self, config, name="homelab.yaml") -> Path:
@@ -161,7 +163,7 @@ def test_restore_one_database_before_and_after_a_delete_and_latest(env):
     writer = Writer(e)
     writer.start()
     started = time.monotonic()
-    bb = base.run_base_backup(e.settings)
+    bb = base.run_base_backup(e.pitr)
     assert bb.manifest["verified_with"] == "pg_verifybackup"
     assert all(n.endswith(".zst.age") for n in bb.files)
 
@@ -200,10 +202,10 @@ def test_restore_one_database_before_and_after_a_delete_and_latest(env):
     assert out.returncode == 0, out.stderr + out.stdout
     assert (rows(e, "shop_before", "orders"), rows(e, "shop_before", "ticks")) == before_delete
 
-    restore_at(e.settings, "shop", "shop_after", t_after.isoformat())
+    restore_at(e.pitr, "shop", "shop_after", t_after.isoformat())
     assert (rows(e, "shop_after", "orders"), rows(e, "shop_after", "ticks")) == after_delete
 
-    restore_at(e.settings, "shop", "shop_latest", "latest")
+    restore_at(e.pitr, "shop", "shop_latest", "latest")
     assert (rows(e, "shop_latest", "orders"), rows(e, "shop_latest", "ticks")) == latest
 
     # never over an existing database
@@ -229,13 +231,13 @@ def test_the_archive_goes_off_site_and_a_new_sd_card_restores_from_it(env, s3_se
     e.sql("postgres", "CREATE DATABASE depot")
     e.sql("depot", "CREATE TABLE parcels (id int PRIMARY KEY, label text NOT NULL)")
     e.sql("depot", "INSERT INTO parcels SELECT g, 'parcel ' || g FROM generate_series(1, 50) g")
-    base.run_base_backup(e.settings)  # a second base backup, for the off-site retention below
+    base.run_base_backup(e.pitr)  # a second base backup, for the off-site retention below
     e.sql("depot", "UPDATE parcels SET label = label || ' (sent)' WHERE id <= 10")
     last = wal.segno_of(wal.parse_lsn(e.sql("postgres", "SELECT pg_current_wal_lsn()::text")[0][0]))
     e.sql("postgres", "SELECT pg_switch_wal()")  # finish the segment holding those writes
     e.caught_up()
     finished = wal.segment_name(1, last)
-    wait_for(lambda: f"{finished}.gz.age" in os.listdir(wal_dir(e.settings)), "the finished segment is encrypted")
+    wait_for(lambda: f"{finished}.gz.age" in os.listdir(wal_dir(e.pitr)), "the finished segment is encrypted")
     # written after the last finished segment: the off-site step finishes that segment (pg_switch_wal)
     e.sql("depot", "INSERT INTO parcels VALUES (999, 'in the unfinished segment')")
     shipped = rows(e, "depot", "parcels")
@@ -268,10 +270,10 @@ def test_the_archive_goes_off_site_and_a_new_sd_card_restores_from_it(env, s3_se
     assert f"pi/_wal/main/{finished}.gz.age" in wal_keys
     assert all(k.endswith(".age") for k in wal_keys), "a plain WAL segment went off-site"
     assert not any(".partial" in k for k in keys)
-    bases = base.list_base_backups(e.settings)
+    bases = base.list_base_backups(e.pitr)
     assert {f"pi/_base/main/{b.stem}.manifest.json" for b in bases} <= set(keys)
     body = client.get_object(Bucket=bucket, Key=f"pi/_wal/main/{finished}.gz.age")["Body"].read()
-    assert body == (wal_dir(e.settings) / f"{finished}.gz.age").read_bytes()
+    assert body == (wal_dir(e.pitr) / f"{finished}.gz.age").read_bytes()
     e.sql("depot", "INSERT INTO parcels VALUES (1000, 'after the last copy')")  # on the Pi's disk only
 
     # a new SD card: nothing local but the settings and the age key; `--from auto` finds the copy
@@ -354,16 +356,16 @@ def test_offsite_pitr_killed_mid_upload_resumes_and_loses_nothing(env, s3_server
         assert out.returncode == 0 and "nas: copied" in out.stdout, out.stderr + out.stdout
 
     keys = objects(client, bucket)
-    bases = base.list_base_backups(e.settings)
+    bases = base.list_base_backups(e.pitr)
     assert bases and manifests_then == set()  # the set being copied was never listed as complete
     for b in bases:
         for name in (*b.files, b.stem + ".manifest.json"):
             key = f"pi/_base/main/{name}"
             assert key in keys, key
-            local = (base.base_dir(e.settings) / name).read_bytes()
+            local = (base.base_dir(e.pitr) / name).read_bytes()
             body = client.get_object(Bucket=bucket, Key=key)["Body"].read()
             assert hashlib.sha256(body).digest() == hashlib.sha256(local).digest(), key
-    finished = wal.read_archive(os.listdir(wal_dir(e.settings))).segments.values()
+    finished = wal.read_archive(os.listdir(wal_dir(e.pitr))).segments.values()
     assert {f"pi/_wal/main/{f.file}" for f in finished if f.encrypted} <= set(keys)
     assert not client.list_multipart_uploads(Bucket=bucket).get("Uploads"), "a multipart upload was left open"
 
@@ -401,7 +403,7 @@ def _busy_dump(e: Env, db: str):
 
 def test_exact_nightly_verification_passes_on_a_busy_database(env):
     e = env
-    base.run_base_backup(e.settings)
+    base.run_base_backup(e.pitr)
     result, inserted = _busy_dump(e, "busy")
     m = result.manifest
     assert m["snapshot_source"] == "logical_slot" and m["consistent_point_lsn"]
@@ -409,12 +411,12 @@ def test_exact_nightly_verification_passes_on_a_busy_database(env):
     final = e.sql("busy", "SELECT count(*) FROM events")[0][0]
     assert 20000 < counted < final  # the writer inserted before, during and after the dump
 
-    v = verify_database(e.settings, "busy")
+    v = verify_database(e.pitr, "busy")
     assert v.passed, v.message
     assert v.mode == EXACT and v.target_lsn == m["consistent_point_lsn"]
     assert {t["table"] for t in v.tables} == {"public.events", "public.config"}
     assert all(t["checksum_match"] and t["expected_rows"] == t["restored_rows"] for t in v.tables)
-    assert any(r.name == "pitr_verified:main" and r.state == OK for r in pitr_results(e.settings))
+    assert any(r.name == "pitr_verified:main" and r.state == OK for r in pitr_results(e.pitr))
 
 
 def _copy_settings(e: Env, name: str):
@@ -422,12 +424,12 @@ def _copy_settings(e: Env, name: str):
     dest = e.tmp / name
     shutil.copytree(e.tmp / "backups", dest, ignore=shutil.ignore_patterns(".pitr-restore-*"))
     cfg = {**e.config, "backups": {**e.config["backups"], "local_dir": str(dest)}}
-    return load(e.write(cfg, f"{name}.yaml")), dest / "_wal" / "main"
+    return PitrConfig.of(load(e.write(cfg, f"{name}.yaml"))), dest / "_wal" / "main"
 
 
 def test_verification_fails_naming_a_removed_or_corrupted_segment(env):
     e = env
-    bb = base.run_base_backup(e.settings)
+    bb = base.run_base_backup(e.pitr)
     for i in range(3):
         e.sql("postgres", f"CREATE TABLE IF NOT EXISTS filler{i} AS SELECT g FROM generate_series(1, 1000) g")
         e.sql("postgres", "SELECT pg_switch_wal()")
@@ -438,7 +440,7 @@ def test_verification_fails_naming_a_removed_or_corrupted_segment(env):
     assert victim_no < wal.segno_of(cp)
     victim = wal.segment_name(bb.timeline, victim_no)
     # flushed is not yet encrypted: the receiver age-encrypts finished segments each status interval
-    wait_for(lambda: all(f"{wal.segment_name(bb.timeline, n)}.gz.age" in os.listdir(wal_dir(e.settings))
+    wait_for(lambda: all(f"{wal.segment_name(bb.timeline, n)}.gz.age" in os.listdir(wal_dir(e.pitr))
                          for n in range(victim_no, wal.segno_of(cp))),
              "the segments to the consistent point are encrypted")
 
@@ -457,7 +459,7 @@ def test_verification_fails_naming_a_removed_or_corrupted_segment(env):
     assert any(r.name == "pitr_verified:main" and r.state == FAIL for r in pitr_results(corrupt))
 
     # the real archive still verifies
-    assert verify_database(e.settings, "busy2").passed
+    assert verify_database(e.pitr, "busy2").passed
 
 
 def rpo_observation(e: Env) -> dict:
@@ -477,8 +479,8 @@ def rpo_observation(e: Env) -> dict:
 def test_killing_the_receiver_fails_the_check_and_a_restart_resumes_without_gap(env):
     e = env
     e.caught_up()
-    wait_for(lambda: {r.name: r.state for r in pitr_results(e.settings)}["pitr_lag:main"] == OK, "lag is ok")
-    first = min(s for (_, s) in wal.read_archive(os.listdir(wal_dir(e.settings))).segments)
+    wait_for(lambda: {r.name: r.state for r in pitr_results(e.pitr)}["pitr_lag:main"] == OK, "lag is ok")
+    first = min(s for (_, s) in wal.read_archive(os.listdir(wal_dir(e.pitr))).segments)
 
     e.rx.kill()  # SIGKILL: no clean shutdown; pg_receivewal follows through PR_SET_PDEATHSIG
     e.rx.wait()
@@ -487,12 +489,12 @@ def test_killing_the_receiver_fails_the_check_and_a_restart_resumes_without_gap(
     e.sql("shop", "INSERT INTO orders VALUES (5000, 'while the receiver was down')")
     e.sql("postgres", "SELECT pg_switch_wal()")
     e.sql("shop", "INSERT INTO orders VALUES (5001, 'still down')")
-    checks = {r.name: r for r in pitr_results(e.settings)}
+    checks = {r.name: r for r in pitr_results(e.pitr)}
     assert checks["pitr_receiver:main"].state == FAIL
-    wait_for(lambda: {r.name: r.state for r in pitr_results(e.settings)}["pitr_lag:main"] == FAIL,
+    wait_for(lambda: {r.name: r.state for r in pitr_results(e.pitr)}["pitr_lag:main"] == FAIL,
              "the lag check fails")
     failed_after = time.monotonic() - killed
-    lag = {r.name: r for r in pitr_results(e.settings)}["pitr_lag:main"]
+    lag = {r.name: r for r in pitr_results(e.pitr)}["pitr_lag:main"]
     assert "not connected" in lag.reason and "pitr.max_lag" in lag.reason
     assert failed_after >= e.settings.pitr.max_lag.seconds - 2  # not before max_lag: a short blip is no alert
     prom = (e.tmp / "textfile" / "homelab_pitr.prom").read_text()
@@ -502,13 +504,13 @@ def test_killing_the_receiver_fails_the_check_and_a_restart_resumes_without_gap(
 
     e.start_receiver()
     e.caught_up()
-    wait_for(lambda: {r.name: r.state for r in pitr_results(e.settings)}["pitr_lag:main"] == OK, "lag recovers")
+    wait_for(lambda: {r.name: r.state for r in pitr_results(e.pitr)}["pitr_lag:main"] == OK, "lag recovers")
     rpo = rpo_observation(e)
     assert rpo["pitr_lag"].startswith("ok") and 0 <= rpo["rpo_seconds"] < e.settings.pitr.max_lag.seconds
-    archive = wal.read_archive(os.listdir(wal_dir(e.settings)))
+    archive = wal.read_archive(os.listdir(wal_dir(e.pitr)))
     current = wal.parse_lsn(e.sql("postgres", "SELECT pg_current_wal_lsn()::text")[0][0])
     assert wal.find_gaps(archive, first * wal.DEFAULT_SEGMENT_SIZE, current, 1) == []
-    restore_at(e.settings, "shop", "shop_resumed", "latest")
+    restore_at(e.pitr, "shop", "shop_resumed", "latest")
     ids = {r[0] for r in rows(e, "shop_resumed", "orders")}
     assert {5000, 5001} <= ids
 
@@ -565,7 +567,7 @@ def test_without_logical_wal_the_chain_is_replayed_to_its_end_and_said_not_exact
         try:
             e.sql("postgres", "CREATE DATABASE shop")
             e.sql("shop", "CREATE TABLE orders (id int PRIMARY KEY, item text)")
-            bb = base.run_base_backup(e.settings)
+            bb = base.run_base_backup(e.pitr)
             e.sql("shop", "INSERT INTO orders SELECT g, 'x' FROM generate_series(1, 500) g")
             e.sql("postgres", "SELECT pg_switch_wal()")
             result = run_backup(e.settings, "shop")
@@ -573,15 +575,15 @@ def test_without_logical_wal_the_chain_is_replayed_to_its_end_and_said_not_exact
             assert "consistent_point_lsn" not in result.manifest
             e.sql("shop", "INSERT INTO orders VALUES (501, 'after')")
             e.caught_up()
-            v = verify_database(e.settings, "shop")
+            v = verify_database(e.pitr, "shop")
             assert v.passed and v.mode == "replay-to-end", v.message
             assert "not an exact comparison" in v.message and "wal_level = 'logical'" in v.message
             assert "pg_amcheck found nothing wrong" in v.message
             # a gap after the base backup is still found, and named
             name = wal.segment_name(1, wal.segno_of(bb.end_lsn) + 1)
-            victim = next(p for p in wal_dir(e.settings).iterdir() if p.name.startswith(name + "."))
+            victim = next(p for p in wal_dir(e.pitr).iterdir() if p.name.startswith(name + "."))
             victim.rename(tmp_path / "moved-away")
-            v = verify_database(e.settings, "shop")
+            v = verify_database(e.pitr, "shop")
             assert not v.passed and name in v.message
         finally:
             e.rx.send_signal(signal.SIGTERM)
@@ -629,7 +631,7 @@ def test_a_pg_restore_that_stops_early_is_reported_not_waited_on(env):
     """pg_restore dying at its first byte (a full disk, a role it cannot create) must end the restore with
     its own error, not leave pg_dump blocked on a full pipe for ever; the half-made database is dropped."""
     e = env
-    base.run_base_backup(e.settings)
+    base.run_base_backup(e.pitr)
     e.sql("postgres", "CREATE DATABASE bulky")
     e.sql("bulky", "CREATE TABLE blobs AS SELECT g AS id, md5(g::text) || repeat('x', 500) AS body "
                    "FROM generate_series(1, 20000) g")  # ~10 MB: far more than a pipe holds

@@ -34,7 +34,7 @@ def base_backup_asset(cluster: str) -> dg.AssetsDefinition:
         from homelab_ops.pitr.base import BaseBackupError, run_base_backup
         from homelab_ops.pitr.retention import prune
 
-        s = homelab.settings
+        s = homelab.pitr
         try:
             b = run_base_backup(s)
         except BaseBackupError as e:
@@ -94,7 +94,7 @@ def offsite_asset(cluster: str, targets: str) -> dg.AssetsDefinition:
     def _offsite(context: dg.AssetExecutionContext, homelab: HomelabSettings) -> dg.MaterializeResult:
         from homelab_ops.pitr import offsite
 
-        s = homelab.settings
+        s = homelab.pitr
         switched = offsite.finish_segment(s)
         context.log.info(switched)
         states = offsite.sync(s)
@@ -147,7 +147,7 @@ def verification_asset(cluster: str, databases: list[str]) -> dg.AssetsDefinitio
     def _verify(context: dg.AssetExecutionContext, homelab: HomelabSettings) -> dg.MaterializeResult:
         from homelab_ops.pitr.verify import verify_database
 
-        s = homelab.settings
+        s = homelab.pitr
         results = [verify_database(s, db) for db in databases]
         for r in results:
             (context.log.info if r.passed else context.log.error)(f"{r.database}: {r.message}")
@@ -173,7 +173,7 @@ def rpo_sensor(cluster: str) -> dg.SensorDefinition:
     def _rpo(context: dg.SensorEvaluationContext, homelab: HomelabSettings):
         from homelab_ops.pitr.health import pitr_judgement
 
-        results, seconds = pitr_judgement(homelab.settings, datetime.now(timezone.utc))  # one look at the server
+        results, seconds = pitr_judgement(homelab.pitr, datetime.now(timezone.utc))  # one look at the server
         meta = {r.name.split(":")[0]: dg.MetadataValue.text(f"{r.state}: {r.reason}") for r in results}
         meta["rpo_seconds"] = dg.MetadataValue.float(-1.0 if seconds is None else round(seconds, 1))
         return dg.SensorResult(asset_events=[dg.AssetObservation(asset_key=base_key(cluster), metadata=meta)])
