@@ -18,7 +18,8 @@ from pathlib import Path
 
 from homelab_ops.docker_host import connect
 from homelab_ops.errors import first_line
-from homelab_ops.settings import Settings, SettingsError, load
+from homelab_ops.settings import (BackupSettings, CredentialsSettings, MetricsSettings, NotifySettings,
+                                  PostgresSettings, Settings, SettingsError, load)
 
 TIMEOUT = 5  # seconds per network call: a check that hangs is a failed check
 SECRET_ENV = ("TELEGRAM_BOT_TOKEN", "AWS_SECRET_ACCESS_KEY", "AWS_SESSION_TOKEN", "HOMELAB_MASTER_KEY",
@@ -94,16 +95,16 @@ def check_database(name: str, dsn: str, key: str, *, missing_is_ok: bool = False
     return ok(name, f"connected to {db} (PostgreSQL {version.split()[0]})")
 
 
-def check_backed_up_databases(settings: Settings) -> Check:
+def check_backed_up_databases(postgres: PostgresSettings) -> Check:
     """Each listed database exists: a typo in postgres.databases otherwise fails at 03:00."""
     import psycopg
 
     name = "postgres databases"
-    wanted = settings.postgres.databases
+    wanted = postgres.databases
     if wanted == "all":
         return skip(name, "postgres.databases is `all`: every database is backed up")
     try:
-        with psycopg.connect(settings.postgres.dsn.get_secret_value(), connect_timeout=TIMEOUT) as conn:
+        with psycopg.connect(postgres.dsn.get_secret_value(), connect_timeout=TIMEOUT) as conn:
             present = {r[0] for r in conn.execute("SELECT datname FROM pg_database")}
     except psycopg.Error as e:
         return fail(name, f"cannot list databases: {_short(e)}", _pg_fix(e, "postgres.dsn"))
@@ -114,7 +115,7 @@ def check_backed_up_databases(settings: Settings) -> Check:
     return ok(name, f"{', '.join(wanted)} present")
 
 
-def check_pg_dump(settings: Settings) -> Check:
+def check_pg_dump(postgres: PostgresSettings) -> Check:
     """pg_dump must be at least the server's major version, or every backup fails."""
     import subprocess
 
@@ -124,14 +125,14 @@ def check_pg_dump(settings: Settings) -> Check:
 
     name = "pg_dump"
     try:
-        path = pg.tool("pg_dump", settings.postgres.pg_bin_dir)
+        path = pg.tool("pg_dump", postgres.pg_bin_dir)
         out = subprocess.run([path, "--version"], capture_output=True, text=True, timeout=TIMEOUT).stdout
     except (pg.SourceError, OSError, subprocess.SubprocessError) as e:
         return fail(name, _short(e), "install the PostgreSQL client tools or set postgres.pg_bin_dir")
     m = re.search(r"(\d+)(?:\.\d+)?", out)
     client = int(m.group(1)) if m else 0
     try:
-        with psycopg.connect(settings.postgres.dsn.get_secret_value(), connect_timeout=TIMEOUT) as conn:
+        with psycopg.connect(postgres.dsn.get_secret_value(), connect_timeout=TIMEOUT) as conn:
             server = conn.info.server_version // 10000
     except psycopg.Error:
         return ok(name, f"{path} ({out.strip()}); server version unknown (see postgres admin)")
@@ -154,9 +155,9 @@ def check_source(config) -> Check:
 
 # --- Files, S3, Docker, Telegram --------------------------------------------------------------
 
-def check_backup_dir(settings: Settings) -> Check:
+def check_backup_dir(backups: BackupSettings) -> Check:
     name = "backup folder"
-    folder = Path(settings.backups.local_dir)
+    folder = Path(backups.local_dir)
     try:
         folder.mkdir(parents=True, exist_ok=True)
         with tempfile.NamedTemporaryFile(dir=folder, prefix=".doctor-"):
@@ -203,12 +204,12 @@ def check_s3(target) -> Check:
     return ok(name, f"{target.uri_base}: put and delete work")
 
 
-def check_docker(settings: Settings) -> Check:
+def check_docker(host: str) -> Check:
+    """The Engine at `docker.host` answers."""
     import docker
     import docker.errors
 
     name = "docker"
-    host = settings.docker.host
     try:
         client = connect(host, TIMEOUT)
         try:
@@ -232,21 +233,20 @@ def _is_pi(sys_root: str) -> bool:
     return False
 
 
-def check_throttling(settings: Settings) -> Check:
+def check_throttling(metrics: MetricsSettings) -> Check:
     """On a Pi, the firmware's throttling word must be readable: sysfs, or vcgencmd with /dev/vcio.
     The same reading as host_metrics' (metrics.collect.read_throttling), judged for the owner."""
     from datetime import datetime, timezone
 
     from homelab_ops.metrics.collect import Snapshot, read_throttling
     name = "pi throttling"
-    ms = settings.metrics
-    if not _is_pi(ms.sys_root):
-        return skip(name, f"not a Raspberry Pi ({ms.sys_root}/firmware/devicetree/base/model)")
+    if not _is_pi(metrics.sys_root):
+        return skip(name, f"not a Raspberry Pi ({metrics.sys_root}/firmware/devicetree/base/model)")
     snap = Snapshot(taken_at=datetime.now(timezone.utc))
-    source = read_throttling(snap, ms.sys_root, ms.vcgencmd)
+    source = read_throttling(snap, metrics.sys_root, metrics.vcgencmd)
     if source is not None:
         return ok(name, f"{source}: word {int(snap.value('homelab_pi_throttled_word') or 0):#x}")
-    sysfs = snap.absent.get("get_throttled") or f"no get_throttled under {ms.sys_root}/devices/platform"
+    sysfs = snap.absent.get("get_throttled") or f"no get_throttled under {metrics.sys_root}/devices/platform"
     return fail(name, f"{sysfs}; {snap.absent.get('vcgencmd', 'vcgencmd failed')}",
                 "mount the host's /sys read-only and set metrics.sys_root to it (deploy/docker-compose.yml: "
                 "/sys:/host/sys:ro, metrics.sys_root: /host/sys), or give the container the host's vcgencmd "
@@ -326,7 +326,7 @@ def telegram_token(settings: Settings, env: dict[str, str]) -> str | None:
     return bot_token(settings, env.get(TOKEN_ENV))
 
 
-def check_telegram(settings: Settings, env: dict[str, str], token: str | None) -> Check:
+def check_telegram(notify: NotifySettings, env: dict[str, str], token: str | None) -> Check:
     """getMe through the same client the alerts use: what fails here fails for them."""
     from homelab_ops.notify.http import Retry
     from homelab_ops.notify.telegram import TelegramBot
@@ -335,8 +335,8 @@ def check_telegram(settings: Settings, env: dict[str, str], token: str | None) -
     if not token:
         return skip(name, "no bot token configured (notify.telegram.bot_token, bot_token_credential "
                           "or TELEGRAM_BOT_TOKEN): alerts go nowhere")
-    base = settings.notify.telegram.api_base.rstrip("/")
-    cred = settings.notify.telegram.bot_token_credential
+    base = notify.telegram.api_base.rstrip("/")
+    cred = notify.telegram.bot_token_credential
     fix = "copy the token from @BotFather (/mybots -> API Token) " + (
         f"into the credential: homelab-ops creds set {cred}" if cred
         else "into TELEGRAM_BOT_TOKEN (or notify.telegram.bot_token), then restart")
@@ -353,9 +353,9 @@ def check_telegram(settings: Settings, env: dict[str, str], token: str | None) -
     return ok(name, f"bot @{(resp.body or {}).get('result', {}).get('username', '?')} accepted the token")
 
 
-def check_key_file(settings: Settings, env: dict[str, str]) -> Check:
+def check_key_file(credentials: CredentialsSettings, env: dict[str, str]) -> Check:
     name = "master key file"
-    path = Path(settings.credentials.key_file)
+    path = Path(credentials.key_file)
     try:
         st = path.stat()
     except FileNotFoundError:
@@ -376,12 +376,12 @@ def check_key_file(settings: Settings, env: dict[str, str]) -> Check:
     return ok(name, f"{path} mode 0600, owned by uid {st.st_uid}")
 
 
-def check_env_template(settings: Settings) -> Check:
+def check_env_template(credentials: CredentialsSettings) -> Check:
     """The template the nightly rotation renders: after an upgrade to the Jinja2 form, here first."""
     from homelab_ops.credentials.envfile import FORM, checked_template
     from homelab_ops.credentials.errors import CredentialError
 
-    name, path = "env template", settings.credentials.env_template
+    name, path = "env template", credentials.env_template
     try:
         named = sorted({credential for credential, _ in checked_template(path)[1]})
     except CredentialError as e:
@@ -398,25 +398,25 @@ def _checks(settings: Settings, env: dict[str, str], token: str | None) -> Itera
                                                    "state.dsn", missing_is_ok=True)
     yield "postgres admin", lambda: check_database("postgres admin", settings.postgres.dsn.get_secret_value(),
                                                    "postgres.dsn")
-    yield "postgres databases", lambda: check_backed_up_databases(settings)
-    yield "pg_dump", lambda: check_pg_dump(settings)
+    yield "postgres databases", lambda: check_backed_up_databases(settings.postgres)
+    yield "pg_dump", lambda: check_pg_dump(settings.postgres)
     if settings.n8n is not None:
         yield "n8n database", lambda: check_database("n8n database", settings.n8n.dsn.get_secret_value(), "n8n.dsn")
     for source in settings.backups.sources:
         yield f"source {source.name}", lambda source=source: check_source(source)
-    yield "backup folder", lambda: check_backup_dir(settings)
+    yield "backup folder", lambda: check_backup_dir(settings.backups)
     if not settings.backups.s3:
         yield "s3", lambda: skip("s3", "no off-site target (backups.s3): backups stay on this host only")
     for target in settings.backups.s3:
         yield f"s3 {target.label}", lambda target=target: check_s3(target)
-    yield "docker", lambda: check_docker(settings)
-    yield "pi throttling", lambda: check_throttling(settings)
+    yield "docker", lambda: check_docker(settings.docker.host)
+    yield "pi throttling", lambda: check_throttling(settings.metrics)
     yield "fstrim", lambda: check_fstrim(settings)
     yield "container logs", lambda: check_container_logs(settings)
-    yield "telegram", lambda: check_telegram(settings, env, token)
-    yield "master key file", lambda: check_key_file(settings, env)
+    yield "telegram", lambda: check_telegram(settings.notify, env, token)
+    yield "master key file", lambda: check_key_file(settings.credentials, env)
     if settings.credentials.env_template:
-        yield "env template", lambda: check_env_template(settings)
+        yield "env template", lambda: check_env_template(settings.credentials)
     from homelab_ops.pitr.config import PitrConfig
     from homelab_ops.pitr.doctor import checks as pitr_checks
 

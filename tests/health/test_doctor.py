@@ -184,12 +184,12 @@ def test_pi_throttling_is_read_from_the_firmware_sysfs_file_or_doctor_fails_with
     (sys_root / "firmware/devicetree/base").mkdir(parents=True)
     (sys_root / "firmware/devicetree/base/model").write_text("Raspberry Pi 5 Model B Rev 1.0\x00")
     settings = Settings.model_validate({"metrics": {"sys_root": str(sys_root), "vcgencmd": "no-such-vcgencmd"}})
-    missing = check_throttling(settings)
+    missing = check_throttling(settings.metrics)
     assert missing.failed and "/sys:/host/sys:ro" in missing.fix
     fw = sys_root / "devices/platform/soc@107c000000/soc@107c000000:firmware"
     fw.mkdir(parents=True)
     (fw / "get_throttled").write_text("50005\n")  # drivers/firmware/raspberrypi.c prints "%x\n"
-    found = check_throttling(settings)
+    found = check_throttling(settings.metrics)
     assert not found.failed and found.detail.endswith("get_throttled: word 0x50005"), found
     from datetime import datetime, timezone
     snap = Snapshot(taken_at=datetime.now(timezone.utc))
