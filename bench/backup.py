@@ -30,6 +30,7 @@ from pathlib import Path
 import psycopg
 import yaml
 from psycopg import sql
+from homelab_ops.backups.config import BackupsConfig
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
@@ -90,7 +91,7 @@ def child(config: str, database: str, reference_first: bool = False) -> None:
 
     settings = load(config)
     t0 = time.perf_counter()
-    result = run_backup(settings, database)
+    result = run_backup(BackupsConfig.of(settings), database)
     out = {"backup_s": time.perf_counter() - t0}
     if settings.backups.s3:
         def ours() -> None:

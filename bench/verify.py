@@ -33,6 +33,7 @@ from pathlib import Path
 
 import psycopg
 from psycopg import sql
+from homelab_ops.backups.config import BackupsConfig
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
@@ -113,13 +114,13 @@ def bench_verify(size_mb: int, keep: bool) -> None:
             size = generate(name, size_mb)
             print(f"database {name}: {size / 1e6:.0f} MB generated in {time.perf_counter() - t0:.1f} s")
             t0 = time.perf_counter()
-            backup = run_backup(settings, name)
+            backup = run_backup(BackupsConfig.of(settings), name)
             print(f"backup: {backup.manifest['size'] / 1e6:.0f} MB dump, {backup.manifest['row_count']} rows "
                   f"in {backup.manifest['table_count']} tables, {time.perf_counter() - t0:.1f} s")
             base = baseline(backup.path)
             print(f"baseline  zstd -dc | pg_restore into a fresh database: {base:6.1f} s")
             t0 = time.perf_counter()
-            result = verify_backup(settings, name)
+            result = verify_backup(BackupsConfig.of(settings), name)
             took = time.perf_counter() - t0
             print(f"verification (sha256, restore, count + checksum, drop):  {took:6.1f} s   "
                   f"outcome {result.outcome}")
@@ -163,7 +164,7 @@ def bench_retention(n: int) -> None:
             store.client.meta.events.register("before-send.s3",
                                               lambda event_name, **kw: calls.update([event_name.split(".")[-1]]))
             t0 = time.perf_counter()
-            result = prune_database(settings, "bench", stores=[store])
+            result = prune_database(BackupsConfig.of(settings), "bench", stores=[store])
             took = time.perf_counter() - t0
             plan = result.plans[0]
             deleted = len(plan.delete_names)
@@ -204,22 +205,22 @@ def bench_n8n(n8n_bin: str, rounds: int, workflows: int) -> None:
             with psycopg.connect(pg.database_dsn(ADMIN, demo)) as conn:
                 wfs = [{**{k: w[k] for k in ("id", "name", "nodes", "connections", "settings", "versionId")},
                         "active": False} for w in export_workflows(conn)]
-            cli = N8nCli(settings, database=name, key="bench-key")
+            cli = N8nCli(BackupsConfig.of(settings), database=name, key="bench-key")
             cli.export_workflows()  # n8n's migrations
             cli.import_credentials([{"id": f"cred{i:012d}", "name": f"API key {i}", "type": "httpHeaderAuth",
                                      "data": {"name": "X-Api-Key", "value": f"v{i}"}} for i in range(8)])
             cli.import_workflows_dir({f"{w['id']}.json": json.dumps(w).encode() for w in wfs})
-            backup = run_backup(settings, name)
-            save_extras(settings, name, backup.stem)
+            backup = run_backup(BackupsConfig.of(settings), name)
+            save_extras(BackupsConfig.of(settings), name, backup.stem)
             print(f"\nn8n {cli.version} instance: {len(wfs)} workflows, 8 credentials, "
                   f"{backup.manifest['size'] / 1e6:.1f} MB dump")
             manifest, with_n8n = [], []
             for _ in range(rounds):
                 t0 = time.perf_counter()
-                assert verify_backup(settings, name).passed
+                assert verify_backup(BackupsConfig.of(settings), name).passed
                 manifest.append(time.perf_counter() - t0)
                 t0 = time.perf_counter()
-                r = verify_with_n8n(settings, name)
+                r = verify_with_n8n(BackupsConfig.of(settings), name)
                 with_n8n.append(time.perf_counter() - t0)
                 assert r.passed, r.message
             m, n = statistics.median(manifest), statistics.median(with_n8n)

@@ -30,6 +30,8 @@ import psycopg
 import pyrage
 import yaml
 
+from homelab_ops.backups.config import BackupsConfig
+
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
@@ -119,7 +121,7 @@ def main(out_dir: Path) -> None:
                 raise SystemExit(f"the restore does not match the state at {at}: {restored} vs {before}")
             print("-- the nightly dump (what backups/homelab_demo_n8n does), then the nightly exact check --",
                   flush=True)
-            dump = run_backup(load(config), DB)
+            dump = run_backup(BackupsConfig.of(load(config)), DB)
             print(f"dump {dump.stem}: snapshot at WAL {dump.manifest.get('consistent_point_lsn')}", flush=True)
             run(config, "pitr", "verify", DB)
             run(config, "pitr", "status")

@@ -25,6 +25,7 @@ from contextlib import contextmanager
 from dataclasses import dataclass
 from datetime import datetime, timezone
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import psycopg
 import pyrage
@@ -32,11 +33,15 @@ import zstandard
 
 from homelab_ops import units
 from homelab_ops.backups import postgresql as pg
+from homelab_ops.backups.config import BackupsConfig
 from homelab_ops.backups.catalog import GLOBALS, MANIFEST_SUFFIX, dump_suffix, read_listing, stem_for
 from homelab_ops.backups.stores import CHUNK, LocalStore
 from homelab_ops.files import PARTIAL_SUFFIX, free_space, fsync_dir
 from homelab_ops.pitr.snapshot import dump_snapshot
 from homelab_ops.state import connect
+
+if TYPE_CHECKING:  # the settings are made of the backup sources' models
+    from homelab_ops.settings import BackupSettings
 
 MANIFEST_FORMAT = 1
 FREE_SPACE_HEADROOM = 1.25  # a backup may grow this much since the newest one before the dump is refused
@@ -223,7 +228,7 @@ def _lock_key(database: str) -> int:
 class _Pending:
     """A backup being written: its names, and the way back when any step fails."""
 
-    settings: object
+    backups: BackupSettings
     database: str
     stem: str
     started: datetime
@@ -238,7 +243,7 @@ class _Pending:
         return self.final.with_name(self.stem + MANIFEST_SUFFIX)
 
     def stream(self, proc, what: str, *, tap: Path | None = None) -> tuple[str, int]:
-        b = self.settings.backups
+        b = self.backups
         with _writing(self.database, self.partial, self.abandon):
             return stream_to_file(proc, self.partial, level=b.zstd_level, recipients=b.encryption.age_recipients,
                                   timeout=b.timeout.seconds, what=what, tap=tap)
@@ -252,7 +257,7 @@ class _Pending:
         """Rename the dump into place, then write its manifest: the backup is complete."""
         os.replace(self.partial, self.final)
         fsync_dir(self.final.parent)
-        b = self.settings.backups
+        b = self.backups
         enc = b.encryption.age_recipients
         manifest = {
             "format": MANIFEST_FORMAT,
@@ -273,23 +278,23 @@ class _Pending:
         return BackupResult(self.database, self.stem, self.final, manifest)
 
 
-def prepare(settings, database: str, *, globals_only: bool = False) -> _Pending:
+def prepare(config: BackupsConfig, database: str, *, globals_only: bool = False) -> _Pending:
     """A new backup of the folder `database`: free space checked, a stem of its own; every source's
     backup streams through it (`stream`), then `commit`s its manifest fields or `abandon`s."""
-    local = LocalStore(settings.backups.local_dir)
+    local = LocalStore(config.backups.local_dir)
     local.folder(database).mkdir(parents=True, exist_ok=True)
     check_free_space(local, database)
     stem, started = _new_stem(local, database)
-    name = stem + dump_suffix(encrypted=bool(settings.backups.encryption.age_recipients), globals_only=globals_only)
-    return _Pending(settings, database, stem, started, local.path(database, name))
+    name = stem + dump_suffix(encrypted=bool(config.backups.encryption.age_recipients), globals_only=globals_only)
+    return _Pending(config.backups, database, stem, started, local.path(database, name))
 
 
-def run_backup(settings, database: str, *, manifest_extra: dict | None = None) -> BackupResult:
+def run_backup(config: BackupsConfig, database: str, *, manifest_extra: dict | None = None) -> BackupResult:
     """Back up one database to the local folder (the off-site copies follow from the finished file).
     `manifest_extra`: fields the manifest records besides the dump's (n8n's key fingerprint)."""
-    admin = settings.postgres.dsn.get_secret_value()
-    bin_dir = settings.postgres.pg_bin_dir
-    timeout = settings.backups.timeout.seconds
+    admin = config.postgres.dsn.get_secret_value()
+    bin_dir = config.postgres.pg_bin_dir
+    timeout = config.backups.timeout.seconds
     pg_dump = pg.tool("pg_dump", bin_dir)
     if not pg.database_exists(admin, database):
         raise BackupError(f"database {database!r} does not exist on the server in postgres.dsn: "
@@ -297,7 +302,7 @@ def run_backup(settings, database: str, *, manifest_extra: dict | None = None) -
     with connect(admin, autocommit=True) as lock_conn:
         if not lock_conn.execute("SELECT pg_try_advisory_lock(%s)", (_lock_key(database),)).fetchone()[0]:
             raise BackupError(f"another backup of {database!r} is running; two backups of one database never run at once")
-        pending = prepare(settings, database)
+        pending = prepare(config, database)
         try:
             with connect(pg.database_dsn(admin, database)) as src, contextlib.ExitStack() as held:
                 src.isolation_level = psycopg.IsolationLevel.REPEATABLE_READ
@@ -347,12 +352,12 @@ def run_backup(settings, database: str, *, manifest_extra: dict | None = None) -
             raise
 
 
-def run_globals_backup(settings) -> BackupResult:
+def run_globals_backup(config: BackupsConfig) -> BackupResult:
     """`pg_dumpall --globals-only`: the roles a restore on a new server needs first."""
-    admin = settings.postgres.dsn.get_secret_value()
-    pending = prepare(settings, GLOBALS, globals_only=True)
+    admin = config.postgres.dsn.get_secret_value()
+    pending = prepare(config, GLOBALS, globals_only=True)
     try:
-        proc = pg.start_dumpall_globals(admin, settings.postgres.pg_bin_dir)
+        proc = pg.start_dumpall_globals(admin, config.postgres.pg_bin_dir)
         sha, size = pending.stream(proc, "pg_dumpall --globals-only")
         with connect(admin) as conn:
             server_version = pg.server_version(conn)

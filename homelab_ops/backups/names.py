@@ -17,6 +17,8 @@ import re
 from collections import defaultdict
 from collections.abc import Callable, Iterable
 
+from homelab_ops.backups.config import BackupsConfig
+
 # Names PostgreSQL allows that can be a folder and an asset key: no `/`, no leading `.`, 63 bytes.
 DATABASE_NAME = re.compile(r"[A-Za-z0-9_][A-Za-z0-9_.-]{0,62}")
 
@@ -116,7 +118,7 @@ def usable_databases(names: Iterable[str], *, explicit: bool, warn: Callable[[st
     return [n for n in names if n not in problems]
 
 
-def require_known_database(settings, database: str, *, any_name: bool = False) -> str:
+def require_known_database(config: BackupsConfig, database: str, *, any_name: bool = False) -> str:
     """The CLI's DATABASE argument: a database name (never a path such as `../other`) that is
     configured, has a folder in `backups.local_dir` or is a reserved folder; with `any_name` (a restore
     from S3 onto a new machine) any database name. Anything else is refused, naming what exists."""
@@ -128,12 +130,12 @@ def require_known_database(settings, database: str, *, any_name: bool = False) -
     from homelab_ops.backups.sources import backed_up
     from homelab_ops.backups.stores import LocalStore
 
-    configured = backed_up(settings)  # with the server down, the folders with backups
+    configured = backed_up(config)  # with the server down, the folders with backups
     # PITR's folders and asset name are not databases: `backups restore --at` reads the archive.
-    known = sorted({*configured, *LocalStore(settings.backups.local_dir).databases(), *reserved()}
+    known = sorted({*configured, *LocalStore(config.backups.local_dir).databases(), *reserved()}
                    - {*PITR_FOLDERS, PITR_OFFSITE})
     if database not in known:
         raise DatabaseNameError(f"{database!r} is not a database homelab-ops knows (not in postgres.databases "
                                 f"nor backups.sources, "
-                                f"no folder in {settings.backups.local_dir}); known: {', '.join(known) or 'none'}")
+                                f"no folder in {config.backups.local_dir}); known: {', '.join(known) or 'none'}")
     return database

@@ -24,6 +24,7 @@ from homelab_ops.backups.catalog import GLOBALS, STAMP_FORMAT, Backup, Listing, 
 from homelab_ops.backups.retention import RetentionError, RetentionPolicy, apply_policy
 from homelab_ops.backups.stores import S3Store, Store, StoreError, s3_errors, stores_for
 from homelab_ops.backups.verify import newest_failed, newest_restored, recorded_outcomes
+from homelab_ops.backups.config import BackupsConfig
 
 if TYPE_CHECKING:
     from homelab_ops.settings import BackupSettings
@@ -190,22 +191,22 @@ class DatabasePrune:
         return [f"{p.store}: {p.error}" for p in self.plans if p.error]
 
 
-def prepare(settings, dry_run: bool | None, now: datetime | None, stores: list[Store] | None
+def prepare(config: BackupsConfig, dry_run: bool | None, now: datetime | None, stores: list[Store] | None
             ) -> tuple[RetentionPolicy, bool, datetime, timedelta, list[Store]]:
     """Policy, dry-run flag, clock, leftover grace and stores of one prune; refuses a bad policy first."""
-    policy = policy_from(settings.backups.retention)
-    dry = settings.backups.retention.dry_run if dry_run is None else dry_run
+    policy = policy_from(config.backups.retention)
+    dry = config.backups.retention.dry_run if dry_run is None else dry_run
     if stores is None:
-        local, remotes = stores_for(settings.backups)
+        local, remotes = stores_for(config.backups)
         stores = [local, *remotes]
-    grace = leftover_grace(settings.backups.timeout.seconds)
+    grace = leftover_grace(config.backups.timeout.seconds)
     return policy, dry, now or datetime.now(timezone.utc), grace, stores
 
 
-def prune_database(settings, database: str, *, dry_run: bool | None = None, now: datetime | None = None,
+def prune_database(config: BackupsConfig, database: str, *, dry_run: bool | None = None, now: datetime | None = None,
                    stores: list[Store] | None = None) -> DatabasePrune:
     """Prune one database in every store. A store that fails is reported; the others still run."""
-    policy, dry, now, grace, stores = prepare(settings, dry_run, now, stores)
+    policy, dry, now, grace, stores = prepare(config, dry_run, now, stores)
     result = DatabasePrune(database, dry)
 
     seen: list[tuple[Store, dict[str, int], Listing]] = []
@@ -231,7 +232,7 @@ def prune_database(settings, database: str, *, dry_run: bool | None = None, now:
 
     for store, sizes, listing in seen:
         try:
-            plan = plan_store(store.label, listing, sizes, policy, settings.tz, now=now, grace=grace,
+            plan = plan_store(store.label, listing, sizes, policy, config.tz, now=now, grace=grace,
                               protect=protect[store.label], blocked=result.blocked,
                               protect_reason="newest (globals are not verified)" if database == GLOBALS
                               else "newest verified")

@@ -23,6 +23,7 @@ import zstandard
 from homelab_ops.backups import postgresql as pg
 from homelab_ops.backups.catalog import Backup, Listing, dump_without_manifest, read_listing, stem_for
 from homelab_ops.backups.stores import CHUNK, LocalStore, Store, StoreError, read_json, s3_errors, stores_for
+from homelab_ops.backups.config import BackupsConfig
 
 if TYPE_CHECKING:  # settings imports the backup sources: a runtime import would be a cycle
     from homelab_ops.settings import BackupSettings, EncryptionSettings
@@ -104,12 +105,12 @@ def parse_at(text: str) -> datetime:
     return t if t.tzinfo else t.replace(tzinfo=timezone.utc)
 
 
-def locate(settings, database: str, *, at: datetime | None = None, source: str = "auto",
+def locate(config: BackupsConfig, database: str, *, at: datetime | None = None, source: str = "auto",
            ignore_manifest: bool = False) -> Located:
     """The newest complete backup of `database` at or before `at` in the stores of `source` (`auto`: all,
     the first store winning a tie, so local before off-site). A damaged or missing manifest is refused
     unless `ignore_manifest`; a store that is down is skipped, and named if nothing is found."""
-    errors, stores, best = [], stores_named(settings.backups, source), None
+    errors, stores, best = [], stores_named(config.backups, source), None
     for store in stores:
         try:
             sizes = store.list(database)
@@ -247,11 +248,11 @@ def decode_file(encryption: EncryptionSettings, path: Path, dest: Path, *, encry
         raise
 
 
-def pg_restore_file(settings, path: Path, dsn: str, *, encrypted: bool, keep_owners: bool,
+def pg_restore_file(config: BackupsConfig, path: Path, dsn: str, *, encrypted: bool, keep_owners: bool,
                     progress: Callable[[int], None] | None = None) -> None:
     """Stream file -> (age decrypt) -> zstd decompress -> pg_restore's stdin."""
-    identities = load_identity(settings.backups.encryption) if encrypted else None
-    proc = pg.start_restore(dsn, keep_owners=keep_owners, bin_dir=settings.postgres.pg_bin_dir)
+    identities = load_identity(config.backups.encryption) if encrypted else None
+    proc = pg.start_restore(dsn, keep_owners=keep_owners, bin_dir=config.postgres.pg_bin_dir)
     stderr: list[bytes] = []
     drain = threading.Thread(target=lambda: stderr.append(proc.stderr.read()), daemon=True)
     drain.start()
@@ -273,7 +274,7 @@ def pg_restore_file(settings, path: Path, dsn: str, *, encrypted: bool, keep_own
         raise RestoreError(f"pg_restore failed (exit {rc}): {why}")
 
 
-def source_of(settings, database: str, manifest: dict | None):
+def source_of(config: BackupsConfig, database: str, manifest: dict | None):
     """The backup source module that restores `database`'s backups: its manifest says, else the settings."""
     from homelab_ops.backups import sources
 
@@ -282,19 +283,19 @@ def source_of(settings, database: str, manifest: dict | None):
             return sources.for_manifest(manifest)
         except ValueError as e:
             raise RestoreError(str(e)) from None
-    return sources.source_for(settings.backups, database)[0]
+    return sources.source_for(config.backups, database)[0]
 
 
-def refuse_existing(settings, database: str, into: str) -> None:
+def refuse_existing(config: BackupsConfig, database: str, into: str) -> None:
     """Before any work: `into` (a database, or a folder for Redis) must not hold anything yet."""
-    source_of(settings, database, None).refuse_existing(settings, into)
+    source_of(config, database, None).refuse_existing(config, into)
 
 
-def restore(settings, loc: Located, into: str, *, progress: Callable[[int], None] | None = None,
+def restore(config: BackupsConfig, loc: Located, into: str, *, progress: Callable[[int], None] | None = None,
             keep_owners: bool = True) -> str:
     """Restore the located backup into `into` (a new database; for Redis, a folder); returns where it went.
 
     Progress counts the dump's bytes twice: once checked (or downloaded), once restored.
     """
-    module = source_of(settings, loc.database, loc.manifest)
-    return module.restore(settings, loc, into, progress=progress, keep_owners=keep_owners)
+    module = source_of(config, loc.database, loc.manifest)
+    return module.restore(config, loc, into, progress=progress, keep_owners=keep_owners)

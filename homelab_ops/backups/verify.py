@@ -35,6 +35,7 @@ from homelab_ops.backups.restore import (Located, ManifestError, RestoreError, l
 from homelab_ops.backups.stores import Store, StoreError, s3_errors, read_json, stores_for
 from homelab_ops.files import free_space, write_atomic
 from homelab_ops.state import connect
+from homelab_ops.backups.config import BackupsConfig
 
 if TYPE_CHECKING:  # settings imports the backup sources: a runtime import would be a cycle
     from homelab_ops.settings import BackupSettings, EncryptionSettings
@@ -235,26 +236,19 @@ def identity_missing(encryption: EncryptionSettings) -> str | None:
     return None
 
 
-def redact(text: str, settings) -> str:
-    """Every secret in the settings replaced, before a message reaches a record, a log or an alert."""
-    for secret in settings.secrets():
-        text = text.replace(secret, "***")
-    return text
-
-
-def _free_space(settings) -> dict[str, int]:
+def _free_space(config: BackupsConfig) -> dict[str, int]:
     """Free bytes where the download lands and where PostgreSQL keeps the scratch database.
 
     The data directory counts only when this host can see it (PostgreSQL on the
     same machine, not in a container); one filesystem is counted once.
     """
     places = []
-    root = Path(settings.backups.local_dir).resolve()
+    root = Path(config.backups.local_dir).resolve()
     while not root.exists():
         root = root.parent
     places.append(root)
     try:
-        with connect(settings.postgres.dsn.get_secret_value()) as conn:
+        with connect(config.postgres.dsn.get_secret_value()) as conn:
             data_dir = Path(conn.execute("SHOW data_directory").fetchone()[0])
         if data_dir.exists():
             places.append(data_dir)
@@ -279,7 +273,7 @@ def listing(store: Store, database: str):
         raise VerifyError(str(e)) from None
 
 
-def verify_backup(settings, database: str, *, stem: str | None = None, store: Store | None = None,
+def verify_backup(config: BackupsConfig, database: str, *, stem: str | None = None, store: Store | None = None,
                   backups: list[Backup] | None = None, free_space=_free_space) -> Verification:
     """Verify the newest backup of `database` (or the one named by `stem`) and record the result.
     `backups` is `store`'s listing when the caller has it (`tonights_store` returns it).
@@ -288,7 +282,7 @@ def verify_backup(settings, database: str, *, stem: str | None = None, store: St
     backup is not an exception but a `failed` outcome, recorded like a pass.
     """
     if store is None:
-        store, _, backups = tonights_store(settings.backups, database)
+        store, _, backups = tonights_store(config.backups, database)
     if backups is None:
         backups = listing(store, database).backups
     if stem is not None:
@@ -304,16 +298,16 @@ def verify_backup(settings, database: str, *, stem: str | None = None, store: St
     except StoreError as e:
         raise VerifyError(str(e)) from None
     dump_size = backup.sizes.get(backup.dump) or int(manifest.get("size", 0))
-    factor = settings.backups.verify_min_free_factor
+    factor = config.backups.verify_min_free_factor
     needed = int(dump_size * factor)
-    problem = space_problem(free_space(settings), needed, dump_size=dump_size, factor=factor)
+    problem = space_problem(free_space(config), needed, dump_size=dump_size, factor=factor)
     if problem:
         raise VerifyError(f"{database} backup {backup.stem}: {problem}")
 
-    no_key = identity_missing(settings.backups.encryption) if backup.encrypted else None
+    no_key = identity_missing(config.backups.encryption) if backup.encrypted else None
     if backup.encrypted and not no_key:
         try:
-            load_identity(settings.backups.encryption)  # a broken key file is the host's problem, not the backup's
+            load_identity(config.backups.encryption)  # a broken key file is the host's problem, not the backup's
         except RestoreError as e:
             raise VerifyError(str(e)) from None
     started = time.monotonic()
@@ -324,8 +318,8 @@ def verify_backup(settings, database: str, *, stem: str | None = None, store: St
         sha256_ok=False, restored=False, mode="sha256" if no_key else "restore",
     )
     if damaged:
-        result.message = redact(damaged, settings)
-        _record(settings, store, result)
+        result.message = config.redact(damaged)
+        _record(config, store, result)
         return result
     try:
         source = sources.for_manifest(manifest)
@@ -333,25 +327,25 @@ def verify_backup(settings, database: str, *, stem: str | None = None, store: St
         raise VerifyError(f"{database} backup {backup.stem}: {e}") from None
     loc = Located(store, database, backup, manifest)
     try:
-        with local_copy(settings.backups, loc) as path:
+        with local_copy(config.backups, loc) as path:
             result.sha256_ok = True
             if no_key:
                 result.outcome = INTEGRITY_ONLY
                 result.message = (f"integrity only: the sha256 of the encrypted file matched, but the restore was "
                                   f"NOT tested ({no_key}); to fix it, {FIX_INTEGRITY_ONLY}")
             else:
-                source.verify_restore(settings, path, manifest, result)
+                source.verify_restore(config, path, manifest, result)
     except RestoreError as e:  # local_copy: the sha256 differs from the manifest's
-        result.message = redact(str(e), settings)
+        result.message = config.redact(str(e))
     except (StoreError, *s3_errors(), OSError) as e:  # the store or the disk, not the backup
-        raise VerifyError(redact(f"{database} backup {backup.stem}: {e}", settings)) from None
+        raise VerifyError(config.redact(f"{database} backup {backup.stem}: {e}")) from None
     result.duration_s = time.monotonic() - started
     result.verified_at = datetime.now(timezone.utc)
-    _record(settings, store, result)
+    _record(config, store, result)
     return result
 
 
-def _record(settings, store: Store, result: Verification) -> None:
+def _record(config: BackupsConfig, store: Store, result: Verification) -> None:
     """Write `<stem>.verified.json` beside the copy that was read, and nowhere else."""
     name = result.stem + VERIFIED_SUFFIX
     try:
@@ -359,13 +353,13 @@ def _record(settings, store: Store, result: Verification) -> None:
         result.recorded_in.append(store.uri(result.database, name))
     except OSError as e:
         if e.errno != errno.ENOSPC:
-            result.record_errors.append(redact(f"{store.label}: {e}", settings))
+            result.record_errors.append(config.redact(f"{store.label}: {e}"))
             return
         path = Path(store.uri(result.database, name))  # write_atomic removed its partial file
         result.record_errors.append(f"disk full: the verification record {path} of {result.database} could not be "
                                     f"written; {free_space(path.parent)} free in {path.parent}")
     except (StoreError, *s3_errors()) as e:
-        result.record_errors.append(redact(f"{store.label}: {e}", settings))
+        result.record_errors.append(config.redact(f"{store.label}: {e}"))
 
 
 def copy_record(store: Store, database: str, backup: Backup) -> dict | None:

@@ -10,6 +10,7 @@ from homelab_ops.files import private_umask
 from homelab_ops.settings import SettingsError, load
 
 if TYPE_CHECKING:
+    from homelab_ops.backups.config import BackupsConfig
     from homelab_ops.pitr.config import PitrConfig
 
 
@@ -38,6 +39,13 @@ class Context:
         from homelab_ops.pitr.config import PitrConfig
 
         return PitrConfig.of(self.settings)
+
+    @property
+    def backups(self) -> BackupsConfig:
+        """What the backups and n8n's backup set read of the settings (their commands take this)."""
+        from homelab_ops.backups.config import BackupsConfig
+
+        return BackupsConfig.of(self.settings)
 
 
 @click.group()

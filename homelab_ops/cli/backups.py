@@ -8,6 +8,7 @@ import click
 
 from homelab_ops import units
 from homelab_ops.backups.catalog import DUMP_SUFFIXES, read_listing
+from homelab_ops.backups.config import BackupsConfig
 from homelab_ops.n8n.workflow_export import FOLDER as EXPORTS
 from homelab_ops.backups.names import PITR_FOLDERS, DatabaseNameError, require_known_database
 from homelab_ops.backups.prune import PruneError, databases_to_prune, policy_from, prune_database
@@ -45,10 +46,10 @@ def backups() -> None:
 def list_(obj, database: str | None) -> None:
     """Backups in every store (local and each S3 target), newest first, with size, age, the manifest's
     state and each copy's own verification (restored, integrity-only, failed, or unverified: never read)."""
-    settings = obj.settings
-    local, remotes = stores_for(settings.backups)
+    config = obj.backups
+    local, remotes = stores_for(config.backups)
     now = datetime.now(timezone.utc)
-    _known(settings, database)
+    _known(config, database)
     rows = []
     for store in [local, *remotes]:
         try:
@@ -78,19 +79,19 @@ def list_(obj, database: str | None) -> None:
         click.echo("  ".join(str(c).ljust(w) for c, w in zip(r, widths)).rstrip())
 
 
-def _known(settings, database: str | None, *, any_name: bool = False) -> None:
+def _known(config: BackupsConfig, database: str | None, *, any_name: bool = False) -> None:
     """DATABASE must be a known database name: `../other` must never become a path."""
     try:
         if database is not None:
-            require_known_database(settings, database, any_name=any_name)
+            require_known_database(config, database, any_name=any_name)
     except DatabaseNameError as e:
         raise click.ClickException(str(e)) from None
 
 
-def _configured(settings) -> list[str]:
+def _configured(config: BackupsConfig) -> list[str]:
     from homelab_ops.backups.sources import backed_up
 
-    return backed_up(settings, warn=lambda message: click.echo(f"warning: {message}", err=True))
+    return backed_up(config, warn=lambda message: click.echo(f"warning: {message}", err=True))
 
 
 @backups.command("prune")
@@ -100,19 +101,19 @@ def _configured(settings) -> list[str]:
 def prune_cmd(obj, database: str | None, dry_run: bool) -> None:
     """Apply backups.retention (restic's forget rules) to DATABASE, or to every database, _globals
     and (with n8n configured) the n8n_workflows export folders."""
-    settings = obj.settings
-    _known(settings, database)
+    config = obj.backups
+    _known(config, database)
     errors: list[str] = []
-    exports = settings.n8n is not None
+    exports = config.n8n is not None
     try:
-        policy_from(settings.backups.retention)  # an empty policy is refused before anything is listed
-        names = [database] if database else (databases_to_prune(settings.backups, _configured(settings))
+        policy_from(config.backups.retention)  # an empty policy is refused before anything is listed
+        names = [database] if database else (databases_to_prune(config.backups, _configured(config))
                                              + ([EXPORTS] if exports else []))
         for db in names:
             if exports and db == EXPORTS:
-                result = prune_workflow_exports(settings, dry_run=True if dry_run else None)
+                result = prune_workflow_exports(config, dry_run=True if dry_run else None)
             else:
-                result = prune_database(settings, db, dry_run=True if dry_run else None)
+                result = prune_database(config, db, dry_run=True if dry_run else None)
             verb, gone = ("would free", "would remove") if result.dry_run else ("freed", "removed")
             if result.blocked:
                 click.echo(f"{db}: nothing pruned: {result.blocked}")
@@ -195,15 +196,15 @@ def init_cmd(obj, identity_file: str | None) -> None:
 @click.pass_obj
 def restore_cmd(obj, database: str, into: str, at: str | None, source: str, ignore_manifest: bool) -> None:
     """Restore DATABASE's backup into a new database, after checking its sha256."""
-    settings = obj.settings
+    config = obj.backups
     # A name settings do not know is taken only when the owner names an off-site store (a new SD card
     # restoring what only S3 has); local and the default search refuse it before any work.
-    _known(settings, database, any_name=source not in ("local", "auto"))
+    _known(config, database, any_name=source not in ("local", "auto"))
     if at and wants_pitr(obj.pitr, at):  # a time, restore point or `latest`: point-in-time recovery
         return restore_at_point(obj.pitr, database, into, at, source)
     try:
-        refuse_existing(settings, database, into)
-        loc = locate(settings, database, at=parse_at(at) if at else None, source=source,
+        refuse_existing(config, database, into)
+        loc = locate(config, database, at=parse_at(at) if at else None, source=source,
                      ignore_manifest=ignore_manifest)
         size = loc.backup.sizes.get(loc.backup.dump) or (loc.manifest or {}).get("size") or 0
         click.echo(f"restoring {database} backup {loc.backup.stem} ({units.size(size)}) from {loc.store.label}")
@@ -212,7 +213,7 @@ def restore_cmd(obj, database: str, into: str, at: str | None, source: str, igno
                        f"{loc.backup.dump} cannot be checked (--ignore-manifest)", err=True)
         label = "check sha256, then restore" if loc.manifest else "read, then restore (sha256 NOT checked)"
         with click.progressbar(length=2 * size, label=label) as bar:
-            where = restore(settings, loc, into, progress=bar.update)
+            where = restore(config, loc, into, progress=bar.update)
     except (RestoreError, StoreError) as e:
         raise click.ClickException(str(e)) from None
     click.echo(f"restored {database} backup {loc.backup.stem} from {loc.store.label} {where}")

@@ -106,9 +106,8 @@ def restore_cmd(obj, into: str, at: str | None, source: str, config_out: str) ->
     from homelab_ops.backups.stores import StoreError
     from homelab_ops.n8n.instance_restore import restore_instance
 
-    settings = obj.settings
     try:
-        done = restore_instance(settings, into, Path(config_out), at=parse_at(at) if at else None, source=source)
+        done = restore_instance(obj.backups, into, Path(config_out), at=parse_at(at) if at else None, source=source)
     except (RestoreError, StoreError) as e:
         raise click.ClickException(str(e)) from None
     click.echo(f"restored n8n backup {done.stem} into database {into}; key {done.key_fingerprint} written to "

@@ -5,6 +5,7 @@ from pydantic import PrivateAttr
 
 from homelab_ops import recovery
 from homelab_ops import settings as settings_mod
+from homelab_ops.backups.config import BackupsConfig
 from homelab_ops.pitr.config import PitrConfig
 
 
@@ -37,6 +38,11 @@ class HomelabSettings(dg.ConfigurableResource):
     def pitr(self) -> PitrConfig:
         """What point-in-time recovery reads of the settings, for its assets and sensor."""
         return PitrConfig.of(self.settings)
+
+    @property
+    def backups(self) -> BackupsConfig:
+        """What the backups, their sources and n8n's backup set read of the settings, for their assets."""
+        return BackupsConfig.of(self.settings)
 
 
 @dg.definitions

@@ -167,6 +167,7 @@ def check_backups(settings, th: Thresholds, now: datetime) -> list[CheckResult]:
     """The newest restored backup per database, as verification published it (every minute: no S3
     request), against the newest backup in the local folder."""
     from homelab_ops.backups.catalog import read_listing
+    from homelab_ops.backups.config import BackupsConfig
     from homelab_ops.backups import sources
     from homelab_ops.backups.stores import LocalStore
     from homelab_ops.backups.verify import published_freshness
@@ -174,7 +175,7 @@ def check_backups(settings, th: Thresholds, now: datetime) -> list[CheckResult]:
     store = LocalStore(settings.backups.local_dir)
     out = []
     # With PostgreSQL down (its own check says so) the folders with backups are judged, and the sources.
-    for db in sources.backed_up(settings):
+    for db in sources.backed_up(BackupsConfig.of(settings)):
         listing = read_listing(store.list(db))
         newest = listing.backups[-1].time if listing.backups else None
         restored = published_freshness(settings.metrics.textfile_dir, db)

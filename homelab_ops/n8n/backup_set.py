@@ -31,6 +31,7 @@ import psycopg
 import pyrage
 import zstandard
 
+from homelab_ops.backups.config import BackupsConfig
 from homelab_ops.backups.stores import CHUNK, LocalStore, Store, StoreError, stores_for
 from homelab_ops.errors import first_line
 from homelab_ops.files import PARTIAL_SUFFIX, fsync_dir, sha256_file, write_atomic
@@ -53,13 +54,13 @@ def n8n_database(n8n: N8nSettings | None) -> str | None:
     return psycopg.conninfo.conninfo_to_dict(n8n.dsn.get_secret_value()).get("dbname")
 
 
-def manifest_fields(settings, database: str) -> dict:
+def manifest_fields(config: BackupsConfig, database: str) -> dict:
     """What the backup's manifest records of n8n's key, read before the dump: its fingerprint, never
     the key. Nothing when this is not n8n's database or the key cannot be read (save_extras says why)."""
-    if database != n8n_database(settings.n8n):
+    if database != n8n_database(config.n8n):
         return {}
     try:
-        key = keys.read_key(settings)
+        key = keys.read_key(config)
     except keys.KeyError_:
         return {}
     return {MANIFEST_KEY_FIELD: key.fingerprint} if key is not None else {}
@@ -170,18 +171,18 @@ def _tar_binary(src: Path, dest: Path, *, level: int, recipients: list[str]) -> 
     return files, size, sha
 
 
-def save_extras(settings, database: str, stem: str) -> SetExtras:
+def save_extras(config: BackupsConfig, database: str, stem: str) -> SetExtras:
     """Write the key and binary data beside backup `stem` of n8n's database, locally and off-site.
 
     Never raises for a problem with the key or the data: the database backup is complete and
     stays; the problem is recorded in `<stem>.n8n.json`, which the `n8n_key_saved` check reads.
     """
-    s, b = settings.n8n, settings.backups
+    s, b = config.n8n, config.backups
     recipients = b.encryption.age_recipients
     local = LocalStore(b.local_dir)
     extras = SetExtras(database=database, backup=stem)
     try:
-        key = keys.read_key(settings)
+        key = keys.read_key(config)
     except keys.KeyError_ as e:
         key = None
         extras.problems.append(f"the encryption key could not be read: {e}")
@@ -293,14 +294,14 @@ def extract_binary(backups: BackupSettings, store: Store, database: str, extras:
     return count
 
 
-def after_backup(settings, database: str, result, log) -> SetExtras | None:
+def after_backup(config: BackupsConfig, database: str, result, log) -> SetExtras | None:
     """Called by the backup asset after each backup: n8n's database gets its extras, others nothing.
     They are written before the off-site step, which copies them with the rest of the set."""
-    if database != n8n_database(settings.n8n):
+    if database != n8n_database(config.n8n):
         return None
-    for uri in prune_orphans(settings.backups, database):
+    for uri in prune_orphans(config.backups, database):
         log.info(f"removed {uri}: its backup was pruned")
-    extras = save_extras(settings, database, result.stem)
+    extras = save_extras(config, database, result.stem)
     for problem in extras.problems:
         log.warning(f"n8n backup {result.stem}: {problem}")
     if extras.key_fingerprint:

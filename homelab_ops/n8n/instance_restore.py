@@ -17,6 +17,7 @@ from pathlib import Path
 import psycopg
 import pyrage
 
+from homelab_ops.backups.config import BackupsConfig
 from homelab_ops.backups.restore import RestoreError, locate, refuse_existing, restore
 from homelab_ops.files import write_atomic
 from homelab_ops.n8n import backup_set, keys
@@ -33,38 +34,38 @@ class RestoredInstance:
     start_lines: list[str]
 
 
-def start_lines(settings, into: str, config_dir: Path, binary: bool) -> list[str]:
+def start_lines(config: BackupsConfig, into: str, config_dir: Path, binary: bool) -> list[str]:
     """The two lines that start n8n on the restored instance (the image runs as uid 1000)."""
-    p = psycopg.conninfo.conninfo_to_dict(settings.postgres.dsn.get_secret_value())
+    p = psycopg.conninfo.conninfo_to_dict(config.postgres.dsn.get_secret_value())
     env = ["DB_TYPE=postgresdb", f"DB_POSTGRESDB_HOST={p.get('host') or '127.0.0.1'}",
            f"DB_POSTGRESDB_PORT={p.get('port') or 5432}", f"DB_POSTGRESDB_DATABASE={into}",
            f"DB_POSTGRESDB_USER={p.get('user') or 'postgres'}"]
     # where n8n's tables are, as the backed-up instance had them: without these n8n would create an
     # empty instance beside the restored tables
-    if settings.n8n.db_schema != "public":
-        env.append(f"DB_POSTGRESDB_SCHEMA={settings.n8n.db_schema}")
-    if settings.n8n.table_prefix:
-        env.append(f"DB_TABLE_PREFIX={settings.n8n.table_prefix}")
+    if config.n8n.db_schema != "public":
+        env.append(f"DB_POSTGRESDB_SCHEMA={config.n8n.db_schema}")
+    if config.n8n.table_prefix:
+        env.append(f"DB_TABLE_PREFIX={config.n8n.table_prefix}")
     if binary:
         env.append("N8N_DEFAULT_BINARY_DATA_MODE=filesystem")
     flags = " ".join(f"-e {e}" for e in env)
     return [f"sudo chown -R 1000:1000 {config_dir}",
             f"docker run -d --name n8n -p 5678:5678 -v {config_dir}:/home/node/.n8n {flags} "
-            f"n8nio/n8n:{settings.n8n.version}  # add -e DB_POSTGRESDB_PASSWORD=... when the role has one"]
+            f"n8nio/n8n:{config.n8n.version}  # add -e DB_POSTGRESDB_PASSWORD=... when the role has one"]
 
 
-def restore_instance(settings, into: str, config_out: Path, *, at: datetime | None = None, source: str = "local",
+def restore_instance(config: BackupsConfig, into: str, config_out: Path, *, at: datetime | None = None, source: str = "local",
                      progress=None) -> RestoredInstance:
     """Refuses before any work when `into` exists, DIR/config exists, or the set has no usable key."""
-    database = backup_set.n8n_database(settings.n8n)
+    database = backup_set.n8n_database(config.n8n)
     if database is None:
         raise RestoreError("no n8n section (n8n.dsn) in the settings: which database is n8n's?")
     config_out = Path(config_out)
-    config = config_out / "config"
-    if config.exists():
-        raise RestoreError(f"{config} already exists: refusing to overwrite an n8n config; choose another --config-out")
-    refuse_existing(settings, database, into)
-    loc = locate(settings, database, at=at, source=source)
+    config_file = config_out / "config"
+    if config_file.exists():
+        raise RestoreError(f"{config_file} already exists: refusing to overwrite an n8n config; choose another --config-out")
+    refuse_existing(config, database, into)
+    loc = locate(config, database, at=at, source=source)
     extras = backup_set.read_extras(loc.store, database, loc.backup.stem)
     if extras is None:
         raise RestoreError(f"backup {loc.backup.stem} of {database} has no {backup_set.META_SUFFIX}: it was taken "
@@ -74,23 +75,23 @@ def restore_instance(settings, into: str, config_out: Path, *, at: datetime | No
         raise RestoreError(f"{target} already exists: refusing to mix two instances' binary data; "
                            "choose another --config-out")
     try:
-        key = backup_set.open_key(settings.backups, loc.store, database, extras)  # before any work: fail early
+        key = backup_set.open_key(config.backups, loc.store, database, extras)  # before any work: fail early
     except keys.KeyError_ as e:
         raise RestoreError(str(e)) from None
-    restore(settings, loc, into, progress=progress)
+    restore(config, loc, into, progress=progress)
     config_out.mkdir(parents=True, exist_ok=True, mode=0o700)
     os.chmod(config_out, 0o700)
-    write_atomic(config, keys.config_bytes(key), mode=0o600, overwrite=False)
+    write_atomic(config_file, keys.config_bytes(key), mode=0o600, overwrite=False)
     del key
     files = 0
     if extras.binary_file:
         staging = config_out / ".binaryData.partial"
         shutil.rmtree(staging, ignore_errors=True)
         try:
-            files = backup_set.extract_binary(settings.backups, loc.store, database, extras, staging)
+            files = backup_set.extract_binary(config.backups, loc.store, database, extras, staging)
         except (keys.KeyError_, pyrage.DecryptError, tarfile.TarError, OSError) as e:
-            raise RestoreError(f"database {into} and the key in {config} are restored, but the binary data of "
+            raise RestoreError(f"database {into} and the key in {config_file} are restored, but the binary data of "
                                f"{loc.backup.stem} is not: {e}") from None
         os.replace(staging, target)
-    return RestoredInstance(database, loc.backup.stem, into, config, extras.key_fingerprint or "", files,
-                            start_lines(settings, into, config_out, bool(extras.binary_file)))
+    return RestoredInstance(database, loc.backup.stem, into, config_file, extras.key_fingerprint or "", files,
+                            start_lines(config, into, config_out, bool(extras.binary_file)))

@@ -18,6 +18,7 @@ import tarfile
 from dataclasses import dataclass
 from pathlib import Path
 
+from homelab_ops.backups.config import BackupsConfig
 from homelab_ops.docker_host import connect
 
 N8N_CONFIG_IN_CONTAINER = "/home/node/.n8n/config"
@@ -71,9 +72,9 @@ def configured(n8n_settings) -> bool:
     return s is not None and any(v is not None for v in (s.encryption_key, s.config_file, s.container))
 
 
-def read_key(settings) -> EncryptionKey | None:
+def read_key(config: BackupsConfig) -> EncryptionKey | None:
     """The key from the one configured source; None when no source is configured."""
-    s = settings.n8n
+    s = config.n8n
     if s is None:
         return None
     if s.encryption_key is not None:
@@ -89,7 +90,7 @@ def read_key(settings) -> EncryptionKey | None:
             raise KeyError_(f"cannot read {where}: {e.strerror}") from None
         return EncryptionKey(key_from_config(text, where), where)
     if s.container is not None:
-        return EncryptionKey(_key_from_container(settings.docker.host, s.container), f"n8n.container {s.container}")
+        return EncryptionKey(_key_from_container(config.docker_host, s.container), f"n8n.container {s.container}")
     return None
 
 

@@ -26,9 +26,9 @@ from pathlib import Path
 
 import psycopg
 
+from homelab_ops.backups.config import BackupsConfig
 from homelab_ops.docker_host import connect
 from homelab_ops.n8n import keys
-from homelab_ops.notify.redact import redactor_for
 
 
 class N8nRunError(RuntimeError):
@@ -90,10 +90,10 @@ def _remove_leftovers(client, timeout_s: float) -> None:
 class N8nCli:
     """One n8n (a version, a key, a database) whose CLI commands can be run one after another."""
 
-    def __init__(self, settings, *, database: str, key: str, version: str | None = None,
+    def __init__(self, config: BackupsConfig, *, database: str, key: str, version: str | None = None,
                  executable: str | None = None, mode: str | None = None):
-        s = settings.n8n
-        self.settings = settings
+        s = config.n8n
+        self.docker_host = config.docker_host
         self.mode = mode or s.verify_with or "command"
         self.version = version or s.version
         # n8n.command may name the version: /var/cache/homelab-ops/n8n/{version}/node_modules/.bin/n8n
@@ -101,11 +101,11 @@ class N8nCli:
         if self.mode == "command" and not self.executable:
             raise N8nRunError("n8n.verify_with is command but n8n.command names no executable")
         self.database = database
-        self.env, self._password = db_env(settings.postgres.dsn.get_secret_value(), database,
+        self.env, self._password = db_env(config.postgres.dsn.get_secret_value(), database,
                                           schema=s.db_schema, prefix=s.table_prefix)
         self._key = key
         self.timeout = s.verify_timeout.seconds
-        self._redact = redactor_for(settings, key, self._password, with_credentials=False)
+        self._redact = config.redactor(key, self._password)
 
     def __repr__(self) -> str:
         return f"N8nCli({self.mode}, {self.version}, database={self.database!r})"
@@ -184,7 +184,7 @@ class N8nCli:
         import docker
 
         mount = "/home/node"
-        client = connect(self.settings.docker.host, int(self.timeout) + 60)
+        client = connect(self.docker_host, int(self.timeout) + 60)
         container = None
         try:
             _remove_leftovers(client, self.timeout)
@@ -220,7 +220,7 @@ class N8nCli:
             return self._redact(output)
         except docker.errors.ImageNotFound:
             raise N8nRunError(f"image {IMAGE}:{self.version} is not on the Docker Engine "
-                              f"({self.settings.docker.host}): docker pull {IMAGE}:{self.version}") from None
+                              f"({self.docker_host}): docker pull {IMAGE}:{self.version}") from None
         except docker.errors.DockerException as e:
             raise N8nRunError(self._redact(f"n8n {args[0]} in Docker failed: {type(e).__name__}: {e}")) from None
         finally:

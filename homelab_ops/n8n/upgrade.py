@@ -22,7 +22,7 @@ from homelab_ops.backups.restore import RestoreError, restore
 from homelab_ops.backups.stores import StoreError, stores_for
 from homelab_ops.n8n import backup_set, compare, keys
 from homelab_ops.n8n import verification as nv
-from homelab_ops.notify.redact import redactor_for
+from homelab_ops.backups.config import BackupsConfig
 
 if TYPE_CHECKING:
     from homelab_ops.settings import BackupSettings
@@ -88,29 +88,29 @@ def export_before(local_dir: str, stem: str) -> tuple[str, dict[str, dict]] | No
     return names[-1], compare.digests(workflows)
 
 
-def check_upgrade(settings, version: str, *, executable: str | None = None) -> UpgradeReport:
+def check_upgrade(config: BackupsConfig, version: str, *, executable: str | None = None) -> UpgradeReport:
     started = time.monotonic()
-    database = backup_set.n8n_database(settings.n8n)
+    database = backup_set.n8n_database(config.n8n)
     if database is None:
         raise UpgradeCheckError("no n8n section (n8n.dsn) in the settings")
-    store, backup = newest_verified_backup(settings.backups, database)
+    store, backup = newest_verified_backup(config.backups, database)
     try:
         extras = backup_set.read_extras(store, database, backup.stem)
         if extras is None:
             raise UpgradeCheckError(f"backup {backup.stem} has no n8n key record: credentials cannot be checked")
-        key = backup_set.open_key(settings.backups, store, database, extras)
+        key = backup_set.open_key(config.backups, store, database, extras)
     except (keys.KeyError_, RestoreError, StoreError) as e:
-        raise UpgradeCheckError(redactor_for(settings, with_credentials=False)(str(e))) from None
-    before = export_before(settings.backups.local_dir, backup.stem)
+        raise UpgradeCheckError(config.redact(str(e))) from None
+    before = export_before(config.backups.local_dir, backup.stem)
     report = UpgradeReport(backup.stem, version, f"export {before[0]}" if before else "the backup itself")
-    loc = nv.locate_set(settings, database, store, backup.stem)
+    loc = nv.locate_set(config, database, store, backup.stem)
     scratch = nv.scratch_name("upgrade")
-    admin = settings.postgres.dsn.get_secret_value()
+    admin = config.postgres.dsn.get_secret_value()
     try:
-        restore(settings, loc, scratch, keep_owners=False)
-        if executable is None and settings.n8n.command:
-            executable = settings.n8n.command.replace("{version}", version)
-        report.verdict = nv.run_n8n_on(settings, scratch, key, version=version, executable=executable,
+        restore(config, loc, scratch, keep_owners=False)
+        if executable is None and config.n8n.command:
+            executable = config.n8n.command.replace("{version}", version)
+        report.verdict = nv.run_n8n_on(config, scratch, key, version=version, executable=executable,
                                        expected_workflows=before[1] if before else None, by_parameters=True)
     except RestoreError as e:
         report.verdict.problems.append(f"the backup does not restore: {e}")

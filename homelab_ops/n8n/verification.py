@@ -23,13 +23,13 @@ import psycopg
 
 from homelab_ops.backups import postgresql as pg
 from homelab_ops.backups.catalog import read_listing
+from homelab_ops.backups.config import BackupsConfig
 from homelab_ops.backups.restore import Located, RestoreError, restore, stores_named
 from homelab_ops.backups.stores import Store, StoreError, read_json, stores_for
 from homelab_ops.errors import first_line
 from homelab_ops.n8n import backup_set, compare, keys
 from homelab_ops.n8n.runner import N8nCli, N8nRunError
 from homelab_ops.n8n.workflows import export_workflows, use_schema
-from homelab_ops.notify.redact import redactor_for
 
 if TYPE_CHECKING:
     from homelab_ops.settings import BackupSettings
@@ -42,10 +42,10 @@ class N8nVerifyError(RuntimeError):
     """Verification by n8n could not run (no backup, store down); not a verdict on the backup."""
 
 
-def applies(settings, database: str) -> bool:
+def applies(config: BackupsConfig, database: str) -> bool:
     """n8n-level verification runs for n8n's database when `n8n.verify_with` is set."""
-    return (settings.n8n is not None and settings.n8n.verify_with is not None
-            and backup_set.n8n_database(settings.n8n) == database)
+    return (config.n8n is not None and config.n8n.verify_with is not None
+            and backup_set.n8n_database(config.n8n) == database)
 
 
 def scratch_name(tag: str) -> str:
@@ -133,14 +133,14 @@ def decrypt_with_n8n(cli: N8nCli, key: str, stored: list[dict]) -> dict[str, str
     return out
 
 
-def run_n8n_on(settings, scratch: str, key: str, *, version: str | None = None, executable: str | None = None,
+def run_n8n_on(config: BackupsConfig, scratch: str, key: str, *, version: str | None = None, executable: str | None = None,
                expected_workflows: dict[str, dict] | None = None, by_parameters: bool = False) -> compare.Verdict:
     """Deactivate, run n8n's CLI (its migrations run first), compare with the restored rows."""
-    s = settings.n8n
-    dsn = pg.database_dsn(settings.postgres.dsn.get_secret_value(), scratch)
+    s = config.n8n
+    dsn = pg.database_dsn(config.postgres.dsn.get_secret_value(), scratch)
     base = read_baseline(dsn, key, s.db_schema, s.table_prefix)
     deactivate_all(dsn, s.db_schema, s.table_prefix)
-    cli = N8nCli(settings, database=scratch, key=key, version=version, executable=executable)
+    cli = N8nCli(config, database=scratch, key=key, version=version, executable=executable)
     verdict = compare.Verdict()
     try:
         loaded = compare.digests(load_with_n8n(cli, list(expected_workflows or base.workflows)))
@@ -191,19 +191,19 @@ class N8nVerification:
         }
 
 
-def _store(settings, source: str | None) -> Store:
+def _store(config: BackupsConfig, source: str | None) -> Store:
     """`auto`: the first S3 target's copy when there is one (what a disaster restores); else the
     store named as `backups restore --from` names them."""
     if source in (None, "auto"):
-        local, remotes = stores_for(settings.backups)
+        local, remotes = stores_for(config.backups)
         return remotes[0] if remotes else local
     try:
-        return stores_named(settings.backups, source)[0]
+        return stores_named(config.backups, source)[0]
     except RestoreError as e:
         raise N8nVerifyError(str(e)) from None
 
 
-def locate_set(settings, database: str, store: Store, stem: str | None, *, exact: bool = False) -> Located:
+def locate_set(config: BackupsConfig, database: str, store: Store, stem: str | None, *, exact: bool = False) -> Located:
     """The newest complete backup at or before `stem` (a backup id), or exactly `stem` with `exact`:
     verification must judge the backup it was asked about, not an older copy a target still holds."""
     try:
@@ -219,16 +219,16 @@ def locate_set(settings, database: str, store: Store, stem: str | None, *, exact
     return Located(store, database, b, read_json(store, database, b.manifest))
 
 
-def verify_with_n8n(settings, database: str, *, stem: str | None = None, source: str | None = None,
+def verify_with_n8n(config: BackupsConfig, database: str, *, stem: str | None = None, source: str | None = None,
                     exact: bool = False, keep_scratch: bool = False) -> N8nVerification:
     """Restore backup `stem` (default: the newest; the first S3 target's copy when configured) into a
     scratch database, run n8n on it with the set's key, compare; the scratch database is dropped."""
     started = time.monotonic()
-    store = _store(settings, source)
-    loc = locate_set(settings, database, store, stem, exact=exact)
-    s = settings.n8n
+    store = _store(config, source)
+    loc = locate_set(config, database, store, stem, exact=exact)
+    s = config.n8n
     result = N8nVerification(database, loc.backup.stem, store.label, s.version, s.verify_with or "command", None)
-    redact = redactor_for(settings, with_credentials=False)
+    redact = config.redactor()
     try:
         extras = backup_set.read_extras(store, database, loc.backup.stem)
     except (StoreError, OSError, ValueError) as e:
@@ -240,13 +240,13 @@ def verify_with_n8n(settings, database: str, *, stem: str | None = None, source:
         return result
     try:
         recorded = result.key_fingerprint = backup_set.recorded_fingerprint(store, database, extras)
-        key = backup_set.open_key(settings.backups, store, database, extras)
+        key = backup_set.open_key(config.backups, store, database, extras)
     except (keys.KeyError_, RestoreError, StoreError, OSError) as e:
         result.verdict.problems.append(redact(f"the backup's key cannot be used: {e}"))
         result.duration_s = time.monotonic() - started
         return result
     try:
-        configured = keys.read_key(settings)
+        configured = keys.read_key(config)
     except keys.KeyError_ as e:
         configured = None
         result.verdict.problems.append(f"the configured key could not be read: {e}")
@@ -256,14 +256,14 @@ def verify_with_n8n(settings, database: str, *, stem: str | None = None, source:
             f"{configured.source} is {configured.fingerprint}; n8n started with either would not decrypt "
             "the other's credentials")
     scratch = scratch_name("verify")
-    admin = settings.postgres.dsn.get_secret_value()
+    admin = config.postgres.dsn.get_secret_value()
     try:
         try:
-            restore(settings, loc, scratch, keep_owners=False)
+            restore(config, loc, scratch, keep_owners=False)
         except RestoreError as e:
             result.verdict.problems.append(redact(f"the backup does not restore: {e}"))
             return result
-        v = run_n8n_on(settings, scratch, key)
+        v = run_n8n_on(config, scratch, key)
         v.problems[:0] = result.verdict.problems
         result.verdict = v
     finally:

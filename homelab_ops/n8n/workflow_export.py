@@ -8,6 +8,7 @@ from datetime import datetime, timezone
 from pathlib import Path
 
 from homelab_ops.backups.catalog import stem_for
+from homelab_ops.backups.config import BackupsConfig
 from homelab_ops.backups.stores import StoreError, stores_for
 from homelab_ops.files import PARTIAL_SUFFIX, fsync_dir
 from homelab_ops.n8n.workflows import export_workflows, to_file_bytes, use_schema
@@ -25,13 +26,13 @@ class WorkflowExport:
     offsite_errors: list[str] = field(default_factory=list)
 
 
-def export_n8n_workflows(settings) -> WorkflowExport:
+def export_n8n_workflows(config: BackupsConfig) -> WorkflowExport:
     """Write `<local_dir>/n8n_workflows/<stem>/<id>.json`, then copy the folder off-site."""
-    with connect(settings.n8n.dsn.get_secret_value()) as conn:
+    with connect(config.n8n.dsn.get_secret_value()) as conn:
         conn.read_only = True
-        use_schema(conn, settings.n8n.db_schema)
-        workflows = export_workflows(conn, settings.n8n.table_prefix)
-    root = Path(settings.backups.local_dir) / FOLDER
+        use_schema(conn, config.n8n.db_schema)
+        workflows = export_workflows(conn, config.n8n.table_prefix)
+    root = Path(config.backups.local_dir) / FOLDER
     stem = stem_for(datetime.now(timezone.utc))
     final = root / stem
     partial = root / (stem + PARTIAL_SUFFIX)
@@ -49,7 +50,7 @@ def export_n8n_workflows(settings) -> WorkflowExport:
     os.replace(partial, final)
     fsync_dir(root)
     result = WorkflowExport(final, len(workflows), sorted(w["name"] for w in workflows))
-    _, remotes = stores_for(settings.backups)
+    _, remotes = stores_for(config.backups)
     for store in remotes:
         try:
             for name, data in files.items():

@@ -19,6 +19,7 @@ from datetime import datetime, timedelta
 from zoneinfo import ZoneInfo
 
 from homelab_ops.backups.catalog import Listing, time_of
+from homelab_ops.backups.config import BackupsConfig
 from homelab_ops.backups.prune import DatabasePrune, StorePlan, plan_store, prepare
 from homelab_ops.backups.retention import RetentionError, RetentionPolicy
 from homelab_ops.backups.stores import LocalStore, S3Store, Store, StoreError, s3_errors
@@ -148,15 +149,15 @@ def _exports(store: Store) -> _LocalExports | _S3Exports:
     return _S3Exports(store) if isinstance(store, S3Store) else _LocalExports(store)
 
 
-def prune_workflow_exports(settings, *, dry_run: bool | None = None, now: datetime | None = None,
+def prune_workflow_exports(config: BackupsConfig, *, dry_run: bool | None = None, now: datetime | None = None,
                            stores: list[Store] | None = None) -> DatabasePrune:
     """Prune the export folders in every store. A store that fails is reported; the others still run."""
-    policy, dry, now, grace, stores = prepare(settings, dry_run, now, stores)
+    policy, dry, now, grace, stores = prepare(config, dry_run, now, stores)
     result = DatabasePrune(FOLDER, dry)
     for store in stores:
         exports = _exports(store)
         try:
-            plan = plan_exports(store.label, exports.folders(), policy, settings.tz, now=now, grace=grace)
+            plan = plan_exports(store.label, exports.folders(), policy, config.tz, now=now, grace=grace)
         except (StoreError, OSError, RetentionError) as e:
             result.plans.append(StorePlan(store.label, error=str(e)))
             continue

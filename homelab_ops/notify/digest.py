@@ -138,6 +138,7 @@ def compose(facts: Facts, now: datetime) -> Alert:
 
 def gather(settings, now: datetime | None = None) -> Facts:
     """Read what the digest reports. Each source that fails is named in `unread`, not raised."""
+    from homelab_ops.backups.config import BackupsConfig
     from homelab_ops.backups.sources import backed_up
     from homelab_ops.backups.catalog import time_of
     from homelab_ops.backups.stores import stores_for
@@ -149,7 +150,7 @@ def gather(settings, now: datetime | None = None) -> Facts:
     try:
         local, remotes = stores_for(settings.backups)
         stores = [local, *remotes]
-        for db in backed_up(settings, warn=facts.unread.append):  # the server down, a name skipped
+        for db in backed_up(BackupsConfig.of(settings), warn=facts.unread.append):  # the server down, a name skipped
             listings, listed = {}, []
             for s in stores:  # as newest_verified: a store that is down proves nothing, the others count
                 try:

@@ -16,6 +16,7 @@ from homelab_ops.defs.resources import HomelabSettings
 from tests.n8n_demo import SECRET_WORKFLOW_NAME, create_demo_database
 from tests.conftest import ADMIN_DSN, dsn_for
 from tests.backups.test_backups import seed, stats
+from homelab_ops.backups.config import BackupsConfig
 
 
 def test_list_and_restore_from_the_command_line(new_db, write_settings):
@@ -25,8 +26,8 @@ def test_list_and_restore_from_the_command_line(new_db, write_settings):
     runner = CliRunner()
     from homelab_ops.backups.backup import run_backup
 
-    first = run_backup(settings, db)
-    second = run_backup(settings, db)
+    first = run_backup(BackupsConfig.of(settings), db)
+    second = run_backup(BackupsConfig.of(settings), db)
     out = runner.invoke(main, ["--config", str(path), "backups", "list", db])
     assert out.exit_code == 0, out.output
     lines = out.output.splitlines()
@@ -92,7 +93,7 @@ def _offsite_only(new_db, write_settings, s3_server, name: str):
     seed(db, "CREATE TABLE t (x int, doc json); INSERT INTO t SELECT i, json_build_object('i', i) "
              "FROM generate_series(1, 40) i;")
     _, settings = write_settings({"postgres": {"dsn": ADMIN_DSN, "databases": [db]}}, name="old-pi.yaml")
-    backup = run_backup(settings, db)
+    backup = run_backup(BackupsConfig.of(settings), db)
     for f in sorted(backup.path.parent.iterdir(), key=lambda f: f.name.endswith(".manifest.json")):
         client.put_object(Bucket=buckets[1], Key=f"pi/{db}/{f.name}", Body=f.read_bytes())
     path, settings = write_settings({
@@ -142,7 +143,7 @@ def test_damaged_or_missing_manifest_is_shown_and_refused_unless_ignored(new_db,
 
     settings = load(path)
     b2 = stores_for(settings.backups)[1][1]
-    result = verify.verify_backup(settings, db, store=b2)
+    result = verify.verify_backup(BackupsConfig.of(settings), db, store=b2)
     assert result.outcome == "failed" and "damaged" in result.message
     assert "failed" in runner.invoke(main, ["--config", str(path), "backups", "list", db]).output
 
@@ -178,8 +179,8 @@ def test_backups_init_lets_the_host_restore_its_own_backups_while_the_owner_key_
     seed(db, "CREATE TABLE t (x int); INSERT INTO t SELECT generate_series(1, 30);")
     path, settings = write_settings({"postgres": {"dsn": ADMIN_DSN, "databases": [db]},
                                      "backups": {"encryption": {"age_recipients": [owner]}}})
-    run_backup(settings, db)
-    assert verify.verify_backup(settings, db).outcome == "integrity-only"  # no key on this host
+    run_backup(BackupsConfig.of(settings), db)
+    assert verify.verify_backup(BackupsConfig.of(settings), db).outcome == "integrity-only"  # no key on this host
 
     out = CliRunner().invoke(main, ["--config", str(path), "backups", "init"])
     assert out.exit_code == 0, out.output
@@ -192,8 +193,8 @@ def test_backups_init_lets_the_host_restore_its_own_backups_while_the_owner_key_
     assert "kept the existing" in again.output and key.read_text().count("AGE-SECRET-KEY-") == 1  # never replaced
 
     path, settings = write_settings({"postgres": {"dsn": ADMIN_DSN, "databases": [db]}, **printed})
-    backup = run_backup(settings, db)
-    result = verify.verify_backup(settings, db)
+    backup = run_backup(BackupsConfig.of(settings), db)
+    result = verify.verify_backup(BackupsConfig.of(settings), db)
     assert result.outcome == "restored", result.message
     # The owner's offline identity still opens the same file with the standard tools.
     plain = subprocess.run(["age", "-d", "-i", str(owner_key), str(backup.path)], check=True, capture_output=True)
@@ -211,13 +212,13 @@ def test_restore_takes_the_newest_backup_of_any_store_local_first_on_a_tie(new_d
     settings = load(path)
     _, local_only = write_settings({"postgres": {"dsn": ADMIN_DSN, "databases": [db]},
                                     "backups": {"local_dir": settings.backups.local_dir}}, name="card.yaml")
-    older = run_backup(local_only, db)  # into the new card's folder, then made to look a day older
+    older = run_backup(BackupsConfig.of(local_only), db)  # into the new card's folder, then made to look a day older
     folder = older.path.parent
     old_stem = stem_for(time_of(backup.stem) - timedelta(days=1))
     for f in folder.glob(older.stem + ".*"):
         f.rename(folder / (old_stem + f.name[len(older.stem):]))
-    assert locate(settings, db).store.label == "b2"
-    assert locate(settings, db, source="local").backup.stem == old_stem
+    assert locate(BackupsConfig.of(settings), db).store.label == "b2"
+    assert locate(BackupsConfig.of(settings), db, source="local").backup.stem == old_stem
     for f in sorted(folder.glob(old_stem + ".*")):  # the same stem locally as off-site: local wins
         f.rename(folder / (backup.stem + f.name[len(old_stem):]))
-    assert locate(settings, db).store.label == "local"
+    assert locate(BackupsConfig.of(settings), db).store.label == "local"

@@ -19,6 +19,7 @@ from homelab_ops.backups.restore import RestoreError, locate, restore
 from homelab_ops.defs.backups.assets import backup_asset
 from homelab_ops.defs.resources import HomelabSettings
 from tests.conftest import ADMIN_DSN, dsn_for, database_exists
+from homelab_ops.backups.config import BackupsConfig
 
 TRICKY = r"""
 CREATE SCHEMA "Other Schema";
@@ -85,7 +86,7 @@ def test_round_trip_through_the_asset(new_db, write_settings):
     assert manifest_stats(manifest)["public.legacy"][1].startswith("txtf:")
 
     target = new_db("restored", create=False)
-    restore(settings, locate(settings, db), target)
+    restore(BackupsConfig.of(settings), locate(BackupsConfig.of(settings), db), target)
     assert stats(target) == manifest_stats(manifest)
     with psycopg.connect(dsn_for(target)) as conn:
         assert conn.execute("SELECT last_value FROM public.counter").fetchone()[0] == 101
@@ -111,12 +112,12 @@ def test_manifest_counts_come_from_the_dumps_snapshot(new_db, write_settings):
     t.start()
     try:
         time.sleep(0.3)
-        result = run_backup(settings, db)
+        result = run_backup(BackupsConfig.of(settings), db)
     finally:
         stop.set()
         t.join()
     restored = new_db("snap_r", create=False)
-    restore(settings, locate(settings, db), restored)
+    restore(BackupsConfig.of(settings), locate(BackupsConfig.of(settings), db), restored)
     assert stats(restored) == manifest_stats(result.manifest)
 
 
@@ -141,7 +142,7 @@ def test_pg_dump_failing_midway_leaves_no_complete_looking_backup(new_db, write_
     t = threading.Thread(target=killer)
     t.start()
     with pytest.raises(BackupError, match=r"pg_dump of .* failed \(exit 1\)"):
-        run_backup(settings, db)
+        run_backup(BackupsConfig.of(settings), db)
     t.join()
     assert sorted(p.name for p in folder.iterdir()) == []
 
@@ -154,7 +155,7 @@ def test_hung_pg_dump_is_stopped_and_reported(new_db, write_settings):
         holder.execute("LOCK TABLE locked IN ACCESS EXCLUSIVE MODE")  # pg_dump waits for this forever
         started = time.time()
         with pytest.raises(BackupError, match="hung"):
-            run_backup(settings, db)
+            run_backup(BackupsConfig.of(settings), db)
         assert time.time() - started < 30
         holder.rollback()
     assert list((Path(settings.backups.local_dir) / db).iterdir()) == []
@@ -176,23 +177,23 @@ def test_two_backups_of_one_database_never_run_at_once(new_db, write_settings):
     with psycopg.connect(ADMIN_DSN, autocommit=True) as other:
         other.execute("SELECT pg_advisory_lock(%s)", (_lock_key(db),))
         with pytest.raises(BackupError, match="another backup"):
-            run_backup(settings, db)
+            run_backup(BackupsConfig.of(settings), db)
 
 
 def test_restore_refuses_an_existing_database_and_a_damaged_dump(new_db, write_settings):
     db = new_db("refuse")
     seed(db, "CREATE TABLE t (x int); INSERT INTO t VALUES (1);")
     _, settings = write_settings({"postgres": {"dsn": ADMIN_DSN, "databases": [db]}})
-    result = run_backup(settings, db)
+    result = run_backup(BackupsConfig.of(settings), db)
     existing = new_db("exists")
     with pytest.raises(RestoreError, match="already exists"):
-        restore(settings, locate(settings, db), existing)
+        restore(BackupsConfig.of(settings), locate(BackupsConfig.of(settings), db), existing)
     data = bytearray(result.path.read_bytes())
     data[len(data) // 2] ^= 0x01
     result.path.write_bytes(bytes(data))
     target = new_db("never", create=False)
     with pytest.raises(RestoreError, match="sha256"):
-        restore(settings, locate(settings, db), target)
+        restore(BackupsConfig.of(settings), locate(BackupsConfig.of(settings), db), target)
     assert not database_exists(target)
 
 
@@ -205,7 +206,7 @@ def test_encrypted_backup_decrypts_with_the_age_cli(new_db, write_settings, tmp_
     seed(db)
     _, settings = write_settings({"postgres": {"dsn": ADMIN_DSN, "databases": [db]},
                                   "backups": {"encryption": {"age_recipients": [recipient]}}})
-    result = run_backup(settings, db)
+    result = run_backup(BackupsConfig.of(settings), db)
     assert result.path.name.endswith(".dump.zst.age")
     raw = result.path.read_bytes()
     assert raw.startswith(b"age-encryption.org/v1") and b"Gr\xc3\xbc\xc3\x9fe" not in raw
@@ -222,7 +223,7 @@ def test_globals_backup_holds_the_roles(write_settings):
     from homelab_ops.backups.backup import run_globals_backup
 
     _, settings = write_settings({})
-    result = run_globals_backup(settings)
+    result = run_globals_backup(BackupsConfig.of(settings))
     text = subprocess.run(f"zstd -dc {result.path}", shell=True, check=True, capture_output=True, text=True).stdout
     assert "CREATE ROLE postgres" in text
     assert read_listing(list(p.name for p in result.path.parent.iterdir())).backups[-1].stem == result.stem

@@ -12,6 +12,7 @@ from homelab_ops.defs.resources import HomelabSettings
 from tests.conftest import ADMIN_DSN, free_port
 from tests.faulty_proxy import FaultyProxy
 from tests.backups.test_backups import manifest_stats, seed, stats
+from homelab_ops.backups.config import BackupsConfig
 
 BIG = ("CREATE TABLE noise (id int, pad text); "
        "INSERT INTO noise SELECT i, md5(random()::text) || md5(random()::text) FROM generate_series(1, 400000) i;")
@@ -60,7 +61,7 @@ def test_offsite_copy_matches_and_restores_from_s3(new_db, write_settings, s3_se
         result = backup_and_copy(path, settings, db)
     path, settings = s3_settings(write_settings, db, s3_server, bucket, "direct.yaml")  # the restore goes direct
     assert result.success and check_of(result).passed
-    local = locate(settings, db)
+    local = locate(BackupsConfig.of(settings), db)
     dump_key = f"pi5/{db}/{local.backup.dump}"
     manifest_key = f"pi5/{db}/{local.backup.manifest}"
     assert set(objects(client, bucket)) == {dump_key, manifest_key}
@@ -82,7 +83,7 @@ def test_offsite_copy_matches_and_restores_from_s3(new_db, write_settings, s3_se
     assert manifest_key in puts[-1] and all(manifest_key not in p for p in puts[:-1])
     assert client.list_multipart_uploads(Bucket=bucket).get("Uploads", []) == []
     target = new_db("from_s3", create=False)
-    restore(settings, locate(settings, db, source="s3"), target)
+    restore(BackupsConfig.of(settings), locate(BackupsConfig.of(settings), db, source="s3"), target)
     manifest = json.loads(client.get_object(Bucket=bucket, Key=manifest_key)["Body"].read())
     assert stats(target) == manifest_stats(manifest)
 
@@ -99,7 +100,7 @@ def test_s3_down_keeps_the_local_backup_and_the_copy_stays_owed(new_db, write_se
     assert not evaluation.passed and "nowhere" in evaluation.description
     assert "could not connect" in evaluation.description.lower() or "connect" in evaluation.description
     assert offsite_meta(result, db)["nowhere/newest_copy"].value == "none"
-    local = locate(settings, db)  # the local backup is complete and usable
+    local = locate(BackupsConfig.of(settings), db)  # the local backup is complete and usable
     assert local.manifest["row_count"] == 1
 
 
@@ -128,7 +129,7 @@ def test_an_upload_failing_midway_is_resumed_by_the_next_run(new_db, write_setti
     numbers = {int(p.split("partNumber=")[1].split("&")[0]) for p in sent}
     assert 2 in numbers and not numbers & held, (numbers, held)
     assert all(f"uploadId={upload['UploadId']}" in p for p in sent)
-    local = locate(settings, db)
+    local = locate(BackupsConfig.of(settings), db)
     body = client.get_object(Bucket=bucket, Key=upload["Key"])["Body"].read()
     assert body == local_bytes(local)
     assert client.list_multipart_uploads(Bucket=bucket).get("Uploads", []) == []
@@ -149,7 +150,7 @@ def test_a_copy_that_does_not_match_after_upload_is_removed(new_db, write_settin
     description = check_of(result).description
     assert "does not match after upload" in description and "sha256 differs" in description
     assert [k for k in objects(client, bucket) if ".dump" in k] == []
-    assert locate(settings, db).manifest["database"] == db
+    assert locate(BackupsConfig.of(settings), db).manifest["database"] == db
 
 
 def test_a_part_damaged_on_the_way_is_caught_and_nothing_is_left(new_db, write_settings, s3_server, s3_bucket):

@@ -14,6 +14,7 @@ from homelab_ops.backups.backup import run_backup
 from homelab_ops.backups.catalog import read_listing
 from tests.conftest import ADMIN_DSN
 from tests.backups.test_backups import materialize, seed
+from homelab_ops.backups.config import BackupsConfig
 
 NOISE = ("CREATE TABLE noise (id int, pad text); INSERT INTO noise SELECT i, md5(random()::text) || "
          "md5(random()::text) FROM generate_series(1, 60000) i;")  # a dump of ~2 MB
@@ -82,7 +83,7 @@ def test_disk_full_at_the_manifest_removes_the_dump_too(new_db, write_settings, 
     db = new_db("fullmanifest")
     seed(db, MANY_TABLES)
     _, trial_settings = settings_on(write_settings, db, tmp_path / "trial", "trial.yaml")
-    trial = run_backup(trial_settings, db)
+    trial = run_backup(BackupsConfig.of(trial_settings), db)
     dump_size = trial.path.stat().st_size
     manifest_size = len(trial.path.with_name(f"{trial.stem}.manifest.json").read_bytes())
     assert manifest_size > 100_000  # room to miss by a few pages
@@ -101,9 +102,9 @@ def test_disk_full_at_the_verification_record_is_one_line_and_leaves_nothing(new
     disk = small_disk(2048)
     # the restore goes to PostgreSQL, not to this disk: no free-space margin is needed to restore
     _, settings = settings_on(write_settings, db, disk, verify_min_free_factor=1e-9)
-    backup = run_backup(settings, db)
+    backup = run_backup(BackupsConfig.of(settings), db)
     fill(disk, 0)
-    result = verify_backup(settings, db)
+    result = verify_backup(BackupsConfig.of(settings), db)
     assert result.outcome == "restored"  # the restore itself was fine; only its record could not be written
     [error] = result.record_errors
     record = disk / db / f"{backup.stem}.verified.json"
@@ -117,7 +118,7 @@ def test_a_backup_that_cannot_fit_is_refused_before_the_dump(new_db, write_setti
     seed(db, NOISE)
     disk = small_disk(8 * 1024)
     path, settings = settings_on(write_settings, db, disk)
-    first = run_backup(settings, db)
+    first = run_backup(BackupsConfig.of(settings), db)
     before = sorted(os.listdir(disk / db))
     fill(disk, leave=first.path.stat().st_size // 2)
     result = materialize(path, settings, db)
@@ -135,7 +136,7 @@ def test_the_nightly_job_still_prunes_after_a_failed_backup_so_a_full_disk_heals
     disk = small_disk(12 * 1024)
     path, settings = settings_on(write_settings, db, disk, retention={"keep_last": 1, "keep_daily": 0,
                                                                       "keep_weekly": 0, "keep_monthly": 0})
-    backups = [run_backup(settings, db) for _ in range(3)]
+    backups = [run_backup(BackupsConfig.of(settings), db) for _ in range(3)]
     fill(disk, leave=backups[-1].path.stat().st_size)  # less than the next backup needs
     monkeypatch.setenv("HOMELAB_CONFIG", str(path))
     from homelab_ops.defs.backups.defs import defs
@@ -162,7 +163,7 @@ def test_the_nightly_job_still_prunes_after_a_failed_backup_so_a_full_disk_heals
     kept = read_listing(os.listdir(disk / db)).backups
     assert [b.stem for b in kept] == [backups[-1].stem]
     os.remove(disk / "filler")
-    assert run_backup(settings, db).stem  # and the next night's backup fits again
+    assert run_backup(BackupsConfig.of(settings), db).stem  # and the next night's backup fits again
 
 
 def test_a_pitr_fetch_that_fills_the_disk_names_the_local_disk_not_the_target(small_disk, tmp_path):

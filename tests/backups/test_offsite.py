@@ -27,6 +27,7 @@ from tests.conftest import ADMIN_DSN, free_port
 from tests.faulty_proxy import FaultyProxy
 from tests.backups.test_backups import seed
 from tests.backups.test_backups_s3 import backup_and_copy, check_of, local_bytes, objects, offsite_meta
+from homelab_ops.backups.config import BackupsConfig
 
 NOISE = ("CREATE TABLE noise (id int, pad text); INSERT INTO noise SELECT i, md5(random()::text) || "
          "md5(random()::text) FROM generate_series(1, {rows}) i;")
@@ -121,7 +122,7 @@ def test_two_targets_each_with_its_own_key(new_db, write_settings, two_authentic
     path, settings = settings_with("${B2_SECRET}", "good.yaml")
     result = backup_and_copy(path, settings, db)
     assert result.success and check_of(result).passed
-    first = locate(settings, db)
+    first = locate(BackupsConfig.of(settings), db)
     on_nas = objects(nas, nas_bucket)
     assert set(on_nas) == set(objects(b2, b2_bucket)) == {f"pi/{db}/{f}" for f in first.backup.files}
     dump_key = f"pi/{db}/{first.backup.dump}"
@@ -179,7 +180,7 @@ def test_a_slow_uplink_holds_no_snapshot_and_the_copy_is_byte_identical(new_db, 
         stop.set()
         watcher.join()
     assert result.success and check_of(result).passed
-    local = locate(settings, db)
+    local = locate(BackupsConfig.of(settings), db)
     size = local.manifest["size"]
     assert size > 3_000_000  # seconds of upload at 1 MB/s
     uploads = [r for r in proxy.requests if r.method in ("PUT", "POST") and r.size]
@@ -307,7 +308,7 @@ def test_a_local_dump_that_rotted_is_not_copied_and_newer_backups_still_are(new_
     seed(db, NOISE.format(rows=60_000))
     _, settings = write_settings({"postgres": {"dsn": ADMIN_DSN, "databases": [db]},
                                   "backups": {"s3": {"endpoint_url": s3_server, "bucket": bucket}}})
-    old, new = run_backup(settings, db), run_backup(settings, db)
+    old, new = run_backup(BackupsConfig.of(settings), db), run_backup(BackupsConfig.of(settings), db)
     damaged = bytearray(old.path.read_bytes())
     damaged[len(damaged) // 2] ^= 1
     old.path.write_bytes(bytes(damaged))

@@ -19,6 +19,7 @@ from click.testing import CliRunner
 from homelab_ops.backups import prune as p
 from homelab_ops.backups.backup import run_backup, run_globals_backup
 from homelab_ops.backups.catalog import GLOBALS, read_listing, stem_for
+from homelab_ops.backups.config import BackupsConfig
 from homelab_ops.backups.retention import RetentionPolicy, apply_policy
 from homelab_ops.backups.stores import stores_for
 from homelab_ops.cli import main
@@ -98,17 +99,17 @@ def test_crash_between_dump_and_manifest_leaves_an_orphan_that_is_removed_never_
         c.execute("CREATE TABLE t (x int); INSERT INTO t VALUES (1);")
     _, settings = write_settings({"postgres": {"dsn": ADMIN_DSN, "databases": [db]},
                                   "backups": {"retention": ONLY_LAST}})
-    complete = run_backup(settings, db)
-    crashed = run_backup(settings, db)
+    complete = run_backup(BackupsConfig.of(settings), db)
+    crashed = run_backup(BackupsConfig.of(settings), db)
     crashed.path.with_name(crashed.stem + ".manifest.json").unlink()  # what the crash leaves behind
 
-    soon = p.prune_database(settings, db)
+    soon = p.prune_database(BackupsConfig.of(settings), db)
     [plan] = soon.plans
     assert [b.stem for b, _ in plan.kept] == [complete.stem] and not plan.removed
     assert [(x.name, x.kind, x.remove) for x in plan.leftovers] == [(crashed.path.name, "orphan", False)]
     assert crashed.path.exists()  # a backup may still be writing its manifest
 
-    later = p.prune_database(settings, db, now=datetime.now(timezone.utc) + timedelta(days=2))
+    later = p.prune_database(BackupsConfig.of(settings), db, now=datetime.now(timezone.utc) + timedelta(days=2))
     [plan] = later.plans
     assert [b.stem for b, _ in plan.kept] == [complete.stem]
     assert [(x.name, x.remove) for x in plan.leftovers] == [(crashed.path.name, True)]
@@ -122,7 +123,7 @@ def test_newest_restored_backup_is_never_deleted_and_integrity_only_does_not_cou
     folder = Path(settings.backups.local_dir) / "app"
     stems = stems_back(6, timedelta(days=1))
     fake_backups(folder, stems, verified={stems[1]: "restored", stems[3]: "restored", stems[4]: "integrity-only"})
-    result = p.prune_database(settings, "app")
+    result = p.prune_database(BackupsConfig.of(settings), "app")
     [plan] = result.plans
     kept = {b.stem: r for b, r in plan.kept}
     assert kept == {stems[5]: ("last 1/1",), stems[3]: ("newest verified",)}
@@ -138,7 +139,7 @@ def test_a_record_another_store_copy_left_here_does_not_protect(write_settings):
     stems = stems_back(3, timedelta(days=1))
     fake_backups(folder, stems)
     (folder / f"{stems[0]}.verified.json").write_text(record("restored", store="nas"))
-    [plan] = p.prune_database(settings, "app").plans
+    [plan] = p.prune_database(BackupsConfig.of(settings), "app").plans
     assert [b.stem for b, _ in plan.kept] == [stems[2]]
 
 
@@ -149,7 +150,7 @@ def test_failed_newest_verification_prunes_nothing_and_says_why(write_settings):
     fake_backups(folder, stems, verified={stems[0]: "restored", stems[-1]: "failed"})
     (folder / f"{stem_for(NOW - timedelta(days=9))}.dump.zst").write_bytes(b"orphan")
     before = names(folder)
-    result = p.prune_database(settings, "app", now=NOW + timedelta(days=3))
+    result = p.prune_database(BackupsConfig.of(settings), "app", now=NOW + timedelta(days=3))
     assert result.blocked and stems[-1] in result.blocked and "failed its verification" in result.blocked
     assert names(folder) == before and result.bytes_freed == 0
     out = CliRunner().invoke(main, ["--config", str(path), "backups", "prune", "app"])
@@ -162,7 +163,7 @@ def test_dry_run_reports_without_deleting(write_settings):
     stems = stems_back(3, timedelta(days=1))
     fake_backups(folder, stems)
     before = names(folder)
-    result = p.prune_database(settings, "app")
+    result = p.prune_database(BackupsConfig.of(settings), "app")
     assert result.dry_run and len(result.plans[0].removed) == 2 and result.bytes_freed == 2 * 102
     assert names(folder) == before
     assert "would free" in p.markdown(result, settings.tz)
@@ -198,7 +199,7 @@ def test_daily_buckets_follow_the_settings_timezone(write_settings):
     for tz in ("UTC", "Europe/Berlin"):
         _, settings = write_settings({"timezone": tz, "backups": {"retention": policy}}, name=f"{tz[:3]}.yaml")
         fake_backups(Path(settings.backups.local_dir) / "tz", [stem_for(first), stem_for(late), stem_for(early)])
-        kept[tz] = {b.stem for b, _ in p.prune_database(settings, "tz").plans[0].kept}
+        kept[tz] = {b.stem for b, _ in p.prune_database(BackupsConfig.of(settings), "tz").plans[0].kept}
     assert kept["UTC"] == {stem_for(first), stem_for(late), stem_for(early)}
     assert kept["Europe/Berlin"] == {stem_for(first), stem_for(early)}
 
@@ -206,8 +207,8 @@ def test_daily_buckets_follow_the_settings_timezone(write_settings):
 @pytest.mark.services
 def test_globals_are_pruned_by_the_same_policy_keeping_the_newest(write_settings):
     path, settings = write_settings({"backups": {"retention": ONLY_LAST}})
-    first = run_globals_backup(settings)
-    second = run_globals_backup(settings)
+    first = run_globals_backup(BackupsConfig.of(settings))
+    second = run_globals_backup(BackupsConfig.of(settings))
     out = CliRunner().invoke(main, ["--config", str(path), "backups", "prune"])
     assert out.exit_code == 0, out.output
     assert f"{GLOBALS} in local: 1 kept, 1 removed" in out.output
@@ -264,7 +265,7 @@ def test_s3_retention_over_more_than_1000_backups(write_settings, s3_bucket, s3_
     remotes[0].client.meta.events.register(
         "before-send.s3", lambda event_name, **kw: calls.update([event_name.rsplit(".", 1)[-1]]))
     # Two days on: the upload started "now" is then stale.
-    result = p.prune_database(settings, "db", stores=[local, *remotes], now=NOW + timedelta(days=2))
+    result = p.prune_database(BackupsConfig.of(settings), "db", stores=[local, *remotes], now=NOW + timedelta(days=2))
     [_, plan] = result.plans
     assert plan.error is None
 
@@ -309,7 +310,7 @@ def test_versioned_bucket_loses_every_version_and_every_file_of_a_pruned_stem(wr
     client.delete_object(Bucket=bucket, Key=f"pi/app/{stems[0]}.binary.tar.zst")  # a delete marker too
     client.put_object(Bucket=bucket, Key=f"pi/app/{stems[0]}.binary.tar.zst", Body=b"v3")
 
-    result = p.prune_database(settings, "app")
+    result = p.prune_database(BackupsConfig.of(settings), "app")
     assert not result.errors, result.errors
     local, remote = result.plans
     assert [b.stem for b in local.removed] == [b.stem for b in remote.removed] == stems[1::-1]

@@ -16,6 +16,7 @@ from click.testing import CliRunner
 from homelab_ops.backups import sources
 from homelab_ops.backups import verify as v
 from homelab_ops.backups.catalog import read_listing
+from homelab_ops.backups.config import BackupsConfig
 from homelab_ops.backups.sources import redis as rs
 from homelab_ops.backups.stores import LocalStore
 from homelab_ops.cli import main
@@ -90,7 +91,7 @@ def test_one_list_of_what_is_backed_up_for_the_location_the_cli_and_the_digest(n
     redis_entry = {"type": "redis", "name": db, "port": free_port()}
     _, settings = write_settings({"postgres": {"databases": "all"}, "backups": {"sources": [redis_entry]}})
     said: list[str] = []
-    names = sources.backed_up(settings, warn=said.append)
+    names = sources.backed_up(BackupsConfig.of(settings), warn=said.append)
     assert names.count(db) == 1 and names[-1] == db and "postgres" in names
     assert any(repr(db) in m and "backups.sources" in m for m in said), said
     assert [line.database for line in gather(settings).backups].count(db) == 1
@@ -102,7 +103,7 @@ def test_one_list_of_what_is_backed_up_for_the_location_the_cli_and_the_digest(n
     (folder / "20261101T030000Z.dump.zst").write_bytes(b"x")
     (folder / "20261101T030000Z.manifest.json").write_text("{}")
     said.clear()
-    assert sources.backed_up(down, warn=said.append) == ["app", db]
+    assert sources.backed_up(BackupsConfig.of(down), warn=said.append) == ["app", db]
     assert "did not answer" in said[0]
     facts = gather(down)
     assert [line.database for line in facts.backups] == ["app", db]
@@ -170,12 +171,12 @@ def test_the_nightly_job_backs_up_copies_verifies_and_prunes_redis_beside_a_data
 def test_a_restore_that_lost_keys_fails_its_verification_by_name(redis, write_settings):
     path, settings = _settings(write_settings, redis, "n8n")
     module, config = sources.source_for(settings.backups, "cache")
-    result = module.backup(config, settings, dg.get_dagster_logger())
+    result = module.backup(config, BackupsConfig.of(settings), dg.get_dagster_logger())
     manifest_file = result.path.with_name(result.stem + ".manifest.json")
     manifest = json.loads(manifest_file.read_text())
     manifest["keys"] += 1  # the manifest saw a key the file does not hold
     manifest_file.write_text(json.dumps(manifest))
-    outcome = v.verify_backup(settings, "cache")
+    outcome = v.verify_backup(BackupsConfig.of(settings), "cache")
     assert outcome.outcome == v.FAILED and outcome.restored
     assert "2007 keys without a TTL, the manifest 2008" in outcome.message
     # A file that is not an RDB (damaged before it was hashed) does not restore, and says why.
@@ -192,7 +193,7 @@ def test_a_wrong_password_fails_the_backup_naming_redis_and_leaves_nothing(redis
     from homelab_ops.backups.backup import BackupError
 
     with pytest.raises(BackupError, match="redis-cli --rdb of cache failed") as e:
-        module.backup(config, settings, dg.get_dagster_logger())
+        module.backup(config, BackupsConfig.of(settings), dg.get_dagster_logger())
     assert PASSWORD not in str(e.value)
     assert not list((Path(settings.backups.local_dir) / "cache").iterdir())
 
@@ -206,7 +207,7 @@ def test_the_cli_restores_an_encrypted_backup_as_a_dump_rdb_redis_loads(redis, w
     path, settings = _settings(write_settings, redis, "n8n",
                                encryption={"age_recipients": [str(identity.to_public())], "identity_file": str(key)})
     module, config = sources.source_for(settings.backups, "cache")
-    backup = module.backup(config, settings, dg.get_dagster_logger())
+    backup = module.backup(config, BackupsConfig.of(settings), dg.get_dagster_logger())
     assert backup.path.name.endswith(".age")
     redis.cli("FLUSHALL")  # the data is lost
     into = tmp_path / "restored"
@@ -274,7 +275,7 @@ def test_a_sigkill_mid_backup_or_mid_verification_leaves_nothing_the_sweep_does_
     local = Path(settings.backups.local_dir)
     module, config = sources.source_for(settings.backups, "cache")
     if step == "verify":
-        module.backup(config, settings, dg.get_dagster_logger())
+        module.backup(config, BackupsConfig.of(settings), dg.get_dagster_logger())
     child = subprocess.Popen([sys.executable, "-c", KILLED_CHILD, str(path), step], cwd=str(Path(__file__).parents[2]))
     deadline, seen = time.monotonic() + 120, None
     try:
@@ -296,8 +297,8 @@ def test_a_sigkill_mid_backup_or_mid_verification_leaves_nothing_the_sweep_does_
     assert complete and str(seen) in removed, removed
     assert not list(local.glob(SCRATCH_DIR_PREFIX + "*")) and not list((local / "cache").glob("*.partial"))
     assert LocalStore(str(local)).databases() == ["cache"]
-    module.backup(config, settings, dg.get_dagster_logger())
-    assert v.verify_backup(settings, "cache").outcome == v.RESTORED
+    module.backup(config, BackupsConfig.of(settings), dg.get_dagster_logger())
+    assert v.verify_backup(BackupsConfig.of(settings), "cache").outcome == v.RESTORED
 
 
 def _is_scratch_server(proc: Path, local: Path) -> bool:

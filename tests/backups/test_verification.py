@@ -26,6 +26,7 @@ from homelab_ops.defs.backups.verification import freshness_check, verification_
 from homelab_ops.defs.resources import HomelabSettings
 from tests.conftest import ADMIN_DSN, dsn_for
 from tests.faulty_proxy import FaultyProxy
+from homelab_ops.backups.config import BackupsConfig
 
 SEED = """
 CREATE TABLE a (id int PRIMARY KEY, note text);
@@ -113,8 +114,8 @@ def test_good_backup_passes_and_the_result_is_recorded(new_db, write_settings):
     [before] = fresh.execute_in_process(raise_on_error=False).get_asset_check_evaluations()
     assert not before.passed and "no backup verified (restored)" in before.description
 
-    backup = run_backup(settings, db)
-    result = v.verify_backup(settings, db)
+    backup = run_backup(BackupsConfig.of(settings), db)
+    result = v.verify_backup(BackupsConfig.of(settings), db)
     assert result.outcome == "restored" and result.restored and result.sha256_ok, result.message
     assert {t.table: t.restored_rows for t in result.tables} == {"S.b c": 50, "public.a": 500, "public.empty": 0}
     assert all(t.ok for t in result.tables)
@@ -133,11 +134,11 @@ def test_flipped_byte_fails_on_sha256_and_leaves_no_scratch(new_db, write_settin
     db = new_db("vflip")
     seed(db)
     _, settings = settings_for(write_settings, db)
-    backup = run_backup(settings, db)
+    backup = run_backup(BackupsConfig.of(settings), db)
     data = bytearray(backup.path.read_bytes())
     data[len(data) // 2] ^= 0x01
     backup.path.write_bytes(bytes(data))
-    result = v.verify_backup(settings, db)
+    result = v.verify_backup(BackupsConfig.of(settings), db)
     assert result.outcome == "failed" and not result.sha256_ok and not result.restored
     assert "sha256" in result.message
     assert json.loads(backup.path.with_name(backup.stem + ".verified.json").read_text())["outcome"] == "failed"
@@ -148,7 +149,7 @@ def test_restore_that_differs_from_the_manifest_fails_table_by_table(new_db, wri
     db = new_db("vdiff")
     seed(db)
     _, settings = settings_for(write_settings, db)
-    backup = run_backup(settings, db)
+    backup = run_backup(BackupsConfig.of(settings), db)
     manifest = json.loads(manifest_path(backup).read_text())
     for t in manifest["tables"]:
         if t["table"] == "a":
@@ -156,7 +157,7 @@ def test_restore_that_differs_from_the_manifest_fails_table_by_table(new_db, wri
         if t["table"] == "b c":
             t["rows"] += 1
     manifest_path(backup).write_text(json.dumps(manifest))
-    result = v.verify_backup(settings, db)
+    result = v.verify_backup(BackupsConfig.of(settings), db)
     assert result.outcome == "failed" and result.restored and result.sha256_ok
     bad = {t.table: t for t in result.mismatches}
     assert set(bad) == {"public.a", "S.b c"}
@@ -170,14 +171,14 @@ def test_dump_that_pg_restore_rejects_fails_and_the_scratch_is_dropped(new_db, w
     db = new_db("vbad")
     seed(db)
     _, settings = settings_for(write_settings, db)
-    backup = run_backup(settings, db)
+    backup = run_backup(BackupsConfig.of(settings), db)
     junk = subprocess.run(["zstd", "-c"], input=b"not a pg_dump archive" * 100, capture_output=True,
                           check=True).stdout
     backup.path.write_bytes(junk)  # intact as far as the (rewritten) manifest knows
     manifest = json.loads(manifest_path(backup).read_text())
     manifest["sha256"] = hashlib.sha256(junk).hexdigest()
     manifest_path(backup).write_text(json.dumps(manifest))
-    result = v.verify_backup(settings, db)
+    result = v.verify_backup(BackupsConfig.of(settings), db)
     assert result.outcome == "failed" and result.sha256_ok and not result.restored
     assert "does not restore" in result.message and result.scratch_database
     assert scratch_left(db) == []
@@ -187,9 +188,9 @@ def test_short_disk_is_refused_before_any_restore(new_db, write_settings):
     db = new_db("vdisk")
     seed(db, "CREATE TABLE t (x int); INSERT INTO t VALUES (1);")
     _, settings = settings_for(write_settings, db, verify_min_free_factor=1e12)
-    run_backup(settings, db)
+    run_backup(BackupsConfig.of(settings), db)
     with pytest.raises(v.VerifyError, match="not enough free disk space.*verify_min_free_factor"):
-        v.verify_backup(settings, db)
+        v.verify_backup(BackupsConfig.of(settings), db)
     assert scratch_left(db) == []
 
 
@@ -199,14 +200,14 @@ def test_each_copy_is_read_in_turn_and_recorded_where_it_was_read(new_db, write_
     seed(db)
     _, settings = settings_for(write_settings, db, s3={"bucket": bucket, "endpoint_url": s3_server,
                                                        "prefix": "pi/"})
-    backup = run_backup(settings, db)
+    backup = run_backup(BackupsConfig.of(settings), db)
     from homelab_ops.backups.offsite import sync
 
     assert not any(s.error for s in sync(settings.backups, db))  # the off-site step copies the finished set
-    first = v.verify_backup(settings, db)  # never-read stores first, in configured order: local
+    first = v.verify_backup(BackupsConfig.of(settings), db)  # never-read stores first, in configured order: local
     assert first.outcome == "restored" and first.store == "local"
     assert first.recorded_in == [str(backup.path.with_name(backup.stem + ".verified.json"))]
-    second = v.verify_backup(settings, db)  # then the copy read longest ago: the off-site one
+    second = v.verify_backup(BackupsConfig.of(settings), db)  # then the copy read longest ago: the off-site one
     assert second.outcome == "restored" and second.source_uri.startswith(f"s3://{bucket}/pi/")
     key = f"pi/{db}/{backup.stem}.verified.json"
     assert json.loads(client.get_object(Bucket=bucket, Key=key)["Body"].read())["store"] == bucket
@@ -214,8 +215,8 @@ def test_each_copy_is_read_in_turn_and_recorded_where_it_was_read(new_db, write_
     body = bytearray(client.get_object(Bucket=bucket, Key=f"pi/{db}/{backup.path.name}")["Body"].read())
     body[100] ^= 0xFF
     client.put_object(Bucket=bucket, Key=f"pi/{db}/{backup.path.name}", Body=bytes(body))
-    assert v.verify_backup(settings, db).store == "local"
-    bad = v.verify_backup(settings, db)
+    assert v.verify_backup(BackupsConfig.of(settings), db).store == "local"
+    bad = v.verify_backup(BackupsConfig.of(settings), db)
     assert bad.store == bucket and bad.outcome == "failed" and "off-site copy is damaged" in bad.message
     assert scratch_left(db) == []
     # The local copy's restore still counts for freshness; retention sees the failed copy.
@@ -237,9 +238,9 @@ def test_encrypted_backup_is_restored_with_the_identity_file(new_db, write_setti
     seed(db)
     _, settings = settings_for(write_settings, db, encryption={"age_recipients": [recipient],
                                                                "identity_file": str(keyfile)})
-    backup = run_backup(settings, db)
+    backup = run_backup(BackupsConfig.of(settings), db)
     assert backup.path.name.endswith(".age")
-    result = v.verify_backup(settings, db)
+    result = v.verify_backup(BackupsConfig.of(settings), db)
     assert result.outcome == "restored" and result.restored and len(result.tables) == 3
     assert scratch_left(db) == []
 
@@ -249,8 +250,8 @@ def test_encrypted_backup_without_identity_is_integrity_only_and_says_how_to_fix
     db = new_db("vsha")
     seed(db)
     path, settings = settings_for(write_settings, db, encryption={"age_recipients": [recipient]})
-    backup = run_backup(settings, db)
-    result = v.verify_backup(settings, db)
+    backup = run_backup(BackupsConfig.of(settings), db)
+    result = v.verify_backup(BackupsConfig.of(settings), db)
     assert result.outcome == "integrity-only" and result.sha256_ok and not result.restored
     assert "restore was NOT tested" in result.message and "identity_file is not set" in result.message
     assert "homelab-ops backups init" in result.message
@@ -261,7 +262,7 @@ def test_encrypted_backup_without_identity_is_integrity_only_and_says_how_to_fix
     # An identity file named but absent from this host is the same case, said with its path.
     _, settings = settings_for(write_settings, db, encryption={"age_recipients": [recipient],
                                                                "identity_file": str(tmp_path / "nope.key")})
-    again = v.verify_backup(settings, db)
+    again = v.verify_backup(BackupsConfig.of(settings), db)
     assert again.outcome == "integrity-only" and "nope.key" in again.message and "not on this host" in again.message
 
 
@@ -270,7 +271,7 @@ def test_encrypted_backup_without_identity_is_integrity_only_and_says_how_to_fix
 
 def _old_backup(settings, db: str, days_ago: int) -> str:
     """A real backup, renamed to look `days_ago` old (its content stays valid)."""
-    result = run_backup(settings, db)
+    result = run_backup(BackupsConfig.of(settings), db)
     stem = (datetime.now(timezone.utc) - timedelta(days=days_ago)).strftime("%Y%m%dT%H%M%SZ")
     folder = result.path.parent
     for f in folder.glob(result.stem + ".*"):
@@ -284,7 +285,7 @@ def test_failed_verification_blocks_retention_in_the_same_run(new_db, write_sett
     path, settings = settings_for(write_settings, db, retention={"keep_last": 1, "keep_daily": 0,
                                                                  "keep_weekly": 0, "keep_monthly": 0})
     old = [_old_backup(settings, db, d) for d in (3, 2)]
-    newest = run_backup(settings, db)
+    newest = run_backup(BackupsConfig.of(settings), db)
     manifest = json.loads(manifest_path(newest).read_text())
     manifest["tables"][0]["rows"] = 11
     manifest_path(newest).write_text(json.dumps(manifest))
@@ -329,7 +330,7 @@ def test_weekly_config_also_verifies_a_random_older_backup(new_db, write_setting
     seed(db, "CREATE TABLE t (x int); INSERT INTO t VALUES (1);")
     path, settings = settings_for(write_settings, db)
     old = _old_backup(settings, db, 5)
-    newest = run_backup(settings, db)
+    newest = run_backup(BackupsConfig.of(settings), db)
     result = dg.materialize(
         [verification_asset(db, settings)], resources={"homelab": HomelabSettings(config_path=str(path))},
         run_config={"ops": {f"restore_verification__{db}": {"config": {"random_older": True}}}},
@@ -353,9 +354,9 @@ def test_the_weekly_verification_lists_an_off_site_store_once(new_db, write_sett
         path, settings = settings_for(write_settings, db, s3={"bucket": bucket, "endpoint_url": proxy.url,
                                                               "prefix": "pi/"})
         old = _old_backup(settings, db, 5)
-        run_backup(settings, db)
+        run_backup(BackupsConfig.of(settings), db)
         assert not any(c.error for c in sync(settings.backups, db))
-        assert v.verify_backup(settings, db).store == "local"  # so tonight's turn is the off-site copy
+        assert v.verify_backup(BackupsConfig.of(settings), db).store == "local"  # so tonight's turn is the off-site copy
         before = len(proxy.requests)
         result = dg.materialize(
             [verification_asset(db, settings)], resources={"homelab": HomelabSettings(config_path=str(path))},
@@ -453,7 +454,7 @@ def test_restores_from_each_store_in_turn_and_catches_a_flipped_byte_on_that_tar
     db = new_db("vturn")
     seed(db)
     path, settings = settings_for(write_settings, db)  # back up locally, then copy off-site ourselves
-    backup = run_backup(settings, db)
+    backup = run_backup(BackupsConfig.of(settings), db)
     for b in buckets:
         _copy_offsite(client, b, "pi/", backup.path)
     dump_key = f"pi/{db}/{backup.path.name}"
@@ -503,7 +504,7 @@ def test_json_checksums_do_not_depend_on_the_servers_session_defaults(new_db, wr
         conn.execute(f"ALTER DATABASE {db} SET intervalstyle = 'iso_8601'")
         conn.execute(f"ALTER DATABASE {db} SET extra_float_digits = -2")
     _, settings = settings_for(write_settings, db)
-    backup = run_backup(settings, db)
+    backup = run_backup(BackupsConfig.of(settings), db)
     manifest = json.loads(manifest_path(backup).read_text())
     [events] = [t for t in manifest["tables"] if t["table"] == "events"]
     assert events["checksum"].startswith("txtf:")  # the text path, under the fixed session
@@ -512,7 +513,7 @@ def test_json_checksums_do_not_depend_on_the_servers_session_defaults(new_db, wr
     monkeypatch.setenv("PGTZ", "America/St_Johns")
     monkeypatch.setenv("PGDATESTYLE", "German")
     monkeypatch.setenv("PGOPTIONS", "-c intervalstyle=sql_standard -c extra_float_digits=0")
-    result = v.verify_backup(settings, db)
+    result = v.verify_backup(BackupsConfig.of(settings), db)
     assert result.outcome == "restored", result.message
     # Without the fixed session the same rows hash differently: the test can fail.
     with psycopg.connect(dsn_for(db)) as conn:
@@ -527,7 +528,7 @@ def test_integrity_only_is_a_warning_that_says_how_to_fix_it_and_counts_for_noth
     path, settings = settings_for(write_settings, db, encryption={"age_recipients": [recipient]},
                                   retention={"keep_last": 1, "keep_daily": 0, "keep_weekly": 0, "keep_monthly": 0})
     old = _old_backup(settings, db, 2)
-    newest = run_backup(settings, db)
+    newest = run_backup(BackupsConfig.of(settings), db)
     assets = [verification_asset(db, settings), retention_asset(db, settings)]
     result = dg.materialize(assets, resources={"homelab": HomelabSettings(config_path=str(path))},
                             raise_on_error=False)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import dagster as dg
 
+from homelab_ops.backups.config import BackupsConfig
 from homelab_ops.definitions import defs as lazy_defs
 
 
@@ -47,7 +48,7 @@ def test_all_databases_means_every_non_template_database(new_db, write_settings)
     db = new_db("every")
     _, settings = write_settings({"postgres": {"dsn": "postgresql://postgres@127.0.0.1:5432/postgres",
                                                "databases": "all"}})
-    names = backed_up(settings)
+    names = backed_up(BackupsConfig.of(settings))
     assert db in names and "postgres" in names
     assert "template0" not in names and "template1" not in names
 
@@ -69,7 +70,7 @@ def test_all_databases_with_the_server_down_falls_back_to_the_backed_up_ones(wri
         (root / folder / "20261101T030000Z.dump.zst").write_bytes(b"x")
         (root / folder / "20261101T030000Z.manifest.json").write_text("{}")
     # Not the roles or the exports, not a folder without a backup, not a name that cannot be a key.
-    assert backed_up(settings) == ["app", "n8n"]
+    assert backed_up(BackupsConfig.of(settings)) == ["app", "n8n"]
 
     d = load_from(path, monkeypatch)
     assert sorted(k.to_user_string() for k in d.resolve_all_asset_keys() if k.path[0] == "backups") == [

@@ -11,6 +11,7 @@ import pytest
 from cryptography.hazmat.primitives import padding
 from cryptography.hazmat.primitives.ciphers import Cipher, algorithms, modes
 
+from homelab_ops.backups.config import BackupsConfig
 from homelab_ops.n8n import backup_set, compare, keys, tripwire
 from homelab_ops.settings import SettingsError, parse
 
@@ -130,11 +131,11 @@ def test_key_from_config_file_and_a_missing_one_is_named(tmp_path):
     cfg = tmp_path / "config"
     cfg.write_text(json.dumps({"encryptionKey": "from-file"}))
     s = parse({"n8n": {"dsn": "x", "config_file": str(cfg)}}, "t", env={})
-    assert keys.read_key(s).value == "from-file"
+    assert keys.read_key(BackupsConfig.of(s)).value == "from-file"
     s = parse({"n8n": {"dsn": "x", "config_file": str(tmp_path / "nope")}}, "t", env={})
     with pytest.raises(keys.KeyError_, match="cannot read n8n.config_file"):
-        keys.read_key(s)
-    assert keys.read_key(parse({"n8n": {"dsn": "x"}}, "t", env={})) is None
+        keys.read_key(BackupsConfig.of(s))
+    assert keys.read_key(BackupsConfig.of(parse({"n8n": {"dsn": "x"}}, "t", env={}))) is None
 
 
 def test_verification_by_n8n_judges_the_very_backup_from_the_store_it_was_restored_from(tmp_path):
@@ -146,18 +147,18 @@ def test_verification_by_n8n_judges_the_very_backup_from_the_store_it_was_restor
     settings = parse({"backups": {"local_dir": str(tmp_path), "s3": [
         {"bucket": "first", "name": "nas", "endpoint_url": "http://127.0.0.1:9"},
         {"bucket": "second", "name": "b2", "endpoint_url": "http://127.0.0.1:9"}]}}, "t", env={})
-    assert [nv._store(settings, s).label for s in ("auto", "local", "s3", "nas", "b2")] == \
+    assert [nv._store(BackupsConfig.of(settings), s).label for s in ("auto", "local", "s3", "nas", "b2")] == \
         ["nas", "local", "nas", "nas", "b2"]
     with pytest.raises(nv.N8nVerifyError, match="unknown backup source 'nope'"):
-        nv._store(settings, "nope")
+        nv._store(BackupsConfig.of(settings), "nope")
 
     store = LocalStore(tmp_path)
     (tmp_path / "n8n").mkdir()
     for name in ("20261202T030000Z.dump.zst", "20261202T030000Z.manifest.json"):
         (tmp_path / "n8n" / name).write_text("{}")
-    assert nv.locate_set(settings, "n8n", store, "20261203T030000Z").backup.stem == "20261202T030000Z"
+    assert nv.locate_set(BackupsConfig.of(settings), "n8n", store, "20261203T030000Z").backup.stem == "20261202T030000Z"
     with pytest.raises(nv.N8nVerifyError, match="with id 20261203T030000Z"):
-        nv.locate_set(settings, "n8n", store, "20261203T030000Z", exact=True)
+        nv.locate_set(BackupsConfig.of(settings), "n8n", store, "20261203T030000Z", exact=True)
 
 
 def test_the_printed_start_line_finds_n8n_tables_in_their_schema_and_prefix(tmp_path):
@@ -167,7 +168,7 @@ def test_the_printed_start_line_finds_n8n_tables_in_their_schema_and_prefix(tmp_
 
     def line(n8n: dict) -> str:
         settings = parse({"n8n": {"dsn": "postgresql://n8n@127.0.0.1/n8n", **n8n}}, "t", env={})
-        return start_lines(settings, "n8n_restored", tmp_path, binary=False)[1]
+        return start_lines(BackupsConfig.of(settings), "n8n_restored", tmp_path, binary=False)[1]
 
     plain = line({})
     assert "DB_POSTGRESDB_DATABASE=n8n_restored" in plain and "SCHEMA" not in plain and "PREFIX" not in plain

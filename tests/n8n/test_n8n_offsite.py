@@ -10,6 +10,7 @@ import psycopg
 import pyrage
 from click.testing import CliRunner
 
+from homelab_ops.backups.config import BackupsConfig
 from homelab_ops.cli import main
 from homelab_ops.defs.backups.assets import backup_asset, offsite_asset
 from homelab_ops.defs.resources import HomelabSettings
@@ -87,12 +88,12 @@ def test_key_read_from_the_n8n_container_through_the_engine_api(docker_client, w
         container.put_archive("/", buf.getvalue())
         _, settings = write_settings({"docker": {"host": DOCKER_HOST}, "n8n": {"dsn": "postgresql:///x",
                                                                              "container": name}})
-        key = keys.read_key(settings)
+        key = keys.read_key(BackupsConfig.of(settings))
         assert key.value == KEY and key.source == f"n8n.container {name}"
         _, missing = write_settings({"docker": {"host": DOCKER_HOST},
                                      "n8n": {"dsn": "postgresql:///x", "container": name + "-gone"}})
         try:
-            keys.read_key(missing)
+            keys.read_key(BackupsConfig.of(missing))
             raise AssertionError("a missing container must be named")
         except keys.KeyError_ as e:
             assert name + "-gone" in str(e) and "n8n.container" in str(e)

@@ -36,6 +36,7 @@ from homelab_ops.state import open_state
 from dagster._serdes import serialize_value
 from tests.conftest import ADMIN_DSN, dsn_for
 from tests.fake_telegram import TOKEN, FakeTelegram
+from homelab_ops.backups.config import BackupsConfig
 
 ROOT = Path(__file__).resolve().parents[2]
 NEW, OLD = "1.123.0", "1.122.5"  # 1.122.0 is not on the npm registry reachable here; 1.122.5 is its newest patch
@@ -134,7 +135,7 @@ def settings_for(write_settings, db: str, n8n_bin: str, *, recipients: list[str]
 def make_instance(settings, db: str, telegram_url: str, *, version: str = NEW, extra_workflows=()) -> N8nCli:
     """A real n8n instance's database: n8n's migrations, credentials from plain values through
     `n8n import:credentials`, workflows through `n8n import:workflow`, the Telegram one active."""
-    cli = N8nCli(settings, database=db, key=KEY, version=version)
+    cli = N8nCli(BackupsConfig.of(settings), database=db, key=KEY, version=version)
     cli.export_workflows()  # runs the migrations on the empty database
     cli.import_credentials(credentials(telegram_url))
     wfs = workflows() + list(extra_workflows)
@@ -267,7 +268,7 @@ def test_full_restore_decrypts_every_credential_to_its_original_value(nightly_do
 def test_wrong_key_configured_fails_verification_naming_the_fingerprint_mismatch(nightly_done):
     wrong = "not-the-key-" + secrets.token_hex(8)
     _, settings2 = nightly_done["write"](key=wrong, name="wrong.yaml")
-    r = nv.verify_with_n8n(settings2, nightly_done["src"])
+    r = nv.verify_with_n8n(BackupsConfig.of(settings2), nightly_done["src"])
     assert not r.passed
     assert "key fingerprint mismatch" in r.message and keys.fingerprint(wrong) in r.message
     assert wrong not in r.message and KEY not in r.message
@@ -315,7 +316,7 @@ def test_corrupt_credential_fails_n8n_verification_by_name_while_the_manifest_pa
                      (__import__("base64").b64encode(bytes(raw)).decode(),))
     result = nightly(settings, src, path, dagster_instance)
     # the manifest alone passes: the backup holds exactly what the database held
-    manifest_only = bv.verify_backup(settings, src)
+    manifest_only = bv.verify_backup(BackupsConfig.of(settings), src)
     assert manifest_only.passed, manifest_only.message
     checks = {e.check_name: e for e in result.get_asset_check_evaluations()}
     assert not checks["matches_manifest"].passed

@@ -24,6 +24,7 @@ from homelab_ops.n8n.workflows import export_workflows
 from tests.conftest import ADMIN_DSN, dsn_for
 from tests.n8n.test_n8n_recovery import (  # noqa: F401  (session fixtures)
     KEY, NEW, OLD, age_identity, make_instance, n8n_new, n8n_old, nightly, resources, settings_for)
+from homelab_ops.backups.config import BackupsConfig
 
 # What n8n 1.122's import understands of a 1.123 export (the demo's schema is 1.123's).
 _PORTABLE = ("id", "name", "nodes", "connections", "settings", "staticData", "pinData", "versionId", "meta")
@@ -49,7 +50,7 @@ def test_upgrade_check_1_122_to_1_123_goes_and_a_broken_workflow_is_no_go(
     path, settings = settings_for(write_settings, src, n8n_old, recipients=[recipient], identity=identity,
                                   version=OLD, telegram_url=telegram.url)
     make_instance(settings, src, telegram.url, version=OLD, extra_workflows=demo_workflows(new_db))
-    export_n8n_workflows(settings)  # the export taken before
+    export_n8n_workflows(BackupsConfig.of(settings))  # the export taken before
     first = nightly(settings, src, path, dagster_instance)
     checks = {e.check_name: e for e in first.get_asset_check_evaluations()}
     assert checks["matches_manifest"].passed, checks["matches_manifest"].description  # verified by n8n 1.122
@@ -71,8 +72,8 @@ def test_upgrade_check_1_122_to_1_123_goes_and_a_broken_workflow_is_no_go(
     from homelab_ops.backups.backup import run_backup
     from homelab_ops.n8n.backup_set import save_extras
 
-    save_extras(settings, src, run_backup(settings, src).stem)  # what the backup asset does
-    assert bv.verify_backup(settings, src).passed  # the manifest alone cannot see it
+    save_extras(BackupsConfig.of(settings), src, run_backup(BackupsConfig.of(settings), src).stem)  # what the backup asset does
+    assert bv.verify_backup(BackupsConfig.of(settings), src).passed  # the manifest alone cannot see it
     nogo = upgrade(path, dagster_instance, NEW)
     meta = nogo.get_asset_materialization_events()[0].materialization.metadata
     assert meta["verdict"].value == "NO-GO"
@@ -86,10 +87,10 @@ def test_workflow_export_imports_into_a_fresh_n8n_with_the_same_count_and_hashes
     src = new_db("n8nexp")
     path, settings = settings_for(write_settings, src, n8n_new)
     make_instance(settings, src, telegram.url, extra_workflows=demo_workflows(new_db))
-    export = export_n8n_workflows(settings)
+    export = export_n8n_workflows(BackupsConfig.of(settings))
     files = {p.name: p.read_bytes() for p in sorted(export.path.glob("*.json"))}
     fresh = new_db("n8nfresh")
-    cli = N8nCli(settings, database=fresh, key=KEY)
+    cli = N8nCli(BackupsConfig.of(settings), database=fresh, key=KEY)
     cli.import_workflows_dir(files)  # n8n import:workflow --separate --input=DIR
     imported = compare.digests(cli.export_workflows())
     exported = compare.digests([json.loads(b) for b in files.values()])

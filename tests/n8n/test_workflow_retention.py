@@ -25,6 +25,7 @@ from homelab_ops.defs.resources import HomelabSettings
 from tests.n8n_demo import create_demo_database
 from tests.conftest import ADMIN_DSN, dsn_for
 from tests.backups.test_prune import put_objects, quiet_werkzeug as _quiet_werkzeug
+from homelab_ops.backups.config import BackupsConfig
 
 quiet_werkzeug = _quiet_werkzeug  # a fixture, shared with test_prune
 
@@ -120,7 +121,7 @@ def test_prunes_locally_and_off_site_each_store_from_its_own_listing(write_setti
     local, remotes = stores_for(settings.backups)
     calls = requests_of(remotes[0])
 
-    result = w.prune_workflow_exports(settings, now=NOW, stores=[local, *remotes])
+    result = w.prune_workflow_exports(BackupsConfig.of(settings), now=NOW, stores=[local, *remotes])
     assert not result.errors and not result.dry_run and result.database == "n8n_workflows"
     on_disk, off_site = result.plans
     assert [(f.stem, r) for f, r in on_disk.kept] == [(E, (w.NEWEST, "daily 1/2")), (C, ("daily 2/2",))]
@@ -140,11 +141,11 @@ def test_prunes_locally_and_off_site_each_store_from_its_own_listing(write_setti
     assert "### n8n_workflows in local: 2 kept, 3 removed" in plan and f"| {E} |" in plan
     assert "newest export, daily 1/2" in plan and "removed partial" in plan and "kept for now" in plan
 
-    again = w.prune_workflow_exports(settings, now=NOW)  # nothing left to do, nothing else touched
+    again = w.prune_workflow_exports(BackupsConfig.of(settings), now=NOW)  # nothing left to do, nothing else touched
     assert [len(x.removed) for x in again.plans] == [0, 0] and again.bytes_freed == 0
     assert {q.name for q in root.iterdir()} == {C, E, YOUNG, "notes", "README.txt"}
     # A day later the young partial is old enough to be a leftover.
-    later = w.prune_workflow_exports(settings, now=NOW + timedelta(days=1))
+    later = w.prune_workflow_exports(BackupsConfig.of(settings), now=NOW + timedelta(days=1))
     assert [[x.name for x in pl.leftovers if x.remove] for pl in later.plans] == [[YOUNG], [YOUNG]]
     assert not (root / YOUNG).exists() and not any(YOUNG in k for k in s3_keys(client, bucket))
 
@@ -155,14 +156,14 @@ def test_dry_run_reports_and_deletes_nothing(write_settings, s3_bucket, s3_serve
     root = local_exports(settings, [A, B, C, E, OLD])
     before = s3_exports(client, bucket, [A, B, C, E, OLD])
     local_before = sorted(root.rglob("*"))
-    result = w.prune_workflow_exports(settings, now=NOW)
+    result = w.prune_workflow_exports(BackupsConfig.of(settings), now=NOW)
     assert result.dry_run and not result.errors
     assert [[f.stem for f in pl.removed] for pl in result.plans] == [[B, A], [B, A]]
     assert result.bytes_freed == 2 * 3 * FOLDER_SIZE  # what would go, in both stores
     assert sorted(root.rglob("*")) == local_before and s3_keys(client, bucket) == before
     assert "would free" in p.markdown(result, settings.tz)
     # The override works the other way too, as for `homelab-ops backups prune --dry-run`.
-    assert w.prune_workflow_exports(settings, now=NOW, dry_run=False).bytes_freed == 2 * 3 * FOLDER_SIZE
+    assert w.prune_workflow_exports(BackupsConfig.of(settings), now=NOW, dry_run=False).bytes_freed == 2 * 3 * FOLDER_SIZE
     assert {q.name for q in root.iterdir()} == {C, E, "notes", "README.txt"}
 
 
@@ -177,7 +178,7 @@ def test_an_empty_policy_is_refused_before_anything_is_listed(write_settings):
     settings = settings.model_copy(update={"backups": settings.backups.model_copy(update={"retention": empty})})
     root = local_exports(settings, [A, B, OLD])
     with pytest.raises(p.PruneError, match="refusing to prune"):
-        w.prune_workflow_exports(settings, now=NOW)
+        w.prune_workflow_exports(BackupsConfig.of(settings), now=NOW)
     assert {q.name for q in root.iterdir()} == {A, B, OLD, "notes", "README.txt"}
 
 
@@ -189,7 +190,7 @@ def test_a_store_that_is_down_is_reported_and_the_others_still_pruned(write_sett
     remote = S3Store(settings.backups.s3[0], client=boto3.client(
         "s3", endpoint_url="http://127.0.0.1:9", region_name="us-east-1",
         config=botocore.config.Config(retries={"total_max_attempts": 1})))
-    result = w.prune_workflow_exports(settings, now=NOW, stores=[stores_for(settings.backups)[0], remote])
+    result = w.prune_workflow_exports(BackupsConfig.of(settings), now=NOW, stores=[stores_for(settings.backups)[0], remote])
     assert [pl.error is None for pl in result.plans] == [True, False]
     assert "nowhere" in result.errors[0] and "listing" in result.errors[0]
     assert {q.name for q in root.iterdir()} == {C, E, "notes", "README.txt"}
@@ -206,7 +207,7 @@ def test_s3_folder_listing_pages_and_deletes_go_in_batches_of_1000(write_setting
     put_objects(s3_server, bucket, objects)
     _, [remote] = stores_for(settings.backups)
     calls = requests_of(remote)
-    result = w.prune_workflow_exports(settings, now=NOW, stores=[remote])
+    result = w.prune_workflow_exports(BackupsConfig.of(settings), now=NOW, stores=[remote])
     [plan] = result.plans
     assert plan.error is None and [f.stem for f in plan.removed] == [stems[-1]] and len(plan.kept) == 1000
     assert plan.delete_requests == calls["DeleteObjects"] == 2 and result.bytes_freed == 2 * 1001

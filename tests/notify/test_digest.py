@@ -17,6 +17,7 @@ from homelab_ops.notify import chats as ch
 from homelab_ops.notify.digest import BackupLine, DiskLine, Facts, compose, days_until_full
 from tests.conftest import ADMIN_DSN, dsn_for
 from tests.fake_telegram import TOKEN
+from homelab_ops.backups.config import BackupsConfig
 
 GB = 1 << 30
 DAY = 86400.0
@@ -59,8 +60,8 @@ def test_the_digest_job_reports_real_backups_metrics_credentials_and_n8n(
         "n8n": {"dsn": dsn_for(db)},
         "notify": {"telegram": {"api_base": telegram.url}, "digest_at": "08:30"},
     })
-    backup = run_backup(settings, db)
-    assert verify_backup(settings, db).outcome == "restored"
+    backup = run_backup(BackupsConfig.of(settings), db)
+    assert verify_backup(BackupsConfig.of(settings), db).outcome == "restored"
 
     now = datetime.now(timezone.utc)
     with ch.state_connection(settings) as conn:

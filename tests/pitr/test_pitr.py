@@ -38,6 +38,7 @@ from homelab_ops.pitr.verify import EXACT, verify_database
 from homelab_ops.pitr.config import PitrConfig
 from homelab_ops.settings import load
 from tests.pitr_cluster import logical_cluster
+from homelab_ops.backups.config import BackupsConfig
 
 pytestmark = pytest.mark.services  # every test here runs PostgreSQL clusters of its own
 
@@ -391,7 +392,7 @@ def _busy_dump(e: Env, db: str):
         while len(inserted) < 50:
             time.sleep(0.05)
         settings = load(e.write({**e.config, "postgres": {**e.config["postgres"], "databases": [db]}}, f"{db}.yaml"))
-        result = run_backup(settings, db)
+        result = run_backup(BackupsConfig.of(settings), db)
         after = len(inserted) + 50
         while len(inserted) < after:  # and keeps writing after the dump
             time.sleep(0.05)
@@ -570,7 +571,7 @@ def test_without_logical_wal_the_chain_is_replayed_to_its_end_and_said_not_exact
             bb = base.run_base_backup(e.pitr)
             e.sql("shop", "INSERT INTO orders SELECT g, 'x' FROM generate_series(1, 500) g")
             e.sql("postgres", "SELECT pg_switch_wal()")
-            result = run_backup(e.settings, "shop")
+            result = run_backup(BackupsConfig.of(e.settings), "shop")
             assert result.manifest["snapshot_source"] == "pg_export_snapshot"
             assert "consistent_point_lsn" not in result.manifest
             e.sql("shop", "INSERT INTO orders VALUES (501, 'after')")
@@ -621,7 +622,7 @@ def test_a_backup_role_without_replication_falls_back_to_pg_export_snapshot(env)
     e.sql("postgres", "CREATE ROLE dumper LOGIN IN ROLE pg_read_all_data")
     cfg = {**e.config, "postgres": {**e.config["postgres"], "databases": ["plainrole"],
                                     "dsn": make_conninfo(e.c.dsn(), user="dumper")}}
-    result = run_backup(load(e.write(cfg, "dumper.yaml")), "plainrole")
+    result = run_backup(BackupsConfig.of(load(e.write(cfg, "dumper.yaml"))), "plainrole")
     m = result.manifest
     assert m["snapshot_source"] == "pg_export_snapshot" and "consistent_point_lsn" not in m
     assert "replication" in m["slot_error"] and m["row_count"] == 10

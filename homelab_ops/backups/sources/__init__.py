@@ -6,14 +6,14 @@ its data source hooks). A source module declares:
   module's `Config`, discriminated on `type`;
 - `LISTED`: whether owners write it in `backups.sources` (PostgreSQL's databases are listed in
   `postgres.databases` instead, since PITR, the roles dump and n8n read them there);
-- `KINDS` (the assets' Dagster kinds), `describe(config, settings)` (the backup asset's description)
+- `KINDS` (the assets' Dagster kinds), `describe(source, config)` (the backup asset's description)
   and `VERIFIES` (what its restore verification proves, for the verification asset's);
-- `backup(config, settings, log) -> BackupResult`: one backup into the local folder, through
+- `backup(source, config, log) -> BackupResult`: one backup into the local folder, through
   `homelab_ops.backups.backup.prepare` (the `.partial`, fsync, manifest and clean-up rules);
-- `verify_restore(settings, path, manifest, result)`: restore the checked file somewhere
+- `verify_restore(config, path, manifest, result)`: restore the checked file somewhere
   disposable and compare it with the manifest, filling the `Verification`;
-- `refuse_existing(settings, into)` and `restore(settings, loc, into, progress)`: the CLI's restore;
-- `probe(config) -> str` (listed sources): what `homelab-ops doctor` says when the server answers;
+- `refuse_existing(config, into)` and `restore(config, loc, into, progress)`: the CLI's restore;
+- `probe(source) -> str` (listed sources): what `homelab-ops doctor` says when the server answers;
   raises SourceError naming the problem.
 
 Which module handles a backup is said by its manifest's `source` (manifests written before
@@ -30,6 +30,7 @@ from typing import TYPE_CHECKING, Annotated, Union
 
 from pydantic import Field
 
+from homelab_ops.backups.config import BackupsConfig
 from homelab_ops.backups.sources._base import SourceConfig, SourceError
 from homelab_ops.plugins import discover_typed
 
@@ -60,7 +61,7 @@ def configured(backups: BackupSettings) -> dict[str, SourceConfig]:
     return {s.name: s for s in backups.sources}
 
 
-def backed_up(settings, warn: Callable[[str], None] = lambda message: None) -> list[str]:
+def backed_up(config: BackupsConfig, warn: Callable[[str], None] = lambda message: None) -> list[str]:
     """Every folder the nightly backup writes, as the code location gives each its assets: the
     databases, then the `backups.sources` entries. The one answer for the definitions, the CLI, the
     digest and the `backup_age` health check.
@@ -79,17 +80,17 @@ def backed_up(settings, warn: Callable[[str], None] = lambda message: None) -> l
     from homelab_ops.errors import first_line
     from homelab_ops.n8n.workflow_export import FOLDER as EXPORTS
 
-    explicit = settings.postgres.databases != "all"
-    local = LocalStore(settings.backups.local_dir)
+    explicit = config.postgres.databases != "all"
+    local = LocalStore(config.backups.local_dir)
     had = [] if explicit else [d for d in local.databases() if d not in (GLOBALS, EXPORTS)
                                and read_listing(local.list(d)).backups]
     try:
-        names = configured_databases(settings.postgres)
+        names = configured_databases(config.postgres)
     except psycopg.OperationalError as e:
         names = had
         warn(f"postgres.databases is `all` but the server did not answer ({first_line(e)}); using the "
-             f"databases backed up in {settings.backups.local_dir}: {', '.join(names) or 'none'}")
-    sources = configured(settings.backups)
+             f"databases backed up in {config.backups.local_dir}: {', '.join(names) or 'none'}")
+    sources = configured(config.backups)
     taken = {op_name(n): n for n in sources}
     clash = [n for n in names if op_name(n) in taken]
     if clash:  # an explicit list that collides is refused when the settings load

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING, Literal
 
+from homelab_ops.backups.config import BackupsConfig
 from homelab_ops.backups.names import SCRATCH_PREFIX
 from homelab_ops.backups.sources._base import SourceConfig
 
@@ -45,25 +46,25 @@ def scratch_name(database: str, short_id: str) -> str:
     return f"{SCRATCH_PREFIX}{db}_{short_id}"
 
 
-def describe(config: Config, settings) -> str:
-    return (f"A backup of the `{config.name}` database: pg_dump in its own snapshot, zstd"
-            f"{', age-encrypted' if settings.backups.encryption.age_recipients else ''}, with a manifest of "
+def describe(source: Config, config: BackupsConfig) -> str:
+    return (f"A backup of the `{source.name}` database: pg_dump in its own snapshot, zstd"
+            f"{', age-encrypted' if config.backups.encryption.age_recipients else ''}, with a manifest of "
             "every table's exact row count and checksum")
 
 
-def backup(config: Config, settings, log):
+def backup(source: Config, config: BackupsConfig, log):
     """One pg_dump, with n8n's key fingerprint and binary data when this is n8n's database."""
     from homelab_ops.backups.backup import run_backup
     from homelab_ops.n8n.backup_set import after_backup, manifest_fields
 
-    result = run_backup(settings, config.name, manifest_extra=manifest_fields(settings, config.name))
-    after_backup(settings, config.name, result, log)
-    log.info(f"backed up {config.name}: {result.manifest['size']} bytes, "
+    result = run_backup(config, source.name, manifest_extra=manifest_fields(config, source.name))
+    after_backup(config, source.name, result, log)
+    log.info(f"backed up {source.name}: {result.manifest['size']} bytes, "
              f"{result.manifest['row_count']} rows in {result.manifest['table_count']} tables")
     return result
 
 
-def verify_restore(settings, path, manifest: dict, result) -> None:
+def verify_restore(config: BackupsConfig, path, manifest: dict, result) -> None:
     """pg_restore into a scratch database, then every table's count and checksum against the manifest;
     the scratch database is always dropped."""
     import uuid
@@ -73,19 +74,19 @@ def verify_restore(settings, path, manifest: dict, result) -> None:
     from homelab_ops.backups.restore import RestoreError, pg_restore_file
     from homelab_ops.state import connect
 
-    admin = settings.postgres.dsn.get_secret_value()
+    admin = config.postgres.dsn.get_secret_value()
     scratch = scratch_name(result.database, uuid.uuid4().hex[:8])
     result.scratch_database = scratch
     try:
         pg.create_database(admin, scratch)
     except Exception as e:
-        raise v.VerifyError(v.redact(f"cannot create the scratch database {scratch}: {e}", settings)) from None
+        raise v.VerifyError(config.redact(f"cannot create the scratch database {scratch}: {e}")) from None
     try:
         try:
-            pg_restore_file(settings, path, pg.database_dsn(admin, scratch), encrypted=result.encrypted,
+            pg_restore_file(config, path, pg.database_dsn(admin, scratch), encrypted=result.encrypted,
                             keep_owners=False)
         except RestoreError as e:
-            result.message = v.redact(f"the backup does not restore: {e}", settings)
+            result.message = config.redact(f"the backup does not restore: {e}")
             return
         result.restored = True
         with connect(pg.database_dsn(admin, scratch)) as conn:
@@ -109,27 +110,27 @@ def verify_restore(settings, path, manifest: dict, result) -> None:
         pg.drop_database(admin, scratch)
 
 
-def refuse_existing(settings, into: str) -> None:
+def refuse_existing(config: BackupsConfig, into: str) -> None:
     from homelab_ops.backups import postgresql as pg
     from homelab_ops.backups.restore import RestoreError
 
-    if pg.database_exists(settings.postgres.dsn.get_secret_value(), into):
+    if pg.database_exists(config.postgres.dsn.get_secret_value(), into):
         raise RestoreError(f"database {into!r} already exists: refusing to overwrite it; choose another --into")
 
 
-def restore(settings, loc, into: str, *, progress=None, keep_owners: bool = True) -> str:
+def restore(config: BackupsConfig, loc, into: str, *, progress=None, keep_owners: bool = True) -> str:
     """Into the new database `into`; progress counts the dump's bytes twice (checked, then restored)."""
     from homelab_ops.backups import postgresql as pg
     from homelab_ops.backups.restore import load_identity, local_copy, pg_restore_file
 
-    admin = settings.postgres.dsn.get_secret_value()
-    refuse_existing(settings, into)
+    admin = config.postgres.dsn.get_secret_value()
+    refuse_existing(config, into)
     if loc.backup.encrypted:
-        load_identity(settings.backups.encryption)  # fail before any work when the key is missing
-    with local_copy(settings.backups, loc, progress) as path:
+        load_identity(config.backups.encryption)  # fail before any work when the key is missing
+    with local_copy(config.backups, loc, progress) as path:
         pg.create_database(admin, into)
         try:
-            pg_restore_file(settings, path, pg.database_dsn(admin, into),
+            pg_restore_file(config, path, pg.database_dsn(admin, into),
                             encrypted=loc.backup.encrypted, keep_owners=keep_owners, progress=progress)
         except BaseException:
             pg.drop_database(admin, into)

@@ -26,6 +26,7 @@ from pydantic import Field, SecretStr
 from homelab_ops.backups.sources._base import SourceConfig, SourceError
 from homelab_ops.children import die_with_parent, free_port
 from homelab_ops.files import PARTIAL_SUFFIX
+from homelab_ops.backups.config import BackupsConfig
 
 LISTED = True
 KINDS = {"redis"}
@@ -44,9 +45,9 @@ class Config(SourceConfig):
     tls: bool = False
 
 
-def describe(config: Config, settings) -> str:
-    return (f"A backup of the Redis at {config.host}:{config.port}: the RDB snapshot a replica would receive, "
-            f"zstd{', age-encrypted' if settings.backups.encryption.age_recipients else ''}, with a manifest of "
+def describe(source: Config, config: BackupsConfig) -> str:
+    return (f"A backup of the Redis at {source.host}:{source.port}: the RDB snapshot a replica would receive, "
+            f"zstd{', age-encrypted' if config.backups.encryption.age_recipients else ''}, with a manifest of "
             "the keys `redis-check-rdb` read from it")
 
 
@@ -57,15 +58,15 @@ def tool(name: str) -> str:
     return path
 
 
-def _client(config: Config) -> tuple[list[str], dict[str, str]]:
-    args = [tool("redis-cli"), "-h", config.host, "-p", str(config.port), "--no-auth-warning"]
-    if config.username:
-        args += ["--user", config.username]
-    if config.tls:
+def _client(source: Config) -> tuple[list[str], dict[str, str]]:
+    args = [tool("redis-cli"), "-h", source.host, "-p", str(source.port), "--no-auth-warning"]
+    if source.username:
+        args += ["--user", source.username]
+    if source.tls:
         args.append("--tls")
     env = {k: v for k, v in os.environ.items() if k != "REDISCLI_AUTH"}
-    if config.password is not None:
-        env["REDISCLI_AUTH"] = config.password.get_secret_value()
+    if source.password is not None:
+        env["REDISCLI_AUTH"] = source.password.get_secret_value()
     return args, env
 
 
@@ -110,18 +111,18 @@ def parse_keyspace(info: str) -> dict[int, tuple[int, int]]:
     return out
 
 
-def probe(config: Config) -> str:
+def probe(source: Config) -> str:
     """What `homelab-ops doctor` reports: the server answers with these credentials (its version)."""
-    args, env = _client(config)
+    args, env = _client(source)
     try:
         proc = subprocess.run([*args, "INFO", "server"], capture_output=True, text=True, timeout=10, env=env)
     except subprocess.TimeoutExpired:
-        raise SourceError(f"no answer from {config.host}:{config.port} within 10 s") from None
+        raise SourceError(f"no answer from {source.host}:{source.port} within 10 s") from None
     out = (proc.stdout + proc.stderr).strip()
     version = re.search(r"^redis_version:(\S+)", out, re.M)
     if proc.returncode != 0 or not version:
-        raise SourceError(f"{config.host}:{config.port}: {out.splitlines()[-1] if out else f'exit {proc.returncode}'}")
-    return f"Redis {version.group(1)} at {config.host}:{config.port} answers"
+        raise SourceError(f"{source.host}:{source.port}: {out.splitlines()[-1] if out else f'exit {proc.returncode}'}")
+    return f"Redis {version.group(1)} at {source.host}:{source.port} answers"
 
 
 # ---------------------------------------------------------------- backup
@@ -136,21 +137,21 @@ def check_rdb(path: Path) -> dict:
         raise SourceError(str(e)) from None
 
 
-def backup(config: Config, settings, log):
+def backup(source: Config, config: BackupsConfig, log):
     """Stream the RDB through zstd (and age) into the backup, keeping the raw bytes beside it just long
     enough for redis-check-rdb; the manifest records what it read."""
     from homelab_ops.backups.backup import BackupError, prepare
 
-    args, env = _client(config)
-    pending = prepare(settings, config.name)
+    args, env = _client(source)
+    pending = prepare(config, source.name)
     raw = pending.final.with_name(pending.stem + ".rdb" + PARTIAL_SUFFIX)  # the recovery sweep's, if killed
     try:
         proc = subprocess.Popen([*args, "--rdb", "-"], stdout=subprocess.PIPE, stderr=subprocess.PIPE, env=env)
-        sha, size = pending.stream(proc, f"redis-cli --rdb of {config.name}", tap=raw)
+        sha, size = pending.stream(proc, f"redis-cli --rdb of {source.name}", tap=raw)
         try:
             checked = check_rdb(raw)
         except SourceError as e:
-            raise BackupError(f"the RDB of {config.name} is not whole: {e}") from None
+            raise BackupError(f"the RDB of {source.name} is not whole: {e}") from None
         rdb_size = raw.stat().st_size
         raw.unlink()
         result = pending.commit(sha, size, {"kind": "redis", "source": "redis", "rdb_size": rdb_size, **checked})
@@ -158,7 +159,7 @@ def backup(config: Config, settings, log):
         raw.unlink(missing_ok=True)
         pending.abandon()
         raise
-    log.info(f"backed up {config.name}: {size} bytes, {checked['keys']} keys ({checked['expires']} with a TTL)")
+    log.info(f"backed up {source.name}: {size} bytes, {checked['keys']} keys ({checked['expires']} with a TTL)")
     return result
 
 
@@ -199,20 +200,20 @@ def load_and_count(folder: Path) -> dict[int, tuple[int, int]]:
         server.wait()
 
 
-def verify_restore(settings, path, manifest: dict, result) -> None:
+def verify_restore(config: BackupsConfig, path, manifest: dict, result) -> None:
     from homelab_ops.backups import verify as v
     from homelab_ops.backups.restore import RestoreError, decode_file
 
-    with tempfile.TemporaryDirectory(prefix=f"{v.SCRATCH_DIR_PREFIX}redis-", dir=settings.backups.local_dir) as tmp:
+    with tempfile.TemporaryDirectory(prefix=f"{v.SCRATCH_DIR_PREFIX}redis-", dir=config.backups.local_dir) as tmp:
         rdb = Path(tmp) / RDB_NAME
         try:
-            decode_file(settings.backups.encryption, path, rdb, encrypted=result.encrypted)
+            decode_file(config.backups.encryption, path, rdb, encrypted=result.encrypted)
             # The server checks the CRC64 too, but says only "Short read or OOM" among its warnings;
             # redis-check-rdb names the damage, for one more read of the file.
             check_rdb(rdb)
             keyspace = load_and_count(Path(tmp))
         except (RestoreError, SourceError) as e:
-            result.message = v.redact(f"the backup does not restore: {e}", settings)
+            result.message = config.redact(f"the backup does not restore: {e}")
             return
     result.restored = True
     ok, why, expected, restored = compare_keys(manifest, keyspace)
@@ -222,7 +223,7 @@ def verify_restore(settings, path, manifest: dict, result) -> None:
         result.outcome = v.RESTORED
 
 
-def refuse_existing(settings, into: str) -> None:
+def refuse_existing(config: BackupsConfig, into: str) -> None:
     from homelab_ops.backups.restore import RestoreError
 
     target = Path(into) / RDB_NAME
@@ -230,22 +231,22 @@ def refuse_existing(settings, into: str) -> None:
         raise RestoreError(f"{target} already exists: refusing to overwrite it; choose another --into folder")
 
 
-def restore(settings, loc, into: str, *, progress=None, keep_owners: bool = True) -> str:
+def restore(config: BackupsConfig, loc, into: str, *, progress=None, keep_owners: bool = True) -> str:
     """Write the checked RDB as `<into>/dump.rdb` (the folder is created; an existing dump.rdb is never
     overwritten), after redis-check-rdb accepted it. Then: stop Redis, put the file in its data folder
     (`dir` in its config), start Redis."""
     from homelab_ops.backups.restore import RestoreError, decode_file, load_identity, local_copy
 
-    refuse_existing(settings, into)
+    refuse_existing(config, into)
     if loc.backup.encrypted:
-        load_identity(settings.backups.encryption)  # fail before any work when the key is missing
+        load_identity(config.backups.encryption)  # fail before any work when the key is missing
     folder = Path(into)
     folder.mkdir(parents=True, exist_ok=True)
     target = folder / RDB_NAME
     partial = folder / (RDB_NAME + ".partial")
     try:
-        with local_copy(settings.backups, loc, progress) as path:
-            decode_file(settings.backups.encryption, path, partial, encrypted=loc.backup.encrypted, progress=progress)
+        with local_copy(config.backups, loc, progress) as path:
+            decode_file(config.backups.encryption, path, partial, encrypted=loc.backup.encrypted, progress=progress)
         try:
             check_rdb(partial)
         except SourceError as e:

@@ -11,6 +11,7 @@ from homelab_ops.backups import sources
 from homelab_ops.backups.sources import SourceError
 from homelab_ops.backups.backup import BackupError, BackupResult, run_globals_backup
 from homelab_ops.backups.catalog import time_of
+from homelab_ops.backups.config import BackupsConfig
 from homelab_ops.backups.offsite import TargetState, sync
 from homelab_ops.defs.resources import HomelabSettings
 from homelab_ops.settings import Settings
@@ -45,6 +46,7 @@ def result_metadata(result: BackupResult) -> dict:
 def backup_asset(name: str, settings: Settings) -> dg.AssetsDefinition:
     """`backups/<name>`: a PostgreSQL database or a `backups.sources` entry, backed up by its source module."""
     source, config = sources.source_for(settings.backups, name)
+    about = source.describe(config, BackupsConfig.of(settings))
 
     @dg.asset(
         key=["backups", name],
@@ -52,7 +54,7 @@ def backup_asset(name: str, settings: Settings) -> dg.AssetsDefinition:
         kinds=set(source.KINDS),
         pool=f"backup_{name}",
         description=(
-            f"{source.describe(config, settings)}, written to the local folder at disk speed"
+            f"{about}, written to the local folder at disk speed"
             f"{' (then copied off-site by `offsite/' + name + '`)' if settings.backups.s3 else ''}. "
             "Each materialization is one backup."
         ),
@@ -60,7 +62,7 @@ def backup_asset(name: str, settings: Settings) -> dg.AssetsDefinition:
     def _backup(context: dg.AssetExecutionContext, homelab: HomelabSettings) -> dg.MaterializeResult:
         module, current = sources.source_for(homelab.settings.backups, name)
         try:
-            result = module.backup(current, homelab.settings, context.log)
+            result = module.backup(current, homelab.backups, context.log)
         except (BackupError, SourceError) as e:
             raise dg.Failure(description=str(e)) from None
         return dg.MaterializeResult(metadata=result_metadata(result))
@@ -79,7 +81,7 @@ def globals_asset(settings: Settings) -> dg.AssetsDefinition:
     )
     def _globals(homelab: HomelabSettings) -> dg.MaterializeResult:
         try:
-            return dg.MaterializeResult(metadata=result_metadata(run_globals_backup(homelab.settings)))
+            return dg.MaterializeResult(metadata=result_metadata(run_globals_backup(homelab.backups)))
         except (BackupError, SourceError) as e:
             raise dg.Failure(description=str(e)) from None
 

@@ -5,6 +5,7 @@ import dagster as dg
 
 from homelab_ops.backups import sources
 from homelab_ops.backups.catalog import GLOBALS
+from homelab_ops.backups.config import BackupsConfig
 from homelab_ops.defs.backups.assets import backup_asset, globals_asset, offsite_asset
 from homelab_ops.defs.backups.retention import globals_retention_asset, key as retention_key
 from homelab_ops.defs.backups.retention import retention_asset, workflow_retention_asset
@@ -42,7 +43,7 @@ def _schedule(name: str, job, cron: str, settings, description: str) -> dg.Sched
 @dg.definitions
 def defs() -> dg.Definitions:
     settings = current()
-    dbs = sources.backed_up(settings, warn=dg.get_dagster_logger().warning)  # databases, then sources
+    dbs = sources.backed_up(BackupsConfig.of(settings), warn=dg.get_dagster_logger().warning)  # databases, then sources
     verifications = [verification_asset(db, settings) for db in dbs]
     freshness = [freshness_check(db, settings) for db in dbs]
     backups = [backup_asset(db, settings) for db in dbs]

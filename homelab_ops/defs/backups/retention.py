@@ -6,11 +6,13 @@ downstream of `n8n_workflows`, so a failed export prunes nothing either.
 """
 
 from collections.abc import Callable
+from datetime import tzinfo
 
 import dagster as dg
 
 from homelab_ops.backups import prune as p
 from homelab_ops.backups.catalog import GLOBALS
+from homelab_ops.backups.config import BackupsConfig
 from homelab_ops.defs.backups.verification import key as verification_key
 from homelab_ops.defs.resources import HomelabSettings
 from homelab_ops.n8n.workflow_export import FOLDER
@@ -24,14 +26,14 @@ def key(database: str) -> dg.AssetKey:
     return dg.AssetKey(["backup_retention", database])
 
 
-def prune_metadata(result: p.DatabasePrune, settings: Settings) -> dict:
+def prune_metadata(result: p.DatabasePrune, tz: tzinfo) -> dict:
     meta = {
         "dry_run": dg.MetadataValue.bool(result.dry_run),
         "bytes_freed": dg.MetadataValue.int(result.bytes_freed),
         "kept": dg.MetadataValue.int(sum(len(x.kept) for x in result.plans)),
         "removed": dg.MetadataValue.int(sum(len(x.removed) for x in result.plans)),
         "leftovers_removed": dg.MetadataValue.int(sum(1 for x in result.plans for o in x.leftovers if o.remove)),
-        "plan": dg.MetadataValue.md(p.markdown(result, settings.tz)),
+        "plan": dg.MetadataValue.md(p.markdown(result, tz)),
     }
     if result.blocked:
         meta["not_pruned_because"] = dg.MetadataValue.text(result.blocked)
@@ -39,13 +41,13 @@ def prune_metadata(result: p.DatabasePrune, settings: Settings) -> dict:
 
 
 def _run(context: dg.AssetExecutionContext, homelab: HomelabSettings,
-         prune: Callable[[Settings], p.DatabasePrune]) -> dg.MaterializeResult:
-    s = homelab.settings
+         prune: Callable[[BackupsConfig], p.DatabasePrune]) -> dg.MaterializeResult:
+    config = homelab.backups
     try:
-        result = prune(s)
+        result = prune(config)
     except p.PruneError as e:
         raise dg.Failure(description=str(e)) from None
-    meta = prune_metadata(result, s)
+    meta = prune_metadata(result, config.tz)
     if result.blocked:
         context.log.warning(result.blocked)
     verb = "would free" if result.dry_run else "freed"
@@ -63,7 +65,7 @@ _DESCRIPTION = (
 
 
 def _retention_asset(name: str, dep, settings: Settings, about: str, protected: str,
-                     prune: Callable[[Settings], p.DatabasePrune]) -> dg.AssetsDefinition:
+                     prune: Callable[[BackupsConfig], p.DatabasePrune]) -> dg.AssetsDefinition:
     """`backup_retention/<name>` after `dep`, in the pool of the backups it prunes."""
     @dg.asset(
         key=key(name),
@@ -83,13 +85,13 @@ def retention_asset(database: str, settings: Settings) -> dg.AssetsDefinition:
     return _retention_asset(
         database, verification_key(database), settings, f"Retention of `{database}`'s backups. ",
         "newest backup whose verification passed, and nothing at all when the newest backup failed verification",
-        lambda s: p.prune_database(s, database))
+        lambda config: p.prune_database(config, database))
 
 
 def globals_retention_asset(settings: Settings) -> dg.AssetsDefinition:
     return _retention_asset(
         GLOBALS, "backup_globals", settings, "Retention of the roles backups (`backup_globals`). ",
-        "newest globals backup (they are not verified)", lambda s: p.prune_database(s, GLOBALS))
+        "newest globals backup (they are not verified)", lambda config: p.prune_database(config, GLOBALS))
 
 
 def workflow_retention_asset(settings: Settings, databases: list[str]) -> dg.AssetsDefinition:

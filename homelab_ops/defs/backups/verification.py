@@ -97,19 +97,20 @@ def verification_asset(database: str, settings: Settings) -> dg.AssetsDefinition
     )
     def _verify(context: dg.AssetExecutionContext, config: VerifyConfig,
                 homelab: HomelabSettings) -> dg.MaterializeResult:
-        s = homelab.settings
+        backups = homelab.backups
         try:
-            store, skipped, listed = v.tonights_store(s.backups, database)  # one listing for the whole step
+            store, skipped, listed = v.tonights_store(backups.backups, database)  # one listing for the whole step
             for why in skipped:
                 context.log.warning(f"not verified tonight: {why}")
-            results = [v.verify_backup(s, database, store=store, backups=listed)]
+            results = [v.verify_backup(backups, database, store=store, backups=listed)]
             meta = verification_metadata(results[0])
             if config.random_older:
                 older = v.pick_older(listed, random.SystemRandom())
                 if older is None:
                     meta["older_backup"] = dg.MetadataValue.text("none: there is only one backup")
                 else:
-                    results.append(v.verify_backup(s, database, stem=older.stem, store=store, backups=listed))
+                    results.append(v.verify_backup(backups, database, stem=older.stem, store=store,
+                                                   backups=listed))
                     meta.update(verification_metadata(results[1], prefix="older_"))
         except v.VerifyError as e:
             raise dg.Failure(description=str(e)) from None
@@ -120,9 +121,9 @@ def verification_asset(database: str, settings: Settings) -> dg.AssetsDefinition
             for err in r.record_errors:
                 context.log.warning(f"could not record the result: {err}")
         failed = [r for r in results if not r.passed]
-        n8n = n8n_level(context, s, database, results[0], meta)  # n8n itself on n8n's database, or None
+        n8n = n8n_level(context, backups, database, results[0], meta)  # n8n itself on n8n's database, or None
         if results[0].passed:
-            v.publish_freshness(s.metrics.textfile_dir, results[0])
+            v.publish_freshness(homelab.settings.metrics.textfile_dir, results[0])
         # Only a failed copy blocks retention; integrity-only warns (retention still protects the
         # newest restored backup, and a host without a key must not fill its disk).
         hard = any(r.outcome == v.FAILED for r in results)

@@ -45,7 +45,7 @@ def n8n_upgrade_readiness(context: dg.AssetExecutionContext, config: UpgradeConf
                           ) -> dg.MaterializeResult:
     s = homelab.settings
     try:
-        report = upgrade.check_upgrade(s, config.version)
+        report = upgrade.check_upgrade(homelab.backups, config.version)
     except upgrade.UpgradeCheckError as e:
         raise dg.Failure(description=str(e)) from None
     (context.log.info if report.go else context.log.error)(f"{report.headline()}: {report.verdict.summary()}")

@@ -5,6 +5,7 @@ check of `restore_verification/<n8n database>`) and the WARN check that the key 
 import dagster as dg
 
 from homelab_ops.backups.catalog import read_listing
+from homelab_ops.backups.config import BackupsConfig
 from homelab_ops.backups.stores import LocalStore, StoreError
 from homelab_ops.defs.resources import HomelabSettings
 from homelab_ops.n8n import backup_set
@@ -54,22 +55,22 @@ def verification_metadata(r: nv.N8nVerification) -> dict:
     }
 
 
-def n8n_level(context, settings: Settings, database: str, manifest_result, meta: dict) -> tuple[bool, str] | None:
+def n8n_level(context, backups: BackupsConfig, database: str, manifest_result, meta: dict) -> tuple[bool, str] | None:
     """Run n8n on the backup just verified against its manifest; None when it does not apply.
 
     Adds the result tables to `meta`; (passed, message) joins the blocking check."""
-    if not nv.applies(settings, database):
+    if not nv.applies(backups, database):
         return None
     if not manifest_result.restored:
         return False, "not run: the backup did not restore"
     try:
         # the very backup, from the store, that the manifest check just restored
-        r = nv.verify_with_n8n(settings, database, stem=manifest_result.stem, source=manifest_result.store, exact=True)
+        r = nv.verify_with_n8n(backups, database, stem=manifest_result.stem, source=manifest_result.store, exact=True)
     except nv.N8nVerifyError as e:
         context.log.error(f"verification by n8n could not run: {e}")
         return False, f"verification by n8n could not run: {e}"
     meta.update(verification_metadata(r))
-    for err in nv.record_result(settings.backups, r):
+    for err in nv.record_result(backups.backups, r):
         context.log.warning(f"could not record the n8n verification: {err}")
     (context.log.info if r.passed else context.log.error)(f"{database} backup {r.stem} by n8n {r.version}: {r.message}")
     return r.passed, r.message

@@ -58,7 +58,7 @@ def n8n_workflows_asset(settings: Settings) -> dg.AssetsDefinition:
     def n8n_workflows(context: dg.AssetExecutionContext, homelab: HomelabSettings) -> dg.MaterializeResult:
         s = homelab.settings
         previous_credentials = _previous_credential_count(context)
-        result = export_n8n_workflows(s)
+        result = export_n8n_workflows(homelab.backups)
         credentials = _credential_count(s.n8n)
         meta = {
             "path": dg.MetadataValue.path(str(result.path)),
