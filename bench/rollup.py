@@ -167,7 +167,7 @@ def main() -> None:
         print(f"  generated in {generate(n8n_dsn, args.executions, args.days, args.workflows):.1f} s")
     recreate(STATE_DB)
     settings = load_settings(state_dsn)
-    with rollup.connect_n8n(n8n_dsn) as n8n, open_state(settings) as state:
+    with rollup.connect_n8n(n8n_dsn) as n8n, open_state(settings.state, settings.postgres) as state:
         total, deleted, size = n8n.execute(
             "SELECT count(*), count(\"deletedAt\"), pg_size_pretty(pg_total_relation_size('execution_entity'))"
             " FROM execution_entity").fetchone()

@@ -51,9 +51,15 @@ from contextlib import contextmanager
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import psycopg
 from psycopg import sql
+
+from homelab_ops.backups.config import BackupsConfig
+
+if TYPE_CHECKING:
+    from homelab_ops.settings import PostgresSettings
 
 GUARD_TAG = "homelab-ops/guard"  # "held": the run holds its advisory lock; "unavailable": it could not
 INTERRUPTED_TAG = "homelab-ops/interrupted"  # when a sweep found the run's process gone
@@ -269,7 +275,7 @@ def sweep(settings, instance, conn: psycopg.Connection, *, me: str | None = None
             done.skipped = (f"leftovers of interrupted runs are removed later: run {', '.join(busy)} "
                             "writes backups now")
         else:
-            done.removed, complete = remove_leftovers(settings, log)
+            done.removed, complete = remove_leftovers(BackupsConfig.of(settings), log)
             if complete:
                 for r in pending:
                     instance.add_run_tags(r.run_id, {LEFTOVERS_TAG: f"removed {len(done.removed)}"})
@@ -322,18 +328,18 @@ def _open_anywhere(path: Path) -> bool:
     return False
 
 
-def _known_databases(settings, local) -> list[str]:
+def _known_databases(postgres: PostgresSettings, local) -> list[str]:
     from homelab_ops.backups import postgresql as pg
 
     names = set(local.databases())
     try:
-        names |= set(pg.configured_databases(settings.postgres))
+        names |= set(pg.configured_databases(postgres))
     except psycopg.Error:
         pass
     return sorted(names)
 
 
-def remove_leftovers(settings, log) -> tuple[list[str], bool]:
+def remove_leftovers(config: BackupsConfig, log) -> tuple[list[str], bool]:
     """Remove what interrupted writes left; call only when no live run writes backups.
     Returns what was removed and whether everything could be looked at (an S3 target may be down)."""
     from homelab_ops.backups import postgresql as pg
@@ -346,11 +352,11 @@ def remove_leftovers(settings, log) -> tuple[list[str], bool]:
     from homelab_ops.files import PARTIAL_SUFFIX
     from homelab_ops.state import connect
 
-    local, remotes = stores_for(settings.backups)
-    admin = settings.postgres.dsn.get_secret_value()
+    local, remotes = stores_for(config.backups)
+    admin = config.postgres.dsn.get_secret_value()
     removed: list[str] = []
     complete = True
-    databases = _known_databases(settings, local)
+    databases = _known_databases(config.postgres, local)
     with connect(admin, autocommit=True) as conn:
         free = {d: _lock_free(conn, backup_lock_key(d)) for d in set(databases) | {GLOBALS}}
         # Local folders: partial writes and orphans (a dump whose manifest never came).
@@ -407,7 +413,7 @@ def remove_leftovers(settings, log) -> tuple[list[str], bool]:
                     removed += [store.uri(d, n) for n in listing.orphans]
             removed += _incomplete_exports(local, store)
         except (StoreError, *s3_errors()) as e:
-            log.warning(_redact(settings, f"S3 target {store.label}: leftovers not removed this time: {e}"))
+            log.warning(config.redact(f"S3 target {store.label}: leftovers not removed this time: {e}"))
             complete = False
     return removed, complete
 

@@ -9,9 +9,13 @@ from __future__ import annotations
 
 import os
 from importlib import resources
+from typing import TYPE_CHECKING
 
 import psycopg
 from psycopg import sql
+
+if TYPE_CHECKING:
+    from homelab_ops.settings import PostgresSettings, StateSettings
 
 SCHEMA = "homelab_ops"
 _LOCK_KEY = 0x686F6D656C6162  # "homelab"
@@ -72,14 +76,14 @@ def migrate(conn: psycopg.Connection) -> list[str]:
     return applied
 
 
-def open_state(settings) -> psycopg.Connection:
+def open_state(state: StateSettings, postgres: PostgresSettings) -> psycopg.Connection:
     """Connect to the state database, creating and migrating it on first use.
 
     `postgres.dsn` is used only when the state database cannot be reached as it is: a run worker
     on another host, or a state database on a server of its own, may not reach the backed-up
     server at all, and must not depend on it."""
-    dsn = settings.state.dsn.get_secret_value()
-    admin = settings.postgres.dsn.get_secret_value()
+    dsn = state.dsn.get_secret_value()
+    admin = postgres.dsn.get_secret_value()
     try:
         conn = connect(dsn)
     except psycopg.OperationalError as first:

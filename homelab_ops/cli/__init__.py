@@ -11,6 +11,7 @@ from homelab_ops.settings import SettingsError, load
 
 if TYPE_CHECKING:
     from homelab_ops.backups.config import BackupsConfig
+    from homelab_ops.credentials.config import CredentialsConfig
     from homelab_ops.pitr.config import PitrConfig
 
 
@@ -46,6 +47,13 @@ class Context:
         from homelab_ops.backups.config import BackupsConfig
 
         return BackupsConfig.of(self.settings)
+
+    @property
+    def credentials(self) -> CredentialsConfig:
+        """What the credential store and its rotations read of the settings (the `creds` commands take this)."""
+        from homelab_ops.credentials.config import CredentialsConfig
+
+        return CredentialsConfig.of(self.settings)
 
 
 @click.group()

@@ -35,7 +35,7 @@ def _errors():
 
 @contextlib.contextmanager
 def _store(obj):
-    with _errors(), open_store(obj.settings, cli_actor()) as store:
+    with _errors(), open_store(obj.credentials, cli_actor()) as store:
         yield store
 
 
@@ -55,7 +55,7 @@ def creds() -> None:
 def init(obj) -> None:
     """Create the master key file (mode 0600, never overwritten) and the store's tables."""
     with _errors():
-        path, kid, created = init_store(obj.settings, cli_actor())
+        path, kid, created = init_store(obj.credentials, cli_actor())
     if path is None:
         click.echo(f"store ready; master key from ${ENV_VAR} (key id {kid})")
     else:
@@ -158,10 +158,10 @@ def rotate_(obj, name: str, step: str | None) -> None:
     """Rotate now (finishing an interrupted rotation first), whether or not it is due."""
     with _store(obj) as store, _errors():
         if step:
-            notes = run_step(store, name, step, settings=obj.settings)
+            notes = run_step(store, name, step, config=obj.credentials)
             click.echo(f"{name}: step {step} done; now {store.status(name).stages}")
         else:
-            result = rotate(store, name, settings=obj.settings, force=True)
+            result = rotate(store, name, config=obj.credentials, force=True)
             notes = result.notes
             click.echo(f"rotated {name} to v{result.version}"
                        + (" (finished an interrupted rotation)" if result.resumed else ""))

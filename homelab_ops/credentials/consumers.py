@@ -33,10 +33,10 @@ COMPOSE_SERVICE = "com.docker.compose.service"
 def restart(ctx: Context) -> None:
     """The `restart` step: every consumer given the pending value and healthy, or a CredentialError
     naming the consumer (which the rotation records and stops on)."""
-    d, settings = ctx.definition, ctx.settings
+    d, config = ctx.definition, ctx.config
     if not d.consumers:
         return
-    if settings is None or not settings.credentials.restart_consumers:
+    if config is None or not config.credentials.restart_consumers:
         ctx.left_to_restart.extend(d.consumers)
         ctx.notes.append(f"consumers not restarted (credentials.restart_consumers is off): restart "
                          f"{', '.join(d.consumers)} yourself")
@@ -44,14 +44,14 @@ def restart(ctx: Context) -> None:
     env = pending_environment(ctx)
     from docker.errors import DockerException
     try:
-        client = docker_host.connect(settings.docker.host, 120)
+        client = docker_host.connect(config.docker.host, 120)
     except DockerException as e:
         raise CredentialError(f"cannot reach the Docker Engine at docker.host to restart the consumers "
                               f"({', '.join(d.consumers)}): {type(e).__name__}") from None
     try:
         for service in d.consumers:
-            what, done = refresh(client, service, env, wait_s=settings.monitoring.health.wait.seconds,
-                                 prefix=settings.docker.name_prefix, log=ctx.notes.append,
+            what, done = refresh(client, service, env, wait_s=config.consumer_wait_seconds,
+                                 prefix=config.docker.name_prefix, log=ctx.notes.append,
                                  revert=lambda: kind_for(d.kind).revert(ctx))
             ctx.notes.append(f"consumer {service}: {what}")
             if not done:
@@ -63,7 +63,7 @@ def restart(ctx: Context) -> None:
 def pending_environment(ctx: Context) -> dict[str, str]:
     """The env template's variables that name this credential, rendered with the pending version
     (other credentials at their current one)."""
-    template_path = ctx.settings.credentials.env_template
+    template_path = ctx.config.credentials.env_template
     if not template_path:
         return {}
     template, _ = checked_template(template_path)

@@ -17,6 +17,7 @@ from homelab_ops.credentials.envfile import checked_template
 from homelab_ops.credentials.kinds import Context, Kind, kind_for
 from homelab_ops.credentials.store import Store
 from homelab_ops.errors import typed_first_line
+from homelab_ops.credentials.config import CredentialsConfig
 
 # `restart` gives the consumers the new value and waits for them to be healthy (consumers.py):
 # before `finish`, so an old S3 key is deleted only once nothing uses it.
@@ -63,19 +64,19 @@ def _run(ctx: Context, step: str) -> None:
     ctx.store.audit(f"step:{step}", ctx.name, outcome="ok")
 
 
-def _context(store: Store, name: str, settings) -> Context:
+def _context(store: Store, name: str, config: CredentialsConfig | None) -> Context:
     d = store.get_definition(name)
     if not kind_for(d.kind).rotatable:
         store.audit("rotate", name, outcome="denied", detail="manual credential")
         raise CredentialError(f"{name} is a manual credential: no API can rotate it; store a new value with "
                               f"`homelab-ops creds set {name}`")
-    return Context(store, d, settings)
+    return Context(store, d, config)
 
 
 def _check_env_template(ctx: Context) -> None:
     """The env template is read by the restart step and after `finish`: one it cannot render stops the
     rotation before any step, not between a changed password and its consumers."""
-    template_path = ctx.settings.credentials.env_template if ctx.settings else None
+    template_path = ctx.config.credentials.env_template if ctx.config else None
     if not template_path:
         return
     try:
@@ -85,12 +86,12 @@ def _check_env_template(ctx: Context) -> None:
         raise RotationError(ctx.name, "env template", str(e)) from None
 
 
-def run_step(store: Store, name: str, step: str, *, settings=None) -> list[str]:
+def run_step(store: Store, name: str, step: str, *, config: CredentialsConfig | None = None) -> list[str]:
     """One step on its own (for operators and tests); returns the step's notes."""
     if step not in STEPS:
         raise CredentialError(f"unknown step {step!r}: use one of {', '.join(STEPS)}")
     try:
-        ctx = _context(store, name, settings)
+        ctx = _context(store, name, config)
         with store.rotation_lock(name):
             _run(ctx, step)
     except psycopg.Error as e:
@@ -105,16 +106,16 @@ def _state_lost(store: Store, name: str, e: psycopg.Error) -> RotationError:
     return RotationError(name, "state database", message)
 
 
-def rotate(store: Store, name: str, *, settings=None, force: bool = False) -> RotationResult:
+def rotate(store: Store, name: str, *, config: CredentialsConfig | None = None, force: bool = False) -> RotationResult:
     """Rotate `name` if due (or `force`), finishing any pending version first; idempotent."""
     try:
-        return _rotate(store, name, settings=settings, force=force)
+        return _rotate(store, name, config=config, force=force)
     except psycopg.Error as e:  # outside a step: reading the definition or the stages
         raise _state_lost(store, name, e) from None
 
 
-def _rotate(store: Store, name: str, *, settings, force: bool) -> RotationResult:
-    ctx = _context(store, name, settings)
+def _rotate(store: Store, name: str, *, config: CredentialsConfig | None, force: bool) -> RotationResult:
+    ctx = _context(store, name, config)
     d = ctx.definition
     result = RotationResult(name, d.kind, rotated=False, consumers=d.consumers)
     with store.rotation_lock(name):

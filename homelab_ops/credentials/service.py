@@ -10,6 +10,7 @@ from datetime import datetime, timedelta
 from pathlib import Path
 from typing import TYPE_CHECKING
 
+from homelab_ops.credentials.config import CredentialsConfig
 from homelab_ops.credentials.envfile import render_env_file
 from homelab_ops.credentials.kinds import kind_for
 from homelab_ops.credentials.rotation import RotationResult, rotate
@@ -32,17 +33,17 @@ class CredentialReport:
         return since + timedelta(seconds=self.status.definition.period_seconds) if since else None
 
 
-def rotate_and_report(settings, name: str, actor: str) -> CredentialReport:
+def rotate_and_report(config: CredentialsConfig, name: str, actor: str) -> CredentialReport:
     """Rotate `name` if due (finishing any interrupted rotation), then describe where it stands.
 
     After a rotation the settings' env file is rendered again, so the
     consumers only need a restart.
     """
-    with open_store(settings, actor) as store:
+    with open_store(config, actor) as store:
         d = store.get_definition(name)
-        result = rotate(store, name, settings=settings) if kind_for(d.kind).rotatable else None
+        result = rotate(store, name, config=config) if kind_for(d.kind).rotatable else None
         env_file = None
-        c = settings.credentials
+        c = config.credentials
         if result and result.rotated and c.env_template and c.env_file:
             render_env_file(store, c.env_template, c.env_file)
             env_file = Path(c.env_file)

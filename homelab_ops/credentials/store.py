@@ -28,6 +28,7 @@ from homelab_ops.credentials.keys import InvalidToken, Keyring, key_id, load_key
 from homelab_ops.credentials.policy import Definition
 from homelab_ops.errors import first_line
 from homelab_ops.state import SCHEMA, connect, open_state
+from homelab_ops.credentials.config import CredentialsConfig
 
 if TYPE_CHECKING:
     from homelab_ops.settings import CredentialsSettings
@@ -411,18 +412,18 @@ class Store:
 
 
 @contextlib.contextmanager
-def open_store(settings, actor: str, *, keyring: Keyring | None = None) -> Iterator[Store]:
+def open_store(config: CredentialsConfig, actor: str, *, keyring: Keyring | None = None) -> Iterator[Store]:
     """The store with the master key checked and the settings' credentials registered."""
-    keyring = keyring or load_keyring(settings.credentials.key_file)
+    keyring = keyring or load_keyring(config.credentials.key_file)
     try:
-        conn = open_state(settings)
+        conn = open_state(config.state, config.postgres)
     except psycopg.OperationalError as e:
         raise CredentialError(f"cannot reach the state database: {first_line(e)}") from None
     try:
         conn.autocommit = True
-        store = Store(conn, keyring, actor, dsn=settings.state.dsn.get_secret_value())
+        store = Store(conn, keyring, actor, dsn=config.state.dsn.get_secret_value())
         store.verify_key()
-        store.sync_settings(settings.credentials)
+        store.sync_settings(config.credentials)
         yield store
     except psycopg.Error as e:  # never a value in these: the store sends only ciphertext
         raise CredentialError(f"state database error: {first_line(e)}") from None
@@ -430,7 +431,7 @@ def open_store(settings, actor: str, *, keyring: Keyring | None = None) -> Itera
         conn.close()
 
 
-def init_store(settings, actor: str) -> tuple[Path | None, str, bool]:
+def init_store(config: CredentialsConfig, actor: str) -> tuple[Path | None, str, bool]:
     """Create the key file (unless the key comes from the environment) and the schema.
 
     Returns (key file or None, key id, whether a key file was created). An
@@ -439,12 +440,12 @@ def init_store(settings, actor: str) -> tuple[Path | None, str, bool]:
     """
     from homelab_ops.credentials.keys import ENV_VAR
 
-    path = Path(settings.credentials.key_file)
+    path = Path(config.credentials.key_file)
     created = False
     if not os.environ.get(ENV_VAR) and not path.exists():
         write_key_file(path, Keyring([new_key()], str(path)), replace=False)
         created = True
-    with open_store(settings, actor) as store:
+    with open_store(config, actor) as store:
         store.audit("init", detail=f"key id {store.keyring.primary_id}"
                                    + (f", key file {path} created" if created else ""))
         return (None if os.environ.get(ENV_VAR) else path), store.keyring.primary_id, created
@@ -492,15 +493,15 @@ def rekey(store: Store, target: str | os.PathLike) -> str:
     return key_id(fresh)
 
 
-def known_definitions(settings, *, timeout: int = 3) -> list[Definition]:
+def known_definitions(config: CredentialsConfig, *, timeout: int = 3) -> list[Definition]:
     """The settings' credentials plus those `creds add` registered, read without the master key.
 
     Used when the code location loads: a state database that is down or not yet
     created only hides the registered ones, it never stops the load.
     """
-    found = {n: policy.definition_from_settings(n, e) for n, e in settings.credentials.managed.items()}
+    found = {n: policy.definition_from_settings(n, e) for n, e in config.credentials.managed.items()}
     try:
-        with connect(settings.state.dsn.get_secret_value(), connect_timeout=timeout) as conn:
+        with connect(config.state.dsn.get_secret_value(), connect_timeout=timeout) as conn:
             if conn.execute("SELECT to_regclass(%s)", (f"{S}.credential",)).fetchone()[0] is not None:
                 for name, kind, period, consumers, description, params in conn.execute(
                         f"SELECT name, kind, period, consumers, description, params FROM {S}.credential"):
@@ -513,13 +514,13 @@ def known_definitions(settings, *, timeout: int = 3) -> list[Definition]:
     return [found[n] for n in sorted(found)]
 
 
-def ages(settings, now: datetime | None = None) -> list[CredentialAge]:
+def ages(config: CredentialsConfig, now: datetime | None = None) -> list[CredentialAge]:
     """Every credential (the settings' and the store's) with the age of its current version; oldest
     first, never-set ones before all. Reads ages only: no master key, no audit rows."""
     now = now or _now()
-    defs = {n: policy.definition_from_settings(n, e) for n, e in settings.credentials.managed.items()}
+    defs = {n: policy.definition_from_settings(n, e) for n, e in config.credentials.managed.items()}
     current: dict[str, tuple[int, datetime]] = {}
-    with open_state(settings) as conn:
+    with open_state(config.state, config.postgres) as conn:
         for name, kind, period, consumers, description, params in conn.execute(
                 f"SELECT name, kind, period, consumers, description, params FROM {S}.credential"):
             defs.setdefault(name, Definition(name, kind, period, tuple(consumers), description, dict(params)))
@@ -534,9 +535,9 @@ def ages(settings, now: datetime | None = None) -> list[CredentialAge]:
     return sorted(out, key=lambda o: (o.age_seconds is not None, -(o.age_seconds or 0), o.name))
 
 
-def overdue(settings, now: datetime | None = None) -> list[CredentialAge]:
+def overdue(config: CredentialsConfig, now: datetime | None = None) -> list[CredentialAge]:
     """The credentials past their period (or never set), for alerting; oldest first."""
-    return [a for a in ages(settings, now) if a.overdue]
+    return [a for a in ages(config, now) if a.overdue]
 
 
 __all__ = ["AuditRow", "CredentialAge", "ages", "Status", "Store", "VersionInfo", "cli_actor", "init_store", "known_definitions",

@@ -6,6 +6,7 @@ from pydantic import PrivateAttr
 from homelab_ops import recovery
 from homelab_ops import settings as settings_mod
 from homelab_ops.backups.config import BackupsConfig
+from homelab_ops.credentials.config import CredentialsConfig
 from homelab_ops.pitr.config import PitrConfig
 
 
@@ -43,6 +44,11 @@ class HomelabSettings(dg.ConfigurableResource):
     def backups(self) -> BackupsConfig:
         """What the backups, their sources and n8n's backup set read of the settings, for their assets."""
         return BackupsConfig.of(self.settings)
+
+    @property
+    def credentials(self) -> CredentialsConfig:
+        """What the credential store and its rotations read of the settings, for the credential assets."""
+        return CredentialsConfig.of(self.settings)
 
 
 @dg.definitions

@@ -30,8 +30,10 @@ def check_line(line: str) -> str:
 def stored_users(settings, actor: str) -> list[str]:
     """The htpasswd lines of `traefik.basic_auth_credentials`, read (and audited) from the store."""
     from homelab_ops.credentials import current_value
+    from homelab_ops.credentials.config import CredentialsConfig
 
-    return [current_value(settings, name, actor=actor, field="htpasswd")
+    config = CredentialsConfig.of(settings)
+    return [current_value(config, name, actor=actor, field="htpasswd")
             for name in settings.traefik.basic_auth_credentials]
 
 

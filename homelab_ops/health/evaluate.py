@@ -186,9 +186,10 @@ def check_backups(settings, th: Thresholds, now: datetime) -> list[CheckResult]:
 def check_credentials(settings, th: Thresholds, now: datetime) -> list[CheckResult]:
     try:
         from homelab_ops.credentials import overdue
+        from homelab_ops.credentials.config import CredentialsConfig
     except ImportError:
         return [c.unknown("credentials_overdue", "the credential store is not installed")]
-    items = overdue(settings)
+    items = overdue(CredentialsConfig.of(settings))
     return [c.credentials_overdue([(o.name, o.age_seconds, o.period_seconds) for o in items])]
 
 

@@ -119,7 +119,7 @@ def state_connection(settings) -> psycopg.Connection:
     with _migrated_lock:
         fresh = dsn not in _migrated
     if fresh:
-        conn = open_state(settings)
+        conn = open_state(settings.state, settings.postgres)
         with _migrated_lock:
             _migrated.add(dsn)
     else:

@@ -173,10 +173,11 @@ def gather(settings, now: datetime | None = None) -> Facts:
     except Exception as e:
         facts.unread.append(f"state database: {type(e).__name__}")
     try:
+        from homelab_ops.credentials.config import CredentialsConfig
         from homelab_ops.credentials.store import ages
 
         facts.credentials = [CredentialLine(a.name, a.age_seconds / 86400 if a.age_seconds is not None else None,
-                                            a.period_seconds / 86400) for a in ages(settings, now)]
+                                            a.period_seconds / 86400) for a in ages(CredentialsConfig.of(settings), now)]
     except Exception as e:
         facts.unread.append(f"credentials: {type(e).__name__}")
     return facts

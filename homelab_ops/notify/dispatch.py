@@ -47,9 +47,10 @@ def bot_token(settings, env_token: str | None = None) -> str | None:
         if hit and time.monotonic() - hit[0] < _TOKEN_TTL:
             return hit[1]
         try:
+            from homelab_ops.credentials.config import CredentialsConfig
             from homelab_ops.credentials.store import open_store
 
-            with open_store(settings, "homelab-ops:notify") as store:
+            with open_store(CredentialsConfig.of(settings), "homelab-ops:notify") as store:
                 value = store.value(name, purpose="sending alerts")
             with _token_lock:
                 _token_cache[name] = (time.monotonic(), value)

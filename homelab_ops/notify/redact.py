@@ -150,6 +150,7 @@ def credential_values(settings) -> list[str]:
     try:
         import psycopg
 
+        from homelab_ops.credentials.config import CredentialsConfig
         from homelab_ops.credentials.store import open_store
         from homelab_ops.state import connect
     except ImportError:
@@ -171,7 +172,7 @@ def credential_values(settings) -> list[str]:
             return list(cached[1])
     values: list[str] = []
     try:
-        with open_store(settings, "homelab-ops:alert-redaction") as store:
+        with open_store(CredentialsConfig.of(settings), "homelab-ops:alert-redaction") as store:
             for d in store.definitions():
                 for stage in ("current", "pending", "previous"):
                     try:

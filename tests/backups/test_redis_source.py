@@ -249,12 +249,13 @@ KILLED_CHILD = """
 import sys
 import dagster as dg
 from homelab_ops.backups import sources
+from homelab_ops.backups.config import BackupsConfig
 from homelab_ops.backups.verify import verify_backup
 from homelab_ops.settings import load
-settings = load(sys.argv[1])
-module, config = sources.source_for(settings.backups, "cache")
+config = BackupsConfig.of(load(sys.argv[1]))
+module, source = sources.source_for(config.backups, "cache")
 while True:
-    module.backup(config, settings, dg.get_dagster_logger()) if sys.argv[2] == "backup" else verify_backup(settings, "cache")
+    module.backup(source, config, dg.get_dagster_logger()) if sys.argv[2] == "backup" else verify_backup(config, "cache")
 """
 
 
@@ -293,7 +294,7 @@ def test_a_sigkill_mid_backup_or_mid_verification_leaves_nothing_the_sweep_does_
     time.sleep(1)
     assert not [p for p in Path("/proc").glob("[0-9]*") if _is_scratch_server(p, local)]  # died with the run
     assert seen.exists()  # what the kill left (files only: the sweep's job)
-    removed, complete = remove_leftovers(settings, dg.get_dagster_logger())
+    removed, complete = remove_leftovers(BackupsConfig.of(settings), dg.get_dagster_logger())
     assert complete and str(seen) in removed, removed
     assert not list(local.glob(SCRATCH_DIR_PREFIX + "*")) and not list((local / "cache").glob("*.partial"))
     assert LocalStore(str(local)).databases() == ["cache"]

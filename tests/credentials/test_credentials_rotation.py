@@ -26,6 +26,7 @@ from tests.credentials.test_credentials_store import (  # noqa: F401 (cred_setti
     cred_settings,
     creds_state_db,
 )
+from homelab_ops.credentials.config import CredentialsConfig
 
 pytestmark = pytest.mark.services  # every test here reaches PostgreSQL
 
@@ -58,14 +59,14 @@ def test_postgres_role_rotation_changes_the_real_password(cred_settings, scram_p
     _, settings = cred_settings()
     first = "Initial-Password-1234"
     role = new_role(scram_pg, first)
-    with open_store(settings, "test") as store:
+    with open_store(CredentialsConfig.of(settings), "test") as store:
         pg_credential(store, scram_pg, role)
-        result = rotate(store, "pg_app", settings=settings)
+        result = rotate(store, "pg_app", config=CredentialsConfig.of(settings))
         assert result.rotated and result.steps == list(STEPS) and result.restart == ("n8n",)
         p1 = store.value("pg_app")
         assert can_login(scram_pg, role, p1) and not can_login(scram_pg, role, first)
-        assert not rotate(store, "pg_app", settings=settings).rotated  # not due again for 30 days
-        rotate(store, "pg_app", settings=settings, force=True)
+        assert not rotate(store, "pg_app", config=CredentialsConfig.of(settings)).rotated  # not due again for 30 days
+        rotate(store, "pg_app", config=CredentialsConfig.of(settings), force=True)
         p2 = store.value("pg_app")
         assert can_login(scram_pg, role, p2) and not can_login(scram_pg, role, p1)
         assert store.value("pg_app", stage="previous") == p1 and store.value("pg_app", "username") == role
@@ -78,21 +79,21 @@ def test_postgres_role_rotation_changes_the_real_password(cred_settings, scram_p
 def test_interruption_after_alter_role_is_finished_by_the_next_run(cred_settings, scram_pg):
     _, settings = cred_settings()
     role = new_role(scram_pg, "Initial-Password-5678")
-    with open_store(settings, "test") as store:
+    with open_store(CredentialsConfig.of(settings), "test") as store:
         pg_credential(store, scram_pg, role)
-        rotate(store, "pg_app", settings=settings)
+        rotate(store, "pg_app", config=CredentialsConfig.of(settings))
         old = store.value("pg_app")
-        run_step(store, "pg_app", "create", settings=settings)
+        run_step(store, "pg_app", "create", config=CredentialsConfig.of(settings))
         pending_version, pending = store.read("pg_app", "pending")
         pending = pending["value"]
         assert can_login(scram_pg, role, old)  # nothing outside the store has changed yet
-        run_step(store, "pg_app", "set", settings=settings)
+        run_step(store, "pg_app", "set", config=CredentialsConfig.of(settings))
         # ...and the process dies here: the server has the new password, the store still says pending.
     assert can_login(scram_pg, role, pending) and not can_login(scram_pg, role, old)
-    with open_store(settings, "test") as store:
+    with open_store(CredentialsConfig.of(settings), "test") as store:
         st = store.status("pg_app")
         assert st.pending.version == pending_version and st.due
-        result = rotate(store, "pg_app", settings=settings)  # the daily run, not forced
+        result = rotate(store, "pg_app", config=CredentialsConfig.of(settings))  # the daily run, not forced
         assert result.rotated and result.resumed and result.version == pending_version
         assert store.value("pg_app") == pending and store.status("pg_app").pending is None
     assert can_login(scram_pg, role, pending)
@@ -101,20 +102,20 @@ def test_interruption_after_alter_role_is_finished_by_the_next_run(cred_settings
 def test_state_database_lost_midway_then_the_next_run_completes(cred_settings, scram_pg):
     _, settings = cred_settings()
     role = new_role(scram_pg, "Initial-Password-9012")
-    with open_store(settings, "test") as store:
+    with open_store(CredentialsConfig.of(settings), "test") as store:
         pg_credential(store, scram_pg, role)
-        run_step(store, "pg_app", "create", settings=settings)
-        run_step(store, "pg_app", "set", settings=settings)
+        run_step(store, "pg_app", "create", config=CredentialsConfig.of(settings))
+        run_step(store, "pg_app", "set", config=CredentialsConfig.of(settings))
         pending = store.read("pg_app", "pending")[1]["value"]
         with psycopg.connect(ADMIN_DSN, autocommit=True) as admin:
             admin.execute("SELECT pg_terminate_backend(%s)", (store.conn.info.backend_pid,))
         with pytest.raises(RotationError, match="state database failed.*next run finishes it") as e:
-            rotate(store, "pg_app", settings=settings)
+            rotate(store, "pg_app", config=CredentialsConfig.of(settings))
         assert pending not in str(e.value) and e.value.__cause__ is None and e.value.__suppress_context__
-    with open_store(settings, "test") as store:
+    with open_store(CredentialsConfig.of(settings), "test") as store:
         # the failure was still audited, over a fresh connection
         assert any(a.action == "rotate" and a.outcome == "failed" for a in store.audit_rows("pg_app"))
-        result = rotate(store, "pg_app", settings=settings)
+        result = rotate(store, "pg_app", config=CredentialsConfig.of(settings))
         assert result.rotated and result.resumed and store.value("pg_app") == pending
     assert can_login(scram_pg, role, pending)
 
@@ -122,21 +123,21 @@ def test_state_database_lost_midway_then_the_next_run_completes(cred_settings, s
 def test_failed_login_test_puts_the_current_password_back(cred_settings, scram_pg):
     _, settings = cred_settings()
     role = new_role(scram_pg, "Initial-Password-3456")
-    with open_store(settings, "test") as store:
+    with open_store(CredentialsConfig.of(settings), "test") as store:
         pg_credential(store, scram_pg, role)
-        rotate(store, "pg_app", settings=settings)
+        rotate(store, "pg_app", config=CredentialsConfig.of(settings))
         current = store.value("pg_app")
         with psycopg.connect(scram_pg.dsn(), autocommit=True) as conn:
             conn.execute(sql.SQL("ALTER ROLE {} NOLOGIN").format(sql.Identifier(role)))
         with pytest.raises(RotationError, match="step 'test'.*current password was put back") as e:
-            rotate(store, "pg_app", settings=settings, force=True)
+            rotate(store, "pg_app", config=CredentialsConfig.of(settings), force=True)
         pending = store.read("pg_app", "pending")[1]["value"]
         assert pending not in str(e.value) and current not in str(e.value)
         with psycopg.connect(scram_pg.dsn(), autocommit=True) as conn:
             conn.execute(sql.SQL("ALTER ROLE {} LOGIN").format(sql.Identifier(role)))
         assert can_login(scram_pg, role, current) and not can_login(scram_pg, role, pending)
         assert store.value("pg_app") == current  # no lockout: the store and the server agree
-        assert rotate(store, "pg_app", settings=settings).resumed  # and the next run finishes it
+        assert rotate(store, "pg_app", config=CredentialsConfig.of(settings)).resumed  # and the next run finishes it
     assert can_login(scram_pg, role, pending)
 
 
@@ -146,13 +147,13 @@ def test_failed_login_test_puts_the_current_password_back(cred_settings, scram_p
 @pytest.mark.parametrize("crash_after", ["create", "set", "test", "restart"])
 def test_generated_rotation_interrupted_after_any_step_completes_once(cred_settings, crash_after):
     _, settings = cred_settings()
-    with open_store(settings, "test") as store:
+    with open_store(CredentialsConfig.of(settings), "test") as store:
         add_generated(store)
         rotate(store, "grafana_admin", force=True)
         for step in STEPS[:STEPS.index(crash_after) + 1]:
             run_step(store, "grafana_admin", step)
         pending = store.read("grafana_admin", "pending")[1]["value"]
-    with open_store(settings, "test") as store:
+    with open_store(CredentialsConfig.of(settings), "test") as store:
         result = rotate(store, "grafana_admin")
         assert result.rotated and result.resumed and result.version == 2
         assert store.value("grafana_admin") == pending
@@ -162,7 +163,7 @@ def test_generated_rotation_interrupted_after_any_step_completes_once(cred_setti
 
 def test_two_rotations_of_one_credential_never_run_at_once(cred_settings):
     _, settings = cred_settings()
-    with open_store(settings, "daily run") as first, open_store(settings, "operator") as second:
+    with open_store(CredentialsConfig.of(settings), "daily run") as first, open_store(CredentialsConfig.of(settings), "operator") as second:
         add_generated(first)
         with first.rotation_lock("grafana_admin"):
             with pytest.raises(RotationBusy, match="being rotated by another process"):
@@ -173,7 +174,7 @@ def test_two_rotations_of_one_credential_never_run_at_once(cred_settings):
 
 def test_generated_secret_follows_its_policy_and_htpasswd_verifies(cred_settings):
     _, settings = cred_settings()
-    with open_store(settings, "test") as store:
+    with open_store(CredentialsConfig.of(settings), "test") as store:
         add_generated(store, "traefik_admin", length=48, alphabet="symbols", htpasswd_user="admin", bcrypt_rounds=4)
         rotate(store, "traefik_admin")
         value, line = store.value("traefik_admin"), store.value("traefik_admin", "htpasswd")
@@ -200,7 +201,7 @@ def test_s3_access_key_rotation_against_iam(cred_settings, s3_server):
     def keys() -> set[str]:
         return {k["AccessKeyId"] for k in iam.list_access_keys(UserName=user)["AccessKeyMetadata"]}
 
-    with open_store(settings, "test") as store:
+    with open_store(CredentialsConfig.of(settings), "test") as store:
         store.define(make_definition("b2_backup", "s3-access-key", {
             "user": user, "endpoint_url": s3_server, "period": "30d", "consumers": ["backup"]}))
         rotate(store, "b2_backup")
@@ -232,9 +233,9 @@ def test_rotation_run_leaks_no_secret_to_events_metadata_or_output(cred_settings
                        "consumers": ["n8n", "grafana"]},
             "telegram_bot": {"kind": "manual", "period": "90d", "consumers": ["n8n"]},
         }})
-    with open_store(settings, "test") as store:
+    with open_store(CredentialsConfig.of(settings), "test") as store:
         set_value(store, "telegram_bot", BOT_TOKEN)
-        rotate(store, "pg_app", settings=settings)
+        rotate(store, "pg_app", config=CredentialsConfig.of(settings))
         first = store.value("pg_app")
         # the password is 31 days old (due), the bot token a year (overdue: only a warning can help)
         store.conn.execute("UPDATE homelab_ops.credential_version SET promoted_at = now() - interval '31 days'"
@@ -250,7 +251,7 @@ def test_rotation_run_leaks_no_secret_to_events_metadata_or_output(cred_settings
     event_text = "\n".join(dg.serialize_value(r) for r in dagster_instance.all_logs(result.run_id))
     out, err = capfd.readouterr()
     assert result.success
-    with open_store(settings, "test") as store:
+    with open_store(CredentialsConfig.of(settings), "test") as store:
         second = store.value("pg_app")
         audit = store.audit_rows()
     assert first != second
@@ -307,10 +308,10 @@ def test_grafana_reader_role_reads_only_its_tables_and_runs_every_state_sql_pane
         migrate(conn)
     _, settings = cred_settings()
     role = f"grafana_ro_{uuid.uuid4().hex[:6]}"
-    with open_store(settings, "test") as store:
+    with open_store(CredentialsConfig.of(settings), "test") as store:
         pg_credential(store, scram_pg, role, name="grafana_db", dbname=state, consumers=["grafana"],
                       select_tables=",".join(GRAFANA_TABLES))
-        result = rotate(store, "grafana_db", settings=settings, force=True)
+        result = rotate(store, "grafana_db", config=CredentialsConfig.of(settings), force=True)
         assert result.rotated and result.consumers == ("grafana",)
         password = store.value("grafana_db", "value", purpose="test")
     board = json.loads((Path(__file__).parents[2] / "deploy/grafana/dashboards/homelab.json").read_text())
@@ -336,8 +337,8 @@ def test_grafana_reader_role_reads_only_its_tables_and_runs_every_state_sql_pane
             with pytest.raises(psycopg.errors.InsufficientPrivilege):
                 conn.execute(forbidden)
     # A second rotation keeps it working (grants re-applied, password changed).
-    with open_store(settings, "test") as store:
-        rotate(store, "grafana_db", settings=settings, force=True)
+    with open_store(CredentialsConfig.of(settings), "test") as store:
+        rotate(store, "grafana_db", config=CredentialsConfig.of(settings), force=True)
         new = store.value("grafana_db", "value", purpose="test")
     assert new != password and can_login(scram_pg, role, new) and not can_login(scram_pg, role, password)
 
@@ -351,10 +352,10 @@ def test_rotating_the_role_homelab_ops_connects_as_is_refused_before_anything_ch
     # The settings homelab-ops runs with name this role in state.dsn (the store itself stays where it is).
     own = settings.model_copy(update={"state": settings.state.model_copy(
         update={"dsn": SecretStr(scram_pg.dsn(user=role, password=first))})})
-    with open_store(settings, "test") as store:
+    with open_store(CredentialsConfig.of(settings), "test") as store:
         pg_credential(store, scram_pg, role, name="own_login")
         with pytest.raises(RotationError, match=r"refused: homelab-ops itself connects as .* \(state\.dsn\)"):
-            rotate(store, "own_login", settings=own, force=True)
+            rotate(store, "own_login", config=CredentialsConfig.of(own), force=True)
         assert store.status("own_login").pending is None
     assert can_login(scram_pg, role, first)
 
@@ -405,9 +406,9 @@ def test_rotation_recreates_its_consumer_with_the_new_password_before_finishing(
     try:
         docker_client.api.start(cid)
         assert wait_healthy(docker_client, cid, 30).ok
-        with open_store(settings, "test") as store:
+        with open_store(CredentialsConfig.of(settings), "test") as store:
             pg_credential(store, scram_pg, role, consumers=["app"])
-            result = rotate(store, "pg_app", settings=settings)
+            result = rotate(store, "pg_app", config=CredentialsConfig.of(settings))
             assert result.rotated and result.restart == ()
             assert "consumer app: recreated with the new value, healthy" in result.notes
             p1 = store.value("pg_app")
@@ -420,7 +421,7 @@ def test_rotation_recreates_its_consumer_with_the_new_password_before_finishing(
             with pytest.raises(RotationError, match="step 'restart'.*consumer app: the new container did not "
                                                     "turn healthy.*current password was put back; rolled back"
                                                     ".*healthy again") as e:
-                rotate(store, "pg_app", settings=settings, force=True)
+                rotate(store, "pg_app", config=CredentialsConfig.of(settings), force=True)
             pending = store.read("pg_app", "pending")[1]["value"]
             assert pending not in str(e.value) and p1 not in str(e.value)
             assert store.value("pg_app") == p1  # not finished
@@ -429,7 +430,7 @@ def test_rotation_recreates_its_consumer_with_the_new_password_before_finishing(
             assert can_login(scram_pg, role, p1) and wait_healthy(docker_client, again["Id"], 30).ok
 
             template.write_text('PGPASSWORD={{ cred("pg_app") }}\n')  # mended
-            result = rotate(store, "pg_app", settings=settings)
+            result = rotate(store, "pg_app", config=CredentialsConfig.of(settings))
             assert result.resumed and result.rotated and store.value("pg_app") == pending
         info, password = consumer()
         assert password == pending and can_login(scram_pg, role, pending)

@@ -29,6 +29,7 @@ from homelab_ops.credentials.rotation import rotate, set_value
 from homelab_ops.credentials.store import init_store, open_store, rekey
 from homelab_ops.settings import SettingsError, load
 from tests.conftest import ADMIN_DSN, drop_database, dsn_for
+from homelab_ops.credentials.config import CredentialsConfig
 
 pytestmark = pytest.mark.services  # every test here reaches PostgreSQL
 
@@ -74,7 +75,7 @@ def cred_settings(creds_state_db, tmp_path, monkeypatch):
 
     def make(credentials: dict | None = None, **more):
         path, settings = make_settings(tmp_path, state_db, credentials, **more)
-        init_store(settings, "test")
+        init_store(CredentialsConfig.of(settings), "test")
         return path, settings
 
     make.state_db = state_db
@@ -101,7 +102,7 @@ def test_init_creates_a_0600_key_file_and_never_overwrites_it(cred_settings):
     key_file = Path(settings.credentials.key_file)
     assert stat.S_IMODE(key_file.stat().st_mode) == 0o600
     before = key_file.read_bytes()
-    path, kid, created = init_store(settings, "test")
+    path, kid, created = init_store(CredentialsConfig.of(settings), "test")
     assert (path, created) == (key_file, False) and key_file.read_bytes() == before
     with pytest.raises(MasterKeyError, match="not overwriting"):
         write_key_file(key_file, Keyring([new_key()], "x"), replace=False)
@@ -113,7 +114,7 @@ def test_key_file_with_wider_mode_is_refused(cred_settings):
     key_file = Path(settings.credentials.key_file)
     key_file.chmod(0o640)
     with pytest.raises(MasterKeyError, match=r"mode 0640; it must be 0600") as e:
-        open_store(settings, "test").__enter__()
+        open_store(CredentialsConfig.of(settings), "test").__enter__()
     assert key_file.read_text().splitlines()[-1] not in str(e.value)
 
 
@@ -121,19 +122,19 @@ def test_master_key_from_the_environment(creds_state_db, tmp_path, monkeypatch):
     key = new_key().decode()
     monkeypatch.setenv(ENV_VAR, key)
     _, settings = make_settings(tmp_path, empty_state(creds_state_db))
-    path, kid, created = init_store(settings, "test")
+    path, kid, created = init_store(CredentialsConfig.of(settings), "test")
     assert path is None and not created and not Path(settings.credentials.key_file).exists()
-    with open_store(settings, "test") as store:
+    with open_store(CredentialsConfig.of(settings), "test") as store:
         store.define(make_definition("tg", "manual", {"period": "90d"}))
         set_value(store, "tg", BOT_TOKEN)
     assert load_keyring("/nonexistent", env={ENV_VAR: key}).ids == store.keyring.ids
-    with open_store(settings, "test") as store:
+    with open_store(CredentialsConfig.of(settings), "test") as store:
         assert store.value("tg") == BOT_TOKEN
 
 
 def test_wrong_master_key_is_refused_and_nothing_is_overwritten(cred_settings, tmp_path):
     path, settings = cred_settings()
-    with open_store(settings, "test") as store:
+    with open_store(CredentialsConfig.of(settings), "test") as store:
         add_generated(store)
         rotate(store, "grafana_admin", force=True)
         rows_before = store.conn.execute(
@@ -143,9 +144,9 @@ def test_wrong_master_key_is_refused_and_nothing_is_overwritten(cred_settings, t
     write_key_file(other, Keyring([new_key()], str(other)), replace=False)
     _, wrong = make_settings(tmp_path, cred_settings.state_db, {"key_file": str(other)})
     with pytest.raises(MasterKeyError, match="wrong master key.*Nothing was changed"):
-        with open_store(wrong, "intruder"):
+        with open_store(CredentialsConfig.of(wrong), "intruder"):
             pass
-    with open_store(settings, "test") as store:
+    with open_store(CredentialsConfig.of(settings), "test") as store:
         assert store.conn.execute(
             "SELECT credential, version, stage, ciphertext FROM homelab_ops.credential_version ORDER BY 1, 2"
         ).fetchall() == rows_before
@@ -160,7 +161,7 @@ def test_wrong_master_key_is_refused_and_nothing_is_overwritten(cred_settings, t
 
 def test_values_are_encrypted_at_rest_and_every_access_is_audited(cred_settings):
     _, settings = cred_settings()
-    with open_store(settings, "cli:tester") as store:
+    with open_store(CredentialsConfig.of(settings), "cli:tester") as store:
         add_generated(store, htpasswd_user="admin", bcrypt_rounds=4)
         store.define(make_definition("telegram_bot", "manual", {"period": "90d", "consumers": ["n8n"]}))
         set_value(store, "telegram_bot", BOT_TOKEN)
@@ -211,7 +212,7 @@ def test_audit_trail_is_append_only_in_the_database(cred_settings):
 
 def test_versions_move_through_pending_current_previous(cred_settings):
     _, settings = cred_settings()
-    with open_store(settings, "test") as store:
+    with open_store(CredentialsConfig.of(settings), "test") as store:
         add_generated(store)
         seen = []
         for _ in range(3):
@@ -231,7 +232,7 @@ def test_rekey_reencrypts_every_value_and_leaves_only_the_new_key(cred_settings)
                                                           "dsn": "postgresql://admin:AdminPw-Secret-42@db/x"}}})
     key_file = Path(settings.credentials.key_file)
     old = load_keyring(key_file)
-    with open_store(settings, "test") as store:
+    with open_store(CredentialsConfig.of(settings), "test") as store:
         add_generated(store)
         rotate(store, "grafana_admin", force=True)
         value = store.value("grafana_admin")
@@ -240,7 +241,7 @@ def test_rekey_reencrypts_every_value_and_leaves_only_the_new_key(cred_settings)
         new_id = rekey(store, key_file)
     assert stat.S_IMODE(key_file.stat().st_mode) == 0o600
     assert load_keyring(key_file).ids == [new_id]
-    with open_store(settings, "test") as store:
+    with open_store(CredentialsConfig.of(settings), "test") as store:
         assert store.value("grafana_admin") == value
         assert store.get_definition("pg_app").secret_params["dsn"].endswith("AdminPw-Secret-42@db/x")
         for (token,) in store.conn.execute("SELECT ciphertext FROM homelab_ops.credential_version"
@@ -256,7 +257,7 @@ def test_rekey_reencrypts_every_value_and_leaves_only_the_new_key(cred_settings)
 def test_rekey_that_fails_midway_changes_nothing_and_either_key_opens(cred_settings):
     _, settings = cred_settings()
     key_file = Path(settings.credentials.key_file)
-    with open_store(settings, "test") as store:
+    with open_store(CredentialsConfig.of(settings), "test") as store:
         add_generated(store)
         add_generated(store, "webhook_secret")
         rotate(store, "grafana_admin", force=True)
@@ -272,7 +273,7 @@ def test_rekey_that_fails_midway_changes_nothing_and_either_key_opens(cred_setti
         assert store.conn.execute("SELECT credential, ciphertext FROM homelab_ops.credential_version"
                                   " ORDER BY 1").fetchall() == before
     assert len(load_keyring(key_file).ids) == 2  # new and old: whichever state the store is in, it opens
-    with open_store(settings, "test") as store:
+    with open_store(CredentialsConfig.of(settings), "test") as store:
         assert store.value("grafana_admin") == value
 
 
@@ -299,7 +300,7 @@ def test_bad_input_gets_a_clear_error(cred_settings, tmp_path):
         make_settings(tmp_path, cred_settings.state_db, {"managed": {"tg": {"kind": "manual", "period": "3x"}}})
     with pytest.raises(SettingsError, match=r"credentials\.managed\.tg\.kind"):
         make_settings(tmp_path, cred_settings.state_db, {"managed": {"tg": {"kind": "vault"}}})
-    with open_store(settings, "test") as store:
+    with open_store(CredentialsConfig.of(settings), "test") as store:
         store.define(make_definition("tg", "manual", {"period": "90d", "pattern": r"\d+:[\w-]{30,}"}))
         store.define(make_definition("pg", "postgres-role", {"role": "app"}))
         with pytest.raises(UnknownCredential, match="no credential named 'nope'"):
@@ -322,20 +323,20 @@ def test_a_template_the_rotation_cannot_render_stops_it_before_any_step(cred_set
     template = tmp_path / "env.template"
     template.write_text('GF_SECURITY_ADMIN_PASSWORD={{ cred "grafana_admin" }}\n')  # the form before #15
     _, settings = cred_settings({"env_template": str(template), "env_file": str(tmp_path / ".env")})
-    with open_store(settings, "test") as store:
+    with open_store(CredentialsConfig.of(settings), "test") as store:
         add_generated(store)
         first = rotate(store, "grafana_admin", force=True).version  # no settings: no template read
         steps = len([r for r in store.audit_rows() if r.action.startswith("step:")])
         with pytest.raises(RotationError, match=r"step 'env template'.*env\.template: .*line 1: write "
                                                 r'\{\{ cred\("grafana_admin"\) \}\}'):
-            rotate(store, "grafana_admin", settings=settings, force=True)
+            rotate(store, "grafana_admin", config=CredentialsConfig.of(settings), force=True)
         status = store.status("grafana_admin")
         assert status.current.version == first and status.pending is None
         assert len([r for r in store.audit_rows() if r.action.startswith("step:")]) == steps  # none ran
         last = store.audit_rows()[-1]
         assert (last.action, last.outcome) == ("rotate", "failed") and "env.template" in last.detail
         template.write_text('GF_SECURITY_ADMIN_PASSWORD={{ cred("grafana_admin") }}\n')  # mended
-        assert rotate(store, "grafana_admin", settings=settings, force=True).version == first + 1
+        assert rotate(store, "grafana_admin", config=CredentialsConfig.of(settings), force=True).version == first + 1
     assert (tmp_path / ".env").exists() is False  # render-env is the service's job, not rotate()'s
 
 
@@ -349,7 +350,7 @@ def test_render_env_writes_current_values_quoted_and_0600(cred_settings, tmp_pat
                         'TRAEFIK_USERS={{ cred("grafana_admin", "htpasswd") }}\n'
                         'TELEGRAM_BOT_TOKEN={{cred("telegram_bot")}}\nPLAIN=unchanged\n')
     out = tmp_path / "deploy" / ".env"
-    with open_store(settings, "test") as store:
+    with open_store(CredentialsConfig.of(settings), "test") as store:
         add_generated(store, htpasswd_user="admin", bcrypt_rounds=4)
         store.define(make_definition("telegram_bot", "manual", {}))
         set_value(store, "telegram_bot", BOT_TOKEN)
@@ -379,14 +380,14 @@ def test_render_env_writes_current_values_quoted_and_0600(cred_settings, tmp_pat
 def test_overdue_lists_what_is_past_its_period_without_the_master_key(cred_settings, monkeypatch):
     _, settings = cred_settings({"managed": {"telegram_bot": {"kind": "manual", "period": "90d"},
                                              "never_set": {"kind": "manual", "period": "7d"}}})
-    with open_store(settings, "test") as store:
+    with open_store(CredentialsConfig.of(settings), "test") as store:
         set_value(store, "telegram_bot", BOT_TOKEN)
         add_generated(store)
         rotate(store, "grafana_admin", force=True)
     Path(settings.credentials.key_file).unlink()  # alerting runs without the key
     now = datetime.now(timezone.utc)
-    assert [o.name for o in overdue(settings)] == ["never_set"]
-    later = overdue(settings, now=now + timedelta(days=91))
+    assert [o.name for o in overdue(CredentialsConfig.of(settings))] == ["never_set"]
+    later = overdue(CredentialsConfig.of(settings), now=now + timedelta(days=91))
     assert [o.name for o in later] == ["never_set", "telegram_bot", "grafana_admin"]
     tg = later[1]
     assert tg.kind == "manual" and tg.period_seconds == 90 * 86400 and tg.age_seconds > 90 * 86400
@@ -410,7 +411,7 @@ def test_cli_round_trip_prints_a_value_only_for_get(cred_settings, tmp_path):
     assert r.exit_code == 0, r.output
     outputs = [run(main, ["creds", *args], env=env) for args in (["list"], ["history", "telegram_bot"],
                                                                    ["history", "hook"])]
-    with open_store(settings, "test") as store:
+    with open_store(CredentialsConfig.of(settings), "test") as store:
         hook = store.value("hook")
     for r in outputs:
         assert r.exit_code == 0 and BOT_TOKEN not in r.output and hook not in r.output

@@ -5,6 +5,7 @@ from __future__ import annotations
 import psycopg
 import pytest
 
+from homelab_ops.credentials.config import CredentialsConfig
 from homelab_ops.credentials.policy import htpasswd_matches
 from homelab_ops.credentials.rotation import rotate
 from homelab_ops.credentials.store import open_store
@@ -20,15 +21,15 @@ def test_stored_htpasswd_line_reaches_traefik_and_follows_rotation(cred_settings
         {"managed": {"ui_admin": {"kind": "generated", "length": 24, "htpasswd_user": "owner",
                                   "bcrypt_rounds": 4, "period": "90d"}}},
         traefik={"basic_auth_credentials": ["ui_admin"]})
-    with open_store(settings, "test") as store:
-        rotate(store, "ui_admin", settings=settings, force=True)
+    with open_store(CredentialsConfig.of(settings), "test") as store:
+        rotate(store, "ui_admin", config=CredentialsConfig.of(settings), force=True)
         password = store.value("ui_admin")
     [line] = stored_users(settings, "dagster-run:abc")
     assert line.startswith("owner:$2") and htpasswd_matches(line, password)
     assert basic_auth_users(settings.traefik, {}, [line]) == [line]
 
-    with open_store(settings, "test") as store:
-        rotate(store, "ui_admin", settings=settings, force=True)
+    with open_store(CredentialsConfig.of(settings), "test") as store:
+        rotate(store, "ui_admin", config=CredentialsConfig.of(settings), force=True)
     [after] = stored_users(settings, "dagster-run:abc")
     assert after != line and not htpasswd_matches(after, password)
     with psycopg.connect(settings.state.dsn.get_secret_value()) as conn:

@@ -30,6 +30,7 @@ from homelab_ops.deploy.spec import LABEL_HASH, LABEL_SERVICE
 from homelab_ops.settings import load
 from tests import docker_images
 from tests.conftest import DOCKER_HOST, free_port
+from homelab_ops.credentials.config import CredentialsConfig
 
 pytestmark = pytest.mark.docker
 
@@ -426,12 +427,12 @@ def traefik_user(stack, state_db):
     extra = {"state": {"dsn": dsn_for(state_db)},
              "credentials": {"key_file": str(stack.root / "keys" / "master.key")}}
     settings = load(stack.write({**stack.settings(), **extra}))
-    init_store(settings, "test")
-    with open_store(settings, "test") as store:
+    init_store(CredentialsConfig.of(settings), "test")
+    with open_store(CredentialsConfig.of(settings), "test") as store:
         store.define(make_definition("traefik_owner", "generated", {
             "period": "30d", "htpasswd_user": "owner", "bcrypt_rounds": 4, "consumers": ["traefik"]}))
-        rotate(store, "traefik_owner", settings=settings, force=True)
-    return extra, current_value(settings, "traefik_owner", actor="test")
+        rotate(store, "traefik_owner", config=CredentialsConfig.of(settings), force=True)
+    return extra, current_value(CredentialsConfig.of(settings), "traefik_owner", actor="test")
 
 
 @pytest.fixture(scope="module")

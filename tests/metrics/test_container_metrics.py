@@ -446,7 +446,7 @@ def test_daily_rollup_and_retention_cover_container_metrics(write_settings, fres
     day = (datetime.now(timezone.utc) - timedelta(days=1)).date()
     noon = datetime(day.year, day.month, day.day, 12, tzinfo=timezone.utc)
     old = datetime.now(timezone.utc) - timedelta(days=15)
-    with open_state(settings) as c:
+    with open_state(settings.state, settings.postgres) as c:
         with c.cursor() as cur:
             cur.executemany("INSERT INTO homelab_ops.container_metrics VALUES (%s, %s, %s, %s)", [
                 (noon, "n8n", "container_memory_working_set_bytes", 100.0),

@@ -47,7 +47,7 @@ def state_dsn():
 
 def _fill(settings) -> str:
     now = datetime.now(timezone.utc)
-    with open_state(settings) as c:
+    with open_state(settings.state, settings.postgres) as c:
         for k in range(2):
             snap = Snapshot(taken_at=now - timedelta(minutes=15 * k))
             snap.add("node_thermal_zone_temp", 55.0 + k, type="cpu-thermal", zone="0")

@@ -241,7 +241,7 @@ def test_daily_rollup_over_dst_reruns_identically_and_applies_retention(write_se
     recent = datetime.now(timezone.utc) - timedelta(days=1)
     old = datetime.now(timezone.utc) - timedelta(days=15)
     raw += [(recent, "node_load1", "{}", 1.0), (old, "node_load1", "{}", 2.0)]
-    with open_state(settings) as c:
+    with open_state(settings.state, settings.postgres) as c:
         with c.cursor() as cur:
             cur.executemany("INSERT INTO homelab_ops.host_metrics VALUES (%s, %s, %s, %s)", raw)
         c.commit()

@@ -196,7 +196,7 @@ def nightly_done(n8n_new, tmp_path_factory, state_db):
         return tmp / name, load(tmp / name)
 
     path, settings = write()
-    with open_state(settings):
+    with open_state(settings.state, settings.postgres):
         pass
     with dg.instance_for_test() as instance:
         make_instance(settings, src, telegram.url)

@@ -260,7 +260,7 @@ def test_failure_rate_check_names_the_failing_workflows(settings_file, n8n_db):
 def test_soft_and_hard_deletes_do_not_rewrite_stored_history(settings_file, n8n_db):
     day = date(2025, 10, 24)
     settings = load(settings_file)
-    with rollup.connect_n8n(n8n_db) as n8n, open_state(settings) as state:
+    with rollup.connect_n8n(n8n_db) as n8n, open_state(settings.state, settings.postgres) as state:
         rollup.roll_up(n8n, state, [day], TZ)
         before = stored(settings_file, day)
         lo, hi = local(2025, 10, 24, 0, 0), local(2025, 10, 25, 0, 0)

@@ -20,6 +20,7 @@ from homelab_ops.notify.dispatch import dispatcher_for
 from homelab_ops.notify.http import Retry
 from tests.conftest import database_exists, dsn_for, free_port
 from tests.fake_telegram import TOKEN, FakeWebhook
+from homelab_ops.credentials.config import CredentialsConfig
 
 @contextlib.contextmanager
 def _nothing():
@@ -162,8 +163,8 @@ def test_planted_secrets_do_not_arrive_anywhere(notify_settings, telegram, webho
     path, s = notify_settings(
         state_dsn=dsn, notify={"webhook_url": f"{webhook.url}/hook?token=HookSecret99"},
         credentials={"key_file": str(tmp_path / "master.key"), "managed": {"api_key": {"kind": "manual"}}})
-    init_store(s, "test")
-    with open_store(s, "test") as store:
+    init_store(CredentialsConfig.of(s), "test")
+    with open_store(CredentialsConfig.of(s), "test") as store:
         set_value(store, "api_key", credential)
     seed_chats(s)
     leaky = Alert("run", "nightly_backup", "run_failed", "fail", "❌ Run failed: nightly_backup",

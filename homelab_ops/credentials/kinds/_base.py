@@ -20,6 +20,7 @@ from homelab_ops.credentials.policy import Definition
 from homelab_ops.units import Duration
 
 if TYPE_CHECKING:
+    from homelab_ops.credentials.config import CredentialsConfig
     from homelab_ops.credentials.store import Store
 
 
@@ -29,7 +30,7 @@ class Context:
 
     store: Store
     definition: Definition
-    settings: Any = None
+    config: CredentialsConfig | None = None  # None: a step run without settings (a test, `creds set`)
     notes: list[str] = field(default_factory=list)
     secrets: set[str] = field(default_factory=set, repr=False)  # every value seen, redacted from errors
     left_to_restart: list[str] = field(default_factory=list)  # consumers the `restart` step left to the owner

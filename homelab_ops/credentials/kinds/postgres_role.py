@@ -49,9 +49,9 @@ class PostgresRole(Kind):
         dsn = ctx.definition.secret_params.get("dsn")
         if dsn:
             return dsn
-        if ctx.settings is None:
+        if ctx.config is None:
             raise CredentialError("no admin connection: give the credential a dsn, or settings with postgres.dsn")
-        return ctx.settings.postgres.dsn.get_secret_value()
+        return ctx.config.postgres.dsn.get_secret_value()
 
     def _alter(self, ctx: Context, password: str) -> None:
         role = ctx.option("role")
@@ -67,10 +67,10 @@ class PostgresRole(Kind):
     def _refuse_own_login(self, ctx: Context) -> None:
         """homelab-ops connects as the roles in postgres.dsn and state.dsn: rotating one here would
         lock homelab-ops out of its own database (its settings file still holds the old password)."""
-        if ctx.settings is None:
+        if ctx.config is None:
             return
         role = ctx.option("role")
-        for key, secret in (("postgres.dsn", ctx.settings.postgres.dsn), ("state.dsn", ctx.settings.state.dsn)):
+        for key, secret in (("postgres.dsn", ctx.config.postgres.dsn), ("state.dsn", ctx.config.state.dsn)):
             user = conninfo_to_dict(secret.get_secret_value()).get("user") or "postgres"
             if user == role:
                 raise CredentialError(

@@ -38,7 +38,7 @@ def credential_asset(d: Definition) -> dg.AssetsDefinition:
     )
     def _credential(context: dg.AssetExecutionContext, homelab: HomelabSettings) -> dg.MaterializeResult:
         try:
-            report = rotate_and_report(homelab.settings, d.name, actor=f"dagster-run:{context.run.run_id}")
+            report = rotate_and_report(homelab.credentials, d.name, actor=f"dagster-run:{context.run.run_id}")
         except CredentialError as e:
             raise dg.Failure(description=str(e)) from None
         st, rot = report.status, report.rotation

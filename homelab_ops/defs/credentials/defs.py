@@ -5,13 +5,14 @@ import dagster as dg
 
 from homelab_ops.credentials.store import known_definitions
 from homelab_ops.defs.credentials.assets import credential_asset, workflow_secrets_scan_asset
+from homelab_ops.credentials.config import CredentialsConfig
 from homelab_ops.settings import current
 
 
 @dg.definitions
 def defs() -> dg.Definitions:
     settings = current()
-    assets = [credential_asset(d) for d in known_definitions(settings)] + [workflow_secrets_scan_asset()]
+    assets = [credential_asset(d) for d in known_definitions(CredentialsConfig.of(settings))] + [workflow_secrets_scan_asset()]
     rotate = dg.define_asset_job(
         "rotate_credentials",
         selection=dg.AssetSelection.key_prefixes(["credentials"]),

@@ -65,8 +65,11 @@ def _grafana_login(settings: Settings) -> tuple[str, str] | None:
     if not name:
         return None
     from homelab_ops.credentials import current_value
-    return (current_value(settings, name, actor="deploy_monitoring", field="username"),
-            current_value(settings, name, actor="deploy_monitoring"))
+    from homelab_ops.credentials.config import CredentialsConfig
+
+    config = CredentialsConfig.of(settings)
+    return (current_value(config, name, actor="deploy_monitoring", field="username"),
+            current_value(config, name, actor="deploy_monitoring"))
 
 
 def monitoring_plan(settings: Settings, docker: DockerResource) -> StackPlan:

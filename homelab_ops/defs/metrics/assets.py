@@ -45,7 +45,7 @@ def host_metrics(context: dg.AssetExecutionContext, homelab: HomelabSettings) ->
     started = time.perf_counter()
     settings = homelab.settings
     snap = take_snapshot(settings.metrics)
-    with open_state(settings) as conn:
+    with open_state(settings.state, settings.postgres) as conn:
         rows = write_snapshot(conn, snap)
     pi = snap.pi_samples + [s for s in snap.values("homelab_sensor_present") if s.labels["sensor"] in _PI_SENSORS]
     path = textfile.write_atomically(settings.metrics.textfile_dir,
@@ -100,7 +100,7 @@ def container_metrics(context: dg.AssetExecutionContext, homelab: HomelabSetting
         snap = containers.take_snapshot(settings.docker.host, patterns=settings.metrics.containers)
     except containers.DockerUnavailable as e:
         raise dg.Failure(description=str(e), allow_retries=False) from None
-    with open_state(settings) as conn:
+    with open_state(settings.state, settings.postgres) as conn:
         previous_at, previous = previous_container_values(conn, snap.taken_at)
         rows = write_container_snapshot(conn, snap, previous_at, previous)
     for c in snap.containers:
@@ -145,7 +145,7 @@ def host_metrics_daily_asset(settings: Settings) -> dg.AssetsDefinition:
     def _daily(context: dg.AssetExecutionContext, homelab: HomelabSettings) -> dg.MaterializeResult:
         s = homelab.settings
         day = date.fromisoformat(context.partition_key)
-        with open_state(s) as conn:
+        with open_state(s.state, s.postgres) as conn:
             out = roll_up_day(conn, day, s.timezone, retention_days=s.metrics.raw_retention_days,
                               now=datetime.now(timezone.utc))
         if out.kept_stored:

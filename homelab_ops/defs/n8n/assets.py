@@ -74,7 +74,7 @@ def n8n_execution_rollup_asset(settings: Settings) -> dg.AssetsDefinition:
         day = date.fromisoformat(context.partition_key)
         started = time.perf_counter()
         try:
-            with rollup.connect_n8n(s.n8n.dsn.get_secret_value()) as n8n, open_state(s) as state:
+            with rollup.connect_n8n(s.n8n.dsn.get_secret_value()) as n8n, open_state(s.state, s.postgres) as state:
                 layout = rollup.detect_layout(n8n, s.n8n.db_schema, s.n8n.table_prefix)
                 rows = rollup.compute_day(n8n, layout, day, s.timezone)
                 out = rollup.replace_day(state, day, rows, allow_shrink=config.allow_shrink)

@@ -1,0 +1,51 @@
+"""The credential store and its rotations take their part of the settings (homelab_ops.credentials.config)."""
+
+import ast
+import dataclasses
+from pathlib import Path
+
+import pytest
+
+import homelab_ops.credentials
+from homelab_ops.credentials.config import CredentialsConfig
+from homelab_ops.settings import parse
+
+PACKAGE = Path(homelab_ops.credentials.__file__).parent
+
+
+def _settings(tmp_path):
+    return parse({"postgres": {"dsn": "postgresql://postgres:planted-pg-pw@127.0.0.1:1/postgres"},
+                  "state": {"dsn": "postgresql://homelab:planted-state-pw@127.0.0.1:1/homelab"},
+                  "credentials": {"key_file": str(tmp_path / "master.key"), "restart_consumers": True},
+                  "docker": {"host": "unix:///run/planted/docker.sock", "name_prefix": "lab-"},
+                  "monitoring": {"health": {"wait": "95s"}},
+                  "notify": {"telegram": {"bot_token": "123456:planted-bot-token"}}}, "test.yaml")
+
+
+def test_the_config_holds_the_stores_sections_and_nothing_else(tmp_path):
+    c = CredentialsConfig.of(_settings(tmp_path))
+    assert c.credentials.key_file == str(tmp_path / "master.key") and c.credentials.restart_consumers
+    assert c.docker.host == "unix:///run/planted/docker.sock" and c.docker.name_prefix == "lab-"
+    assert c.consumer_wait_seconds == 95
+    assert {f.name for f in dataclasses.fields(c)} == {"credentials", "state", "postgres", "docker",
+                                                       "consumer_wait_seconds"}
+    assert not hasattr(c, "notify") and not hasattr(c, "backups")
+    for planted in ("planted-pg-pw", "planted-state-pw", "planted-bot-token"):
+        assert planted not in repr(c)  # the DSNs stay SecretStr; the bot token is not there at all
+    with pytest.raises(dataclasses.FrozenInstanceError):
+        c.consumer_wait_seconds = 1
+
+
+def test_no_function_in_the_credentials_package_takes_the_whole_settings():
+    """The one door is CredentialsConfig.of: the definitions, the `homelab` resource
+    (`homelab.credentials`), the CLI context (`obj.credentials`), and notify, health, the digest
+    and deploy, which read a value or an age from the store, call it."""
+    offenders = []
+    for path in sorted(PACKAGE.rglob("*.py")):
+        rel = path.relative_to(PACKAGE).as_posix()
+        for node in ast.walk(ast.parse(path.read_text())):
+            if isinstance(node, ast.FunctionDef) and (rel, node.name) != ("config.py", "of"):
+                names = [a.arg for a in node.args.posonlyargs + node.args.args + node.args.kwonlyargs]
+                if "settings" in names:
+                    offenders.append(f"{rel}:{node.lineno} {node.name}")
+    assert not offenders, offenders
