@@ -2,21 +2,16 @@
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING
-
 import click
 
+from homelab_ops.configs import DomainConfigs
 from homelab_ops.files import private_umask
 from homelab_ops.settings import SettingsError, load
 
-if TYPE_CHECKING:
-    from homelab_ops.backups.config import BackupsConfig
-    from homelab_ops.credentials.config import CredentialsConfig
-    from homelab_ops.pitr.config import PitrConfig
 
-
-class Context:
-    """Settings loaded lazily, so `--help` works without a settings file."""
+class Context(DomainConfigs):
+    """Settings loaded lazily, so `--help` works without a settings file; `obj.backups`,
+    `obj.credentials` and `obj.pitr` are a domain's part of them (homelab_ops.configs)."""
 
     def __init__(self, config: str | None):
         self.config = config
@@ -33,27 +28,6 @@ class Context:
 
             install(self._settings)  # every secret of the settings out of this command's output
         return self._settings
-
-    @property
-    def pitr(self) -> PitrConfig:
-        """What point-in-time recovery reads of the settings (its commands take this, not the whole file)."""
-        from homelab_ops.pitr.config import PitrConfig
-
-        return PitrConfig.of(self.settings)
-
-    @property
-    def backups(self) -> BackupsConfig:
-        """What the backups and n8n's backup set read of the settings (their commands take this)."""
-        from homelab_ops.backups.config import BackupsConfig
-
-        return BackupsConfig.of(self.settings)
-
-    @property
-    def credentials(self) -> CredentialsConfig:
-        """What the credential store and its rotations read of the settings (the `creds` commands take this)."""
-        from homelab_ops.credentials.config import CredentialsConfig
-
-        return CredentialsConfig.of(self.settings)
 
 
 @click.group()

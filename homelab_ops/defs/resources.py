@@ -5,15 +5,14 @@ from pydantic import PrivateAttr
 
 from homelab_ops import recovery
 from homelab_ops import settings as settings_mod
-from homelab_ops.backups.config import BackupsConfig
-from homelab_ops.credentials.config import CredentialsConfig
-from homelab_ops.pitr.config import PitrConfig
+from homelab_ops.configs import DomainConfigs
 
 
-class HomelabSettings(dg.ConfigurableResource):
+class HomelabSettings(dg.ConfigurableResource, DomainConfigs):
     """The homelab's settings file (HOMELAB_CONFIG, default ./homelab.yaml).
 
-    Assets read their section from `.settings`; the file is parsed once per process.
+    Assets read their domain's part as `.backups`, `.credentials` or `.pitr` (homelab_ops.configs),
+    or one section from `.settings`; the file is parsed once per process.
 
     Every run of this code location that touches the homelab starts here, once, before any
     step claims a pool slot: so this is where a run takes its crash guard and sweeps up after
@@ -34,21 +33,6 @@ class HomelabSettings(dg.ConfigurableResource):
         if self._settings is None:
             self._settings = settings_mod.current(self.config_path)
         return self._settings
-
-    @property
-    def pitr(self) -> PitrConfig:
-        """What point-in-time recovery reads of the settings, for its assets and sensor."""
-        return PitrConfig.of(self.settings)
-
-    @property
-    def backups(self) -> BackupsConfig:
-        """What the backups, their sources and n8n's backup set read of the settings, for their assets."""
-        return BackupsConfig.of(self.settings)
-
-    @property
-    def credentials(self) -> CredentialsConfig:
-        """What the credential store and its rotations read of the settings, for the credential assets."""
-        return CredentialsConfig.of(self.settings)
 
 
 @dg.definitions

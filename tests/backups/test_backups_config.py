@@ -1,6 +1,5 @@
 """Backups, their sources and n8n's backup set take their part of the settings (homelab_ops.backups.config)."""
 
-import ast
 import dataclasses
 from pathlib import Path
 
@@ -10,6 +9,7 @@ import homelab_ops.backups
 import homelab_ops.n8n
 from homelab_ops.backups.config import BackupsConfig
 from homelab_ops.settings import parse
+from tests.settings_doors import functions_taking_settings
 
 TOKEN = "123456:planted-bot-token"
 S3_SECRET = "planted-s3-secret-key"
@@ -56,13 +56,5 @@ def test_the_config_redacts_every_secret_of_the_settings_and_never_shows_them(tm
 def test_no_function_in_the_package_takes_the_whole_settings(package):
     """The one door is BackupsConfig.of; the definitions, the CLI context (`obj.backups`), the
     `homelab` resource (`homelab.backups`) and the health and digest readers call it."""
-    root = Path(package.__file__).parent
-    offenders = []
-    for path in sorted(root.rglob("*.py")):
-        rel = path.relative_to(root).as_posix()
-        for node in ast.walk(ast.parse(path.read_text())):
-            if isinstance(node, ast.FunctionDef) and (rel, node.name) != ("config.py", "of"):
-                names = [a.arg for a in node.args.posonlyargs + node.args.args + node.args.kwonlyargs]
-                if "settings" in names:
-                    offenders.append(f"{rel}:{node.lineno} {node.name}")
+    offenders = functions_taking_settings(Path(package.__file__).parent, doors={("config.py", "of")})
     assert not offenders, offenders

@@ -1,6 +1,5 @@
 """The credential store and its rotations take their part of the settings (homelab_ops.credentials.config)."""
 
-import ast
 import dataclasses
 from pathlib import Path
 
@@ -9,6 +8,7 @@ import pytest
 import homelab_ops.credentials
 from homelab_ops.credentials.config import CredentialsConfig
 from homelab_ops.settings import parse
+from tests.settings_doors import functions_taking_settings
 
 PACKAGE = Path(homelab_ops.credentials.__file__).parent
 
@@ -40,12 +40,5 @@ def test_no_function_in_the_credentials_package_takes_the_whole_settings():
     """The one door is CredentialsConfig.of: the definitions, the `homelab` resource
     (`homelab.credentials`), the CLI context (`obj.credentials`), and notify, health, the digest
     and deploy, which read a value or an age from the store, call it."""
-    offenders = []
-    for path in sorted(PACKAGE.rglob("*.py")):
-        rel = path.relative_to(PACKAGE).as_posix()
-        for node in ast.walk(ast.parse(path.read_text())):
-            if isinstance(node, ast.FunctionDef) and (rel, node.name) != ("config.py", "of"):
-                names = [a.arg for a in node.args.posonlyargs + node.args.args + node.args.kwonlyargs]
-                if "settings" in names:
-                    offenders.append(f"{rel}:{node.lineno} {node.name}")
+    offenders = functions_taking_settings(PACKAGE, doors={("config.py", "of")})
     assert not offenders, offenders

@@ -1,6 +1,5 @@
 """PITR takes its part of the settings, not the whole file (homelab_ops.pitr.config)."""
 
-import ast
 import dataclasses
 from datetime import datetime, timezone
 from pathlib import Path
@@ -11,6 +10,7 @@ import homelab_ops.pitr
 from homelab_ops.pitr.config import PitrConfig
 from homelab_ops.pitr.health import check_pitr, pitr_results
 from homelab_ops.settings import parse
+from tests.settings_doors import functions_taking_settings
 
 PACKAGE = Path(homelab_ops.pitr.__file__).parent
 
@@ -39,14 +39,7 @@ def test_the_config_holds_pitrs_sections_and_nothing_else(tmp_path):
 def test_no_function_in_the_pitr_package_takes_the_whole_settings():
     """Two doors take the whole settings: PitrConfig.of, and the health group's entry point
     (check_pitr), since every group of the health sensor is called with the whole settings."""
-    doors = {("config.py", "of"), ("health.py", "check_pitr")}
-    offenders = []
-    for path in sorted(PACKAGE.glob("*.py")):
-        for node in ast.walk(ast.parse(path.read_text())):
-            if isinstance(node, ast.FunctionDef) and (path.name, node.name) not in doors:
-                names = [a.arg for a in node.args.args + node.args.kwonlyargs]
-                if "settings" in names:
-                    offenders.append(f"{path.name}:{node.lineno} {node.name}")
+    offenders = functions_taking_settings(PACKAGE, doors={("config.py", "of"), ("health.py", "check_pitr")})
     assert not offenders, offenders
 
 

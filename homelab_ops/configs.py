@@ -1,0 +1,31 @@
+"""The doors from the whole settings file to each domain's part of it.
+
+The `homelab` resource (for assets and sensors) and the CLI's context (for commands) both
+hold the parsed settings; this mixin gives both the same three views, so an asset and a
+command of one domain read the same config (docs/extending.md, "What a function may read").
+"""
+
+from __future__ import annotations
+
+from homelab_ops.backups.config import BackupsConfig
+from homelab_ops.credentials.config import CredentialsConfig
+from homelab_ops.pitr.config import PitrConfig
+
+
+class DomainConfigs:
+    """Needs a `settings` attribute (the parsed file); each property builds a small frozen config."""
+
+    @property
+    def backups(self) -> BackupsConfig:
+        """What the backups, their sources and n8n's backup set read."""
+        return BackupsConfig.of(self.settings)
+
+    @property
+    def credentials(self) -> CredentialsConfig:
+        """What the credential store and its rotations read."""
+        return CredentialsConfig.of(self.settings)
+
+    @property
+    def pitr(self) -> PitrConfig:
+        """What point-in-time recovery reads."""
+        return PitrConfig.of(self.settings)
