@@ -54,8 +54,8 @@ def start_lines(config: BackupsConfig, into: str, config_dir: Path, binary: bool
             f"n8nio/n8n:{config.n8n.version}  # add -e DB_POSTGRESDB_PASSWORD=... when the role has one"]
 
 
-def restore_instance(config: BackupsConfig, into: str, config_out: Path, *, at: datetime | None = None, source: str = "local",
-                     progress=None) -> RestoredInstance:
+def restore_instance(config: BackupsConfig, into: str, config_out: Path, *, at: datetime | None = None,
+                     source: str = "local", progress=None) -> RestoredInstance:
     """Refuses before any work when `into` exists, DIR/config exists, or the set has no usable key."""
     database = backup_set.n8n_database(config.n8n)
     if database is None:
@@ -63,7 +63,8 @@ def restore_instance(config: BackupsConfig, into: str, config_out: Path, *, at: 
     config_out = Path(config_out)
     config_file = config_out / "config"
     if config_file.exists():
-        raise RestoreError(f"{config_file} already exists: refusing to overwrite an n8n config; choose another --config-out")
+        raise RestoreError(f"{config_file} already exists: refusing to overwrite an n8n config; "
+                           "choose another --config-out")
     refuse_existing(config, database, into)
     loc = locate(config, database, at=at, source=source)
     extras = backup_set.read_extras(loc.store, database, loc.backup.stem)

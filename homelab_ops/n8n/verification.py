@@ -133,8 +133,9 @@ def decrypt_with_n8n(cli: N8nCli, key: str, stored: list[dict]) -> dict[str, str
     return out
 
 
-def run_n8n_on(config: BackupsConfig, scratch: str, key: str, *, version: str | None = None, executable: str | None = None,
-               expected_workflows: dict[str, dict] | None = None, by_parameters: bool = False) -> compare.Verdict:
+def run_n8n_on(config: BackupsConfig, scratch: str, key: str, *, version: str | None = None,
+               executable: str | None = None, expected_workflows: dict[str, dict] | None = None,
+               by_parameters: bool = False) -> compare.Verdict:
     """Deactivate, run n8n's CLI (its migrations run first), compare with the restored rows."""
     s = config.n8n
     dsn = pg.database_dsn(config.postgres.dsn.get_secret_value(), scratch)

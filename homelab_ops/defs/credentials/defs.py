@@ -12,7 +12,8 @@ from homelab_ops.settings import current
 @dg.definitions
 def defs() -> dg.Definitions:
     settings = current()
-    assets = [credential_asset(d) for d in known_definitions(CredentialsConfig.of(settings))] + [workflow_secrets_scan_asset()]
+    known = known_definitions(CredentialsConfig.of(settings))
+    assets = [credential_asset(d) for d in known] + [workflow_secrets_scan_asset()]
     rotate = dg.define_asset_job(
         "rotate_credentials",
         selection=dg.AssetSelection.key_prefixes(["credentials"]),
