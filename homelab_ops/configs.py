@@ -1,7 +1,7 @@
 """The doors from the whole settings file to each domain's part of it.
 
 The `homelab` resource (for assets and sensors) and the CLI's context (for commands) both
-hold the parsed settings; this mixin gives both the same three views, so an asset and a
+hold the parsed settings; this mixin gives both the same views, so an asset and a
 command of one domain read the same config (docs/extending.md, "What a function may read").
 """
 
@@ -9,6 +9,7 @@ from __future__ import annotations
 
 from homelab_ops.backups.config import BackupsConfig
 from homelab_ops.credentials.config import CredentialsConfig
+from homelab_ops.deploy.config import DeployConfig
 from homelab_ops.pitr.config import PitrConfig
 
 
@@ -24,6 +25,11 @@ class DomainConfigs:
     def credentials(self) -> CredentialsConfig:
         """What the credential store and its rotations read."""
         return CredentialsConfig.of(self.settings)
+
+    @property
+    def deploy(self) -> DeployConfig:
+        """What the deploy and tune graphs read."""
+        return DeployConfig.of(self.settings)
 
     @property
     def pitr(self) -> PitrConfig:

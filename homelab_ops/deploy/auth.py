@@ -9,6 +9,10 @@ separated by newlines or commas).
 from __future__ import annotations
 
 import re
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from homelab_ops.deploy.config import DeployConfig
 
 ENV_VAR = "HOMELAB_BASIC_AUTH_USERS"
 _BCRYPT_LINE = re.compile(r"^[^:\s]+:\$2[aby]\$\d{2}\$[./A-Za-z0-9]{53}$")
@@ -27,14 +31,12 @@ def check_line(line: str) -> str:
     return line
 
 
-def stored_users(settings, actor: str) -> list[str]:
+def stored_users(config: DeployConfig, actor: str) -> list[str]:
     """The htpasswd lines of `traefik.basic_auth_credentials`, read (and audited) from the store."""
     from homelab_ops.credentials import current_value
-    from homelab_ops.credentials.config import CredentialsConfig
 
-    config = CredentialsConfig.of(settings)
-    return [current_value(config, name, actor=actor, field="htpasswd")
-            for name in settings.traefik.basic_auth_credentials]
+    return [current_value(config.credentials, name, actor=actor, field="htpasswd")
+            for name in config.traefik.basic_auth_credentials]
 
 
 def basic_auth_users(traefik_settings, env: dict[str, str], stored: list[str] = ()) -> list[str]:

@@ -15,10 +15,10 @@ from urllib.parse import urlsplit
 
 from homelab_ops.deploy import render
 from homelab_ops.deploy.auth import AuthError, basic_auth_users
+from homelab_ops.deploy.config import DeployConfig
 from homelab_ops.deploy.spec import ContainerSpec, Healthcheck, Limits, Mount
-from homelab_ops.health.checks import Thresholds
 from homelab_ops.health.overview import silent_after_s
-from homelab_ops.settings import Settings, ServiceSettings
+from homelab_ops.settings import ServiceSettings
 
 # The order services are deployed in: Prometheus last, so its first scrape of every target
 # finds the target running (a failed first scrape costs a whole scrape interval).
@@ -125,8 +125,8 @@ def _check_cpusets(specs: list[ContainerSpec], ncpu: int | None) -> None:
                             f"(it has {ncpu}: 0-{ncpu - 1})")
 
 
-def _health(settings: Settings, test: list[str]) -> Healthcheck:
-    h = settings.monitoring.health
+def _health(config: DeployConfig, test: list[str]) -> Healthcheck:
+    h = config.monitoring.health
     return Healthcheck(test=tuple(test), interval_s=h.interval.seconds,
                        timeout_s=h.timeout.seconds, retries=h.retries,
                        start_period_s=h.start_period.seconds)
@@ -155,7 +155,7 @@ def read_dashboards(files: dict[str, bytes]) -> dict[str, bytes]:
     return out
 
 
-def build_monitoring_plan(settings: Settings, host: HostFacts, *, env: dict[str, str] | None = None,
+def build_monitoring_plan(config: DeployConfig, host: HostFacts, *, env: dict[str, str] | None = None,
                           dashboards: dict[str, bytes] | None = None,
                           tuned: dict[str, dict] | None = None,
                           grafana_login: tuple[str, str] | None = None) -> StackPlan:
@@ -163,17 +163,17 @@ def build_monitoring_plan(settings: Settings, host: HostFacts, *, env: dict[str,
     `grafana_login`: (role, password) of grafana.postgres_credential, read by the caller."""
     env = dict(os.environ) if env is None else env
     tuned = tuned or {}
-    mon = settings.monitoring
+    mon = config.monitoring
     svcs = mon.services
     enabled = [n for n in MONITORING_ORDER if getattr(svcs, n).enabled
-               and (n != "wal_receiver" or settings.pitr.enabled)]  # the receiver only archives for PITR
+               and (n != "wal_receiver" or config.pitr.enabled)]  # the receiver only archives for PITR
     limits = {n: effective_limits(n, getattr(svcs, n), tuned) for n in enabled}
     check_budget({n: limits[n].memory_mb for n in enabled}, mon.memory_budget_mb)
-    sock = host.docker_socket or socket_path(settings.docker.host)
+    sock = host.docker_socket or socket_path(config.docker.host)
     warnings: list[str] = []
-    prefix = settings.docker.name_prefix
+    prefix = config.docker.name_prefix
     net = mon.network
-    traefik = settings.traefik
+    traefik = config.traefik
     scrape = mon.services.prometheus.scrape_interval
 
     def spec(name: str, **kw) -> ContainerSpec:
@@ -184,8 +184,8 @@ def build_monitoring_plan(settings: Settings, host: HostFacts, *, env: dict[str,
                 name, host=f"{name}.{traefik.domain}", port=render.FRONTED[name], network=net)}
         return ContainerSpec(service=name, stack="monitoring", name=f"{prefix}{render.alias(name)}",
                              image=svc.image, network=net, limits=limits[name], labels=labels,
-                             log_max_size=settings.docker.log_max_size,
-                             log_max_files=settings.docker.log_max_files, **kw)
+                             log_max_size=config.docker.log_max_size,
+                             log_max_files=config.docker.log_max_files, **kw)
 
     def vol(name: str, target: str) -> Mount:
         return Mount(target=target, source=f"{prefix}{render.alias(name)}-data", type="volume",
@@ -198,24 +198,24 @@ def build_monitoring_plan(settings: Settings, host: HostFacts, *, env: dict[str,
     for name in enabled:
         if name == "wal_receiver":
             rx = svcs.wal_receiver
-            backups = host.backups_dir or settings.backups.local_dir
+            backups = host.backups_dir or config.backups_dir
             if not PurePosixPath(backups).is_absolute():
                 raise PlanError(f"backups.local_dir {backups!r} must resolve to an absolute host path "
                                 "(the wal_receiver container writes _wal/ there)")
             try:
                 conninfo, pgpass = render.receiver_conninfo(
-                    (settings.pitr.dsn or settings.postgres.dsn).get_secret_value(), loopback_host=rx.postgres_host)
+                    (config.pitr.dsn or config.postgres.dsn).get_secret_value(), loopback_host=rx.postgres_host)
             except ValueError as e:
                 raise PlanError(str(e)) from None
-            p = settings.pitr
-            local_dirs.append(settings.backups.local_dir)
+            p = config.pitr
+            local_dirs.append(config.backups_dir)
             specs.append(spec(
                 name,
                 command=("homelab-ops", "pitr", "receive"),
                 env={"HOMELAB_CONFIG": render.RECEIVER_SETTINGS},
                 files={render.RECEIVER_SETTINGS: render.receiver_settings(
-                    timezone=settings.timezone, conninfo=conninfo, pg_bin_dir=settings.postgres.pg_bin_dir,
-                    age_recipients=settings.backups.encryption.age_recipients,
+                    timezone=config.timezone, conninfo=conninfo, pg_bin_dir=config.postgres.pg_bin_dir,
+                    age_recipients=list(config.age_recipients),
                     pitr={"cluster": p.cluster, "slot": p.slot_name, "max_lag": str(p.max_lag),
                           "status_interval": str(p.status_interval)}).encode()},
                 secrets={render.RECEIVER_PASSFILE: pgpass.encode()} if pgpass else {},
@@ -223,13 +223,13 @@ def build_monitoring_plan(settings: Settings, host: HostFacts, *, env: dict[str,
                 mounts=(Mount(render.RECEIVER_BACKUPS, backups, read_only=False),),
                 least_privilege=True,
                 stop_timeout_s=45,  # pg_receivewal flushes on SIGINT; the wrapper encrypts what finished
-                healthcheck=_health(settings, ["homelab-ops", "pitr", "status", "--heartbeat"]),  # a file read
+                healthcheck=_health(config, ["homelab-ops", "pitr", "status", "--heartbeat"]),  # a file read
             ))
         elif name == "node_exporter":
-            textfile = host.textfile_dir or settings.metrics.textfile_dir
+            textfile = host.textfile_dir or config.textfile_dir
             if not PurePosixPath(textfile).is_absolute():
                 raise PlanError(f"metrics.textfile_dir {textfile!r} must resolve to an absolute host path")
-            local_dirs.append(settings.metrics.textfile_dir)
+            local_dirs.append(config.textfile_dir)
             specs.append(spec(
                 name,
                 command=("--path.procfs=/host/proc", "--path.sysfs=/host/sys", "--path.rootfs=/rootfs",
@@ -238,7 +238,7 @@ def build_monitoring_plan(settings: Settings, host: HostFacts, *, env: dict[str,
                          "--web.listen-address=:9100"),
                 mounts=(Mount("/host/proc", "/proc"), Mount("/host/sys", "/sys"), Mount("/rootfs", "/"),
                         Mount("/textfile", textfile)),
-                healthcheck=_health(settings, _wget(9100, "/")),
+                healthcheck=_health(config, _wget(9100, "/")),
             ))
         elif name == "cadvisor":
             c = svcs.cadvisor
@@ -253,7 +253,7 @@ def build_monitoring_plan(settings: Settings, host: HostFacts, *, env: dict[str,
                 mounts=(Mount("/rootfs", "/"), Mount("/sys", "/sys"), Mount("/var/run/docker.sock", sock),
                         Mount("/var/lib/docker", host.docker_root)),
                 devices=("/dev/kmsg:/dev/kmsg:r",),  # OOM events; without it cAdvisor only warns
-                healthcheck=_health(settings, _wget(8080, "/healthz")),
+                healthcheck=_health(config, _wget(8080, "/healthz")),
             ))
         elif name == "loki":
             specs.append(spec(
@@ -262,7 +262,7 @@ def build_monitoring_plan(settings: Settings, host: HostFacts, *, env: dict[str,
                 files={"/etc/loki/config.yaml": render.loki_config(
                     retention_days=svcs.loki.retention_days).encode()},
                 mounts=(vol(name, "/loki"),),
-                healthcheck=_health(settings, _wget(3100, "/ready")),
+                healthcheck=_health(config, _wget(3100, "/ready")),
             ))
         elif name == "alloy":
             specs.append(spec(
@@ -272,11 +272,11 @@ def build_monitoring_plan(settings: Settings, host: HostFacts, *, env: dict[str,
                 files={"/etc/alloy/config.alloy": render.alloy_config(
                     host_label=mon.host_label, extra_drops=svcs.alloy.drop_lines).encode()},
                 mounts=(Mount("/var/run/docker.sock", sock), vol(name, "/var/lib/alloy/data")),
-                healthcheck=_health(settings, _bash_http(12345, "/-/ready")),
+                healthcheck=_health(config, _bash_http(12345, "/-/ready")),
             ))
         elif name == "alertmanager":
             am = svcs.alertmanager
-            token = am.telegram_bot_token or settings.notify.telegram.bot_token
+            token = am.telegram_bot_token or config.telegram.bot_token
             token_value = token.get_secret_value() if token else None
             if am.telegram_chat_id is not None and not am.telegram_chat_id.lstrip("-").isdigit():
                 raise PlanError(f"monitoring.services.alertmanager.telegram_chat_id {am.telegram_chat_id!r} "
@@ -292,14 +292,14 @@ def build_monitoring_plan(settings: Settings, host: HostFacts, *, env: dict[str,
                          f"--web.external-url=https://alertmanager.{traefik.domain}/"),
                 files={"/etc/alertmanager/alertmanager.yml": render.alertmanager_config(
                     bot_token=token_value, chat_id=am.telegram_chat_id,
-                    api_url=settings.notify.telegram.api_base, repeat_interval=am.repeat_interval).encode()},
+                    api_url=config.telegram.api_base, repeat_interval=am.repeat_interval).encode()},
                 mounts=(vol(name, "/alertmanager"),),
-                healthcheck=_health(settings, _wget(9093, "/-/ready")),
+                healthcheck=_health(config, _wget(9093, "/-/ready")),
             ))
         elif name == "prometheus":
             p = svcs.prometheus
-            rules = render.alert_rules(Thresholds.from_settings(settings),
-                                       silent_after_s=silent_after_s(settings.health.interval.seconds))
+            rules = render.alert_rules(config.thresholds,
+                                       silent_after_s=silent_after_s(config.health_interval_s))
             rule_count = render.count_rules(rules)
             specs.append(spec(
                 name,
@@ -313,11 +313,11 @@ def build_monitoring_plan(settings: Settings, host: HostFacts, *, env: dict[str,
                     "/etc/prometheus/rules/homelab.yml": rules.encode(),
                 },
                 mounts=(vol(name, "/prometheus"),),
-                healthcheck=_health(settings, _wget(9090, "/-/ready")),
+                healthcheck=_health(config, _wget(9090, "/-/ready")),
             ))
         elif name == "grafana":
             g = svcs.grafana
-            dsn = g.postgres_dsn or settings.state.dsn
+            dsn = g.postgres_dsn or config.state_dsn
             pg = render.grafana_postgres(dsn.get_secret_value(), loopback_host=g.postgres_host)
             if grafana_login is not None:
                 pg = dataclasses.replace(pg, user=grafana_login[0], password=grafana_login[1])
@@ -354,7 +354,7 @@ def build_monitoring_plan(settings: Settings, host: HostFacts, *, env: dict[str,
                                 "first login changes it")
             specs.append(spec(name, env=genv, files=files, secrets=secrets, secrets_uid=GRAFANA_UID,
                               mounts=(vol(name, "/var/lib/grafana"),),
-                              healthcheck=_health(settings, _wget(3000, "/api/health"))))
+                              healthcheck=_health(config, _wget(3000, "/api/health"))))
         elif name == "n8n_runner":
             r = svcs.n8n_runner
             token = r.auth_token.get_secret_value() if r.auth_token else env.get("N8N_RUNNERS_AUTH_TOKEN")
@@ -372,24 +372,24 @@ def build_monitoring_plan(settings: Settings, host: HostFacts, *, env: dict[str,
                      "N8N_RUNNERS_AUTH_TOKEN_FILE": token_path, "N8N_RUNNERS_LAUNCHER_HEALTH_CHECK_PORT": "5680",
                      "N8N_RUNNERS_AUTO_SHUTDOWN_TIMEOUT": "15"},
                 secrets={token_path: token.encode()}, secrets_uid=RUNNER_UID,
-                healthcheck=_health(settings, _wget(5680, "/healthz")),
+                healthcheck=_health(config, _wget(5680, "/healthz")),
             ))
     _check_cpusets(specs, host.ncpu)
     disabled = [f"{prefix}{render.alias(n)}" for n in MONITORING_ORDER if n not in enabled]
     textfiles = {}
     if "node_exporter" in enabled:
-        textfiles[str(PurePosixPath(settings.metrics.textfile_dir) / render.EXPECTED_TEXTFILE)] = \
+        textfiles[str(PurePosixPath(config.textfile_dir) / render.EXPECTED_TEXTFILE)] = \
             render.expected_textfile(enabled, mon.alerts.expected_containers)
     return StackPlan(stack="monitoring", network=net, services=specs, budget_mb=mon.memory_budget_mb,
                      rule_count=rule_count, warnings=warnings, local_dirs=local_dirs, disabled=disabled,
                      textfiles=textfiles)
 
 
-def build_traefik_plan(settings: Settings, host: HostFacts, *, env: dict[str, str] | None = None,
+def build_traefik_plan(config: DeployConfig, host: HostFacts, *, env: dict[str, str] | None = None,
                        stored_users: list[str] = ()) -> StackPlan:
     """Traefik alone: the only container that publishes host ports."""
     env = dict(os.environ) if env is None else env
-    t = settings.traefik
+    t = config.traefik
     try:
         users = basic_auth_users(t, env, stored_users)
     except AuthError as e:
@@ -398,13 +398,13 @@ def build_traefik_plan(settings: Settings, host: HostFacts, *, env: dict[str, st
         raise PlanError("Traefik would expose the UIs without basic auth: set traefik.basic_auth_credentials "
                         "(credential-store names), traefik.basic_auth_users (htpasswd -nbB lines) "
                         "or env HOMELAB_BASIC_AUTH_USERS")
-    sock = host.docker_socket or socket_path(settings.docker.host)
+    sock = host.docker_socket or socket_path(config.docker.host)
     log_dir = host.access_log_dir or t.access_log_dir
     if not PurePosixPath(log_dir).is_absolute():
         raise PlanError(f"traefik.access_log_dir {log_dir!r} must resolve to an absolute host path")
     routes = {name: (r.url, r.subdomain or name, list(r.public_paths)) for name, r in t.routes.items()}
     dns_env = {k: v.get_secret_value() for k, v in t.dns_env.items()} if t.acme_challenge == "dns" else {}
-    prefix = settings.docker.name_prefix
+    prefix = config.docker.name_prefix
     files = {"/etc/traefik/dynamic/homelab.yml": render.traefik_dynamic(
         domain=t.domain, users=users, allowlist=t.ip_allowlist, routes=routes).encode()}
     # lego reads every provider variable from <NAME>_FILE too: the values stay out of `docker inspect`.
@@ -420,8 +420,8 @@ def build_traefik_plan(settings: Settings, host: HostFacts, *, env: dict[str, st
         traefik_env["LEGO_CA_CERTIFICATES"] = ACME_CA_PATH  # lego (Traefik's ACME client) trusts it
     spec = ContainerSpec(
         service="traefik", stack="traefik", name=f"{prefix}traefik", image=t.image,
-        network=settings.monitoring.network, limits=Limits(t.memory_mb, t.cpuset, t.cpus),
-        command=tuple(render.traefik_args(network=settings.monitoring.network, acme_email=t.acme_email,
+        network=config.monitoring.network, limits=Limits(t.memory_mb, t.cpuset, t.cpus),
+        command=tuple(render.traefik_args(network=config.monitoring.network, acme_email=t.acme_email,
                                           challenge=t.acme_challenge, dns_provider=t.dns_provider,
                                           ca_server=t.acme_ca_server)),
         env=traefik_env,
@@ -432,10 +432,10 @@ def build_traefik_plan(settings: Settings, host: HostFacts, *, env: dict[str, st
         ports={80: (t.listen, t.http_port), 443: (t.listen, t.https_port)},
         extra_hosts=({"host.docker.internal": "host-gateway"}
                      if render.uses_host_gateway([r[0] for r in routes.values()]) else {}),
-        healthcheck=_health(settings, ["traefik", "healthcheck", "--ping"]),
-        log_max_size=settings.docker.log_max_size, log_max_files=settings.docker.log_max_files,
+        healthcheck=_health(config, ["traefik", "healthcheck", "--ping"]),
+        log_max_size=config.docker.log_max_size, log_max_files=config.docker.log_max_files,
     )
     _check_cpusets([spec], host.ncpu)
     hosts = [f"traefik.{t.domain}"] + sorted(f"{r[1]}.{t.domain}" for r in routes.values())
-    return StackPlan(stack="traefik", network=settings.monitoring.network, services=[spec],
+    return StackPlan(stack="traefik", network=config.monitoring.network, services=[spec],
                      local_dirs=[t.access_log_dir], route_hosts=hosts)

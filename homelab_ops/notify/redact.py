@@ -22,6 +22,10 @@ import sys
 import threading
 import urllib.parse
 from collections.abc import Iterable
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from homelab_ops.credentials.config import CredentialsConfig
 
 log = logging.getLogger(__name__)
 
@@ -140,7 +144,7 @@ _cache_lock = threading.Lock()
 _cache: dict[str, tuple[tuple, list[str]]] = {}
 
 
-def credential_values(settings) -> list[str]:
+def credential_values(config: CredentialsConfig) -> list[str]:
     """Every stored credential value (current, pending, previous), read once per change.
 
     Reading a value writes an audit row, so the values are re-read only when the
@@ -150,12 +154,11 @@ def credential_values(settings) -> list[str]:
     try:
         import psycopg
 
-        from homelab_ops.credentials.config import CredentialsConfig
         from homelab_ops.credentials.store import open_store
         from homelab_ops.state import connect
     except ImportError:
         return []
-    dsn = settings.state.dsn.get_secret_value()
+    dsn = config.state.dsn.get_secret_value()
     try:
         with connect(dsn, connect_timeout=5) as conn:
             if conn.execute("SELECT to_regclass('homelab_ops.credential_version')").fetchone()[0] is None:
@@ -172,7 +175,7 @@ def credential_values(settings) -> list[str]:
             return list(cached[1])
     values: list[str] = []
     try:
-        with open_store(CredentialsConfig.of(settings), "homelab-ops:alert-redaction") as store:
+        with open_store(config, "homelab-ops:alert-redaction") as store:
             for d in store.definitions():
                 for stage in ("current", "pending", "previous"):
                     try:
@@ -192,7 +195,9 @@ def redactor_for(settings, *extra: str, with_credentials: bool = True) -> Redact
     """The redactor every alert passes through."""
     values = settings_secrets(settings) + [e for e in extra if e]
     if with_credentials:
-        values += credential_values(settings)
+        from homelab_ops.credentials.config import CredentialsConfig
+
+        values += credential_values(CredentialsConfig.of(settings))
     return Redactor(values)
 
 

@@ -10,6 +10,7 @@ from homelab_ops.credentials.policy import htpasswd_matches
 from homelab_ops.credentials.rotation import rotate
 from homelab_ops.credentials.store import open_store
 from homelab_ops.deploy.auth import basic_auth_users, stored_users
+from homelab_ops.deploy.config import DeployConfig
 from homelab_ops.deploy.plan import PlanError, build_traefik_plan
 from tests.credentials.test_credentials_store import cred_settings, creds_state_db  # noqa: F401  (fixtures)
 
@@ -24,13 +25,13 @@ def test_stored_htpasswd_line_reaches_traefik_and_follows_rotation(cred_settings
     with open_store(CredentialsConfig.of(settings), "test") as store:
         rotate(store, "ui_admin", config=CredentialsConfig.of(settings), force=True)
         password = store.value("ui_admin")
-    [line] = stored_users(settings, "dagster-run:abc")
+    [line] = stored_users(DeployConfig.of(settings), "dagster-run:abc")
     assert line.startswith("owner:$2") and htpasswd_matches(line, password)
     assert basic_auth_users(settings.traefik, {}, [line]) == [line]
 
     with open_store(CredentialsConfig.of(settings), "test") as store:
         rotate(store, "ui_admin", config=CredentialsConfig.of(settings), force=True)
-    [after] = stored_users(settings, "dagster-run:abc")
+    [after] = stored_users(DeployConfig.of(settings), "dagster-run:abc")
     assert after != line and not htpasswd_matches(after, password)
     with psycopg.connect(settings.state.dsn.get_secret_value()) as conn:
         actors = [r[0] for r in conn.execute(
@@ -41,4 +42,4 @@ def test_stored_htpasswd_line_reaches_traefik_and_follows_rotation(cred_settings
 def test_no_users_anywhere_refuses_the_plan(cred_settings):  # noqa: F811
     _, settings = cred_settings()
     with pytest.raises(PlanError, match="basic_auth_credentials"):
-        build_traefik_plan(settings, host=None, env={})
+        build_traefik_plan(DeployConfig.of(settings), host=None, env={})

@@ -14,6 +14,7 @@ import pytest
 import yaml
 
 from homelab_ops.deploy import render, tune
+from homelab_ops.deploy.config import DeployConfig
 from homelab_ops.deploy.engine import files_tar
 from homelab_ops.deploy.plan import (
     HostFacts,
@@ -36,8 +37,12 @@ def settings(**data):
     return parse(data, "test.yaml")
 
 
+def deploy(**data) -> DeployConfig:
+    return DeployConfig.of(settings(**data))
+
+
 def plan_of(s=None, **kw):
-    return build_monitoring_plan(s or settings(), HOST, env=kw.pop("env", {}), **kw)
+    return build_monitoring_plan(DeployConfig.of(s or settings()), HOST, env=kw.pop("env", {}), **kw)
 
 
 def write_rendered(plan, service: str, root: Path) -> Path:
@@ -373,10 +378,10 @@ def test_config_hash_changes_only_for_what_changed_and_never_for_limits():
 
 def test_host_facts_are_checked_before_anything_changes():
     with pytest.raises(PlanError, match="cpuset '3' names a core this host lacks"):
-        build_monitoring_plan(settings(monitoring={"services": {"loki": {"cpuset": "3"}}}),
+        build_monitoring_plan(deploy(monitoring={"services": {"loki": {"cpuset": "3"}}}),
                               HostFacts(ncpu=2, docker_socket="/s", textfile_dir="/t"), env={})
     with pytest.raises(PlanError, match="unix socket"):
-        build_monitoring_plan(settings(docker={"host": "tcp://10.0.0.2:2375"}),
+        build_monitoring_plan(deploy(docker={"host": "tcp://10.0.0.2:2375"}),
                               HostFacts(ncpu=4, textfile_dir="/t"), env={})
 
 
@@ -416,7 +421,7 @@ def test_wal_receiver_joins_the_plan_with_pitr_inside_the_budget_and_its_passwor
               backups={"local_dir": "/var/lib/homelab-ops/backups",
                        "encryption": {"age_recipients": ["age1" + "q" * 58]}})
     host = replace(HOST, backups_dir="/srv/homelab-ops/backups")
-    plan = build_monitoring_plan(settings(**on), host, env={})
+    plan = build_monitoring_plan(deploy(**on), host, env={})
     rx = plan.service("wal_receiver")
     assert [s.service for s in plan.services][0] == "wal_receiver"
     assert plan.memory_mb == 1356 + 128 and rx.limits == Limits(128, "0", 0.25)
@@ -438,11 +443,11 @@ def test_wal_receiver_joins_the_plan_with_pitr_inside_the_budget_and_its_passwor
     assert pw not in rendered + json.dumps(rx.env) + json.dumps(rx.all_labels) + " ".join(rx.command)
     assert "wal_receiver" in render.expected_textfile([s.service for s in plan.services], [])  # ContainerDown
     with pytest.raises(PlanError, match=r"needs 1484 MB but monitoring.memory_budget_mb is 1400 .*wal_receiver 128"):
-        build_monitoring_plan(settings(**on, monitoring={"memory_budget_mb": 1400}), host, env={})
+        build_monitoring_plan(deploy(**on, monitoring={"memory_budget_mb": 1400}), host, env={})
     with pytest.raises(PlanError, match="names a passfile on this host"):
-        build_monitoring_plan(settings(pitr={"enabled": True}, postgres={"dsn": "host=db user=rx passfile=/root/.pgpass"}),
+        build_monitoring_plan(deploy(pitr={"enabled": True}, postgres={"dsn": "host=db user=rx passfile=/root/.pgpass"}),
                               host, env={})
-    remote = build_monitoring_plan(settings(pitr={"enabled": True, "dsn": "postgresql://rx@db.lan/postgres"}),
+    remote = build_monitoring_plan(deploy(pitr={"enabled": True, "dsn": "postgresql://rx@db.lan/postgres"}),
                                    host, env={})
     assert conninfo_to_dict(yaml.safe_load(remote.service("wal_receiver").files[
         "/etc/homelab-ops/homelab.yaml"])["pitr"]["dsn"])["host"] == "db.lan"
@@ -460,7 +465,7 @@ def test_a_deploy_failure_hides_the_secrets_it_placed_and_keeps_their_file_paths
     runner = plan_of(on, env={"N8N_RUNNERS_AUTH_TOKEN": "Rtk7f3e9a"}).service("n8n_runner")
     owned = replace(runner, env={**runner.env, "EXTRA_PASSWORD": "Pw0wner9"})
     text = _fail(RuntimeError("token Rtk7f3e9a read from /run/secrets/n8n-runners-auth-token; db Pw0wner9"),
-                 on, [owned]).description
+                 DeployConfig.of(on), [owned]).description
     assert "Rtk7f3e9a" not in text and "Pw0wner9" not in text
     assert "/run/secrets/n8n-runners-auth-token" in text, text
 
@@ -468,7 +473,7 @@ def test_a_deploy_failure_hides_the_secrets_it_placed_and_keeps_their_file_paths
 # --- Traefik -------------------------------------------------------------------------------------
 
 def test_traefik_plan_flags_auth_and_routes():
-    plan = build_traefik_plan(settings(traefik={"basic_auth_users": [BCRYPT], "ip_allowlist": ["192.168.0.0/16"],
+    plan = build_traefik_plan(deploy(traefik={"basic_auth_users": [BCRYPT], "ip_allowlist": ["192.168.0.0/16"],
                                                 "routes": {"n8n": {"url": "http://n8n:5678",
                                                                    "public_paths": ["/webhook/"]},
                                                            "dagster": {"url": "http://host.docker.internal:3000"}}}),
@@ -501,14 +506,14 @@ def test_traefik_dns_challenge_and_auth_sources():
     s = settings(traefik={"acme_challenge": "dns", "dns_provider": "cloudflare",
                           "dns_env": {"CF_DNS_API_TOKEN": "cf-token"}})
     with pytest.raises(PlanError, match="without basic auth"):
-        build_traefik_plan(s, HOST, env={})
-    (spec,) = build_traefik_plan(s, HOST, env={"HOMELAB_BASIC_AUTH_USERS": BCRYPT}).services
+        build_traefik_plan(DeployConfig.of(s), HOST, env={})
+    (spec,) = build_traefik_plan(DeployConfig.of(s), HOST, env={"HOMELAB_BASIC_AUTH_USERS": BCRYPT}).services
     assert "--certificatesresolvers.letsencrypt.acme.dnschallenge.provider=cloudflare" in spec.command
     assert not any("httpchallenge" in a for a in spec.command)
     assert spec.env == {"CF_DNS_API_TOKEN_FILE": "/run/secrets/traefik-CF_DNS_API_TOKEN"}
     assert spec.secrets == {"/run/secrets/traefik-CF_DNS_API_TOKEN": b"cf-token"}
     with pytest.raises(PlanError, match="'admin' is not `user:<bcrypt hash>`"):
-        build_traefik_plan(settings(traefik={"basic_auth_users": ["admin:$apr1$abc$def"]}), HOST, env={})
+        build_traefik_plan(deploy(traefik={"basic_auth_users": ["admin:$apr1$abc$def"]}), HOST, env={})
 
 
 # --- Tuning --------------------------------------------------------------------------------------

@@ -17,15 +17,15 @@ from homelab_ops.defs.deploy.resources import DockerResource
 from homelab_ops.defs.resources import HomelabSettings
 from homelab_ops.deploy import engine, tune
 from homelab_ops.deploy.auth import stored_users
+from homelab_ops.deploy.config import DeployConfig
 from homelab_ops.deploy.plan import PlanError, StackPlan, build_monitoring_plan, build_traefik_plan
 from homelab_ops.deploy.spec import ContainerSpec
-from homelab_ops.settings import Settings
 
 IO = "deploy_io"
 REPO_ROOT = Path(__file__).resolve().parents[3]
 
 
-class DeployConfig(dg.Config):
+class ServicesConfig(dg.Config):
     """Which services to converge; empty means the whole stack."""
 
     services: list[str] = []
@@ -38,58 +38,55 @@ class TuneConfig(dg.Config):
     dry_run: bool = False  # propose and report, apply nothing
 
 
-def _dashboards(settings: Settings) -> dict[str, bytes]:
-    d = Path(settings.monitoring.services.grafana.dashboards_dir or REPO_ROOT / "deploy/grafana/dashboards")
+def _dashboards(deploy: DeployConfig) -> dict[str, bytes]:
+    d = Path(deploy.monitoring.services.grafana.dashboards_dir or REPO_ROOT / "deploy/grafana/dashboards")
     return {p.name: p.read_bytes() for p in sorted(d.glob("*.json"))} if d.is_dir() else {}
 
 
-def _fail(e: Exception, settings: Settings | None = None, specs=()) -> dg.Failure:
+def _fail(e: Exception, deploy: DeployConfig | None = None, specs=()) -> dg.Failure:
     """The failure's text, scrubbed of every secret the settings and the store know, and of
     the secret files and environment the deploy gave `specs`: a deploy error carries container
     log tails, which may print a password."""
     text = str(e)
-    if settings is not None:
-        from homelab_ops.notify.redact import redactor_for
+    if deploy is not None:
         placed = [v.decode(errors="replace") for s in specs for v in s.secrets.values()]
         # An owner's own env for a service may still carry a secret; a *_FILE variable holds only
         # the path of one (the deploy's own secrets are in s.secrets), which errors keep readable.
         placed += [v for s in specs for k, v in s.env.items()
                    if re.search(r"TOKEN|PASSWORD|SECRET", k) and not k.endswith("_FILE")]
-        text = redactor_for(settings, *placed)(text)
+        text = deploy.redactor(*placed)(text)
     return dg.Failure(description=text)
 
 
-def _grafana_login(settings: Settings) -> tuple[str, str] | None:
+def _grafana_login(deploy: DeployConfig) -> tuple[str, str] | None:
     """Grafana's read-only role and password from the credential store (audited read)."""
-    name = settings.monitoring.services.grafana.postgres_credential
+    name = deploy.monitoring.services.grafana.postgres_credential
     if not name:
         return None
     from homelab_ops.credentials import current_value
-    from homelab_ops.credentials.config import CredentialsConfig
 
-    config = CredentialsConfig.of(settings)
-    return (current_value(config, name, actor="deploy_monitoring", field="username"),
-            current_value(config, name, actor="deploy_monitoring"))
+    return (current_value(deploy.credentials, name, actor="deploy_monitoring", field="username"),
+            current_value(deploy.credentials, name, actor="deploy_monitoring"))
 
 
-def monitoring_plan(settings: Settings, docker: DockerResource) -> StackPlan:
+def monitoring_plan(deploy: DeployConfig, docker: DockerResource) -> StackPlan:
     """Settings and the host's facts -> the plan; a refused plan fails the op, naming why."""
     with docker.client() as client:
-        facts = engine.host_facts(client, docker_host=docker.host, textfile_dir=settings.metrics.textfile_dir,
-                                  backups_dir=settings.backups.local_dir)
+        facts = engine.host_facts(client, docker_host=docker.host, textfile_dir=deploy.textfile_dir,
+                                  backups_dir=deploy.backups_dir)
     try:
-        return build_monitoring_plan(settings, facts, dashboards=_dashboards(settings),
-                                     tuned=tune.load_tuned(settings.monitoring.state_dir),
-                                     grafana_login=_grafana_login(settings))
+        return build_monitoring_plan(deploy, facts, dashboards=_dashboards(deploy),
+                                     tuned=tune.load_tuned(deploy.monitoring.state_dir),
+                                     grafana_login=_grafana_login(deploy))
     except (PlanError, CredentialError) as e:
-        raise _fail(e, settings) from None
+        raise _fail(e, deploy) from None
 
 
 @dg.op(out=dg.Out(StackPlan, io_manager_key=IO))
-def plan_monitoring(context: dg.OpExecutionContext, config: DeployConfig, homelab: HomelabSettings,
+def plan_monitoring(context: dg.OpExecutionContext, config: ServicesConfig, homelab: HomelabSettings,
                     docker: DockerResource) -> StackPlan:
     """Render every config and check the budget; a refused plan changes nothing."""
-    plan = monitoring_plan(homelab.settings, docker)
+    plan = monitoring_plan(homelab.deploy, docker)
     if config.services:
         unknown = set(config.services) - {s.service for s in plan.services}
         if unknown:
@@ -104,24 +101,25 @@ def plan_monitoring(context: dg.OpExecutionContext, config: DeployConfig, homela
 @dg.op(out=dg.Out(StackPlan, io_manager_key=IO))
 def plan_traefik(context: dg.OpExecutionContext, homelab: HomelabSettings, docker: DockerResource) -> StackPlan:
     """Traefik's flags, labels and file-provider routes; refused without basic-auth users."""
-    settings = homelab.settings
+    deploy = homelab.deploy
     with docker.client() as client:
-        facts = engine.host_facts(client, docker_host=docker.host, access_log_dir=settings.traefik.access_log_dir)
+        facts = engine.host_facts(client, docker_host=docker.host, access_log_dir=deploy.traefik.access_log_dir)
     try:
-        return build_traefik_plan(settings, facts, stored_users=stored_users(settings, f"dagster-run:{context.run_id}"))
+        return build_traefik_plan(deploy, facts, stored_users=stored_users(deploy, f"dagster-run:{context.run_id}"))
     except (PlanError, CredentialError) as e:
-        raise _fail(e, settings) from None
+        raise _fail(e, deploy) from None
 
 
 @dg.op(out=dg.Out(StackPlan, io_manager_key=IO))
 def pull_images(context: dg.OpExecutionContext, homelab: HomelabSettings, docker: DockerResource,
                 plan: StackPlan) -> StackPlan:
     """Every image present before any container stops (`never`: a missing one is an error)."""
+    deploy = homelab.deploy
     with docker.client() as client:
         try:
-            pulled = engine.ensure_images(client, plan.images, homelab.settings.monitoring.pull, context.log.info)
+            pulled = engine.ensure_images(client, plan.images, deploy.monitoring.pull, context.log.info)
         except engine.DeployError as e:
-            raise _fail(e, homelab.settings) from None
+            raise _fail(e, deploy) from None
     context.log.info(f"images ready; pulled: {pulled or 'none'}")
     return plan
 
@@ -146,12 +144,13 @@ def prepare_stack(context: dg.OpExecutionContext, docker: DockerResource, plan: 
 def deploy_service(context: dg.OpExecutionContext, homelab: HomelabSettings, docker: DockerResource,
                    spec: ContainerSpec) -> engine.Outcome:
     """Create or update one container, wait until healthy; roll back if it never is."""
+    deploy = homelab.deploy
     with docker.client() as client:
         try:
-            outcome = engine.converge(client, spec, wait_s=homelab.settings.monitoring.health.wait.seconds,
+            outcome = engine.converge(client, spec, wait_s=deploy.monitoring.health.wait.seconds,
                                       log=context.log.info)
         except engine.DeployError as e:
-            raise _fail(e, homelab.settings, [spec]) from None
+            raise _fail(e, deploy, [spec]) from None
     context.log.info(f"{spec.service}: {outcome.action} ({outcome.container_id[:12]})")
     return outcome
 
@@ -160,7 +159,8 @@ def deploy_service(context: dg.OpExecutionContext, homelab: HomelabSettings, doc
 def verify_stack(context: dg.OpExecutionContext, homelab: HomelabSettings, docker: DockerResource,
                  plan: StackPlan, outcomes: list) -> dict:
     """End to end: healthy containers; for monitoring, Prometheus' targets, rules and Alertmanager."""
-    timeout = homelab.settings.monitoring.health.verify.seconds
+    deploy = homelab.deploy
+    timeout = deploy.monitoring.health.verify.seconds
     with docker.client() as client:
         try:
             if plan.stack == "monitoring":
@@ -171,7 +171,7 @@ def verify_stack(context: dg.OpExecutionContext, homelab: HomelabSettings, docke
                     checks |= engine.verify_traefik_routes(client, plan.services[0].name, plan.network, plan.route_hosts,
                                                            timeout_s=timeout)
         except engine.DeployError as e:
-            raise _fail(e, homelab.settings, plan.services) from None
+            raise _fail(e, deploy, plan.services) from None
     return {"checks": checks, "outcomes": outcomes}
 
 
@@ -200,7 +200,7 @@ def report_deploy(context: dg.OpExecutionContext, plan: StackPlan, verified: dic
 def measure_usage(context: dg.OpExecutionContext, config: TuneConfig, homelab: HomelabSettings,
                   docker: DockerResource) -> dict:
     """The Engine's stats for every running service of the stack over the window."""
-    plan = monitoring_plan(homelab.settings, docker)
+    plan = monitoring_plan(homelab.deploy, docker)
     with docker.client() as client:
         current, missing = {}, []
         for s in plan.services:
@@ -223,7 +223,7 @@ def propose_limits(context: dg.OpExecutionContext, config: TuneConfig, homelab: 
     plan = measured["plan"]
     try:
         proposals = tune.propose(measured["usage"], measured["current"],
-                                 budget_mb=homelab.settings.monitoring.memory_budget_mb,
+                                 budget_mb=homelab.deploy.monitoring.memory_budget_mb,
                                  headroom=config.headroom, min_headroom=config.min_headroom,
                                  order=[s.service for s in plan.services])
     except tune.FitError as e:
@@ -238,7 +238,7 @@ def propose_limits(context: dg.OpExecutionContext, config: TuneConfig, homelab: 
 def apply_limits(context: dg.OpExecutionContext, config: TuneConfig, homelab: HomelabSettings,
                  docker: DockerResource, measured: dict, proposals: list) -> dict:
     """`docker update` in place; a container the kernel cannot shrink live is recreated instead."""
-    settings = homelab.settings
+    mon = homelab.deploy.monitoring
     plan: StackPlan = measured["plan"]
     changed = [p for p in proposals if p.changed]
     if config.dry_run or not changed:
@@ -253,15 +253,15 @@ def apply_limits(context: dg.OpExecutionContext, config: TuneConfig, homelab: Ho
             except engine.LimitsRefused as e:
                 context.log.warning(f"{p.service}: {e}; recreating")
                 new_spec = dataclasses.replace(spec, limits=p.after)
-                engine.converge(client, new_spec, wait_s=settings.monitoring.health.wait.seconds,
+                engine.converge(client, new_spec, wait_s=mon.health.wait.seconds,
                                 log=context.log.info, force=True)
                 applied.append((p.service, "recreated"))
         after = {s: engine.limits_of(client.api.inspect_container(plan.service(s).name)) for s, _ in applied}
-    svcs = settings.monitoring.services
-    record = tune.load_tuned(settings.monitoring.state_dir)
+    svcs = mon.services
+    record = tune.load_tuned(mon.state_dir)
     record.update(tune.tuned_record(
         [p for p in proposals], {p.service: getattr(svcs, p.service) for p in proposals}, time.time()))
-    path = tune.save_tuned(settings.monitoring.state_dir, record)
+    path = tune.save_tuned(mon.state_dir, record)
     context.log.info(f"tuned limits kept in {path} (deploy_monitoring uses them until settings change)")
     return {"applied": applied, "after": after, "proposals": proposals, "usage": measured["usage"]}
 
