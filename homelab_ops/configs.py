@@ -10,6 +10,7 @@ from __future__ import annotations
 from homelab_ops.backups.config import BackupsConfig
 from homelab_ops.credentials.config import CredentialsConfig
 from homelab_ops.deploy.config import DeployConfig
+from homelab_ops.health.config import HealthConfig
 from homelab_ops.pitr.config import PitrConfig
 
 
@@ -30,6 +31,11 @@ class DomainConfigs:
     def deploy(self) -> DeployConfig:
         """What the deploy and tune graphs read."""
         return DeployConfig.of(self.settings)
+
+    @property
+    def health(self) -> HealthConfig:
+        """What the health sensor's checks read."""
+        return HealthConfig.of(self.settings)
 
     @property
     def pitr(self) -> PitrConfig:

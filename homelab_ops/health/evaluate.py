@@ -24,6 +24,7 @@ from homelab_ops.docker_host import connect
 from homelab_ops.errors import typed_first_line
 from homelab_ops.health import checks as c, plugins
 from homelab_ops.health.checks import CheckResult, Thresholds
+from homelab_ops.health.config import HealthConfig
 from homelab_ops.pitr.health import check_pitr
 
 log = logging.getLogger(__name__)
@@ -75,11 +76,11 @@ def host_results(samples, th: Thresholds) -> list[CheckResult]:
     ]
 
 
-def check_host(settings, th: Thresholds, now: datetime) -> list[CheckResult]:
+def check_host(config: HealthConfig, now: datetime) -> list[CheckResult]:
     from homelab_ops.metrics.collect import take_snapshot
 
-    snap = take_snapshot(settings.metrics, now=now, cpu_window=0.0)
-    results = host_results(snap.samples, th)
+    snap = take_snapshot(config.metrics, now=now, cpu_window=0.0)
+    results = host_results(snap.samples, config.thresholds)
     if not any(r.family == "disk_free" for r in results):
         results.append(c.unknown("disk_free", "no filesystem readable"))
     return results
@@ -88,8 +89,8 @@ def check_host(settings, th: Thresholds, now: datetime) -> list[CheckResult]:
 # --------------------------------------------------------------------------- containers
 
 
-def docker_client(settings):
-    return connect(settings.docker.host, 10)
+def docker_client(docker_host: str):
+    return connect(docker_host, 10)
 
 
 def _docker_time(text: str | None) -> datetime | None:
@@ -117,29 +118,29 @@ def reading_of(attrs: dict) -> c.ContainerReading:
     )
 
 
-def check_containers(settings, th: Thresholds, now: datetime, client_factory=docker_client) -> list[CheckResult]:
+def check_containers(config: HealthConfig, now: datetime, client_factory=docker_client) -> list[CheckResult]:
     try:
-        client = client_factory(settings)
+        client = client_factory(config.docker_host)
         try:
             found = client.containers.list(all=True)
             readings = [reading_of(ctr.attrs) for ctr in found]
         finally:
             client.close()
     except Exception as e:  # docker.errors.DockerException, requests' ConnectionError, a missing socket
-        return [c.unknown("docker", f"cannot reach Docker at {settings.docker.host}: {typed_first_line(e)}")]
-    return c.containers(readings, now, th.container_restarts_warn, settings.health.container_stacks,
-                        settings.health.ignore_containers)
+        return [c.unknown("docker", f"cannot reach Docker at {config.docker_host}: {typed_first_line(e)}")]
+    return c.containers(readings, now, config.thresholds.container_restarts_warn, config.health.container_stacks,
+                        config.health.ignore_containers)
 
 
 # --------------------------------------------------------------------------- services
 
 
-def check_postgres(settings, th: Thresholds, now: datetime) -> list[CheckResult]:
+def check_postgres(config: HealthConfig, now: datetime) -> list[CheckResult]:
     import psycopg
 
     start = time.monotonic()
     try:
-        with psycopg.connect(settings.postgres.dsn.get_secret_value(), connect_timeout=5,
+        with psycopg.connect(config.postgres_dsn.get_secret_value(), connect_timeout=5,
                              application_name="homelab-ops health") as conn:
             conn.execute("SELECT 1").fetchone()
     except psycopg.Error as e:
@@ -147,12 +148,12 @@ def check_postgres(settings, th: Thresholds, now: datetime) -> list[CheckResult]
     return [c.postgres_reachable(None, time.monotonic() - start)]
 
 
-def check_n8n(settings, th: Thresholds, now: datetime) -> list[CheckResult]:
-    if settings.n8n is None:
+def check_n8n(config: HealthConfig, now: datetime) -> list[CheckResult]:
+    if config.n8n is None:
         return []
-    if not settings.n8n.url:
+    if not config.n8n.url:
         return [c.unknown("n8n", "n8n.url is not set, so /healthz is not asked")]
-    url = settings.n8n.url.rstrip("/") + "/healthz"
+    url = config.n8n.url.rstrip("/") + "/healthz"
     try:
         with urllib.request.urlopen(url, timeout=5) as resp:
             return [c.n8n_healthz(resp.status)]
@@ -163,51 +164,49 @@ def check_n8n(settings, th: Thresholds, now: datetime) -> list[CheckResult]:
         return [c.n8n_healthz(None, str(reason) or type(e).__name__)]
 
 
-def check_backups(settings, th: Thresholds, now: datetime) -> list[CheckResult]:
+def check_backups(config: HealthConfig, now: datetime) -> list[CheckResult]:
     """The newest restored backup per database, as verification published it (every minute: no S3
     request), against the newest backup in the local folder."""
-    from homelab_ops.backups.catalog import read_listing
-    from homelab_ops.backups.config import BackupsConfig
     from homelab_ops.backups import sources
+    from homelab_ops.backups.catalog import read_listing
     from homelab_ops.backups.stores import LocalStore
     from homelab_ops.backups.verify import published_freshness
 
-    store = LocalStore(settings.backups.local_dir)
+    store = LocalStore(config.backups.backups.local_dir)
     out = []
     # With PostgreSQL down (its own check says so) the folders with backups are judged, and the sources.
-    for db in sources.backed_up(BackupsConfig.of(settings)):
+    for db in sources.backed_up(config.backups):
         listing = read_listing(store.list(db))
         newest = listing.backups[-1].time if listing.backups else None
-        restored = published_freshness(settings.metrics.textfile_dir, db)
-        out.append(c.backup_age(db, restored, newest, now, th.backup_age_fail_hours))
+        restored = published_freshness(config.metrics.textfile_dir, db)
+        out.append(c.backup_age(db, restored, newest, now, config.thresholds.backup_age_fail_hours))
     return out
 
 
-def check_credentials(settings, th: Thresholds, now: datetime) -> list[CheckResult]:
+def check_credentials(config: HealthConfig, now: datetime) -> list[CheckResult]:
     try:
         from homelab_ops.credentials import overdue
-        from homelab_ops.credentials.config import CredentialsConfig
     except ImportError:
         return [c.unknown("credentials_overdue", "the credential store is not installed")]
-    items = overdue(CredentialsConfig.of(settings))
+    items = overdue(config.credentials)
     return [c.credentials_overdue([(o.name, o.age_seconds, o.period_seconds) for o in items])]
 
 
-def check_n8n_failures(settings, th: Thresholds, now: datetime) -> list[CheckResult]:
+def check_n8n_failures(config: HealthConfig, now: datetime) -> list[CheckResult]:
     """The newest day (today or yesterday, settings' zone) in homelab_ops.n8n_execution_daily."""
-    if settings.n8n is None:
+    if config.n8n is None:
         return []
     from homelab_ops.state import connect
 
-    today = now.astimezone(settings.tz).date()
-    with connect(settings.state.dsn.get_secret_value(), connect_timeout=5) as conn:
+    today = now.astimezone(config.tz).date()
+    with connect(config.state_dsn.get_secret_value(), connect_timeout=5) as conn:
         if conn.execute("SELECT to_regclass('homelab_ops.n8n_execution_daily')").fetchone()[0] is None:
             return [c.unknown("n8n_failure_rate", "no n8n rollup table yet (n8n_execution_rollup has not run)")]
         rows = conn.execute(
             "SELECT day, workflow_id, max(workflow_name), status, sum(executions)::bigint"
             " FROM homelab_ops.n8n_execution_daily WHERE day BETWEEN %s AND %s"
             " GROUP BY day, workflow_id, status", (today - timedelta(days=1), today)).fetchall()
-    return [n8n_failure_result(rows, th)]
+    return [n8n_failure_result(rows, config.thresholds)]
 
 
 def n8n_failure_result(rows: list[tuple], th: Thresholds) -> CheckResult:
@@ -247,12 +246,13 @@ def newest_file(pattern: str) -> str:
     return max(matches, key=os.path.getmtime)
 
 
-def container_log(settings, name: str, since: datetime, client_factory=docker_client) -> list[tuple[datetime | None, str]]:
+def container_log(docker_host: str, name: str, since: datetime,
+                  client_factory=docker_client) -> list[tuple[datetime | None, str]]:
     """(Docker's timestamp, line) of a container's stdout and stderr since `since`."""
     try:
-        client = client_factory(settings)
+        client = client_factory(docker_host)
     except Exception as e:
-        raise Unavailable(f"cannot reach Docker at {settings.docker.host}: {typed_first_line(e)}") from None
+        raise Unavailable(f"cannot reach Docker at {docker_host}: {typed_first_line(e)}") from None
     try:
         import docker.errors
 
@@ -272,14 +272,14 @@ def container_log(settings, name: str, since: datetime, client_factory=docker_cl
     return out
 
 
-def check_pg_auth(settings, th: Thresholds, now: datetime) -> list[CheckResult]:
-    h = settings.health
+def check_pg_auth(config: HealthConfig, now: datetime) -> list[CheckResult]:
+    h, th = config.health, config.thresholds
     try:
         if h.postgres_log:
-            lines = [(c.parse_pg_time(line, settings.tz), line) for line in tail_lines(newest_file(h.postgres_log))]
+            lines = [(c.parse_pg_time(line, config.tz), line) for line in tail_lines(newest_file(h.postgres_log))]
         elif h.postgres_container:
-            lines = [(c.parse_pg_time(text, settings.tz) or t, text)
-                     for t, text in container_log(settings, h.postgres_container, now - timedelta(hours=1))]
+            lines = [(c.parse_pg_time(text, config.tz) or t, text)
+                     for t, text in container_log(config.docker_host, h.postgres_container, now - timedelta(hours=1))]
         else:
             raise Unavailable("not configured: set health.postgres_log (a file) or health.postgres_container")
     except (Unavailable, OSError) as e:
@@ -288,15 +288,15 @@ def check_pg_auth(settings, th: Thresholds, now: datetime) -> list[CheckResult]:
     return [c.postgres_auth_failures(count, users, untimed, th.pg_auth_failures_warn, th.pg_auth_failures_fail)]
 
 
-def check_http_denied(settings, th: Thresholds, now: datetime) -> list[CheckResult]:
-    h = settings.health
+def check_http_denied(config: HealthConfig, now: datetime) -> list[CheckResult]:
+    h, th = config.health, config.thresholds
     window = th.http_denied_window_s
     try:
         if h.traefik_access_log:
             entries = [c.parse_access_line(line) for line in tail_lines(newest_file(h.traefik_access_log))]
         elif h.traefik_container:
             entries = []
-            for t, text in container_log(settings, h.traefik_container, now - timedelta(seconds=window)):
+            for t, text in container_log(config.docker_host, h.traefik_container, now - timedelta(seconds=window)):
                 when, status, client = c.parse_access_line(text)
                 entries.append((when or t, status, client))
         else:
@@ -327,16 +327,16 @@ GROUPS: list[tuple[Group, tuple[str, ...]]] = [
 ]
 
 
-def run_checks(settings, *, now: datetime | None = None, groups: list[tuple[Group, tuple[str, ...]]] | None = None,
+def run_checks(config: HealthConfig, *, now: datetime | None = None,
+               groups: list[tuple[Group, tuple[str, ...]]] | None = None,
                timeout: float | None = None) -> list[CheckResult]:
     """Every check once; never raises. Results are unique by name, in group order."""
     now = now or datetime.now(timezone.utc)
-    th = Thresholds.from_settings(settings)
-    timeout = th.check_timeout_s if timeout is None else timeout
+    timeout = config.thresholds.check_timeout_s if timeout is None else timeout
     groups = GROUPS if groups is None else groups
     pool = ThreadPoolExecutor(max_workers=4, thread_name_prefix="health-check")
     try:
-        futures = [(pool.submit(fn, settings, th, now), names) for fn, names in groups]
+        futures = [(pool.submit(fn, config, now), names) for fn, names in groups]
         wait([f for f, _ in futures], timeout=timeout)
         results: dict[str, CheckResult] = {}
         for (future, names), (fn, _) in zip(futures, groups):

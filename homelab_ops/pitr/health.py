@@ -13,11 +13,15 @@ age of the newest file: an idle server writes almost no WAL.
 from __future__ import annotations
 
 from datetime import datetime, timezone
+from typing import TYPE_CHECKING
 
 from homelab_ops.errors import typed_first_line
 from homelab_ops import units
 from homelab_ops.health.checks import FAIL, OK, WARN, CheckResult, unknown
 from homelab_ops.pitr.config import PitrConfig
+
+if TYPE_CHECKING:
+    from homelab_ops.health.config import HealthConfig
 
 METRICS_FILE = "homelab_pitr.prom"
 
@@ -187,7 +191,6 @@ def pitr_judgement(config: PitrConfig, now: datetime | None = None) -> tuple[lis
     return out, seconds
 
 
-def check_pitr(settings, th, now: datetime) -> list[CheckResult]:
-    """The health sensor's group (homelab_ops.health.evaluate.GROUPS): every group takes the whole
-    settings; PITR's own functions take their part of them."""
-    return pitr_results(PitrConfig.of(settings), now)
+def check_pitr(config: HealthConfig, now: datetime) -> list[CheckResult]:
+    """The health sensor's group (homelab_ops.health.evaluate.GROUPS)."""
+    return pitr_results(config.pitr, now)

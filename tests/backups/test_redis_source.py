@@ -84,7 +84,8 @@ def test_a_source_is_refused_when_its_name_or_type_is_not_usable(write_settings)
 def test_one_list_of_what_is_backed_up_for_the_location_the_cli_and_the_digest(new_db, write_settings):
     """Under `all`, a database that a source names is the source's, once; with the server down, the
     folders with backups stand in, for the digest as for the code location."""
-    from homelab_ops.health.evaluate import Thresholds, check_backups
+    from homelab_ops.health.config import HealthConfig
+    from homelab_ops.health.evaluate import check_backups
     from homelab_ops.notify.digest import gather
 
     db = new_db("clash")
@@ -108,7 +109,7 @@ def test_one_list_of_what_is_backed_up_for_the_location_the_cli_and_the_digest(n
     facts = gather(down)
     assert [line.database for line in facts.backups] == ["app", db]
     assert any("did not answer" in why for why in facts.unread), facts.unread  # said in the digest
-    ages = check_backups(down, Thresholds.from_settings(down), datetime.now(timezone.utc))
+    ages = check_backups(HealthConfig.of(down), datetime.now(timezone.utc))
     assert [r.name for r in ages] == ["backup_age:app", f"backup_age:{db}"]
 
 

@@ -13,6 +13,7 @@ import pytest
 
 from homelab_ops.health import evaluate as ev
 from homelab_ops.health.checks import FAIL, FREE_DISK, OK, WARN
+from homelab_ops.health.config import HealthConfig
 from homelab_ops.health.plugins import free_inodes
 from homelab_ops.settings import SettingsError, parse
 
@@ -41,12 +42,12 @@ def test_a_filesystem_out_of_inodes_fails_with_space_left(tmp_path, write_settin
     try:
         _, s = write_settings({"metrics": {"mounts": [str(disk)], "textfile_dir": str(tmp_path / "tf")}})
         mine = [g for g in ev.GROUPS if g[1] == free_inodes.CHECKS]  # found by the registry, not listed by hand
-        assert [r.state for r in ev.run_checks(s, groups=mine)] == [OK]
+        assert [r.state for r in ev.run_checks(HealthConfig.of(s), groups=mine)] == [OK]
         states = []
         for upto in (185, 196):  # the root directory holds one of the 200: 14, then 3 left
             for i in range(upto):
                 (disk / f"f{i}").touch()
-            (result,) = ev.run_checks(s, groups=mine)
+            (result,) = ev.run_checks(HealthConfig.of(s), groups=mine)
             states.append((result.name, result.state))
         assert states == [(f"free_inodes:{disk}", WARN), (f"free_inodes:{disk}", FAIL)], result
         st = os.statvfs(disk)

@@ -19,10 +19,10 @@ import pytest
 
 from homelab_ops.backups.catalog import stem_for
 from homelab_ops.health import evaluate as ev
-from homelab_ops.health.checks import FAIL, OK, STATES, UNKNOWN, WARN, Thresholds
+from homelab_ops.health.checks import FAIL, OK, STATES, UNKNOWN, WARN
+from homelab_ops.health.config import HealthConfig
 from tests.conftest import ADMIN_DSN, DOCKER_HOST, dsn_for, free_port
 
-TH = Thresholds()
 IMAGE = "homelab-ops-health-test:busybox"
 
 
@@ -44,9 +44,9 @@ def settings_for(write_settings, state_db):
 
 
 def test_postgres_reachable_and_not(settings_for):
-    assert ev.check_postgres(settings_for(), TH, now())[0].state == OK
+    assert ev.check_postgres(HealthConfig.of(settings_for()), now())[0].state == OK
     dead = settings_for(postgres={"dsn": f"postgresql://postgres:Sekr1tPw@127.0.0.1:{free_port()}/postgres"})
-    r = ev.check_postgres(dead, TH, now())[0]
+    r = ev.check_postgres(HealthConfig.of(dead), now())[0]
     assert r.state == FAIL and "not reachable" in r.reason and "Sekr1tPw" not in r.reason
 
 
@@ -70,17 +70,17 @@ def test_n8n_healthz(settings_for):
     try:
         url = f"http://127.0.0.1:{server.server_address[1]}"
         s = settings_for(n8n={"dsn": ADMIN_DSN, "url": url})
-        assert ev.check_n8n(s, TH, now())[0].state == OK
+        assert ev.check_n8n(HealthConfig.of(s), now())[0].state == OK
         _N8n.status = 503
-        r = ev.check_n8n(s, TH, now())[0]
+        r = ev.check_n8n(HealthConfig.of(s), now())[0]
         assert r.state == FAIL and "503" in r.reason
     finally:
         _N8n.status = 200
         server.shutdown()
         server.server_close()
-    assert ev.check_n8n(s, TH, now())[0].state == FAIL  # nothing listens any more
-    assert ev.check_n8n(settings_for(n8n={"dsn": ADMIN_DSN}), TH, now())[0].state == UNKNOWN
-    assert ev.check_n8n(settings_for(), TH, now()) == []  # no n8n configured: no n8n check
+    assert ev.check_n8n(HealthConfig.of(s), now())[0].state == FAIL  # nothing listens any more
+    assert ev.check_n8n(HealthConfig.of(settings_for(n8n={"dsn": ADMIN_DSN})), now())[0].state == UNKNOWN
+    assert ev.check_n8n(HealthConfig.of(settings_for()), now()) == []  # no n8n configured: no n8n check
 
 
 # --------------------------------------------------------------------------- backups, rollups, credentials
@@ -111,7 +111,7 @@ def test_backup_age_reads_the_newest_restored_backup_verification_published(sett
     publish_freshness(s.metrics.textfile_dir, SimpleNamespace(database="photos", stem=_backup(tmp_path / "b" / "photos",
                                                                         t - timedelta(hours=40))))
     _backup(tmp_path / "b" / "photos", t - timedelta(hours=2))
-    by = {r.name: r for r in ev.check_backups(s, Thresholds.from_settings(s), t)}
+    by = {r.name: r for r in ev.check_backups(HealthConfig.of(s), t)}
     assert by["backup_age:n8n"].state == OK and "3.0h" in by["backup_age:n8n"].reason
     assert by["backup_age:photos"].state == FAIL and "40.0h" in by["backup_age:photos"].reason
     assert by["backup_age:empty"].state == FAIL and "no backup at all" in by["backup_age:empty"].reason
@@ -129,13 +129,13 @@ def test_n8n_failure_rate_from_the_rollup_table(settings_for):
                          " executions) VALUES (%s, %s, %s, %s, %s)",
                          [(today, "w1", "Invoices", "success", 6), (today, "w1", "Invoices", "error", 3),
                           (today - timedelta(days=1), "w1", "Invoices", "error", 100)])
-    r = ev.check_n8n_failures(s, Thresholds.from_settings(s), now())[0]
+    r = ev.check_n8n_failures(HealthConfig.of(s), now())[0]
     assert r.state == WARN and "Invoices" in r.reason and "3 of 9" in r.reason
 
 
 def test_credentials_overdue_from_the_credential_store(settings_for):
     s = settings_for(credentials={"managed": {"bot_token": {"kind": "manual", "period": "30d"}}})
-    r = ev.check_credentials(s, TH, now())[0]
+    r = ev.check_credentials(HealthConfig.of(s), now())[0]
     assert r.state == WARN and "bot_token (never set)" in r.reason
 
 
@@ -150,12 +150,12 @@ def test_postgres_auth_failures_from_a_log_file(settings_for, tmp_path):
     lines.append(f"{(t - timedelta(hours=3)).strftime('%Y-%m-%d %H:%M:%S')} UTC [9] FATAL:  role \"old\" does not exist")
     log.write_text("\n".join(lines) + "\n")
     s = settings_for(health={"postgres_log": str(tmp_path / "postgresql-*-main.log")})
-    r = ev.check_pg_auth(s, TH, t)[0]
+    r = ev.check_pg_auth(HealthConfig.of(s), t)[0]
     assert r.state == WARN and r.reason.startswith("12 failed") and "'mallory' 12" in r.reason
     missing = settings_for(health={"postgres_log": str(tmp_path / "nope-*.log")})
-    r = ev.check_pg_auth(missing, TH, t)[0]
+    r = ev.check_pg_auth(HealthConfig.of(missing), t)[0]
     assert r.state == UNKNOWN and "no file matches" in r.reason
-    assert "not configured" in ev.check_pg_auth(settings_for(), TH, t)[0].reason
+    assert "not configured" in ev.check_pg_auth(HealthConfig.of(settings_for()), t)[0].reason
 
 
 def test_traefik_denied_from_an_access_log_file(settings_for, tmp_path):
@@ -166,7 +166,7 @@ def test_traefik_denied_from_an_access_log_file(settings_for, tmp_path):
                for i in range(120)]
     log.write_text("\n".join(entries) + "\n")
     s = settings_for(health={"traefik_access_log": str(log)})
-    r = ev.check_http_denied(s, Thresholds.from_settings(s), t)[0]
+    r = ev.check_http_denied(HealthConfig.of(s), t)[0]
     assert r.state == FAIL and "120 answers 401/403" in r.reason and "203.0.113.5 (120)" in r.reason
 
 
@@ -227,7 +227,7 @@ def test_containers_judged_from_the_docker_engine(settings_for, containers):
     s = settings_for(health={"container_stacks": {"grafana-*": "monitoring"}})
 
     def states():
-        return {r.name: r for r in ev.check_containers(s, TH, now())}
+        return {r.name: r for r in ev.check_containers(HealthConfig.of(s), now())}
 
     assert _wait(lambda: states().get(f"container:{sick.name}", None) is not None
                  and states()[f"container:{sick.name}"].state == FAIL)
@@ -240,7 +240,7 @@ def test_containers_judged_from_the_docker_engine(settings_for, containers):
     assert _wait(lambda: states()[f"container:{done.name}"].state == OK)
     ignored = settings_for(health={"ignore_containers": ["worker-*", "oneshot-*", "grafana-hc-*"]})
     assert not any(r.name.startswith(("container:worker", "container:oneshot", "container:grafana-hc"))
-                   for r in ev.check_containers(ignored, TH, now()))
+                   for r in ev.check_containers(HealthConfig.of(ignored), now()))
 
 
 @pytest.mark.docker
@@ -248,19 +248,19 @@ def test_postgres_auth_failures_from_a_containers_log(settings_for, containers):
     line = 'FATAL:  password authentication failed for user \\"mallory\\"'
     c = containers("pg", ["sh", "-c", f'for i in 1 2 3 4 5 6 7 8 9 10 11; do echo "{line}"; done; sleep 300'])
     s = settings_for(health={"postgres_container": c.name})
-    assert _wait(lambda: ev.check_pg_auth(s, TH, now())[0].reason.startswith("11 failed"))
-    r = ev.check_pg_auth(s, TH, now())[0]
+    assert _wait(lambda: ev.check_pg_auth(HealthConfig.of(s), now())[0].reason.startswith("11 failed"))
+    r = ev.check_pg_auth(HealthConfig.of(s), now())[0]
     assert r.state == WARN  # Docker's timestamps date the lines that carry none
     missing = settings_for(health={"postgres_container": "no-such-container"})
-    assert ev.check_pg_auth(missing, TH, now())[0].state == UNKNOWN
+    assert ev.check_pg_auth(HealthConfig.of(missing), now())[0].state == UNKNOWN
 
 
 def test_no_docker_is_unknown_not_a_crash(settings_for, tmp_path):
     s = settings_for(docker={"host": f"unix://{tmp_path}/docker.sock"},
                      health={"traefik_container": "traefik"})
-    [r] = ev.check_containers(s, TH, now())
+    [r] = ev.check_containers(HealthConfig.of(s), now())
     assert (r.name, r.state) == ("docker", UNKNOWN) and "cannot reach Docker" in r.reason
-    r = ev.check_http_denied(s, TH, now())[0]
+    r = ev.check_http_denied(HealthConfig.of(s), now())[0]
     assert r.state == UNKNOWN and "cannot reach Docker" in r.reason
 
 
@@ -270,7 +270,7 @@ def test_no_docker_is_unknown_not_a_crash(settings_for, tmp_path):
 def test_run_checks_never_raises_and_bounds_time(settings_for, tmp_path):
     s = settings_for(postgres={"dsn": ADMIN_DSN, "databases": ["n8n"]}, backups={"local_dir": str(tmp_path)},
                      metrics={"sys_root": str(tmp_path / "sys")})
-    results = ev.run_checks(s)
+    results = ev.run_checks(HealthConfig.of(s))
     names = [r.name for r in results]
     assert len(names) == len(set(names)) and all(r.state in STATES for r in results)
     by = {r.name: r for r in results}
@@ -278,15 +278,15 @@ def test_run_checks_never_raises_and_bounds_time(settings_for, tmp_path):
     assert by["cpu_temperature"].state == UNKNOWN  # no thermal zone under the empty sys root
     assert any(n.startswith("disk_free:") for n in names)
 
-    def hangs(settings, th, t):
+    def hangs(config, t):
         time.sleep(3)
         return []
 
-    def breaks(settings, th, t):
+    def breaks(config, t):
         raise RuntimeError("password=hunter2 exploded")
 
     start = time.monotonic()
-    got = ev.run_checks(s, groups=[(hangs, ("slow",)), (breaks, ("broken",))], timeout=0.5)
+    got = ev.run_checks(HealthConfig.of(s), groups=[(hangs, ("slow",)), (breaks, ("broken",))], timeout=0.5)
     assert time.monotonic() - start < 2
     assert [(r.name, r.state) for r in got] == [("slow", UNKNOWN), ("broken", UNKNOWN)]
     assert "no answer within 0.5s" in got[0].reason and "exploded" in got[1].reason

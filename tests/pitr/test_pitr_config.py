@@ -7,6 +7,7 @@ from pathlib import Path
 import pytest
 
 import homelab_ops.pitr
+from homelab_ops.health.config import HealthConfig
 from homelab_ops.pitr.config import PitrConfig
 from homelab_ops.pitr.health import check_pitr, pitr_results
 from homelab_ops.settings import parse
@@ -37,18 +38,18 @@ def test_the_config_holds_pitrs_sections_and_nothing_else(tmp_path):
 
 
 def test_no_function_in_the_pitr_package_takes_the_whole_settings():
-    """Two doors take the whole settings: PitrConfig.of, and the health group's entry point
-    (check_pitr), since every group of the health sensor is called with the whole settings."""
-    offenders = functions_taking_settings(PACKAGE, doors={("config.py", "of"), ("health.py", "check_pitr")})
+    """One door takes the whole settings: PitrConfig.of. The health group's entry point
+    (check_pitr) takes the health sensor's HealthConfig, which holds PITR's."""
+    offenders = functions_taking_settings(PACKAGE, doors={("config.py", "of")})
     assert not offenders, offenders
 
 
 def test_the_health_group_gives_pitr_its_part(tmp_path):
     now = datetime.now(timezone.utc)
-    assert check_pitr(_settings(tmp_path), None, now) == []  # pitr off: no checks
+    assert check_pitr(HealthConfig.of(_settings(tmp_path)), now) == []  # pitr off: no checks
     s = _settings(tmp_path, enabled=True, cluster="pi")
     # No receiver ever ran and the server is not there: the judgement names the cluster and fails,
-    # through the whole-settings door and through the config alike.
-    by_door = {r.name: r.state for r in check_pitr(s, None, now)}
+    # through the health sensor's group and through PITR's own config alike.
+    by_door = {r.name: r.state for r in check_pitr(HealthConfig.of(s), now)}
     direct = {r.name: r.state for r in pitr_results(PitrConfig.of(s), now)}
     assert by_door == direct and by_door["pitr_receiver:pi"] == "fail", by_door

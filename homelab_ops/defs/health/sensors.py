@@ -97,7 +97,7 @@ def build_health_sensor(jobs: list, *, name: str = "health_sensor", interval: in
         known_chats = [Chat.from_json(c) for c in data.get("chats") or []]
         redact = alert_channels.redactor(settings)
         results = [CheckResult(r.name, r.state, redact(r.reason), r.remedy)
-                   for r in (evaluate or run_checks)(settings)]
+                   for r in (evaluate or run_checks)(homelab.health)]
         policy = machine.Policy.from_settings(settings)
         memories, notices = machine.advance(_memories(data), results, now, policy)
 

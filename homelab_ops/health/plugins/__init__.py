@@ -8,7 +8,8 @@ A check module here declares:
   (so a misspelt key still fails when the settings load);
 - `REMEDY`: the remedy key (homelab_ops.health.remedies) its failures start, or None;
 - `judge(...)`: the pure judgement, plain readings in, `CheckResult`s out;
-- `run(settings, th, now)`: reads what it needs and calls `judge`; `th.get(key)` reads a threshold.
+- `run(config, now)`: reads what it needs of its `HealthConfig` (homelab_ops.health.config) and
+  calls `judge`; `config.thresholds.get(key)` reads a threshold.
 
 Adding a check is one new file here plus its test (docs/extending.md). The sensor, the
 `homelab_health` table, alerts, flapping and remedies need nothing else.

@@ -10,8 +10,12 @@ from __future__ import annotations
 
 import os
 from datetime import datetime
+from typing import TYPE_CHECKING
 
 from homelab_ops.health.checks import FREE_DISK, OK, CheckResult, below, level, unknown
+
+if TYPE_CHECKING:
+    from homelab_ops.health.config import HealthConfig
 
 CHECKS = ("free_inodes",)
 THRESHOLDS = {"free_inodes_warn_pct": 10.0, "free_inodes_fail_pct": 3.0}
@@ -33,17 +37,18 @@ def judge(mounts: dict[str, tuple[int, int]], warn_pct: float, fail_pct: float) 
     return out
 
 
-def run(settings, th, now: datetime) -> list[CheckResult]:
+def run(config: HealthConfig, now: datetime) -> list[CheckResult]:
     from homelab_ops.metrics.collect import chosen_mounts
 
     mounts: dict[str, tuple[int, int]] = {}
     unread: list[CheckResult] = []
-    for _dev, mp, _fs in chosen_mounts(settings.metrics.proc_root, settings.metrics.mounts):
+    for _dev, mp, _fs in chosen_mounts(config.metrics.proc_root, config.metrics.mounts):
         try:
             st = os.statvfs(mp)
         except OSError as e:
             unread.append(unknown(f"free_inodes:{mp}", f"{mp}: {e.strerror or e}"))
             continue
         mounts[mp] = (st.f_files, st.f_favail)
+    th = config.thresholds
     results = judge(mounts, th.get("free_inodes_warn_pct"), th.get("free_inodes_fail_pct")) + unread
     return results or [unknown("free_inodes", "no filesystem readable")]
