@@ -158,7 +158,7 @@ def start_run(settings, instance, run_id: str, log) -> psycopg.Connection | None
 
     _release_finished(instance)
     try:
-        conn = state_connection(settings)
+        conn = state_connection(settings.state, settings.postgres)
         try:
             conn.execute("SELECT pg_advisory_lock(%s)", (guard_key(run_id),))
         except BaseException:

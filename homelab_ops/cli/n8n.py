@@ -10,18 +10,20 @@ import psycopg
 from homelab_ops.n8n import executions as ex
 from homelab_ops.n8n.executions import EXECUTION_STATUSES
 from homelab_ops.n8n.rollup import LayoutError, connect_n8n, detect_layout
+from homelab_ops.settings import N8nSettings
 from homelab_ops.units import duration_seconds
 
 
-def _open(settings):
-    if settings.n8n is None:
-        raise click.ClickException(f"{settings.source}: no n8n section (n8n.dsn) in the settings")
+def _open(n8n: N8nSettings | None, source: str):
+    """n8n's database and its table layout; `source` names the settings file when n8n has no section."""
+    if n8n is None:
+        raise click.ClickException(f"{source}: no n8n section (n8n.dsn) in the settings")
     try:
-        conn = connect_n8n(settings.n8n.dsn.get_secret_value())
+        conn = connect_n8n(n8n.dsn.get_secret_value())
     except psycopg.OperationalError as e:
         raise click.ClickException(f"cannot connect to n8n's database: {str(e).strip()}") from None
     try:
-        return conn, detect_layout(conn, settings.n8n.db_schema, settings.n8n.table_prefix)
+        return conn, detect_layout(conn, n8n.db_schema, n8n.table_prefix)
     except LayoutError as e:
         conn.close()
         raise click.ClickException(str(e)) from None
@@ -57,7 +59,7 @@ def executions(obj, workflow: str | None, statuses: tuple[str, ...], since: str,
     except ValueError as e:
         raise click.BadParameter(str(e), param_hint="--since") from None
     settings = obj.settings
-    conn, layout = _open(settings)
+    conn, layout = _open(settings.n8n, settings.source)
     with conn:
         rows = ex.list_executions(conn, layout, since=start, workflow=workflow, statuses=statuses, limit=limit)
     tz = settings.tz
@@ -78,7 +80,7 @@ def summary(obj, days: int) -> None:
     """Per workflow over the last DAYS days: runs, failures (error + crashed), failure rate, p95."""
     settings = obj.settings
     now = datetime.now(timezone.utc)
-    conn, layout = _open(settings)
+    conn, layout = _open(settings.n8n, settings.source)
     with conn:
         rows = ex.summarize(conn, layout, since=now - timedelta(days=days), now=now)
     tz = settings.tz

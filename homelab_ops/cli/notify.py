@@ -18,7 +18,7 @@ CHAT_ID = {"ignore_unknown_options": True}
 
 def _conn(obj):
     try:
-        return chats_mod.state_connection(obj.settings)
+        return chats_mod.state_connection(obj.settings.state, obj.settings.postgres)
     except psycopg.Error as e:
         raise click.ClickException(f"state database not reachable: {first_line(e)}") from None
 

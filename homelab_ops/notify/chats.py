@@ -12,10 +12,14 @@ import re
 import threading
 from dataclasses import dataclass
 from datetime import datetime, timedelta, timezone
+from typing import TYPE_CHECKING
 
 import psycopg
 
 from homelab_ops.notify.alert import SEVERITIES, at_least
+
+if TYPE_CHECKING:
+    from homelab_ops.settings import PostgresSettings, StateSettings
 
 DEFAULT_MUTE = timedelta(hours=8)
 MAX_MUTE = timedelta(days=30)
@@ -111,15 +115,15 @@ _migrated: set[str] = set()
 _migrated_lock = threading.Lock()
 
 
-def state_connection(settings) -> psycopg.Connection:
+def state_connection(state: StateSettings, postgres: PostgresSettings) -> psycopg.Connection:
     """An autocommit connection to the state database, migrated once per process."""
     from homelab_ops.state import connect, open_state
 
-    dsn = settings.state.dsn.get_secret_value()
+    dsn = state.dsn.get_secret_value()
     with _migrated_lock:
         fresh = dsn not in _migrated
     if fresh:
-        conn = open_state(settings.state, settings.postgres)
+        conn = open_state(state, postgres)
         with _migrated_lock:
             _migrated.add(dsn)
     else:

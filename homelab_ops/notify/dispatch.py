@@ -96,7 +96,7 @@ class Dispatcher:
         conn = None
         chats: list[Chat] | None = None
         try:
-            conn = chats_mod.state_connection(self.settings)
+            conn = chats_mod.state_connection(self.settings.state, self.settings.postgres)
             chats = self._chats(conn)
         except (psycopg.Error, OSError) as e:
             self.log.warning("state database not reachable (%s): alerts go to the chats known before and "

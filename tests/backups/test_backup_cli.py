@@ -63,7 +63,7 @@ def test_n8n_workflows_export_in_n8n_format(new_db, write_settings):
     n8n = new_db("n8n", create=False)
     counts = create_demo_database(ADMIN_DSN, n8n, workflows=6, executions=50)
     path, settings = write_settings({"n8n": {"dsn": dsn_for(n8n)}})
-    result = dg.materialize([n8n_workflows_asset(settings)],
+    result = dg.materialize([n8n_workflows_asset(BackupsConfig.of(settings))],
                             resources={"homelab": HomelabSettings(config_path=str(path))})
     meta = result.asset_materializations_for_node("n8n_workflows")[0].metadata
     folder = Path(meta["path"].value)

@@ -60,7 +60,7 @@ def manifest_stats(manifest: dict) -> dict:
 
 def materialize(settings_path: Path, settings, database: str) -> dg.ExecuteInProcessResult:
     return dg.materialize(
-        [backup_asset(database, settings)],
+        [backup_asset(database, BackupsConfig.of(settings))],
         resources={"homelab": HomelabSettings(config_path=str(settings_path))},
         raise_on_error=False,
     )

@@ -28,8 +28,9 @@ def s3_settings(write_settings, db, endpoint, bucket, name="homelab.yaml", **ext
 def backup_and_copy(settings_path, settings, db, *, backup: bool = True) -> dg.ExecuteInProcessResult:
     """The nightly job's first two steps for one database: `backups/<db>`, then `offsite/<db>`
     (with `backup=False`, the off-site step alone, as `offsite_sync` runs it)."""
-    b = backup_asset(db, settings)
-    assets = [b, offsite_asset(db, b.key, settings)] if backup else [offsite_asset(db, b.key, settings)]
+    b = backup_asset(db, BackupsConfig.of(settings))
+    config = BackupsConfig.of(settings)
+    assets = [b, offsite_asset(db, b.key, config)] if backup else [offsite_asset(db, b.key, config)]
     return dg.materialize(assets, resources={"homelab": HomelabSettings(config_path=str(settings_path))},
                           raise_on_error=False)
 

@@ -99,7 +99,7 @@ def test_space_problem_and_freshness_and_pick_older():
 
 def _freshness_job(db: str, settings, path: Path):
     """The freshness check run alone, as the `backup_freshness` schedule runs it."""
-    check = freshness_check(db, settings)
+    check = freshness_check(db, BackupsConfig.of(settings))
     job = dg.define_asset_job("backup_freshness", selection=dg.AssetSelection.checks(check))
     defs = dg.Definitions(asset_checks=[check], jobs=[job],
                           resources={"homelab": HomelabSettings(config_path=str(path))})
@@ -289,7 +289,7 @@ def test_failed_verification_blocks_retention_in_the_same_run(new_db, write_sett
     manifest = json.loads(manifest_path(newest).read_text())
     manifest["tables"][0]["rows"] = 11
     manifest_path(newest).write_text(json.dumps(manifest))
-    assets = [verification_asset(db, settings), retention_asset(db, settings)]
+    assets = [verification_asset(db, BackupsConfig.of(settings)), retention_asset(db, BackupsConfig.of(settings))]
     result = dg.materialize(assets, resources={"homelab": HomelabSettings(config_path=str(path))},
                             raise_on_error=False)
     check = result.get_asset_check_evaluations()[0]
@@ -331,8 +331,9 @@ def test_weekly_config_also_verifies_a_random_older_backup(new_db, write_setting
     path, settings = settings_for(write_settings, db)
     old = _old_backup(settings, db, 5)
     newest = run_backup(BackupsConfig.of(settings), db)
+    config = BackupsConfig.of(settings)
     result = dg.materialize(
-        [verification_asset(db, settings)], resources={"homelab": HomelabSettings(config_path=str(path))},
+        [verification_asset(db, config)], resources={"homelab": HomelabSettings(config_path=str(path))},
         run_config={"ops": {f"restore_verification__{db}": {"config": {"random_older": True}}}},
     )
     meta = result.asset_materializations_for_node(f"restore_verification__{db}")[0].metadata
@@ -356,10 +357,11 @@ def test_the_weekly_verification_lists_an_off_site_store_once(new_db, write_sett
         old = _old_backup(settings, db, 5)
         run_backup(BackupsConfig.of(settings), db)
         assert not any(c.error for c in sync(settings.backups, db))
-        assert v.verify_backup(BackupsConfig.of(settings), db).store == "local"  # so tonight's turn is the off-site copy
+        config = BackupsConfig.of(settings)
+        assert v.verify_backup(config, db).store == "local"  # so tonight's turn is the off-site copy
         before = len(proxy.requests)
         result = dg.materialize(
-            [verification_asset(db, settings)], resources={"homelab": HomelabSettings(config_path=str(path))},
+            [verification_asset(db, config)], resources={"homelab": HomelabSettings(config_path=str(path))},
             run_config={"ops": {f"restore_verification__{db}": {"config": {"random_older": True}}}},
         )
         step = proxy.requests[before:]
@@ -469,7 +471,7 @@ def test_restores_from_each_store_in_turn_and_catches_a_flipped_byte_on_that_tar
     assert [ln.split()[1] + " " + ln.split()[-1] for ln in listed.splitlines()[1:]] == [
         "local unverified", "nas unverified", "b2 unverified"]  # never read: not passed
 
-    asset = verification_asset(db, settings)
+    asset = verification_asset(db, BackupsConfig.of(settings))
     resources = {"homelab": HomelabSettings(config_path=str(path))}
     seen = []
     for _ in range(3):
@@ -529,7 +531,7 @@ def test_integrity_only_is_a_warning_that_says_how_to_fix_it_and_counts_for_noth
                                   retention={"keep_last": 1, "keep_daily": 0, "keep_weekly": 0, "keep_monthly": 0})
     old = _old_backup(settings, db, 2)
     newest = run_backup(BackupsConfig.of(settings), db)
-    assets = [verification_asset(db, settings), retention_asset(db, settings)]
+    assets = [verification_asset(db, BackupsConfig.of(settings)), retention_asset(db, BackupsConfig.of(settings))]
     result = dg.materialize(assets, resources={"homelab": HomelabSettings(config_path=str(path))},
                             raise_on_error=False)
     [check] = result.get_asset_check_evaluations()

@@ -123,7 +123,7 @@ def test_n8n_failure_rate_from_the_rollup_table(settings_for):
     today = now().astimezone(s.tz).date()
     from homelab_ops.notify.chats import state_connection
 
-    with state_connection(s) as conn:  # migrated: the rollup table exists
+    with state_connection(s.state, s.postgres) as conn:  # migrated: the rollup table exists
         conn.execute("DELETE FROM homelab_ops.n8n_execution_daily")
         conn.cursor().executemany("INSERT INTO homelab_ops.n8n_execution_daily (day, workflow_id, workflow_name, status,"
                          " executions) VALUES (%s, %s, %s, %s, %s)",

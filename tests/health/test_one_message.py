@@ -46,7 +46,7 @@ def test_one_hot_cpu_is_one_message(hot_pi, write_settings, fresh_state_db):
     try:
         path, settings = write_settings({"state": {"dsn": dsn_for(fresh_state_db)}, "metrics": hot_pi,
                                          "notify": {"telegram": {"api_base": telegram.url}}})
-        with ch.state_connection(settings) as conn:
+        with ch.state_connection(settings.state, settings.postgres) as conn:
             ch.add(conn, OWNER, "owner", "warn")
         resources = {"homelab": HomelabSettings(config_path=str(path)),
                      "alert_channels": AlertChannels(telegram_bot_token=TOKEN, backoff_s=0.01,

@@ -53,7 +53,7 @@ def setup(state_db, write_settings, telegram, instance):
         dsn = f"postgresql://postgres:{SECRET}@127.0.0.1:5432/{state_db}"  # trust auth: the password only leaks
         path, s = write_settings({"state": {"dsn": dsn}, "ui": {"base_url": "http://pi.lan:3000"},
                                   "notify": {"telegram": {"api_base": telegram.url}}, **extra})
-        with ch.state_connection(s) as conn:
+        with ch.state_connection(s.state, s.postgres) as conn:
             conn.execute("TRUNCATE homelab_ops.alerts, homelab_ops.notify_chats")
             ch.add(conn, OWNER, "owner", "warn")
         resources = {"homelab": HomelabSettings(config_path=str(path)),
@@ -314,7 +314,7 @@ def test_telegram_inbox_start_approve_mute(setup, telegram):
     first = telegram.push_message(555, "/start", username="bob")
     cursor = evaluate(None)
     assert cursor == str(first + 1)
-    with ch.state_connection(s) as conn:
+    with ch.state_connection(s.state, s.postgres) as conn:
         assert ch.get_chat(conn, 555).status == "pending"
     assert telegram.texts_to(555) == []  # nothing to a chat that is not approved
     assert "555 (@bob)" in telegram.texts_to(OWNER)[-1] and "notify approve" in telegram.texts_to(OWNER)[-1]
@@ -327,7 +327,7 @@ def test_telegram_inbox_start_approve_mute(setup, telegram):
     telegram.push_message(555, "/mute 8h")
     cursor = evaluate(cursor)
     assert telegram.texts_to(555)[-1].startswith("Muted until")
-    with ch.state_connection(s) as conn:
+    with ch.state_connection(s.state, s.postgres) as conn:
         assert ch.get_chat(conn, 555).muted_until is not None
     assert telegram.offsets[-1] == int(cursor) - 1 and telegram.offsets[0] is None
     evaluate(cursor)

@@ -253,7 +253,7 @@ def test_daily_rollup_over_dst_reruns_identically_and_applies_retention(write_se
             expected.setdefault((metric, labels_key(json.loads(labels))), []).append(value)
     assert len(expected[("node_thermal_zone_temp", '{"type":"cpu-thermal","zone":"0"}')]) == 100  # 25 h x 4
 
-    asset = host_metrics_daily_asset(settings)
+    asset = host_metrics_daily_asset(settings.metrics, settings.timezone)
     resources = {"homelab": HomelabSettings(config_path=str(path))}
     assert dg.materialize([asset], partition_key="2025-10-26", resources=resources).success
 

@@ -38,8 +38,8 @@ def test_restore_from_s3_alone_brings_back_the_key_and_binary_data(new_db, write
                     "encryption": {"age_recipients": [str(ident.to_public())],
                                    "identity_file": str(tmp_path / "id.key")}},
         "n8n": {"dsn": dsn_for(src), "encryption_key": "${TEST_N8N_KEY}", "binary_data_dir": str(binary)}})
-    backup = backup_asset(src, settings)
-    dg.materialize([backup, offsite_asset(src, backup.key, settings)],
+    backup = backup_asset(src, BackupsConfig.of(settings))
+    dg.materialize([backup, offsite_asset(src, backup.key, BackupsConfig.of(settings))],
                    resources={"homelab": HomelabSettings(config_path=str(path))}, instance=dagster_instance)
     # the local copy is gone (the Pi died): only S3 is left
     local = tmp_path / "backups" / src
@@ -116,7 +116,8 @@ def test_the_manifest_records_the_keys_fingerprint_and_a_set_that_disagrees_is_r
         "backups": {"encryption": {"age_recipients": [str(ident.to_public())],
                                    "identity_file": str(tmp_path / "id.key")}},
         "n8n": {"dsn": dsn_for(src), "encryption_key": "${TEST_N8N_KEY}"}})
-    dg.materialize([backup_asset(src, settings)], resources={"homelab": HomelabSettings(config_path=str(path))},
+    config = BackupsConfig.of(settings)
+    dg.materialize([backup_asset(src, config)], resources={"homelab": HomelabSettings(config_path=str(path))},
                    instance=dagster_instance)
     local = tmp_path / "backups" / src
     (manifest,) = local.glob("*.manifest.json")

@@ -152,7 +152,8 @@ def resources(path) -> dict:
 
 def nightly(settings, db: str, path, instance) -> dg.ExecuteInProcessResult:
     """The nightly path for one database: backup (with n8n's extras and the key check), verification."""
-    return dg.materialize([backup_asset(db, settings), key_saved_check(settings), verification_asset(db, settings)],
+    config = BackupsConfig.of(settings)
+    return dg.materialize([backup_asset(db, config), key_saved_check(settings.n8n), verification_asset(db, config)],
                           resources=resources(path), instance=instance, raise_on_error=False)
 
 
@@ -200,13 +201,14 @@ def nightly_done(n8n_new, tmp_path_factory, state_db):
         pass
     with dg.instance_for_test() as instance:
         make_instance(settings, src, telegram.url)
-        first = dg.materialize([n8n_workflows_asset(settings)], resources=resources(path), instance=instance)
+        config = BackupsConfig.of(settings)
+        first = dg.materialize([n8n_workflows_asset(config)], resources=resources(path), instance=instance)
         result = nightly(settings, src, path, instance)
         # a workflow deleted by mistake: the tripwire's alert must name it, not any value
         with psycopg.connect(dsn_for(src), autocommit=True) as conn:
             conn.execute("DELETE FROM workflow_entity WHERE id = 'wfPlain000000001'")
         time.sleep(1.1)  # export folders are named by the second
-        second = dg.materialize([n8n_workflows_asset(settings)], resources=resources(path), instance=instance)
+        second = dg.materialize([n8n_workflows_asset(config)], resources=resources(path), instance=instance)
         out_dir = tmp / "restored" / ".n8n"
         restored = CliRunner().invoke(main, ["--config", str(path), "n8n", "restore", "--into", into,
                                              "--config-out", str(out_dir)])
@@ -339,7 +341,8 @@ def test_an_instance_with_a_table_prefix_is_backed_up_and_verified_by_n8n(
     with psycopg.connect(dsn_for(src), autocommit=True) as conn:
         tables = {r[0] for r in conn.execute("SELECT tablename FROM pg_tables WHERE schemaname = 'public'")}
     assert "lab_workflow_entity" in tables and "workflow_entity" not in tables
-    exported = dg.materialize([n8n_workflows_asset(settings)], resources=resources(path), instance=dagster_instance)
+    config = BackupsConfig.of(settings)
+    exported = dg.materialize([n8n_workflows_asset(config)], resources=resources(path), instance=dagster_instance)
     assert exported.success
     assert len(list((Path(settings.backups.local_dir) / "n8n_workflows").glob("*/*.json"))) == len(workflows())
     assert scan_database(dsn_for(src), prefix="lab_")[1] == len(workflows())
@@ -356,7 +359,8 @@ def test_without_age_recipients_the_key_is_never_written_and_a_warn_check_says_s
     path, settings = settings_for(write_settings, src, n8n_new)
     with psycopg.connect(dsn_for(src), autocommit=True) as conn:  # credentials table only: no n8n needed
         conn.execute("CREATE TABLE credentials_entity (id varchar(36), name text, type text, data text)")
-    result = dg.materialize([backup_asset(src, settings), key_saved_check(settings)], resources=resources(path),
+    config = BackupsConfig.of(settings)
+    result = dg.materialize([backup_asset(src, config), key_saved_check(settings.n8n)], resources=resources(path),
                             instance=dagster_instance)
     check = result.get_asset_check_evaluations()[0]
     assert not check.passed and check.severity == dg.AssetCheckSeverity.WARN

@@ -72,7 +72,8 @@ def test_upgrade_check_1_122_to_1_123_goes_and_a_broken_workflow_is_no_go(
     from homelab_ops.backups.backup import run_backup
     from homelab_ops.n8n.backup_set import save_extras
 
-    save_extras(BackupsConfig.of(settings), src, run_backup(BackupsConfig.of(settings), src).stem)  # what the backup asset does
+    config = BackupsConfig.of(settings)
+    save_extras(config, src, run_backup(config, src).stem)  # what the backup asset does
     assert bv.verify_backup(BackupsConfig.of(settings), src).passed  # the manifest alone cannot see it
     nogo = upgrade(path, dagster_instance, NEW)
     meta = nogo.get_asset_materialization_events()[0].materialization.metadata
@@ -114,7 +115,8 @@ def test_binary_data_is_backed_up_encrypted_and_restored(
         conn.execute("CREATE TABLE credentials_entity (id varchar(36), name text, type text, data text)")
     from homelab_ops.defs.backups.assets import backup_asset
 
-    dg.materialize([backup_asset(src, settings)], resources=resources(path), instance=dagster_instance)
+    config = BackupsConfig.of(settings)
+    dg.materialize([backup_asset(src, config)], resources=resources(path), instance=dagster_instance)
     names = LocalStore(settings.backups.local_dir).list(src)
     tar = [n for n in names if n.endswith(".n8n-binary.tar.zst.age")]
     assert len(tar) == 1

@@ -163,7 +163,8 @@ def test_dry_run_reports_and_deletes_nothing(write_settings, s3_bucket, s3_serve
     assert sorted(root.rglob("*")) == local_before and s3_keys(client, bucket) == before
     assert "would free" in p.markdown(result, settings.tz)
     # The override works the other way too, as for `homelab-ops backups prune --dry-run`.
-    assert w.prune_workflow_exports(BackupsConfig.of(settings), now=NOW, dry_run=False).bytes_freed == 2 * 3 * FOLDER_SIZE
+    config = BackupsConfig.of(settings)
+    assert w.prune_workflow_exports(config, now=NOW, dry_run=False).bytes_freed == 2 * 3 * FOLDER_SIZE
     assert {q.name for q in root.iterdir()} == {C, E, "notes", "README.txt"}
 
 
@@ -190,7 +191,8 @@ def test_a_store_that_is_down_is_reported_and_the_others_still_pruned(write_sett
     remote = S3Store(settings.backups.s3[0], client=boto3.client(
         "s3", endpoint_url="http://127.0.0.1:9", region_name="us-east-1",
         config=botocore.config.Config(retries={"total_max_attempts": 1})))
-    result = w.prune_workflow_exports(BackupsConfig.of(settings), now=NOW, stores=[stores_for(settings.backups)[0], remote])
+    config = BackupsConfig.of(settings)
+    result = w.prune_workflow_exports(config, now=NOW, stores=[stores_for(settings.backups)[0], remote])
     assert [pl.error is None for pl in result.plans] == [True, False]
     assert "nowhere" in result.errors[0] and "listing" in result.errors[0]
     assert {q.name for q in root.iterdir()} == {C, E, "notes", "README.txt"}
@@ -233,7 +235,8 @@ def test_the_asset_prunes_after_a_real_export(new_db, write_settings, s3_bucket,
     for name in (day_before, earlier, yesterday):
         client.put_object(Bucket=bucket, Key=f"n8n_workflows/{name}/x.json", Body=b"{}")
 
-    result = dg.materialize([n8n_workflows_asset(settings), workflow_retention_asset(settings, ["n8n"])],
+    config = BackupsConfig.of(settings)
+    result = dg.materialize([n8n_workflows_asset(config), workflow_retention_asset(config, ["n8n"])],
                             resources={"homelab": HomelabSettings(config_path=str(path))})
     assert result.success
     export = Path(result.asset_materializations_for_node("n8n_workflows")[0].metadata["path"].value)

@@ -64,7 +64,7 @@ def test_the_digest_job_reports_real_backups_metrics_credentials_and_n8n(
     assert verify_backup(BackupsConfig.of(settings), db).outcome == "restored"
 
     now = datetime.now(timezone.utc)
-    with ch.state_connection(settings) as conn:
+    with ch.state_connection(settings.state, settings.postgres) as conn:
         ch.add(conn, 42, "owner", "info")
         for i in range(48):  # the root filesystem loses 1 GiB a day: 20 GiB left
             taken = now - timedelta(hours=47 - i)
@@ -82,7 +82,7 @@ def test_the_digest_job_reports_real_backups_metrics_credentials_and_n8n(
             conn.execute("INSERT INTO homelab_ops.n8n_execution_daily (day, workflow_id, workflow_name, status, "
                          "executions) VALUES (%s, %s, %s, %s, %s)", (yesterday, wf[:3], wf, status, n))
 
-    (job,), (schedule,) = build_digest(settings)
+    (job,), (schedule,) = build_digest(settings.notify.digest_at, settings.timezone)
     assert schedule.cron_schedule == "30 8 * * *" and schedule.execution_timezone == settings.timezone
     resources = {"homelab": HomelabSettings(config_path=str(path)),
                  "alert_channels": AlertChannels(telegram_bot_token=TOKEN, backoff_s=0.01, redact_credentials=False)}
@@ -98,4 +98,4 @@ def test_the_digest_job_reports_real_backups_metrics_credentials_and_n8n(
 
 def test_no_digest_unless_asked(write_settings):
     _, settings = write_settings({})
-    assert build_digest(settings) == ([], [])
+    assert build_digest(settings.notify.digest_at, settings.timezone) == ([], [])

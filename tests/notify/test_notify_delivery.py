@@ -60,7 +60,7 @@ def alerts_rows(settings) -> list[tuple]:
 
 
 def seed_chats(settings):
-    with ch.state_connection(settings) as conn:
+    with ch.state_connection(settings.state, settings.postgres) as conn:
         ch.add(conn, 11, "owner", "warn")
         ch.apply_commands(conn, [ch.Command(1, 22, "start", "@stranger", datetime.now(timezone.utc))], settings.tz)
         ch.add(conn, 33, "muted", "info")
@@ -207,7 +207,7 @@ def test_state_database_down_still_reaches_the_settings_and_known_chats(notify_s
 
 def test_cli_lists_approves_adds_removes_and_tests(notify_settings, telegram):
     path, s = notify_settings()
-    with ch.state_connection(s) as conn:
+    with ch.state_connection(s.state, s.postgres) as conn:
         ch.apply_commands(conn, [ch.Command(1, 555, "start", "@bob", datetime.now(timezone.utc))], s.tz)
     runner = CliRunner()
 
@@ -234,14 +234,14 @@ def test_cli_lists_approves_adds_removes_and_tests(notify_settings, telegram):
 def test_mute_from_an_approved_chat_silences_it(notify_settings, telegram):
     _, s = notify_settings()
     now = datetime.now(timezone.utc)
-    with ch.state_connection(s) as conn:
+    with ch.state_connection(s.state, s.postgres) as conn:
         ch.add(conn, 11, "owner")
         replies = ch.apply_commands(conn, [ch.Command(1, 11, "mute", "", now, until=now + timedelta(hours=8)),
                                            ch.Command(2, 66, "mute", "", now, until=now + timedelta(hours=8))], s.tz)
     assert [c for c, _ in replies] == [11]  # the unknown chat gets no reply
     dispatcher_for(s, retry=FAST).deliver([WARN_ALERT])
     assert telegram.texts_to(11) == []
-    with ch.state_connection(s) as conn:
+    with ch.state_connection(s.state, s.postgres) as conn:
         ch.apply_commands(conn, [ch.Command(3, 11, "unmute", "", now)], s.tz)
     dispatcher_for(s, retry=FAST).deliver([WARN_ALERT])
     assert len(telegram.texts_to(11)) == 1

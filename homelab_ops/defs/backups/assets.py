@@ -14,7 +14,6 @@ from homelab_ops.backups.catalog import time_of
 from homelab_ops.backups.config import BackupsConfig
 from homelab_ops.backups.offsite import TargetState, sync
 from homelab_ops.defs.resources import HomelabSettings
-from homelab_ops.settings import Settings
 
 GROUP = "backups"
 
@@ -43,10 +42,10 @@ def result_metadata(result: BackupResult) -> dict:
     return meta
 
 
-def backup_asset(name: str, settings: Settings) -> dg.AssetsDefinition:
+def backup_asset(name: str, config: BackupsConfig) -> dg.AssetsDefinition:
     """`backups/<name>`: a PostgreSQL database or a `backups.sources` entry, backed up by its source module."""
-    source, config = sources.source_for(settings.backups, name)
-    about = source.describe(config, BackupsConfig.of(settings))
+    source, entry = sources.source_for(config.backups, name)
+    about = source.describe(entry, config)
 
     @dg.asset(
         key=["backups", name],
@@ -55,7 +54,7 @@ def backup_asset(name: str, settings: Settings) -> dg.AssetsDefinition:
         pool=f"backup_{name}",
         description=(
             f"{about}, written to the local folder at disk speed"
-            f"{' (then copied off-site by `offsite/' + name + '`)' if settings.backups.s3 else ''}. "
+            f"{' (then copied off-site by `offsite/' + name + '`)' if config.backups.s3 else ''}. "
             "Each materialization is one backup."
         ),
     )
@@ -70,7 +69,7 @@ def backup_asset(name: str, settings: Settings) -> dg.AssetsDefinition:
     return _backup
 
 
-def globals_asset(settings: Settings) -> dg.AssetsDefinition:
+def globals_asset() -> dg.AssetsDefinition:
     @dg.asset(
         key="backup_globals",
         group_name=GROUP,
@@ -121,13 +120,13 @@ def offsite_metadata(states: list[TargetState]) -> dict:
     return meta
 
 
-def offsite_asset(database: str, upstream: dg.AssetKey, settings: Settings) -> dg.AssetsDefinition:
+def offsite_asset(database: str, upstream: dg.AssetKey, config: BackupsConfig) -> dg.AssetsDefinition:
     """`offsite/<database>`: copies every local backup of `database` that a target lacks, oldest first.
 
     The check `copies_complete` fails (and fails the step, so the run reports it) when a target
     still lacks a backup; the materialization records per target what it holds either way."""
     key = offsite_key(database)
-    targets = ", ".join(t.label for t in settings.backups.s3)
+    targets = ", ".join(t.label for t in config.backups.s3)
 
     @dg.asset(
         key=key,

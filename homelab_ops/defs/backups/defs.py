@@ -35,31 +35,31 @@ def prune_after_failed_backup(nightly: dg.JobDefinition, prune_job: dg.JobDefini
     return _sensor
 
 
-def _schedule(name: str, job, cron: str, settings, description: str) -> dg.ScheduleDefinition:
-    return dg.ScheduleDefinition(name=name, job=job, cron_schedule=cron, execution_timezone=settings.timezone,
+def _schedule(name: str, job, cron: str, timezone: str, description: str) -> dg.ScheduleDefinition:
+    return dg.ScheduleDefinition(name=name, job=job, cron_schedule=cron, execution_timezone=timezone,
                                  default_status=dg.DefaultScheduleStatus.RUNNING, description=description)
 
 
 @dg.definitions
 def defs() -> dg.Definitions:
-    settings = current()
-    dbs = sources.backed_up(BackupsConfig.of(settings), warn=dg.get_dagster_logger().warning)  # databases, then sources
-    verifications = [verification_asset(db, settings) for db in dbs]
-    freshness = [freshness_check(db, settings) for db in dbs]
-    backups = [backup_asset(db, settings) for db in dbs]
-    globals_backup = globals_asset(settings)
-    retentions = [retention_asset(db, settings) for db in dbs] + [globals_retention_asset(settings)]
+    config = BackupsConfig.of(current())  # parsed once per process; the factories take their part
+    dbs = sources.backed_up(config, warn=dg.get_dagster_logger().warning)  # databases, then sources
+    verifications = [verification_asset(db, config) for db in dbs]
+    freshness = [freshness_check(db, config) for db in dbs]
+    backups = [backup_asset(db, config) for db in dbs]
+    globals_backup = globals_asset()
+    retentions = [retention_asset(db, config) for db in dbs] + [globals_retention_asset(config)]
     # Off-site copies are a step of their own after each local backup, so a slow uplink never
     # holds a dump's snapshot open; with no S3 target there is nothing to copy.
-    offsite = ([offsite_asset(db, b.key, settings) for db, b in zip(dbs, backups)]
-               + [offsite_asset(GLOBALS, globals_backup.key, settings)]) if settings.backups.s3 else []
+    offsite = ([offsite_asset(db, b.key, config) for db, b in zip(dbs, backups)]
+               + [offsite_asset(GLOBALS, globals_backup.key, config)]) if config.backups.s3 else []
     # Everything the night's run touches: back up, copy off-site, verify, then prune, per database.
     nightly_assets = (
         backups + offsite + verifications + [globals_backup] + retentions
-        + ([n8n_workflows_asset(settings), workflow_retention_asset(settings, dbs)]
-           if settings.n8n is not None else [])
+        + ([n8n_workflows_asset(config), workflow_retention_asset(config, dbs)]
+           if config.n8n is not None else [])
     )
-    max_runtime = int(settings.backups.timeout.seconds * 2 + 3600)
+    max_runtime = int(config.backups.timeout.seconds * 2 + 3600)
     nightly = dg.define_asset_job(
         "nightly_backup",
         selection=nightly_assets,
@@ -68,7 +68,7 @@ def defs() -> dg.Definitions:
         description="Back up every database and n8n's workflows, locally and off-site; restore each "
                     "backup into a scratch database and compare it with its manifest; then prune.",
     )
-    schedule = _schedule("nightly_backup_schedule", nightly, "0 3 * * *", settings,
+    schedule = _schedule("nightly_backup_schedule", nightly, "0 3 * * *", config.timezone,
                        "03:00 in the settings' timezone, running from the first start: a fresh "
                        "deployment backs up without a click.")
     verify_weekly = dg.define_asset_job(
@@ -111,9 +111,9 @@ def defs() -> dg.Definitions:
                                        | {globals_backup.op.name: GLOBALS})
     schedules = [
         schedule,
-        _schedule("verify_backups_schedule", verify_weekly, "0 5 * * 0", settings,
+        _schedule("verify_backups_schedule", verify_weekly, "0 5 * * 0", config.timezone,
                 "Sundays 05:00, after the nightly backup has finished."),
-        _schedule("backup_freshness_schedule", freshness_job, "30 */6 * * *", settings,
+        _schedule("backup_freshness_schedule", freshness_job, "30 */6 * * *", config.timezone,
                 "Every six hours: a missed night is noticed the same morning."),
     ]
     return dg.Definitions(assets=nightly_assets, asset_checks=freshness,

@@ -17,7 +17,6 @@ from homelab_ops.defs.backups.verification import key as verification_key
 from homelab_ops.defs.resources import HomelabSettings
 from homelab_ops.n8n.workflow_export import FOLDER
 from homelab_ops.n8n.workflow_retention import prune_workflow_exports
-from homelab_ops.settings import Settings
 
 GROUP = "backups"
 
@@ -64,14 +63,14 @@ _DESCRIPTION = (
 )
 
 
-def _retention_asset(name: str, dep, settings: Settings, about: str, protected: str,
+def _retention_asset(name: str, dep, config: BackupsConfig, about: str, protected: str,
                      prune: Callable[[BackupsConfig], p.DatabasePrune]) -> dg.AssetsDefinition:
     """`backup_retention/<name>` after `dep`, in the pool of the backups it prunes."""
     @dg.asset(
         key=key(name),
         deps=[dep],
         group_name=GROUP,
-        kinds={"s3"} if settings.backups.s3 else set(),
+        kinds={"s3"} if config.backups.s3 else set(),
         pool=f"backup_{name}",
         description=about + _DESCRIPTION.format(protected=protected),
     )
@@ -81,20 +80,20 @@ def _retention_asset(name: str, dep, settings: Settings, about: str, protected: 
     return _retention
 
 
-def retention_asset(database: str, settings: Settings) -> dg.AssetsDefinition:
+def retention_asset(database: str, config: BackupsConfig) -> dg.AssetsDefinition:
     return _retention_asset(
-        database, verification_key(database), settings, f"Retention of `{database}`'s backups. ",
+        database, verification_key(database), config, f"Retention of `{database}`'s backups. ",
         "newest backup whose verification passed, and nothing at all when the newest backup failed verification",
         lambda config: p.prune_database(config, database))
 
 
-def globals_retention_asset(settings: Settings) -> dg.AssetsDefinition:
+def globals_retention_asset(config: BackupsConfig) -> dg.AssetsDefinition:
     return _retention_asset(
-        GLOBALS, "backup_globals", settings, "Retention of the roles backups (`backup_globals`). ",
+        GLOBALS, "backup_globals", config, "Retention of the roles backups (`backup_globals`). ",
         "newest globals backup (they are not verified)", lambda config: p.prune_database(config, GLOBALS))
 
 
-def workflow_retention_asset(settings: Settings, databases: list[str]) -> dg.AssetsDefinition:
+def workflow_retention_asset(config: BackupsConfig, databases: list[str]) -> dg.AssetsDefinition:
     """`backup_retention/n8n_workflows`; refuses a database of that name, whose backups would share
     the exports' folder and whose retention asset would have this key."""
     if FOLDER in databases:
@@ -103,6 +102,6 @@ def workflow_retention_asset(settings: Settings, databases: list[str]) -> dg.Ass
             f"backup_retention/{FOLDER} asset) of n8n's workflow exports; its backups and the exports would "
             "be pruned as one. Back that database up under another name, or remove the n8n section.")
     return _retention_asset(
-        FOLDER, "n8n_workflows", settings,
+        FOLDER, "n8n_workflows", config,
         "Retention of n8n's workflow exports (`n8n_workflows`, one folder per run), by the same policy as the "
         "database backups. ", "newest complete export", prune_workflow_exports)

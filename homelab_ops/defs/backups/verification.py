@@ -15,9 +15,9 @@ from pydantic import Field
 
 from homelab_ops.backups import sources
 from homelab_ops.backups import verify as v
+from homelab_ops.backups.config import BackupsConfig
 from homelab_ops.defs.n8n.verification import n8n_level
 from homelab_ops.defs.resources import HomelabSettings
-from homelab_ops.settings import Settings
 
 GROUP = "backups"
 MATCHES = "matches_manifest"
@@ -73,16 +73,18 @@ def verification_metadata(result: v.Verification, prefix: str = "") -> dict:
     return meta
 
 
-def verification_asset(database: str, settings: Settings) -> dg.AssetsDefinition:
-    where = ("the copy in the store read longest ago (local or an S3 target, in turn)" if settings.backups.s3
+def verification_asset(database: str, backups: BackupsConfig) -> dg.AssetsDefinition:
+    """`restore_verification/<database>`; `backups` is read at load (targets, the source's kinds), the
+    step reads the resource's (`homelab.backups`), as every asset does."""
+    where = ("the copy in the store read longest ago (local or an S3 target, in turn)" if backups.backups.s3
              else "the local copy")
-    source = sources.source_for(settings.backups, database)[0]
+    source = sources.source_for(backups.backups, database)[0]
 
     @dg.asset(
         key=key(database),
         deps=[dg.AssetKey(["backups", database])],
         group_name=GROUP,
-        kinds=set(source.KINDS) | ({"s3"} if settings.backups.s3 else set()),
+        kinds=set(source.KINDS) | ({"s3"} if backups.backups.s3 else set()),
         pool=f"restore_verification_{database}",  # per database: one stuck verification blocks only its own
         check_specs=[dg.AssetCheckSpec(
             MATCHES, asset=key(database), blocking=True,
@@ -145,12 +147,12 @@ def verification_asset(database: str, settings: Settings) -> dg.AssetsDefinition
     return _verify
 
 
-def freshness_check(database: str, settings: Settings) -> dg.AssetChecksDefinition:
+def freshness_check(database: str, config: BackupsConfig) -> dg.AssetChecksDefinition:
     @dg.asset_check(
         asset=key(database),
         name=FRESH,
         description=f"A backup of `{database}` younger than backups.max_age_hours "
-                    f"({settings.backups.max_age_hours:g} h) was restored by its verification (from any store; "
+                    f"({config.backups.max_age_hours:g} h) was restored by its verification (from any store; "
                     "integrity-only does not count).",
     )
     def _fresh(homelab: HomelabSettings) -> dg.AssetCheckResult:

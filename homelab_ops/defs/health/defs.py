@@ -88,7 +88,7 @@ def defs(context: dg.ComponentLoadContext) -> dg.Definitions:
                           description="Every health check at a glance (check, state, since, reason, remedy), "
                                       "observed by health_sensor when a state changes and hourly; the history of "
                                       "its observations is the homelab's health history.")
-    digest_jobs, digest_schedules = build_digest(settings)
+    digest_jobs, digest_schedules = build_digest(settings.notify.digest_at, settings.timezone)
     return dg.Definitions(
         assets=[health],
         jobs=own + digest_jobs,

@@ -254,7 +254,7 @@ def build_telegram_inbox_sensor(name: str = "telegram_inbox", *, interval: int =
         replies: list = []
         if cmds:
             try:
-                with chats_mod.state_connection(settings) as conn:
+                with chats_mod.state_connection(settings.state, settings.postgres) as conn:
                     before = {c.chat_id: c.status for c in chats_mod.list_chats(conn)}
                     replies = chats_mod.apply_commands(conn, cmds, settings.tz)
             except psycopg.Error as e:  # the offset stays: Telegram keeps the updates for the next tick
@@ -322,9 +322,8 @@ def send_daily_digest(context: dg.OpExecutionContext, homelab: HomelabSettings, 
         raise dg.Failure(f"the digest reached nobody: {'; '.join(o.detail for o in delivered.outcomes) or 'no chats'}")
 
 
-def build_digest(settings) -> tuple[list[dg.JobDefinition], list[dg.ScheduleDefinition]]:
-    """The `daily_digest` job and its schedule at notify.digest_at in `timezone`; nothing when unset."""
-    at = settings.notify.digest_at
+def build_digest(at: str | None, zone: str) -> tuple[list[dg.JobDefinition], list[dg.ScheduleDefinition]]:
+    """The `daily_digest` job and its schedule at `at` (notify.digest_at) in `zone`; nothing when unset."""
     if not at:
         return [], []
     job = dg.GraphDefinition(name="daily_digest", node_defs=[send_daily_digest]).to_job(
@@ -332,6 +331,6 @@ def build_digest(settings) -> tuple[list[dg.JobDefinition], list[dg.ScheduleDefi
         description="One Telegram message a day: backups restored, disk runway, credential ages, n8n failures.")
     hour, minute = (int(x) for x in at.split(":"))
     schedule = dg.ScheduleDefinition(name="daily_digest_schedule", job=job, cron_schedule=f"{minute} {hour} * * *",
-                                     execution_timezone=settings.timezone, default_status=dg.DefaultScheduleStatus.RUNNING,
-                                     description=f"The daily digest at {at} ({settings.timezone}), notify.digest_at.")
+                                     execution_timezone=zone, default_status=dg.DefaultScheduleStatus.RUNNING,
+                                     description=f"The daily digest at {at} ({zone}), notify.digest_at.")
     return [job], [schedule]

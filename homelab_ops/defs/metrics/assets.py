@@ -16,7 +16,7 @@ from homelab_ops.health.checks import Thresholds
 from homelab_ops.metrics import containers, textfile, thresholds
 from homelab_ops.metrics.collect import PI_PREFIX, take_snapshot
 from homelab_ops.metrics.store import previous_container_values, roll_up_day, write_container_snapshot, write_snapshot
-from homelab_ops.settings import Settings
+from homelab_ops.settings import MetricsSettings
 from homelab_ops.state import open_state
 
 GROUP = "metrics"
@@ -122,25 +122,26 @@ def container_metrics(context: dg.AssetExecutionContext, homelab: HomelabSetting
     }, check_results=[_check_result(o) for o in outcomes])
 
 
-def daily_partitions(settings: Settings) -> dg.DailyPartitionsDefinition:
-    return dg.DailyPartitionsDefinition(start_date=settings.metrics.history_start, timezone=settings.timezone)
+def daily_partitions(metrics: MetricsSettings, zone: str) -> dg.DailyPartitionsDefinition:
+    return dg.DailyPartitionsDefinition(start_date=metrics.history_start, timezone=zone)
 
 
 _HEADLINE = ("node_thermal_zone_temp", "homelab_cpu_busy_ratio", "node_load1", "node_memory_MemAvailable_bytes",
              "node_filesystem_avail_bytes")
 
 
-def host_metrics_daily_asset(settings: Settings) -> dg.AssetsDefinition:
+def host_metrics_daily_asset(metrics: MetricsSettings, zone: str) -> dg.AssetsDefinition:
+    """One partition per day of `zone` since metrics.history_start."""
     @dg.asset(
         name="host_metrics_daily",
         group_name=GROUP,
         kinds={"postgres"},
         deps=[host_metrics, container_metrics],
-        partitions_def=daily_partitions(settings),
-        description=f"Min, mean and max per metric and series per day ({settings.timezone}) in "
+        partitions_def=daily_partitions(metrics, zone),
+        description=f"Min, mean and max per metric and series per day ({zone}) in "
                     "homelab_ops.host_metrics_daily, from the raw host and container snapshots (a container's "
                     "series carry the label `container`); raw snapshots older than "
-                    f"{settings.metrics.raw_retention_days} days (metrics.raw_retention_days) are deleted.",
+                    f"{metrics.raw_retention_days} days (metrics.raw_retention_days) are deleted.",
     )
     def _daily(context: dg.AssetExecutionContext, homelab: HomelabSettings) -> dg.MaterializeResult:
         s = homelab.settings

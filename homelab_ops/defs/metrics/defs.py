@@ -19,7 +19,7 @@ def defs() -> dg.Definitions:
         cron = cron_for(settings.metrics.snapshot_every.seconds)
     except ValueError as e:
         raise SettingsError(f"{settings.source}: {e}") from None
-    daily = host_metrics_daily_asset(settings)
+    daily = host_metrics_daily_asset(settings.metrics, settings.timezone)
     snapshot_job = dg.define_asset_job(
         "host_metrics_snapshot",
         selection=[host_metrics, container_metrics],

@@ -11,7 +11,7 @@ import dagster as dg
 
 from homelab_ops.defs.resources import HomelabSettings
 from homelab_ops.n8n import rollup
-from homelab_ops.settings import Settings
+from homelab_ops.settings import N8nSettings
 from homelab_ops.state import open_state
 
 GROUP = "n8n"
@@ -23,9 +23,8 @@ class RollupConfig(dg.Config):
     """Replace a stored day even when n8n now has fewer of its executions (they were hard-deleted)."""
 
 
-def daily_partitions(settings: Settings) -> dg.DailyPartitionsDefinition:
-    assert settings.n8n is not None
-    return dg.DailyPartitionsDefinition(start_date=settings.n8n.history_start, timezone=settings.timezone)
+def daily_partitions(n8n: N8nSettings, zone: str) -> dg.DailyPartitionsDefinition:
+    return dg.DailyPartitionsDefinition(start_date=n8n.history_start, timezone=zone)
 
 
 def failure_check_result(rows: list[rollup.RollupRow], threshold: float, min_finished: int) -> dg.AssetCheckResult:
@@ -47,15 +46,16 @@ def failure_check_result(rows: list[rollup.RollupRow], threshold: float, min_fin
         metadata=meta)
 
 
-def n8n_execution_rollup_asset(settings: Settings) -> dg.AssetsDefinition:
-    partitions = daily_partitions(settings)
+def n8n_execution_rollup_asset(n8n: N8nSettings, zone: str) -> dg.AssetsDefinition:
+    """One partition per day of `zone` since n8n.history_start."""
+    partitions = daily_partitions(n8n, zone)
     with warnings.catch_warnings():
         # Partitioned checks are a preview feature in Dagster 1.13; the check is per day by design.
         warnings.simplefilter("ignore", category=dg.PreviewWarning)
         spec = dg.AssetCheckSpec(
             "failure_rate", asset=ASSET, partitions_def=partitions,
             description=f"Workflows whose (error + crashed) / finished executions that day exceed "
-                        f"{settings.n8n.failure_rate_warn:.0%} (n8n.failure_rate_warn) fail it (WARN), named.")
+                        f"{n8n.failure_rate_warn:.0%} (n8n.failure_rate_warn) fail it (WARN), named.")
 
     @dg.asset(
         name=ASSET,
@@ -63,7 +63,7 @@ def n8n_execution_rollup_asset(settings: Settings) -> dg.AssetsDefinition:
         kinds={"postgres"},
         partitions_def=partitions,
         check_specs=[spec],
-        description=f"n8n executions per day ({settings.timezone}), workflow and status with p50/p95/max "
+        description=f"n8n executions per day ({zone}), workflow and status with p50/p95/max "
                     "durations, in homelab_ops.n8n_execution_daily. Read-only from n8n's execution_entity "
                     "and workflow_entity; a day is replaced atomically; soft-deleted executions count, and "
                     "a day n8n has since pruned keeps its stored rows.",

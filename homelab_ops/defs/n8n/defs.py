@@ -14,7 +14,7 @@ def defs() -> dg.Definitions:
     settings = current()
     if settings.n8n is None:
         return dg.Definitions()
-    asset = n8n_execution_rollup_asset(settings)
+    asset = n8n_execution_rollup_asset(settings.n8n, settings.timezone)
     job = dg.define_asset_job(
         "n8n_rollup",
         selection=[asset],
@@ -31,6 +31,6 @@ def defs() -> dg.Definitions:
         description="01:30 in the settings' timezone: yesterday, once executions started before midnight "
                     "have mostly finished.",
     )
-    checks = [c for c in [key_saved_check(settings)] if c is not None]
+    checks = [c for c in [key_saved_check(settings.n8n)] if c is not None]
     return dg.Definitions(assets=[asset, n8n_upgrade_readiness], asset_checks=checks,
                           jobs=[job, upgrade_job()], schedules=[schedule])

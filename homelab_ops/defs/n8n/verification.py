@@ -10,7 +10,7 @@ from homelab_ops.backups.stores import LocalStore, StoreError
 from homelab_ops.defs.resources import HomelabSettings
 from homelab_ops.n8n import backup_set
 from homelab_ops.n8n import verification as nv
-from homelab_ops.settings import Settings
+from homelab_ops.settings import N8nSettings
 
 KEY_SAVED = "n8n_key_saved"
 
@@ -76,9 +76,9 @@ def n8n_level(context, backups: BackupsConfig, database: str, manifest_result, m
     return r.passed, r.message
 
 
-def key_saved_check(settings: Settings) -> dg.AssetChecksDefinition | None:
+def key_saved_check(n8n: N8nSettings | None) -> dg.AssetChecksDefinition | None:
     """WARN on `backups/<n8n database>`: the newest backup set holds n8n's key (and its binary data)."""
-    database = backup_set.n8n_database(settings.n8n)
+    database = backup_set.n8n_database(n8n)
     if database is None:
         return None
 

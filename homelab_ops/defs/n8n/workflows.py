@@ -6,6 +6,7 @@ from pathlib import Path
 import dagster as dg
 import psycopg
 
+from homelab_ops.backups.config import BackupsConfig
 from homelab_ops.defs.resources import HomelabSettings
 from homelab_ops.errors import first_line
 from homelab_ops.health.messages import run_link
@@ -13,7 +14,7 @@ from homelab_ops.n8n import tripwire
 from homelab_ops.n8n.workflow_export import FOLDER, export_n8n_workflows
 from homelab_ops.notify.alert import Alert
 from homelab_ops.notify.dispatch import dispatcher_for
-from homelab_ops.settings import N8nSettings, Settings
+from homelab_ops.settings import N8nSettings
 
 NO_LOSS = "no_workflow_lost"
 CREDENTIAL_COUNT = "credential_count"
@@ -41,11 +42,11 @@ def tripwire_alert(t: tripwire.Tripwire, run_id: str, base_url: str) -> Alert:
                  link=run_link(base_url, run_id), link_text="Open the run", run_id=run_id)
 
 
-def n8n_workflows_asset(settings: Settings) -> dg.AssetsDefinition:
+def n8n_workflows_asset(config: BackupsConfig) -> dg.AssetsDefinition:
     @dg.asset(
         key="n8n_workflows",
         group_name="backups",
-        kinds={"n8n", "postgres"} | ({"s3"} if settings.backups.s3 else set()),
+        kinds={"n8n", "postgres"} | ({"s3"} if config.backups.s3 else set()),
         pool=f"backup_{FOLDER}",  # shared with its retention: an export and a prune never overlap
         check_specs=[dg.AssetCheckSpec(
             NO_LOSS, asset="n8n_workflows",

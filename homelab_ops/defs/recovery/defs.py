@@ -15,7 +15,7 @@ def interrupted_runs(context: dg.SensorEvaluationContext, homelab: HomelabSettin
     from homelab_ops.notify.chats import state_connection
 
     try:
-        conn = state_connection(homelab.settings)
+        conn = state_connection(homelab.settings.state, homelab.settings.postgres)
     except Exception as e:  # the health sensor reports a state database that is down
         return dg.SkipReason(f"state database not reachable ({type(e).__name__})")
     with conn:
