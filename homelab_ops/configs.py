@@ -11,6 +11,7 @@ from homelab_ops.backups.config import BackupsConfig
 from homelab_ops.credentials.config import CredentialsConfig
 from homelab_ops.deploy.config import DeployConfig
 from homelab_ops.health.config import HealthConfig
+from homelab_ops.notify.config import NotifyConfig
 from homelab_ops.pitr.config import PitrConfig
 
 
@@ -36,6 +37,11 @@ class DomainConfigs:
     def health(self) -> HealthConfig:
         """What the health sensor's checks read."""
         return HealthConfig.of(self.settings)
+
+    @property
+    def notify(self) -> NotifyConfig:
+        """What the alert path reads: channels, the chats' table, the secrets it masks."""
+        return NotifyConfig.of(self.settings)
 
     @property
     def pitr(self) -> PitrConfig:

@@ -24,7 +24,7 @@ def defs() -> dg.Definitions:
         raise SettingsError(str(e)) from None
     from homelab_ops.notify.redact import install
 
-    install(settings)  # every secret of the settings is redacted from this process's logs, events and output
+    install(settings.secrets())  # every secret of the settings is redacted from this process's logs, events and output
     tighten_tree(settings.backups.local_dir)  # backups written before the umask become private too
     # From the module, not from pyproject's [tool.dg]: the image installs the package into
     # site-packages, where no pyproject.toml or dg.toml is found above it.

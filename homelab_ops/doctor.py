@@ -18,6 +18,7 @@ from pathlib import Path
 
 from homelab_ops.docker_host import connect
 from homelab_ops.errors import first_line
+from homelab_ops.notify.config import NotifyConfig
 from homelab_ops.settings import (BackupSettings, CredentialsSettings, MetricsSettings, NotifySettings,
                                   PostgresSettings, Settings, SettingsError, load)
 
@@ -319,11 +320,11 @@ def check_container_logs(settings: Settings) -> Check:
     return ok(name, "every container's json log is readable")
 
 
-def telegram_token(settings: Settings, env: dict[str, str]) -> str | None:
+def telegram_token(notify: NotifyConfig, env: dict[str, str]) -> str | None:
     """The token alerts are sent with, found as the alert path finds it."""
     from homelab_ops.notify.dispatch import TOKEN_ENV, bot_token
 
-    return bot_token(settings, env.get(TOKEN_ENV))
+    return bot_token(notify, env.get(TOKEN_ENV))
 
 
 def check_telegram(notify: NotifySettings, env: dict[str, str], token: str | None) -> Check:
@@ -435,7 +436,7 @@ def run(config: str | None = None, env: dict[str, str] | None = None) -> Iterato
         return
     yield ok("settings", f"{settings.source} is valid")
     try:
-        token = telegram_token(settings, env)
+        token = telegram_token(NotifyConfig.of(settings), env)
     except Exception:  # the credential store is another check's problem; Telegram then reports no token
         token = None
     secrets = [*env_secrets, *settings.secrets(), token or ""]

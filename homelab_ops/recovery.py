@@ -183,9 +183,9 @@ def start_run(settings, instance, run_id: str, log) -> psycopg.Connection | None
 
 
 def _redact(settings, text: str) -> str:
-    from homelab_ops.notify.redact import redactor_for
+    from homelab_ops.notify.config import NotifyConfig
 
-    return redactor_for(settings, with_credentials=False)(text)
+    return NotifyConfig.of(settings).redactor(with_credentials=False)(text)
 
 
 def report(done: Sweep, log) -> None:
@@ -287,6 +287,7 @@ def sweep(settings, instance, conn: psycopg.Connection, *, me: str | None = None
 def _fail_interrupted(settings, instance, run, log) -> None:
     from homelab_ops.health.messages import first_lines, run_link
     from homelab_ops.notify.alert import Alert
+    from homelab_ops.notify.config import NotifyConfig
     from homelab_ops.notify.dispatch import dispatcher_for
 
     steps = _steps_in_flight(instance, run.run_id)
@@ -303,7 +304,7 @@ def _fail_interrupted(settings, instance, run, log) -> None:
                   link=run_link(settings.ui.base_url, run.run_id), link_text="Open the run",
                   run_id=run.run_id, preformatted=first_lines(message))
     try:
-        dispatcher_for(settings, logger=log).deliver([alert])
+        dispatcher_for(NotifyConfig.of(settings), logger=log).deliver([alert])
     except Exception as e:  # the channels log their own failures; never stop the sweep
         log.warning(f"interrupted-run alert not delivered: {type(e).__name__}")
 

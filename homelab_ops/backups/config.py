@@ -41,9 +41,9 @@ class BackupsConfig:
 
     def redactor(self, *extra: str) -> Redactor:
         """The settings' secrets and `extra` (a key read from a backup, a password) masked."""
-        from homelab_ops.notify.redact import Redactor
+        from homelab_ops.notify.redact import redactor_for
 
-        return Redactor([*self.secrets, *(e for e in extra if e)])
+        return redactor_for(self.secrets, *extra)
 
     def redact(self, text: str) -> str:
         """Before a message reaches a record, a log or an alert."""

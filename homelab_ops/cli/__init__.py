@@ -26,7 +26,7 @@ class Context(DomainConfigs):
                 raise click.ClickException(str(e)) from None
             from homelab_ops.notify.redact import install
 
-            install(self._settings)  # every secret of the settings out of this command's output
+            install(self._settings.secrets())  # every secret of the settings out of this command's output
         return self._settings
 
 

@@ -96,7 +96,7 @@ def test(obj, severity: str, text: str) -> None:
     """Send a test alert through every channel; exits non-zero when nothing arrived."""
     from homelab_ops.notify.dispatch import dispatcher_for
 
-    dispatcher = dispatcher_for(obj.settings)
+    dispatcher = dispatcher_for(obj.notify)
     if dispatcher.telegram is not None:
         me, why = dispatcher.telegram.get_me()  # a wrong token shows here, not as N failed chats
         click.echo(f"telegram bot: @{me.get('username')}" if me else f"telegram bot: FAILED {dispatcher.redact(why)}")

@@ -68,6 +68,6 @@ class DeployConfig:
     def redactor(self, *extra: str) -> Redactor:
         """The settings' secrets, every value in the credential store, and `extra` (what the
         deploy placed in a container) masked: a deploy error carries container log tails."""
-        from homelab_ops.notify.redact import Redactor, credential_values
+        from homelab_ops.notify.redact import redactor_for
 
-        return Redactor([*self.secrets, *(e for e in extra if e), *credential_values(self.credentials)])
+        return redactor_for(self.secrets, *extra, credentials=self.credentials)

@@ -23,8 +23,9 @@ from homelab_ops.notify import chats as chats_mod
 from homelab_ops.notify.alert import Alert, Delivered, Outcome, at_least
 from homelab_ops.notify.channels import Channel, build as build_channel
 from homelab_ops.notify.chats import Chat
+from homelab_ops.notify.config import NotifyConfig
 from homelab_ops.notify.http import Retry
-from homelab_ops.notify.redact import Redactor, redactor_for
+from homelab_ops.notify.redact import Redactor
 from homelab_ops.notify.telegram import TelegramBot
 
 log = logging.getLogger(__name__)
@@ -35,9 +36,9 @@ _token_cache: dict[str, tuple[float, str]] = {}
 _token_lock = threading.Lock()
 
 
-def bot_token(settings, env_token: str | None = None) -> str | None:
+def bot_token(config: NotifyConfig, env_token: str | None = None) -> str | None:
     """notify.telegram.bot_token, else the credential named by bot_token_credential, else $TELEGRAM_BOT_TOKEN."""
-    tg = settings.notify.telegram
+    tg = config.notify.telegram
     if tg.bot_token is not None and tg.bot_token.get_secret_value():
         return tg.bot_token.get_secret_value()
     if tg.bot_token_credential:
@@ -47,10 +48,9 @@ def bot_token(settings, env_token: str | None = None) -> str | None:
         if hit and time.monotonic() - hit[0] < _TOKEN_TTL:
             return hit[1]
         try:
-            from homelab_ops.credentials.config import CredentialsConfig
             from homelab_ops.credentials.store import open_store
 
-            with open_store(CredentialsConfig.of(settings), "homelab-ops:notify") as store:
+            with open_store(config.credentials, "homelab-ops:notify") as store:
                 value = store.value(name, purpose="sending alerts")
             with _token_lock:
                 _token_cache[name] = (time.monotonic(), value)
@@ -72,11 +72,11 @@ def record(conn: psycopg.Connection, d: Delivered) -> None:
 
 
 class Dispatcher:
-    def __init__(self, settings, *, telegram: TelegramBot | None, channels: list[tuple[Channel, str]],
+    def __init__(self, config: NotifyConfig, *, telegram: TelegramBot | None, channels: list[tuple[Channel, str]],
                  redact: Redactor,
                  deadline_s: float = 30.0, clock: Callable[[], float] = time.monotonic,
                  logger: logging.Logger | None = None):
-        self.settings = settings
+        self.config = config
         self.telegram = telegram
         self.channels = channels  # (sender, min_severity), one per notify.channels entry
         self.redact = redact
@@ -85,7 +85,7 @@ class Dispatcher:
         self.log = logger or log
 
     def _chats(self, conn) -> list[Chat] | None:
-        chats_mod.sync_static(conn, self.settings.notify.telegram.chats)
+        chats_mod.sync_static(conn, self.config.notify.telegram.chats)
         return chats_mod.list_chats(conn)
 
     def deliver(self, alerts: list[Alert], *, known_chats: list[Chat] = ()) -> tuple[list[Delivered], list[Chat] | None]:
@@ -96,7 +96,7 @@ class Dispatcher:
         conn = None
         chats: list[Chat] | None = None
         try:
-            conn = chats_mod.state_connection(self.settings.state, self.settings.postgres)
+            conn = chats_mod.state_connection(self.config.state, self.config.postgres)
             chats = self._chats(conn)
         except (psycopg.Error, OSError) as e:
             self.log.warning("state database not reachable (%s): alerts go to the chats known before and "
@@ -104,7 +104,7 @@ class Dispatcher:
             if conn is not None:
                 conn.close()
                 conn = None
-        static = [Chat(i) for i in self.settings.notify.telegram.chats]
+        static = [Chat(i) for i in self.config.notify.telegram.chats]
         known = chats if chats is not None else list(known_chats) + [
             s for s in static if s.chat_id not in {k.chat_id for k in known_chats}]
         now = datetime.now(timezone.utc)
@@ -149,17 +149,17 @@ class Dispatcher:
         return d
 
 
-def dispatcher_for(settings, *, token: str | None = None, retry: Retry | None = None, deadline_s: float = 30.0,
+def dispatcher_for(config: NotifyConfig, *, token: str | None = None, retry: Retry | None = None, deadline_s: float = 30.0,
                    sleep: Callable[[float], None] = time.sleep, logger: logging.Logger | None = None,
                    with_credentials: bool = True) -> Dispatcher:
     """The channels the settings configure; the token as `bot_token` finds it unless given."""
-    tg = settings.notify.telegram
-    token = bot_token(settings, token)
+    tg = config.notify.telegram
+    token = bot_token(config, token)
     retry = retry or Retry(attempts=tg.attempts)
     timeout = tg.timeout.seconds
     telegram = TelegramBot(token, tg.api_base, timeout=timeout, retry=retry, sleep=sleep) if token else None
     channels = [(build_channel(c, timeout=timeout, retry=retry, sleep=sleep), c.min_severity)
-                for c in settings.notify.channels]
-    redact = redactor_for(settings, token or "", with_credentials=with_credentials)
-    return Dispatcher(settings, telegram=telegram, channels=channels, redact=redact, deadline_s=deadline_s,
+                for c in config.notify.channels]
+    redact = config.redactor(token or "", with_credentials=with_credentials)
+    return Dispatcher(config, telegram=telegram, channels=channels, redact=redact, deadline_s=deadline_s,
                       logger=logger)

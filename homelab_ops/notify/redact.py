@@ -5,7 +5,7 @@ value in the credential store) are replaced wherever they occur, also percent-en
 patterns catch what no list knows: a password inside a URL, a `password=` in a
 connection string, something shaped like a Telegram bot token.
 
-`install(settings)` applies the one redactor to the whole process (the code location and its
+`install(settings.secrets())` applies the one redactor to the whole process (the code location and its
 run workers, the CLI): every log record (any logger: homelab_ops, dagster, botocore...), every
 Dagster event before it is stored (step failures, exceptions, metadata, check results), and
 everything written to stdout/stderr (compute logs, the console, CLI output).
@@ -191,13 +191,13 @@ def credential_values(config: CredentialsConfig) -> list[str]:
     return list(values)
 
 
-def redactor_for(settings, *extra: str, with_credentials: bool = True) -> Redactor:
-    """The redactor every alert passes through."""
-    values = settings_secrets(settings) + [e for e in extra if e]
-    if with_credentials:
-        from homelab_ops.credentials.config import CredentialsConfig
-
-        values += credential_values(CredentialsConfig.of(settings))
+def redactor_for(secrets: Iterable[str], *extra: str, credentials: CredentialsConfig | None = None) -> Redactor:
+    """The one way a domain config builds its redactor: the settings' `secrets` (a config's, from
+    `settings_secrets`), `extra` (what a step placed or read), and with `credentials` every value
+    in the credential store."""
+    values = [*secrets, *(e for e in extra if e)]
+    if credentials is not None:
+        values += credential_values(credentials)
     return Redactor(values)
 
 
@@ -316,15 +316,15 @@ class RedactingFilter(logging.Filter):
         return True
 
 
-def install(settings, *extra: str) -> Redactor:
+def install(secrets: Iterable[str], *extra: str) -> Redactor:
     """Redact this process: log records of every logger, Dagster's events, stdout and stderr.
 
-    Built from the settings alone (not the credential store: reading it needs the master key and
-    writes audit rows on every load); alerts add the store's values (`redactor_for`). Idempotent:
-    a second call (settings reloaded) replaces the values.
+    Built from the settings' secrets alone (`Settings.secrets()`; not the credential store: reading
+    it needs the master key and writes audit rows on every load); alerts add the store's values
+    (`NotifyConfig.redactor`). Idempotent: a second call (settings reloaded) replaces the values.
     """
     global _active, _factory_installed
-    _active = Redactor([*settings_secrets(settings), *extra])
+    _active = Redactor([*secrets, *extra])
     with _factory_lock:
         if not _factory_installed:
             previous = logging.getLogRecordFactory()

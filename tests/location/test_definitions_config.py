@@ -11,9 +11,7 @@ DEFS = Path(homelab_ops.__file__).parent / "defs"
 
 def test_no_definitions_factory_takes_the_whole_settings():
     """A factory takes its domain's config (`backup_asset(name, BackupsConfig)`), a section and the
-    zone (`host_metrics_daily_asset(metrics, zone)`), or a value (`build_digest(at, zone)`). The one
-    door is the alert channels resource: notify's dispatch and redaction read every channel and
-    every secret of the file."""
-    doors = {("health/resources.py", n) for n in ("_retry", "dispatcher", "redactor", "bot")}
-    found = functions_taking_settings(DEFS, doors)
+    zone (`host_metrics_daily_asset(metrics, zone)`), or a value (`build_digest(at, zone)`); the
+    alert channels resource takes NotifyConfig."""
+    found = functions_taking_settings(DEFS, set())
     assert not found, f"take the domain's config or section instead: {found}"

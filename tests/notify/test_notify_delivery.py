@@ -16,6 +16,7 @@ from click.testing import CliRunner
 from homelab_ops.cli import main
 from homelab_ops.notify import chats as ch
 from homelab_ops.notify.alert import Alert
+from homelab_ops.notify.config import NotifyConfig
 from homelab_ops.notify.dispatch import dispatcher_for
 from homelab_ops.notify.http import Retry
 from tests.conftest import database_exists, dsn_for, free_port
@@ -75,7 +76,7 @@ WARN_ALERT = Alert("check", "disk_free:/", "problem", "warn", "🟠 WARN disk_fr
 def test_only_approved_unmuted_chats_severe_enough_receive_and_everything_is_recorded(notify_settings, telegram):
     _, s = notify_settings()
     seed_chats(s)
-    delivered, chats = dispatcher_for(s, retry=FAST).deliver([WARN_ALERT])
+    delivered, chats = dispatcher_for(NotifyConfig.of(s), retry=FAST).deliver([WARN_ALERT])
     assert telegram.texts_to(11) == ["🟠 WARN disk_free:/\n/: 12.0% free"]
     assert telegram.texts_to(22) == [] and telegram.texts_to(33) == [] and telegram.texts_to(44) == []
     assert {c.chat_id for c in chats} == {11, 22, 33, 44}
@@ -85,7 +86,7 @@ def test_only_approved_unmuted_chats_severe_enough_receive_and_everything_is_rec
     assert text == "🟠 WARN disk_free:/\n/: 12.0% free"
 
     fail = Alert("check", "postgres", "problem", "fail", "🔴 FAIL postgres", "PostgreSQL not reachable")
-    dispatcher_for(s, retry=FAST).deliver([fail])
+    dispatcher_for(NotifyConfig.of(s), retry=FAST).deliver([fail])
     assert telegram.texts_to(44) == ["🔴 FAIL postgres\nPostgreSQL not reachable"]
     assert telegram.texts_to(22) == []  # the pending chat never hears anything
 
@@ -94,7 +95,7 @@ def test_429_retry_after_is_honoured(notify_settings, telegram):
     _, s = notify_settings()
     seed_chats(s)
     telegram.fail_next("sendMessage", 429, retry_after=1)
-    delivered, _ = dispatcher_for(s, retry=FAST).deliver([WARN_ALERT])
+    delivered, _ = dispatcher_for(NotifyConfig.of(s), retry=FAST).deliver([WARN_ALERT])
     calls = telegram.method_calls("sendMessage")
     assert len(calls) == 2 and calls[1][1] - calls[0][1] >= 0.95  # waited the second Telegram asked for
     assert delivered[0].ok and delivered[0].outcomes[0].attempts == 2
@@ -105,11 +106,11 @@ def test_server_errors_are_retried_then_recorded_as_failed_never_raised(notify_s
     _, s = notify_settings()
     seed_chats(s)
     telegram.fail_next("sendMessage", 502, times=1)
-    delivered, _ = dispatcher_for(s, retry=FAST).deliver([WARN_ALERT])
+    delivered, _ = dispatcher_for(NotifyConfig.of(s), retry=FAST).deliver([WARN_ALERT])
     assert delivered[0].ok and delivered[0].outcomes[0].attempts == 2
 
     telegram.fail_next("sendMessage", 500, times=10)
-    delivered, _ = dispatcher_for(s, retry=FAST).deliver([WARN_ALERT])  # no exception
+    delivered, _ = dispatcher_for(NotifyConfig.of(s), retry=FAST).deliver([WARN_ALERT])  # no exception
     assert not delivered[0].ok and delivered[0].outcomes[0].attempts == 3
     *_, last = alerts_rows(s)
     assert last[7] is False and "HTTP 500" in last[6][0]["detail"] and last[6][0]["attempts"] == 3
@@ -121,7 +122,7 @@ def test_a_429_asking_for_too_long_is_not_waited_for(notify_settings, telegram):
     seed_chats(s)
     telegram.fail_next("sendMessage", 429, retry_after=3600)
     start = time.monotonic()
-    delivered, _ = dispatcher_for(s, retry=FAST).deliver([WARN_ALERT])
+    delivered, _ = dispatcher_for(NotifyConfig.of(s), retry=FAST).deliver([WARN_ALERT])
     assert time.monotonic() - start < 3 and not delivered[0].ok
     assert "asked to wait 3600s" in delivered[0].outcomes[0].detail
 
@@ -132,7 +133,7 @@ def test_no_retry_waits_past_the_ticks_deadline(notify_settings, telegram):
     seed_chats(s)
     telegram.fail_next("sendMessage", 503, times=10)
     start = time.monotonic()
-    delivered, _ = dispatcher_for(s, retry=Retry(attempts=5, backoff=10), deadline_s=2).deliver([WARN_ALERT])
+    delivered, _ = dispatcher_for(NotifyConfig.of(s), retry=Retry(attempts=5, backoff=10), deadline_s=2).deliver([WARN_ALERT])
     assert time.monotonic() - start < 2
     outcome = delivered[0].outcomes[0]
     assert not outcome.ok and outcome.attempts == 1 and "HTTP 503" in outcome.detail
@@ -145,7 +146,7 @@ def test_a_long_alert_arrives_split_and_whole(notify_settings, telegram):
     err = "\n".join(f"{i:04d} Traceback <frame> & {'x' * 60}" for i in range(300))
     alert = Alert("run", "nightly_backup", "run_failed", "fail", "❌ Run failed: nightly_backup", "Failed step: s",
                   link="http://127.0.0.1:3000/runs/r1", preformatted=err)
-    delivered, _ = dispatcher_for(s, retry=FAST).deliver([alert])
+    delivered, _ = dispatcher_for(NotifyConfig.of(s), retry=FAST).deliver([alert])
     got = telegram.texts_to(11)
     assert delivered[0].ok and len(got) >= 6  # the fake refuses anything over 4096 or badly formed
     assert "".join(got) == f"{alert.title}\n{alert.body}\n{err}\nOpen in Dagster"
@@ -170,7 +171,7 @@ def test_planted_secrets_do_not_arrive_anywhere(notify_settings, telegram, webho
     leaky = Alert("run", "nightly_backup", "run_failed", "fail", "❌ Run failed: nightly_backup",
                   f"could not connect to {dsn}", preformatted=f"token {TOKEN}\napi said {credential}\n"
                                                             f"hook {webhook.url}/hook?token=HookSecret99")
-    delivered, _ = dispatcher_for(s, retry=FAST).deliver([leaky])
+    delivered, _ = dispatcher_for(NotifyConfig.of(s), retry=FAST).deliver([leaky])
     assert delivered[0].ok and [o.to for o in delivered[0].outcomes] == ["telegram:11", "telegram:44", "webhook"]
     arrived = " ".join(m["text"] for m in telegram.sent) + str([b for _, b, _ in webhook.received])
     recorded = str(alerts_rows(s))
@@ -186,7 +187,7 @@ def test_webhook_json_post_with_retry_after_and_bearer_token(notify_settings, we
     webhook.fail_next("POST", 429, retry_after=1)
     webhook.fail_next("POST", 503)
     start = time.monotonic()
-    delivered, _ = dispatcher_for(s, retry=FAST).deliver(
+    delivered, _ = dispatcher_for(NotifyConfig.of(s), retry=FAST).deliver(
         [WARN_ALERT, Alert("check", "x", "recovered", "info", "✅ RECOVERED x", "fine")])
     assert time.monotonic() - start >= 0.95
     assert delivered[0].ok and delivered[0].outcomes[0].attempts == 3
@@ -200,7 +201,7 @@ def test_state_database_down_still_reaches_the_settings_and_known_chats(notify_s
     _, s = notify_settings(state_dsn=f"postgresql://postgres@127.0.0.1:{free_port()}/nowhere",
                            notify={"telegram": {"chats": [77]}})
     known = [ch.Chat(11, "owner"), ch.Chat(22, status="pending")]
-    delivered, chats = dispatcher_for(s, retry=FAST, with_credentials=False).deliver([WARN_ALERT], known_chats=known)
+    delivered, chats = dispatcher_for(NotifyConfig.of(s), retry=FAST, with_credentials=False).deliver([WARN_ALERT], known_chats=known)
     assert chats is None and not delivered[0].recorded
     assert telegram.texts_to(11) and telegram.texts_to(77) and not telegram.texts_to(22)
 
@@ -239,11 +240,11 @@ def test_mute_from_an_approved_chat_silences_it(notify_settings, telegram):
         replies = ch.apply_commands(conn, [ch.Command(1, 11, "mute", "", now, until=now + timedelta(hours=8)),
                                            ch.Command(2, 66, "mute", "", now, until=now + timedelta(hours=8))], s.tz)
     assert [c for c, _ in replies] == [11]  # the unknown chat gets no reply
-    dispatcher_for(s, retry=FAST).deliver([WARN_ALERT])
+    dispatcher_for(NotifyConfig.of(s), retry=FAST).deliver([WARN_ALERT])
     assert telegram.texts_to(11) == []
     with ch.state_connection(s.state, s.postgres) as conn:
         ch.apply_commands(conn, [ch.Command(3, 11, "unmute", "", now)], s.tz)
-    dispatcher_for(s, retry=FAST).deliver([WARN_ALERT])
+    dispatcher_for(NotifyConfig.of(s), retry=FAST).deliver([WARN_ALERT])
     assert len(telegram.texts_to(11)) == 1
 
 
@@ -251,7 +252,7 @@ def test_a_wrong_token_fails_at_once_and_is_not_retried(notify_settings, telegra
     wrong = "987654321:AAHwrongTokenForTestsOnly_zyxwvutsrqpo"
     _, s = notify_settings(notify={"telegram": {"bot_token": wrong}})
     seed_chats(s)
-    delivered, _ = dispatcher_for(s, retry=FAST).deliver([WARN_ALERT])
+    delivered, _ = dispatcher_for(NotifyConfig.of(s), retry=FAST).deliver([WARN_ALERT])
     [outcome] = delivered[0].outcomes
     assert not outcome.ok and outcome.attempts == 1 and outcome.detail == "HTTP 401: Unauthorized"
     assert wrong not in str(alerts_rows(s))
@@ -266,7 +267,7 @@ def test_ntfy_and_webhook_channels_each_get_what_their_min_severity_lets_through
             {"type": "webhook", "name": "gotify", "url": f"{webhook.url}/message?token=GotifyApp1"}]})
         ntfy_server.fail_next("POST", 503)
         info = Alert("check", "x", "recovered", "info", "✅ RECOVERED x", "fine again")
-        delivered, _ = dispatcher_for(s, retry=FAST).deliver([WARN_ALERT, info])
+        delivered, _ = dispatcher_for(NotifyConfig.of(s), retry=FAST).deliver([WARN_ALERT, info])
     finally:
         ntfy_server.stop()
     assert [(o.to, o.ok) for o in delivered[0].outcomes] == [("ntfy", True), ("gotify", True)]

@@ -4,9 +4,10 @@ from typing import Optional
 
 import dagster as dg
 
+from homelab_ops.notify.config import NotifyConfig
 from homelab_ops.notify.dispatch import Dispatcher, bot_token, dispatcher_for
 from homelab_ops.notify.http import Retry
-from homelab_ops.notify.redact import Redactor, redactor_for
+from homelab_ops.notify.redact import Redactor
 from homelab_ops.notify.telegram import TelegramBot
 
 
@@ -26,22 +27,22 @@ class AlertChannels(dg.ConfigurableResource):
     deadline_s: float = 30.0  # all deliveries of one sensor tick stop trying after this
     redact_credentials: bool = True  # also redact every value in the credential store
 
-    def _retry(self, settings) -> Retry:
-        return Retry(attempts=self.attempts or settings.notify.telegram.attempts, backoff=self.backoff_s,
+    def _retry(self, config: NotifyConfig) -> Retry:
+        return Retry(attempts=self.attempts or config.notify.telegram.attempts, backoff=self.backoff_s,
                      max_backoff=max(self.backoff_s, 30.0), max_retry_after=self.max_retry_after_s)
 
-    def dispatcher(self, settings, logger=None) -> Dispatcher:
-        return dispatcher_for(settings, token=self.telegram_bot_token, retry=self._retry(settings),
+    def dispatcher(self, config: NotifyConfig, logger=None) -> Dispatcher:
+        return dispatcher_for(config, token=self.telegram_bot_token, retry=self._retry(config),
                               deadline_s=self.deadline_s, logger=logger,
                               with_credentials=self.redact_credentials)
 
-    def redactor(self, settings) -> Redactor:
-        return redactor_for(settings, bot_token(settings, self.telegram_bot_token) or "",
-                            with_credentials=self.redact_credentials)
+    def redactor(self, config: NotifyConfig) -> Redactor:
+        return config.redactor(bot_token(config, self.telegram_bot_token) or "",
+                               with_credentials=self.redact_credentials)
 
-    def bot(self, settings) -> Optional[TelegramBot]:
-        token = bot_token(settings, self.telegram_bot_token)
+    def bot(self, config: NotifyConfig) -> Optional[TelegramBot]:
+        token = bot_token(config, self.telegram_bot_token)
         if not token:
             return None
-        return TelegramBot(token, settings.notify.telegram.api_base,
-                           timeout=settings.notify.telegram.timeout.seconds, retry=self._retry(settings))
+        tg = config.notify.telegram
+        return TelegramBot(token, tg.api_base, timeout=tg.timeout.seconds, retry=self._retry(config))

@@ -91,11 +91,12 @@ def build_health_sensor(jobs: list, *, name: str = "health_sensor", interval: in
                            "recovery) and starts the remedy job of a failing check once per failure.")
     def _health(context: dg.SensorEvaluationContext, homelab: HomelabSettings, alert_channels: AlertChannels):
         settings = homelab.settings
+        notify = homelab.notify
         now = clock()
         tick_deadline = time.monotonic() + TICK_BUDGET_S
         data = _load_cursor(context.cursor)
         known_chats = [Chat.from_json(c) for c in data.get("chats") or []]
-        redact = alert_channels.redactor(settings)
+        redact = alert_channels.redactor(notify)
         results = [CheckResult(r.name, r.state, redact(r.reason), r.remedy)
                    for r in (evaluate or run_checks)(homelab.health)]
         policy = machine.Policy.from_settings(settings)
@@ -115,7 +116,7 @@ def build_health_sensor(jobs: list, *, name: str = "health_sensor", interval: in
         alerts = [messages.notice_alert(n, now, settings.tz, started.pop(n.check, [])) for n in notices]
         chats = None
         if alerts:
-            _, chats = alert_channels.dispatcher(settings, logger=context.log).deliver(alerts, known_chats=known_chats)
+            _, chats = alert_channels.dispatcher(notify, logger=context.log).deliver(alerts, known_chats=known_chats)
         line = overview.summary(results)
         context.log.info(f"{line}; {len(alerts)} alerts, {len(planned)} remedy runs")
         try:  # Prometheus' rules for these conditions hold back while this file is fresh
@@ -165,6 +166,7 @@ def build_run_failure_sensor(name: str = "run_failure_alert") -> dg.SensorDefini
                                        "lines and a link to the run.")
     def _run_failure(context: dg.RunFailureSensorContext, homelab: HomelabSettings, alert_channels: AlertChannels):
         settings = homelab.settings
+        notify = homelab.notify
         run = context.dagster_run
         if INTERRUPTED_TAG in run.tags:  # a crashed run: homelab_ops.recovery has alerted once already
             return
@@ -182,7 +184,7 @@ def build_run_failure_sensor(name: str = "run_failure_alert") -> dg.SensorDefini
         if canceling:
             run_message = "\n".join([*canceling, run_message])
         alert = messages.run_failure_alert(run.job_name, run.run_id, steps, run_message, settings.ui.base_url)
-        alert_channels.dispatcher(settings, logger=context.log).deliver([alert])
+        alert_channels.dispatcher(notify, logger=context.log).deliver([alert])
 
     return _run_failure
 
@@ -202,6 +204,7 @@ def build_asset_check_sensor(name: str = "asset_check_alert", *, interval: int =
         if not keys:
             return dg.SkipReason("no asset checks in this code location")
         settings = homelab.settings
+        notify = homelab.notify
         now = clock()
         latest = context.instance.event_log_storage.get_latest_asset_check_execution_by_key(keys)
         results, info = [], {}
@@ -219,7 +222,7 @@ def build_asset_check_sensor(name: str = "asset_check_alert", *, interval: int =
                 continue  # planned/running, or a WARN-severity failure: not alerted here
             info[name_] = (key.asset_key.to_user_string(), key.name, rec.run_id)
         data = _load_cursor(context.cursor)
-        redact = alert_channels.redactor(settings)
+        redact = alert_channels.redactor(notify)
         results = [CheckResult(r.name, r.state, redact(r.reason)) for r in results]
         memories, notices = machine.advance(_memories(data), results, now, machine.Policy.from_settings(settings))
         alerts = []
@@ -229,7 +232,7 @@ def build_asset_check_sensor(name: str = "asset_check_alert", *, interval: int =
         known_chats = [Chat.from_json(c) for c in data.get("chats") or []]
         chats = None
         if alerts:
-            _, chats = alert_channels.dispatcher(settings, logger=context.log).deliver(alerts, known_chats=known_chats)
+            _, chats = alert_channels.dispatcher(notify, logger=context.log).deliver(alerts, known_chats=known_chats)
         context.update_cursor(_dump(memories, _approved(chats, known_chats)))
         return dg.SkipReason(f"{len(results)} asset checks judged, {len(alerts)} alerts")
 
@@ -242,14 +245,15 @@ def build_telegram_inbox_sensor(name: str = "telegram_inbox", *, interval: int =
                            "pending for `homelab-ops notify approve`, /mute and /unmute act for approved chats.")
     def _inbox(context: dg.SensorEvaluationContext, homelab: HomelabSettings, alert_channels: AlertChannels):
         settings = homelab.settings
-        bot = alert_channels.bot(settings)
+        notify = homelab.notify
+        bot = alert_channels.bot(notify)
         if bot is None:
             return dg.SkipReason("no Telegram bot token (notify.telegram.bot_token, bot_token_credential "
                                  "or TELEGRAM_BOT_TOKEN)")
         offset = int(context.cursor) if (context.cursor or "").lstrip("-").isdigit() else None
         updates, why = bot.get_updates(offset)
         if updates is None:
-            return dg.SkipReason(f"getUpdates failed: {alert_channels.redactor(settings)(why)}")
+            return dg.SkipReason(f"getUpdates failed: {alert_channels.redactor(notify)(why)}")
         cmds, next_offset = chats_mod.commands(updates)
         replies: list = []
         if cmds:
@@ -266,7 +270,7 @@ def build_telegram_inbox_sensor(name: str = "telegram_inbox", *, interval: int =
                 context.log.info(f"chats asking for alerts: {names}")
                 alert = Alert("notify", "notify_chats", "pending_chat", "warn", "🔔 A chat asked for alerts",
                               f"{names}\nApprove with: homelab-ops notify approve CHAT_ID")
-                alert_channels.dispatcher(settings, logger=context.log).deliver([alert])
+                alert_channels.dispatcher(notify, logger=context.log).deliver([alert])
         for chat_id, text in replies:
             bot.send_html(chat_id, escape(text))
         if next_offset is not None:
@@ -295,6 +299,7 @@ def build_job_heartbeat_sensors() -> list[dg.SensorDefinition]:
         def _beat(context: dg.RunStatusSensorContext, homelab: HomelabSettings, alert_channels: AlertChannels,
                   _event: str = event):
             settings = homelab.settings
+            notify = homelab.notify
             url = settings.notify.heartbeat.get(context.dagster_run.job_name)
             if url is None:
                 return dg.SkipReason(f"no notify.heartbeat for {context.dagster_run.job_name}")
@@ -302,7 +307,7 @@ def build_job_heartbeat_sensors() -> list[dg.SensorDefinition]:
                                   f"{context.dagster_run.job_name} run {context.dagster_run.run_id[:8]}: {_event}")
             if not resp.ok:
                 context.log.warning(f"heartbeat {_event} for {context.dagster_run.job_name} not delivered: "
-                                    f"{alert_channels.redactor(settings)(resp.error)}")
+                                    f"{alert_channels.redactor(notify)(resp.error)}")
         sensors.append(_beat)
     return sensors
 
@@ -313,8 +318,10 @@ def send_daily_digest(context: dg.OpExecutionContext, homelab: HomelabSettings, 
     from homelab_ops.notify import digest
 
     settings = homelab.settings
+
+    notify = homelab.notify
     facts = digest.gather(settings)
-    (delivered,), _ = alert_channels.dispatcher(settings, logger=context.log).deliver(
+    (delivered,), _ = alert_channels.dispatcher(notify, logger=context.log).deliver(
         [digest.compose(facts, datetime.now(timezone.utc))])
     context.add_output_metadata({"delivered_to": ", ".join(o.to for o in delivered.outcomes if o.ok) or "nobody",
                                  "unread": ", ".join(facts.unread) or "none"})

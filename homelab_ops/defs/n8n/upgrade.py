@@ -50,7 +50,7 @@ def n8n_upgrade_readiness(context: dg.AssetExecutionContext, config: UpgradeConf
         raise dg.Failure(description=str(e)) from None
     (context.log.info if report.go else context.log.error)(f"{report.headline()}: {report.verdict.summary()}")
     try:
-        dispatcher_for(s, logger=context.log).deliver([upgrade_alert(report, context.run.run_id,
+        dispatcher_for(homelab.notify, logger=context.log).deliver([upgrade_alert(report, context.run.run_id,
                                                                                 s.ui.base_url)])
     except Exception as e:
         context.log.warning(f"the go/no-go message could not be sent: {first_line(e)}")

@@ -75,7 +75,7 @@ def n8n_workflows_asset(config: BackupsConfig) -> dg.AssetsDefinition:
         if t.tripped:
             # WARN checks are not alerted by the asset_check_alert sensor: this alert is the one.
             try:
-                dispatcher_for(s, logger=context.log).deliver(
+                dispatcher_for(homelab.notify, logger=context.log).deliver(
                     [tripwire_alert(t, context.run.run_id, s.ui.base_url)])
             except Exception as e:  # the export is written; a dead channel must not fail it
                 context.log.warning(f"the tripwire alert could not be sent: {first_line(e)}")
