@@ -13,6 +13,7 @@ from homelab_ops.deploy.config import DeployConfig
 from homelab_ops.health.config import HealthConfig
 from homelab_ops.notify.config import NotifyConfig
 from homelab_ops.pitr.config import PitrConfig
+from homelab_ops.recovery import RecoveryConfig
 
 
 class DomainConfigs:
@@ -42,6 +43,11 @@ class DomainConfigs:
     def notify(self) -> NotifyConfig:
         """What the alert path reads: channels, the chats' table, the secrets it masks."""
         return NotifyConfig.of(self.settings)
+
+    @property
+    def recovery(self) -> RecoveryConfig:
+        """What the crash sweep reads: the backups' leftovers, the alert path, the UI's address."""
+        return RecoveryConfig.of(self.settings)
 
     @property
     def pitr(self) -> PitrConfig:

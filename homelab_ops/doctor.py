@@ -19,8 +19,8 @@ from pathlib import Path
 from homelab_ops.docker_host import connect
 from homelab_ops.errors import first_line
 from homelab_ops.notify.config import NotifyConfig
-from homelab_ops.settings import (BackupSettings, CredentialsSettings, MetricsSettings, NotifySettings,
-                                  PostgresSettings, Settings, SettingsError, load)
+from homelab_ops.settings import (BackupSettings, CredentialsSettings, DiskHygieneSettings, MetricsSettings,
+                                  NotifySettings, PostgresSettings, Settings, SettingsError, load)
 
 TIMEOUT = 5  # seconds per network call: a check that hangs is a failed check
 SECRET_ENV = ("TELEGRAM_BOT_TOKEN", "AWS_SECRET_ACCESS_KEY", "AWS_SESSION_TOKEN", "HOMELAB_MASTER_KEY",
@@ -267,16 +267,16 @@ def _has_capability(bit: int, status: str = "/proc/self/status") -> bool:
 CAP_SYS_ADMIN = 21
 
 
-def check_fstrim(settings: Settings) -> Check:
+def check_fstrim(hygiene: DiskHygieneSettings, docker_host: str) -> Check:
     """disk_hygiene's fstrim needs CAP_SYS_ADMIN (the FITRIM ioctl): here, or in the helper container."""
     import shutil
 
     from homelab_ops.maintenance.hygiene import Helper, HelperError
     name = "fstrim"
-    mounts = settings.disk_hygiene.fstrim_mounts
+    mounts = hygiene.fstrim_mounts
     if not mounts:
         return skip(name, "disk_hygiene.fstrim_mounts is empty (the host trims, e.g. fstrim.timer)")
-    helper = Helper.from_settings(settings)
+    helper = Helper.of(docker_host, hygiene.helper_image)
     if helper is not None:
         try:
             rc, out, err = helper.run(["fstrim", "--version"], binds={}, timeout=120)
@@ -299,13 +299,13 @@ def check_fstrim(settings: Settings) -> Check:
     return ok(name, f"CAP_SYS_ADMIN present for {', '.join(mounts)}")
 
 
-def check_container_logs(settings: Settings) -> Check:
+def check_container_logs(hygiene: DiskHygieneSettings, docker_host: str) -> Check:
     """disk_hygiene's log sizes read each container's json log file: it must be readable here.
     The same reading as disk_hygiene's (backups.hygiene.container_logs), judged for the owner."""
     from homelab_ops.maintenance.hygiene import DOCKER_OK, Helper, container_logs
 
     name = "container logs"
-    logs = container_logs(settings.docker.host, helper=Helper.from_settings(settings), timeout=TIMEOUT)
+    logs = container_logs(docker_host, helper=Helper.of(docker_host, hygiene.helper_image), timeout=TIMEOUT)
     if logs.state != DOCKER_OK:
         return skip(name, logs.detail)
     # LogPath is the host's path: readable only where that path is (the host)
@@ -412,8 +412,8 @@ def _checks(settings: Settings, env: dict[str, str], token: str | None) -> Itera
         yield f"s3 {target.label}", lambda target=target: check_s3(target)
     yield "docker", lambda: check_docker(settings.docker.host)
     yield "pi throttling", lambda: check_throttling(settings.metrics)
-    yield "fstrim", lambda: check_fstrim(settings)
-    yield "container logs", lambda: check_container_logs(settings)
+    yield "fstrim", lambda: check_fstrim(settings.disk_hygiene, settings.docker.host)
+    yield "container logs", lambda: check_container_logs(settings.disk_hygiene, settings.docker.host)
     yield "telegram", lambda: check_telegram(settings.notify, env, token)
     yield "master key file", lambda: check_key_file(settings.credentials, env)
     if settings.credentials.env_template:

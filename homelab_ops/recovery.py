@@ -57,9 +57,10 @@ import psycopg
 from psycopg import sql
 
 from homelab_ops.backups.config import BackupsConfig
+from homelab_ops.notify.config import NotifyConfig
 
 if TYPE_CHECKING:
-    from homelab_ops.settings import PostgresSettings
+    from homelab_ops.settings import PostgresSettings, Settings
 
 GUARD_TAG = "homelab-ops/guard"  # "held": the run holds its advisory lock; "unavailable": it could not
 INTERRUPTED_TAG = "homelab-ops/interrupted"  # when a sweep found the run's process gone
@@ -71,6 +72,21 @@ BACKUP_STEPS = ("backups__", "backup_globals", "offsite__", "restore_verificatio
                 "n8n_workflows")
 RESTORE_TMP = ".restore-*.tmp"
 FOLDER_NAME = "n8n_workflows"  # n8n.workflow_export.FOLDER
+
+
+@dataclass(frozen=True)
+class RecoveryConfig:
+    """What the crash sweep reads of the settings: the backups (leftovers to remove), the alert
+    path (the one "interrupted" alert; its state database holds the guards) and the UI's address."""
+
+    backups: BackupsConfig
+    notify: NotifyConfig
+    ui_base_url: str
+
+    @classmethod
+    def of(cls, settings: Settings) -> RecoveryConfig:
+        return cls(backups=BackupsConfig.of(settings), notify=NotifyConfig.of(settings),
+                   ui_base_url=settings.ui.base_url)
 
 
 def _key(text: str) -> int:
@@ -150,7 +166,7 @@ def _release_finished(instance) -> None:
             del _guards[run_id]
 
 
-def start_run(settings, instance, run_id: str, log) -> psycopg.Connection | None:
+def start_run(config: RecoveryConfig, instance, run_id: str, log) -> psycopg.Connection | None:
     """Take this run's guard and sweep, before any step. The connection holding the guard stays
     open until the process ends or the next run in it starts after this one ended. Never fails the
     run: without the state database the run goes on unguarded (tagged so, and never judged dead)."""
@@ -158,7 +174,7 @@ def start_run(settings, instance, run_id: str, log) -> psycopg.Connection | None
 
     _release_finished(instance)
     try:
-        conn = state_connection(settings.state, settings.postgres)
+        conn = state_connection(config.notify.state, config.notify.postgres)
         try:
             conn.execute("SELECT pg_advisory_lock(%s)", (guard_key(run_id),))
         except BaseException:
@@ -175,17 +191,12 @@ def start_run(settings, instance, run_id: str, log) -> psycopg.Connection | None
         # Until this sweep is done the run has no step, so a sweep in progress elsewhere that has not
         # seen it yet cannot take anything from under it.
         with sweeping(conn, instance):
-            done = sweep(settings, instance, conn, me=run_id, log=log)
+            done = sweep(config, instance, conn, me=run_id, log=log)
         report(done, log)
     except Exception as e:  # a sweep that fails must not stop tonight's backup
-        log.warning(_redact(settings, f"crash recovery sweep failed: {type(e).__name__}: {e}"))
+        log.warning(config.notify.redactor(with_credentials=False)(
+            f"crash recovery sweep failed: {type(e).__name__}: {e}"))
     return conn
-
-
-def _redact(settings, text: str) -> str:
-    from homelab_ops.notify.config import NotifyConfig
-
-    return NotifyConfig.of(settings).redactor(with_credentials=False)(text)
 
 
 def report(done: Sweep, log) -> None:
@@ -241,7 +252,7 @@ def _steps_in_flight(instance, run_id: str) -> list[str]:
     return [s for s in started if s not in ended]
 
 
-def sweep(settings, instance, conn: psycopg.Connection, *, me: str | None = None, log) -> Sweep:
+def sweep(config: RecoveryConfig, instance, conn: psycopg.Connection, *, me: str | None = None, log) -> Sweep:
     """Call with the sweep lock held (`sweeping`)."""
     from dagster import RunsFilter
 
@@ -252,7 +263,7 @@ def sweep(settings, instance, conn: psycopg.Connection, *, me: str | None = None
             continue
         guard = run.tags.get(GUARD_TAG)
         if guard == "held" and _lock_free(conn, guard_key(run.run_id)):
-            _fail_interrupted(settings, instance, run, log)
+            _fail_interrupted(config, instance, run, log)
             done.interrupted.append(run.run_id)
         elif guard:  # alive, or unguarded and so never judged
             live.append(run)
@@ -275,7 +286,7 @@ def sweep(settings, instance, conn: psycopg.Connection, *, me: str | None = None
             done.skipped = (f"leftovers of interrupted runs are removed later: run {', '.join(busy)} "
                             "writes backups now")
         else:
-            done.removed, complete = remove_leftovers(BackupsConfig.of(settings), log)
+            done.removed, complete = remove_leftovers(config.backups, log)
             if complete:
                 for r in pending:
                     instance.add_run_tags(r.run_id, {LEFTOVERS_TAG: f"removed {len(done.removed)}"})
@@ -284,10 +295,9 @@ def sweep(settings, instance, conn: psycopg.Connection, *, me: str | None = None
     return done
 
 
-def _fail_interrupted(settings, instance, run, log) -> None:
+def _fail_interrupted(config: RecoveryConfig, instance, run, log) -> None:
     from homelab_ops.health.messages import first_lines, run_link
     from homelab_ops.notify.alert import Alert
-    from homelab_ops.notify.config import NotifyConfig
     from homelab_ops.notify.dispatch import dispatcher_for
 
     steps = _steps_in_flight(instance, run.run_id)
@@ -301,10 +311,10 @@ def _fail_interrupted(settings, instance, run, log) -> None:
     alert = Alert("run", run.job_name, "interrupted", "fail", f"⚡ Run interrupted: {run.job_name}",
                   f"Interrupted {'during ' + ', '.join(steps) if steps else 'between steps'}: its process is "
                   "gone. Marked failed and cleaned up; nothing to do by hand.",
-                  link=run_link(settings.ui.base_url, run.run_id), link_text="Open the run",
+                  link=run_link(config.ui_base_url, run.run_id), link_text="Open the run",
                   run_id=run.run_id, preformatted=first_lines(message))
     try:
-        dispatcher_for(NotifyConfig.of(settings), logger=log).deliver([alert])
+        dispatcher_for(config.notify, logger=log).deliver([alert])
     except Exception as e:  # the channels log their own failures; never stop the sweep
         log.warning(f"interrupted-run alert not delivered: {type(e).__name__}")
 

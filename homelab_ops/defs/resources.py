@@ -26,7 +26,7 @@ class HomelabSettings(dg.ConfigurableResource, DomainConfigs):
         # No teardown here: it would make this a context-manager resource for every sensor test and
         # caller. The guard lives until the process ends or the next run in it starts (recovery).
         if context.run is not None and context.instance is not None:  # not in sensors
-            recovery.start_run(self.settings, context.instance, context.run.run_id, context.log)
+            recovery.start_run(self.recovery, context.instance, context.run.run_id, context.log)
 
     @property
     def settings(self) -> settings_mod.Settings:

@@ -71,9 +71,9 @@ class Helper:
     stale_after: float = STALE_AFTER
 
     @classmethod
-    def from_settings(cls, settings) -> Helper | None:
-        image = settings.disk_hygiene.helper_image
-        return cls(settings.docker.host, image) if image else None
+    def of(cls, docker_host: str, image: str | None) -> Helper | None:
+        """disk_hygiene.helper_image on docker.host; None when no image is set (work in this process)."""
+        return cls(docker_host, image) if image else None
 
     def run(self, command: list[str], *, binds: dict[str, str], cap_add: tuple[str, ...] = (),
             timeout: float = 900) -> tuple[int, str, str]:

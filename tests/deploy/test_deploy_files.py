@@ -412,16 +412,16 @@ def test_disk_hygiene_trims_and_reads_root_only_logs_through_the_helper_containe
 
         logger.reload()
         log_path = logger.attrs["LogPath"]
-        helper = h.Helper.from_settings(settings)
+        helper = h.Helper.of(settings.docker.host, settings.disk_hygiene.helper_image)
         root = slow_docker.info()["DockerRootDir"]
         sizes = h.helper_log_sizes(helper, f"{root}/containers", [log_path, "/nonexistent/x-json.log"])
         assert sizes == {log_path: h.log_files_size(log_path)} and sizes[log_path] > 0
 
-        check = check_fstrim(settings)
+        check = check_fstrim(settings.disk_hygiene, settings.docker.host)
         assert check.status == "ok" and "one-shot container of homelab-ops:test" in check.detail, check
-        broken = check_fstrim(load_with(tmp_path, {**yaml.safe_load(path.read_text()),
-                                                   "disk_hygiene": {"fstrim_mounts": ["/"],
-                                                                    "helper_image": "homelab-ops:missing"}}))
+        missing = load_with(tmp_path, {**yaml.safe_load(path.read_text()),
+                                       "disk_hygiene": {"fstrim_mounts": ["/"], "helper_image": "homelab-ops:missing"}})
+        broken = check_fstrim(missing.disk_hygiene, missing.docker.host)
         assert broken.failed and "homelab-ops:missing" in broken.detail, broken
 
 

@@ -60,7 +60,7 @@ def hygiene_metadata(trims: list[h.TrimResult], logs: h.DockerLogs) -> dict:
 )
 def disk_hygiene(context: dg.AssetExecutionContext, homelab: HomelabSettings) -> dg.MaterializeResult:
     s = homelab.settings
-    helper = h.Helper.from_settings(s)
+    helper = h.Helper.of(s.docker.host, s.disk_hygiene.helper_image)
     trims = h.trim(s.disk_hygiene.fstrim_mounts, helper=helper)
     logs = h.container_logs(s.docker.host, helper=helper)
     for r in trims:

@@ -14,13 +14,14 @@ from homelab_ops.defs.resources import HomelabSettings
 def interrupted_runs(context: dg.SensorEvaluationContext, homelab: HomelabSettings):
     from homelab_ops.notify.chats import state_connection
 
+    config = homelab.recovery
     try:
-        conn = state_connection(homelab.settings.state, homelab.settings.postgres)
+        conn = state_connection(config.notify.state, config.notify.postgres)
     except Exception as e:  # the health sensor reports a state database that is down
         return dg.SkipReason(f"state database not reachable ({type(e).__name__})")
     with conn:
         with recovery.sweeping(conn, context.instance):
-            done = recovery.sweep(homelab.settings, context.instance, conn, log=context.log)
+            done = recovery.sweep(config, context.instance, conn, log=context.log)
     recovery.report(done, context.log)
     return dg.SkipReason(f"{len(done.interrupted)} runs interrupted, slots freed for {len(done.freed_slots_for)}, "
                          f"{len(done.removed)} leftovers removed" + (f"; {done.skipped}" if done.skipped else ""))
