@@ -31,8 +31,6 @@ def test_no_definitions_factory_takes_the_whole_settings():
 def test_the_whole_settings_enter_only_at_the_doors():
     """A new function that takes the whole settings fails here: give it its domain's config, a
     section or a value, or name it a door above with the reason."""
-    found = functions_taking_settings(PACKAGE, DOORS)
-    assert not found, found
-    every = {tuple(f.split(" ")[0].split(":")[0:1]) + (f.split(" ")[1],)
-             for f in functions_taking_settings(PACKAGE, set())}
-    assert every == DOORS, f"doors that no longer take the settings: {DOORS - every}"
+    taking = {(f.split(":")[0], f.split(" ")[1]): f for f in functions_taking_settings(PACKAGE, set())}
+    assert not [f for key, f in taking.items() if key not in DOORS], taking
+    assert set(taking) == DOORS, f"doors that no longer take the settings: {DOORS - set(taking)}"
