@@ -149,9 +149,9 @@ class Dispatcher:
         return d
 
 
-def dispatcher_for(config: NotifyConfig, *, token: str | None = None, retry: Retry | None = None, deadline_s: float = 30.0,
-                   sleep: Callable[[float], None] = time.sleep, logger: logging.Logger | None = None,
-                   with_credentials: bool = True) -> Dispatcher:
+def dispatcher_for(config: NotifyConfig, *, token: str | None = None, retry: Retry | None = None,
+                   deadline_s: float = 30.0, sleep: Callable[[float], None] = time.sleep,
+                   logger: logging.Logger | None = None, with_credentials: bool = True) -> Dispatcher:
     """The channels the settings configure; the token as `bot_token` finds it unless given."""
     tg = config.notify.telegram
     token = bot_token(config, token)

@@ -445,7 +445,8 @@ def test_wal_receiver_joins_the_plan_with_pitr_inside_the_budget_and_its_passwor
     with pytest.raises(PlanError, match=r"needs 1484 MB but monitoring.memory_budget_mb is 1400 .*wal_receiver 128"):
         build_monitoring_plan(deploy(**on, monitoring={"memory_budget_mb": 1400}), host, env={})
     with pytest.raises(PlanError, match="names a passfile on this host"):
-        build_monitoring_plan(deploy(pitr={"enabled": True}, postgres={"dsn": "host=db user=rx passfile=/root/.pgpass"}),
+        build_monitoring_plan(deploy(pitr={"enabled": True},
+                                     postgres={"dsn": "host=db user=rx passfile=/root/.pgpass"}),
                               host, env={})
     remote = build_monitoring_plan(deploy(pitr={"enabled": True, "dsn": "postgresql://rx@db.lan/postgres"}),
                                    host, env={})

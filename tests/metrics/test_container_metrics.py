@@ -454,7 +454,8 @@ def test_daily_rollup_and_retention_cover_container_metrics(write_settings, fres
                 (noon, "redis", "container_memory_working_set_bytes", 50.0),
                 (old, "n8n", "container_memory_working_set_bytes", 1.0)])
         c.commit()
-    result = dg.materialize([host_metrics_daily_asset(settings.metrics, settings.timezone)], partition_key=day.isoformat(),
+    rollup = host_metrics_daily_asset(settings.metrics, settings.timezone)
+    result = dg.materialize([rollup], partition_key=day.isoformat(),
                             resources={"homelab": HomelabSettings(config_path=str(path))})
     assert result.success
     with psycopg.connect(settings.state.dsn.get_secret_value()) as c:

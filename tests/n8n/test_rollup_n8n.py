@@ -193,7 +193,8 @@ def settings_file(n8n_db, tmp_path_factory):
 def materialize(settings_file, day: str, **run_config):
     settings = load(settings_file)
     cfg = {"ops": {"n8n_execution_rollup": {"config": run_config}}} if run_config else None
-    return dg.materialize([n8n_execution_rollup_asset(settings.n8n, settings.timezone)], partition_key=day, run_config=cfg,
+    asset = n8n_execution_rollup_asset(settings.n8n, settings.timezone)
+    return dg.materialize([asset], partition_key=day, run_config=cfg,
                           resources={"homelab": HomelabSettings(config_path=str(settings_file))})
 
 

@@ -20,8 +20,8 @@ def _settings():
     return parse({"state": {"dsn": "postgresql://homelab:Pl4nted-pw@127.0.0.1:1/homelab"},
                   "backups": {"local_dir": "/tmp/x"},
                   "notify": {"telegram": {"bot_token": TOKEN, "chats": [42]},
-                             "channels": [{"type": "ntfy", "server": "https://ntfy.example.org", "topic": "homelab-alerts",
-                                           "token": NTFY_TOKEN}]}}, "test.yaml")
+                             "channels": [{"type": "ntfy", "server": "https://ntfy.example.org",
+                                           "topic": "homelab-alerts", "token": NTFY_TOKEN}]}}, "test.yaml")
 
 
 def test_the_config_holds_the_alert_path_and_hides_its_secrets():

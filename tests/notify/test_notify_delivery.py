@@ -133,7 +133,8 @@ def test_no_retry_waits_past_the_ticks_deadline(notify_settings, telegram):
     seed_chats(s)
     telegram.fail_next("sendMessage", 503, times=10)
     start = time.monotonic()
-    delivered, _ = dispatcher_for(NotifyConfig.of(s), retry=Retry(attempts=5, backoff=10), deadline_s=2).deliver([WARN_ALERT])
+    slow = dispatcher_for(NotifyConfig.of(s), retry=Retry(attempts=5, backoff=10), deadline_s=2)
+    delivered, _ = slow.deliver([WARN_ALERT])
     assert time.monotonic() - start < 2
     outcome = delivered[0].outcomes[0]
     assert not outcome.ok and outcome.attempts == 1 and "HTTP 503" in outcome.detail
@@ -201,7 +202,8 @@ def test_state_database_down_still_reaches_the_settings_and_known_chats(notify_s
     _, s = notify_settings(state_dsn=f"postgresql://postgres@127.0.0.1:{free_port()}/nowhere",
                            notify={"telegram": {"chats": [77]}})
     known = [ch.Chat(11, "owner"), ch.Chat(22, status="pending")]
-    delivered, chats = dispatcher_for(NotifyConfig.of(s), retry=FAST, with_credentials=False).deliver([WARN_ALERT], known_chats=known)
+    dispatcher = dispatcher_for(NotifyConfig.of(s), retry=FAST, with_credentials=False)
+    delivered, chats = dispatcher.deliver([WARN_ALERT], known_chats=known)
     assert chats is None and not delivered[0].recorded
     assert telegram.texts_to(11) and telegram.texts_to(77) and not telegram.texts_to(22)
 
