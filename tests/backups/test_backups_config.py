@@ -1,15 +1,11 @@
 """Backups, their sources and n8n's backup set take their part of the settings (homelab_ops.backups.config)."""
 
 import dataclasses
-from pathlib import Path
 
 import pytest
 
-import homelab_ops.backups
-import homelab_ops.n8n
 from homelab_ops.backups.config import BackupsConfig
 from homelab_ops.settings import parse
-from tests.settings_doors import functions_taking_settings
 
 TOKEN = "123456:planted-bot-token"
 S3_SECRET = "planted-s3-secret-key"
@@ -50,11 +46,3 @@ def test_the_config_redacts_every_secret_of_the_settings_and_never_shows_them(tm
     assert TOKEN not in said and S3_SECRET not in said and "planted-pg-pw" not in said, said
     assert "postgresql://postgres:" in said  # the DSN's host and user stay readable
     assert "a-key-from-a-backup" not in c.redactor("a-key-from-a-backup")("key a-key-from-a-backup")
-
-
-@pytest.mark.parametrize("package", [homelab_ops.backups, homelab_ops.n8n], ids=["backups", "n8n"])
-def test_no_function_in_the_package_takes_the_whole_settings(package):
-    """The one door is BackupsConfig.of; the definitions, the CLI context (`obj.backups`), the
-    `homelab` resource (`homelab.backups`) and the health and digest readers call it."""
-    offenders = functions_taking_settings(Path(package.__file__).parent, doors={("config.py", "of")})
-    assert not offenders, offenders

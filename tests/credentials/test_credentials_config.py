@@ -1,16 +1,11 @@
 """The credential store and its rotations take their part of the settings (homelab_ops.credentials.config)."""
 
 import dataclasses
-from pathlib import Path
 
 import pytest
 
-import homelab_ops.credentials
 from homelab_ops.credentials.config import CredentialsConfig
 from homelab_ops.settings import parse
-from tests.settings_doors import functions_taking_settings
-
-PACKAGE = Path(homelab_ops.credentials.__file__).parent
 
 
 def _settings(tmp_path):
@@ -34,11 +29,3 @@ def test_the_config_holds_the_stores_sections_and_nothing_else(tmp_path):
         assert planted not in repr(c)  # the DSNs stay SecretStr; the bot token is not there at all
     with pytest.raises(dataclasses.FrozenInstanceError):
         c.consumer_wait_seconds = 1
-
-
-def test_no_function_in_the_credentials_package_takes_the_whole_settings():
-    """The one door is CredentialsConfig.of: the definitions, the `homelab` resource
-    (`homelab.credentials`), the CLI context (`obj.credentials`), and notify, health, the digest
-    and deploy, which read a value or an age from the store, call it."""
-    offenders = functions_taking_settings(PACKAGE, doors={("config.py", "of")})
-    assert not offenders, offenders

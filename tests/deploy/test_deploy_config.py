@@ -2,15 +2,12 @@
 (homelab_ops.deploy.config)."""
 
 import dataclasses
-from pathlib import Path
 
 import pytest
 
-import homelab_ops
 from homelab_ops.deploy.config import DeployConfig
 from homelab_ops.health.checks import Thresholds
 from homelab_ops.settings import parse
-from tests.settings_doors import functions_taking_settings
 
 TOKEN = "123456:AAplanted-bot-token-for-the-deploy-config"
 DSN_PASSWORD = "Pl4nted-state-pw"
@@ -51,10 +48,3 @@ def test_its_repr_hides_the_secrets_and_its_redactor_masks_them(tmp_path):
         f"bot {TOKEN} state postgresql://homelab:{DSN_PASSWORD}@db/homelab runner placed-runner-token")
     assert TOKEN not in text and DSN_PASSWORD not in text and "placed-runner-token" not in text
     assert "postgresql://homelab:" in text  # the user and host stay readable
-
-
-@pytest.mark.parametrize("package", ["deploy", "defs/deploy"])
-def test_no_deploy_function_takes_the_whole_settings(package):
-    """The one door is DeployConfig.of; the ops read `homelab.deploy`."""
-    found = functions_taking_settings(Path(homelab_ops.__file__).parent / package, {("config.py", "of")})
-    assert not found, f"take DeployConfig instead: {found}"

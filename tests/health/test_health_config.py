@@ -2,16 +2,13 @@
 
 import dataclasses
 import inspect
-from pathlib import Path
 
 import pytest
 
-import homelab_ops.health
 from homelab_ops.deploy.config import DeployConfig
 from homelab_ops.health.config import HealthConfig
 from homelab_ops.health.evaluate import GROUPS
 from homelab_ops.settings import parse
-from tests.settings_doors import functions_taking_settings
 
 TOKEN = "123456:AAplanted-bot-token-for-the-health-config"
 S3_SECRET = "Pl4nted-s3-secret-for-health"
@@ -49,10 +46,3 @@ def test_every_group_and_plug_in_takes_the_config_and_the_time():
     for fn, names in GROUPS:
         params = list(inspect.signature(fn).parameters)
         assert params[:2] == ["config", "now"], (fn.__module__, fn.__name__, params)
-
-
-def test_no_function_in_the_health_package_takes_the_whole_settings():
-    """Doors: HealthConfig.of, and the `from_settings` of the thresholds and the sensor's policy."""
-    doors = {("config.py", "of"), ("checks.py", "from_settings"), ("machine.py", "from_settings")}
-    found = functions_taking_settings(Path(homelab_ops.health.__file__).parent, doors)
-    assert not found, f"take HealthConfig instead: {found}"

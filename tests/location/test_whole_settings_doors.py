@@ -1,10 +1,10 @@
 """The settings file is parsed once and enters the code at a few named doors; everything else takes
 its part (docs/extending.md, "What a function may read of the settings")."""
 
+import ast
 from pathlib import Path
 
 import homelab_ops
-from tests.settings_doors import functions_taking_settings
 
 PACKAGE = Path(homelab_ops.__file__).parent
 
@@ -20,17 +20,25 @@ DOORS = {
 }
 
 
-def test_no_definitions_factory_takes_the_whole_settings():
-    """A factory takes its domain's config (`backup_asset(name, BackupsConfig)`), a section and the
-    zone (`host_metrics_daily_asset(metrics, zone)`), or a value (`build_digest(at, zone)`); the
-    resources' methods take a domain config (`alert_channels.dispatcher(NotifyConfig)`)."""
-    found = functions_taking_settings(PACKAGE / "defs", set())
-    assert not found, f"take the domain's config or section instead: {found}"
+def functions_taking_settings() -> dict[tuple[str, str], int]:
+    """(path below the package, name) -> line of every function with a parameter named `settings`."""
+    found = {}
+    for path in sorted(PACKAGE.rglob("*.py")):
+        rel = path.relative_to(PACKAGE).as_posix()
+        for node in ast.walk(ast.parse(path.read_text())):
+            if isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef)):
+                names = [a.arg for a in node.args.posonlyargs + node.args.args + node.args.kwonlyargs]
+                if "settings" in names:
+                    found[(rel, node.name)] = node.lineno
+    return found
 
 
 def test_the_whole_settings_enter_only_at_the_doors():
-    """A new function that takes the whole settings fails here: give it its domain's config, a
-    section or a value, or name it a door above with the reason."""
-    taking = {(f.split(":")[0], f.split(" ")[1]): f for f in functions_taking_settings(PACKAGE, set())}
-    assert not [f for key, f in taking.items() if key not in DOORS], taking
+    """A new function that takes the whole settings fails here. Give it its domain's config (the table
+    in docs/extending.md: `backup_asset(name, BackupsConfig)`, `run(config: HealthConfig, now)`), a
+    section and the zone (`host_metrics_daily_asset(metrics, zone)`) or a value; or name it a door
+    above, with the reason. A door that no longer takes the settings fails too."""
+    taking = functions_taking_settings()
+    strays = [f"{path}:{line} {name}" for (path, name), line in taking.items() if (path, name) not in DOORS]
+    assert not strays, f"take the domain's config, a section or a value: {strays}"
     assert set(taking) == DOORS, f"doors that no longer take the settings: {DOORS - set(taking)}"

@@ -1,15 +1,12 @@
 """The alert path takes its part of the settings, not the whole file (homelab_ops.notify.config)."""
 
 import dataclasses
-from pathlib import Path
 
 import pytest
 
-import homelab_ops.notify
 from homelab_ops.notify.config import NotifyConfig
 from homelab_ops.notify.dispatch import bot_token, dispatcher_for
 from homelab_ops.settings import parse
-from tests.settings_doors import functions_taking_settings
 
 TOKEN = "123456:AAplanted-bot-token-for-the-notify-config"
 NTFY_TOKEN = "tk_planted-ntfy-access-token"
@@ -38,11 +35,3 @@ def test_the_config_holds_the_alert_path_and_hides_its_secrets():
     assert NTFY_TOKEN not in d.redact(f"ntfy said 401 for {NTFY_TOKEN}")
     with pytest.raises(dataclasses.FrozenInstanceError):
         c.notify = None
-
-
-def test_no_function_in_the_notify_package_takes_the_whole_settings():
-    """Doors: NotifyConfig.of; the walk that finds every secret of the file (settings_secrets);
-    the digest's gather, which reads every domain for its one message."""
-    doors = {("config.py", "of"), ("redact.py", "settings_secrets"), ("digest.py", "gather")}
-    found = functions_taking_settings(Path(homelab_ops.notify.__file__).parent, doors)
-    assert not found, f"take NotifyConfig instead: {found}"

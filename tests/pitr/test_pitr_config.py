@@ -2,18 +2,13 @@
 
 import dataclasses
 from datetime import datetime, timezone
-from pathlib import Path
 
 import pytest
 
-import homelab_ops.pitr
 from homelab_ops.health.config import HealthConfig
 from homelab_ops.pitr.config import PitrConfig
 from homelab_ops.pitr.health import check_pitr, pitr_results
 from homelab_ops.settings import parse
-from tests.settings_doors import functions_taking_settings
-
-PACKAGE = Path(homelab_ops.pitr.__file__).parent
 
 
 def _settings(tmp_path, **pitr):
@@ -35,13 +30,6 @@ def test_the_config_holds_pitrs_sections_and_nothing_else(tmp_path):
     assert not hasattr(c, "notify") and "planted-token" not in repr(c)  # SecretStr stays masked
     with pytest.raises(dataclasses.FrozenInstanceError):
         c.timezone = "UTC"
-
-
-def test_no_function_in_the_pitr_package_takes_the_whole_settings():
-    """One door takes the whole settings: PitrConfig.of. The health group's entry point
-    (check_pitr) takes the health sensor's HealthConfig, which holds PITR's."""
-    offenders = functions_taking_settings(PACKAGE, doors={("config.py", "of")})
-    assert not offenders, offenders
 
 
 def test_the_health_group_gives_pitr_its_part(tmp_path):
