@@ -22,15 +22,23 @@ if TYPE_CHECKING:
 @dataclass(frozen=True)
 class NotifyConfig:
     notify: NotifySettings
-    state: StateSettings  # homelab_ops.chats and homelab_ops.alerts
-    postgres: PostgresSettings  # the server the state database is created on
     credentials: CredentialsConfig  # notify.telegram.bot_token_credential; the store's values are masked
     secrets: tuple[str, ...] = field(default=(), repr=False, compare=False)
 
     @classmethod
     def of(cls, settings: Settings) -> NotifyConfig:
-        return cls(notify=settings.notify, state=settings.state, postgres=settings.postgres,
-                   credentials=CredentialsConfig.of(settings), secrets=tuple(settings.secrets()))
+        return cls(notify=settings.notify, credentials=CredentialsConfig.of(settings),
+                   secrets=tuple(settings.secrets()))
+
+    @property
+    def state(self) -> StateSettings:
+        """The database of homelab_ops.chats and homelab_ops.alerts: the credential store's."""
+        return self.credentials.state
+
+    @property
+    def postgres(self) -> PostgresSettings:
+        """The server the state database is created on."""
+        return self.credentials.postgres
 
     def redactor(self, *extra: str, with_credentials: bool = True) -> Redactor:
         """The redactor every alert passes through: the settings' secrets, `extra` (a token from the
