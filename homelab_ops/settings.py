@@ -750,6 +750,8 @@ class Settings(_Section):
     pitr: PitrSettings = PitrSettings()
     thresholds: dict[str, float] = {}  # THRESHOLD_DEFAULTS' keys: the one set of numbers every judgement reads
     source: str = Field("<embedded defaults>", exclude=True)
+    # Which environment variables each key read, by dotted key (`state.dsn`): names only, set by parse.
+    from_env: dict[str, list[str]] = Field(default_factory=dict, exclude=True)
 
     @model_validator(mode="before")
     @classmethod
@@ -816,15 +818,20 @@ EMBEDDED_DEFAULTS: dict[str, Any] = {
 }
 
 
-def interpolate(value: Any, env: dict[str, str], path: str = "") -> Any:
-    """Replace ${VAR} and ${VAR:-default} in every string; a missing VAR is an error."""
+def interpolate(value: Any, env: dict[str, str], path: str = "", used: dict[str, list[str]] | None = None) -> Any:
+    """Replace ${VAR} and ${VAR:-default} in every string; a missing VAR is an error.
+
+    `used`, when given, collects which variables each key read (`state.dsn` -> [STATE_DSN]): the
+    UI names them where it shows what is configured, never their values."""
     if isinstance(value, dict):
-        return {k: interpolate(v, env, f"{path}.{k}" if path else str(k)) for k, v in value.items()}
+        return {k: interpolate(v, env, f"{path}.{k}" if path else str(k), used) for k, v in value.items()}
     if isinstance(value, list):
-        return [interpolate(v, env, f"{path}[{i}]") for i, v in enumerate(value)]
+        return [interpolate(v, env, f"{path}[{i}]", used) for i, v in enumerate(value)]
     if isinstance(value, str):
         def sub(m: re.Match) -> str:
             name, default = m.group(1), m.group(2)
+            if used is not None:
+                used.setdefault(path, []).append(name)
             if name in env:
                 return env[name]
             if default is not None:
@@ -850,12 +857,13 @@ def parse(data: Any, source: str, env: dict[str, str] | None = None) -> Settings
         data = {}
     if not isinstance(data, dict):
         raise SettingsError(f"{source}: the top level must be a mapping of keys, not {type(data).__name__}")
+    used: dict[str, list[str]] = {}
     try:
-        data = interpolate(data, dict(os.environ) if env is None else env)
+        data = interpolate(data, dict(os.environ) if env is None else env, used=used)
     except SettingsError as e:
         raise SettingsError(f"{source}: {e}") from None
     try:
-        return Settings.model_validate({**data, "source": source})
+        return Settings.model_validate({**data, "source": source, "from_env": used})
     except ValidationError as e:
         problems = "\n  ".join(_describe(err) for err in e.errors())
         raise SettingsError(f"{source}: invalid settings:\n  {problems}") from None

@@ -15,6 +15,8 @@ import psycopg
 from psycopg import sql
 
 if TYPE_CHECKING:
+    from pydantic import SecretStr
+
     from homelab_ops.settings import PostgresSettings, StateSettings
 
 SCHEMA = "homelab_ops"
@@ -77,13 +79,18 @@ def migrate(conn: psycopg.Connection) -> list[str]:
 
 
 def open_state(state: StateSettings, postgres: PostgresSettings) -> psycopg.Connection:
-    """Connect to the state database, creating and migrating it on first use.
+    """Connect to the state database, creating and migrating it on first use (`open_state_at`)."""
+    return open_state_at(state.dsn, postgres.dsn)
 
-    `postgres.dsn` is used only when the state database cannot be reached as it is: a run worker
-    on another host, or a state database on a server of its own, may not reach the backed-up
-    server at all, and must not depend on it."""
-    dsn = state.dsn.get_secret_value()
-    admin = postgres.dsn.get_secret_value()
+
+def open_state_at(state_dsn: SecretStr, admin_dsn: SecretStr) -> psycopg.Connection:
+    """Connect to the state database at `state_dsn`, creating and migrating it on first use.
+
+    `admin_dsn` (the backed-up server's) is used only when the state database cannot be reached as
+    it is: a run worker on another host, or a state database on a server of its own, may not reach
+    the backed-up server at all, and must not depend on it."""
+    dsn = state_dsn.get_secret_value()
+    admin = admin_dsn.get_secret_value()
     try:
         conn = connect(dsn)
     except psycopg.OperationalError as first:

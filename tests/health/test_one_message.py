@@ -12,7 +12,7 @@ import pytest
 from homelab_ops.defs.health.resources import AlertChannels
 from homelab_ops.defs.health.sensors import build_asset_check_sensor, build_health_sensor
 from homelab_ops.defs.metrics.assets import host_metrics
-from homelab_ops.defs.resources import HomelabSettings
+from homelab_ops.defs.resources import resources_for
 from homelab_ops.health.evaluate import GROUPS, check_host, run_checks
 from homelab_ops.notify import chats as ch
 from tests.conftest import dsn_for
@@ -48,7 +48,7 @@ def test_one_hot_cpu_is_one_message(hot_pi, write_settings, fresh_state_db):
                                          "notify": {"telegram": {"api_base": telegram.url}}})
         with ch.state_connection(settings.state, settings.postgres) as conn:
             ch.add(conn, OWNER, "owner", "warn")
-        resources = {"homelab": HomelabSettings(config_path=str(path)),
+        resources = {**resources_for(str(path)),
                      "alert_channels": AlertChannels(telegram_bot_token=TOKEN, backoff_s=0.01,
                                                      redact_credentials=False)}
         host_group = [g for g in GROUPS if g[0] is check_host]

@@ -29,6 +29,8 @@ BIN = Path(sys.executable).parent
 CHROMIUM_ARGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
                  "--disable-background-networking", "--disable-component-update", "--disable-sync"]
 ROWS = 42
+STATE_PW = "ui-state-pw-Planted-5b1e"
+N8N_PW = "ui-n8n-pw-Planted-c04d"
 
 
 def graphql(base: str, query: str) -> dict:
@@ -40,6 +42,11 @@ def graphql(base: str, query: str) -> dict:
 
 LOCATION_STATUS = """{ workspaceOrError { ... on Workspace { locationEntries { name loadStatus
   locationOrLoadError { __typename ... on PythonError { message } } } } } }"""
+
+
+RESOURCES = """{ allTopLevelResourceDetailsOrError(repositorySelector: {repositoryName: "__repository__",
+  repositoryLocationName: "homelab_ops"}) { __typename ... on ResourceDetailsList { results { name
+  configuredValues { key value type } } } } }"""
 
 
 def wait_for_location(base: str, proc: subprocess.Popen, log: Path, deadline: float) -> None:
@@ -60,7 +67,7 @@ def wait_for_location(base: str, proc: subprocess.Popen, log: Path, deadline: fl
 
 
 @pytest.mark.browser
-def test_asset_graph_and_a_backup_page_in_chromium(tmp_path, new_db, write_settings):
+def test_asset_graph_a_backup_page_and_the_databases_in_chromium(tmp_path, new_db, write_settings, monkeypatch):
     from playwright.sync_api import sync_playwright
 
     db = new_db("webui")
@@ -69,8 +76,13 @@ def test_asset_graph_and_a_backup_page_in_chromium(tmp_path, new_db, write_setti
                      f"INSERT INTO notes SELECT i, md5(i::text) FROM generate_series(1, {ROWS}) i;")
     # n8n points at the same small database: the backups domain selects n8n_workflows into
     # nightly_backup, and the location does not load without an n8n section (reported).
-    settings_path, settings = write_settings({"postgres": {"dsn": ADMIN_DSN, "databases": [db]},
-                                              "n8n": {"dsn": dsn_for(db)}})
+    # Passwords planted where the resources page could show them: trust auth lets the DSNs connect.
+    # The state database's comes from the environment, n8n's is written in the file.
+    monkeypatch.setenv("HOMELAB_TEST_UI_STATE_PW", STATE_PW)
+    settings_path, settings = write_settings({
+        "postgres": {"dsn": ADMIN_DSN, "databases": [db]},
+        "state": {"dsn": "postgresql://postgres:${HOMELAB_TEST_UI_STATE_PW}@127.0.0.1:5432/homelab_test"},
+        "n8n": {"dsn": psycopg.conninfo.make_conninfo(dsn_for(db), password=N8N_PW)}})
     home = tmp_path / "dagster_home"
     home.mkdir()
     shutil.copy(ROOT / "dagster.yaml", home / "dagster.yaml")
@@ -98,6 +110,13 @@ def test_asset_graph_and_a_backup_page_in_chromium(tmp_path, new_db, write_setti
         wait_for_location(base, web, log, deadline=time.monotonic() + 60)
         groups = {n["groupName"] for n in graphql(base, "{ assetNodes { groupName } }")["assetNodes"]}
         assert "backups" in groups
+        answer = graphql(base, RESOURCES)  # what the resources page is built from
+        assert STATE_PW not in json.dumps(answer) and N8N_PW not in json.dumps(answer)
+        shown = {r["name"]: {v["key"]: json.loads(v["value"]) for v in r["configuredValues"]}
+                 for r in answer["allTopLevelResourceDetailsOrError"]["results"]}
+        assert shown["state_database"]["password"] == "environment variable HOMELAB_TEST_UI_STATE_PW"
+        assert (shown["n8n_database"]["dbname"], shown["n8n_database"]["password"]) == (
+            db, "written in the settings file")
 
         ARTIFACTS.mkdir(exist_ok=True)
         with sync_playwright() as p:
@@ -121,6 +140,23 @@ def test_asset_graph_and_a_backup_page_in_chromium(tmp_path, new_db, write_setti
                 assert rows_row.inner_text().split()[-1] == str(ROWS)
                 assert page.get_by_text("public.notes").first.is_visible()  # the per-table row counts
                 page.screenshot(path=str(ARTIFACTS / "web_ui_backup_asset.png"), full_page=True)
+
+                # The resources page: where each database is and where its password comes from.
+                page.goto(f"{base}/locations/homelab_ops/resources/state_database")
+                page.get_by_text("environment variable HOMELAB_TEST_UI_STATE_PW").first.wait_for(timeout=20000)
+                def row(key: str) -> str:
+                    return page.locator("tr", has_text=key).first.inner_text()
+
+                assert '"homelab_test"' in row("dbname") and '"state.dsn"' in row("setting")
+                page.screenshot(path=str(ARTIFACTS / "web_ui_state_database.png"), full_page=True)
+                page.goto(f"{base}/locations/homelab_ops/resources/n8n_database")
+                page.get_by_text("written in the settings file").first.wait_for(timeout=20000)
+                assert f'"{db}"' in row("dbname")
+                for path in ("state_database", "n8n_database", "homelab"):
+                    page.goto(f"{base}/locations/homelab_ops/resources/{path}")
+                    page.wait_for_load_state("networkidle")
+                    html = page.content()
+                    assert STATE_PW not in html and N8N_PW not in html, path
             finally:
                 browser.close()
     finally:

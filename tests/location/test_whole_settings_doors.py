@@ -17,6 +17,7 @@ DOORS = {
     ("notify/redact.py", "settings_secrets"),  # the walk that finds every secret of the file
     ("notify/digest.py", "gather"),  # the daily digest: one message about every domain
     ("doctor.py", "_checks"),  # `homelab-ops doctor`: one check per part of the file
+    ("defs/resources.py", "setting_at"),  # PostgresResource: a DSN by the settings key its UI page names
 }
 
 

@@ -12,7 +12,7 @@ import psycopg
 import pytest
 
 from homelab_ops.defs.metrics.assets import container_metrics, host_metrics_daily_asset
-from homelab_ops.defs.resources import HomelabSettings
+from homelab_ops.defs.resources import resources_for
 from homelab_ops.metrics import containers as cm
 from homelab_ops.health.checks import Thresholds
 from homelab_ops.metrics.thresholds import ERROR, WARN
@@ -337,7 +337,7 @@ def test_container_metrics_against_real_containers(busy_engine, write_settings, 
         "state": {"dsn": dsn_for(fresh_state_db)}, "docker": {"host": DOCKER_HOST},
         "metrics": {"containers": [f"{prefix}-*"]},  # the Engine is shared with other tests' containers
         "thresholds": {"container_memory_warn_pct": 60, "container_memory_fail_pct": 95}})
-    resources = {"homelab": HomelabSettings(config_path=str(path))}
+    resources = resources_for(str(path))
 
     started = time.perf_counter()
     result = dg.materialize([container_metrics], resources=resources, instance=dagster_instance)
@@ -430,7 +430,7 @@ def test_no_docker_daemon_fails_container_metrics_not_the_host_snapshot(write_se
     path, _ = write_settings({"state": {"dsn": dsn_for(fresh_state_db)}, "docker": {"host": nowhere},
                               "metrics": {"textfile_dir": str(tmp_path / "tf")}})
     d = dg.Definitions.merge(metrics_defs() if callable(metrics_defs) else metrics_defs,
-                             dg.Definitions(resources={"homelab": HomelabSettings(config_path=str(path))}))
+                             dg.Definitions(resources=resources_for(str(path))))
     job = d.resolve_job_def("host_metrics_snapshot")  # the scheduled job runs both snapshots
     result = job.execute_in_process(instance=dagster_instance, raise_on_error=False)
     assert not result.success
@@ -456,7 +456,7 @@ def test_daily_rollup_and_retention_cover_container_metrics(write_settings, fres
         c.commit()
     rollup = host_metrics_daily_asset(settings.metrics, settings.timezone)
     result = dg.materialize([rollup], partition_key=day.isoformat(),
-                            resources={"homelab": HomelabSettings(config_path=str(path))})
+                            resources=resources_for(str(path)))
     assert result.success
     with psycopg.connect(settings.state.dsn.get_secret_value()) as c:
         daily = {lb["container"]: (n, lo, mean, hi) for lb, n, lo, mean, hi in c.execute(

@@ -16,7 +16,7 @@ import psycopg
 import pytest
 
 from homelab_ops.defs.metrics.assets import host_metrics, host_metrics_daily_asset
-from homelab_ops.defs.resources import HomelabSettings
+from homelab_ops.defs.resources import resources_for
 from homelab_ops.metrics.collect import take_snapshot
 from homelab_ops.metrics.daily import labels_key
 from homelab_ops.state import open_state
@@ -125,7 +125,7 @@ def test_host_metrics_asset_stores_writes_the_textfile_and_judges(fake_pi, write
     path, settings = settings_for(write_settings, fresh_state_db, {
         "sys_root": fake_pi["sys_root"], "proc_root": fake_pi["proc_root"], "textfile_dir": str(textfile_dir),
         "mounts": [str(fake_pi["tmp"])]}, thresholds={"disk_free_warn_pct": 101, "disk_free_fail_pct": 0})
-    result = dg.materialize([host_metrics], resources={"homelab": HomelabSettings(config_path=str(path))})
+    result = dg.materialize([host_metrics], resources=resources_for(str(path)))
     assert result.success
     checks = {e.check_name: e for e in result.get_asset_check_evaluations()}
     assert (checks["temperature"].passed, checks["temperature"].severity) == (False, dg.AssetCheckSeverity.WARN)
@@ -163,7 +163,7 @@ def test_a_host_without_pi_sensors_records_them_absent_and_passes(tmp_path, writ
     textfile_dir = tmp_path / "tf"
     path, settings = settings_for(write_settings, fresh_state_db, {
         "sys_root": str(tmp_path / "emptysys"), "textfile_dir": str(textfile_dir)})
-    result = dg.materialize([host_metrics], resources={"homelab": HomelabSettings(config_path=str(path))})
+    result = dg.materialize([host_metrics], resources=resources_for(str(path)))
     assert result.success
     checks = {e.check_name: e for e in result.get_asset_check_evaluations()}
     for name in ("temperature", "throttled_now", "under_voltage_since_boot"):
@@ -190,7 +190,7 @@ def test_a_pi_read_through_the_firmware_sysfs_file_says_so_in_the_textfile(tmp_p
     textfile_dir = tmp_path / "tf"
     path, settings = settings_for(write_settings, fresh_state_db, {
         "sys_root": str(sys_root), "textfile_dir": str(textfile_dir)})
-    result = dg.materialize([host_metrics], resources={"homelab": HomelabSettings(config_path=str(path))})
+    result = dg.materialize([host_metrics], resources=resources_for(str(path)))
     assert result.success
     prom = (textfile_dir / "homelab_pi.prom").read_text()
     assert 'homelab_sensor_present{sensor="get_throttled"} 1.0' in prom, prom
@@ -254,7 +254,7 @@ def test_daily_rollup_over_dst_reruns_identically_and_applies_retention(write_se
     assert len(expected[("node_thermal_zone_temp", '{"type":"cpu-thermal","zone":"0"}')]) == 100  # 25 h x 4
 
     asset = host_metrics_daily_asset(settings.metrics, settings.timezone)
-    resources = {"homelab": HomelabSettings(config_path=str(path))}
+    resources = resources_for(str(path))
     assert dg.materialize([asset], partition_key="2025-10-26", resources=resources).success
 
     def stored():

@@ -24,7 +24,7 @@ from click.testing import CliRunner
 
 from homelab_ops.cli import main
 from homelab_ops.defs.n8n.assets import n8n_execution_rollup_asset
-from homelab_ops.defs.resources import HomelabSettings
+from homelab_ops.defs.resources import resources_for
 from homelab_ops.n8n import rollup
 from tests.n8n_demo import create_demo_database, load_schema, seed_demo
 from homelab_ops.settings import load
@@ -195,7 +195,7 @@ def materialize(settings_file, day: str, **run_config):
     cfg = {"ops": {"n8n_execution_rollup": {"config": run_config}}} if run_config else None
     asset = n8n_execution_rollup_asset(settings.n8n, settings.timezone)
     return dg.materialize([asset], partition_key=day, run_config=cfg,
-                          resources={"homelab": HomelabSettings(config_path=str(settings_file))})
+                          resources=resources_for(str(settings_file)))
 
 
 def stored(settings_file, day: date) -> list[tuple]:

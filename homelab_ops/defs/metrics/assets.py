@@ -11,13 +11,12 @@ from datetime import date, datetime, timezone
 
 import dagster as dg
 
-from homelab_ops.defs.resources import HomelabSettings
+from homelab_ops.defs.resources import HomelabSettings, PostgresResource
 from homelab_ops.health.checks import Thresholds
 from homelab_ops.metrics import containers, textfile, thresholds
 from homelab_ops.metrics.collect import PI_PREFIX, take_snapshot
 from homelab_ops.metrics.store import previous_container_values, roll_up_day, write_container_snapshot, write_snapshot
 from homelab_ops.settings import MetricsSettings
-from homelab_ops.state import open_state
 
 GROUP = "metrics"
 _PI_SENSORS = {"get_throttled", "vcgencmd", "rpi_volt"}
@@ -41,11 +40,12 @@ def _check_result(o: thresholds.Outcome) -> dg.AssetCheckResult:
                                    metadata={"alerted_by": thresholds.ALERTED_BY})
                  for name in thresholds.CHECKS],
 )
-def host_metrics(context: dg.AssetExecutionContext, homelab: HomelabSettings) -> dg.MaterializeResult:
+def host_metrics(context: dg.AssetExecutionContext, homelab: HomelabSettings,
+                 state_database: PostgresResource) -> dg.MaterializeResult:
     started = time.perf_counter()
     settings = homelab.settings
     snap = take_snapshot(settings.metrics)
-    with open_state(settings.state, settings.postgres) as conn:
+    with state_database.open_state() as conn:
         rows = write_snapshot(conn, snap)
     pi = snap.pi_samples + [s for s in snap.values("homelab_sensor_present") if s.labels["sensor"] in _PI_SENSORS]
     path = textfile.write_atomically(settings.metrics.textfile_dir,
@@ -93,14 +93,15 @@ def _container_table(snap: containers.ContainerSnapshot) -> str:
                                    else {})
                  for name in containers.CHECKS],
 )
-def container_metrics(context: dg.AssetExecutionContext, homelab: HomelabSettings) -> dg.MaterializeResult:
+def container_metrics(context: dg.AssetExecutionContext, homelab: HomelabSettings,
+                      state_database: PostgresResource) -> dg.MaterializeResult:
     started = time.perf_counter()
     settings = homelab.settings
     try:
         snap = containers.take_snapshot(settings.docker.host, patterns=settings.metrics.containers)
     except containers.DockerUnavailable as e:
         raise dg.Failure(description=str(e), allow_retries=False) from None
-    with open_state(settings.state, settings.postgres) as conn:
+    with state_database.open_state() as conn:
         previous_at, previous = previous_container_values(conn, snap.taken_at)
         rows = write_container_snapshot(conn, snap, previous_at, previous)
     for c in snap.containers:
@@ -143,10 +144,11 @@ def host_metrics_daily_asset(metrics: MetricsSettings, zone: str) -> dg.AssetsDe
                     "series carry the label `container`); raw snapshots older than "
                     f"{metrics.raw_retention_days} days (metrics.raw_retention_days) are deleted.",
     )
-    def _daily(context: dg.AssetExecutionContext, homelab: HomelabSettings) -> dg.MaterializeResult:
+    def _daily(context: dg.AssetExecutionContext, homelab: HomelabSettings,
+               state_database: PostgresResource) -> dg.MaterializeResult:
         s = homelab.settings
         day = date.fromisoformat(context.partition_key)
-        with open_state(s.state, s.postgres) as conn:
+        with state_database.open_state() as conn:
             out = roll_up_day(conn, day, s.timezone, retention_days=s.metrics.raw_retention_days,
                               now=datetime.now(timezone.utc))
         if out.kept_stored:

@@ -9,10 +9,9 @@ from datetime import date
 
 import dagster as dg
 
-from homelab_ops.defs.resources import HomelabSettings
+from homelab_ops.defs.resources import HomelabSettings, PostgresResource
 from homelab_ops.n8n import rollup
 from homelab_ops.settings import N8nSettings
-from homelab_ops.state import open_state
 
 GROUP = "n8n"
 ASSET = "n8n_execution_rollup"
@@ -69,12 +68,13 @@ def n8n_execution_rollup_asset(n8n: N8nSettings, zone: str) -> dg.AssetsDefiniti
                     "a day n8n has since pruned keeps its stored rows.",
     )
     def _rollup(context: dg.AssetExecutionContext, config: RollupConfig,
-                homelab: HomelabSettings) -> dg.MaterializeResult:
+                homelab: HomelabSettings, n8n_database: PostgresResource,
+                state_database: PostgresResource) -> dg.MaterializeResult:
         s = homelab.settings
         day = date.fromisoformat(context.partition_key)
         started = time.perf_counter()
         try:
-            with rollup.connect_n8n(s.n8n.dsn.get_secret_value()) as n8n, open_state(s.state, s.postgres) as state:
+            with rollup.connect_n8n(n8n_database.conninfo().get_secret_value()) as n8n, state_database.open_state() as state:
                 layout = rollup.detect_layout(n8n, s.n8n.db_schema, s.n8n.table_prefix)
                 rows = rollup.compute_day(n8n, layout, day, s.timezone)
                 out = rollup.replace_day(state, day, rows, allow_shrink=config.allow_shrink)
