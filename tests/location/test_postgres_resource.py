@@ -70,7 +70,9 @@ def test_without_n8n_there_is_no_n8n_database(write_settings):
 @pytest.mark.parametrize(("dsn", "names", "env", "said"), [
     ("postgresql://u@h/db", [], {}, "none in the DSN (trust, peer, PGPASSWORD or ~/.pgpass)"),
     ("postgresql://u:s3cret@h/db", ["PW"], {"PW": "s3cret"}, "environment variable PW"),
+    ("postgresql://u:s3cret@h/db", ["DSN"], {"DSN": "postgresql://u:s3cret@h/db"}, "environment variable DSN"),
     ("postgresql://u:s3cret@h/db", ["HOST"], {"HOST": "h"}, "written in the settings file"),  # another var
+    ("postgresql://u:s3cret@h/db", ["PW"], {}, "written in the settings file"),  # ${PW:-s3cret}, PW unset
     ("postgresql://u:s3cret@h/db", [], {}, "written in the settings file"),
 ])
 def test_password_source_says_where_not_what(dsn, names, env, said):
