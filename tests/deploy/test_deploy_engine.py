@@ -162,6 +162,17 @@ def stack(docker_client, tmp_path_factory):
         _cleanup(docker_client, s.prefix)
 
 
+def reported(result) -> dict[str, dict]:
+    """Each service's record a run left on its `deploy/<service>` asset (the deploy group in the UI)."""
+    found = {}
+    for e in result.all_events:
+        if e.event_type_value == "ASSET_MATERIALIZATION":
+            m = e.event_specific_data.materialization
+            if m.asset_key.path[0] == "deploy":
+                found[m.asset_key.path[-1]] = {k: v.value for k, v in m.metadata.items()}
+    return found
+
+
 def test_deploy_runs_real_prometheus_that_scrapes_every_target_up_including_standins(stack):
     targets = stack.prometheus("/api/v1/targets?state=active")["data"]["activeTargets"]
     health = {t["labels"]["job"]: t["health"] for t in targets}
@@ -236,6 +247,14 @@ def test_changed_setting_replaces_exactly_one_container(stack):
     assert not any(n.endswith("-previous") for n in stack.names())  # the old one is gone once healthy
     actions = {o.service: o.action for o in result.output_for_node("deploy_service").values()}
     assert actions.pop("loki") == "replaced" and set(actions.values()) == {"unchanged"}
+    # Every service is reported as its asset, with what the Engine now runs.
+    assets = reported(result)
+    assert set(assets) == set(SERVICES)
+    loki = stack.inspect("loki")
+    assert (assets["loki"]["action"], assets["loki"]["image"], assets["loki"]["container"]) == (
+        "replaced", loki["Config"]["Image"], loki["Id"][:12])
+    assert assets["loki"]["memory_mb"] * 1024 * 1024 == loki["HostConfig"]["Memory"]
+    assert assets["loki"]["by"] == "deploy_monitoring" and assets["prometheus"]["action"] == "unchanged"
     config = _archive_text(stack.client, stack.name("loki"), "/etc/loki/config.yaml")
     assert yaml.safe_load(config)["limits_config"]["retention_period"] == "168h"
     stack.baseline = after
@@ -831,6 +850,9 @@ def test_tune_applies_fitted_limits_in_place_and_refuses_what_does_not_fit(stack
     for s in SERVICES:
         assert stack.inspect(s)["HostConfig"]["Memory"] == proposals[s].after.memory_mb * 1024 * 1024
     assert stack.ids() == stack.baseline  # `docker update`, no recreate
+    changed = {s for s, p in proposals.items() if p.changed}
+    assert changed and {s: a["memory_mb"] for s, a in reported(result).items()} == {
+        s: proposals[s].after.memory_mb for s in changed}  # the deploy group shows the new limits
     tuned = json.loads((stack.root / "state" / "tuned-limits.json").read_text())
     assert tuned["prometheus"]["memory_mb"] == proposals["prometheus"].after.memory_mb
     # A later deploy keeps the tuned limits (settings unchanged) and every container.

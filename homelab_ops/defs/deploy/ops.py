@@ -14,6 +14,7 @@ import dagster as dg
 
 from homelab_ops.credentials.errors import CredentialError
 from homelab_ops.defs.deploy.resources import DockerResource
+from homelab_ops.defs.deploy.services import deployed, service_reported
 from homelab_ops.defs.resources import HomelabSettings
 from homelab_ops.deploy import engine, tune
 from homelab_ops.deploy.auth import stored_users
@@ -152,6 +153,7 @@ def deploy_service(context: dg.OpExecutionContext, homelab: HomelabSettings, doc
         except engine.DeployError as e:
             raise _fail(e, deploy, [spec]) from None
     context.log.info(f"{spec.service}: {outcome.action} ({outcome.container_id[:12]})")
+    context.log_event(deployed(outcome, spec.stack, context.job_def.name))
     return outcome
 
 
@@ -257,6 +259,10 @@ def apply_limits(context: dg.OpExecutionContext, config: TuneConfig, homelab: Ho
                                 log=context.log.info, force=True)
                 applied.append((p.service, "recreated"))
         after = {s: engine.limits_of(client.api.inspect_container(plan.service(s).name)) for s, _ in applied}
+    for service, how in applied:
+        context.log_event(service_reported(service, "monitoring", action=f"limits {how}",
+                                           image=plan.service(service).image, limits=after[service],
+                                           run_by=context.job_def.name))
     svcs = mon.services
     record = tune.load_tuned(mon.state_dir)
     record.update(tune.tuned_record(
