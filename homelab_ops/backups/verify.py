@@ -113,18 +113,6 @@ def rotation(last_read: dict[str, datetime | None], holds_newest: set[str] | Non
     return sorted(last_read, key=key)
 
 
-def freshness(newest_verified: datetime | None, now: datetime, max_age_hours: float) -> tuple[bool, str]:
-    """Is the newest verified backup young enough? Returns (passed, why)."""
-    if newest_verified is None:
-        return False, (f"no backup verified (restored) in the last {max_age_hours:g} hours (backups.max_age_hours; "
-                       "an integrity-only check does not count)")
-    age = (now - newest_verified).total_seconds() / 3600
-    if age > max_age_hours:
-        return False, (f"the newest verified backup is {age:.1f} hours old, more than "
-                       f"{max_age_hours:g} (backups.max_age_hours)")
-    return True, f"the newest verified backup is {age:.1f} hours old"
-
-
 def _gib(n: float) -> str:
     return f"{n / (1 << 30):.2f} GiB"
 
@@ -420,13 +408,15 @@ def newest_failed(outcomes: list[tuple[str, str, str]]) -> tuple[str, str] | Non
 
 
 def newest_verified(backups: BackupSettings, database: str, *, now: datetime | None = None,
-                    stores: list[Store] | None = None) -> tuple[Backup | None, str | None]:
-    """The newest backup within `backups.max_age_hours` with a restored copy in any store, and that store."""
+                    stores: list[Store] | None = None,
+                    within_hours: float | None = None) -> tuple[Backup | None, str | None]:
+    """The newest backup within `within_hours` (default backups.max_age_hours) with a restored copy in
+    any store, and that store."""
     if stores is None:
         local, remotes = stores_for(backups)
         stores = [local, *remotes]
     now = now or datetime.now(timezone.utc)
-    window = now - timedelta(hours=backups.max_age_hours)
+    window = now - timedelta(hours=backups.max_age_hours if within_hours is None else within_hours)
     recent, listed = {}, []
     for s in stores:  # a store that is down proves nothing either way; the others still count
         try:

@@ -67,27 +67,27 @@ class Thresholds:
     """The numbers every judgement reads (settings' `thresholds:`, defaults in THRESHOLD_DEFAULTS):
     the health checks here, the metrics asset checks and the rendered Prometheus rules."""
 
-    disk_free_warn_pct: float = 15.0
-    disk_free_fail_pct: float = 5.0
-    temperature_warn_c: float = 70.0
-    temperature_fail_c: float = 80.0
-    memory_available_warn_pct: float = 15.0
-    memory_available_fail_pct: float = 5.0
-    container_memory_warn_pct: float = 90.0
-    container_memory_fail_pct: float = 97.0
-    container_restarts_warn: float = 3
-    container_restart_increase_warn: float = 1
-    container_restart_increase_fail: float = 3
-    backup_age_fail_hours: float = 26.0
-    n8n_failure_rate_warn: float = 0.2
-    n8n_failure_rate_fail: float = 0.5
-    n8n_min_finished: int = 1
-    pg_auth_failures_warn: float = 10
-    pg_auth_failures_fail: float = 100
-    http_denied_warn: float = 20
-    http_denied_fail: float = 100
-    http_denied_window_s: float = 300
-    check_timeout_s: float = 20
+    disk_free_warn_pct: float
+    disk_free_fail_pct: float
+    temperature_warn_c: float
+    temperature_fail_c: float
+    memory_available_warn_pct: float
+    memory_available_fail_pct: float
+    container_memory_warn_pct: float
+    container_memory_fail_pct: float
+    container_restarts_warn: float
+    container_restart_increase_warn: float
+    container_restart_increase_fail: float
+    backup_age_fail_hours: float
+    n8n_failure_rate_warn: float
+    n8n_failure_rate_fail: float
+    n8n_min_finished: int
+    pg_auth_failures_warn: float
+    pg_auth_failures_fail: float
+    http_denied_warn: float
+    http_denied_fail: float
+    http_denied_window_s: float
+    check_timeout_s: float
     # homelab_ops.health.plugins' numbers, by key: a plug-in check reads them with `get`.
     extra: dict[str, float] = field(default_factory=dict)
 
@@ -95,19 +95,30 @@ class Thresholds:
         return self.extra[key] if key in self.extra else getattr(self, key)
 
     @classmethod
-    def from_settings(cls, settings) -> Thresholds:
-        """`thresholds:`, else backups.max_age_hours / n8n.failure_rate_warn for the derived two, else the default."""
-        from homelab_ops.settings import THRESHOLD_DEFAULTS
+    def defaults(cls, **over: float) -> Thresholds:
+        """THRESHOLD_DEFAULTS, the derived two's own defaults (backups.max_age_hours, n8n's
+        failure_rate_warn and failure_min_finished), then `over`: the numbers are written once."""
+        from homelab_ops.settings import THRESHOLD_DEFAULTS, BackupSettings, N8nSettings
 
-        values: dict[str, float] = dict(THRESHOLD_DEFAULTS)
-        values["backup_age_fail_hours"] = settings.backups.max_age_hours
-        if settings.n8n is not None:
-            values["n8n_failure_rate_warn"] = settings.n8n.failure_rate_warn
-            values["n8n_min_finished"] = settings.n8n.failure_min_finished
-        values.update(settings.thresholds)
+        values: dict[str, float] = {
+            **THRESHOLD_DEFAULTS,
+            "backup_age_fail_hours": BackupSettings.model_fields["max_age_hours"].default,
+            "n8n_failure_rate_warn": N8nSettings.model_fields["failure_rate_warn"].default,
+            "n8n_min_finished": N8nSettings.model_fields["failure_min_finished"].default,
+            **over,
+        }
         known = set(cls.__dataclass_fields__) - {"extra"}
         return cls(**{k: v for k, v in values.items() if k in known},
                    extra={k: v for k, v in values.items() if k not in known})
+
+    @classmethod
+    def from_settings(cls, settings) -> Thresholds:
+        """`thresholds:`, else backups.max_age_hours / n8n.failure_rate_warn for the derived two, else the default."""
+        over: dict[str, float] = {"backup_age_fail_hours": settings.backups.max_age_hours}
+        if settings.n8n is not None:
+            over["n8n_failure_rate_warn"] = settings.n8n.failure_rate_warn
+            over["n8n_min_finished"] = settings.n8n.failure_min_finished
+        return cls.defaults(**{**over, **settings.thresholds})
 
 
 # --------------------------------------------------------------------------- host
@@ -274,8 +285,8 @@ def backup_age(database: str, newest_verified: datetime | None, newest_backup: d
         if newest_backup is None:
             return CheckResult(name, FAIL, f"{database}: no backup at all", NIGHTLY_BACKUP)
         age = units.duration((now - newest_backup).total_seconds())
-        return CheckResult(name, FAIL, f"{database}: no verified backup (the newest, {age} old, is not verified)",
-                           NIGHTLY_BACKUP)
+        return CheckResult(name, FAIL, f"{database}: no verified backup (the newest, {age} old, is not verified: "
+                                       "restored; an integrity-only check does not count)", NIGHTLY_BACKUP)
     hours = (now - newest_verified).total_seconds() / 3600
     if hours > fail_hours:
         return CheckResult(name, FAIL, f"{database}: newest verified backup is {hours:.1f}h old "

@@ -577,7 +577,7 @@ def test_config_files_tar_carries_parents_and_contents():
 def test_shipped_templates_are_jinja_with_strict_values_and_keep_prometheus_own_templates():
     from homelab_ops.health.checks import Thresholds
 
-    rules = render.alert_rules(Thresholds(temperature_warn_c=72.5), silent_after_s=300)
+    rules = render.alert_rules(Thresholds.defaults(temperature_warn_c=72.5), silent_after_s=300)
     assert "> 72.5 unless on ()" in rules and "[[" not in rules
     assert "{{ $labels.database }}" in rules  # Alertmanager's template, left for it to fill
     with pytest.raises(ValueError, match=r"templates/config.alloy: 'host_label' is undefined"):

@@ -70,7 +70,7 @@ def test_host_results_from_metric_samples():
         Sample("node_memory_MemTotal_bytes", {}, 100.0),
         Sample("node_memory_MemAvailable_bytes", {}, 50.0),
     ]
-    by = {r.name: r.state for r in host_results(samples, c.Thresholds())}
+    by = {r.name: r.state for r in host_results(samples, c.Thresholds.defaults())}
     assert by == {"disk_free:/": FAIL, "cpu_temperature": FAIL, "throttled_now": FAIL,
                   "under_voltage_since_boot": WARN, "memory_available": OK}
 
@@ -118,7 +118,7 @@ def test_services_backups_credentials():
 
 
 def test_n8n_failure_rate_from_rollup_rows():
-    th = c.Thresholds(n8n_failure_rate_warn=0.2, n8n_failure_rate_fail=0.5)
+    th = c.Thresholds.defaults(n8n_failure_rate_warn=0.2, n8n_failure_rate_fail=0.5)
     d = datetime(2026, 11, 25).date()
     rows = [(d, "1", "Mail", "success", 8), (d, "1", "Mail", "error", 2),
             (d, "2", "Backup ping", "success", 1), (d, "2", "Backup ping", "crashed", 3),

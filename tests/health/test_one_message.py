@@ -77,3 +77,49 @@ def test_one_hot_cpu_is_one_message(hot_pi, write_settings, fresh_state_db):
         assert "cpu_temperature" in about_heat[0]
     finally:
         telegram.stop()
+
+
+def test_one_stale_backup_is_one_message(write_settings, fresh_state_db, tmp_path):
+    """No backup of a database: the freshness check fails (ERROR) in the UI and backup_age fails in the
+    health sensor, judged by the same function against the same number; only health_sensor tells."""
+    from homelab_ops.backups.config import BackupsConfig
+    from homelab_ops.defs.backups.verification import freshness_check
+    from homelab_ops.health.evaluate import check_backups
+
+    telegram = FakeTelegram().start()
+    try:
+        db = "never_backed_up"
+        path, settings = write_settings({"state": {"dsn": dsn_for(fresh_state_db)},
+                                         "postgres": {"databases": [db]},
+                                         "metrics": {"textfile_dir": str(tmp_path / "textfile")},
+                                         "notify": {"telegram": {"api_base": telegram.url}}})
+        with ch.state_connection(settings.state, settings.postgres) as conn:
+            ch.add(conn, OWNER, "owner", "warn")
+        resources = {**resources_for(str(path)),
+                     "alert_channels": AlertChannels(telegram_bot_token=TOKEN, backoff_s=0.01,
+                                                     redact_credentials=False)}
+        fresh = freshness_check(db, BackupsConfig.of(settings))
+        job = dg.define_asset_job("backup_freshness", selection=dg.AssetSelection.checks(fresh))
+        health = build_health_sensor([], evaluate=lambda s: run_checks(
+            s, groups=[g for g in GROUPS if g[0] is check_backups]))
+        checks = build_asset_check_sensor()
+        defs = dg.Definitions(asset_checks=[fresh], jobs=[job], sensors=[health, checks], resources=resources)
+
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            with dg.instance_for_test() as instance:
+                result = defs.resolve_job_def("backup_freshness").execute_in_process(instance=instance)
+                [evaluation] = result.get_asset_check_evaluations()
+                assert (evaluation.passed, evaluation.severity) == (False, dg.AssetCheckSeverity.ERROR)
+                assert f"{db}: no backup at all" in evaluation.description
+                cursors: dict[str, str | None] = {"health_sensor": None, "asset_check_alert": None}
+                for _ in range(3):
+                    for sensor in (checks, health):
+                        ctx = dg.build_sensor_context(instance=instance, cursor=cursors[sensor.name],
+                                                      definitions=defs, resources=resources)
+                        cursors[sensor.name] = sensor.evaluate_tick(ctx).cursor
+        about = [t for t in telegram.texts_to(OWNER) if db in t]
+        assert len(about) == 1, telegram.texts_to(OWNER)
+        assert f"backup_age:{db}" in about[0]
+    finally:
+        telegram.stop()

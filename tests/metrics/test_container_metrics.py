@@ -199,7 +199,7 @@ def test_docker_time_and_rows():
 
 
 def limits(**over) -> Thresholds:
-    return Thresholds(**over)
+    return Thresholds.defaults(**over)
 
 
 def by_check(outcomes):

@@ -54,7 +54,7 @@ def s(metric, value, **labels):
 
 
 def th(**over) -> Thresholds:
-    return Thresholds(**over)
+    return Thresholds.defaults(**over)
 
 
 def by_check(outcomes):

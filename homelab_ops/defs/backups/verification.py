@@ -16,8 +16,11 @@ from pydantic import Field
 from homelab_ops.backups import sources
 from homelab_ops.backups import verify as v
 from homelab_ops.backups.config import BackupsConfig
+from homelab_ops.backups.stores import stores_for
 from homelab_ops.defs.n8n.verification import n8n_level
 from homelab_ops.defs.resources import HomelabSettings
+from homelab_ops.health.checks import OK, Thresholds, backup_age
+from homelab_ops.metrics.thresholds import ALERTED_BY
 
 GROUP = "backups"
 MATCHES = "matches_manifest"
@@ -148,24 +151,30 @@ def verification_asset(database: str, backups: BackupsConfig) -> dg.AssetsDefini
 
 
 def freshness_check(database: str, config: BackupsConfig) -> dg.AssetChecksDefinition:
+    """Shows in the UI what the health sensor judges and alerts on as `backup_age:<database>`: the
+    same judgement (health.checks.backup_age) against the same number, so one condition is one message."""
     @dg.asset_check(
         asset=key(database),
         name=FRESH,
-        description=f"A backup of `{database}` younger than backups.max_age_hours "
-                    f"({config.backups.max_age_hours:g} h) was restored by its verification (from any store; "
-                    "integrity-only does not count).",
+        description=f"A backup of `{database}` younger than thresholds.backup_age_fail_hours (default "
+                    f"backups.max_age_hours, {config.backups.max_age_hours:g} h) was restored by its verification "
+                    "(from any store; integrity-only does not count). health_sensor alerts on it "
+                    f"(backup_age:{database}); this check shows it here.",
+        metadata={"alerted_by": ALERTED_BY},
     )
     def _fresh(homelab: HomelabSettings) -> dg.AssetCheckResult:
         s = homelab.settings
+        limit = Thresholds.from_settings(s).backup_age_fail_hours
+        now = datetime.now(timezone.utc)
         try:
-            backup, store = v.newest_verified(s.backups, database)
+            backup, store = v.newest_verified(s.backups, database, now=now, within_hours=limit)
+            local = v.listing(stores_for(s.backups)[0], database).backups
         except v.VerifyError as e:
             return dg.AssetCheckResult(passed=False, description=str(e))
-        passed, why = v.freshness(backup.time if backup else None, datetime.now(timezone.utc),
-                                  s.backups.max_age_hours)
+        judged = backup_age(database, backup.time if backup else None, local[-1].time if local else None, now, limit)
         meta = {"store": dg.MetadataValue.text(store or "none")}
         if backup:
             meta["newest_verified_backup"] = dg.MetadataValue.text(backup.stem)
-        return dg.AssetCheckResult(passed=passed, description=why, metadata=meta)
+        return dg.AssetCheckResult(passed=judged.state == OK, description=judged.reason, metadata=meta)
 
     return _fresh
