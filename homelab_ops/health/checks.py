@@ -312,18 +312,31 @@ def credentials_overdue(items: list[tuple[str, float | None, float]]) -> CheckRe
                        + (f" and {n - 8} more" if n > 8 else ""))
 
 
+def failure_rates(workflows: list[tuple[str, int, int]], min_finished: int = 1) -> list[tuple[str, int, int, float]]:
+    """(key, finished, failed) -> (key, finished, failed, rate) of the workflows with enough finished
+    runs to judge, worst first: the one reading of an n8n workflow's failure rate."""
+    judged = [(k, fin, bad, bad / fin) for k, fin, bad in workflows if fin >= min_finished and fin > 0]
+    return sorted(judged, key=lambda w: (-w[3], -w[1]))
+
+
+def failing_workflows(workflows: list[tuple[str, int, int]], warn: float,
+                      min_finished: int = 1) -> list[tuple[str, int, int, float]]:
+    """Those failing more than `warn` of their finished runs, worst first (the rollup's asset check
+    names them; n8n_failure_rate judges the day by them)."""
+    return [w for w in failure_rates(workflows, min_finished) if w[3] > warn]
+
+
 def n8n_failure_rate(day: str | None, workflows: list[tuple[str, int, int]], warn: float, fail: float,
                      min_finished: int = 1) -> CheckResult:
     """(workflow name, finished, failed) for one day from the rollup; the worst workflow decides."""
     if day is None:
         return CheckResult("n8n_failure_rate", OK, "no n8n executions rolled up for today or yesterday")
-    judged = [(n, fin, bad, bad / fin) for n, fin, bad in workflows if fin >= min_finished and fin > 0]
+    judged = failure_rates(workflows, min_finished)
     if not judged:
         return CheckResult("n8n_failure_rate", OK, f"{day}: no workflow with enough finished executions")
-    judged.sort(key=lambda w: (-w[3], -w[1]))
     name, fin, bad, rate = judged[0]
-    state = FAIL if rate > fail else WARN if rate > warn else OK
-    over = [w for w in judged if w[3] > warn]
+    over = failing_workflows(workflows, warn, min_finished)
+    state = FAIL if rate > fail else WARN if over else OK
     if state == OK:
         return CheckResult("n8n_failure_rate", OK, f"{day}: highest failure rate {rate:.0%} ({name})")
     others = f" (+{len(over) - 1} more workflows above {warn:.0%})" if len(over) > 1 else ""

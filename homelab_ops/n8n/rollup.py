@@ -275,12 +275,6 @@ def per_workflow(rows: list[RollupRow]) -> list[WorkflowDay]:
     return sorted(out, key=lambda w: (-w.executions, w.workflow_name))
 
 
-def failing(rows: list[RollupRow], threshold: float, min_finished: int = 1) -> list[WorkflowDay]:
-    """Workflows whose (error + crashed) / finished exceeds `threshold` (with enough finished runs)."""
-    return [w for w in per_workflow(rows)
-            if w.finished >= min_finished and w.failure_rate is not None and w.failure_rate > threshold]
-
-
 def _seconds(ms: float | None) -> str:
     return "-" if ms is None else f"{ms / 1000:.2f}"
 

@@ -10,6 +10,8 @@ from datetime import date
 import dagster as dg
 
 from homelab_ops.defs.resources import HomelabSettings, PostgresResource
+from homelab_ops.health.checks import Thresholds, failing_workflows, failure_rates
+from homelab_ops.metrics.thresholds import ALERTED_BY
 from homelab_ops.n8n import rollup
 from homelab_ops.settings import N8nSettings
 
@@ -26,11 +28,16 @@ def daily_partitions(n8n: N8nSettings, zone: str) -> dg.DailyPartitionsDefinitio
     return dg.DailyPartitionsDefinition(start_date=n8n.history_start, timezone=zone)
 
 
-def failure_check_result(rows: list[rollup.RollupRow], threshold: float, min_finished: int) -> dg.AssetCheckResult:
-    bad = rollup.failing(rows, threshold, min_finished)
+def failure_check_result(rows: list[rollup.RollupRow], th: Thresholds) -> dg.AssetCheckResult:
+    """The day judged as the health sensor judges the newest one (health.checks.failing_workflows),
+    against the same numbers; shown here, alerted by health_sensor (n8n_failure_rate)."""
+    threshold, min_finished = th.n8n_failure_rate_warn, th.n8n_min_finished
+    wfs = {w.workflow_id: w for w in rollup.per_workflow(rows)}
+    bad = [wfs[k] for k, *_ in failing_workflows([(k, w.finished, w.failed) for k, w in wfs.items()],
+                                                  threshold, min_finished)]
     meta = {"threshold": dg.MetadataValue.float(threshold),
-            "workflows_judged": dg.MetadataValue.int(
-                sum(1 for w in rollup.per_workflow(rows) if w.finished >= min_finished))}
+            "workflows_judged": dg.MetadataValue.int(len(failure_rates(
+                [(k, w.finished, w.failed) for k, w in wfs.items()], min_finished)))}
     if not bad:
         return dg.AssetCheckResult(check_name="failure_rate", passed=True, severity=dg.AssetCheckSeverity.WARN,
                                    description=f"no workflow failed more than {threshold:.0%} of its finished runs",
@@ -53,8 +60,11 @@ def n8n_execution_rollup_asset(n8n: N8nSettings, zone: str) -> dg.AssetsDefiniti
         warnings.simplefilter("ignore", category=dg.PreviewWarning)
         spec = dg.AssetCheckSpec(
             "failure_rate", asset=ASSET, partitions_def=partitions,
+            metadata={"alerted_by": ALERTED_BY},  # n8n_failure_rate, for the newest day
             description=f"Workflows whose (error + crashed) / finished executions that day exceed "
-                        f"{n8n.failure_rate_warn:.0%} (n8n.failure_rate_warn) fail it (WARN), named.")
+                        f"thresholds.n8n_failure_rate_warn (default n8n.failure_rate_warn, "
+                        f"{n8n.failure_rate_warn:.0%}) fail it (WARN), named; health_sensor alerts on the "
+                        "newest day (n8n_failure_rate).")
 
     @dg.asset(
         name=ASSET,
@@ -74,7 +84,8 @@ def n8n_execution_rollup_asset(n8n: N8nSettings, zone: str) -> dg.AssetsDefiniti
         day = date.fromisoformat(context.partition_key)
         started = time.perf_counter()
         try:
-            with rollup.connect_n8n(n8n_database.conninfo().get_secret_value()) as n8n, state_database.open_state() as state:
+            with (rollup.connect_n8n(n8n_database.conninfo().get_secret_value()) as n8n,
+                  state_database.open_state() as state):
                 layout = rollup.detect_layout(n8n, s.n8n.db_schema, s.n8n.table_prefix)
                 rows = rollup.compute_day(n8n, layout, day, s.timezone)
                 out = rollup.replace_day(state, day, rows, allow_shrink=config.allow_shrink)
@@ -94,7 +105,7 @@ def n8n_execution_rollup_asset(n8n: N8nSettings, zone: str) -> dg.AssetsDefiniti
                 "duration_ms": dg.MetadataValue.int(round((time.perf_counter() - started) * 1000)),
                 "summary": dg.MetadataValue.md(rollup.markdown_summary(out.rows)),
             },
-            check_results=[failure_check_result(out.rows, s.n8n.failure_rate_warn, s.n8n.failure_min_finished)],
+            check_results=[failure_check_result(out.rows, Thresholds.from_settings(s))],
         )
 
     return _rollup
