@@ -5,7 +5,7 @@ from __future__ import annotations
 
 from datetime import date
 
-from hypothesis import given
+from hypothesis import example, given
 from hypothesis import strategies as st
 
 from homelab_ops.defs.n8n.assets import failure_check_result
@@ -27,6 +27,9 @@ def rows_for(counts: list[tuple[int, int]]) -> list[RollupRow]:
 
 @given(st.lists(st.tuples(st.integers(0, 20), st.integers(0, 20)), max_size=6),
        st.sampled_from([0.0, 0.1, 0.25, 0.5, 0.9]), st.integers(1, 5))
+@example([(0, 1)], 0.0, 2)  # too few finished runs to judge
+@example([(1, 1)], 0.5, 1)  # exactly at the threshold: not above it
+@example([(3, 1), (0, 4)], 0.2, 5)
 def test_the_asset_check_and_the_health_check_agree(counts, warn, min_finished):
     rows = rows_for(counts)
     th = c.Thresholds.defaults(n8n_failure_rate_warn=warn, n8n_failure_rate_fail=1.0, n8n_min_finished=min_finished)
