@@ -203,6 +203,8 @@ def test_prometheus_rules_read_the_thresholds_and_the_old_alert_keys_fold_into_t
     assert "> 65 unless on () (time() - max(homelab_health_tick_timestamp_seconds) < 600)" in exprs["PiTemperatureHigh"]
     assert "< 12" in exprs["DiskAlmostFull"] and "> 80 unless" in exprs["PiTemperatureCritical"]
     assert "unless" not in exprs["TraefikDown"] and "unless on ()" not in exprs["TargetDown"]
+    # The health sensor judges every container's restarts (container:<name>): Prometheus' rule waits.
+    assert "> 2 unless on () (time() - max(homelab_health_tick_timestamp_seconds) < 600)" in exprs["ContainerRestarting"]
     old = settings(monitoring={"alerts": {"temperature_crit_c": 85, "memory_free_pct": 8,
                                           "expected_containers": ["n8n"]}})
     assert old.thresholds == {"temperature_fail_c": 85, "memory_available_warn_pct": 8}
