@@ -16,6 +16,7 @@ from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
+from homelab_ops import units
 from homelab_ops.docker_host import connect
 from homelab_ops.errors import first_line
 from homelab_ops.notify.config import NotifyConfig
@@ -167,7 +168,7 @@ def check_backup_dir(backups: BackupSettings) -> Check:
     except OSError as e:
         return fail(name, f"{folder} is not writable: {e.strerror or _short(e)}",
                     f"create it and give it to uid {os.getuid()} (chown), or correct backups.local_dir")
-    return ok(name, f"{folder} writable, {free.f_bavail * free.f_frsize / 2**30:.1f} GiB free")
+    return ok(name, f"{folder} writable, {units.size(free.f_bavail * free.f_frsize)} free")
 
 
 def check_s3(target) -> Check:

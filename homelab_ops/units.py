@@ -1,7 +1,8 @@
 """Sizes and durations: one parser and one formatter each, so every file, message and alert reads alike.
 
-Sizes are humanize's binary units (`1.5 GiB`). Durations stay compact (`45s`, `12m`, `2.5h`, `3.0d`):
-they sit in one-line alerts and table cells, where humanize's "2 hours" would not fit. The one
+Sizes are humanize's binary units (`1.5 GiB`); an age in a sentence is humanize's words (`ago`,
+"4 hours ago"). Durations stay compact (`45s`, `12m`, `2.5h`, `3.0d`): they sit in one-line alerts
+and table cells, where humanize's "2 hours" would not fit. The one
 duration syntax owners write (the settings file, `creds add --period`, `--since`) is parsed here;
 retention.keep_within alone keeps restic's calendar syntax (y m(onths) d h), as restic defines it.
 """
@@ -9,6 +10,7 @@ retention.keep_within alone keeps restic's calendar syntax (y m(onths) d h), as 
 from __future__ import annotations
 
 import re
+from datetime import timedelta
 from typing import Annotated, Any
 
 import humanize
@@ -73,6 +75,11 @@ DurationOrZero = Annotated[str, BeforeValidator(_duration_text), AfterValidator(
 
 def size(n: float) -> str:
     return humanize.naturalsize(n, binary=True, format="%.1f")
+
+
+def ago(seconds: float) -> str:
+    """An age in a sentence read whole ("4 hours ago", "3 days ago"): humanize's words."""
+    return humanize.naturaltime(timedelta(seconds=max(0.0, seconds)))
 
 
 def duration(seconds: float | None) -> str:

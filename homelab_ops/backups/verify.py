@@ -28,6 +28,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 
+from homelab_ops import units
 from homelab_ops.backups import sources
 from homelab_ops.backups.catalog import VERIFIED_SUFFIX, Backup, read_listing, time_of
 from homelab_ops.backups.restore import (Located, ManifestError, RestoreError, load_identity, local_copy,
@@ -80,8 +81,8 @@ def space_problem(free: dict[str, int], needed: int, *, dump_size: int, factor: 
     """The first place with less free space than `needed`, worded for the owner; None when all fit."""
     for where, avail in free.items():
         if avail < needed:
-            return (f"not enough free disk space to verify: {where} has {_gib(avail)} free, verification "
-                    f"needs {_gib(needed)} ({factor:g} x the {_gib(dump_size)} dump, "
+            return (f"not enough free disk space to verify: {where} has {units.size(avail)} free, verification "
+                    f"needs {units.size(needed)} ({factor:g} x the {units.size(dump_size)} dump, "
                     "backups.verify_min_free_factor); free some space or lower the factor")
     return None
 
@@ -111,10 +112,6 @@ def rotation(last_read: dict[str, datetime | None], holds_newest: set[str] | Non
         return behind, t or never
 
     return sorted(last_read, key=key)
-
-
-def _gib(n: float) -> str:
-    return f"{n / (1 << 30):.2f} GiB"
 
 
 # --------------------------------------------------------------------------

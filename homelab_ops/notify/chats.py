@@ -16,6 +16,7 @@ from typing import TYPE_CHECKING
 
 import psycopg
 
+from homelab_ops import units
 from homelab_ops.notify.alert import SEVERITIES, at_least
 
 if TYPE_CHECKING:
@@ -53,15 +54,18 @@ def receives(chat: Chat, severity: str, now: datetime) -> bool:
 
 
 def parse_mute(arg: str) -> timedelta | None:
-    """`8h`, `30m`, `2d`, `1w`, or a bare number of hours; None when it is none of these."""
+    """`8h`, `30m`, `2d`, `1w` (the one duration syntax, units.duration_seconds), or a bare number of
+    hours (`/mute 8` typed on a phone); None when it is none of these."""
     arg = arg.strip().lower()
     if not arg:
         return DEFAULT_MUTE
-    m = re.fullmatch(r"(\d+(?:\.\d+)?)\s*([mhdw]?)", arg)
-    if not m:
+    if re.fullmatch(r"\d+(?:\.\d+)?", arg):
+        arg += "h"
+    try:
+        seconds = units.duration_seconds(arg)
+    except ValueError:
         return None
-    unit = {"m": 60, "h": 3600, "": 3600, "d": 86400, "w": 604800}[m.group(2)]
-    return min(timedelta(seconds=float(m.group(1)) * unit), MAX_MUTE)
+    return min(timedelta(seconds=seconds), MAX_MUTE)
 
 
 @dataclass(frozen=True)

@@ -79,11 +79,6 @@ def days_until_full(samples: list[tuple[float, float]]) -> float | None:
     return max(0.0, now_v / -slope / 86400)
 
 
-def _ago(then: datetime, now: datetime) -> str:
-    hours = (now - then).total_seconds() / 3600
-    return f"{hours:.0f} h ago" if hours < 48 else f"{hours / 24:.0f} days ago"
-
-
 def compose(facts: Facts, now: datetime) -> Alert:
     """The digest as one alert (info severity: it goes to every approved chat, and never to a one-way
     channel unless its min_severity is info)."""
@@ -96,11 +91,11 @@ def compose(facts: Facts, now: datetime) -> Alert:
             lines.append(f"❌ {(b.database)}: no backup")
             worst = "bad"
         elif b.restored is None:
-            lines.append(f"⚠️ {(b.database)}: newest {_ago(b.newest, now)}, never restored")
+            lines.append(f"⚠️ {(b.database)}: newest {units.ago((now - b.newest).total_seconds())}, never restored")
             worst = "bad"
         else:
-            lines.append(f"✅ {(b.database)}: newest {_ago(b.newest, now)}, restored "
-                         f"{_ago(b.restored, now)} from {(b.restored_from or '?')}")
+            lines.append(f"✅ {(b.database)}: newest {units.ago((now - b.newest).total_seconds())}, restored "
+                         f"{units.ago((now - b.restored).total_seconds())} from {(b.restored_from or '?')}")
     if not facts.backups:
         lines.append("no databases configured")
 

@@ -132,6 +132,11 @@ def test_chat_commands_and_who_receives():
     at = datetime.fromtimestamp(t0, timezone.utc)
     assert cmds[1].until == at + timedelta(hours=2)
     assert ch.parse_mute("") == timedelta(hours=8) and ch.parse_mute("90d") == timedelta(days=30)
+    # The settings' duration syntax, plus a bare number meaning hours; anything else is refused.
+    assert [ch.parse_mute(a) for a in ("3", "1.5", "30m", "2d", "1w", "90s")] == [
+        timedelta(hours=3), timedelta(hours=1.5), timedelta(minutes=30), timedelta(days=2), timedelta(weeks=1),
+        timedelta(seconds=90)]
+    assert ch.parse_mute("soon") is None and ch.parse_mute("2y") is None and ch.parse_mute("-1h") is None
     now = at
     assert ch.receives(ch.Chat(1, min_severity="warn"), "fail", now)
     assert not ch.receives(ch.Chat(1, min_severity="fail"), "warn", now)

@@ -11,6 +11,7 @@ from datetime import date, datetime, timezone
 
 import dagster as dg
 
+from homelab_ops import units
 from homelab_ops.defs.resources import HomelabSettings, PostgresResource
 from homelab_ops.health.checks import Thresholds
 from homelab_ops.metrics import containers, textfile, thresholds
@@ -71,11 +72,11 @@ def host_metrics(context: dg.AssetExecutionContext, homelab: HomelabSettings,
 
 def _container_table(snap: containers.ContainerSnapshot) -> str:
     lines = ["| container | state | health | CPU % | memory | limit | restarts |", "|---|---|---|---:|---:|---:|---:|"]
-    mib = (lambda v: "-" if not v else f"{v / 2**20:.0f} MiB")
+    sized = (lambda v: "-" if not v else units.size(v))
     for c in sorted(snap.containers, key=lambda c: c.name):
         cpu = c.samples.get("homelab_container_cpu_percent")
         lines.append(f"| {c.name} | {c.status} | {c.health or '-'} | {'-' if cpu is None else f'{cpu:.1f}'} | "
-                     f"{mib(c.samples.get('container_memory_working_set_bytes'))} | {mib(c.memory_limit)} | "
+                     f"{sized(c.samples.get('container_memory_working_set_bytes'))} | {sized(c.memory_limit)} | "
                      f"{c.restart_count} |")
     return "\n".join(lines)
 
