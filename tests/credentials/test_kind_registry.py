@@ -14,7 +14,7 @@ from homelab_ops.credentials.errors import CredentialError
 from homelab_ops.credentials.kinds import Kind, KindOptions, check_module
 from homelab_ops.settings import SettingsError, parse
 
-KNOWN = {"postgres-role", "s3-access-key", "generated", "manual"}  # owners' settings files name these
+KNOWN = {"postgres-role", "s3-access-key", "generated", "manual", "redis-password"}  # settings files name these
 
 
 def test_every_module_declares_model_behaviour_and_asset_text():

@@ -44,7 +44,8 @@ def planted_settings(pg, tmp_path: Path) -> tuple[dict, dict[str, str]]:
     dead = free_port()
     p = {k: plant(k) for k in ("state", "n8n", "s3url", "tgbase", "tgtoken", "webhookq", "webhooktoken", "ntfytopic", "ntfytoken",
                                "managed", "managedurl", "grafana", "grafanadsn", "dagsterdsn", "am", "runner",
-                               "cf", "htpasswd", "heartbeat", "jobbeat", "s3key", "s3secret", "pitr", "n8nkey", "redis")}
+                               "cf", "htpasswd", "heartbeat", "jobbeat", "s3key", "s3secret", "pitr", "n8nkey", "redis",
+                               "managedredis")}
     p["postgres"] = pg.password  # the admin's real password: the backups need it
     port = pg.port
     data = {
@@ -75,7 +76,9 @@ def planted_settings(pg, tmp_path: Path) -> tuple[dict, dict[str, str]]:
             "pg": {"kind": "postgres-role", "role": "x", "period": "30d",
                    "dsn": f"postgresql://postgres:{p['managed']}@127.0.0.1:{dead}/postgres"},
             "s3": {"kind": "s3-access-key", "user": "u", "period": "30d",
-                   "endpoint_url": f"http://AK2:{p['managedurl']}@127.0.0.1:{dead}"}}},
+                   "endpoint_url": f"http://AK2:{p['managedurl']}@127.0.0.1:{dead}"},
+            "rd": {"kind": "redis-password", "username": "u", "period": "30d", "port": dead,
+                   "admin_password": p["managedredis"]}}},
         "monitoring": {"services": {
             "grafana": {"admin_password": p["grafana"],
                         "postgres_dsn": f"postgresql://g:{p['grafanadsn']}@postgres/homelab",
@@ -120,7 +123,8 @@ def test_every_secret_field_and_url_password_is_known_to_the_redactor(tmp_path):
     assert fields == {
         "state.dsn", "postgres.dsn", "n8n.dsn", "backups.s3.access_key_id", "backups.s3.secret_access_key",
         "backups.sources.password",
-        "n8n.encryption_key", "pitr.dsn", "credentials.managed.dsn", "notify.telegram.bot_token",
+        "n8n.encryption_key", "pitr.dsn", "credentials.managed.dsn", "credentials.managed.admin_password",
+        "notify.telegram.bot_token",
         "notify.channels.url", "notify.channels.token", "notify.channels.topic", "notify.heartbeat_url", "notify.heartbeat",
         "monitoring.services.grafana.admin_password",
         "monitoring.services.grafana.postgres_dsn", "monitoring.services.grafana.dagster_postgres_dsn",
