@@ -11,8 +11,8 @@ import json
 
 import click
 
-from homelab_ops.credentials.scan import ScanError, scan_database, scan_paths, summary
-from homelab_ops.credentials.templatize import templatize_files
+from homelab_ops.n8n.workflow_scan import ScanError, scan_database, scan_paths, summary
+from homelab_ops.n8n.workflow_templatize import templatize_files
 
 
 @click.group()

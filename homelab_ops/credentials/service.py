@@ -14,8 +14,8 @@ from homelab_ops.credentials.config import CredentialsConfig
 from homelab_ops.credentials.envfile import render_env_file
 from homelab_ops.credentials.kinds import kind_for
 from homelab_ops.credentials.rotation import RotationResult, rotate
-from homelab_ops.credentials.scan import Finding, scan_database, scan_paths
 from homelab_ops.credentials.store import Status, open_store
+from homelab_ops.n8n.workflow_scan import Finding, scan_database, scan_paths
 
 if TYPE_CHECKING:
     from homelab_ops.settings import N8nSettings

@@ -12,7 +12,7 @@ import pytest
 
 from homelab_ops.credentials.envfile import environment_for, placeholders, render
 from homelab_ops.credentials.errors import CredentialError
-from homelab_ops.credentials.templatize import EnvVar, env_template_text
+from homelab_ops.n8n.workflow_templatize import EnvVar, env_template_text
 
 ROOT = Path(__file__).resolve().parents[2]
 SECRET = "Planted-S3cret-4f9a2c"

@@ -332,7 +332,7 @@ def test_an_instance_with_a_table_prefix_is_backed_up_and_verified_by_n8n(
     """n8n with DB_TABLE_PREFIX (n8n.table_prefix): its tables are lab_workflow_entity and so on.
     The workflow export, the secrets scan, the key check, the nightly backup and the verification by
     n8n's own CLI read those tables (the verification found no workflow in the backup before)."""
-    from homelab_ops.credentials.scan import scan_database
+    from homelab_ops.n8n.workflow_scan import scan_database
     recipient, identity = age_identity
     src = new_db("n8nprefix")
     path, settings = settings_for(write_settings, src, n8n_new, recipients=[recipient], identity=identity,

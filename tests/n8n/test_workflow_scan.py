@@ -14,13 +14,13 @@ from click.testing import CliRunner
 
 from homelab_ops.cli import main
 from homelab_ops.credentials.envfile import placeholders, render
-from homelab_ops.credentials.scan import scan_database, scan_document, scan_paths, scan_workflow
-from homelab_ops.credentials.templatize import Namer, templatize_document
 from homelab_ops.defs.credentials.assets import workflow_secrets_scan_asset
 from homelab_ops.defs.resources import HomelabSettings
-from tests.n8n_demo import SECRET_BOT_TOKEN, SECRET_CHAT_ID, SECRET_WORKFLOW_NAME, create_demo_database
+from homelab_ops.n8n.workflow_scan import scan_database, scan_document, scan_paths, scan_workflow
+from homelab_ops.n8n.workflow_templatize import Namer, templatize_document
 from homelab_ops.n8n.workflows import export_workflows, to_file_bytes
 from tests.conftest import ADMIN_DSN, drop_database, dsn_for
+from tests.n8n_demo import SECRET_BOT_TOKEN, SECRET_CHAT_ID, SECRET_WORKFLOW_NAME, create_demo_database
 
 REPO = Path(__file__).resolve().parents[2]
 DEMO_SECRETS = (SECRET_BOT_TOKEN, SECRET_CHAT_ID)

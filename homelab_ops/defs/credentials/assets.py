@@ -8,14 +8,14 @@ metadata (ages, versions, consumers to restart; never a value) and checks.
 import dagster as dg
 import psycopg
 
+from homelab_ops import units
 from homelab_ops.credentials import kinds
 from homelab_ops.credentials.errors import CredentialError
-from homelab_ops import units
 from homelab_ops.credentials.policy import Definition
-from homelab_ops.credentials.scan import ScanError, summary
 from homelab_ops.credentials.service import rotate_and_report, scan_configured
 from homelab_ops.defs.resources import HomelabSettings
 from homelab_ops.errors import first_line
+from homelab_ops.n8n.workflow_scan import ScanError, summary
 
 GROUP = "credentials"
 

@@ -16,7 +16,7 @@ import re
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from homelab_ops.credentials.scan import (
+from homelab_ops.n8n.workflow_scan import (
     IDENTIFIER_RULES,
     Finding,
     ScanError,
