@@ -130,7 +130,7 @@ def bench_snapshot(state_dsn: str) -> tuple[float, float]:
     import dagster as dg
 
     from homelab_ops.defs.metrics.assets import host_metrics
-    from homelab_ops.defs.resources import HomelabSettings
+    from homelab_ops.defs.resources import resources_for
     from homelab_ops.metrics.collect import take_snapshot
 
     with tempfile.TemporaryDirectory() as tmp:
@@ -142,9 +142,9 @@ def bench_snapshot(state_dsn: str) -> tuple[float, float]:
         t = time.perf_counter()
         take_snapshot(settings.metrics)
         collect_s = time.perf_counter() - t
-        dg.materialize([host_metrics], resources={"homelab": HomelabSettings(config_path=str(path))})  # warm imports
+        dg.materialize([host_metrics], resources=resources_for(str(path)))  # warm imports
         t = time.perf_counter()
-        result = dg.materialize([host_metrics], resources={"homelab": HomelabSettings(config_path=str(path))})
+        result = dg.materialize([host_metrics], resources=resources_for(str(path)))
         asset_s = time.perf_counter() - t
         assert result.success
     return collect_s, asset_s
