@@ -4,6 +4,7 @@ tells the owner, once, over the fake Bot API. Real Dagster instance, real asset,
 
 from __future__ import annotations
 
+import time
 import warnings
 
 import dagster as dg
@@ -79,47 +80,56 @@ def test_one_hot_cpu_is_one_message(hot_pi, write_settings, fresh_state_db):
         telegram.stop()
 
 
-def test_one_stale_backup_is_one_message(write_settings, fresh_state_db, tmp_path):
-    """No backup of a database: the freshness check fails (ERROR) in the UI and backup_age fails in the
-    health sensor, judged by the same function against the same number; only health_sensor tells."""
+def test_a_missing_and_a_stale_backup_are_one_message_each(write_settings, fresh_state_db, tmp_path):
+    """A database never backed up, and one whose newest restored backup is 30 hours old: the freshness
+    check fails (ERROR) in the UI and backup_age fails in the health sensor, judged by the same function
+    against the same number and saying the same; only health_sensor tells, once for each."""
     from homelab_ops.backups.config import BackupsConfig
+    from homelab_ops.backups.verify import FRESHNESS_METRIC
     from homelab_ops.defs.backups.verification import freshness_check
     from homelab_ops.health.evaluate import check_backups
 
     telegram = FakeTelegram().start()
     try:
-        db = "never_backed_up"
+        db, stale = "never_backed_up", "restored_long_ago"
+        textfile = tmp_path / "textfile"
+        textfile.mkdir()
+        # As verification published it 30 h ago; the copy it restored has since left every store.
+        (textfile / f"homelab_backup_{stale}.prom").write_text(
+            f'{FRESHNESS_METRIC}{{database="{stale}"}} {time.time() - 30 * 3600:.0f}\n')
         path, settings = write_settings({"state": {"dsn": dsn_for(fresh_state_db)},
-                                         "postgres": {"databases": [db]},
-                                         "metrics": {"textfile_dir": str(tmp_path / "textfile")},
+                                         "postgres": {"databases": [db, stale]},
+                                         "metrics": {"textfile_dir": str(textfile)},
                                          "notify": {"telegram": {"api_base": telegram.url}}})
         with ch.state_connection(settings.state, settings.postgres) as conn:
             ch.add(conn, OWNER, "owner", "warn")
         resources = {**resources_for(str(path)),
                      "alert_channels": AlertChannels(telegram_bot_token=TOKEN, backoff_s=0.01,
                                                      redact_credentials=False)}
-        fresh = freshness_check(db, BackupsConfig.of(settings))
-        job = dg.define_asset_job("backup_freshness", selection=dg.AssetSelection.checks(fresh))
+        fresh = [freshness_check(name, BackupsConfig.of(settings)) for name in (db, stale)]
+        job = dg.define_asset_job("backup_freshness", selection=dg.AssetSelection.checks(*fresh))
         health = build_health_sensor([], evaluate=lambda s: run_checks(
             s, groups=[g for g in GROUPS if g[0] is check_backups]))
         checks = build_asset_check_sensor()
-        defs = dg.Definitions(asset_checks=[fresh], jobs=[job], sensors=[health, checks], resources=resources)
+        defs = dg.Definitions(asset_checks=fresh, jobs=[job], sensors=[health, checks], resources=resources)
 
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")
             with dg.instance_for_test() as instance:
                 result = defs.resolve_job_def("backup_freshness").execute_in_process(instance=instance)
-                [evaluation] = result.get_asset_check_evaluations()
-                assert (evaluation.passed, evaluation.severity) == (False, dg.AssetCheckSeverity.ERROR)
-                assert f"{db}: no backup at all" in evaluation.description
+                shown = {e.asset_key.path[-1]: e for e in result.get_asset_check_evaluations()}
+                assert {(e.passed, e.severity) for e in shown.values()} == {(False, dg.AssetCheckSeverity.ERROR)}
+                assert shown[db].description == f"{db}: no backup at all"
+                assert shown[stale].description == f"{stale}: newest verified backup is 30.0h old (limit 26h)"
                 cursors: dict[str, str | None] = {"health_sensor": None, "asset_check_alert": None}
                 for _ in range(3):
                     for sensor in (checks, health):
                         ctx = dg.build_sensor_context(instance=instance, cursor=cursors[sensor.name],
                                                       definitions=defs, resources=resources)
                         cursors[sensor.name] = sensor.evaluate_tick(ctx).cursor
-        about = [t for t in telegram.texts_to(OWNER) if db in t]
-        assert len(about) == 1, telegram.texts_to(OWNER)
-        assert f"backup_age:{db}" in about[0]
+        for name in (db, stale):
+            about = [t for t in telegram.texts_to(OWNER) if name in t]
+            assert len(about) == 1, telegram.texts_to(OWNER)
+            assert f"backup_age:{name}" in about[0] and shown[name].description in about[0]
     finally:
         telegram.stop()

@@ -171,7 +171,11 @@ def freshness_check(database: str, config: BackupsConfig) -> dg.AssetChecksDefin
             local = v.listing(stores_for(s.backups)[0], database).backups
         except v.VerifyError as e:
             return dg.AssetCheckResult(passed=False, description=str(e))
-        judged = backup_age(database, backup.time if backup else None, local[-1].time if local else None, now, limit)
+        verified = backup.time if backup else v.published_freshness(s.metrics.textfile_dir, database)
+        if backup is None and verified is not None and (now - verified).total_seconds() <= limit * 3600:
+            verified = None  # verification published a recent restore, but no store holds that copy now
+        # The sensor's input when no store has a recent restored copy: the same message for a stale one.
+        judged = backup_age(database, verified, local[-1].time if local else None, now, limit)
         meta = {"store": dg.MetadataValue.text(store or "none")}
         if backup:
             meta["newest_verified_backup"] = dg.MetadataValue.text(backup.stem)
