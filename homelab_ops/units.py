@@ -78,8 +78,12 @@ def size(n: float) -> str:
 
 
 def ago(seconds: float) -> str:
-    """An age in a sentence read whole ("4 hours ago", "3 days ago"): humanize's words."""
-    return humanize.naturaltime(timedelta(seconds=max(0.0, seconds)))
+    """An age in a sentence read whole, in humanize's words: "30 minutes ago", "4 hours ago", "1 day
+    and 16 hours ago" (to the hour: a backup 40 hours old must not read as "a day"), "3 days ago"."""
+    delta = timedelta(seconds=max(0.0, seconds))
+    if delta < timedelta(hours=1):
+        return humanize.naturaldelta(delta) + " ago"
+    return humanize.precisedelta(delta, minimum_unit="hours", format="%0.0f") + " ago"
 
 
 def duration(seconds: float | None) -> str:

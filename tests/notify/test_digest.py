@@ -47,6 +47,9 @@ def test_compose_says_what_needs_a_look():
     alert = compose(bad, now)
     assert alert.title.endswith(": needs a look")
     assert "⚠️ app: newest 3 days ago, never restored" in alert.body and "full in 5 days" in alert.body
+    late = Facts(date(2026, 12, 3), backups=[BackupLine("n8n", now - timedelta(hours=40), now - timedelta(hours=39),
+                                                         "local")], disks=[])
+    assert "n8n: newest 1 day and 16 hours ago, restored 1 day and 15 hours ago" in compose(late, now).body
 
 
 def test_the_digest_job_reports_real_backups_metrics_credentials_and_n8n(
@@ -91,7 +94,7 @@ def test_the_digest_job_reports_real_backups_metrics_credentials_and_n8n(
     result = job.execute_in_process(resources=resources)
     assert result.success
     (msg,) = [m["plain"] for m in telegram.sent if m["chat_id"] == 42]
-    assert re.search(rf"✅ {db}: newest (now|\d+ seconds ago|a minute ago), restored .* ago from local", msg), msg
+    assert re.search(rf"✅ {db}: newest (a moment|\d+ seconds|a minute) ago, restored .+ ago from local", msg), msg
     assert backup.stem  # the digest's "newest" is this backup
     assert "/: 20.0 GiB free of 100.0 GiB, full in 20 days" in msg
     assert "⚠️ grafana_admin: 45 days old (rotates every 30)" in msg
