@@ -31,7 +31,7 @@ from homelab_ops.units import Duration, DurationOrZero, duration_seconds
 from homelab_ops.notify.channels import ChannelSettings
 
 DEFAULT_PATH = "./homelab.yaml"
-_VAR = re.compile(r"\$\{([A-Za-z_][A-Za-z0-9_]*)(?::-([^}]*))?\}")
+VARIABLE = re.compile(r"\$\{([A-Za-z_][A-Za-z0-9_]*)(?::-([^}]*))?\}")
 
 
 class SettingsError(ValueError):
@@ -750,8 +750,10 @@ class Settings(_Section):
     pitr: PitrSettings = PitrSettings()
     thresholds: dict[str, float] = {}  # THRESHOLD_DEFAULTS' keys: the one set of numbers every judgement reads
     source: str = Field("<embedded defaults>", exclude=True)
-    # Which environment variables each key read, by dotted key (`state.dsn`): names only, set by parse.
-    from_env: dict[str, list[str]] = Field(default_factory=dict, exclude=True)
+    # Each key that reads the environment, as written (`state.dsn` -> "postgresql://u:${PW}@db/x"), set
+    # by parse: where a value comes from, for the UI (defs/resources.password_source). Kept out of dumps
+    # and the repr: a template may also hold a literal password beside a variable.
+    templates: dict[str, str] = Field(default_factory=dict, exclude=True, repr=False)
 
     @model_validator(mode="before")
     @classmethod
@@ -818,11 +820,11 @@ EMBEDDED_DEFAULTS: dict[str, Any] = {
 }
 
 
-def interpolate(value: Any, env: dict[str, str], path: str = "", used: dict[str, list[str]] | None = None) -> Any:
+def interpolate(value: Any, env: dict[str, str], path: str = "", used: dict[str, str] | None = None) -> Any:
     """Replace ${VAR} and ${VAR:-default} in every string; a missing VAR is an error.
 
-    `used`, when given, collects which variables each key read (`state.dsn` -> [STATE_DSN]): the
-    UI names them where it shows what is configured, never their values."""
+    `used`, when given, collects each key that reads a variable with its text as written (`state.dsn`
+    -> "postgresql://u:${PW}@db/x"): the UI says where a value comes from, never the value."""
     if isinstance(value, dict):
         return {k: interpolate(v, env, f"{path}.{k}" if path else str(k), used) for k, v in value.items()}
     if isinstance(value, list):
@@ -831,13 +833,13 @@ def interpolate(value: Any, env: dict[str, str], path: str = "", used: dict[str,
         def sub(m: re.Match) -> str:
             name, default = m.group(1), m.group(2)
             if used is not None:
-                used.setdefault(path, []).append(name)
+                used[path] = value
             if name in env:
                 return env[name]
             if default is not None:
                 return default
             raise SettingsError(f"{path}: environment variable {name} is not set")
-        return _VAR.sub(sub, value)
+        return VARIABLE.sub(sub, value)
     return value
 
 
@@ -857,13 +859,13 @@ def parse(data: Any, source: str, env: dict[str, str] | None = None) -> Settings
         data = {}
     if not isinstance(data, dict):
         raise SettingsError(f"{source}: the top level must be a mapping of keys, not {type(data).__name__}")
-    used: dict[str, list[str]] = {}
+    used: dict[str, str] = {}
     try:
         data = interpolate(data, dict(os.environ) if env is None else env, used=used)
     except SettingsError as e:
         raise SettingsError(f"{source}: {e}") from None
     try:
-        return Settings.model_validate({**data, "source": source, "from_env": used})
+        return Settings.model_validate({**data, "source": source, "templates": used})
     except ValidationError as e:
         problems = "\n  ".join(_describe(err) for err in e.errors())
         raise SettingsError(f"{source}: invalid settings:\n  {problems}") from None

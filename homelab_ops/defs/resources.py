@@ -12,6 +12,7 @@ from homelab_ops import recovery
 from homelab_ops import settings as settings_mod
 from homelab_ops import state
 from homelab_ops.configs import DomainConfigs
+from homelab_ops.settings import VARIABLE
 
 
 class HomelabSettings(dg.ConfigurableResource, DomainConfigs):
@@ -41,17 +42,26 @@ class HomelabSettings(dg.ConfigurableResource, DomainConfigs):
         return self._settings
 
 
-def password_source(dsn: str, names: list[str], env: Mapping[str, str]) -> str:
+def password_source(dsn: str, template: str | None, env: Mapping[str, str]) -> str:
     """Where a DSN's password comes from, in words the UI can show: never the password itself.
 
-    `names` are the environment variables the settings key read (Settings.from_env)."""
-    password = conninfo_to_dict(dsn).get("password")
-    if not password:
+    `template` is the key as the settings file writes it when it reads the environment
+    (Settings.templates): the variable named where the password sits is its source."""
+    if not conninfo_to_dict(dsn).get("password"):
         return "none in the DSN (trust, peer, PGPASSWORD or ~/.pgpass)"
-    holders = [n for n in names if password in env.get(n, "")]
-    if holders:
-        return f"environment variable {holders[0]}"
-    return "written in the settings file"
+    if template is None:
+        return "written in the settings file"
+    whole = VARIABLE.fullmatch(template.strip())
+    if whole is None:  # the variable, if any, where the password is written in the DSN
+        try:
+            whole = VARIABLE.fullmatch(conninfo_to_dict(template).get("password") or "")
+        except psycopg.ProgrammingError:
+            whole = None
+    if whole is None:
+        return "written in the settings file"
+    if whole.group(1) not in env:
+        return f"written in the settings file (the default of ${{{whole.group(1)}}}, which is not set)"
+    return f"environment variable {whole.group(1)}"
 
 
 def setting_at(settings: settings_mod.Settings, key: str) -> SecretStr:
@@ -83,13 +93,18 @@ class PostgresResource(dg.ConfigurableResource):
     config_path: str | None = None
 
     @classmethod
-    def of(cls, setting: str, dsn: SecretStr, env_names: list[str], created_via: str = "",
+    def of(cls, setting: str, dsn: SecretStr, template: str | None, created_via: str = "",
            config_path: str | None = None) -> "PostgresResource":
-        """Its fields for the DSN at `setting`; `env_names` are the variables that key read."""
-        info = conninfo_to_dict(dsn.get_secret_value())
+        """Its fields for the DSN at `setting`, written as `template` in the file. A DSN libpq
+        cannot parse still loads (the steps that connect fail, as before), and its text is never shown."""
+        try:
+            info = conninfo_to_dict(dsn.get_secret_value())
+        except psycopg.ProgrammingError:  # its message may quote part of the password
+            return cls(setting=setting, password=f"unknown: {setting} is not a connection string libpq reads",
+                       created_via=created_via, config_path=config_path)
         return cls(setting=setting, host=info.get("host") or "", port=info.get("port") or "",
                    dbname=info.get("dbname") or "", user=info.get("user") or "",
-                   password=password_source(dsn.get_secret_value(), env_names, os.environ),
+                   password=password_source(dsn.get_secret_value(), template, os.environ),
                    created_via=created_via, config_path=config_path)
 
     def conninfo(self) -> SecretStr:
@@ -112,7 +127,7 @@ def resources_for(config_path: str | None = None) -> dict[str, dg.ConfigurableRe
         databases["n8n_database"] = ("n8n.dsn", "")
     shared: dict[str, dg.ConfigurableResource] = {"homelab": HomelabSettings(config_path=config_path)}
     for name, (key, created_via) in databases.items():
-        shared[name] = PostgresResource.of(key, setting_at(settings, key), settings.from_env.get(key, []),
+        shared[name] = PostgresResource.of(key, setting_at(settings, key), settings.templates.get(key),
                                            created_via=created_via, config_path=config_path)
     return shared
 

@@ -52,7 +52,8 @@ def test_the_ui_shows_each_database_and_its_password_source_without_a_value(writ
 def test_a_step_connects_with_the_fields_over_the_files_dsn(write_settings, monkeypatch):
     """The fields are the connection, not a display: change one and the step goes there; the password
     and the other libpq options still come from the file."""
-    path, _ = planted(write_settings, monkeypatch)
+    path, settings = planted(write_settings, monkeypatch)
+    assert "${HOMELAB_TEST_STATE_PW}" in settings.templates["state.dsn"] and "templates" not in repr(settings)
     state = resources_for(str(path))["state_database"]
     info = conninfo_to_dict(state.conninfo().get_secret_value())
     assert (info["host"], info["port"], info["dbname"], info["password"], info["sslmode"]) == (
@@ -67,16 +68,30 @@ def test_without_n8n_there_is_no_n8n_database(write_settings):
     assert set(resources_for(str(path))) == {"homelab", "state_database"}
 
 
-@pytest.mark.parametrize(("dsn", "names", "env", "said"), [
-    ("postgresql://u@h/db", [], {}, "none in the DSN (trust, peer, PGPASSWORD or ~/.pgpass)"),
-    ("postgresql://u:s3cret@h/db", ["PW"], {"PW": "s3cret"}, "environment variable PW"),
-    ("postgresql://u:s3cret@h/db", ["DSN"], {"DSN": "postgresql://u:s3cret@h/db"}, "environment variable DSN"),
-    ("postgresql://u:s3cret@h/db", ["HOST"], {"HOST": "h"}, "written in the settings file"),  # another var
-    ("postgresql://u:s3cret@h/db", ["PW"], {}, "written in the settings file"),  # ${PW:-s3cret}, PW unset
-    ("postgresql://u:s3cret@h/db", [], {}, "written in the settings file"),
+@pytest.mark.parametrize(("dsn", "template", "env", "said"), [
+    ("postgresql://u@h/db", None, {}, "none in the DSN (trust, peer, PGPASSWORD or ~/.pgpass)"),
+    ("postgresql://u:s3cret@h/db", None, {}, "written in the settings file"),
+    ("postgresql://u:s3cret@h/db", "postgresql://u:${PW}@h/db", {"PW": "s3cret"}, "environment variable PW"),
+    ("host=h password=s3cret", "host=h password=${PW}", {"PW": "s3cret"}, "environment variable PW"),
+    ("postgresql://u:s3cret@h/db", "${DSN}", {"DSN": "postgresql://u:s3cret@h/db"}, "environment variable DSN"),
+    # another variable in the DSN, even one whose value equals the password: the password is the file's
+    ("postgresql://postgres:postgres@postgres/db", "postgresql://postgres:postgres@${HOST}/db",
+     {"HOST": "postgres"}, "written in the settings file"),
+    ("postgresql://u:s3cret@h/db", "postgresql://u:${PW:-s3cret}@h/db", {},
+     "written in the settings file (the default of ${PW}, which is not set)"),
+    ("postgresql://u:p%40ss@h/db", "postgresql://u:${PW}@h/db", {"PW": "p%40ss"}, "environment variable PW"),
 ])
-def test_password_source_says_where_not_what(dsn, names, env, said):
-    assert password_source(dsn, names, env) == said
+def test_password_source_says_where_not_what(dsn, template, env, said):
+    assert password_source(dsn, template, env) == said
+
+
+def test_a_dsn_libpq_cannot_read_loads_and_shows_none_of_its_text(write_settings):
+    """The location still loads (the steps that connect fail, as before); psycopg's parse error would
+    quote part of the password."""
+    path, _ = write_settings({"state": {"dsn": "host=db password=ab cd-Planted"}})
+    state = resources_for(str(path))["state_database"]
+    assert "Planted" not in state.model_dump_json() and "ab" not in state.password
+    assert state.password == "unknown: state.dsn is not a connection string libpq reads"
 
 
 def test_a_missing_section_is_named(write_settings):
