@@ -18,7 +18,7 @@ from homelab_ops.deploy.auth import AuthError, basic_auth_users
 from homelab_ops.deploy.config import DeployConfig
 from homelab_ops.deploy.spec import ContainerSpec, Healthcheck, Limits, Mount
 from homelab_ops.health.overview import silent_after_s
-from homelab_ops.settings import ServiceSettings
+from homelab_ops.settings import MonitoringServices, ServiceSettings
 
 # The order services are deployed in: Prometheus last, so its first scrape of every target
 # finds the target running (a failed first scrape costs a whole scrape interval).
@@ -155,6 +155,16 @@ def read_dashboards(files: dict[str, bytes]) -> dict[str, bytes]:
     return out
 
 
+def switched_off(service: str, services: MonitoringServices, pitr_enabled: bool) -> str:
+    """Why a monitoring service is not deployed ("" when it is): its `enabled`, and for the
+    wal_receiver PITR's, since the receiver only archives for point-in-time recovery."""
+    if not getattr(services, service).enabled:
+        return f"monitoring.services.{service}.enabled is false"
+    if service == "wal_receiver" and not pitr_enabled:
+        return "pitr.enabled is false"
+    return ""
+
+
 def build_monitoring_plan(config: DeployConfig, host: HostFacts, *, env: dict[str, str] | None = None,
                           dashboards: dict[str, bytes] | None = None,
                           tuned: dict[str, dict] | None = None,
@@ -165,8 +175,7 @@ def build_monitoring_plan(config: DeployConfig, host: HostFacts, *, env: dict[st
     tuned = tuned or {}
     mon = config.monitoring
     svcs = mon.services
-    enabled = [n for n in MONITORING_ORDER if getattr(svcs, n).enabled
-               and (n != "wal_receiver" or config.pitr.enabled)]  # the receiver only archives for PITR
+    enabled = [n for n in MONITORING_ORDER if not switched_off(n, svcs, config.pitr.enabled)]
     limits = {n: effective_limits(n, getattr(svcs, n), tuned) for n in enabled}
     check_budget({n: limits[n].memory_mb for n in enabled}, mon.memory_budget_mb)
     sock = host.docker_socket or socket_path(config.docker.host)

@@ -245,24 +245,24 @@ def apply_limits(context: dg.OpExecutionContext, config: TuneConfig, homelab: Ho
     changed = [p for p in proposals if p.changed]
     if config.dry_run or not changed:
         return {"applied": [], "proposals": proposals, "usage": measured["usage"]}
-    applied = []
+    applied, after = [], {}
     with docker.client() as client:
         for p in changed:
             spec = plan.service(p.service)
             try:
                 engine.update_limits(client, spec.name, p.after)
-                applied.append((p.service, "updated"))
+                how = "updated"
             except engine.LimitsRefused as e:
                 context.log.warning(f"{p.service}: {e}; recreating")
                 new_spec = dataclasses.replace(spec, limits=p.after)
                 engine.converge(client, new_spec, wait_s=mon.health.wait.seconds,
                                 log=context.log.info, force=True)
-                applied.append((p.service, "recreated"))
-        after = {s: engine.limits_of(client.api.inspect_container(plan.service(s).name)) for s, _ in applied}
-    for service, how in applied:
-        context.log_event(service_reported(service, "monitoring", action=f"limits {how}",
-                                           image=plan.service(service).image, limits=after[service],
-                                           run_by=context.job_def.name))
+                how = "recreated"
+            applied.append((p.service, how))
+            # Reported as each changes: a later service's failure must not hide what already changed.
+            after[p.service] = engine.limits_of(client.api.inspect_container(spec.name))
+            context.log_event(service_reported(p.service, "monitoring", action=f"limits {how}", image=spec.image,
+                                               limits=after[p.service], run_by=context.job_def.name))
     svcs = mon.services
     record = tune.load_tuned(mon.state_dir)
     record.update(tune.tuned_record(

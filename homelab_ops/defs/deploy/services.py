@@ -10,6 +10,7 @@ and its history is the service's deploy history.
 import dagster as dg
 
 from homelab_ops.deploy.engine import Outcome
+from homelab_ops.deploy.plan import switched_off
 from homelab_ops.deploy.spec import Limits
 from homelab_ops.settings import MonitoringServices, MonitoringSettings, ServiceSettings, TraefikSettings
 
@@ -36,10 +37,8 @@ def service_specs(monitoring: MonitoringSettings, traefik: TraefikSettings, pitr
     specs = []
     for name in MonitoringServices.model_fields:
         svc: ServiceSettings = getattr(monitoring.services, name)
-        off = "" if svc.enabled else f"monitoring.services.{name}.enabled is false"
-        if name == "wal_receiver" and not pitr_enabled:  # the receiver only archives for PITR (deploy.plan)
-            off = off or "pitr.enabled is false"
-        specs.append(_spec(name, "monitoring", svc.image, svc.memory_mb, off))
+        specs.append(_spec(name, "monitoring", svc.image, svc.memory_mb,
+                           switched_off(name, monitoring.services, pitr_enabled)))
     specs.append(_spec("traefik", "traefik", traefik.image, None, ""))
     return specs
 
