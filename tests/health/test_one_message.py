@@ -42,16 +42,30 @@ def hot_pi(tmp_path):
             "textfile_dir": str(tmp_path / "textfile"), "vcgencmd": str(tmp_path / "no-vcgencmd")}
 
 
+def owner_listening(path, settings) -> dict:
+    """The owner's chat approved for warnings, and the resources both alerting sensors read."""
+    with ch.state_connection(settings.state, settings.postgres) as conn:
+        ch.add(conn, OWNER, "owner", "warn")
+    return {**resources_for(str(path)),
+            "alert_channels": AlertChannels(telegram_bot_token=TOKEN, backoff_s=0.01, redact_credentials=False)}
+
+
+def tick_both(checks, health, instance, defs, resources, ticks: int = 3) -> None:
+    """Three ticks of each alerting sensor, as the daemon runs them: still one message."""
+    cursors: dict[str, str | None] = {"health_sensor": None, "asset_check_alert": None}
+    for _ in range(ticks):
+        for sensor in (checks, health):
+            ctx = dg.build_sensor_context(instance=instance, cursor=cursors[sensor.name], definitions=defs,
+                                          resources=resources)
+            cursors[sensor.name] = sensor.evaluate_tick(ctx).cursor
+
+
 def test_one_hot_cpu_is_one_message(hot_pi, write_settings, fresh_state_db):
     telegram = FakeTelegram().start()
     try:
         path, settings = write_settings({"state": {"dsn": dsn_for(fresh_state_db)}, "metrics": hot_pi,
                                          "notify": {"telegram": {"api_base": telegram.url}}})
-        with ch.state_connection(settings.state, settings.postgres) as conn:
-            ch.add(conn, OWNER, "owner", "warn")
-        resources = {**resources_for(str(path)),
-                     "alert_channels": AlertChannels(telegram_bot_token=TOKEN, backoff_s=0.01,
-                                                     redact_credentials=False)}
+        resources = owner_listening(path, settings)
         host_group = [g for g in GROUPS if g[0] is check_host]
         health = build_health_sensor([], evaluate=lambda s: run_checks(s, groups=host_group))
         checks = build_asset_check_sensor()
@@ -66,13 +80,7 @@ def test_one_hot_cpu_is_one_message(hot_pi, write_settings, fresh_state_db):
                 assert (evaluation.passed, evaluation.severity) == (False, dg.AssetCheckSeverity.ERROR)
                 assert "cpu-thermal at 85.0 °C" in evaluation.description
 
-                cursors: dict[str, str | None] = {"health_sensor": None, "asset_check_alert": None}
-                for _ in range(3):  # three ticks of each: still one message
-                    for sensor in (checks, health):
-                        ctx = dg.build_sensor_context(instance=instance, cursor=cursors[sensor.name],
-                                                      definitions=defs, resources=resources)
-                        data = sensor.evaluate_tick(ctx)
-                        cursors[sensor.name] = data.cursor
+                tick_both(checks, health, instance, defs, resources)
         about_heat = [t for t in telegram.texts_to(OWNER) if "85.0 °C" in t]
         assert len(about_heat) == 1, telegram.texts_to(OWNER)
         assert "cpu_temperature" in about_heat[0]
@@ -101,11 +109,7 @@ def test_a_missing_and_a_stale_backup_are_one_message_each(write_settings, fresh
                                          "postgres": {"databases": [db, stale]},
                                          "metrics": {"textfile_dir": str(textfile)},
                                          "notify": {"telegram": {"api_base": telegram.url}}})
-        with ch.state_connection(settings.state, settings.postgres) as conn:
-            ch.add(conn, OWNER, "owner", "warn")
-        resources = {**resources_for(str(path)),
-                     "alert_channels": AlertChannels(telegram_bot_token=TOKEN, backoff_s=0.01,
-                                                     redact_credentials=False)}
+        resources = owner_listening(path, settings)
         fresh = [freshness_check(name, BackupsConfig.of(settings)) for name in (db, stale)]
         job = dg.define_asset_job("backup_freshness", selection=dg.AssetSelection.checks(*fresh))
         health = build_health_sensor([], evaluate=lambda s: run_checks(
@@ -121,12 +125,7 @@ def test_a_missing_and_a_stale_backup_are_one_message_each(write_settings, fresh
                 assert {(e.passed, e.severity) for e in shown.values()} == {(False, dg.AssetCheckSeverity.ERROR)}
                 assert shown[db].description == f"{db}: no backup at all"
                 assert shown[stale].description == f"{stale}: newest verified backup is 30.0h old (limit 26h)"
-                cursors: dict[str, str | None] = {"health_sensor": None, "asset_check_alert": None}
-                for _ in range(3):
-                    for sensor in (checks, health):
-                        ctx = dg.build_sensor_context(instance=instance, cursor=cursors[sensor.name],
-                                                      definitions=defs, resources=resources)
-                        cursors[sensor.name] = sensor.evaluate_tick(ctx).cursor
+                tick_both(checks, health, instance, defs, resources)
         for name in (db, stale):
             about = [t for t in telegram.texts_to(OWNER) if name in t]
             assert len(about) == 1, telegram.texts_to(OWNER)
