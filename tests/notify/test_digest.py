@@ -94,7 +94,8 @@ def test_the_digest_job_reports_real_backups_metrics_credentials_and_n8n(
     result = job.execute_in_process(resources=resources)
     assert result.success
     (msg,) = [m["plain"] for m in telegram.sent if m["chat_id"] == 42]
-    assert re.search(rf"✅ {db}: newest (a moment|\d+ seconds|a minute) ago, restored .+ ago from local", msg), msg
+    assert re.search(rf"✅ {db}: newest (a moment|a second|\d+ seconds|a minute|\d+ minutes) ago, restored "
+                     rf"(a moment|a second|\d+ seconds|a minute|\d+ minutes) ago from local", msg), msg
     assert backup.stem  # the digest's "newest" is this backup
     assert "/: 20.0 GiB free of 100.0 GiB, full in 20 days" in msg
     assert "⚠️ grafana_admin: 45 days old (rotates every 30)" in msg
