@@ -21,6 +21,16 @@ class RedisServer:
         assert proc.returncode == 0, proc.stderr
         return proc.stdout
 
+    def wait_ready(self) -> None:
+        """Until the server answers PING (it started a moment ago), for at most five seconds."""
+        for _ in range(100):
+            try:
+                if "PONG" in self.cli("PING"):
+                    return
+            except AssertionError:
+                pass
+            time.sleep(0.05)
+
 
 @contextmanager
 def redis_server(folder: Path, password: str):
@@ -30,13 +40,7 @@ def redis_server(folder: Path, password: str):
                              "--save", "", "--requirepass", password], stdout=subprocess.DEVNULL)
     server = RedisServer(port, password, folder)
     try:
-        for _ in range(100):
-            try:
-                if "PONG" in server.cli("PING"):
-                    break
-            except AssertionError:
-                pass
-            time.sleep(0.05)
+        server.wait_ready()
         yield server
     finally:
         proc.kill()

@@ -7,7 +7,6 @@ import hashlib
 import json
 import os
 import subprocess
-import time
 import uuid
 from contextlib import contextmanager
 from pathlib import Path
@@ -328,13 +327,7 @@ def redis_from_files(folder: Path, style: str, user: str):
 
     def start():
         procs.append(subprocess.Popen(["redis-server", str(folder / "redis.conf")], stdout=subprocess.DEVNULL))
-        for _ in range(100):
-            try:
-                if "PONG" in server.cli("PING"):
-                    return
-            except AssertionError:
-                pass
-            time.sleep(0.05)
+        server.wait_ready()
 
     def restart():
         procs[-1].kill()
