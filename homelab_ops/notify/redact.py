@@ -80,7 +80,7 @@ class Redactor:
         return self._known.sub(MASK, text) if self._known is not None and text else text
 
 
-def _embedded(text: str, *, whole_is_secret: bool) -> list[str]:
+def embedded_secrets(text: str, *, whole_is_secret: bool) -> list[str]:
     """Secrets inside one settings value: a URL's password (as written and percent-decoded), a
     `password=` in a key=value DSN, and for a secret URL its query values (ntfy ?token=, Gotify)."""
     out: list[str] = []
@@ -121,7 +121,7 @@ def settings_secrets(settings) -> list[str]:
             text = v.get_secret_value()
             if not _is_dsn(text):  # a DSN's secret is its password; host and user stay readable
                 out.append(text)
-            out.extend(_embedded(text, whole_is_secret=True))
+            out.extend(embedded_secrets(text, whole_is_secret=True))
         elif isinstance(v, BaseModel):
             for name in type(v).model_fields:
                 walk(getattr(v, name))
@@ -132,7 +132,7 @@ def settings_secrets(settings) -> list[str]:
             for item in v:
                 walk(item)
         elif isinstance(v, str):
-            out.extend(_embedded(v, whole_is_secret=False))
+            out.extend(embedded_secrets(v, whole_is_secret=False))
 
     walk(settings)
     return list(dict.fromkeys(v for v in out if v))

@@ -12,12 +12,11 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Annotated, Any, Callable, get_args
 
-import psycopg
-from psycopg.conninfo import conninfo_to_dict
 from pydantic import AfterValidator, BaseModel, ConfigDict, Field, model_validator
 
 from homelab_ops.credentials.errors import CredentialError
 from homelab_ops.credentials.policy import Definition
+from homelab_ops.notify.redact import embedded_secrets
 from homelab_ops.units import Duration
 
 if TYPE_CHECKING:
@@ -39,7 +38,7 @@ class Context:
     def __post_init__(self):
         for v in self.definition.secret_params.values():
             self.secrets.add(v)
-            self.secrets.update(dsn_password(v))
+            self.secrets.update(embedded_secrets(v, whole_is_secret=True))  # an admin DSN's password
 
     @property
     def name(self) -> str:
@@ -55,18 +54,6 @@ class Context:
 
     def option(self, key: str, default: Any = None) -> Any:
         return self.definition.option(key, default)
-
-
-def dsn_password(value: str) -> list[str]:
-    """The password inside a secret option that is a DSN (an admin DSN), to redact it on its own too;
-    any other secret (a password with `=` in it) is only itself."""
-    if "=" not in value and "://" not in value:
-        return []
-    try:
-        password = conninfo_to_dict(value).get("password")
-    except psycopg.ProgrammingError:  # not a connection string
-        return []
-    return [password] if password else []
 
 
 class Kind:
