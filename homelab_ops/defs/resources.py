@@ -12,6 +12,7 @@ from homelab_ops import recovery
 from homelab_ops import settings as settings_mod
 from homelab_ops import state
 from homelab_ops.configs import DomainConfigs
+from homelab_ops.notify.redact import embedded_secrets
 from homelab_ops.settings import VARIABLE
 
 
@@ -51,12 +52,9 @@ def password_source(dsn: str, template: str | None, env: Mapping[str, str]) -> s
         return "none in the DSN (trust, peer, PGPASSWORD or ~/.pgpass)"
     if template is None:
         return "written in the settings file"
-    whole = VARIABLE.fullmatch(template.strip())
-    if whole is None:  # the variable, if any, where the password is written in the DSN
-        try:
-            whole = VARIABLE.fullmatch(conninfo_to_dict(template).get("password") or "")
-        except psycopg.ProgrammingError:
-            whole = None
+    # The whole DSN a variable, or the variable where the password is written in it.
+    whole = VARIABLE.fullmatch(template.strip()) or next(
+        (m for p in embedded_secrets(template, whole_is_secret=False) if (m := VARIABLE.fullmatch(p))), None)
     if whole is None:
         return "written in the settings file"
     if whole.group(1) not in env:
