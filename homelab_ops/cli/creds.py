@@ -67,15 +67,19 @@ def init(obj) -> None:
 def _kind_options(command):
     """One `--option` per field of the kind models (homelab_ops/credentials/kinds/), so `creds add`
     takes exactly what the settings file takes; the model validates the values."""
-    fields: dict[str, tuple] = {}
+    fields: dict[str, dict[str, list[str]]] = {}  # option -> its description -> the kinds that say it
+    first = {}
     for kind, module in kinds.MODULES.items():
         for name, f in module.Options.model_fields.items():
             if name not in KindOptions.model_fields and name != "kind":
-                fields.setdefault(name, (f, []))[1].append(kind)
-    for name, (f, used_by) in sorted(fields.items(), reverse=True):
+                first.setdefault(name, f)
+                fields.setdefault(name, {}).setdefault(f.description or name, []).append(kind)
+    for name, meanings in sorted(fields.items(), reverse=True):
+        f = first[name]
         types = set(typing.get_args(f.annotation)) - {type(None)} or {f.annotation}
         flag = bool in types
-        help_ = f"{'/'.join(used_by)}: {f.description or name}" + (". Stored encrypted." if SecretStr in types else ".")
+        help_ = "; ".join(f"{'/'.join(used_by)}: {text}" for text, used_by in meanings.items()) + (
+            ". Stored encrypted." if SecretStr in types else ".")
         command = click.option(f"--{name.replace('_', '-')}", name, is_flag=flag or None, default=None, help=help_,
                                type=None if flag else next((t for t in (int, float) if t in types), str))(command)
     return command

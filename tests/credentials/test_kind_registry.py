@@ -50,6 +50,11 @@ def test_cli_kind_choices_and_options_are_the_registrys():
     assert {p.name for p in add.params} - {"name", "kind"} == fields
     r = CliRunner().invoke(main, ["creds", "add", "--help"])
     assert "s3-access-key: the IAM user." in r.output and "Stored encrypted." in r.output
+    # An option two kinds share says what it means to each, not what it means to the first.
+    host = next(p for p in add.params if p.name == "host").help
+    assert host == "postgres-role: host for the TCP login test; redis-password: the Redis server's host."
+    length = next(p for p in add.params if p.name == "length").help
+    assert length.startswith("generated/postgres-role/redis-password: ") and ";" not in length
 
 
 def test_a_kind_rejects_another_kinds_option_clearly_in_settings_and_cli_alike():
