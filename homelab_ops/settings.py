@@ -704,7 +704,7 @@ class PitrSettings(_Section):
     """Continuous WAL archiving and point-in-time recovery (homelab_ops.pitr)."""
 
     enabled: bool = False
-    cluster: str = "main"  # names the archive folders and the base_backups/<cluster> asset
+    cluster: str = "main"  # names the archive folders and the base_backups/<cluster>_base_backup asset
     dsn: SecretStr | None = None  # a role with REPLICATION; default postgres.dsn
     slot: str | None = None  # physical replication slot; default homelab_ops_<cluster>
     max_lag: Duration = "15m"  # the receiver may be disconnected or behind this long before the check fails

@@ -119,7 +119,7 @@ def main(out_dir: Path) -> None:
             print(f"n8n_before_edit: {restored}\n", flush=True)
             if restored != before:
                 raise SystemExit(f"the restore does not match the state at {at}: {restored} vs {before}")
-            print("-- the nightly dump (what backups/homelab_demo_n8n does), then the nightly exact check --",
+            print("-- the nightly dump (what backups/homelab_demo_n8n_backup does), then the nightly exact check --",
                   flush=True)
             dump = run_backup(BackupsConfig.of(load(config)), DB)
             print(f"dump {dump.stem}: snapshot at WAL {dump.manifest.get('consistent_point_lsn')}", flush=True)

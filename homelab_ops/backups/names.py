@@ -1,7 +1,7 @@
 """Database names -> asset keys, op names, pools and folders, one-to-one.
 
 A database's name becomes the folder `<local_dir>/<name>/`, the S3 prefix `<prefix><name>/` and the
-asset keys `backups/<name>`, `restore_verification/<name>`, `backup_retention/<name>`. Dagster
+asset keys `backups/<name>_backup`, `restore_verification/<name>_verification`, `backup_retention/<name>_retention`. Dagster
 turns a key into an op name by replacing `-` and `.` with `_`, so `chaos-dash` and `chaos_dash`
 would be one op and the code location would not load; `_globals` and `n8n_workflows` are the
 folders (and retention assets) of the roles dump and n8n's workflow exports. Anyone who can run
@@ -34,10 +34,10 @@ class DatabaseNameError(ValueError):
 # writer (pg_receivewal's active `.partial` segment lives there) and its own retention.
 WAL_FOLDER, BASE_FOLDER = "_wal", "_base"
 PITR_FOLDERS = (WAL_FOLDER, BASE_FOLDER)
-PITR_OFFSITE = "_pitr"  # not a folder: the last part of the asset key `offsite/_pitr`, beside `offsite/<database>`
+PITR_OFFSITE = "_pitr"  # not a folder: the last part of the asset key `offsite/_pitr_offsite`, beside `offsite/<database>_offsite`
 RESERVED = {"_globals": "the roles dump (backup_globals)", "n8n_workflows": "n8n's workflow exports (n8n_workflows)",
             WAL_FOLDER: "the PITR WAL archive (homelab-ops pitr receive)", BASE_FOLDER: "the PITR base backups (base_backups)",
-            PITR_OFFSITE: "the PITR archive's off-site copies (offsite/_pitr)"}
+            PITR_OFFSITE: "the PITR archive's off-site copies (offsite/_pitr_offsite)"}
 
 
 def pitr_folders(cluster: str) -> tuple[str, str]:
@@ -56,7 +56,7 @@ SCRATCH_PREFIX = "homelab_verify_"
 
 
 def op_name(database: str) -> str:
-    """What Dagster makes of `backups/<database>` as an op name (AssetKey.to_python_identifier)."""
+    """What Dagster makes of `backups/<database>_backup` as an op name (AssetKey.to_python_identifier)."""
     return database.replace("-", "_").replace(".", "_")
 
 

@@ -89,7 +89,7 @@ def prune_cmd(obj, dry_run: bool) -> None:
 @pitr.command("offsite")
 @click.pass_obj
 def offsite_cmd(obj) -> None:
-    """Copy finished WAL segments and base backups to every S3 target now (what offsite/_pitr does)."""
+    """Copy finished WAL segments and base backups to every S3 target now (what offsite/_pitr_offsite does)."""
     from homelab_ops.pitr.offsite import finish_segment, sync
 
     if not obj.pitr.backups.s3:

@@ -63,7 +63,7 @@ def decide(runs: Iterable[Run], *, protected: Mapping[str, str], now: datetime, 
     `runs` come newest first, as Dagster lists them: the first finished run of a job
     seen is its last result, kept even while a newer run is queued or running (that
     one may yet fail). `protected` maps run ids that must stay to why, e.g. "holds the
-    latest materialization of backups/n8n". A generator, so tens of thousands of
+    latest materialization of backups/n8n_backup". A generator, so tens of thousands of
     runs are decided without holding them: the only state is the set of job names.
     """
     if retention_seconds < 0:

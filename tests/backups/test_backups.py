@@ -72,7 +72,7 @@ def test_round_trip_through_the_asset(new_db, write_settings):
     path, settings = write_settings({"postgres": {"dsn": ADMIN_DSN, "databases": [db]}})
     result = materialize(path, settings, db)
     assert result.success
-    mat = result.asset_materializations_for_node(f"backups__{db}")[0]
+    mat = result.asset_materializations_for_node(f"backups__{db}_backup")[0]
     meta = mat.metadata
     assert meta["table_count"].value == 4
     assert meta["row_count"].value == 3001 + 4 + 2

@@ -26,7 +26,7 @@ def s3_settings(write_settings, db, endpoint, bucket, name="homelab.yaml", **ext
 
 
 def backup_and_copy(settings_path, settings, db, *, backup: bool = True) -> dg.ExecuteInProcessResult:
-    """The nightly job's first two steps for one database: `backups/<db>`, then `offsite/<db>`
+    """The nightly job's first two steps for one database: `backups/<db>_backup`, then `offsite/<db>_offsite`
     (with `backup=False`, the off-site step alone, as `offsite_sync` runs it)."""
     b = backup_asset(db, BackupsConfig.of(settings))
     config = BackupsConfig.of(settings)
@@ -36,7 +36,7 @@ def backup_and_copy(settings_path, settings, db, *, backup: bool = True) -> dg.E
 
 
 def offsite_meta(result, db) -> dict:
-    return result.asset_materializations_for_node(f"offsite__{db}")[0].metadata
+    return result.asset_materializations_for_node(f"offsite__{db}_offsite")[0].metadata
 
 
 def check_of(result) -> dg.AssetCheckEvaluation:
@@ -96,7 +96,7 @@ def test_s3_down_keeps_the_local_backup_and_the_copy_stays_owed(new_db, write_se
     result = backup_and_copy(path, settings, db)
     assert not result.success
     # The backup itself succeeded; the off-site step says which target failed, and why.
-    assert result.asset_materializations_for_node(f"backups__{db}")
+    assert result.asset_materializations_for_node(f"backups__{db}_backup")
     evaluation = check_of(result)
     assert not evaluation.passed and "nowhere" in evaluation.description
     assert "could not connect" in evaluation.description.lower() or "connect" in evaluation.description

@@ -147,7 +147,7 @@ def test_the_nightly_job_still_prunes_after_a_failed_backup_so_a_full_disk_heals
         nightly = d.resolve_job_def("nightly_backup").execute_in_process(instance=instance, raise_on_error=False)
         assert not nightly.success
         failed = [e.step_key for e in nightly.get_step_failure_events()]
-        assert failed == [f"backups__{db}"]
+        assert failed == [f"backups__{db}_backup"]
         assert "disk full" in failure_message(nightly)
         run = instance.get_run_by_id(nightly.run_id)
         [event] = instance.all_logs(nightly.run_id, of_type=dg.DagsterEventType.RUN_FAILURE)
@@ -156,7 +156,7 @@ def test_the_nightly_job_still_prunes_after_a_failed_backup_so_a_full_disk_heals
                                                      dagster_run=run, dagster_event=event.dagster_event,
                                                      ).for_run_failure()
         request = sensor(context)
-        assert request.asset_selection == [dg.AssetKey(["backup_retention", db])]
+        assert request.asset_selection == [dg.AssetKey(["backup_retention", f"{db}_retention"])]
         prune = d.resolve_job_def(request.job_name or "prune_backups").execute_in_process(
             instance=instance, asset_selection=request.asset_selection, raise_on_error=False)
         assert prune.success

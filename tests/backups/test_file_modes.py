@@ -56,7 +56,7 @@ def test_backups_verification_restore_and_prune_leave_only_private_files(new_db,
     for _ in range(2):  # two backups, so prune has one to remove
         proc = subprocess.run(
             [sys.executable, "-m", "dagster", "asset", "materialize", "-m", "homelab_ops.definitions",
-             "--select", f"backups/{db},backup_globals,restore_verification/{db}"],
+             "--select", f"backups/{db}_backup,backup_globals,restore_verification/{db}_verification"],
             capture_output=True, text=True, timeout=600, env=env, cwd=ROOT)
         assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
     local = Path(settings.backups.local_dir)

@@ -39,8 +39,8 @@ def test_reserved_names_are_the_folders_of_globals_and_exports():
     from homelab_ops.backups.names import PITR_FOLDERS, PITR_OFFSITE, RESERVED, name_problem
 
     assert set(RESERVED) == {GLOBALS, FOLDER, *PITR_FOLDERS, PITR_OFFSITE}
-    # a database called `_pitr` would take the PITR archive's `offsite/_pitr` asset key
-    assert "offsite/_pitr" in name_problem("_pitr")
+    # a database called `_pitr` would take the PITR archive's `offsite/_pitr_offsite` asset key
+    assert "offsite/_pitr_offsite" in name_problem("_pitr")
 
 
 def test_dagster_op_names_are_what_names_predicts():
@@ -62,7 +62,7 @@ def test_all_skips_reserved_and_colliding_names_and_the_code_location_loads(scra
     proc = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, timeout=300,
                           env={**os.environ, "HOMELAB_CONFIG": str(path)}, cwd=ROOT)
     assert proc.returncode == 0, proc.stderr[-3000:]
-    assert proc.stdout.splitlines()[-1] == "['backups/good', 'backups/postgres']"
+    assert proc.stdout.splitlines()[-1] == "['backups/good_backup', 'backups/postgres_backup']"
     for name in HOSTILE:
         if name.startswith(SCRATCH_PREFIX):  # a verification's scratch database is no owner's: left out silently
             assert repr(name) not in proc.stderr

@@ -191,7 +191,7 @@ def test_a_slow_uplink_holds_no_snapshot_and_the_copy_is_byte_identical(new_db, 
     body = client.get_object(Bucket=bucket, Key=f"{db}/{local.backup.dump}")["Body"].read()
     assert body == local_bytes(local)
     print(f"dump {size / 1e6:.1f} MB: backup step took "
-          f"{result.asset_materializations_for_node(f'backups__{db}')[0].metadata['duration_s'].value:.1f} s, "
+          f"{result.asset_materializations_for_node(f'backups__{db}_backup')[0].metadata['duration_s'].value:.1f} s, "
           f"upload {last_byte - first_byte:.1f} s at 1 MB/s")
 
 
@@ -222,7 +222,7 @@ def test_a_target_down_during_the_night_is_caught_up_without_a_new_dump(new_db, 
             night = d.resolve_job_def("nightly_backup").execute_in_process(instance=instance, raise_on_error=False)
             assert not night.success
             [evaluation] = [e for e in night.get_asset_check_evaluations() if e.check_name == "copies_complete"
-                            and e.asset_key == dg.AssetKey(["offsite", db])]
+                            and e.asset_key == dg.AssetKey(["offsite", f"{db}_offsite"])]
             assert not evaluation.passed and "nas: not reached" in evaluation.description
             folder = Path(settings.backups.local_dir) / db
             before = sorted(os.listdir(folder))
@@ -235,7 +235,7 @@ def test_a_target_down_during_the_night_is_caught_up_without_a_new_dump(new_db, 
             # the whole set went up; the local verification record stays local (each store keeps its own)
             assert {f"{db}/{f}" for f in backup_set(dict.fromkeys(before, 0), backup.stem)} <= set(objects(client, bucket))
             assert client.list_multipart_uploads(Bucket=bucket).get("Uploads", []) == []
-            meta = sync.asset_materializations_for_node(f"offsite__{db}")[0].metadata
+            meta = sync.asset_materializations_for_node(f"offsite__{db}_offsite")[0].metadata
             assert meta["nas/owed"].value == "0"
             body = client.get_object(Bucket=bucket, Key=f"{db}/{backup.dump}")["Body"].read()
             assert body == (folder / backup.dump).read_bytes()
@@ -244,7 +244,7 @@ def test_a_target_down_during_the_night_is_caught_up_without_a_new_dump(new_db, 
                                                                             raise_on_error=False)
             assert second.success
             started = [e.step_key for e in second.all_events if e.event_type == dg.DagsterEventType.STEP_START]
-            assert started.index(f"offsite__{db}") < started.index(f"restore_verification__{db}")
+            assert started.index(f"offsite__{db}_offsite") < started.index(f"restore_verification__{db}_verification")
     assert proxy.copies() == []
     assert client.list_multipart_uploads(Bucket=bucket).get("Uploads", []) == []
 

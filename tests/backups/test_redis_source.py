@@ -140,21 +140,21 @@ def test_the_nightly_job_backs_up_copies_verifies_and_prunes_redis_beside_a_data
     path, settings = _settings(write_settings, redis, db)
     defs = nightly_backups_defs(path, monkeypatch)
     specs = {s.key: s for s in defs.resolve_all_asset_specs()}
-    for key in (["backups", "cache"], ["restore_verification", "cache"]):
+    for key in (["backups", "cache_backup"], ["restore_verification", "cache_verification"]):
         assert "redis" in specs[dg.AssetKey(key)].kinds, key
-    assert dg.AssetKey(["backup_retention", "cache"]) in specs
-    assert "redis-check-rdb" in specs[dg.AssetKey(["restore_verification", "cache"])].description
+    assert dg.AssetKey(["backup_retention", "cache_retention"]) in specs
+    assert "redis-check-rdb" in specs[dg.AssetKey(["restore_verification", "cache_verification"])].description
     result = defs.resolve_job_def("nightly_backup").execute_in_process(instance=dg.DagsterInstance.ephemeral())
     assert result.success
 
-    mats = result.asset_materializations_for_node("backups__cache")
+    mats = result.asset_materializations_for_node("backups__cache_backup")
     assert mats[0].metadata["key_count"].value == 2008  # the seeded keys, both databases, the TTL one too
     listing = read_listing(LocalStore(settings.backups.local_dir).list("cache"))
     (backup,) = listing.backups
     manifest = json.loads((Path(settings.backups.local_dir) / "cache" / backup.manifest).read_text())
     assert manifest["source"] == "redis" and manifest["keys"] == 2008 and manifest["expires"] == 1
     assert manifest["redis_version"]
-    verified = result.asset_materializations_for_node("restore_verification__cache")[0].metadata
+    verified = result.asset_materializations_for_node("restore_verification__cache_verification")[0].metadata
     assert verified["outcome"].value == v.RESTORED, verified["message"].value
     assert "2007 keys without a TTL, 1 of 1 with a TTL still live" in verified["message"].value
     folder = Path(settings.backups.local_dir) / "cache"

@@ -291,9 +291,9 @@ def test_failed_verification_blocks_retention_in_the_same_run(new_db, write_sett
     assert check.check_name == "matches_manifest" and not check.passed
     assert check.severity == dg.AssetCheckSeverity.ERROR
     mats = {m.asset_key for m in result.get_asset_materialization_events()}
-    assert dg.AssetKey(["restore_verification", db]) in mats
-    assert dg.AssetKey(["backup_retention", db]) not in mats  # the blocking check stopped it
-    meta = result.asset_materializations_for_node(f"restore_verification__{db}")[0].metadata
+    assert dg.AssetKey(["restore_verification", f"{db}_verification"]) in mats
+    assert dg.AssetKey(["backup_retention", f"{db}_retention"]) not in mats  # the blocking check stopped it
+    meta = result.asset_materializations_for_node(f"restore_verification__{db}_verification")[0].metadata
     table = {r.data["table"]: r.data for r in meta["tables"].value.records}
     assert table["public.t"] == {"table": "public.t", "expected_rows": 11, "restored_rows": 10,
                                  "checksum_match": True}
@@ -308,7 +308,7 @@ def test_failed_verification_blocks_retention_in_the_same_run(new_db, write_sett
     manifest_path(newest).write_text(json.dumps(manifest))
     result = dg.materialize(assets, resources={"homelab": HomelabSettings(config_path=str(path))})
     assert result.get_asset_check_evaluations()[0].passed
-    meta = result.asset_materializations_for_node(f"backup_retention__{db}")[0].metadata
+    meta = result.asset_materializations_for_node(f"backup_retention__{db}_retention")[0].metadata
     assert meta["removed"].value == 2 and meta["bytes_freed"].value > 0
     assert "last 1/1" in meta["plan"].value and "newest verified" in meta["plan"].value
     names = {p.name for p in (Path(settings.backups.local_dir) / db).iterdir()}
@@ -329,9 +329,9 @@ def test_weekly_config_also_verifies_a_random_older_backup(new_db, write_setting
     config = BackupsConfig.of(settings)
     result = dg.materialize(
         [verification_asset(db, config)], resources={"homelab": HomelabSettings(config_path=str(path))},
-        run_config={"ops": {f"restore_verification__{db}": {"config": {"random_older": True}}}},
+        run_config={"ops": {f"restore_verification__{db}_verification": {"config": {"random_older": True}}}},
     )
-    meta = result.asset_materializations_for_node(f"restore_verification__{db}")[0].metadata
+    meta = result.asset_materializations_for_node(f"restore_verification__{db}_verification")[0].metadata
     assert meta["backup"].value == newest.stem and meta["older_backup"].value == old
     assert meta["older_outcome"].value == "restored"
     assert (Path(settings.backups.local_dir) / db / f"{old}.verified.json").exists()
@@ -357,10 +357,10 @@ def test_the_weekly_verification_lists_an_off_site_store_once(new_db, write_sett
         before = len(proxy.requests)
         result = dg.materialize(
             [verification_asset(db, config)], resources={"homelab": HomelabSettings(config_path=str(path))},
-            run_config={"ops": {f"restore_verification__{db}": {"config": {"random_older": True}}}},
+            run_config={"ops": {f"restore_verification__{db}_verification": {"config": {"random_older": True}}}},
         )
         step = proxy.requests[before:]
-    meta = result.asset_materializations_for_node(f"restore_verification__{db}")[0].metadata
+    meta = result.asset_materializations_for_node(f"restore_verification__{db}_verification")[0].metadata
     assert meta["store"].value == bucket and meta["older_backup"].value == old
     assert meta["outcome"].value == meta["older_outcome"].value == "restored"
     lists = [r for r in step if r.method == "GET" and "list-type=2" in r.path]
@@ -376,19 +376,19 @@ def test_code_location_wires_verification_retention_and_schedules():
     nightly = d.resolve_job_def("nightly_backup")
     selected = set(nightly.asset_layer.selected_asset_keys)
     demo = "homelab_demo_n8n"  # the embedded defaults back up make demo's database
-    assert {dg.AssetKey(["restore_verification", demo]), dg.AssetKey(["backup_retention", demo]),
-            dg.AssetKey(["backup_retention", "_globals"])} <= selected
+    assert {dg.AssetKey(["restore_verification", f"{demo}_verification"]), dg.AssetKey(["backup_retention", f"{demo}_retention"]),
+            dg.AssetKey(["backup_retention", "_globals_retention"])} <= selected
     assert dg.AssetKey("disk_hygiene") not in selected
     specs = {s.key: s for s in d.resolve_all_asset_specs()}
-    deps = {dep.asset_key for dep in specs[dg.AssetKey(["backup_retention", demo])].deps}
-    assert deps == {dg.AssetKey(["restore_verification", demo])}
+    deps = {dep.asset_key for dep in specs[dg.AssetKey(["backup_retention", f"{demo}_retention"])].deps}
+    assert deps == {dg.AssetKey(["restore_verification", f"{demo}_verification"])}
     graph = d.get_repository_def().asset_graph
-    verification = dg.AssetKey(["restore_verification", demo])
+    verification = dg.AssetKey(["restore_verification", f"{demo}_verification"])
     assert graph.get_check_spec(dg.AssetCheckKey(verification, "matches_manifest")).blocking
     assert dg.AssetCheckKey(verification, "verified_recently") in graph.asset_check_keys
     weekly = d.resolve_job_def("verify_backups")
     assert weekly.executor_def is dg.in_process_executor and int(weekly.tags["dagster/max_runtime"]) > 0
-    assert set(weekly.asset_layer.selected_asset_keys) == {dg.AssetKey(["restore_verification", demo])}
+    assert set(weekly.asset_layer.selected_asset_keys) == {dg.AssetKey(["restore_verification", f"{demo}_verification"])}
     for name, job in (("verify_backups_schedule", "verify_backups"), ("disk_hygiene_schedule", "disk_hygiene_job"),
                       ("backup_freshness_schedule", "backup_freshness")):
         schedule = d.get_schedule_def(name)
@@ -471,7 +471,7 @@ def test_restores_from_each_store_in_turn_and_catches_a_flipped_byte_on_that_tar
     seen = []
     for _ in range(3):
         result = dg.materialize([asset], resources=resources, raise_on_error=False)
-        meta = result.asset_materializations_for_node(f"restore_verification__{db}")[0].metadata
+        meta = result.asset_materializations_for_node(f"restore_verification__{db}_verification")[0].metadata
         [check] = result.get_asset_check_evaluations()
         seen.append((meta["store"].value, meta["outcome"].value, check.passed))
     assert seen == [("local", "restored", True), ("nas", "restored", True), ("b2", "failed", False)]
@@ -533,7 +533,7 @@ def test_integrity_only_is_a_warning_that_says_how_to_fix_it_and_counts_for_noth
     assert not check.passed and check.severity == dg.AssetCheckSeverity.WARN
     assert "homelab-ops backups init" in check.description and "NOT tested" in check.description
     # A warning does not block retention, which keeps the policy's backup: nothing was restored to protect.
-    meta = result.asset_materializations_for_node(f"backup_retention__{db}")[0].metadata
+    meta = result.asset_materializations_for_node(f"backup_retention__{db}_retention")[0].metadata
     assert meta["removed"].value == 1 and "newest verified" not in meta["plan"].value
     assert not (Path(settings.backups.local_dir) / db / f"{old}.manifest.json").exists()
     assert not (Path(settings.metrics.textfile_dir) / f"homelab_backup_{db}.prom").exists()  # no metric

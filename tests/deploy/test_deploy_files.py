@@ -235,7 +235,7 @@ def test_image_builds_on_the_local_docker_engine(slow_docker, built_image):
                    "password: pw}]}\nmetrics: {textfile_dir: /tmp/t}\n' > /tmp/r.yaml && mkdir /tmp/dh "
                    "&& printf 'telemetry: {enabled: false}\n' > /tmp/dh/dagster.yaml "
                    "&& HOMELAB_CONFIG=/tmp/r.yaml DAGSTER_HOME=/tmp/dh "
-                   "dagster asset materialize -m homelab_ops.definitions --select backups/cache,restore_verification/cache "
+                   "dagster asset materialize -m homelab_ops.definitions --select backups/cache_backup,restore_verification/cache_verification "
                    "2>&1 | grep -o 'restored and matched the manifest: 1 keys without a TTL' | head -1"],
         remove=True, network_mode="none", user="homelab")
     assert b"restored and matched the manifest: 1 keys without a TTL" in redis, redis

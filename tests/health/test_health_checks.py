@@ -295,8 +295,8 @@ def test_notice_and_run_failure_wording():
     assert a.title.endswith("STILL FAIL backup_age:n8n") and "Since Thu 00:00 (6.0h)" in a.body
     assert "Remedy started: nightly_backup" in a.body and a.severity == "fail"
     err = "\n".join(f"line {i}" for i in range(40))
-    r = run_failure_alert("nightly_backup", "abc-123", [("backups__n8n", err)], "", "http://pi:3000/")
-    assert r.link == "http://pi:3000/runs/abc-123" and "backups__n8n" in r.body
+    r = run_failure_alert("nightly_backup", "abc-123", [("backups__n8n_backup", err)], "", "http://pi:3000/")
+    assert r.link == "http://pi:3000/runs/abc-123" and "backups__n8n_backup" in r.body
     assert r.preformatted.startswith("line 0") and "line 11" in r.preformatted and "line 12" not in r.preformatted
     timeout = run_failure_alert("nightly_backup", "r1", [], "Exceeded maximum runtime of 18000 seconds.", "http://x")
     assert "No step failed" in timeout.body and "Exceeded maximum runtime" in timeout.preformatted

@@ -428,7 +428,7 @@ def _backup_points(lab: Lab):
 @pytest.mark.parametrize("index", range(3))
 def test_backup_killed(lab, index):
     point, at, poll = _backup_points(lab)[index]
-    work = [*BACKUP, f"backups/{lab.db}"]
+    work = [*BACKUP, f"backups/{lab.db}_backup"]
     recover_and_check(lab, kill_at(lab, work, point, at, poll), point, work)
 
 
@@ -454,7 +454,7 @@ def _offsite_points(lab: Lab):
 @pytest.mark.parametrize("index", range(2))
 def test_offsite_killed(lab, index):
     point, at, manifest_hold = _offsite_points(lab)[index]
-    work = [*BACKUP, f"backups/{lab.db},offsite/{lab.db}"]
+    work = [*BACKUP, f"backups/{lab.db}_backup,offsite/{lab.db}_offsite"]
     data = yaml.safe_load((lab.root / "homelab.yaml").read_text())
     s3 = data["backups"]["s3"]
     with FaultyProxy(s3["endpoint_url"], hold=lambda method, path: manifest_hold * (
@@ -489,7 +489,7 @@ def _verification_points(lab: Lab):
 @pytest.mark.parametrize("index", range(2))
 def test_verification_killed(lab, index):
     point, at = _verification_points(lab)[index]
-    work = [*BACKUP, f"restore_verification/{lab.db}"]
+    work = [*BACKUP, f"restore_verification/{lab.db}_verification"]
     recover_and_check(lab, kill_at(lab, work, point, at), point, work)
 
 
@@ -523,7 +523,7 @@ def test_retention_killed_before_deleting(lab):
                     ) and len(list((lab.local / lab.db).iterdir())) == count
 
     point = "retention: before deleting"
-    work = [*BACKUP, f"backup_retention/{lab.db}"]
+    work = [*BACKUP, f"backup_retention/{lab.db}_retention"]
     recover_and_check(lab, kill_at(lab, work, point, guarded), point, work)
 
 
@@ -534,7 +534,7 @@ def test_retention_killed_mid_delete(lab):
         return len(list((lab.local / lab.db).iterdir())) < count
 
     point = "retention: local pruned, off-site not yet"
-    work = [*BACKUP, f"backup_retention/{lab.db}"]
+    work = [*BACKUP, f"backup_retention/{lab.db}_retention"]
     recover_and_check(lab, kill_at(lab, work, point, local_pruned), point, work)
 
 
@@ -571,7 +571,7 @@ def test_sensor_recovers_when_no_run_starts(lab):
     """The deployment's path when nothing else starts: the interrupted_runs sensor does it all."""
     point = "backup: mid-dump, then only the sensor"
     _, at, _ = _backup_points(lab)[1]
-    work = [*BACKUP, f"backups/{lab.db}"]
+    work = [*BACKUP, f"backups/{lab.db}_backup"]
     run_id = kill_at(lab, work, point, at)
     assert run_id is not None
     result = sweep_by_sensor(lab)
@@ -592,7 +592,7 @@ def test_postgres_instance_recovers(pg_lab):
     lab = pg_lab
     point = "backup: mid-dump, PostgreSQL instance"
     _, at, _ = _backup_points(lab)[1]
-    work = [*BACKUP, f"backups/{lab.db}"]
+    work = [*BACKUP, f"backups/{lab.db}_backup"]
     recover_and_check(lab, kill_at(lab, work, point, at), point, work)
     assert lab.figures["recovered"] == 1
     print(f"\nPostgreSQL instance: {lab.figures}")

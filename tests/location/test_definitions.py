@@ -33,7 +33,7 @@ def test_nightly_backup_runs_at_three_in_the_settings_zone_by_default():
 def test_backup_assets_are_keyed_per_database_in_the_backups_group():
     d = load()
     specs = {s.key: s for s in d.resolve_all_asset_specs()}
-    demo = dg.AssetKey(["backups", "homelab_demo_n8n"])  # the embedded defaults back up make demo's database
+    demo = dg.AssetKey(["backups", "homelab_demo_n8n_backup"])  # the embedded defaults back up make demo's database
     assert demo in specs
     assert specs[demo].group_name == "backups"
     assert "postgres" in specs[demo].kinds
@@ -74,7 +74,7 @@ def test_all_databases_with_the_server_down_falls_back_to_the_backed_up_ones(wri
 
     d = load_from(path, monkeypatch)
     assert sorted(k.to_user_string() for k in d.resolve_all_asset_keys() if k.path[0] == "backups") == [
-        "backups/app", "backups/n8n"]
+        "backups/app_backup", "backups/n8n_backup"]
     assert "health_sensor" in {s.name for s in d.sensors}
     assert "did not answer" in caplog.text
 
@@ -123,7 +123,7 @@ def test_ad_hoc_materializations_run_in_one_process():
 
 
 def test_with_pitr_and_s3_the_archive_goes_off_site_hourly_and_with_offsite_sync(write_settings, monkeypatch):
-    """`offsite/_pitr` runs on pitr.offsite_cron, after each base backup, and in the owner's catch-up job."""
+    """`offsite/_pitr_offsite` runs on pitr.offsite_cron, after each base backup, and in the owner's catch-up job."""
     path, _ = write_settings({"postgres": {"databases": ["app"]},
                               "backups": {"s3": [{"bucket": "pi", "endpoint_url": "http://127.0.0.1:9"}]},
                               "pitr": {"enabled": True, "offsite_cron": "5 * * * *"}})
@@ -133,9 +133,9 @@ def test_with_pitr_and_s3_the_archive_goes_off_site_hourly_and_with_offsite_sync
     def keys(job: str) -> list[str]:
         return sorted(k.to_user_string() for k in d.resolve_job_def(job).asset_layer.selected_asset_keys)
 
-    assert keys("offsite_sync") == ["offsite/_globals", "offsite/_pitr", "offsite/app"]
-    assert keys("base_backup") == ["base_backups/main", "offsite/_pitr"]
-    assert keys("pitr_offsite") == ["offsite/_pitr"]
+    assert keys("offsite_sync") == ["offsite/_globals_offsite", "offsite/_pitr_offsite", "offsite/app_offsite"]
+    assert keys("base_backup") == ["base_backups/main_base_backup", "offsite/_pitr_offsite"]
+    assert keys("pitr_offsite") == ["offsite/_pitr_offsite"]
     assert d.get_schedule_def("pitr_offsite_schedule").cron_schedule == "5 * * * *"
 
 
@@ -146,3 +146,26 @@ def test_job_heartbeat_sensors_exist_only_when_a_job_has_a_monitor(write_setting
     d = load_from(path, monkeypatch)
     assert sorted(s.name for s in d.sensors if s.name.startswith("job_heartbeat")) == [
         "job_heartbeat_fail", "job_heartbeat_start", "job_heartbeat_success"]
+
+
+def test_every_box_in_the_lineage_graph_has_its_own_title(write_settings, monkeypatch):
+    """The graph titles a box with the key's last part alone: with every kind of backed-up thing
+    configured (two databases, n8n, a Redis source, S3, PITR) no two boxes may read the same, and a
+    database's steps read as what they are."""
+    import collections
+
+    from tests.conftest import free_port
+
+    path, _ = write_settings({"postgres": {"databases": ["app", "n8n"]},
+                              "n8n": {"dsn": "postgresql://n8n@127.0.0.1:9/n8n"},
+                              "backups": {"s3": [{"bucket": "pi", "endpoint_url": "http://127.0.0.1:9"}],
+                                          "sources": [{"type": "redis", "name": "cache", "port": free_port()}]},
+                              "pitr": {"enabled": True}})
+    keys = load_from(path, monkeypatch).resolve_all_asset_keys()
+    titles = collections.defaultdict(list)
+    for k in keys:
+        titles[k.path[-1]].append(k.to_user_string())
+    assert {t: ks for t, ks in titles.items() if len(ks) > 1} == {}
+    for thing in ("app", "n8n", "cache"):
+        assert {f"{thing}_backup", f"{thing}_verification", f"{thing}_retention", f"{thing}_offsite"} <= set(titles)
+    assert {"main_base_backup", "main_pitr_verification", "_pitr_offsite", "n8n_workflows_retention"} <= set(titles)

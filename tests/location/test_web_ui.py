@@ -101,7 +101,7 @@ def test_asset_graph_a_backup_page_and_the_databases_in_chromium(tmp_path, new_d
         # The materialization runs while the web server starts; both use the same instance.
         materialize = subprocess.run(
             [str(BIN / "dagster"), "asset", "materialize", "-m", "homelab_ops.definitions", "--select",
-             f"backups/{db}"],  # the code location's default executor is in-process
+             f"backups/{db}_backup"],  # the code location's default executor is in-process
             cwd=ROOT, env=env, capture_output=True, text=True, timeout=120)
         assert materialize.returncode == 0, materialize.stdout[-3000:] + materialize.stderr[-3000:]
         manifest = json.loads(next((Path(settings.backups.local_dir) / db).glob("*.manifest.json")).read_text())
@@ -132,7 +132,15 @@ def test_asset_graph_a_backup_page_and_the_databases_in_chromium(tmp_path, new_d
                     skip.click()
                 page.screenshot(path=str(ARTIFACTS / "web_ui_asset_graph.png"))
 
-                page.goto(f"{base}/assets/backups/{db}")
+                # The backups group's lineage: each box titled by what it is, not four boxes reading `db`.
+                page.goto(f"{base}/locations/homelab_ops/asset-groups/backups")
+                for step in ("backup", "verification", "retention"):
+                    page.locator("foreignObject").get_by_text(f"{db}_{step}", exact=True).first.wait_for(
+                        timeout=20000)
+                assert page.locator("foreignObject").get_by_text(db, exact=True).count() == 0
+                page.screenshot(path=str(ARTIFACTS / "web_ui_backups_lineage.png"))
+
+                page.goto(f"{base}/assets/backups/{db}_backup")
                 sha_row = page.locator("tr", has_text="sha256")
                 sha_row.first.wait_for(timeout=20000)
                 assert manifest["sha256"] in sha_row.first.inner_text()

@@ -42,12 +42,12 @@ def test_every_rule_with_its_reason():
         run("old-canceled", "weekly", "CANCELED", 250),
         run("old-yearly", "yearly", "SUCCESS", 665),
     ]
-    d = by_id(rr.decide(runs, protected={"holder": "holds the latest materialization of backups/n8n"},
+    d = by_id(rr.decide(runs, protected={"holder": "holds the latest materialization of backups/n8n_backup"},
                         now=NOW, retention_seconds=90 * DAY, retention_label="90d"))
     assert [k for k, v in d.items() if v.delete] == ["old-ok", "old-failed", "old-yearly"]
     assert d["running"].reason == "not finished (STARTED)" and d["queued"].reason == "not finished (QUEUED)"
     assert d["young"].reason == "younger than 90d" and d["young"].rule == rr.YOUNG
-    assert d["holder"].reason == "holds the latest materialization of backups/n8n"
+    assert d["holder"].reason == "holds the latest materialization of backups/n8n_backup"
     assert d["newest-yearly"].reason == "newest finished run of job yearly"  # a yearly job keeps its last result
     assert d["old-ok"].reason == "older than 90d" and d["old-ok"].rule == rr.OLD
     # "weekly"'s newest run is still queued: its last finished one is its last result until that one ends.

@@ -77,12 +77,17 @@ def _fill(settings) -> str:
 
 @pytest.fixture
 def dagster_dsn():
-    """Dagster's PostgreSQL run storage with one backup materialization, as on the Pi."""
+    """Dagster's PostgreSQL run storage with backup materializations, as on a Pi that upgraded: one
+    under the key's old name (`backups/n8n`), then one under today's (`backups/n8n_backup`)."""
     name = f"dash_dagster_{uuid.uuid4().hex[:8]}"
     with psycopg.connect(ADMIN_DSN, autocommit=True) as c:
         c.execute(f'CREATE DATABASE "{name}"')
 
     @dg.asset(key=["backups", "n8n"])
+    def before_upgrade():
+        return dg.MaterializeResult(metadata={"size_bytes": dg.MetadataValue.int(120000)})
+
+    @dg.asset(key=["backups", "n8n_backup"])
     def backup():
         return dg.MaterializeResult(metadata={"size_bytes": dg.MetadataValue.int(123456)})
 
@@ -92,6 +97,7 @@ def dagster_dsn():
           "scheme": "postgresql+psycopg2"}  # SQLAlchemy 2.1 would pick psycopg 3, which Dagster's NOTIFY breaks on
     try:
         with dg.DagsterInstance.local_temp(overrides={"storage": {"postgres": {"postgres_db": db}}}) as inst:
+            assert dg.materialize([before_upgrade], instance=inst).success
             assert dg.materialize([backup], instance=inst).success
         yield dsn_for(name)
     finally:
@@ -118,7 +124,7 @@ def test_every_panel_query_runs_and_returns_rows(state_dsn, dagster_dsn):
             for t in p["targets"]:
                 rows = c.execute(runnable(t["rawSql"])).fetchall()
                 assert rows, f"panel {p['title']!r} returned no rows"
-                if p["title"] == "Backup size":
-                    assert rows[0][1:] == ("n8n", 123456)
+                if p["title"] == "Backup size":  # one series across the rename, newest last
+                    assert [r[1:] for r in rows] == [("n8n", 120000), ("n8n", 123456)]
                 if p["title"] == "Last backup per database":
-                    assert rows[0][0] == "n8n"
+                    assert [r[0] for r in rows] == ["n8n"]

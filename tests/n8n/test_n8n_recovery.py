@@ -230,7 +230,7 @@ def test_nightly_backup_saves_the_key_encrypted_and_n8n_verifies_it(nightly_done
     assert checks["n8n_key_saved"].passed, checks["n8n_key_saved"].description
     assert checks["matches_manifest"].passed, checks["matches_manifest"].description
     mats = {m.asset_key.to_user_string(): m for m in result.get_asset_materialization_events()}
-    meta = mats[f"restore_verification/{src}"].materialization.metadata
+    meta = mats[f"restore_verification/{src}_verification"].materialization.metadata
     assert meta["n8n_credentials_decrypted"].value == 3 and meta["n8n_workflows_loaded"].value == 2
     assert {r.data["credential"] for r in meta["n8n_credentials"].value.records} == {
         "Telegram bot", "Ollama API key", "Gmail OAuth"}
@@ -417,7 +417,7 @@ def test_verify_with_docker_runs_the_n8n_image_through_the_engine_and_puts_no_se
     checks = {e.check_name: e for e in result.get_asset_check_evaluations()}
     assert checks["matches_manifest"].passed, checks["matches_manifest"].description
     meta = {m.asset_key.to_user_string(): m for m in result.get_asset_materialization_events()}[
-        f"restore_verification/{src}"].materialization.metadata
+        f"restore_verification/{src}_verification"].materialization.metadata
     assert meta["n8n_credentials_decrypted"].value == 3 and meta["n8n_workflows_loaded"].value == 2
     assert seen, "no verification container was started through the Engine API"
     for info in seen:

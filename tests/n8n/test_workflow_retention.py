@@ -240,7 +240,7 @@ def test_the_asset_prunes_after_a_real_export(new_db, write_settings, s3_bucket,
                             resources={"homelab": HomelabSettings(config_path=str(path))})
     assert result.success
     export = Path(result.asset_materializations_for_node("n8n_workflows")[0].metadata["path"].value)
-    meta = result.asset_materializations_for_node("backup_retention__n8n_workflows")[0].metadata
+    meta = result.asset_materializations_for_node("backup_retention__n8n_workflows_retention")[0].metadata
     assert {q.name for q in root.iterdir()} == {export.name, yesterday, "notes", "README.txt"}
     assert len(list(export.glob("*.json"))) == 3  # the run's own export is the newest: kept whole
     assert {k.split("/")[1] for k in s3_keys(client, bucket)} == {export.name, yesterday}
@@ -259,7 +259,7 @@ def _backup_defs(monkeypatch, write_settings, data: dict, name: str) -> dg.Defin
 
 
 def test_nightly_job_prunes_the_exports_only_when_n8n_is_configured(monkeypatch, write_settings):
-    key = dg.AssetKey(["backup_retention", "n8n_workflows"])
+    key = dg.AssetKey(["backup_retention", "n8n_workflows_retention"])
     d = _backup_defs(monkeypatch, write_settings, {"n8n": {"dsn": ADMIN_DSN}}, "with.yaml")
     spec = {s.key: s for s in d.resolve_all_asset_specs()}[key]
     assert spec.group_name == "backups" and dg.AssetKey("n8n_workflows") in {dep.asset_key for dep in spec.deps}

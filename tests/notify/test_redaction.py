@@ -70,7 +70,7 @@ def planted_settings(pg, tmp_path: Path) -> tuple[dict, dict[str, str]]:
                                  "token": p["ntfytoken"], "min_severity": "info"}],
                    "heartbeat_url": f"http://127.0.0.1:{dead}/ping/{p['heartbeat']}",
                    "heartbeat": {"nightly_backup": f"http://127.0.0.1:{dead}/ping/{p['jobbeat']}"}},
-        # on, with a dead replication server: the receiver's checks and offsite/_pitr fail and say so
+        # on, with a dead replication server: the receiver's checks and offsite/_pitr_offsite fail and say so
         "pitr": {"enabled": True, "dsn": f"postgresql://replicator:{p['pitr']}@127.0.0.1:{dead}/postgres"},
         "credentials": {"key_file": str(tmp_path / "master.key"), "managed": {
             "pg": {"kind": "postgres-role", "role": "x", "period": "30d",
@@ -199,14 +199,14 @@ def test_planted_secrets_reach_no_store_and_no_output_whatever_fails(scram_pg, t
         materialize = [sys.executable, "-m", "dagster", "asset", "materialize", "-m", "homelab_ops.definitions",
                        "--select"]
         # S3 down (its URL holds a password), n8n with bad credentials, the roles dump, Redis down.
-        failed = _run([*materialize, "backups/app,backup_globals,n8n_workflows,backups/cache"], env, outputs)
+        failed = _run([*materialize, "backups/app_backup,backup_globals,n8n_workflows,backups/cache_backup"], env, outputs)
         assert failed.returncode != 0
         # Verification reads the S3 copy: down.
-        _run([*materialize, "restore_verification/app"], env, outputs)
+        _run([*materialize, "restore_verification/app_verification"], env, outputs)
         # A backup against a dead server.
-        _run([*materialize, "backups/app"], {**env, "HOMELAB_CONFIG": str(dead_path)}, outputs)
+        _run([*materialize, "backups/app_backup"], {**env, "HOMELAB_CONFIG": str(dead_path)}, outputs)
         # The PITR archive off-site (S3 down) and the stream's checks (replication server dead).
-        _run([*materialize, "offsite/_pitr"], env, outputs)
+        _run([*materialize, "offsite/_pitr_offsite"], env, outputs)
         _run([CLI, "pitr", "offsite"], env, outputs)
         _run([CLI, "pitr", "status"], env, outputs)
         _run([CLI, "backups", "list"], env, outputs)
@@ -224,7 +224,7 @@ def test_planted_secrets_reach_no_store_and_no_output_whatever_fails(scram_pg, t
     # The failures happened, and named what failed: the test could have seen a leak.
     assert "nas" in text and "127.0.0.1" in text, text[-5000:]
     assert "redis-cli --rdb of cache failed" in text, text[-5000:]
-    assert "pitr" in text and "offsite___pitr" in text, text[-5000:]
+    assert "pitr" in text and "offsite___pitr_offsite" in text, text[-5000:]
     assert any(p.name.endswith(".dump.zst") for p in (tmp_path / "backups" / "app").iterdir())
 
     state_dump = subprocess.run([str(PG_BIN / "pg_dump"), "--dbname", scram_pg.dsn("homelab")],

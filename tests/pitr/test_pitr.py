@@ -216,7 +216,7 @@ def test_restore_one_database_before_and_after_a_delete_and_latest(env):
 
 
 def test_the_archive_goes_off_site_and_a_new_sd_card_restores_from_it(env, s3_server, s3_bucket):
-    """`offsite/_pitr` with the target down: owed and named. Back up: the unfinished segment is finished
+    """`offsite/_pitr_offsite` with the target down: owed and named. Back up: the unfinished segment is finished
     (pg_switch_wal), WAL (encrypted copies only) and base backups go up. A new SD card (an empty local
     folder) restores `--at latest` from the off-site copy, up to the last copy; retention then prunes
     that copy by its own rules."""
@@ -254,7 +254,7 @@ def test_the_archive_goes_off_site_and_a_new_sd_card_restores_from_it(env, s3_se
                 result = dg.materialize([offsite_asset("main", "nas")], instance=instance, raise_on_error=False,
                                         resources={"homelab": HomelabSettings(config_path=str(path))})
                 [check] = result.get_asset_check_evaluations()
-                [mat] = result.asset_materializations_for_node("offsite___pitr")
+                [mat] = result.asset_materializations_for_node("offsite___pitr_offsite")
                 return check, mat.metadata["unfinished_segment"].value
 
             check, switched = sync()
@@ -464,16 +464,16 @@ def test_verification_fails_naming_a_removed_or_corrupted_segment(env):
 
 
 def rpo_observation(e: Env) -> dict:
-    """One tick of the pitr_rpo sensor: its observation of base_backups/main, as plain values."""
+    """One tick of the pitr_rpo sensor: its observation of base_backups/main_base_backup, as plain values."""
     import dagster as dg
 
-    from homelab_ops.defs.pitr.defs import base_key, rpo_sensor
+    from homelab_ops.defs.pitr.defs import rpo_sensor
     from homelab_ops.defs.resources import HomelabSettings
 
     with dg.build_sensor_context(resources={"homelab": HomelabSettings(config_path=str(e.path))}) as context:
         result = rpo_sensor("main")(context)
     [obs] = result.asset_events
-    assert obs.asset_key == base_key("main")
+    assert obs.asset_key == dg.AssetKey(["base_backups", "main_base_backup"])
     return {k: v.value for k, v in obs.metadata.items()}
 
 

@@ -14,6 +14,6 @@ class SourceConfig(BaseModel):
 
     type: str
     # The folder under backups.local_dir and each S3 prefix, and the last part of the asset keys
-    # (`backups/<name>`, `offsite/<name>`, `restore_verification/<name>`, `backup_retention/<name>`);
+    # (`backups/<name>_backup`, `offsite/<name>_offsite`, `restore_verification/<name>_verification`, `backup_retention/<name>_retention`);
     # homelab_ops.backups.names judges it, as it judges database names.
     name: str

@@ -1,4 +1,4 @@
-"""Backups as assets: one `backups/<database>` per database, the server's roles, n8n's workflows.
+"""Backups as assets: one `backups/<database>_backup` per database, the server's roles, n8n's workflows.
 
 Thin on purpose: the work is in `homelab_ops.backups`; here it is only named,
 scheduled and described for the web UI.
@@ -13,6 +13,7 @@ from homelab_ops.backups.backup import BackupError, BackupResult, run_globals_ba
 from homelab_ops.backups.catalog import time_of
 from homelab_ops.backups.config import BackupsConfig
 from homelab_ops.backups.offsite import TargetState, sync
+from homelab_ops.defs.backups import keys
 from homelab_ops.defs.resources import HomelabSettings
 
 GROUP = "backups"
@@ -43,18 +44,18 @@ def result_metadata(result: BackupResult) -> dict:
 
 
 def backup_asset(name: str, config: BackupsConfig) -> dg.AssetsDefinition:
-    """`backups/<name>`: a PostgreSQL database or a `backups.sources` entry, backed up by its source module."""
+    """`backups/<name>_backup`: a PostgreSQL database or a `backups.sources` entry, backed up by its source module."""
     source, entry = sources.source_for(config.backups, name)
     about = source.describe(entry, config)
 
     @dg.asset(
-        key=["backups", name],
+        key=keys.backup(name),
         group_name=GROUP,
         kinds=set(source.KINDS),
         pool=f"backup_{name}",
         description=(
             f"{about}, written to the local folder at disk speed"
-            f"{' (then copied off-site by `offsite/' + name + '`)' if config.backups.s3 else ''}. "
+            f"{' (then copied off-site by `' + keys.offsite(name).to_user_string() + '`)' if config.backups.s3 else ''}. "
             "Each materialization is one backup."
         ),
     )
@@ -87,10 +88,6 @@ def globals_asset() -> dg.AssetsDefinition:
     return _globals
 
 
-def offsite_key(database: str) -> dg.AssetKey:
-    return dg.AssetKey(["offsite", database])
-
-
 def _when(stem: str | None) -> str:
     return time_of(stem).strftime("%Y-%m-%d %H:%M:%S UTC") if stem else "none"
 
@@ -121,11 +118,11 @@ def offsite_metadata(states: list[TargetState]) -> dict:
 
 
 def offsite_asset(database: str, upstream: dg.AssetKey, config: BackupsConfig) -> dg.AssetsDefinition:
-    """`offsite/<database>`: copies every local backup of `database` that a target lacks, oldest first.
+    """`offsite/<database>_offsite`: copies every local backup of `database` that a target lacks, oldest first.
 
     The check `copies_complete` fails (and fails the step, so the run reports it) when a target
     still lacks a backup; the materialization records per target what it holds either way."""
-    key = offsite_key(database)
+    key = keys.offsite(database)
     targets = ", ".join(t.label for t in config.backups.s3)
 
     @dg.asset(

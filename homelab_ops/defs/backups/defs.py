@@ -7,7 +7,8 @@ from homelab_ops.backups import sources
 from homelab_ops.backups.catalog import GLOBALS
 from homelab_ops.backups.config import BackupsConfig
 from homelab_ops.defs.backups.assets import backup_asset, globals_asset, offsite_asset
-from homelab_ops.defs.backups.retention import globals_retention_asset, key as retention_key
+from homelab_ops.defs.backups import keys
+from homelab_ops.defs.backups.retention import globals_retention_asset
 from homelab_ops.defs.backups.retention import retention_asset, workflow_retention_asset
 from homelab_ops.defs.backups.verification import freshness_check, verification_asset
 from homelab_ops.defs.n8n.workflows import n8n_workflows_asset
@@ -30,7 +31,7 @@ def prune_after_failed_backup(nightly: dg.JobDefinition, prune_job: dg.JobDefini
         names = sorted(backups[step] for step in failed if step in backups)
         if names:
             return dg.RunRequest(run_key=f"prune-after-{context.dagster_run.run_id}",
-                                 asset_selection=[retention_key(n) for n in names])
+                                 asset_selection=[keys.retention(n) for n in names])
 
     return _sensor
 
@@ -100,7 +101,7 @@ def defs() -> dg.Definitions:
     if offsite:
         jobs.append(dg.define_asset_job(
             "offsite_sync",
-            # every `offsite/...` asset: the dumps' and, with pitr.enabled, the PITR archive's (offsite/_pitr)
+            # every `offsite/...` asset: the dumps' and, with pitr.enabled, the PITR archive's (offsite/_pitr_offsite)
             selection=dg.AssetSelection.key_prefixes(["offsite"]),
             executor_def=dg.in_process_executor,
             tags={"dagster/max_runtime": str(max_runtime)},

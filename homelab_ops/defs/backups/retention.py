@@ -1,6 +1,6 @@
-"""Retention as assets: `backup_retention/<database>` after its verification, `_globals`, n8n's exports.
+"""Retention as assets: `backup_retention/<database>_retention` after its verification, `_globals`, n8n's exports.
 
-Downstream of `restore_verification/<database>`, so the blocking check keeps a run
+Downstream of `restore_verification/<database>_verification`, so the blocking check keeps a run
 whose backup did not verify from pruning anything; the exports' retention is
 downstream of `n8n_workflows`, so a failed export prunes nothing either.
 """
@@ -13,16 +13,12 @@ import dagster as dg
 from homelab_ops.backups import prune as p
 from homelab_ops.backups.catalog import GLOBALS
 from homelab_ops.backups.config import BackupsConfig
-from homelab_ops.defs.backups.verification import key as verification_key
+from homelab_ops.defs.backups import keys
 from homelab_ops.defs.resources import HomelabSettings
 from homelab_ops.n8n.workflow_export import FOLDER
 from homelab_ops.n8n.workflow_retention import prune_workflow_exports
 
 GROUP = "backups"
-
-
-def key(database: str) -> dg.AssetKey:
-    return dg.AssetKey(["backup_retention", database])
 
 
 def prune_metadata(result: p.DatabasePrune, tz: tzinfo) -> dict:
@@ -65,9 +61,9 @@ _DESCRIPTION = (
 
 def _retention_asset(name: str, dep, config: BackupsConfig, about: str, protected: str,
                      prune: Callable[[BackupsConfig], p.DatabasePrune]) -> dg.AssetsDefinition:
-    """`backup_retention/<name>` after `dep`, in the pool of the backups it prunes."""
+    """`backup_retention/<name>_retention` after `dep`, in the pool of the backups it prunes."""
     @dg.asset(
-        key=key(name),
+        key=keys.retention(name),
         deps=[dep],
         group_name=GROUP,
         kinds={"s3"} if config.backups.s3 else set(),
@@ -82,7 +78,7 @@ def _retention_asset(name: str, dep, config: BackupsConfig, about: str, protecte
 
 def retention_asset(database: str, config: BackupsConfig) -> dg.AssetsDefinition:
     return _retention_asset(
-        database, verification_key(database), config, f"Retention of `{database}`'s backups. ",
+        database, keys.verification(database), config, f"Retention of `{database}`'s backups. ",
         "newest backup whose verification passed, and nothing at all when the newest backup failed verification",
         lambda config: p.prune_database(config, database))
 
@@ -94,12 +90,12 @@ def globals_retention_asset(config: BackupsConfig) -> dg.AssetsDefinition:
 
 
 def workflow_retention_asset(config: BackupsConfig, databases: list[str]) -> dg.AssetsDefinition:
-    """`backup_retention/n8n_workflows`; refuses a database of that name, whose backups would share
+    """`backup_retention/n8n_workflows_retention`; refuses a database of that name, whose backups would share
     the exports' folder and whose retention asset would have this key."""
     if FOLDER in databases:
         raise dg.DagsterInvalidDefinitionError(
             f"postgres.databases includes a database named {FOLDER!r}, the folder (and the "
-            f"backup_retention/{FOLDER} asset) of n8n's workflow exports; its backups and the exports would "
+            f"{keys.retention(FOLDER).to_user_string()} asset) of n8n's workflow exports; its backups and the exports would "
             "be pruned as one. Back that database up under another name, or remove the n8n section.")
     return _retention_asset(
         FOLDER, "n8n_workflows", config,

@@ -1,4 +1,4 @@
-"""Restore verification as assets: `restore_verification/<database>`, with its checks.
+"""Restore verification as assets: `restore_verification/<database>_verification`, with its checks.
 
 The blocking check `matches_manifest` is what stops retention from pruning after a
 backup that does not restore; the freshness check `verified_recently` is what
@@ -17,6 +17,7 @@ from homelab_ops.backups import sources
 from homelab_ops.backups import verify as v
 from homelab_ops.backups.config import BackupsConfig
 from homelab_ops.backups.stores import stores_for
+from homelab_ops.defs.backups import keys
 from homelab_ops.defs.n8n.verification import n8n_level
 from homelab_ops.defs.resources import HomelabSettings
 from homelab_ops.health.checks import OK, Thresholds, backup_age
@@ -34,10 +35,6 @@ class VerifyConfig(dg.Config):
         default=False,
         description="Also verify one randomly chosen older backup, to find bit rot in old backups.",
     )
-
-
-def key(database: str) -> dg.AssetKey:
-    return dg.AssetKey(["restore_verification", database])
 
 
 def _table(v_: v.Verification) -> dg.TableMetadataValue:
@@ -77,20 +74,20 @@ def verification_metadata(result: v.Verification, prefix: str = "") -> dict:
 
 
 def verification_asset(database: str, backups: BackupsConfig) -> dg.AssetsDefinition:
-    """`restore_verification/<database>`; `backups` is read at load (targets, the source's kinds), the
+    """`restore_verification/<database>_verification`; `backups` is read at load (targets, the source's kinds), the
     step reads the resource's (`homelab.backups`), as every asset does."""
     where = ("the copy in the store read longest ago (local or an S3 target, in turn)" if backups.backups.s3
              else "the local copy")
     source = sources.source_for(backups.backups, database)[0]
 
     @dg.asset(
-        key=key(database),
-        deps=[dg.AssetKey(["backups", database])],
+        key=keys.verification(database),
+        deps=[keys.backup(database)],
         group_name=GROUP,
         kinds=set(source.KINDS) | ({"s3"} if backups.backups.s3 else set()),
         pool=f"restore_verification_{database}",  # per database: one stuck verification blocks only its own
         check_specs=[dg.AssetCheckSpec(
-            MATCHES, asset=key(database), blocking=True,
+            MATCHES, asset=keys.verification(database), blocking=True,
             description=f"The restore holds what the manifest recorded ({source.VERIFIES}); fails on any "
                         "difference, so retention does not prune after it.",
         )],
@@ -154,7 +151,7 @@ def freshness_check(database: str, config: BackupsConfig) -> dg.AssetChecksDefin
     """Shows in the UI what the health sensor judges and alerts on as `backup_age:<database>`: the
     same judgement (health.checks.backup_age) against the same number, so one condition is one message."""
     @dg.asset_check(
-        asset=key(database),
+        asset=keys.verification(database),
         name=FRESH,
         description=f"A backup of `{database}` younger than thresholds.backup_age_fail_hours (default "
                     f"backups.max_age_hours, {config.backups.max_age_hours:g} h) was restored by its verification "

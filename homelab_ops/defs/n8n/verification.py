@@ -1,5 +1,5 @@
 """n8n's backups in the UI: verification by n8n itself (part of the blocking `matches_manifest`
-check of `restore_verification/<n8n database>`) and the WARN check that the key was saved."""
+check of `restore_verification/<n8n database>_verification`) and the WARN check that the key was saved."""
 
 
 import dagster as dg
@@ -7,6 +7,7 @@ import dagster as dg
 from homelab_ops.backups.catalog import read_listing
 from homelab_ops.backups.config import BackupsConfig
 from homelab_ops.backups.stores import LocalStore, StoreError
+from homelab_ops.defs.backups import keys
 from homelab_ops.defs.resources import HomelabSettings
 from homelab_ops.n8n import backup_set
 from homelab_ops.n8n import verification as nv
@@ -77,13 +78,13 @@ def n8n_level(context, backups: BackupsConfig, database: str, manifest_result, m
 
 
 def key_saved_check(n8n: N8nSettings | None) -> dg.AssetChecksDefinition | None:
-    """WARN on `backups/<n8n database>`: the newest backup set holds n8n's key (and its binary data)."""
+    """WARN on `backups/<n8n database>_backup`: the newest backup set holds n8n's key (and its binary data)."""
     database = backup_set.n8n_database(n8n)
     if database is None:
         return None
 
     @dg.asset_check(
-        asset=dg.AssetKey(["backups", database]),
+        asset=keys.backup(database),
         name=KEY_SAVED,
         description="The newest backup of n8n's database holds its encryption key (age-encrypted) and, with "
                     "n8n.binary_data_dir, its binary data: without the key every credential must be re-entered "

@@ -10,6 +10,7 @@ from datetime import datetime, timezone
 import dagster as dg
 
 from homelab_ops.backups.names import PITR_OFFSITE
+from homelab_ops.defs.backups import keys
 from homelab_ops.defs.resources import HomelabSettings
 from homelab_ops.settings import current
 
@@ -17,16 +18,8 @@ GROUP = "pitr"
 CHAIN = "wal_chain_replays_exactly"
 
 
-def base_key(cluster: str) -> dg.AssetKey:
-    return dg.AssetKey(["base_backups", cluster])
-
-
-def verification_key(cluster: str) -> dg.AssetKey:
-    return dg.AssetKey(["pitr_verification", cluster])
-
-
 def base_backup_asset(cluster: str) -> dg.AssetsDefinition:
-    @dg.asset(key=base_key(cluster), group_name=GROUP, kinds={"postgres"}, pool="base_backup",
+    @dg.asset(key=keys.base_backup(cluster), group_name=GROUP, kinds={"postgres"}, pool="base_backup",
               description=f"A base backup of cluster `{cluster}` (pg_basebackup, tar format with the server's "
                           "backup_manifest, checked with pg_verifybackup, zstd, age), then retention: base "
                           "backups by backups.retention, WAL older than the oldest kept base backup.")
@@ -56,11 +49,6 @@ def base_backup_asset(cluster: str) -> dg.AssetsDefinition:
     return _base
 
 
-def offsite_key() -> dg.AssetKey:
-    """Beside the dumps' `offsite/<database>`; `_pitr` is a reserved name no database can take."""
-    return dg.AssetKey(["offsite", PITR_OFFSITE])
-
-
 def _copies_table(states) -> dg.TableMetadataValue:
     def owed(v):
         return -1 if v is None else len(v)
@@ -80,9 +68,9 @@ def _copies_table(states) -> dg.TableMetadataValue:
 
 
 def offsite_asset(cluster: str, targets: str) -> dg.AssetsDefinition:
-    key = offsite_key()
+    key = keys.offsite(PITR_OFFSITE)  # `_pitr` is a reserved name no database can take
 
-    @dg.asset(key=key, deps=[base_key(cluster)], group_name=GROUP, kinds={"s3"}, pool="offsite_pitr",
+    @dg.asset(key=key, deps=[keys.base_backup(cluster)], group_name=GROUP, kinds={"s3"}, pool="offsite_pitr",
               check_specs=[dg.AssetCheckSpec("copies_complete", asset=key, blocking=True,
                                              description="Every target holds every finished WAL segment and "
                                                          "every complete base backup of the local archive.")],
@@ -135,9 +123,9 @@ def _tables(results) -> dg.TableMetadataValue:
 
 
 def verification_asset(cluster: str, databases: list[str]) -> dg.AssetsDefinition:
-    @dg.asset(key=verification_key(cluster), group_name=GROUP, kinds={"postgres"}, pool="restore_verification",
-              deps=[base_key(cluster), *[dg.AssetKey(["backups", db]) for db in databases]],
-              check_specs=[dg.AssetCheckSpec(CHAIN, asset=verification_key(cluster), blocking=True,
+    @dg.asset(key=keys.pitr_verification(cluster), group_name=GROUP, kinds={"postgres"}, pool="restore_verification",
+              deps=[keys.base_backup(cluster), *[keys.backup(db) for db in databases]],
+              check_specs=[dg.AssetCheckSpec(CHAIN, asset=keys.pitr_verification(cluster), blocking=True,
                                              description="The newest base backup plus the archived WAL replay to "
                                                          "exactly each nightly dump's point and match it table "
                                                          "by table (wal_level=logical); otherwise replay to the "
@@ -168,7 +156,7 @@ def verification_asset(cluster: str, databases: list[str]) -> dg.AssetsDefinitio
 def rpo_sensor(cluster: str) -> dg.SensorDefinition:
     @dg.sensor(name="pitr_rpo", minimum_interval_seconds=60, default_status=dg.DefaultSensorStatus.RUNNING,
                description="Every minute: the recovery point objective (how much a restore would lose now) and "
-                           "the WAL stream's checks, as an observation of base_backups/<cluster> (plotted in "
+                           "the WAL stream's checks, as an observation of base_backups/<cluster>_base_backup (plotted in "
                            "the UI) and homelab_pitr_rpo_seconds for node_exporter.")
     def _rpo(context: dg.SensorEvaluationContext, homelab: HomelabSettings):
         from homelab_ops.pitr.health import pitr_judgement
@@ -176,7 +164,7 @@ def rpo_sensor(cluster: str) -> dg.SensorDefinition:
         results, seconds = pitr_judgement(homelab.pitr, datetime.now(timezone.utc))  # one look at the server
         meta = {r.name.split(":")[0]: dg.MetadataValue.text(f"{r.state}: {r.reason}") for r in results}
         meta["rpo_seconds"] = dg.MetadataValue.float(-1.0 if seconds is None else round(seconds, 1))
-        return dg.SensorResult(asset_events=[dg.AssetObservation(asset_key=base_key(cluster), metadata=meta)])
+        return dg.SensorResult(asset_events=[dg.AssetObservation(asset_key=keys.base_backup(cluster), metadata=meta)])
 
     return _rpo
 
