@@ -11,6 +11,9 @@ from homelab_ops.backups.config import BackupsConfig
 from homelab_ops.credentials.config import CredentialsConfig
 from homelab_ops.deploy.config import DeployConfig
 from homelab_ops.health.config import HealthConfig
+from homelab_ops.maintenance.config import MaintenanceConfig
+from homelab_ops.metrics.config import MetricsConfig
+from homelab_ops.n8n.config import N8nConfig
 from homelab_ops.notify.config import NotifyConfig
 from homelab_ops.pitr.config import PitrConfig
 from homelab_ops.recovery import RecoveryConfig
@@ -38,6 +41,21 @@ class DomainConfigs:
     def health(self) -> HealthConfig:
         """What the health sensor's checks read."""
         return HealthConfig.of(self.settings)
+
+    @property
+    def maintenance(self) -> MaintenanceConfig:
+        """What disk hygiene and Dagster's run retention read."""
+        return MaintenanceConfig.of(self.settings)
+
+    @property
+    def metrics(self) -> MetricsConfig:
+        """What the metrics snapshots and their rollup read."""
+        return MetricsConfig.of(self.settings)
+
+    @property
+    def n8n(self) -> N8nConfig:
+        """What n8n's rollup and the workflow secrets scan read (n8n's backups read `backups`)."""
+        return N8nConfig.of(self.settings)
 
     @property
     def notify(self) -> NotifyConfig:

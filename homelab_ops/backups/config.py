@@ -27,13 +27,14 @@ class BackupsConfig:
     n8n: N8nSettings | None  # the n8n database's backup set: its key, binary data and verification
     docker_host: str  # where n8n's key is read from its container, and n8n runs for verification
     timezone: str  # retention's days are read in it
+    textfile_dir: str  # metrics.textfile_dir: where a passed verification publishes its time for Prometheus
     secrets: tuple[str, ...] = field(default=(), repr=False, compare=False)
 
     @classmethod
     def of(cls, settings: Settings) -> BackupsConfig:
         return cls(backups=settings.backups, postgres=settings.postgres, n8n=settings.n8n,
                    docker_host=settings.docker.host, timezone=settings.timezone,
-                   secrets=tuple(settings.secrets()))
+                   textfile_dir=settings.metrics.textfile_dir, secrets=tuple(settings.secrets()))
 
     @property
     def tz(self) -> ZoneInfo:

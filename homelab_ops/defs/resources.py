@@ -19,8 +19,8 @@ from homelab_ops.settings import VARIABLE
 class HomelabSettings(dg.ConfigurableResource, DomainConfigs):
     """The homelab's settings file (HOMELAB_CONFIG, default ./homelab.yaml).
 
-    Assets read their domain's part as `.backups`, `.credentials` or `.pitr` (homelab_ops.configs),
-    or one section from `.settings`; the file is parsed once per process.
+    Assets, checks and sensors read their domain's part (`.backups`, `.metrics`, `.notify` ...,
+    homelab_ops.configs), never `.settings` whole; the file is parsed once per process.
 
     Every run of this code location that touches the homelab starts here, once, before any
     step claims a pool slot: so this is where a run takes its crash guard and sweeps up after

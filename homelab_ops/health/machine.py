@@ -17,8 +17,12 @@ Rules:
 from __future__ import annotations
 
 from dataclasses import asdict, dataclass, field
+from typing import TYPE_CHECKING
 
 from homelab_ops.health.checks import FAIL, OK, UNKNOWN, WARN, CheckResult
+
+if TYPE_CHECKING:
+    from homelab_ops.settings import HealthSettings
 
 FLAPPING = "flapping"
 _SEVERITY = {OK: "info", UNKNOWN: "warn", WARN: "warn", FAIL: "fail", FLAPPING: "warn"}
@@ -42,8 +46,7 @@ class Policy:
     remedy_cooldown: float = 3600
 
     @classmethod
-    def from_settings(cls, settings) -> Policy:
-        h = settings.health
+    def of(cls, h: HealthSettings) -> Policy:
         return cls(h.realert_after.seconds, h.flap_window.seconds, h.flap_changes, h.remedy_cooldown.seconds)
 
 

@@ -2,7 +2,8 @@
 
 Delivery reads the notify section (Telegram's token, chats, API and retries; the one-way
 channels), the state database where chats and alerts are kept (state, and postgres for the
-server it is created on), and the credential store (a bot token kept there, and every
+server it is created on), the UI's address an alert links to, the zone its times are told in,
+and the credential store (a bot token kept there, and every
 value in it, masked from what an alert says). Every secret of the settings file rides
 along for the same masking, kept out of its repr.
 """
@@ -11,6 +12,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
+from zoneinfo import ZoneInfo
 
 from homelab_ops.credentials.config import CredentialsConfig
 
@@ -23,12 +25,18 @@ if TYPE_CHECKING:
 class NotifyConfig:
     notify: NotifySettings
     credentials: CredentialsConfig  # notify.telegram.bot_token_credential; the store's values are masked
+    base_url: str  # ui.base_url: where an alert's link points
+    timezone: str  # the zone an alert's and a reply's times are told in
     secrets: tuple[str, ...] = field(default=(), repr=False, compare=False)
 
     @classmethod
     def of(cls, settings: Settings) -> NotifyConfig:
         return cls(notify=settings.notify, credentials=CredentialsConfig.of(settings),
-                   secrets=tuple(settings.secrets()))
+                   base_url=settings.ui.base_url, timezone=settings.timezone, secrets=tuple(settings.secrets()))
+
+    @property
+    def tz(self) -> ZoneInfo:
+        return ZoneInfo(self.timezone)
 
     @property
     def state(self) -> StateSettings:

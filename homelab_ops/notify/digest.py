@@ -12,9 +12,13 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 from datetime import date, datetime, timedelta, timezone
+from typing import TYPE_CHECKING
 
 from homelab_ops import units
 from homelab_ops.notify.alert import Alert
+
+if TYPE_CHECKING:
+    from homelab_ops.health.config import HealthConfig
 
 FORECAST_DAYS = 7  # the metrics history a disk forecast is fitted on
 FORECAST_MIN_SAMPLES = 12
@@ -131,9 +135,9 @@ def compose(facts: Facts, now: datetime) -> Alert:
     return Alert("digest", f"daily_digest:{facts.day.isoformat()}", "digest", "info", title, "\n".join(lines))
 
 
-def gather(settings, now: datetime | None = None) -> Facts:
-    """Read what the digest reports. Each source that fails is named in `unread`, not raised."""
-    from homelab_ops.backups.config import BackupsConfig
+def gather(config: HealthConfig, now: datetime | None = None) -> Facts:
+    """Read what the digest reports. Each source that fails is named in `unread`, not raised.
+    It reads what the health checks read (backups, the state database, n8n, credentials, the zone)."""
     from homelab_ops.backups.sources import backed_up
     from homelab_ops.backups.catalog import time_of
     from homelab_ops.backups.stores import stores_for
@@ -141,11 +145,11 @@ def gather(settings, now: datetime | None = None) -> Facts:
     from homelab_ops.state import connect
 
     now = now or datetime.now(timezone.utc)
-    facts = Facts(day=now.astimezone(settings.tz).date())
+    facts = Facts(day=now.astimezone(config.tz).date())
     try:
-        local, remotes = stores_for(settings.backups)
+        local, remotes = stores_for(config.backups.backups)
         stores = [local, *remotes]
-        for db in backed_up(BackupsConfig.of(settings), warn=facts.unread.append):  # the server down, a name skipped
+        for db in backed_up(config.backups, warn=facts.unread.append):  # the server down, a name skipped
             listings, listed = {}, []
             for s in stores:  # as newest_verified: a store that is down proves nothing, the others count
                 try:
@@ -161,18 +165,17 @@ def gather(settings, now: datetime | None = None) -> Facts:
     except Exception as e:  # a store or the server down: say so in the digest
         facts.unread.append(f"backups: {type(e).__name__}")
     try:
-        with connect(settings.state.dsn.get_secret_value()) as conn:
+        with connect(config.state_dsn.get_secret_value()) as conn:
             facts.disks = _disks(conn, now)
-            if settings.n8n is not None:
+            if config.n8n is not None:
                 facts.n8n = _n8n(conn, facts.day - timedelta(days=1))
     except Exception as e:
         facts.unread.append(f"state database: {type(e).__name__}")
     try:
-        from homelab_ops.credentials.config import CredentialsConfig
         from homelab_ops.credentials.store import ages
 
         facts.credentials = [CredentialLine(a.name, a.age_seconds / 86400 if a.age_seconds is not None else None,
-                                            a.period_seconds / 86400) for a in ages(CredentialsConfig.of(settings), now)]
+                                            a.period_seconds / 86400) for a in ages(config.credentials, now)]
     except Exception as e:
         facts.unread.append(f"credentials: {type(e).__name__}")
     return facts

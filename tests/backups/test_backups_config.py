@@ -29,7 +29,8 @@ def test_the_config_holds_the_backups_sections_and_nothing_else(tmp_path):
     assert c.n8n.container == "n8n" and c.docker_host == "unix:///run/planted/docker.sock"
     assert str(c.tz) == "America/New_York"
     assert {f.name for f in dataclasses.fields(c)} == {"backups", "postgres", "n8n", "docker_host", "timezone",
-                                                       "secrets"}
+                                                       "textfile_dir", "secrets"}
+    assert c.textfile_dir == _settings(tmp_path).metrics.textfile_dir  # where a passed verification publishes
     assert not hasattr(c, "notify") and not hasattr(c, "credentials")
     with pytest.raises(dataclasses.FrozenInstanceError):
         c.timezone = "UTC"

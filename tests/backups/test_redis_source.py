@@ -95,7 +95,7 @@ def test_one_list_of_what_is_backed_up_for_the_location_the_cli_and_the_digest(n
     names = sources.backed_up(BackupsConfig.of(settings), warn=said.append)
     assert names.count(db) == 1 and names[-1] == db and "postgres" in names
     assert any(repr(db) in m and "backups.sources" in m for m in said), said
-    assert [line.database for line in gather(settings).backups].count(db) == 1
+    assert [line.database for line in gather(HealthConfig.of(settings)).backups].count(db) == 1
 
     _, down = write_settings({"postgres": {"dsn": f"postgresql://postgres@127.0.0.1:{free_port()}/postgres",
                                            "databases": "all"}, "backups": {"sources": [redis_entry]}}, "down.yaml")
@@ -106,7 +106,7 @@ def test_one_list_of_what_is_backed_up_for_the_location_the_cli_and_the_digest(n
     said.clear()
     assert sources.backed_up(BackupsConfig.of(down), warn=said.append) == ["app", db]
     assert "did not answer" in said[0]
-    facts = gather(down)
+    facts = gather(HealthConfig.of(down))
     assert [line.database for line in facts.backups] == ["app", db]
     assert any("did not answer" in why for why in facts.unread), facts.unread  # said in the digest
     ages = check_backups(HealthConfig.of(down), datetime.now(timezone.utc))

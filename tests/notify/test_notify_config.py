@@ -15,6 +15,7 @@ NTFY_TOKEN = "tk_planted-ntfy-access-token"
 def _settings():
     # nothing listens on port 1: the credential store is not there, and nothing waits for it
     return parse({"state": {"dsn": "postgresql://homelab:Pl4nted-pw@127.0.0.1:1/homelab"},
+                  "timezone": "Asia/Tokyo", "ui": {"base_url": "http://pi5:3000/"},
                   "backups": {"local_dir": "/tmp/x"},
                   "notify": {"telegram": {"bot_token": TOKEN, "chats": [42]},
                              "channels": [{"type": "ntfy", "server": "https://ntfy.example.org",
@@ -25,6 +26,7 @@ def test_the_config_holds_the_alert_path_and_hides_its_secrets():
     c = NotifyConfig.of(_settings())
     assert c.notify.telegram.chats == [42] and c.state.dsn.get_secret_value().endswith(":1/homelab")
     assert c.credentials.state == c.state  # the store the bot token may be kept in
+    assert c.base_url == "http://pi5:3000/" and str(c.tz) == "Asia/Tokyo"  # an alert's link and its times
     assert not hasattr(c, "backups") and not hasattr(c, "monitoring")
     assert TOKEN not in repr(c) and NTFY_TOKEN not in repr(c) and "Pl4nted-pw" not in repr(c)
     assert bot_token(c) == TOKEN

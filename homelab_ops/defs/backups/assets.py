@@ -60,7 +60,7 @@ def backup_asset(name: str, config: BackupsConfig) -> dg.AssetsDefinition:
         ),
     )
     def _backup(context: dg.AssetExecutionContext, homelab: HomelabSettings) -> dg.MaterializeResult:
-        module, current = sources.source_for(homelab.settings.backups, name)
+        module, current = sources.source_for(homelab.backups.backups, name)
         try:
             result = module.backup(current, homelab.backups, context.log)
         except (BackupError, SourceError) as e:
@@ -145,7 +145,7 @@ def offsite_asset(database: str, upstream: dg.AssetKey, config: BackupsConfig) -
         ),
     )
     def _offsite(context: dg.AssetExecutionContext, homelab: HomelabSettings) -> dg.MaterializeResult:
-        states = sync(homelab.settings.backups, database)
+        states = sync(homelab.backups.backups, database)
         for s in states:
             if s.uploaded:
                 context.log.info(f"{database}: copied {len(s.uploaded)} backup(s) to {s.target}: "

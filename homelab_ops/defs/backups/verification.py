@@ -20,7 +20,7 @@ from homelab_ops.backups.stores import stores_for
 from homelab_ops.defs.backups import keys
 from homelab_ops.defs.n8n.verification import n8n_level
 from homelab_ops.defs.resources import HomelabSettings
-from homelab_ops.health.checks import OK, Thresholds, backup_age
+from homelab_ops.health.checks import OK, backup_age
 from homelab_ops.metrics.thresholds import ALERTED_BY
 
 GROUP = "backups"
@@ -125,7 +125,7 @@ def verification_asset(database: str, backups: BackupsConfig) -> dg.AssetsDefini
         failed = [r for r in results if not r.passed]
         n8n = n8n_level(context, backups, database, results[0], meta)  # n8n itself on n8n's database, or None
         if results[0].passed:
-            v.publish_freshness(homelab.settings.metrics.textfile_dir, results[0])
+            v.publish_freshness(backups.textfile_dir, results[0])
         # Only a failed copy blocks retention; integrity-only warns (retention still protects the
         # newest restored backup, and a host without a key must not fill its disk).
         hard = any(r.outcome == v.FAILED for r in results)
@@ -160,15 +160,15 @@ def freshness_check(database: str, config: BackupsConfig) -> dg.AssetChecksDefin
         metadata={"alerted_by": ALERTED_BY},
     )
     def _fresh(homelab: HomelabSettings) -> dg.AssetCheckResult:
-        s = homelab.settings
-        limit = Thresholds.from_settings(s).backup_age_fail_hours
+        h = homelab.health  # the judgement is the health sensor's (backup_age), with its numbers
+        limit = h.thresholds.backup_age_fail_hours
         now = datetime.now(timezone.utc)
         try:
-            backup, store = v.newest_verified(s.backups, database, now=now, within_hours=limit)
-            local = v.listing(stores_for(s.backups)[0], database).backups
+            backup, store = v.newest_verified(h.backups.backups, database, now=now, within_hours=limit)
+            local = v.listing(stores_for(h.backups.backups)[0], database).backups
         except v.VerifyError as e:
             return dg.AssetCheckResult(passed=False, description=str(e))
-        verified = backup.time if backup else v.published_freshness(s.metrics.textfile_dir, database)
+        verified = backup.time if backup else v.published_freshness(h.backups.textfile_dir, database)
         if backup is None and verified is not None and (now - verified).total_seconds() <= limit * 3600:
             verified = None  # verification published a recent restore, but no store holds that copy now
         # The sensor's input when no store has a recent restored copy: the same message for a stale one.

@@ -90,7 +90,7 @@ def workflow_secrets_scan_asset() -> dg.AssetsDefinition:
     )
     def workflow_secrets_scan(context: dg.AssetExecutionContext, homelab: HomelabSettings) -> dg.MaterializeResult:
         try:
-            report = scan_configured(homelab.settings.n8n)
+            report = scan_configured(homelab.n8n.n8n)
         except (ScanError, OSError) as e:
             raise dg.Failure(description=str(e)) from None
         except psycopg.Error as e:

@@ -90,7 +90,7 @@ def build_health_sensor(jobs: list, *, name: str = "health_sensor", interval: in
                            "state (re-alerts every health.realert_after, reports flapping once, announces "
                            "recovery) and starts the remedy job of a failing check once per failure.")
     def _health(context: dg.SensorEvaluationContext, homelab: HomelabSettings, alert_channels: AlertChannels):
-        settings = homelab.settings
+        health = homelab.health
         notify = homelab.notify
         now = clock()
         tick_deadline = time.monotonic() + TICK_BUDGET_S
@@ -98,14 +98,14 @@ def build_health_sensor(jobs: list, *, name: str = "health_sensor", interval: in
         known_chats = [Chat.from_json(c) for c in data.get("chats") or []]
         redact = alert_channels.redactor(notify)
         results = [CheckResult(r.name, r.state, redact(r.reason), r.remedy)
-                   for r in (evaluate or run_checks)(homelab.health)]
-        policy = machine.Policy.from_settings(settings)
+                   for r in (evaluate or run_checks)(health)]
+        policy = machine.Policy.of(health.health)
         memories, notices = machine.advance(_memories(data), results, now, policy)
 
         available = set(job_names)
         if context.repository_def is not None:
             available = {j for j in available if context.repository_def.has_job(j)}
-        planned, skipped = remedies.plan(memories, results, now, policy, settings.health.remedies, available)
+        planned, skipped = remedies.plan(memories, results, now, policy, health.health.remedies, available)
         for s in skipped:
             context.log.info(s.why)
         started: dict[str, list[str]] = {}
@@ -113,25 +113,25 @@ def build_health_sensor(jobs: list, *, name: str = "health_sensor", interval: in
             started.setdefault(p.check, []).append(p.job)
             context.log.info(f"{p.check}: requesting remedy {p.job} (run key {p.run_key})")
 
-        alerts = [messages.notice_alert(n, now, settings.tz, started.pop(n.check, [])) for n in notices]
+        alerts = [messages.notice_alert(n, now, health.tz, started.pop(n.check, [])) for n in notices]
         chats = None
         if alerts:
             _, chats = alert_channels.dispatcher(notify, logger=context.log).deliver(alerts, known_chats=known_chats)
         line = overview.summary(results)
         context.log.info(f"{line}; {len(alerts)} alerts, {len(planned)} remedy runs")
         try:  # Prometheus' rules for these conditions hold back while this file is fresh
-            textfile.write_atomically(settings.metrics.textfile_dir, textfile.render(
+            textfile.write_atomically(health.metrics.textfile_dir, textfile.render(
                 overview.samples(results), now, stamp=overview.TICK_METRIC), overview.TEXTFILE)
         except OSError as e:
-            context.log.warning(f"{overview.TEXTFILE} not written in {settings.metrics.textfile_dir} "
+            context.log.warning(f"{overview.TEXTFILE} not written in {health.metrics.textfile_dir} "
                                 f"(Prometheus will alert in the sensor's place): {redact(first_line(e))}")
-        beat = settings.notify.heartbeat_url
+        beat = notify.notify.heartbeat_url
         if beat is not None:
             event = heartbeat.FAIL if overview.overall(results) == FAIL else heartbeat.SUCCESS
             resp = heartbeat.ping(beat.get_secret_value(), event, line, deadline=tick_deadline)
             if not resp.ok:
                 context.log.warning(f"heartbeat ({event}) not delivered: {redact(resp.error)}")
-        table = overview.rows(memories, results, settings.tz)
+        table = overview.rows(memories, results, health.tz)
         shown = data.get("shown") or {}
         events = []
         if overview.due(shown.get("sig"), shown.get("at"), table, now):
@@ -165,7 +165,6 @@ def build_run_failure_sensor(name: str = "run_failure_alert") -> dg.SensorDefini
                                        "for exceeding dagster/max_runtime): job, failed step, the error's first "
                                        "lines and a link to the run.")
     def _run_failure(context: dg.RunFailureSensorContext, homelab: HomelabSettings, alert_channels: AlertChannels):
-        settings = homelab.settings
         notify = homelab.notify
         run = context.dagster_run
         if INTERRUPTED_TAG in run.tags:  # a crashed run: homelab_ops.recovery has alerted once already
@@ -183,7 +182,7 @@ def build_run_failure_sensor(name: str = "run_failure_alert") -> dg.SensorDefini
             run.run_id, of_type=dg.DagsterEventType.RUN_CANCELING) if e.dagster_event and e.dagster_event.message]
         if canceling:
             run_message = "\n".join([*canceling, run_message])
-        alert = messages.run_failure_alert(run.job_name, run.run_id, steps, run_message, settings.ui.base_url)
+        alert = messages.run_failure_alert(run.job_name, run.run_id, steps, run_message, notify.base_url)
         alert_channels.dispatcher(notify, logger=context.log).deliver([alert])
 
     return _run_failure
@@ -203,7 +202,6 @@ def build_asset_check_sensor(name: str = "asset_check_alert", *, interval: int =
                 if (repo.asset_graph.get_check_spec(k).metadata or {}).get("alerted_by") != ALERTED_BY]
         if not keys:
             return dg.SkipReason("no asset checks in this code location")
-        settings = homelab.settings
         notify = homelab.notify
         now = clock()
         latest = context.instance.event_log_storage.get_latest_asset_check_execution_by_key(keys)
@@ -224,11 +222,11 @@ def build_asset_check_sensor(name: str = "asset_check_alert", *, interval: int =
         data = _load_cursor(context.cursor)
         redact = alert_channels.redactor(notify)
         results = [CheckResult(r.name, r.state, redact(r.reason)) for r in results]
-        memories, notices = machine.advance(_memories(data), results, now, machine.Policy.from_settings(settings))
+        memories, notices = machine.advance(_memories(data), results, now, machine.Policy.of(homelab.health.health))
         alerts = []
         for n in notices:
             asset, check, run_id = info[n.check]
-            alerts.append(messages.asset_check_alert(n, asset, check, n.reason, run_id, settings.ui.base_url))
+            alerts.append(messages.asset_check_alert(n, asset, check, n.reason, run_id, notify.base_url))
         known_chats = [Chat.from_json(c) for c in data.get("chats") or []]
         chats = None
         if alerts:
@@ -244,7 +242,6 @@ def build_telegram_inbox_sensor(name: str = "telegram_inbox", *, interval: int =
                description="Reads the bot's messages (getUpdates with an offset): /start records a chat as "
                            "pending for `homelab-ops notify approve`, /mute and /unmute act for approved chats.")
     def _inbox(context: dg.SensorEvaluationContext, homelab: HomelabSettings, alert_channels: AlertChannels):
-        settings = homelab.settings
         notify = homelab.notify
         bot = alert_channels.bot(notify)
         if bot is None:
@@ -258,9 +255,9 @@ def build_telegram_inbox_sensor(name: str = "telegram_inbox", *, interval: int =
         replies: list = []
         if cmds:
             try:
-                with chats_mod.state_connection(settings.state, settings.postgres) as conn:
+                with chats_mod.state_connection(notify.state, notify.postgres) as conn:
                     before = {c.chat_id: c.status for c in chats_mod.list_chats(conn)}
-                    replies = chats_mod.apply_commands(conn, cmds, settings.tz)
+                    replies = chats_mod.apply_commands(conn, cmds, notify.tz)
             except psycopg.Error as e:  # the offset stays: Telegram keeps the updates for the next tick
                 return dg.SkipReason(f"state database not reachable ({type(e).__name__}); "
                                      f"{len(cmds)} commands wait for the next tick")
@@ -298,9 +295,8 @@ def build_job_heartbeat_sensors() -> list[dg.SensorDefinition]:
                                           f"{'starts' if event == heartbeat.START else 'ends: ' + event}.")
         def _beat(context: dg.RunStatusSensorContext, homelab: HomelabSettings, alert_channels: AlertChannels,
                   _event: str = event):
-            settings = homelab.settings
             notify = homelab.notify
-            url = settings.notify.heartbeat.get(context.dagster_run.job_name)
+            url = notify.notify.heartbeat.get(context.dagster_run.job_name)
             if url is None:
                 return dg.SkipReason(f"no notify.heartbeat for {context.dagster_run.job_name}")
             resp = heartbeat.ping(url.get_secret_value(), _event,
@@ -317,10 +313,8 @@ def build_job_heartbeat_sensors() -> list[dg.SensorDefinition]:
 def send_daily_digest(context: dg.OpExecutionContext, homelab: HomelabSettings, alert_channels: AlertChannels):
     from homelab_ops.notify import digest
 
-    settings = homelab.settings
-
     notify = homelab.notify
-    facts = digest.gather(settings)
+    facts = digest.gather(homelab.health)
     (delivered,), _ = alert_channels.dispatcher(notify, logger=context.log).deliver(
         [digest.compose(facts, datetime.now(timezone.utc))])
     context.add_output_metadata({"delivered_to": ", ".join(o.to for o in delivered.outcomes if o.ok) or "nobody",

@@ -59,10 +59,10 @@ def hygiene_metadata(trims: list[h.TrimResult], logs: h.DockerLogs) -> dict:
                 "reported as states, not failures.",
 )
 def disk_hygiene(context: dg.AssetExecutionContext, homelab: HomelabSettings) -> dg.MaterializeResult:
-    s = homelab.settings
-    helper = h.Helper.of(s.docker.host, s.disk_hygiene.helper_image)
-    trims = h.trim(s.disk_hygiene.fstrim_mounts, helper=helper)
-    logs = h.container_logs(s.docker.host, helper=helper)
+    config = homelab.maintenance
+    helper = h.Helper.of(config.docker_host, config.disk_hygiene.helper_image)
+    trims = h.trim(config.disk_hygiene.fstrim_mounts, helper=helper)
+    logs = h.container_logs(config.docker_host, helper=helper)
     for r in trims:
         context.log.info(f"fstrim {r.mount}: {r.state} {r.detail}")
     context.log.info(f"docker: {logs.state}: {logs.detail}")
@@ -175,7 +175,7 @@ def kept_summary(counts: Counter, examples: dict[str, list[str]], deleted: int, 
                 "and kept counts, the deleted runs, and why runs were kept.",
 )
 def dagster_run_retention(context: dg.AssetExecutionContext, homelab: HomelabSettings) -> dg.MaterializeResult:
-    setting = homelab.settings.disk_hygiene.run_retention
+    setting = homelab.maintenance.disk_hygiene.run_retention
     instance = context.instance
     protected = latest_materialization_runs(instance)
     decisions = rr.decide(runs_newest_first(instance), protected=protected, now=datetime.now(timezone.utc),

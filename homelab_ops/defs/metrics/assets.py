@@ -13,7 +13,6 @@ import dagster as dg
 
 from homelab_ops import units
 from homelab_ops.defs.resources import HomelabSettings, PostgresResource
-from homelab_ops.health.checks import Thresholds
 from homelab_ops.metrics import containers, textfile, thresholds
 from homelab_ops.metrics.collect import PI_PREFIX, take_snapshot
 from homelab_ops.metrics.store import previous_container_values, roll_up_day, write_container_snapshot, write_snapshot
@@ -44,16 +43,16 @@ def _check_result(o: thresholds.Outcome) -> dg.AssetCheckResult:
 def host_metrics(context: dg.AssetExecutionContext, homelab: HomelabSettings,
                  state_database: PostgresResource) -> dg.MaterializeResult:
     started = time.perf_counter()
-    settings = homelab.settings
-    snap = take_snapshot(settings.metrics)
+    config = homelab.metrics
+    snap = take_snapshot(config.metrics)
     with state_database.open_state() as conn:
         rows = write_snapshot(conn, snap)
     pi = snap.pi_samples + [s for s in snap.values("homelab_sensor_present") if s.labels["sensor"] in _PI_SENSORS]
-    path = textfile.write_atomically(settings.metrics.textfile_dir,
+    path = textfile.write_atomically(config.metrics.textfile_dir,
                                      textfile.render(pi, snap.taken_at.timestamp()))
     for sensor, why in sorted(snap.absent.items()):
         context.log.info(f"absent: {sensor}: {why}")
-    outcomes = thresholds.evaluate(snap.samples, Thresholds.from_settings(settings))
+    outcomes = thresholds.evaluate(snap.samples, config.thresholds)
     temps = [s.value for s in snap.values("node_thermal_zone_temp") if s.value is not None]
     meta = {
         "samples": dg.MetadataValue.int(rows),
@@ -97,9 +96,9 @@ def _container_table(snap: containers.ContainerSnapshot) -> str:
 def container_metrics(context: dg.AssetExecutionContext, homelab: HomelabSettings,
                       state_database: PostgresResource) -> dg.MaterializeResult:
     started = time.perf_counter()
-    settings = homelab.settings
+    config = homelab.metrics
     try:
-        snap = containers.take_snapshot(settings.docker.host, patterns=settings.metrics.containers)
+        snap = containers.take_snapshot(config.docker_host, patterns=config.metrics.containers)
     except containers.DockerUnavailable as e:
         raise dg.Failure(description=str(e), allow_retries=False) from None
     with state_database.open_state() as conn:
@@ -108,7 +107,7 @@ def container_metrics(context: dg.AssetExecutionContext, homelab: HomelabSetting
     for c in snap.containers:
         if c.stats_error:
             context.log.warning(f"{c.name}: no stats: {c.stats_error}")
-    outcomes = containers.evaluate(snap.containers, previous, Thresholds.from_settings(settings))
+    outcomes = containers.evaluate(snap.containers, previous, config.thresholds)
     running = sum(c.running for c in snap.containers)
     return dg.MaterializeResult(metadata={
         "containers": dg.MetadataValue.int(len(snap.containers)),
@@ -147,10 +146,10 @@ def host_metrics_daily_asset(metrics: MetricsSettings, zone: str) -> dg.AssetsDe
     )
     def _daily(context: dg.AssetExecutionContext, homelab: HomelabSettings,
                state_database: PostgresResource) -> dg.MaterializeResult:
-        s = homelab.settings
+        config = homelab.metrics
         day = date.fromisoformat(context.partition_key)
         with state_database.open_state() as conn:
-            out = roll_up_day(conn, day, s.timezone, retention_days=s.metrics.raw_retention_days,
+            out = roll_up_day(conn, day, config.timezone, retention_days=config.metrics.raw_retention_days,
                               now=datetime.now(timezone.utc))
         if out.kept_stored:
             context.log.warning(f"{day}: raw snapshots are past retention; the stored rollup is kept")

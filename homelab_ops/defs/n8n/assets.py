@@ -80,14 +80,14 @@ def n8n_execution_rollup_asset(n8n: N8nSettings, zone: str) -> dg.AssetsDefiniti
     def _rollup(context: dg.AssetExecutionContext, config: RollupConfig,
                 homelab: HomelabSettings, n8n_database: PostgresResource,
                 state_database: PostgresResource) -> dg.MaterializeResult:
-        s = homelab.settings
+        n8n_config = homelab.n8n
         day = date.fromisoformat(context.partition_key)
         started = time.perf_counter()
         try:
             with (rollup.connect_n8n(n8n_database.conninfo().get_secret_value()) as n8n,
                   state_database.open_state() as state):
-                layout = rollup.detect_layout(n8n, s.n8n.db_schema, s.n8n.table_prefix)
-                rows = rollup.compute_day(n8n, layout, day, s.timezone)
+                layout = rollup.detect_layout(n8n, n8n_config.n8n.db_schema, n8n_config.n8n.table_prefix)
+                rows = rollup.compute_day(n8n, layout, day, n8n_config.timezone)
                 out = rollup.replace_day(state, day, rows, allow_shrink=config.allow_shrink)
         except rollup.LayoutError as e:
             raise dg.Failure(description=str(e)) from None
@@ -105,7 +105,7 @@ def n8n_execution_rollup_asset(n8n: N8nSettings, zone: str) -> dg.AssetsDefiniti
                 "duration_ms": dg.MetadataValue.int(round((time.perf_counter() - started) * 1000)),
                 "summary": dg.MetadataValue.md(rollup.markdown_summary(out.rows)),
             },
-            check_results=[failure_check_result(out.rows, Thresholds.from_settings(s))],
+            check_results=[failure_check_result(out.rows, n8n_config.thresholds)],
         )
 
     return _rollup

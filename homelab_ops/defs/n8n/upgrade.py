@@ -43,7 +43,6 @@ def upgrade_alert(report: upgrade.UpgradeReport, run_id: str, base_url: str) -> 
 )
 def n8n_upgrade_readiness(context: dg.AssetExecutionContext, config: UpgradeConfig, homelab: HomelabSettings
                           ) -> dg.MaterializeResult:
-    s = homelab.settings
     try:
         report = upgrade.check_upgrade(homelab.backups, config.version)
     except upgrade.UpgradeCheckError as e:
@@ -51,7 +50,7 @@ def n8n_upgrade_readiness(context: dg.AssetExecutionContext, config: UpgradeConf
     (context.log.info if report.go else context.log.error)(f"{report.headline()}: {report.verdict.summary()}")
     try:
         dispatcher_for(homelab.notify, logger=context.log).deliver([upgrade_alert(report, context.run.run_id,
-                                                                                s.ui.base_url)])
+                                                                                homelab.notify.base_url)])
     except Exception as e:
         context.log.warning(f"the go/no-go message could not be sent: {first_line(e)}")
     v = report.verdict

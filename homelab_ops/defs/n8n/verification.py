@@ -91,8 +91,7 @@ def key_saved_check(n8n: N8nSettings | None) -> dg.AssetChecksDefinition | None:
                     "by hand after a restore.",
     )
     def _key_saved(homelab: HomelabSettings) -> dg.AssetCheckResult:
-        s = homelab.settings
-        local = LocalStore(s.backups.local_dir)
+        local = LocalStore(homelab.backups.backups.local_dir)
         try:
             backups = read_listing(local.list(database)).backups
             extras = backup_set.read_extras(local, database, backups[-1].stem) if backups else None

@@ -57,10 +57,10 @@ def n8n_workflows_asset(config: BackupsConfig) -> dg.AssetsDefinition:
                     "the dumps and off-site; restore one with `n8n import:workflow --input=FILE`.",
     )
     def n8n_workflows(context: dg.AssetExecutionContext, homelab: HomelabSettings) -> dg.MaterializeResult:
-        s = homelab.settings
+        backups = homelab.backups
         previous_credentials = _previous_credential_count(context)
-        result = export_n8n_workflows(homelab.backups)
-        credentials = _credential_count(s.n8n)
+        result = export_n8n_workflows(backups)
+        credentials = _credential_count(backups.n8n)
         meta = {
             "path": dg.MetadataValue.path(str(result.path)),
             "workflow_count": dg.MetadataValue.int(result.count),
@@ -70,13 +70,13 @@ def n8n_workflows_asset(config: BackupsConfig) -> dg.AssetsDefinition:
             meta[CREDENTIAL_COUNT] = dg.MetadataValue.int(credentials)
         if result.uris:
             meta["s3_uri"] = dg.MetadataValue.text(", ".join(result.uris))
-        t = tripwire.compare_exports(Path(s.backups.local_dir) / FOLDER, share=s.n8n.max_drop_share,
+        t = tripwire.compare_exports(Path(backups.backups.local_dir) / FOLDER, share=backups.n8n.max_drop_share,
                                      credentials_before=previous_credentials, credentials_now=credentials)
         if t.tripped:
             # WARN checks are not alerted by the asset_check_alert sensor: this alert is the one.
             try:
                 dispatcher_for(homelab.notify, logger=context.log).deliver(
-                    [tripwire_alert(t, context.run.run_id, s.ui.base_url)])
+                    [tripwire_alert(t, context.run.run_id, homelab.notify.base_url)])
             except Exception as e:  # the export is written; a dead channel must not fail it
                 context.log.warning(f"the tripwire alert could not be sent: {first_line(e)}")
         check = dg.AssetCheckResult(
