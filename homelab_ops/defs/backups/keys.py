@@ -1,4 +1,5 @@
-"""Asset keys of what is backed up (dumps and the PITR cluster), in one place because jobs, checks and the CLI all name them.
+"""Asset keys of what is backed up (dumps and the PITR cluster), in one place: jobs, checks,
+sensors and the CLI all name them.
 
 The first part is the step (`backups`, `restore_verification`, `backup_retention`, `offsite`): jobs
 and selections pick a step by it. The last part names the thing and the step (`n8n_backup`), because
@@ -6,28 +7,19 @@ the lineage graph titles each box with the last part alone, and four boxes title
 owner nothing.
 """
 
+from collections.abc import Callable
+
 import dagster as dg
 
 
-def backup(name: str) -> dg.AssetKey:
-    return dg.AssetKey(["backups", f"{name}_backup"])
+def _keys(step: str, last: str) -> Callable[[str], dg.AssetKey]:
+    """The key of `step` for a thing called `name`: `<step>/<name>_<last>`."""
+    return lambda name: dg.AssetKey([step, f"{name}_{last}"])
 
 
-def verification(name: str) -> dg.AssetKey:
-    return dg.AssetKey(["restore_verification", f"{name}_verification"])
-
-
-def retention(name: str) -> dg.AssetKey:
-    return dg.AssetKey(["backup_retention", f"{name}_retention"])
-
-
-def offsite(name: str) -> dg.AssetKey:
-    return dg.AssetKey(["offsite", f"{name}_offsite"])
-
-
-def base_backup(cluster: str) -> dg.AssetKey:
-    return dg.AssetKey(["base_backups", f"{cluster}_base_backup"])
-
-
-def pitr_verification(cluster: str) -> dg.AssetKey:
-    return dg.AssetKey(["pitr_verification", f"{cluster}_pitr_verification"])
+backup = _keys("backups", "backup")
+verification = _keys("restore_verification", "verification")
+retention = _keys("backup_retention", "retention")
+offsite = _keys("offsite", "offsite")
+base_backup = _keys("base_backups", "base_backup")  # a PITR cluster's
+pitr_verification = _keys("pitr_verification", "pitr_verification")
