@@ -65,6 +65,17 @@ def define(store, server: RedisServer, user: str, name: str = "cache_app", **mor
         "username": user, "port": server.port, "admin_password": server.password, "period": "30d", **more}))
 
 
+@contextmanager
+def rotated_once(cred_settings, server: RedisServer):
+    """A Redis user whose credential is defined and rotated once: (settings, user, open store, its password)."""
+    _, settings = cred_settings()
+    user = new_user(server)
+    with open_store(CredentialsConfig.of(settings), "test") as store:
+        define(store, server, user)
+        rotate(store, "cache_app")
+        yield settings, user, store, store.value("cache_app")
+
+
 # --------------------------------------------------------------------------- options
 
 
@@ -184,12 +195,7 @@ def test_no_password_reaches_a_command_line(cred_settings, server, monkeypatch):
 
 @pytest.mark.parametrize("crash_after", ["create", "set", "test", "restart", "finish's ACL change"])
 def test_a_rotation_killed_between_any_two_steps_is_finished_by_the_next_run(cred_settings, server, crash_after):
-    _, settings = cred_settings()
-    user = new_user(server)
-    with open_store(CredentialsConfig.of(settings), "test") as store:
-        define(store, server, user)
-        rotate(store, "cache_app")
-        old = store.value("cache_app")
+    with rotated_once(cred_settings, server) as (settings, user, store, old):
         for step in STEPS[:STEPS.index(crash_after) + 1] if crash_after in STEPS else STEPS[:-1]:
             run_step(store, "cache_app", step)
         pending_version, pending = store.read("cache_app", "pending")
@@ -217,12 +223,7 @@ def test_a_rotation_killed_between_any_two_steps_is_finished_by_the_next_run(cre
 
 
 def test_a_failed_login_test_takes_the_new_password_off_and_the_next_run_finishes(cred_settings, server):
-    _, settings = cred_settings()
-    user = new_user(server)
-    with open_store(CredentialsConfig.of(settings), "test") as store:
-        define(store, server, user)
-        rotate(store, "cache_app")
-        current = store.value("cache_app")
+    with rotated_once(cred_settings, server) as (_, user, store, current):
         server.cli("ACL", "SETUSER", user, "off")  # no login works: the test step must fail
         with pytest.raises(RotationError, match=rf"step 'test': login as Redis user '{user}' with the new password "
                                                 rf"failed \(Redis refused the login \(WRONGPASS .*\)\); the new "
