@@ -295,7 +295,7 @@ STANDINS = {
     "n8n_runner": ("n8n task runners", 5680, {"healthz": '{"status":"ok"}'}, False),
 }
 # Metrics only a stand-in's real program exports: a PromQL selector on them cannot be checked here
-# (tests/deploy/test_deploy_engine.py names each one it skips). Prefix -> the program.
+# (tests/deploy/test_engine.py names each one it skips). Prefix -> the program.
 STANDIN_METRIC_PREFIXES = {"container_": "cAdvisor", "loki_": "Loki", "alloy_": "Grafana Alloy",
                            "grafana_": "Grafana"}
 # node_exporter metrics that need hardware this machine lacks (no /sys/class/thermal, no hwmon here).

@@ -1,6 +1,6 @@
 """What a rotation hands its consumers, as plain data: the variables that name the credential, merged
 into a container's environment, and the create body that copies the container (no Docker here: the
-Engine path is tested in test_credentials_rotation.py)."""
+Engine path is tested in test_rotation.py)."""
 
 from __future__ import annotations
 

@@ -1,6 +1,6 @@
 """The env template as Jinja2 (#15): `{{ cred("name") }}` / `{{ cred("name", "field") }}` and nothing
 else, checked line by line before any value is read, quoted for compose as before, and no value in
-an error. No store here: `lookup` is a plain function (the store's path is in test_credentials_store.py)."""
+an error. No store here: `lookup` is a plain function (the store's path is in test_store.py)."""
 
 from __future__ import annotations
 

@@ -21,7 +21,7 @@ from homelab_ops.credentials.rotation import STEPS, rotate, run_step
 from homelab_ops.credentials.store import open_store
 from homelab_ops.settings import SettingsError, parse
 from tests.conftest import free_port
-from tests.credentials import test_credentials_store as store_tests
+from tests.credentials import test_store as store_tests
 from tests.redis_server import RedisServer, redis_server
 
 pytestmark = pytest.mark.services  # the store is in PostgreSQL; the steps reach a real redis-server

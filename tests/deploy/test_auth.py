@@ -12,7 +12,7 @@ from homelab_ops.credentials.store import open_store
 from homelab_ops.deploy.auth import basic_auth_users, stored_users
 from homelab_ops.deploy.config import DeployConfig
 from homelab_ops.deploy.plan import PlanError, build_traefik_plan
-from tests.credentials.test_credentials_store import cred_settings, creds_state_db  # noqa: F401  (fixtures)
+from tests.credentials.test_store import cred_settings, creds_state_db  # noqa: F401  (fixtures)
 
 pytestmark = pytest.mark.services  # every test here reaches PostgreSQL
 

@@ -20,7 +20,7 @@ from homelab_ops.defs.credentials.assets import credential_asset
 from homelab_ops.defs.resources import HomelabSettings
 from tests.conftest import ADMIN_DSN
 from tests.pg_cluster import scram_pg  # noqa: F401 (a fixture)
-from tests.credentials.test_credentials_store import (  # noqa: F401 (cred_settings and creds_state_db are fixtures)
+from tests.credentials.test_store import (  # noqa: F401 (cred_settings and creds_state_db are fixtures)
     BOT_TOKEN,
     add_generated,
     cred_settings,
