@@ -13,7 +13,7 @@ class SourceConfig(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
 
     type: str
-    # The folder under backups.local_dir and each S3 prefix, and the last part of the asset keys
-    # (`backups/<name>_backup`, `offsite/<name>_offsite`, `restore_verification/<name>_verification`, `backup_retention/<name>_retention`);
+    # The folder under backups.local_dir and each S3 prefix, and what the asset keys are named by
+    # (`backups/<name>_backup`, `offsite/<name>_offsite`, `restore_verification/<name>_verification` ...);
     # homelab_ops.backups.names judges it, as it judges database names.
     name: str
