@@ -161,7 +161,7 @@ def test_the_nightly_job_backs_up_copies_verifies_and_prunes_redis_beside_a_data
     assert not [p for p in folder.iterdir() if ".partial" in p.name or p.name.endswith(".rdb")]
     assert not list(Path(settings.backups.local_dir).glob(".verify-redis-*"))  # the scratch folder went
     checks = {(c.asset_key.path[-1], c.check_name): c.passed for c in result.get_asset_check_evaluations()}
-    assert checks[("cache", "matches_manifest")] and checks[(db, "matches_manifest")]
+    assert checks[("cache_verification", "matches_manifest")] and checks[(f"{db}_verification", "matches_manifest")]
     # The password never reached the manifest, the record, or a log line of the run.
     stored = b"".join(p.read_bytes() for p in folder.iterdir())
     assert PASSWORD.encode() not in stored

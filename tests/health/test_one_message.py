@@ -123,12 +123,12 @@ def test_a_missing_and_a_stale_backup_are_one_message_each(write_settings, fresh
                 result = defs.resolve_job_def("backup_freshness").execute_in_process(instance=instance)
                 shown = {e.asset_key.path[-1]: e for e in result.get_asset_check_evaluations()}
                 assert {(e.passed, e.severity) for e in shown.values()} == {(False, dg.AssetCheckSeverity.ERROR)}
-                assert shown[db].description == f"{db}: no backup at all"
-                assert shown[stale].description == f"{stale}: newest verified backup is 30.0h old (limit 26h)"
+                assert shown[f"{db}_verification"].description == f"{db}: no backup at all"
+                assert shown[f"{stale}_verification"].description == f"{stale}: newest verified backup is 30.0h old (limit 26h)"
                 tick_both(checks, health, instance, defs, resources)
         for name in (db, stale):
             about = [t for t in telegram.texts_to(OWNER) if name in t]
             assert len(about) == 1, telegram.texts_to(OWNER)
-            assert f"backup_age:{name}" in about[0] and shown[name].description in about[0]
+            assert f"backup_age:{name}" in about[0] and shown[f"{name}_verification"].description in about[0]
     finally:
         telegram.stop()

@@ -532,10 +532,10 @@ def test_dagster_assets_verify_the_chain_with_a_blocking_check_and_a_table(env):
         checks = result.get_asset_check_evaluations()
         assert [(c.check_name, c.passed) for c in checks] == [(CHAIN, True)]
         mats = {tuple(m.asset_key.path): m for m in result.get_asset_materialization_events()}
-        meta = mats[("pitr_verification", "main")].materialization.metadata
+        meta = mats[("pitr_verification", "main_pitr_verification")].materialization.metadata
         assert {r.data["table"] for r in meta["tables"].records} == {"public.events", "public.config"}
         assert "busy: exact" in meta["mode"].value
-        assert ("base_backups", "main") in mats
+        assert ("base_backups", "main_base_backup") in mats
 
 
 def test_doctor_prints_what_to_add(env):
