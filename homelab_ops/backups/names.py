@@ -34,7 +34,7 @@ class DatabaseNameError(ValueError):
 # writer (pg_receivewal's active `.partial` segment lives there) and its own retention.
 WAL_FOLDER, BASE_FOLDER = "_wal", "_base"
 PITR_FOLDERS = (WAL_FOLDER, BASE_FOLDER)
-PITR_OFFSITE = "_pitr"  # not a folder: the last part of the asset key `offsite/_pitr_offsite`, beside `offsite/<database>_offsite`
+PITR_OFFSITE = "_pitr"  # not a folder: what names the PITR archive's `offsite/_pitr_offsite`, as a database its own
 RESERVED = {"_globals": "the roles dump (backup_globals)", "n8n_workflows": "n8n's workflow exports (n8n_workflows)",
             WAL_FOLDER: "the PITR WAL archive (homelab-ops pitr receive)", BASE_FOLDER: "the PITR base backups (base_backups)",
             PITR_OFFSITE: "the PITR archive's off-site copies (offsite/_pitr_offsite)"}

@@ -78,18 +78,23 @@ def _fill(settings) -> str:
 @pytest.fixture
 def dagster_dsn():
     """Dagster's PostgreSQL run storage with backup materializations, as on a Pi that upgraded: one
-    under the key's old name (`backups/n8n`), then one under today's (`backups/n8n_backup`)."""
+    under the key's old name (`backups/n8n`), then one under today's (`backups/n8n_backup`); and a
+    database whose own name ends in `_backup`, whose old key (`backups/app_backup`) reads like today's
+    key of a database `app`: the folder of the dump tells them apart."""
     name = f"dash_dagster_{uuid.uuid4().hex[:8]}"
     with psycopg.connect(ADMIN_DSN, autocommit=True) as c:
         c.execute(f'CREATE DATABASE "{name}"')
 
-    @dg.asset(key=["backups", "n8n"])
-    def before_upgrade():
-        return dg.MaterializeResult(metadata={"size_bytes": dg.MetadataValue.int(120000)})
+    def made(key: list[str], folder: str, size: int) -> dg.AssetsDefinition:
+        @dg.asset(key=key)
+        def _backup():
+            return dg.MaterializeResult(metadata={
+                "path": dg.MetadataValue.path(f"/srv/homelab/backups/{folder}/20261101T030000Z.dump.zst"),
+                "size_bytes": dg.MetadataValue.int(size)})
+        return _backup
 
-    @dg.asset(key=["backups", "n8n_backup"])
-    def backup():
-        return dg.MaterializeResult(metadata={"size_bytes": dg.MetadataValue.int(123456)})
+    made_before = [made(["backups", "n8n"], "n8n", 120000), made(["backups", "app_backup"], "app_backup", 700)]
+    made_after = [made(["backups", "n8n_backup"], "n8n", 123456), made(["backups", "app_backup_backup"], "app_backup", 777)]
 
     info = psycopg.conninfo.conninfo_to_dict(ADMIN_DSN)
     db = {"hostname": info.get("host", "127.0.0.1"), "port": int(info.get("port", 5432)),
@@ -97,8 +102,8 @@ def dagster_dsn():
           "scheme": "postgresql+psycopg2"}  # SQLAlchemy 2.1 would pick psycopg 3, which Dagster's NOTIFY breaks on
     try:
         with dg.DagsterInstance.local_temp(overrides={"storage": {"postgres": {"postgres_db": db}}}) as inst:
-            assert dg.materialize([before_upgrade], instance=inst).success
-            assert dg.materialize([backup], instance=inst).success
+            for asset in (*made_before, *made_after):
+                assert dg.materialize([asset], instance=inst).success
         yield dsn_for(name)
     finally:
         drop_database(name)
@@ -124,7 +129,8 @@ def test_every_panel_query_runs_and_returns_rows(state_dsn, dagster_dsn):
             for t in p["targets"]:
                 rows = c.execute(runnable(t["rawSql"])).fetchall()
                 assert rows, f"panel {p['title']!r} returned no rows"
-                if p["title"] == "Backup size":  # one series across the rename, newest last
-                    assert [r[1:] for r in rows] == [("n8n", 120000), ("n8n", 123456)]
+                if p["title"] == "Backup size":  # one series per database across the rename, by time
+                    assert [r[1:] for r in rows] == [("n8n", 120000), ("app_backup", 700), ("n8n", 123456),
+                                                     ("app_backup", 777)]
                 if p["title"] == "Last backup per database":
-                    assert [r[0] for r in rows] == ["n8n"]
+                    assert [r[0] for r in rows] == ["app_backup", "n8n"]

@@ -1,5 +1,5 @@
-"""Asset keys of what is backed up (dumps and the PITR cluster), in one place: jobs, checks,
-sensors and the CLI all name them.
+"""Asset keys of what is backed up (dumps and the PITR cluster), in one place: assets, jobs,
+checks and sensors all name them.
 
 The first part is the step (`backups`, `restore_verification`, `backup_retention`, `offsite`): jobs
 and selections pick a step by it. The last part names the thing and the step (`n8n_backup`), because
